@@ -1,0 +1,1 @@
+"""reward package of bci-rig."""

@@ -1,0 +1,104 @@
+"""``rig``: the command line of bci-rig. ``rig --help`` lists the commands; each has its own --help."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from rig.config import ConfigError
+
+DESCRIPTION = """\
+bci-rig: real-time closed-loop BCI for two-photon rigs.
+
+Typical morning:
+  rig check hardware_configs/my_scope.toml      validate the rig description
+  rig valve pulse hardware_configs/my_scope.toml one test drop: is the line primed?
+  rig run hardware_configs/my_scope.toml         run the session with the console
+Try everything without a microscope:
+  rig run hardware_configs/sim.toml --headless --duration 60
+"""
+
+#: Packages that add their own subcommands with ``register_cli(subparsers)``.
+PLUGIN_MODULES = (
+    "acquisition.offline",
+    "acquisition.sim.cli",
+    "reward.cli",
+    "rig.session_cli",
+    "rig.bench",
+    "gui.cli",
+)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rig.supervisor import SessionFailed, Supervisor  # noqa: PLC0415
+
+    try:
+        sup = Supervisor(args.config, headless=args.headless, duration_s=args.duration,
+                         sessions_root=args.sessions_dir)
+    except (ConfigError, SessionFailed) as exc:
+        print(f"rig run: {exc}", file=sys.stderr)
+        return 2
+    print(f"[rig] session folder: {sup.session_dir}", file=sys.stderr, flush=True)
+    summary = sup.run()
+    print(json.dumps(summary), flush=True)
+    return 0 if summary.get("ok") else 1
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from rig.config import load_config  # noqa: PLC0415
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.config}: OK (rig {cfg.rig.name!r}, source {cfg.acquisition.source!r}, "
+          f"reward port {cfg.reward.port!r})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rig", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a closed-loop session (simulated, replayed or live)",
+                         description="Start every process of the rig, run the session, save it, print a JSON summary "
+                                     "as the last stdout line. Ctrl-C ends the session cleanly with data saved.")
+    run.add_argument("config", help="rig description, e.g. hardware_configs/sim.toml")
+    run.add_argument("--headless", action="store_true",
+                     help="no console window; the protocol runs by itself (baseline -> calibrate -> BCI)")
+    run.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                     help="end the session after this many seconds (default: until Ctrl-C or the task ends)")
+    run.add_argument("--sessions-dir", default=None, metavar="DIR",
+                     help="where to create the session folder (default: [rig] sessions_dir of the config)")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="validate a rig config and say what is wrong",
+                           description="Load and validate a rig TOML; errors name the file, key, value and fix.")
+    check.add_argument("config")
+    check.set_defaults(func=_cmd_check)
+
+    for module_name in PLUGIN_MODULES:
+        importlib.import_module(module_name).register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,48 @@
+"""Talking to a running rig's command socket: Lazy-Pirate request/reply (zguide ch. 4).
+
+A REQ socket that gets no reply in time is closed and reopened before the retry, so a supervisor
+that restarted or a lost message never wedges the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import zmq
+
+
+class RigUnreachable(ConnectionError):
+    pass
+
+
+class CommandClient:
+    def __init__(self, endpoint: str, timeout_s: float = 1.0, retries: int = 3, ctx: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.timeout_ms = int(timeout_s * 1000)
+        self.retries = retries
+        self._ctx = ctx or zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def request(self, command: str, issued_by: str = "console", **args: Any) -> dict[str, Any]:
+        body = json.dumps({"command": command, "args": args, "issued_by": issued_by}).encode()
+        for _attempt in range(self.retries):
+            if self._sock is None:
+                self._sock = self._connect()
+            self._sock.send(body)
+            if self._sock.poll(self.timeout_ms, zmq.POLLIN):
+                return json.loads(self._sock.recv())
+            self._sock.close()  # Lazy Pirate: a REQ socket without its reply is unusable; start over
+            self._sock = None
+        raise RigUnreachable(f"no reply from the rig at {self.endpoint} after {self.retries} tries")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -1,0 +1,168 @@
+"""Rig configuration: TOML files in ``hardware_configs/``, validated at load.
+
+Each package owns the schema of its own section (``acquisition.config``, ``decoder.config``,
+``reward.config``, ``gui.config``); this module composes them and turns every validation failure into
+a :class:`ConfigError` that names the file, the key path, the bad value and what was expected.
+Range checks inside a section's ``__post_init__`` raise ``ValueError("`field`: must be ...")`` so the
+field lands in the key path.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from acquisition.config import AcquisitionConfig
+from decoder.config import DecoderConfig, TaskConfig
+from gui.config import GuiConfig
+from reward.config import RewardConfig
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used. ``key`` is a dotted path like ``reward.min_interval_s``."""
+
+    def __init__(self, file: str, key: str, problem: str, value: Any = None, has_value: bool = False) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        self.value = value
+        where = f"{file}: " + (f"[{key}]" if key else "(top level)")
+        got = f" (got {value!r})" if has_value else ""
+        super().__init__(f"{where}: {problem}{got}")
+
+
+class RigSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str = "unnamed-rig"
+    description: str = ""
+    sessions_dir: str = "sessions"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError("`name`: must be letters, digits, '_', '.' or '-' (it goes into folder names)")
+
+
+class BusSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    transport: str = "tcp"
+    host: str = "127.0.0.1"
+    base_port: int = 0
+    heartbeat_interval_s: float = 0.25
+    heartbeat_liveness: int = 8
+    ready_timeout_s: float = 60.0
+    stop_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.transport != "tcp":
+            raise ValueError("`transport`: must be \"tcp\" (the only transport that works on Windows rigs)")
+        if not (self.base_port == 0 or 1024 <= self.base_port <= 65000):
+            raise ValueError("`base_port`: must be 0 (pick free ports) or between 1024 and 65000")
+        if not 0.01 <= self.heartbeat_interval_s <= 5:
+            raise ValueError("`heartbeat_interval_s`: must be between 0.01 and 5 seconds")
+        if self.heartbeat_liveness < 2:
+            raise ValueError("`heartbeat_liveness`: must be >= 2 missed heartbeats")
+        if self.ready_timeout_s <= 0 or self.stop_timeout_s <= 0:
+            raise ValueError("`ready_timeout_s`: timeouts must be > 0")
+
+
+class SessionSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    save_frames: bool = True
+    mouse_id: str = "sim-mouse"
+    experimenter: str = ""
+    notes: str = ""
+    flush_interval_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.001 <= self.flush_interval_s <= 0.1:
+            raise ValueError("`flush_interval_s`: must be between 0.001 and 0.1 s (a crash loses at most this)")
+
+
+class RigConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    rig: RigSection = msgspec.field(default_factory=RigSection)
+    bus: BusSection = msgspec.field(default_factory=BusSection)
+    acquisition: AcquisitionConfig = msgspec.field(default_factory=AcquisitionConfig)
+    decoder: DecoderConfig = msgspec.field(default_factory=DecoderConfig)
+    task: TaskConfig = msgspec.field(default_factory=TaskConfig)
+    reward: RewardConfig = msgspec.field(default_factory=RewardConfig)
+    session: SessionSection = msgspec.field(default_factory=SessionSection)
+    gui: GuiConfig = msgspec.field(default_factory=GuiConfig)
+
+
+_PATH_RE = re.compile(r"^(?P<problem>.*) - at `\$(?P<path>[^`]*)`$", re.S)
+
+
+def _lookup(data: Any, parts: list[str | int]) -> tuple[bool, Any]:
+    node = data
+    for part in parts:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False, None
+    return True, node
+
+
+def _split_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        parts.append(name if name else int(index))
+    return parts
+
+
+def _dotted(parts: list[str | int]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def config_from_dict(data: dict[str, Any], file: str = "<config>") -> RigConfig:
+    """Validate a parsed TOML document into a :class:`RigConfig` or raise :class:`ConfigError`."""
+    try:
+        return msgspec.convert(data, RigConfig)
+    except msgspec.ValidationError as exc:
+        raise _to_config_error(str(exc), data, file) from None
+
+
+def _to_config_error(text: str, data: dict[str, Any], file: str) -> ConfigError:
+    match = _PATH_RE.match(text)
+    problem, path = (match["problem"], match["path"]) if match else (text, "")
+    parts = _split_path(path)
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", problem)
+    if unknown:
+        parts.append(unknown[1])
+        return ConfigError(file, _dotted(parts), "unknown key (misspelt, or not valid in this section)")
+    field_check = re.match(r"`([^`]+)`: (.*)", problem, re.S)
+    if field_check:
+        parts.append(field_check[1])
+        problem = field_check[2]
+    missing = re.match(r"Object missing required field `([^`]+)`", problem)
+    if missing:
+        parts.append(missing[1])
+        return ConfigError(file, _dotted(parts), "required key is missing")
+    found, value = _lookup(data, parts)
+    problem = re.sub(r"^Expected `([^`]+)`, got `([^`]+)`", r"expected \1, got \2", problem)
+    return ConfigError(file, _dotted(parts), problem, value, has_value=found)
+
+
+def load_config(path: str | Path) -> RigConfig:
+    """Read and validate a rig TOML file. Every failure is a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read the file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "", f"not UTF-8 text: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    return config_from_dict(data, str(path))
+
+
+def load_config_text(path: str | Path) -> tuple[RigConfig, str]:
+    """The validated config and the file's text (saved verbatim into each session)."""
+    cfg = load_config(path)
+    return cfg, Path(path).read_text(encoding="utf-8")

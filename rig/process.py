@@ -1,0 +1,278 @@
+"""The process contract every bci-rig process follows, enforced by :class:`RigProcess`.
+
+Lifecycle (published as :class:`~rig.schema.StateChange` and repeated in every heartbeat)::
+
+    configuring --configure()--> ready --Control(start)--> running --stop--> stopping --> stopped
+         \\___________________ any unhandled exception ___________________/--> failed
+
+* ``configure()`` opens devices, allocates buffers and connects sockets; nothing time-critical.
+* ``step()`` does one bounded unit of work (wait at most ~20 ms for input) and is called in a loop.
+* Control messages from the supervisor are handled between steps: ``stop``/``shutdown`` stop the
+  process, ``safe_state`` calls :meth:`on_safe_state`, anything else goes to :meth:`on_control`.
+* SIGINT (Ctrl-C) stops the process cleanly, as does the death of the supervisor (its parent).
+* An exception is published as :class:`~rig.schema.ProcessError` with its traceback, written to the
+  process's event log, ``on_stop()`` still runs (close the valve, flush files), and the exit code is 1.
+
+Subclasses live in ``<package>/process.py``; the supervisor starts them by dotted name with the
+``spawn`` start method (the only one on Windows), passing a picklable :class:`ProcessSpec`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from rig.bus import Publisher, Subscriber
+from rig.clock import now_ns
+from rig.config import RigConfig, config_from_dict
+from rig.schema import Control, Heartbeat, Message, ProcessError, RigWarning, StateChange
+from rig.store import EventLog
+
+STATES = ("configuring", "ready", "running", "stopping", "stopped", "failed")
+
+
+@dataclass
+class ProcessSpec:
+    """Everything a child process needs; plain data so it pickles under ``spawn``."""
+
+    name: str
+    target: str  # "package.module:ClassName"
+    config: dict[str, Any]  # the raw TOML document (re-validated in the child)
+    config_file: str
+    endpoints: dict[str, str]  # process name -> its PUB endpoint; "supervisor" and "command" too
+    session_dir: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    watch_parent: bool = True
+
+
+class RigProcess:
+    """Base class of every process. Override the hooks; never override :meth:`run`."""
+
+    #: How long ``run`` waits for control messages between steps while not running (seconds).
+    IDLE_POLL_S = 0.05
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.config: RigConfig = config_from_dict(spec.config, spec.config_file)
+        self.session_dir = Path(spec.session_dir)
+        self.dir = self.session_dir / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.events = EventLog(self.dir / "events.jsonl")
+        self.ctx = zmq.Context()
+        self.pub = Publisher(self.ctx, spec.endpoints[self.name], sender=self.name)
+        self._control = Subscriber(self.ctx, [spec.endpoints["supervisor"]], [Control.topic])
+        self.state = "configuring"
+        self._stop_reason = ""
+        self._started = False
+        self._ready_info: dict[str, str] = {}
+        hb = self.config.bus.heartbeat_interval_s
+        self._hb_interval_ns = int(hb * 1e9)
+        self._next_hb = 0
+        self._next_parent_check = 0
+        self._subscribers: list[Subscriber] = []
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def configure(self) -> None:
+        """Open devices, allocate, connect subscribers. Called once before ``ready``."""
+
+    def ready_info(self) -> dict[str, str]:
+        """Facts the supervisor needs once this process is ready (e.g. a serial URL)."""
+        return {}
+
+    def on_start(self) -> None:
+        """Called once when the supervisor starts the session."""
+
+    def step(self) -> None:
+        """One bounded unit of work. Block at most ~20 ms waiting for input."""
+        raise NotImplementedError
+
+    def on_control(self, msg: Control) -> None:
+        """Operator/supervisor commands other than start/stop/shutdown/safe_state."""
+
+    def on_safe_state(self, reason: str) -> None:
+        """The rig failed somewhere: make this process safe (the reward process closes the valve)."""
+
+    def on_stop(self) -> None:
+        """Flush and close. Runs after a clean stop and after a failure."""
+
+    def heartbeat_stats(self) -> dict[str, float]:
+        return {}
+
+    # ------------------------------------------------------------------ helpers
+    def subscribe(self, processes: list[str], topics: list[bytes]) -> Subscriber:
+        endpoints = [self.spec.endpoints[p] for p in processes if p in self.spec.endpoints]
+        sub = Subscriber(self.ctx, endpoints, topics)
+        self._subscribers.append(sub)
+        return sub
+
+    def publish(self, msg: Message) -> None:
+        self.pub.send(msg)
+
+    def warn(self, code: str, message: str) -> None:
+        """Tell the operator (on the bus) and the record (event log)."""
+        self.events.write("warning", code=code, message=message)
+        self.pub.send(RigWarning(process=self.name, code=code, message=message, t_ns=now_ns()))
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop_reason:
+            self._stop_reason = reason
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self._stop_reason)
+
+    # ------------------------------------------------------------------ the contract
+    def _set_state(self, state: str, reason: str = "", info: dict[str, str] | None = None) -> None:
+        self.state = state
+        self.events.write("state", state=state, reason=reason, **(info or {}))
+        if info:
+            reason = _encode_info(info)
+        self.pub.send(StateChange(process=self.name, state=state, reason=reason, t_ns=now_ns()))
+        self._next_hb = 0  # repeat the new state in a heartbeat at once
+
+    def _heartbeat(self) -> None:
+        now = now_ns()
+        if now < self._next_hb:
+            return
+        self._next_hb = now + self._hb_interval_ns
+        stats = self.heartbeat_stats() if self.state == "running" else {}
+        self.pub.send(Heartbeat(process=self.name, state=self.state, t_ns=now, pid=os.getpid(), stats=stats))
+        if self.spec.watch_parent and now >= self._next_parent_check:
+            self._next_parent_check = now + 500_000_000
+            parent = multiprocessing.parent_process()
+            if parent is not None and not parent.is_alive():
+                self.request_stop("supervisor died")
+
+    def _service_control(self, timeout_ms: int = 0) -> None:
+        msg = self._control.recv(timeout_ms)
+        while msg is not None:
+            assert isinstance(msg, Control)
+            cmd = msg.command
+            if cmd == "start":
+                self._started = True
+            elif cmd in ("stop", "shutdown"):
+                self.request_stop(f"{cmd} from {msg.issued_by}")
+            elif cmd == "safe_state":
+                self.events.write("safe_state", reason=msg.args.get("reason", ""))
+                self.on_safe_state(str(msg.args.get("reason", "")))
+            elif self.state == "running":
+                self.events.write("control", command=cmd, args=msg.args, issued_by=msg.issued_by)
+                self.on_control(msg)
+            msg = self._control.recv(0)
+
+    def run(self) -> int:
+        """Run the whole lifecycle; returns the process exit code."""
+        self._install_sigint()
+        try:
+            self._set_state("configuring")
+            self.configure()
+            self._ready_info = self.ready_info()
+            self._set_state("ready", info=self._ready_info)
+            while not self._started and not self.stopping:
+                self._heartbeat_ready()
+                self._service_control(int(self.IDLE_POLL_S * 1000))
+            if not self.stopping:
+                self._set_state("running")
+                self.on_start()
+                while not self.stopping:
+                    self._heartbeat()
+                    self._service_control(0)
+                    self.step()
+            self._set_state("stopping", self._stop_reason)
+            self.on_stop()
+            self._set_state("stopped", self._stop_reason)
+            return 0
+        except BaseException as exc:  # noqa: BLE001 - reported in full, then the process exits non-zero
+            self._report_failure(exc)
+            return 1
+        finally:
+            self._close()
+
+    def _heartbeat_ready(self) -> None:
+        """While waiting for start, repeat the ready info so a supervisor that joined late sees it."""
+        now = now_ns()
+        if now >= self._next_hb:
+            self._set_state_quiet()
+        self._heartbeat()
+
+    def _set_state_quiet(self) -> None:
+        self.pub.send(
+            StateChange(process=self.name, state=self.state, reason=_encode_info(self._ready_info), t_ns=now_ns())
+        )
+
+    def _report_failure(self, exc: BaseException) -> None:
+        tb = "".join(traceback.format_exception(exc))
+        try:
+            self.events.write("error", error_type=type(exc).__name__, message=str(exc), traceback=tb)
+            self.pub.send(
+                ProcessError(process=self.name, error_type=type(exc).__name__, message=str(exc), traceback=tb,
+                             t_ns=now_ns())
+            )
+            self._set_state("failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            print(f"[{self.name}] FAILED: {tb}", file=sys.stderr, flush=True)
+            try:
+                self.on_stop()
+            except Exception as cleanup_exc:  # noqa: BLE001 - already failing; record the second error too
+                self.events.write(
+                    "error", error_type=type(cleanup_exc).__name__, message=f"during cleanup: {cleanup_exc}"
+                )
+
+    def _install_sigint(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            self.request_stop("SIGINT")
+
+        signal.signal(signal.SIGINT, handler)
+
+    def _close(self) -> None:
+        for sub in self._subscribers:
+            sub.close()
+        self._control.close()
+        self.pub.close()
+        self.events.close()
+        self.ctx.term()
+
+
+def _encode_info(info: dict[str, str]) -> str:
+    return "info:" + "&".join(f"{k}={v}" for k, v in info.items()) if info else ""
+
+
+def decode_info(reason: str) -> dict[str, str]:
+    """Inverse of the ready-info encoding carried in a ready StateChange's ``reason``."""
+    if not reason.startswith("info:"):
+        return {}
+    out: dict[str, str] = {}
+    for part in reason[5:].split("&"):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            out[key] = value
+    return out
+
+
+def resolve_target(target: str) -> type[RigProcess]:
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, RigProcess)):
+        raise TypeError(f"{target} is not a RigProcess subclass")
+    return cls
+
+
+def process_main(spec: ProcessSpec) -> None:
+    """Entry point of every child process (the ``spawn`` target)."""
+    try:
+        cls = resolve_target(spec.target)
+        proc = cls(spec)
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(2)
+    sys.exit(proc.run())

@@ -1,0 +1,72 @@
+"""The machine-readable result of a session, computed from the files the processes wrote.
+
+Reading the files (not counters kept in memory) means the summary of a crashed session can be
+recomputed later with ``rig summary SESSION``, and what is reported is exactly what is on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rig.store import read_events, read_records
+
+
+def percentiles_ms(values_ns: np.ndarray) -> dict[str, float | None]:
+    if values_ns.size == 0:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "n": 0}
+    ms = values_ns.astype(np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"p50": round(float(p50), 4), "p90": round(float(p90), 4), "p99": round(float(p99), 4),
+            "max": round(float(ms.max()), 4), "n": int(ms.size)}
+
+
+def summarize_session(session_dir: str | Path) -> dict[str, Any]:
+    session_dir = Path(session_dir)
+    summary: dict[str, Any] = {"session": str(session_dir.resolve())}
+    decisions_path = session_dir / "decoder" / "decisions.rec"
+    decisions = read_records(decisions_path) if decisions_path.exists() else None
+    acq_path = session_dir / "acquisition" / "frames.rec"
+    acq = read_records(acq_path) if acq_path.exists() else None
+
+    acq_final = read_events(session_dir / "acquisition" / "events.jsonl", {"final_stats"})
+    source_dropped = int(acq_final[-1].get("frames_dropped", 0)) if acq_final else 0
+    bad_frames = int(acq_final[-1].get("bad_frames", 0)) if acq_final else 0
+    n_acq = 0 if acq is None else len(acq)
+    n_dec = 0 if decisions is None else len(decisions)
+    if acq_final:
+        source_dropped = int(acq_final[-1].get("frames_dropped", 0))
+    elif acq is not None and n_acq:
+        source_dropped = int(acq["frame"][-1] - acq["frame"][0] + 1 - n_acq)
+    summary["frames"] = n_dec
+    summary["frames_acquired"] = n_acq
+    summary["frames_dropped"] = max(source_dropped, 0) + max(n_acq - n_dec, 0)
+    summary["bad_frames"] = bad_frames
+
+    trial_events = read_events(session_dir / "decoder" / "events.jsonl", {"trial"})
+    summary["trials"] = sum(1 for e in trial_events if e.get("event") == "trial_start")
+    summary["hits"] = sum(1 for e in trial_events if e.get("event") == "hit")
+    summary["misses"] = sum(1 for e in trial_events if e.get("event") == "miss")
+
+    outcomes = read_events(session_dir / "reward" / "events.jsonl", {"reward_outcome"})
+    delivered = [o for o in outcomes if o.get("status") == "delivered"]
+    summary["rewards_delivered"] = len(delivered)
+    summary["rewards_failed"] = len(outcomes) - len(delivered)
+    summary["volume_ul"] = round(sum(float(o.get("volume_ul", 0.0)) for o in delivered), 3)
+
+    if decisions is not None and n_dec:
+        summary["latency_ms"] = percentiles_ms(decisions["t_decided"] - decisions["t_ready"])
+    else:
+        summary["latency_ms"] = percentiles_ms(np.empty(0))
+    rewarded = [o for o in outcomes if o.get("source") == "decoder" and o.get("t_written", 0) > 0
+                and o.get("t_ready", 0) > 0]
+    summary["reward_latency_ms"] = percentiles_ms(
+        np.array([o["t_written"] - o["t_ready"] for o in rewarded], dtype=np.int64)
+    )
+    acked = [o for o in rewarded if o.get("t_ack", 0) > 0]
+    summary["reward_ack_latency_ms"] = percentiles_ms(
+        np.array([o["t_ack"] - o["t_ready"] for o in acked], dtype=np.int64)
+    )
+    return summary

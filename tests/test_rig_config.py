@@ -1,0 +1,41 @@
+"""Config validation: the shipped configs load, and every bad config in the corpus fails with its message."""
+
+from pathlib import Path
+
+import pytest
+
+from rig.config import ConfigError, load_config
+
+HERE = Path(__file__).resolve().parent
+BAD = sorted((HERE / "bad_configs").glob("*.toml"))
+SHIPPED = sorted((HERE.parent / "hardware_configs").glob("*.toml"))
+
+
+def _expected(path: Path) -> str:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name} must start with '# expect: <message fragment>'"
+    return first[len("# expect: "):]
+
+
+def test_the_corpus_is_not_empty():
+    assert len(BAD) >= 10
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_config_is_rejected_with_its_message(path):
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message  # names the file
+    assert _expected(path) in message
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_configs_are_valid(path):
+    load_config(path)
+
+
+def test_missing_file_names_it(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="nope.toml.*cannot read"):
+        load_config(missing)
