@@ -37,7 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         sup = Supervisor(args.config, headless=args.headless, duration_s=args.duration,
-                         sessions_root=args.sessions_dir)
+                         sessions_root=args.sessions_dir, overrides=args.set)
     except (ConfigError, SessionFailed) as exc:
         print(f"rig run: {exc}", file=sys.stderr)
         return 2
@@ -51,7 +51,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from rig.config import load_config  # noqa: PLC0415
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.set)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -75,11 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="end the session after this many seconds (default: until Ctrl-C or the task ends)")
     run.add_argument("--sessions-dir", default=None, metavar="DIR",
                      help="where to create the session folder (default: [rig] sessions_dir of the config)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one config value for this session, e.g. --set task.baseline_s=30 "
+                          "(repeatable; values are TOML, bare words are strings)")
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check", help="validate a rig config and say what is wrong",
                            description="Load and validate a rig TOML; errors name the file, key, value and fix.")
     check.add_argument("config")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for rig run")
     check.set_defaults(func=_cmd_check)
 
     for module_name in PLUGIN_MODULES:

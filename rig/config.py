@@ -146,8 +146,42 @@ def _to_config_error(text: str, data: dict[str, Any], file: str) -> ConfigError:
     return ConfigError(file, _dotted(parts), problem, value, has_value=found)
 
 
-def load_config(path: str | Path) -> RigConfig:
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"acquisition.sim.n_cells=50"`` -> (["acquisition", "sim", "n_cells"], 50).
+
+    The value is read as TOML (``50``, ``2.5``, ``true``, ``[1, 2]``, ``"text"``); a bare word that is
+    not valid TOML is taken as a string, so ``reward.port=COM3`` works as typed.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", text, "expected KEY.PATH=VALUE, e.g. acquisition.sim.n_cells=50")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``KEY.PATH=VALUE`` overrides (see :func:`parse_override`) into a parsed TOML document."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError("--set", ".".join(keys), f"{key!r} is a value, not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RigConfig:
     """Read and validate a rig TOML file. Every failure is a :class:`ConfigError` naming the file."""
+    return config_from_dict(load_config_dict(path, overrides), str(path))
+
+
+def load_config_dict(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The parsed (not yet validated) TOML document with ``overrides`` applied."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -159,10 +193,4 @@ def load_config(path: str | Path) -> RigConfig:
         raise ConfigError(str(path), "", f"not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
-    return config_from_dict(data, str(path))
-
-
-def load_config_text(path: str | Path) -> tuple[RigConfig, str]:
-    """The validated config and the file's text (saved verbatim into each session)."""
-    cfg = load_config(path)
-    return cfg, Path(path).read_text(encoding="utf-8")
+    return apply_overrides(data, overrides or [])

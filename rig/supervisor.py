@@ -32,7 +32,7 @@ import zmq
 import rig
 from rig.bus import Publisher, Subscriber, free_tcp_port
 from rig.clock import now_ns
-from rig.config import RigConfig, load_config_text
+from rig.config import RigConfig, config_from_dict, load_config_dict
 from rig.process import ProcessSpec, decode_info, process_main
 from rig.schema import (
     AcqStatus,
@@ -111,10 +111,14 @@ class Supervisor:
         duration_s: float | None = None,
         sessions_root: str | None = None,
         extra: dict[str, dict[str, Any]] | None = None,
+        overrides: list[str] | None = None,
         quiet: bool = False,
     ) -> None:
         self.config_path = str(config_path)
-        self.cfg, self.config_text = load_config_text(config_path)
+        self.overrides = list(overrides or [])
+        raw = load_config_dict(config_path, self.overrides)
+        self.cfg = config_from_dict(raw, self.config_path)
+        self.config_text = Path(config_path).read_text(encoding="utf-8")
         self.config_doc = msgspec.to_builtins(self.cfg)
         self.headless = headless
         self.duration_s = duration_s
@@ -180,6 +184,8 @@ class Supervisor:
         """Run the session; returns the summary (``summary["ok"]`` says whether it ended cleanly)."""
         self._write_session_json(status="starting")
         (self.session_dir / "config.toml").write_text(self.config_text, encoding="utf-8")
+        # The config as validated, with defaults and --set overrides: what the processes really ran with.
+        write_json_atomic(self.session_dir / "config.resolved.json", self.config_doc)
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         started_ns = now_ns()
         try:
@@ -469,6 +475,7 @@ class Supervisor:
                          "python": platform.python_version(), "platform": platform.platform()},
             "rig": self.cfg.rig.name,
             "config_file": self.config_path,
+            "overrides": self.overrides,
             "created": datetime.now().isoformat(timespec="seconds"),
             "metadata": self._metadata,
             "endpoints": self.endpoints,

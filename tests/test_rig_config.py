@@ -39,3 +39,15 @@ def test_missing_file_names_it(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match="nope.toml.*cannot read"):
         load_config(missing)
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    from rig.config import apply_overrides, config_from_dict
+
+    data = apply_overrides({}, ["bus.base_port=20000", "rig.name=left-scope", "session.save_frames=false"])
+    cfg = config_from_dict(data)
+    assert cfg.bus.base_port == 20000 and cfg.rig.name == "left-scope" and cfg.session.save_frames is False
+    with pytest.raises(ConfigError, match=r"\[bus.base_port\]: must be 0"):
+        config_from_dict(apply_overrides({}, ["bus.base_port=5"]), "--set")
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        apply_overrides({}, ["nonsense"])

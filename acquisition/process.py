@@ -1,0 +1,171 @@
+"""The acquisition process: frame source -> rigid registration -> ROI fluorescence -> bus + disk.
+
+Files it owns in the session folder (``acquisition/``):
+  ``frames.rec``      one row per frame: frame number, stage stamps, shift, correlation, flags, F, Fneu
+  ``movie.u16``       the raw frames (uint16, C order) when ``session.save_frames``; ``movie.json`` layout
+  ``rois/``           the ROI set used (suite2p layout) and ``reference.npy``
+  ``events.jsonl``    lifecycle, warnings (bad frames, link drops), ``final_stats``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from acquisition.pipeline import FramePipeline
+from acquisition.rois import RoiSet, load_suite2p
+from acquisition.sources import make_source
+from acquisition.sources.base import EndOfStream, FrameSource
+from rig.clock import now_ns
+from rig.process import RigProcess
+from rig.schema import AcqStatus, Decision, FluorFrame, Preview, RewardOutcome
+from rig.store import RecordWriter
+
+PREVIEW_INTERVAL_NS = 250_000_000  # 4 Hz is plenty for the eye
+STATUS_INTERVAL_NS = 1_000_000_000
+
+
+def frame_record_dtype(n_rois: int) -> np.dtype:
+    return np.dtype([
+        ("frame", "i8"), ("t_ready", "i8"), ("t_registered", "i8"), ("t_extracted", "i8"), ("t_sent", "i8"),
+        ("dy", "f4"), ("dx", "f4"), ("corr", "f4"), ("flags", "i4"),
+        ("F", "f4", (n_rois,)), ("Fneu", "f4", (n_rois,)),
+    ])
+
+
+class AcquisitionProcess(RigProcess):
+    def configure(self) -> None:
+        cfg = self.config.acquisition
+        self.source: FrameSource = make_source(cfg, up=list(self.config.decoder.up),
+                                               down=list(self.config.decoder.down))
+        self.source.open()
+        self.roi_set = self._load_rois()
+        self.roi_set.save_suite2p(self.dir / "rois")
+        self.pipeline = FramePipeline.from_config(self.roi_set, cfg)
+        if self.pipeline.reference is not None:
+            np.save(self.dir / "rois" / "reference.npy", self.pipeline.reference)
+        self.n_rois = self.pipeline.n_rois
+        self.records = RecordWriter(self.dir / "frames.rec", frame_record_dtype(self.n_rois),
+                                    self.config.session.flush_interval_s)
+        self._movie_fd = -1
+        if self.config.session.save_frames:
+            self._open_movie()
+        self.feedback = self.subscribe(["reward", "decoder"], [RewardOutcome.topic, Decision.topic]) \
+            if self.source.wants_bus_messages else None
+        self.frames = 0
+        self.frames_dropped = 0
+        self.bad_frames = 0
+        self._last_number = -1
+        self._next_preview = 0
+        self._next_status = 0
+        self._t_first = 0
+        self._ended = False
+
+    def _load_rois(self) -> RoiSet:
+        cfg = self.config.acquisition
+        if cfg.source == "sim" and not cfg.rois.suite2p_dir:
+            truth_dir = self.dir / "sim_truth"
+            self.source.write_ground_truth(truth_dir)
+            roi_set = load_suite2p(truth_dir / "suite2p" / "plane0")
+        else:
+            roi_set = load_suite2p(cfg.rois.suite2p_dir)
+        return roi_set.cells_only() if cfg.rois.only_cells else roi_set
+
+    def _open_movie(self) -> None:
+        height, width = self.source.shape
+        (self.dir / "movie.json").write_text(json.dumps(
+            {"dtype": "uint16", "shape": [-1, height, width], "order": "C", "frame_rate_hz": self.source.frame_rate_hz}
+        ))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
+        self._movie_fd = os.open(self.dir / "movie.u16", flags, 0o644)
+
+    def ready_info(self) -> dict[str, str]:
+        return {"n_rois": str(self.n_rois), "frame_rate_hz": repr(self.source.frame_rate_hz),
+                "height": str(self.source.shape[0]), "width": str(self.source.shape[1])}
+
+    def step(self) -> None:
+        if self.feedback is not None:
+            for msg in self.feedback.drain(100):
+                self.source.on_bus_message(msg)
+        if self._ended:
+            self.feedback.poll(20) if self.feedback is not None else self._control.poll(20)
+            return
+        try:
+            frame = self.source.read(0.02)
+        except EndOfStream:
+            self._ended = True
+            self.events.write("source_ended", frames=self.frames)
+            self.warn("source_ended", f"the frame source ended after {self.frames} frames")
+            return
+        for code, message in self.source.pop_warnings():
+            self.warn(code, message)
+        if frame is None:
+            self._maybe_status()
+            return
+        if self._last_number >= 0 and frame.number > self._last_number + 1:
+            missed = frame.number - self._last_number - 1
+            self.frames_dropped += missed
+            self.events.write("frames_dropped", after=self._last_number, missed=missed)
+        self._last_number = frame.number
+        result = self.pipeline.process(frame.data)
+        flags = int(result.flags) | int(frame.flags)
+        if flags:
+            self.bad_frames += 1
+        t_sent = now_ns()
+        self.publish(FluorFrame(
+            frame=frame.number, t_ready=frame.t_ready_ns, t_registered=result.t_registered,
+            t_extracted=result.t_extracted, dy=result.dy, dx=result.dx, corr=result.corr, flags=flags,
+            F=result.F, Fneu=result.Fneu, t_sent=t_sent,
+        ))
+        row = self.records.next_row()
+        row["frame"] = frame.number
+        row["t_ready"] = frame.t_ready_ns
+        row["t_registered"] = result.t_registered
+        row["t_extracted"] = result.t_extracted
+        row["t_sent"] = t_sent
+        row["dy"] = result.dy
+        row["dx"] = result.dx
+        row["corr"] = result.corr
+        row["flags"] = flags
+        row["F"] = result.F
+        row["Fneu"] = result.Fneu
+        self.records.commit()
+        if self._movie_fd >= 0:
+            os.write(self._movie_fd, np.ascontiguousarray(frame.data, dtype=np.uint16).data)
+        self.frames += 1
+        if not self._t_first:
+            self._t_first = t_sent
+        if t_sent >= self._next_preview:
+            self._next_preview = t_sent + PREVIEW_INTERVAL_NS
+            self.publish(Preview(frame=frame.number, dy=result.dy, dx=result.dx, corr=result.corr,
+                                 image=self.pipeline.preview_image(frame.data), t_ns=t_sent))
+        self._maybe_status()
+
+    def _maybe_status(self) -> None:
+        now = now_ns()
+        if now < self._next_status:
+            return
+        self._next_status = now + STATUS_INTERVAL_NS
+        elapsed = (now - self._t_first) / 1e9 if self._t_first else 0.0
+        self.publish(AcqStatus(frames=self.frames, frames_dropped=self.frames_dropped, bad_frames=self.bad_frames,
+                               link=self.source.link_state(), fps=self.frames / elapsed if elapsed > 0 else 0.0,
+                               t_ns=now))
+
+    def heartbeat_stats(self) -> dict[str, float]:
+        return {"frames": float(self.frames), "frames_dropped": float(self.frames_dropped),
+                "bad_frames": float(self.bad_frames)}
+
+    def on_stop(self) -> None:
+        if hasattr(self, "records"):
+            self.records.close()
+        if getattr(self, "_movie_fd", -1) >= 0:
+            os.close(self._movie_fd)
+            self._movie_fd = -1
+        if hasattr(self, "source"):
+            stats = self.source.stats()
+            self.source.close()
+            self.events.write("final_stats", frames=getattr(self, "frames", 0),
+                              frames_dropped=getattr(self, "frames_dropped", 0),
+                              bad_frames=getattr(self, "bad_frames", 0), source_stats=stats)

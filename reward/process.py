@@ -1,0 +1,153 @@
+"""The reward process (the only one that touches the animal) and the valve-board emulator process.
+
+RewardProcess files (``reward/``): ``events.jsonl`` with one ``reward_outcome`` per request (delivered,
+failed or refused, with host and board stamps), licks, link changes; ``valve_calibration.json`` (the
+calibration this session used). EmulatorProcess files (``valve_emulator/``): ``valve.jsonl``, the
+simulated board's own log of every valve open/close.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from reward.calibration import ValveCalibration
+from reward.controller import RewardController
+from reward.link import ValveLink
+from rig.clock import now_ns
+from rig.process import RigProcess
+from rig.schema import Control, Lick, LinkState, RewardOutcome, RewardRequest
+from rig.store import write_json_atomic
+
+
+class RewardProcess(RigProcess):
+    def configure(self) -> None:
+        cfg = self.config.reward
+        url = cfg.port
+        if cfg.port == "emulator":
+            url = self.spec.extra.get("upstream", {}).get("valve_emulator", {}).get("serial_url", "")
+            if not url:
+                raise RuntimeError("reward.port is \"emulator\" but the emulator reported no serial URL")
+        self.calibration = ValveCalibration.for_config(cfg, self.spec.config_file)
+        write_json_atomic(self.dir / "valve_calibration.json", self.calibration.to_dict())
+        self.link = ValveLink(url, baud=cfg.baud, timeout_s=cfg.ack_timeout_s)
+        self.link.open()
+        self.controller = RewardController(cfg, self.calibration, self.link)
+        self.requests = self.subscribe(["decoder"], [RewardRequest.topic])
+        self.delivered = 0
+        self.failed = 0
+        self.events.write("link", state="connected", url=url)
+
+    def step(self) -> None:
+        msg = self.requests.recv(2)
+        while msg is not None:
+            assert isinstance(msg, RewardRequest)
+            self.controller.request(msg.request_id, msg.volume_ul, msg.source,
+                                    {"frame": msg.frame, "t_ready": msg.t_ready, "t_requested": msg.t_requested})
+            msg = self.requests.recv(0)
+        for event in self.controller.poll(0.002):
+            self._publish_event(event)
+
+    def _publish_event(self, event) -> None:  # noqa: ANN001 - controller event union
+        kind = event.kind
+        if kind == "outcome":
+            if event.status == "delivered":
+                self.delivered += 1
+            else:
+                self.failed += 1
+            meta = event.meta
+            self.events.write("reward_outcome", request_id=event.request_id, status=event.status, reason=event.reason,
+                              volume_ul=event.volume_ul, open_ms=event.open_ms, source=event.source,
+                              frame=meta.get("frame", -1), t_ready=meta.get("t_ready", 0),
+                              t_requested=meta.get("t_requested", 0), t_written=event.t_written, t_ack=event.t_ack,
+                              t_done=event.t_done, board_us_ack=event.board_us_ack, board_us_done=event.board_us_done)
+            self.publish(RewardOutcome(
+                request_id=event.request_id, status=event.status, reason=event.reason, volume_ul=event.volume_ul,
+                open_ms=event.open_ms, source=event.source, frame=meta.get("frame", -1),
+                t_ready=meta.get("t_ready", 0), t_requested=meta.get("t_requested", 0), t_written=event.t_written,
+                t_ack=event.t_ack, t_done=event.t_done, board_us_ack=event.board_us_ack,
+                board_us_done=event.board_us_done,
+            ))
+            if event.status != "delivered":
+                self.warn("reward_" + event.status, f"reward {event.request_id} {event.status}: {event.reason}")
+        elif kind == "lick":
+            self.events.write("lick", onset=event.onset, board_us=event.board_us)
+            self.publish(Lick(onset=event.onset, board_us=event.board_us, t_ns=now_ns()))
+        elif kind == "link":
+            self.events.write("link", state=event.state, detail=event.detail)
+            self.publish(LinkState(state=event.state, detail=event.detail, t_ns=now_ns()))
+            if event.state != "connected":
+                self.warn("serial_" + event.state, f"reward board link {event.state}: {event.detail}")
+
+    def on_control(self, msg: Control) -> None:
+        if msg.command == "test_pulse":
+            self.controller.test_pulse()
+        elif msg.command == "close_valve":
+            self.controller.close_valve()
+
+    def on_safe_state(self, reason: str) -> None:
+        self.controller.enter_safe_state(reason)
+        self.warn("safe_state", f"rewards refused, valve closed: {reason}")
+
+    def heartbeat_stats(self) -> dict[str, float]:
+        return {"delivered": float(self.delivered), "failed": float(self.failed)}
+
+    def on_stop(self) -> None:
+        controller = getattr(self, "controller", None)
+        if controller is not None:
+            for event in controller.shutdown(timeout_s=1.0):
+                self._publish_event(event)
+        link = getattr(self, "link", None)
+        if link is not None:
+            link.close()
+
+
+class EmulatorProcess(RigProcess):
+    """Runs :func:`reward.emulator.run_emulator` (the simulated board) as a supervised process.
+
+    It is a separate process on purpose: if the reward process dies, the emulated firmware's
+    watchdog must close the valve on its own, exactly as the real board would.
+    """
+
+    def configure(self) -> None:
+        from reward.emulator import run_emulator  # noqa: PLC0415
+
+        self._stop_event = threading.Event()
+        self._url: list[str] = []
+        self._ready = threading.Event()
+        self._error: list[BaseException] = []
+
+        def on_ready(url: str) -> None:
+            self._url.append(url)
+            self._ready.set()
+
+        def serve() -> None:
+            try:
+                run_emulator(self.config.reward.emulator_transport, on_ready, self._stop_event,
+                             log_path=self.dir / "valve.jsonl", cfg=self.config.reward)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which fails the process
+                self._error.append(exc)
+                self._ready.set()
+
+        self._thread = threading.Thread(target=serve, name="emulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the valve emulator did not come up within 10 s")
+        self._raise_thread_error()
+
+    def _raise_thread_error(self) -> None:
+        if self._error:
+            raise RuntimeError(f"valve emulator failed: {self._error[0]!r}") from self._error[0]
+
+    def ready_info(self) -> dict[str, str]:
+        return {"serial_url": self._url[0]}
+
+    def step(self) -> None:
+        self._control.poll(20)
+        self._raise_thread_error()
+        if not self._thread.is_alive():
+            raise RuntimeError("the valve emulator thread stopped")
+
+    def on_stop(self) -> None:
+        if hasattr(self, "_stop_event"):
+            self._stop_event.set()
+            self._thread.join(5)
