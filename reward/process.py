@@ -29,13 +29,14 @@ class RewardProcess(RigProcess):
                 raise RuntimeError("reward.port is \"emulator\" but the emulator reported no serial URL")
         self.calibration = ValveCalibration.for_config(cfg, self.spec.config_file)
         write_json_atomic(self.dir / "valve_calibration.json", self.calibration.to_dict())
-        self.link = ValveLink(url, baud=cfg.baud, timeout_s=cfg.ack_timeout_s)
+        self.link = ValveLink.from_config(cfg, url)
         self.link.open()
         self.controller = RewardController(cfg, self.calibration, self.link)
+        self.controller.start()
         self.requests = self.subscribe(["decoder"], [RewardRequest.topic])
         self.delivered = 0
         self.failed = 0
-        self.events.write("link", state="connected", url=url)
+        self.events.write("link_url", url=url, calibration_source=str(getattr(self.calibration, "source", "")))
 
     def step(self) -> None:
         msg = self.requests.recv(2)
@@ -70,8 +71,11 @@ class RewardProcess(RigProcess):
             if event.status != "delivered":
                 self.warn("reward_" + event.status, f"reward {event.request_id} {event.status}: {event.reason}")
         elif kind == "lick":
-            self.events.write("lick", onset=event.onset, board_us=event.board_us)
-            self.publish(Lick(onset=event.onset, board_us=event.board_us, t_ns=now_ns()))
+            t_ns = event.t_ns or event.t_received  # board time on the host clock, once synchronised
+            self.events.write("lick", onset=event.onset, board_us=event.board_us, t_ns=t_ns)
+            self.publish(Lick(onset=event.onset, board_us=event.board_us, t_ns=t_ns))
+        elif kind == "notice":
+            self.warn(event.code, event.message)
         elif kind == "link":
             self.events.write("link", state=event.state, detail=event.detail)
             self.publish(LinkState(state=event.state, detail=event.detail, t_ns=now_ns()))
@@ -80,7 +84,7 @@ class RewardProcess(RigProcess):
 
     def on_control(self, msg: Control) -> None:
         if msg.command == "test_pulse":
-            self.controller.test_pulse()
+            self.controller.test_pulse(request_id=f"test-{msg.seq}")
         elif msg.command == "close_valve":
             self.controller.close_valve()
 

@@ -1,0 +1,395 @@
+"""The host end of the serial link to the reward board: port, handshake, heartbeats, reconnection.
+
+:class:`ValveLink` owns the pyserial port and everything that keeps the link alive: it opens the
+port (any pyserial URL: a device, a pty path, ``socket://``), performs the HELLO handshake, sends a
+heartbeat whenever nothing else was written for ``heartbeat_interval_s``, notices loss (serial
+error, board silence, board reset, board watchdog) and reconnects. It never blocks longer than the
+caller's poll timeout (except inside pyserial's own open/close, e.g. the socket backend's 0.3 s
+close) and never raises for link trouble: trouble becomes :class:`LinkEvent` items.
+
+What it does not do is decide anything about rewards: :class:`reward.controller.RewardController`
+sends the commands and reads the board's messages through :meth:`ValveLink.send` /
+:meth:`ValveLink.poll`.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import ClassVar
+
+import msgspec
+import serial
+
+from reward import protocol as p
+from reward.config import RewardConfig
+from rig.clock import now_ns
+
+# Link states (``ValveLink.state``) and the LinkEvent states announcing transitions.
+CLOSED = "closed"
+CONNECTING = "connecting"  # port being opened / handshake in progress, first time
+RECONNECTING = "reconnecting"  # same, after a loss
+CONNECTED = "connected"
+LOST = "lost"  # event only: the link went down (serial error, silence, board reset, NOLINK)
+WATCHDOG_TRIPPED = "watchdog_tripped"  # event only: the board's heartbeat watchdog fired
+
+
+class LinkEvent(msgspec.Struct, frozen=True):
+    """A change of link state, with a human-readable reason, stamped with ``rig.clock.now_ns``."""
+
+    kind: ClassVar[str] = "link"
+    state: str
+    detail: str
+    t_ns: int
+
+
+class Received(msgspec.Struct, frozen=True):
+    """One line from the board and the host time right after the read that delivered it."""
+
+    message: p.BoardMessage | p.LineError
+    t_read: int
+
+
+class LinkDown(RuntimeError):
+    """A command could not be written because the link is not connected (or just broke)."""
+
+
+class ProtocolMismatch(RuntimeError):
+    """The board speaks another protocol version: a firmware/software mismatch, not a glitch."""
+
+
+class ValveLink:
+    """Serial link to the reward board. Drive it with :meth:`poll`; write with :meth:`send`."""
+
+    def __init__(
+        self,
+        url: str,
+        baud: int = 115200,
+        *,
+        watchdog_ms: int = 500,
+        heartbeat_interval_s: float = 0.1,
+        link_timeout_s: float = 1.0,
+        handshake_timeout_s: float = 3.0,
+        hello_retry_s: float = 0.5,
+        reconnect_interval_s: float = 0.5,
+        write_timeout_s: float = 0.1,
+        clock: Callable[[], int] = now_ns,
+    ) -> None:
+        if not p.WATCHDOG_MIN_MS <= watchdog_ms <= p.WATCHDOG_MAX_MS:
+            raise ValueError(f"watchdog_ms must be in {p.WATCHDOG_MIN_MS}..{p.WATCHDOG_MAX_MS}, got {watchdog_ms}")
+        if heartbeat_interval_s * 1000 > watchdog_ms / 2:
+            raise ValueError("heartbeat_interval_s must be at most half the watchdog time")
+        self.url = url
+        self.baud = baud
+        self.watchdog_ms = watchdog_ms
+        self._clock = clock
+        self._hb_ns = int(heartbeat_interval_s * 1e9)
+        self._silence_ns = int(link_timeout_s * 1e9)
+        self._handshake_ns = int(handshake_timeout_s * 1e9)
+        self._hello_retry_ns = int(hello_retry_s * 1e9)
+        self._reconnect_ns = int(reconnect_interval_s * 1e9)
+        self._write_timeout_s = write_timeout_s
+        self._parser = p.BoardParser()
+        self._ser: serial.SerialBase | None = None
+        self._fileno: int | None = None
+        self.state = CLOSED
+        self.board: p.HelloInfo | None = None
+        self.last_error = ""
+        self._events: list[LinkEvent | Received] = []
+        self._seq = 0
+        self._hello_seq = -1
+        self._handshake_started = 0
+        self._hello_sent = 0
+        self._next_open_ns = 0
+        self._last_write_ns = 0
+        self._last_rx_ns = 0
+        self._hb_sent: dict[int, int] = {}
+        self._sync: deque[tuple[int, int]] = deque(maxlen=32)  # (rtt_ns, offset_ns) from heartbeat acks
+        self.connects = 0
+        self.losses = 0
+        self.last_rtt_ns = -1
+
+    @classmethod
+    def from_config(cls, cfg: RewardConfig, url: str) -> ValveLink:
+        return cls(
+            url,
+            cfg.baud,
+            watchdog_ms=cfg.watchdog_ms,
+            heartbeat_interval_s=cfg.heartbeat_interval_s,
+            link_timeout_s=cfg.link_timeout_s,
+            handshake_timeout_s=cfg.handshake_timeout_s,
+            reconnect_interval_s=cfg.reconnect_interval_s,
+            write_timeout_s=cfg.write_timeout_s,
+        )
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def connected(self) -> bool:
+        return self.state == CONNECTED
+
+    def open(self) -> None:
+        """Start connecting; the port is opened and the handshake done by :meth:`poll`."""
+        if self.state != CLOSED:
+            raise RuntimeError(f"link to {self.url} is already open (state {self.state})")
+        self.state = CONNECTING
+        self._next_open_ns = self._clock()
+        self._announce(CONNECTING, f"opening {self.url}")
+
+    def close(self) -> None:
+        """Close the valve if we can, then the port. The board's watchdog locks it out shortly after."""
+        if self.state == CLOSED:
+            return
+        if self.state == CONNECTED:
+            try:
+                self.send(p.encode_close(self.next_seq()))
+            except LinkDown as exc:
+                self.last_error = f"final CLOSE not written: {exc}"
+        self._close_port()
+        self.state = CLOSED
+        self._announce(CLOSED, "closed by the host")
+
+    def next_seq(self) -> int:
+        """A fresh sequence number (monotonic across reconnects, so a stale reply never matches)."""
+        self._seq = self._seq + 1 if self._seq < p.MAX_U32 else 1
+        return self._seq
+
+    def send(self, line: bytes) -> int:
+        """Write one encoded command; return ``now_ns()`` taken right after ``write()`` returned.
+
+        Raises :class:`LinkDown` if the link is not connected or the write fails (the loss is also
+        reported as a LinkEvent by the next poll).
+        """
+        if self.state != CONNECTED:
+            raise LinkDown(f"reward board link is {self.state}" + (f": {self.last_error}" if self.last_error else ""))
+        return self._write(line)
+
+    def poll(self, timeout_s: float = 0.0) -> list[LinkEvent | Received]:
+        """Service the link for up to ``timeout_s``; return as soon as anything happened."""
+        deadline = self._clock() + int(max(0.0, timeout_s) * 1e9)
+        while True:
+            now = self._clock()
+            self._maintain(now)
+            if self._events:
+                break
+            wait_ns = min(deadline, self._next_timer_ns(now)) - now
+            if self._ser is not None:
+                self._read(max(0, wait_ns) / 1e9)
+            elif wait_ns > 0:
+                time.sleep(wait_ns / 1e9)  # port closed: nothing to wait on until the next reopen
+            if self._events or self._clock() >= deadline:
+                break
+        out, self._events = self._events, []
+        return out
+
+    def fileno(self) -> int | None:
+        """Readable when the board sent something (POSIX ports and sockets); None when unavailable."""
+        return self._fileno
+
+    def board_to_host_ns(self, board_us: int) -> int | None:
+        """Host ``now_ns`` estimate of a board time, from the fastest recent heartbeat round trip."""
+        if not self._sync:
+            return None
+        _, offset = min(self._sync)
+        return board_us * 1000 + offset
+
+    # ------------------------------------------------------------ internals
+
+    def _announce(self, state: str, detail: str) -> None:
+        self._events.append(LinkEvent(state, detail, self._clock()))
+
+    def _next_timer_ns(self, now: int) -> int:
+        if self._ser is None:
+            return self._next_open_ns
+        if self.state == CONNECTED:
+            return min(self._last_write_ns + self._hb_ns, self._last_rx_ns + self._silence_ns)
+        return min(self._hello_sent + self._hello_retry_ns, self._handshake_started + self._handshake_ns)
+
+    def _maintain(self, now: int) -> None:
+        if self.state == CLOSED:
+            return
+        if self._ser is None:
+            if now >= self._next_open_ns:
+                self._open_port(now)
+            return
+        if self.state == CONNECTED:
+            if now - self._last_rx_ns >= self._silence_ns:
+                self._read(0.0)  # after a stall of our own, the board's replies may be waiting unread
+                if self._ser is None or self.state != CONNECTED:
+                    return
+            if now - self._last_rx_ns >= self._silence_ns:
+                self._lose(LOST, f"board silent for {(now - self._last_rx_ns) / 1e9:.2f} s", reopen=True)
+            elif now - self._last_write_ns >= self._hb_ns:
+                seq = self.next_seq()
+                try:
+                    t = self._write(p.encode_heartbeat(seq))
+                except LinkDown:
+                    return  # _write already reported the loss
+                self._hb_sent[seq] = t
+                if len(self._hb_sent) > 16:
+                    del self._hb_sent[min(self._hb_sent)]
+            return
+        # handshaking
+        if now - self._handshake_started >= self._handshake_ns:
+            self.last_error = f"no handshake reply from {self.url} within {self._handshake_ns / 1e9:.1f} s"
+            self._close_port()
+            self._next_open_ns = now + self._reconnect_ns
+        elif now - self._hello_sent >= self._hello_retry_ns:
+            self._send_hello()
+
+    def _open_port(self, now: int) -> None:
+        try:
+            ser = serial.serial_for_url(
+                self.url, do_not_open=True, baudrate=self.baud, timeout=0, write_timeout=self._write_timeout_s
+            )
+            if os.name == "posix" and "://" not in self.url:
+                ser.exclusive = True  # a second program on the same board would interleave commands
+            ser.open()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            self.last_error = f"cannot open {self.url}: {exc}"
+            self._next_open_ns = now + self._reconnect_ns
+            return
+        self._ser = ser
+        try:
+            self._fileno = ser.fileno()
+        except (AttributeError, NotImplementedError, OSError):
+            self._fileno = None  # e.g. Windows COM ports: poll() falls back to pyserial's timed read
+        self._parser.reset()
+        self._handshake_started = now
+        self._send_hello()
+
+    def _send_hello(self) -> None:
+        self._hello_seq = self.next_seq()
+        # The leading newline ends any partial line the board holds, so the HELLO parses cleanly.
+        try:
+            self._hello_sent = self._write(b"\n" + p.encode_hello(self._hello_seq, self.watchdog_ms))
+        except LinkDown:
+            self._hello_sent = self._clock()
+
+    def _write(self, data: bytes) -> int:
+        ser = self._ser
+        if ser is None:
+            raise LinkDown(f"port {self.url} is not open")
+        try:
+            ser.write(data)
+        except (serial.SerialException, OSError) as exc:
+            self._lose(LOST, f"write to {self.url} failed: {exc}", reopen=True)
+            raise LinkDown(f"write to {self.url} failed: {exc}") from exc
+        t = self._clock()
+        self._last_write_ns = t
+        return t
+
+    def _read(self, wait_s: float) -> None:
+        ser = self._ser
+        assert ser is not None
+        try:
+            if wait_s > 0:
+                if self._fileno is not None:
+                    ready, _, _ = select.select([self._fileno], [], [], wait_s)
+                    if not ready:
+                        return
+                    data = ser.read(4096)
+                else:
+                    ser.timeout = wait_s
+                    data = ser.read(1)
+                    ser.timeout = 0
+                    if data:
+                        data += ser.read(4096)
+            else:
+                data = ser.read(4096)
+        except (serial.SerialException, OSError) as exc:
+            self._lose(LOST, f"read from {self.url} failed: {exc}", reopen=True)
+            return
+        if not data:
+            return
+        t_read = self._clock()
+        self._last_rx_ns = t_read
+        for item in self._parser.feed(data):
+            self._handle(item, t_read)
+
+    def _handle(self, item: p.BoardMessage | p.LineError, t_read: int) -> None:
+        handshaking = self.state in (CONNECTING, RECONNECTING)
+        if isinstance(item, p.Ack):
+            if item.command == "HELLO" and item.seq == self._hello_seq and handshaking:
+                self._linked(p.hello_info(item), t_read)
+                return
+            if item.command == "HB":
+                t_sent = self._hb_sent.pop(item.seq, None)
+                if t_sent is not None:
+                    rtt = t_read - t_sent
+                    self.last_rtt_ns = rtt
+                    self._sync.append((rtt, (t_sent + t_read) // 2 - item.board_us * 1000))
+                return
+        elif isinstance(item, p.Nak):
+            if item.seq == self._hello_seq:
+                if item.code == p.NAK_VERSION:
+                    raise ProtocolMismatch(
+                        f"reward board at {self.url} speaks protocol {item.detail}, this host speaks "
+                        f"{p.PROTOCOL_VERSION}: flash reward/firmware/bci_reward/bci_reward.ino"
+                    )
+                raise ValueError(f"reward board at {self.url} refused HELLO: {item.code} {item.detail}")
+            if item.code == p.NAK_NOLINK and self.state == CONNECTED and item.seq > self._hello_seq:
+                self._events.append(Received(item, t_read))
+                self._lose(LOST, "board reports no link (NOLINK): re-handshaking", reopen=False)
+                return
+        elif isinstance(item, p.WatchdogTrip):
+            if self.state == CONNECTED:
+                self._lose(WATCHDOG_TRIPPED, f"board watchdog fired at board time {item.board_us} us", reopen=False)
+            return
+        elif isinstance(item, p.Boot):
+            if item.protocol != p.PROTOCOL_VERSION:
+                raise ProtocolMismatch(
+                    f"reward board at {self.url} booted firmware {item.firmware} speaking protocol "
+                    f"{item.protocol}; this host speaks {p.PROTOCOL_VERSION}"
+                )
+            if self.state == CONNECTED:
+                self._lose(LOST, f"board reset (BOOT, firmware {item.firmware})", reopen=False)
+            elif handshaking:
+                self._send_hello()  # it just finished booting: no need to wait for the retry
+            return
+        self._events.append(Received(item, t_read))
+
+    def _linked(self, info: p.HelloInfo, t: int) -> None:
+        self.board = info
+        self.state = CONNECTED
+        self.connects += 1
+        self._last_rx_ns = t
+        self._hb_sent.clear()
+        self.last_error = ""
+        self._announce(
+            CONNECTED,
+            f"{self.url}: firmware {info.firmware}, protocol {info.protocol}, max open {info.max_open_ms} ms, "
+            f"watchdog {info.watchdog_ms} ms",
+        )
+
+    def _lose(self, event_state: str, detail: str, *, reopen: bool) -> None:
+        """Report a loss and start over: reopen the port, or just re-handshake on the open port."""
+        if self.state == CLOSED:
+            return
+        was_connected = self.state == CONNECTED
+        self.losses += was_connected
+        self.last_error = detail
+        now = self._clock()
+        if was_connected:
+            self._announce(event_state, detail)
+        if reopen:
+            self._close_port()
+            self._next_open_ns = now + self._reconnect_ns
+        if self.state != RECONNECTING:
+            self.state = RECONNECTING
+            self._announce(RECONNECTING, detail)
+        if not reopen and self._ser is not None:
+            self._handshake_started = now
+            self._send_hello()
+
+    def _close_port(self) -> None:
+        ser, self._ser, self._fileno = self._ser, None, None
+        if ser is None:
+            return
+        try:
+            ser.close()
+        except (serial.SerialException, OSError) as exc:
+            self.last_error = f"closing {self.url}: {exc}"
