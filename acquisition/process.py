@@ -165,6 +165,9 @@ class AcquisitionProcess(RigProcess):
             self._movie_fd = -1
         if hasattr(self, "source"):
             stats = self.source.stats()
+            if self.config.acquisition.source == "sim":
+                # Now with the true shifts and traces of every frame generated, not only the ROIs.
+                self.source.write_ground_truth(self.dir / "sim_truth")
             self.source.close()
             self.events.write("final_stats", frames=getattr(self, "frames", 0),
                               frames_dropped=getattr(self, "frames_dropped", 0),

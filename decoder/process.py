@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from decoder.engine import DecoderEngine
+from decoder.calibration import CalibrationError
+from decoder.engine import DecoderEngine, EngineStateError
 from rig.clock import now_ns
 from rig.process import RigProcess
 from rig.schema import CalibrationResult, Control, Decision, FluorFrame, RewardRequest, TrialEvent
@@ -123,16 +124,23 @@ class DecoderProcess(RigProcess):
         pass
 
     def on_control(self, msg: Control) -> None:
-        cmd = msg.command
         # Controls are applied between frames: "after_frame" lets `rig replay` apply them at the same point.
-        self.events.write("applied", command=cmd, args=msg.args, after_frame=self.last_frame)
+        self.events.write("applied", command=msg.command, args=msg.args, after_frame=self.last_frame)
+        try:
+            self._apply_control(msg)
+        except (EngineStateError, CalibrationError, ValueError) as exc:
+            # An operator command that does not fit the current state is refused, not fatal.
+            self.events.write("refused", command=msg.command, reason=str(exc), after_frame=self.last_frame)
+            self.warn("command_refused", f"{msg.command}: {exc}")
+
+    def _apply_control(self, msg: Control) -> None:
+        cmd = msg.command
         if cmd == "start_baseline":
             self.engine.start_baseline()
         elif cmd == "calibrate":
             if "target_hit_rate" in msg.args:
                 self.engine.set_target_hit_rate(float(msg.args["target_hit_rate"]))
-            cal = self.engine.calibrate()
-            self._publish_calibration(cal.to_dict())
+            self.engine.calibrate()  # its "calibrated" event is published with the next frame
         elif cmd == "start_bci":
             self.engine.start_bci()
         elif cmd == "pause":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 
+import zmq
+
 from reward.calibration import ValveCalibration
 from reward.controller import RewardController
 from reward.link import ValveLink
@@ -30,22 +32,34 @@ class RewardProcess(RigProcess):
         self.calibration = ValveCalibration.for_config(cfg, self.spec.config_file)
         write_json_atomic(self.dir / "valve_calibration.json", self.calibration.to_dict())
         self.link = ValveLink.from_config(cfg, url)
-        self.link.open()
         self.controller = RewardController(cfg, self.calibration, self.link)
         self.controller.start()
         self.requests = self.subscribe(["decoder"], [RewardRequest.topic])
+        self._poller = zmq.Poller()
+        self._poller.register(self.requests.socket, zmq.POLLIN)
+        self._polled_fd: int | None = None
         self.delivered = 0
         self.failed = 0
         self.events.write("link_url", url=url, calibration_source=str(getattr(self.calibration, "source", "")))
 
     def step(self) -> None:
-        msg = self.requests.recv(2)
+        # Wake on whichever comes first: a reward request or bytes from the board. The port's file
+        # descriptor changes when the link reconnects; without one (Windows COM ports) poll briefly.
+        fd = self.link.fileno()
+        if fd != self._polled_fd:
+            if self._polled_fd is not None:
+                self._poller.unregister(self._polled_fd)
+            if fd is not None and fd >= 0:
+                self._poller.register(fd, zmq.POLLIN)
+            self._polled_fd = fd if fd is not None and fd >= 0 else None
+        ready = dict(self._poller.poll(5 if self._polled_fd is not None else 1))
+        msg = self.requests.recv(0) if self.requests.socket in ready or not ready else None
         while msg is not None:
             assert isinstance(msg, RewardRequest)
             self.controller.request(msg.request_id, msg.volume_ul, msg.source,
                                     {"frame": msg.frame, "t_ready": msg.t_ready, "t_requested": msg.t_requested})
             msg = self.requests.recv(0)
-        for event in self.controller.poll(0.002):
+        for event in self.controller.poll(0.0):
             self._publish_event(event)
 
     def _publish_event(self, event) -> None:  # noqa: ANN001 - controller event union

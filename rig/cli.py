@@ -27,7 +27,6 @@ PLUGIN_MODULES = (
     "acquisition.sim.cli",
     "reward.cli",
     "rig.session_cli",
-    "rig.bench",
     "gui.cli",
 )
 

@@ -299,7 +299,8 @@ class Supervisor:
             if not child.proc.is_alive():
                 why = child.error or self._error_from_log(child) or (
                     f"process exited unexpectedly with code {child.proc.exitcode}")
-            elif now - child.last_seen_ns > liveness_ns:
+            elif child.state not in ("not started", "configuring") and now - child.last_seen_ns > liveness_ns:
+                # (configure() may take long and sends no heartbeats: bus.ready_timeout_s bounds it)
                 why = (f"no heartbeat for {(now - child.last_seen_ns) / 1e9:.1f} s "
                        f"({self.cfg.bus.heartbeat_liveness} missed)")
             elif child.state == "failed":

@@ -1,0 +1,182 @@
+"""The [acquisition.sim] table: the simulated two-photon scope and the simulated mouse.
+
+Numbers default to a typical awake-mouse GCaMP session (see docs and DOMAIN.md section 4): 512x512
+at 30 Hz, 150 cells, a few photons per pixel per frame, 2-5 um of motion, slow bleaching.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+INDICATORS = ("6f", "6s", "7f", "8m")
+LEARNING_RULES = ("vectorized", "scalar", "none")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"`{name}`: must be > 0 (got {value!r})")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"`{name}`: must be >= 0 (got {value!r})")
+
+
+def _fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"`{name}`: must be within [0, 1] (got {value!r})")
+
+
+class MouseConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How the simulated mouse's neurons fire and how it learns the task.
+
+    Activity: each cell has a log-normal baseline rate, shared latent fluctuations (correlations) and
+    private exploration noise. The mouse makes "attempt" bouts; learning changes how strongly each
+    cell is driven during a bout (``drive`` in Hz, bounded by ``drive_max_hz``).
+    """
+
+    rate_median_hz: float = 0.6
+    rate_log_sd: float = 0.6  # spread of log baseline rates across cells
+    max_rate_hz: float = 40.0
+    n_latents: int = 3  # shared slow fluctuations -> pairwise correlations
+    latent_tau_s: float = 2.0
+    latent_sd: float = 0.35  # per-cell loading scale, log-rate units
+    exploration_sd: float = 0.45  # private log-rate noise (the "exploration" a scalar rule uses)
+    exploration_tau_s: float = 0.4
+    bout_rate_hz: float = 0.25  # attempts per second
+    bout_duration_s: float = 1.5
+    learning_rule: str = "vectorized"  # vectorized | scalar | none
+    learning_rate_vectorized: float = 0.05  # Hz of attempt drive per reward (soft-bounded)
+    learning_rate_scalar: float = 0.05  # per (reward - R_bar) x eligibility (Hz)
+    drive_max_hz: float = 12.0
+    eligibility_tau_s: float = 1.0
+    attempt_exploration_hz: float = 1.5  # sd of each attempt's random variation of a cell's drive
+    reward_mean_tau_s: float = 120.0  # running mean R-bar of the reward rate
+    use_feedback: bool = False  # also learn from the decoder's cursor feedback
+    feedback_gain: float = 0.2  # pseudo-reward per second per unit of cursor_norm above its mean
+    forgetting_tau_s: float = 0.0  # 0 = learned drive does not decay
+
+    def __post_init__(self) -> None:
+        for name in (
+            "rate_median_hz",
+            "max_rate_hz",
+            "latent_tau_s",
+            "exploration_tau_s",
+            "bout_duration_s",
+            "eligibility_tau_s",
+            "reward_mean_tau_s",
+            "drive_max_hz",
+        ):
+            _positive(name, getattr(self, name))
+        for name in (
+            "rate_log_sd",
+            "latent_sd",
+            "exploration_sd",
+            "bout_rate_hz",
+            "attempt_exploration_hz",
+            "learning_rate_vectorized",
+            "learning_rate_scalar",
+            "feedback_gain",
+            "forgetting_tau_s",
+        ):
+            _non_negative(name, getattr(self, name))
+        if self.n_latents < 0:
+            raise ValueError(f"`n_latents`: must be >= 0 (got {self.n_latents})")
+        if self.learning_rule not in LEARNING_RULES:
+            raise ValueError(f"`learning_rule`: must be one of {LEARNING_RULES} (got {self.learning_rule!r})")
+
+
+class SimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The simulated scope: field of view, cells, indicator, photon detection, motion, timing."""
+
+    seed: int = 0
+    realtime: bool = True  # pace frames at the frame rate; False = as fast as possible
+    max_lag_frames: int = 3  # a consumer further behind than this in real time loses frames
+    height_px: int = 512
+    width_px: int = 512
+    n_cells: int = 150
+    indicator: str = "6f"  # GCaMP6f, GCaMP6s, jGCaMP7f, jGCaMP8m
+    # anatomy
+    cell_radius_px: float = 6.0
+    cell_radius_cv: float = 0.15
+    nucleus_radius_fraction: float = 0.5
+    nucleus_brightness: float = 0.35  # nucleus relative to cytoplasm (GCaMP is excluded from it)
+    dendrite_fraction: float = 0.3  # cells with visible processes
+    brightness_log_sd: float = 0.3  # expression level spread across cells
+    n_vessels: int = 3
+    # photons (per pixel per frame) and detection
+    cell_photons: float = 3.0  # baseline cytoplasm brightness above neuropil
+    neuropil_photons: float = 1.5
+    neuropil_coupling: float = 0.5  # neuropil follows the population's mean dF/F by this factor
+    dark_photons: float = 0.05
+    pmt_gain: float = 100.0  # mean ADC counts per photon
+    pmt_gain_var: float = 2300.0  # per-photon variance of the PMT gain (counts^2)
+    electronics_noise: float = 2.7  # Gaussian read noise, ADC counts
+    adc_offset: float = 50.0
+    noise_bank_frames: int = 4  # precomputed noise frames reused at random offsets and flips
+    # motion (pixels)
+    motion_max_px: float = 5.0  # hard bound on |dy| and |dx|
+    motion_walk_sd_px: float = 0.6  # stationary sd of the fast jitter (an OU walk)
+    motion_walk_tau_s: float = 0.5
+    jump_rate_hz: float = 0.03
+    jump_sd_px: float = 2.0
+    jump_tau_s: float = 3.0  # a jump relaxes back over this time
+    drift_px_per_min: float = 0.3
+    # slow processes and scanning
+    bleach_fraction: float = 0.15  # fraction of brightness lost as t -> infinity
+    bleach_tau_s: float = 1800.0
+    bidi_offset_px: float = 0.0  # odd lines shifted in x by this much (bidirectional scanning)
+    timestamp_jitter_s: float = 0.0003
+    history_max_frames: int = 108_000  # ground truth kept in memory (1 h at 30 Hz)
+    mouse: MouseConfig = msgspec.field(default_factory=MouseConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("height_px", "width_px", "n_cells", "noise_bank_frames", "history_max_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}`: must be >= 1 (got {getattr(self, name)})")
+        if self.height_px < 32 or self.width_px < 32:
+            raise ValueError(
+                f"`height_px`: field of view must be at least 32x32 (got {self.height_px}x{self.width_px})"
+            )
+        if self.indicator not in INDICATORS:
+            raise ValueError(f"`indicator`: must be one of {INDICATORS} (got {self.indicator!r})")
+        for name in (
+            "cell_radius_px",
+            "pmt_gain",
+            "motion_max_px",
+            "motion_walk_tau_s",
+            "jump_tau_s",
+            "bleach_tau_s",
+        ):
+            _positive(name, getattr(self, name))
+        for name in (
+            "cell_radius_cv",
+            "brightness_log_sd",
+            "cell_photons",
+            "neuropil_photons",
+            "neuropil_coupling",
+            "dark_photons",
+            "pmt_gain_var",
+            "electronics_noise",
+            "adc_offset",
+            "motion_walk_sd_px",
+            "jump_rate_hz",
+            "jump_sd_px",
+            "drift_px_per_min",
+            "timestamp_jitter_s",
+        ):
+            _non_negative(name, getattr(self, name))
+        for name in ("nucleus_radius_fraction", "nucleus_brightness", "dendrite_fraction", "bleach_fraction"):
+            _fraction(name, getattr(self, name))
+        if self.max_lag_frames < 0:
+            raise ValueError(f"`max_lag_frames`: must be >= 0 (got {self.max_lag_frames})")
+        if self.n_vessels < 0:
+            raise ValueError(f"`n_vessels`: must be >= 0 (got {self.n_vessels})")
+        if abs(self.bidi_offset_px) > 8:
+            raise ValueError(f"`bidi_offset_px`: must be within [-8, 8] pixels (got {self.bidi_offset_px})")
+        min_side = min(self.height_px, self.width_px)
+        if 4 * (self.cell_radius_px * 1.6 + self.motion_max_px) >= min_side:
+            raise ValueError(
+                f"`cell_radius_px`: cells of radius {self.cell_radius_px} with motion up to "
+                f"{self.motion_max_px} px do not fit a {self.height_px}x{self.width_px} field of view"
+            )

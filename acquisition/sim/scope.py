@@ -1,0 +1,679 @@
+"""A simulated two-photon microscope: a field of view of GCaMP neurons imaged through a noisy PMT.
+
+What a frame is made of (DOMAIN.md section 4)::
+
+    expected photons  = bleach(t) * [neuropil * level(t) + sum_i F0_i * (1 + dF/F_i(t)) * footprint_i]
+                        moved by the brain's motion (subpixel) + dark counts
+    ADC counts        = PMT gain * (photon count with PMT excess noise) + read noise + offset  -> uint16
+
+The scene lives on a canvas a few pixels larger than the field of view so motion brings real tissue in
+at the edges. Everything that does not change per frame is precomputed:
+
+* cell footprints are sparse (pixel index, weight) lists; per frame only their ~20k pixels are updated;
+* the static image (baseline cells + neuropil) is rescaled for bleaching only every few seconds;
+* motion is a separable bilinear shift (six full-frame ufunc passes on float32);
+* photon noise uses two banks of standard-normal frames, reused at random offsets, flips and signs,
+  and a square-root (Anscombe-like) transform ``n = (sqrt(lam - e/8) + z*sqrt(e)/2)^2 - e/8`` with the
+  excess noise factor ``e = 1 + var_gain/gain^2``: exactly the mean ``lam`` and variance ``e*lam`` of
+  Poisson photons with a noisy PMT gain, skewed like real low-count data, without ``rng.poisson``
+  (which costs ~19 ms on a 512x512 frame here).
+
+Motion convention: ``shifts[t] = (dy, dx)`` is where the content of the reference image appears in frame
+``t`` (moved down by ``dy`` rows, right by ``dx`` columns); registering the frame means shifting it by
+``(-dy, -dx)``. This is suite2p's ``yoff``/``xoff`` sign.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+from scipy import ndimage
+from scipy.special import expit
+
+from acquisition.sim.calcium import CalciumModel, indicator_preset
+from acquisition.sim.config import SimConfig
+from acquisition.sim.mouse import SimMouse
+
+_NOISE_PAD = 32  # noise bank frames are this much larger than the field of view (random offsets)
+_MOTION_BLOCK = 512  # frames of motion/timing random numbers drawn at once
+_HISTORY_CHUNK = 9000  # ground-truth history grows in chunks of this many frames
+_BLEACH_RESCALE = 2e-4  # relative bleaching change that triggers a rescale of the static image
+
+
+@dataclass
+class Cell:
+    """One simulated neuron's footprint, in field-of-view coordinates (zero motion)."""
+
+    ypix: np.ndarray
+    xpix: np.ndarray
+    lam: np.ndarray  # footprint weight (cytoplasm = 1, dark nucleus, soft edges, dimmer processes)
+    soma: np.ndarray  # bool per pixel: part of the soma (not a process)
+    center: tuple[float, float]
+    radius: float
+    brightness: float  # baseline photons/pixel/frame where lam == 1
+    has_processes: bool
+
+
+@dataclass
+class Anatomy:
+    """The static scene: cells, neuropil and vessels on a canvas of (Ly + 2m) x (Lx + 2m) pixels."""
+
+    cells: list[Cell]
+    neuropil: np.ndarray  # canvas float32, relative neuropil brightness (mean ~1)
+    margin: int
+    shape: tuple[int, int]  # field of view (Ly, Lx)
+
+
+@dataclass
+class FrameInfo:
+    """What the scope knows about the frame it just produced."""
+
+    number: int
+    scope_time_s: float
+    dy: float
+    dx: float
+
+
+# ---------------------------------------------------------------- anatomy
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return field / (field.std() + 1e-12)
+
+
+def _vessel_map(rng: np.random.Generator, shape: tuple[int, int], n_vessels: int) -> np.ndarray:
+    """0..1 map of blood vessels: smooth curves crossing the field, 4-10 px wide (dark in GCaMP images)."""
+    H, W = shape
+    out = np.zeros(shape)
+    for _ in range(n_vessels):
+        line = np.zeros(shape, bool)
+        y, x = rng.uniform(0, H), rng.uniform(0, W)
+        heading = rng.uniform(0, 2 * math.pi)
+        for direction in (1.0, -1.0):  # grow both ways from a random interior point
+            py, px, ph = y, x, heading
+            for _step in range(4 * (H + W)):
+                ph += rng.normal(0, 0.03)
+                py += direction * math.sin(ph)
+                px += direction * math.cos(ph)
+                iy, ix = int(py), int(px)
+                if not (0 <= iy < H and 0 <= ix < W):
+                    break
+                line[iy, ix] = True
+        width = rng.uniform(4.0, 10.0)
+        dist = ndimage.distance_transform_edt(~line)
+        out = np.maximum(out, expit((width / 2 - dist) / 0.8))
+    return out
+
+
+def _soma_patch(
+    rng: np.random.Generator, radius: float, cfg: SimConfig, sub_y: float, sub_x: float, half: int
+) -> np.ndarray:
+    """Soma weights on a (2h+1)^2 patch: elliptic body, soft edge, dark (GCaMP-free) nucleus."""
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    yy -= sub_y
+    xx -= sub_x
+    aspect = rng.uniform(1.0, 1.3)
+    theta = rng.uniform(0, math.pi)
+    c, s = math.cos(theta), math.sin(theta)
+    u = (yy * c + xx * s) / (radius * math.sqrt(aspect))
+    v = (-yy * s + xx * c) / (radius / math.sqrt(aspect))
+    rho = np.hypot(u, v)
+    edge = 0.7 / radius
+    body = expit((1.0 - rho) / edge)
+    ny, nx = rng.normal(0, 0.12 * radius, 2)
+    nf = cfg.nucleus_radius_fraction
+    rho_n = np.hypot(yy - ny, xx - nx) / max(nf * radius, 1e-6)
+    nucleus = expit((1.0 - rho_n) / (0.7 / max(nf * radius, 1e-6)))
+    return body * (1.0 - (1.0 - cfg.nucleus_brightness) * nucleus)
+
+
+def _process_points(rng: np.random.Generator, radius: float) -> list[tuple[float, float, float, float]]:
+    """Sample points (dy, dx, width sigma, amplitude) of 1-3 dendrite-like processes leaving the soma."""
+    points: list[tuple[float, float, float, float]] = []
+    for _ in range(int(rng.integers(1, 4))):
+        heading = rng.uniform(0, 2 * math.pi)
+        y, x = 0.9 * radius * math.sin(heading), 0.9 * radius * math.cos(heading)
+        length = rng.uniform(12.0, 40.0)
+        n = int(length / 0.7)
+        for k in range(n):
+            frac = k / max(n - 1, 1)
+            heading += rng.normal(0, 0.08)
+            y += 0.7 * math.sin(heading)
+            x += 0.7 * math.cos(heading)
+            points.append((y, x, 1.1 - 0.5 * frac, 0.6 - 0.35 * frac))
+    return points
+
+
+def build_anatomy(cfg: SimConfig, rng: np.random.Generator) -> Anatomy:
+    """Place ``cfg.n_cells`` cells (never on vessels, little overlap) and draw neuropil and vessels."""
+    Ly, Lx = cfg.height_px, cfg.width_px
+    margin = int(math.ceil(cfg.motion_max_px + abs(cfg.bidi_offset_px))) + 2
+    H, W = Ly + 2 * margin, Lx + 2 * margin
+
+    neuropil = 1.0 + 0.22 * _smooth_noise(rng, (H, W), 1.2) + 0.18 * _smooth_noise(rng, (H, W), 5.0)
+    neuropil += 0.15 * _smooth_noise(rng, (H, W), 40.0)
+    vessels = _vessel_map(rng, (H, W), cfg.n_vessels)
+    neuropil *= 1.0 - 0.75 * vessels
+    np.maximum(neuropil, 0.1, out=neuropil)
+
+    r0 = cfg.cell_radius_px
+    radii = np.clip(r0 * (1.0 + cfg.cell_radius_cv * rng.standard_normal(cfg.n_cells)), 0.6 * r0, 1.6 * r0)
+    packing = cfg.n_cells * math.pi * (0.9 * r0) ** 2 / (Ly * Lx)
+    if packing > 0.35:
+        raise ValueError(
+            f"`n_cells`: could not place {cfg.n_cells} cells of radius ~{r0} px in a {Ly}x{Lx} field of view "
+            f"without piling them up (they would cover {packing:.0%} of it; keep it under 35%)"
+        )
+    cy_arr = np.zeros(cfg.n_cells)
+    cx_arr = np.zeros(cfg.n_cells)
+    cells: list[Cell] = []
+    attempts = 0
+    max_attempts = 200 * cfg.n_cells
+    for i in range(cfg.n_cells):
+        r = float(radii[i])
+        pad = int(math.ceil(1.6 * r)) + 2
+        while True:
+            attempts += 1
+            if attempts > max_attempts:
+                raise ValueError(
+                    f"`n_cells`: could not place {cfg.n_cells} cells of radius ~{r0} px in a {Ly}x{Lx} "
+                    f"field of view without piling them up (placed {i}); use fewer or smaller cells"
+                )
+            cy, cx = rng.uniform(pad, Ly - pad), rng.uniform(pad, Lx - pad)
+            if vessels[int(cy) + margin, int(cx) + margin] > 0.2:
+                continue
+            d2 = (cy_arr[:i] - cy) ** 2 + (cx_arr[:i] - cx) ** 2
+            if np.all(d2 >= (0.9 * (r + radii[:i])) ** 2):
+                break
+        cy_arr[i], cx_arr[i] = cy, cx
+        iy, ix = int(round(cy)), int(round(cx))
+        half = int(math.ceil(1.5 * r)) + 2
+        soma = _soma_patch(rng, r, cfg, cy - iy, cx - ix, half)
+        with_processes = rng.random() < cfg.dendrite_fraction
+        if with_processes:
+            pts = _process_points(rng, r)
+            ext = int(math.ceil(max(max(abs(p[0]), abs(p[1])) for p in pts))) + 3
+            half_p = max(half, ext)
+            grown = np.zeros((2 * half_p + 1, 2 * half_p + 1))
+            o = half_p - half
+            grown[o : o + soma.shape[0], o : o + soma.shape[1]] = soma
+            soma_big = grown
+            proc = np.zeros_like(grown)
+            for py, px, sig, amp in pts:
+                gy, gx = py + (cy - iy) + half_p, px + (cx - ix) + half_p
+                y0, y1 = max(int(gy) - 3, 0), min(int(gy) + 4, proc.shape[0])
+                x0, x1 = max(int(gx) - 3, 0), min(int(gx) + 4, proc.shape[1])
+                yy, xx = np.mgrid[y0:y1, x0:x1]
+                blob = amp * np.exp(-((yy - gy) ** 2 + (xx - gx) ** 2) / (2 * sig**2))
+                np.maximum(proc[y0:y1, x0:x1], blob, out=proc[y0:y1, x0:x1])
+            weights = np.maximum(soma_big, proc)
+            is_soma = soma_big >= proc
+            half = half_p
+        else:
+            weights = soma
+            is_soma = np.ones_like(soma, bool)
+        keep = weights > 0.05
+        ly, lx = np.nonzero(keep)
+        ypix, xpix = ly + iy - half, lx + ix - half
+        inside = (ypix >= 0) & (ypix < Ly) & (xpix >= 0) & (xpix < Lx)
+        brightness = cfg.cell_photons * math.exp(cfg.brightness_log_sd * rng.standard_normal())
+        cells.append(
+            Cell(
+                ypix=ypix[inside].astype(np.int32),
+                xpix=xpix[inside].astype(np.int32),
+                lam=weights[keep][inside].astype(np.float32),
+                soma=is_soma[keep][inside],
+                center=(cy, cx),
+                radius=r,
+                brightness=brightness,
+                has_processes=with_processes,
+            )
+        )
+    return Anatomy(cells=cells, neuropil=neuropil.astype(np.float32), margin=margin, shape=(Ly, Lx))
+
+
+def suite2p_stat(anatomy: Anatomy) -> list[dict]:
+    """The cells as suite2p ROIs (``stat.npy`` entries); ROI i is cell i."""
+    Ly, Lx = anatomy.shape
+    counts = np.zeros((Ly, Lx), np.int32)
+    for c in anatomy.cells:
+        counts[c.ypix, c.xpix] += 1
+    stat = []
+    for c in anatomy.cells:
+        ys, xs = c.ypix[c.soma], c.xpix[c.soma]
+        med = [int(np.median(ys)), int(np.median(xs))]
+        npix_soma = int(c.soma.sum())
+        dist = np.hypot(ys - med[0], xs - med[1])
+        disk_mean = (2.0 / 3.0) * math.sqrt(max(npix_soma, 1) / math.pi)  # mean distance in a disk
+        stat.append(
+            {
+                "ypix": c.ypix.copy(),
+                "xpix": c.xpix.copy(),
+                "lam": c.lam.copy(),
+                "med": med,
+                "npix": int(c.ypix.size),
+                "npix_soma": npix_soma,
+                "radius": float(c.radius),
+                "compact": float(dist.mean() / disk_mean) if npix_soma else 1.0,
+                "soma_crop": c.soma.copy(),
+                "overlap": counts[c.ypix, c.xpix] > 1,
+                "inmerge": 0,
+            }
+        )
+    return stat
+
+
+# ---------------------------------------------------------------- the scope
+
+
+class SimScope:
+    """Renders frames of a simulated session into caller buffers; keeps the ground truth.
+
+    ``up``/``down`` tell the simulated mouse which cells the decoder reads (ROI i == cell i).
+    """
+
+    def __init__(
+        self,
+        cfg: SimConfig,
+        frame_rate_hz: float = 30.0,
+        up: list[int] | tuple[int, ...] = (),
+        down: list[int] | tuple[int, ...] = (),
+    ) -> None:
+        if frame_rate_hz <= 0:
+            raise ValueError(f"frame_rate_hz must be > 0 (got {frame_rate_hz})")
+        self.cfg = cfg
+        self.frame_rate_hz = float(frame_rate_hz)
+        self.shape = (cfg.height_px, cfg.width_px)
+        self.dtype = np.dtype(np.uint16)
+        root = np.random.SeedSequence(cfg.seed)
+        # same spawn order as TraceSim: geometry, mouse, noise; then motion and timing
+        geometry_seq, mouse_seq, noise_seq, motion_seq = root.spawn(4)
+        self.anatomy = build_anatomy(cfg, np.random.default_rng(geometry_seq))
+        n = cfg.n_cells
+        self.n_cells = n
+        self.mouse = SimMouse(cfg.mouse, n, frame_rate_hz, seed=mouse_seq, up=up, down=down)
+        self.calcium = CalciumModel(indicator_preset(cfg.indicator), n, frame_rate_hz)
+        self._noise_rng = np.random.default_rng(noise_seq)
+        self._motion_rng = np.random.default_rng(motion_seq)
+        self._build_static()
+        self._build_noise_banks()
+        self._init_motion()
+        self.frames_generated = 0
+        self._history: dict[str, np.ndarray] = {}
+        self._history_len = 0
+        self.history_truncated = False
+
+    # ------------------------------------------------------------ precomputation
+
+    def _build_static(self) -> None:
+        cfg, an = self.cfg, self.anatomy
+        m = an.margin
+        H, W = an.neuropil.shape
+        self._canvas_shape = (H, W)
+        rows, cols, vals = [], [], []
+        for i, c in enumerate(an.cells):
+            rows.append((c.ypix + m).astype(np.int64) * W + (c.xpix + m))
+            cols.append(np.full(c.ypix.size, i, np.int64))
+            vals.append(c.lam)
+        flat = np.concatenate(rows)
+        active, local = np.unique(flat, return_inverse=True)
+        self._active = active  # canvas flat indices touched by any cell
+        self._W = scipy.sparse.csr_matrix(
+            (np.concatenate(vals).astype(np.float32), (local, np.concatenate(cols))),
+            shape=(active.size, self.n_cells),
+        )
+        self.brightness = np.array([c.brightness for c in an.cells])
+        cell_base = np.zeros(H * W, np.float64)
+        np.add.at(cell_base, flat, np.concatenate(vals) * np.repeat(self.brightness, [c.ypix.size for c in an.cells]))
+        self._neuropil_photons = (cfg.neuropil_photons * an.neuropil).astype(np.float32)
+        self._static_raw = (cell_base.reshape(H, W) + self._neuropil_photons).astype(np.float32)
+        self._enf = 1.0 + cfg.pmt_gain_var / cfg.pmt_gain**2
+        # constant folded into the static image: dark counts and the shot-noise transform's shift;
+        # bilinear interpolation preserves constants, so it survives the motion step unchanged
+        self._static_const = np.float32(cfg.dark_photons - self._enf / 8.0)
+        self._static = np.empty((H, W), np.float32)
+        self._np_scaled = np.empty((H, W), np.float32)
+        self._bleach_applied = -1.0
+        self._apply_bleach(1.0)
+        self._work = np.empty((H, W), np.float32)
+        self._work_flat = self._work.reshape(-1)
+        Ly, Lx = self.shape
+        self._tmp_y = np.empty((Ly, Lx + 1), np.float32)
+        self._lam = np.empty((Ly, Lx), np.float32)
+        self._amp = np.zeros(self.n_cells, np.float32)
+        self._F_true = np.zeros(self.n_cells)
+
+    def _apply_bleach(self, b: float) -> None:
+        np.multiply(self._static_raw, np.float32(b), out=self._static)
+        self._static += self._static_const
+        np.multiply(self._neuropil_photons, np.float32(b), out=self._np_scaled)
+        self._bleach_applied = b
+
+    def _build_noise_banks(self) -> None:
+        cfg = self.cfg
+        Ly, Lx = self.shape
+        k = cfg.noise_bank_frames
+        shape = (k, Ly + _NOISE_PAD, Lx + _NOISE_PAD)
+        rng = self._noise_rng
+        self._shot_bank = rng.standard_normal(shape, dtype=np.float32)
+        self._shot_bank *= np.float32(math.sqrt(self._enf) / 2.0)
+        self._read_bank = rng.standard_normal(shape, dtype=np.float32)
+        self._read_bank *= np.float32(cfg.electronics_noise)
+        # ADC offset, minus the transform's e/8 shift (in counts), plus 0.5 so truncation rounds
+        self._read_bank += np.float32(cfg.adc_offset - cfg.pmt_gain * self._enf / 8.0 + 0.5)
+        self._noise_choice = np.zeros((_MOTION_BLOCK, 8), np.int64)
+
+    def _init_motion(self) -> None:
+        cfg = self.cfg
+        dt = 1.0 / self.frame_rate_hz
+        rng = self._motion_rng
+        self._a_walk = math.exp(-dt / cfg.motion_walk_tau_s)
+        self._a_jump = math.exp(-dt / cfg.jump_tau_s)
+        self._p_jump = 1.0 - math.exp(-cfg.jump_rate_hz * dt)
+        self._walk = cfg.motion_walk_sd_px * rng.standard_normal(2)
+        self._jump = np.zeros(2)
+        self._drift = np.zeros(2)
+        angle = rng.uniform(0, 2 * math.pi)
+        speed = cfg.drift_px_per_min / 60.0 * dt
+        self._drift_v = speed * np.array([math.sin(angle), math.cos(angle)])
+        self._shift = np.zeros(2)
+        self._block_i = _MOTION_BLOCK
+        self._z_motion = np.zeros((_MOTION_BLOCK, 5))
+
+    def _refill_random(self) -> None:
+        rng = self._motion_rng
+        self._z_motion[:] = rng.standard_normal(self._z_motion.shape)
+        self._z_motion[:, 4] = rng.random(_MOTION_BLOCK)  # jump coin
+        k = self.cfg.noise_bank_frames
+        ch = self._noise_choice
+        ch[:, 0] = rng.integers(0, k, _MOTION_BLOCK)  # shot bank frame
+        ch[:, 1:3] = rng.integers(0, _NOISE_PAD + 1, (_MOTION_BLOCK, 2))  # its offset
+        ch[:, 3] = rng.integers(0, 8, _MOTION_BLOCK)  # flips (y, x) and sign
+        ch[:, 4] = rng.integers(0, k, _MOTION_BLOCK)  # read-noise bank frame
+        ch[:, 5:7] = rng.integers(0, _NOISE_PAD + 1, (_MOTION_BLOCK, 2))
+        ch[:, 7] = rng.integers(0, 4, _MOTION_BLOCK)
+        self._block_i = 0
+
+    # ------------------------------------------------------------ per frame
+
+    def _step_motion(self, z: np.ndarray) -> None:
+        cfg = self.cfg
+        self._walk *= self._a_walk
+        self._walk += cfg.motion_walk_sd_px * math.sqrt(1 - self._a_walk**2) * z[0:2]
+        self._jump *= self._a_jump
+        if z[4] < self._p_jump:
+            self._jump += cfg.jump_sd_px * z[2:4]
+        self._drift += self._drift_v
+        half = cfg.motion_max_px / 2.0
+        for d in range(2):  # drift reflects inside half the motion bound
+            if abs(self._drift[d]) > half:
+                self._drift[d] = math.copysign(half, self._drift[d])
+                self._drift_v[d] = -self._drift_v[d]
+        np.add(self._walk, self._jump, out=self._shift)
+        self._shift += self._drift
+        np.clip(self._shift, -cfg.motion_max_px, cfg.motion_max_px, out=self._shift)
+
+    def bleach_factor(self, frame: int) -> float:
+        cfg = self.cfg
+        t = frame / self.frame_rate_hz
+        return 1.0 - cfg.bleach_fraction * (1.0 - math.exp(-t / cfg.bleach_tau_s))
+
+    def _advance(self) -> tuple[np.ndarray, float, float]:
+        """Simulate one frame of biology and motion (no image). Returns (dF/F, neuropil level, bleach)."""
+        if self._block_i >= _MOTION_BLOCK:
+            self._refill_random()
+        spikes = self.mouse.step()
+        dff = self.calcium.step(spikes)
+        level = 1.0 + self.cfg.neuropil_coupling * float(dff.mean())
+        b = self.bleach_factor(self.frames_generated)
+        self._step_motion(self._z_motion[self._block_i])
+        np.multiply(dff, self.brightness, out=self._F_true)
+        self._F_true += self.brightness
+        self._F_true *= b
+        self._record(spikes, b)
+        return dff, level, b
+
+    def skip(self) -> FrameInfo:
+        """Advance one frame without rendering it (a frame the rig lost); its ground truth is kept."""
+        self._advance()
+        return self._finish_frame()
+
+    def render(self, out: np.ndarray) -> FrameInfo:
+        """Render the next frame into ``out`` (uint16, shape ``self.shape``); return its number and truth."""
+        if out.shape != self.shape or out.dtype != np.uint16:
+            raise ValueError(f"out must be uint16 of shape {self.shape} (got {out.dtype} {out.shape})")
+        dff, level, b = self._advance()
+        if abs(b - self._bleach_applied) > _BLEACH_RESCALE * self._bleach_applied:
+            self._apply_bleach(b)
+        work = self._work
+        # neuropil modulation + static scene, then the cells' changing part on their pixels only
+        np.multiply(self._np_scaled, np.float32(level - 1.0), out=work)
+        work += self._static
+        np.multiply(dff, self.brightness * b, out=self._amp, casting="unsafe")
+        self._work_flat[self._active] += self._W @ self._amp
+        self._shift_into(work, self._lam)
+        self._add_noise(self._lam, out)
+        return self._finish_frame()
+
+    def _finish_frame(self) -> FrameInfo:
+        z = self._z_motion[self._block_i]
+        number = self.frames_generated
+        t = number / self.frame_rate_hz + self.cfg.timestamp_jitter_s * float(z[0]) * 0.5
+        self._block_i += 1
+        self.frames_generated += 1
+        return FrameInfo(number=number, scope_time_s=t, dy=float(self._shift[0]), dx=float(self._shift[1]))
+
+    def _shift_into(self, canvas: np.ndarray, out: np.ndarray) -> None:
+        """out[y, x] = canvas[y + m - dy, x + m - dx] by separable bilinear interpolation."""
+        Ly, Lx = self.shape
+        m = self.anatomy.margin
+        sy = m - float(self._shift[0])
+        sx = m - float(self._shift[1])
+        iy = int(math.floor(sy))
+        fy = np.float32(sy - iy)
+        bidi = self.cfg.bidi_offset_px
+        if bidi == 0.0:
+            self._lerp(canvas[iy : iy + Ly], canvas[iy + 1 : iy + 1 + Ly], fy, sx, self._tmp_y, out)
+            return
+        # bidirectional scanning: odd lines come from the return sweep, displaced in x by the offset
+        self._lerp(canvas[iy : iy + Ly : 2], canvas[iy + 1 : iy + 1 + Ly : 2], fy, sx, self._tmp_y[0::2], out[0::2])
+        self._lerp(
+            canvas[iy + 1 : iy + Ly : 2], canvas[iy + 2 : iy + 1 + Ly : 2], fy, sx - bidi, self._tmp_y[1::2], out[1::2]
+        )
+
+    @staticmethod
+    def _lerp(
+        top_rows: np.ndarray, bottom_rows: np.ndarray, fy: np.float32, sx: float, tmp: np.ndarray, out: np.ndarray
+    ) -> None:
+        ix = int(math.floor(sx))
+        fx = np.float32(sx - ix)
+        Lx = out.shape[1]
+        top = top_rows[:, ix : ix + Lx + 1]
+        np.subtract(bottom_rows[:, ix : ix + Lx + 1], top, out=tmp)
+        tmp *= fy
+        tmp += top
+        np.subtract(tmp[:, 1:], tmp[:, :-1], out=out)
+        out *= fx
+        out += tmp[:, :-1]
+
+    def _add_noise(self, lam: np.ndarray, out: np.ndarray) -> None:
+        """Expected photons (already minus e/8, plus dark counts) -> noisy uint16 ADC counts."""
+        Ly, Lx = self.shape
+        ch = self._noise_choice[self._block_i]
+        shot = self._shot_bank[ch[0], ch[1] : ch[1] + Ly, ch[2] : ch[2] + Lx]
+        flips = int(ch[3])
+        if flips & 1:
+            shot = shot[::-1]
+        if flips & 2:
+            shot = shot[:, ::-1]
+        read = self._read_bank[ch[4], ch[5] : ch[5] + Ly, ch[6] : ch[6] + Lx]
+        if ch[7] & 1:
+            read = read[::-1]
+        if ch[7] & 2:
+            read = read[:, ::-1]
+        np.maximum(lam, 0.0, out=lam)
+        np.sqrt(lam, out=lam)
+        if flips & 4:
+            lam -= shot
+        else:
+            lam += shot
+        np.square(lam, out=lam)
+        lam *= np.float32(self.cfg.pmt_gain)
+        lam += read
+        np.clip(lam, 0.0, 65535.0, out=lam)
+        np.copyto(out, lam, casting="unsafe")
+
+    # ------------------------------------------------------------ ground truth
+
+    def _record(self, spikes: np.ndarray, bleach: float) -> None:
+        n = self._history_len
+        if n >= self.cfg.history_max_frames:
+            self.history_truncated = True
+            return
+        h = self._history
+        if not h or n >= h["shifts"].shape[0]:
+            cap = min(n + _HISTORY_CHUNK, self.cfg.history_max_frames)
+            new = {
+                "shifts": np.zeros((cap, 2), np.float32),
+                "F_true": np.zeros((cap, self.n_cells), np.float32),
+                "spikes": np.zeros((cap, self.n_cells), np.uint8),
+                "bout": np.zeros(cap, np.uint8),
+                "bleach": np.zeros(cap, np.float32),
+            }
+            for key, arr in h.items():
+                new[key][:n] = arr[:n]
+            self._history = h = new
+        h["shifts"][n] = self._shift
+        h["F_true"][n] = self._F_true
+        np.minimum(spikes, 255, out=h["spikes"][n], casting="unsafe")
+        h["bout"][n] = self.mouse.bout
+        h["bleach"][n] = bleach
+        self._history_len = n + 1
+
+    def truth(self, n_frames: int | None = None) -> dict[str, np.ndarray]:
+        """Ground truth of the first ``n_frames`` frames generated (all so far by default).
+
+        ``shifts`` (n, 2) true (dy, dx); ``F_true`` (n, cells) photons/pixel where lam == 1, bleached;
+        ``dff_true`` the indicator's dF/F; ``spikes`` counts per frame; ``bout`` 1 while the mouse makes
+        an attempt; ``bleach`` the brightness factor.
+        """
+        have = self._history_len
+        n = have if n_frames is None else int(n_frames)
+        if not 0 <= n <= have:
+            raise ValueError(
+                f"ground truth for {n} frames requested, but {have} frames are recorded "
+                f"({self.frames_generated} generated, history_max_frames={self.cfg.history_max_frames})"
+            )
+        h = self._history
+        if not h:
+            return {
+                "shifts": np.zeros((0, 2), np.float32),
+                "F_true": np.zeros((0, self.n_cells), np.float32),
+                "dff_true": np.zeros((0, self.n_cells), np.float32),
+                "spikes": np.zeros((0, self.n_cells), np.uint8),
+                "bout": np.zeros(0, np.uint8),
+                "bleach": np.zeros(0, np.float32),
+            }
+        out = {key: arr[:n].copy() for key, arr in h.items()}
+        # dF/F is not stored (memory): F_true = brightness * bleach * (1 + dF/F)
+        scale = out["bleach"][:, None] * self.brightness[None, :].astype(np.float32)
+        out["dff_true"] = out["F_true"] / scale - np.float32(1.0)
+        return out
+
+    def expected_image(self) -> np.ndarray:
+        """Noise-free mean image at zero motion and baseline activity, in ADC counts (float32)."""
+        m = self.anatomy.margin
+        Ly, Lx = self.shape
+        photons = self._static_raw[m : m + Ly, m : m + Lx] + self.cfg.dark_photons
+        return (photons * self.cfg.pmt_gain + self.cfg.adc_offset).astype(np.float32)
+
+    def suite2p_ops(self, mean_img: np.ndarray | None = None, n_frames: int = 0) -> dict:
+        """An ``ops`` dict in suite2p 1.x layout: top-level images and sizes, settings nested by stage."""
+        Ly, Lx = self.shape
+        ref = self.expected_image()
+        truth = self.truth(n_frames) if n_frames else None
+        yoff = truth["shifts"][:, 0] if truth is not None else np.zeros(0, np.float32)
+        xoff = truth["shifts"][:, 1] if truth is not None else np.zeros(0, np.float32)
+        diameter = 2.0 * self.cfg.cell_radius_px
+        return {
+            "Ly": Ly,
+            "Lx": Lx,
+            "nframes": int(n_frames),
+            "fs": self.frame_rate_hz,
+            "tau": indicator_preset(self.cfg.indicator).tau_decay_s,
+            "diameter": [diameter, diameter],
+            "refImg": ref,
+            "meanImg": ref if mean_img is None else mean_img.astype(np.float32),
+            "yoff": yoff,
+            "xoff": xoff,
+            "corrXY": np.ones(len(yoff), np.float32),
+            "badframes": np.zeros(len(yoff), bool),
+            "yrange": [0, Ly],
+            "xrange": [0, Lx],
+            "version": "bci-rig-sim",
+            "sim": {"seed": self.cfg.seed, "indicator": self.cfg.indicator, "n_cells": self.n_cells},
+            "run": {"do_registration": 1, "do_detection": True, "do_deconvolution": True},
+            "io": {"combined": True, "save_mat": False, "delete_bin": False},
+            "registration": {
+                "nimg_init": 400,
+                "maxregshift": 0.1,
+                "do_bidiphase": self.cfg.bidi_offset_px != 0.0,
+                "bidiphase": float(self.cfg.bidi_offset_px),
+                "batch_size": 100,
+                "nonrigid": False,
+                "smooth_sigma": 1.15,
+                "smooth_sigma_time": 0.0,
+                "spatial_taper": 3.45,
+                "th_badframes": 1.0,
+                "norm_frames": True,
+                "two_step_registration": False,
+            },
+            "detection": {"algorithm": "sparsery", "denoise": False, "threshold_scaling": 1.0, "max_overlap": 0.75},
+            "extraction": {
+                "neuropil_extract": True,
+                "neuropil_coefficient": 0.7,
+                "inner_neuropil_radius": 2,
+                "min_neuropil_pixels": 350,
+                "lam_percentile": 50.0,
+                "allow_overlap": False,
+            },
+            "dcnv_preprocess": {"baseline": "maximin", "win_baseline": 60.0, "sig_baseline": 10.0},
+        }
+
+    def write_ground_truth(
+        self, folder: str | Path, n_frames: int | None = None, mean_img: np.ndarray | None = None
+    ) -> Path:
+        """Write ``suite2p/plane0/{stat,iscell,ops}.npy`` and ``ground_truth.npz`` under ``folder``.
+
+        ``n_frames`` (default: all generated so far) selects how much of the per-frame truth to write.
+        Returns the ``plane0`` folder.
+        """
+        folder = Path(folder)
+        plane = folder / "suite2p" / "plane0"
+        plane.mkdir(parents=True, exist_ok=True)
+        n = self._history_len if n_frames is None else int(n_frames)
+        truth = self.truth(n)
+        stat = suite2p_stat(self.anatomy)
+        np.save(plane / "stat.npy", np.array(stat, dtype=object), allow_pickle=True)
+        iscell = np.column_stack([np.ones(self.n_cells), np.ones(self.n_cells)]).astype(np.float32)
+        np.save(plane / "iscell.npy", iscell)
+        np.save(plane / "ops.npy", np.array(self.suite2p_ops(mean_img, n), dtype=object), allow_pickle=True)
+        np.savez_compressed(
+            folder / "ground_truth.npz",
+            frame_rate_hz=np.float64(self.frame_rate_hz),
+            n_frames=np.int64(n),
+            history_truncated=np.bool_(self.history_truncated),
+            brightness=self.brightness.astype(np.float32),
+            centers=np.array([c.center for c in self.anatomy.cells], np.float32),
+            radii=np.array([c.radius for c in self.anatomy.cells], np.float32),
+            up=np.flatnonzero(self.mouse.role > 0),
+            down=np.flatnonzero(self.mouse.role < 0),
+            base_rate_hz=self.mouse.base_rate_hz.astype(np.float32),
+            **truth,
+        )
+        return plane
