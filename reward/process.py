@@ -93,7 +93,7 @@ class RewardProcess(RigProcess):
         elif kind == "link":
             self.events.write("link", state=event.state, detail=event.detail)
             self.publish(LinkState(state=event.state, detail=event.detail, t_ns=now_ns()))
-            if event.state != "connected":
+            if event.state in ("lost", "watchdog_tripped"):
                 self.warn("serial_" + event.state, f"reward board link {event.state}: {event.detail}")
 
     def on_control(self, msg: Control) -> None:

@@ -1,0 +1,130 @@
+"""Whole-rig tests: real processes, real sockets, the real serial stack against the board emulator.
+
+Small frames and short task timings keep them quick; what they check is behaviour, not speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rig.store import read_events, read_records
+from tests.conftest import REPO, wait_for
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "acquisition.sim.height_px=128", "acquisition.sim.width_px=128", "acquisition.sim.n_cells=40",
+    "acquisition.registration.reference_frames=30",
+    "task.baseline_s=8", "task.trial_s=1.5", "task.iti_s=0.3", "task.hold_s=0.2", "task.timeout_s=0.2",
+    "reward.min_interval_s=0.3", "session.save_frames=true",
+]
+
+
+def rig_cmd(tmp_path: Path, duration: float, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "rig.cli", "run", str(REPO / "hardware_configs" / "sim.toml"), "--headless",
+           "--duration", str(duration), "--sessions-dir", str(tmp_path)]
+    for item in SMALL + list(extra):
+        cmd += ["--set", item]
+    return cmd
+
+
+def session_dir(tmp_path: Path) -> Path:
+    found = wait_for(lambda: sorted(p for p in tmp_path.iterdir() if p.is_dir()), 30, "the session folder")
+    return found[0]
+
+
+def spawned_pids(session: Path) -> dict[str, int]:
+    return {e["process"]: e["pid"] for e in read_events(session / "supervisor.events.jsonl", {"spawned"})}
+
+
+def decisions_so_far(session: Path) -> int:
+    path = session / "decoder" / "decisions.rec"
+    return len(read_records(path)) if path.exists() and Path(str(path) + ".json").exists() else 0
+
+
+def test_headless_sim_session_closes_the_loop(tmp_path):
+    proc = subprocess.run(rig_cmd(tmp_path, 22), capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("session", "frames", "frames_dropped", "trials", "hits", "rewards_delivered", "rewards_failed",
+                "latency_ms", "reward_latency_ms"):
+        assert key in summary, key
+    session = Path(summary["session"])
+    assert summary["ok"] is True
+    # ~20 s at 30 Hz
+    assert summary["frames"] > 400
+    assert summary["trials"] >= 2, summary
+    assert summary["rewards_delivered"] + summary["rewards_failed"] == len(
+        read_events(session / "decoder" / "events.jsonl", {"reward_request"}))
+    if summary["hits"]:
+        assert summary["rewards_delivered"] >= 1
+        assert summary["reward_latency_ms"]["p50"] > 0
+    for stat in ("p50", "p99", "max"):
+        assert summary["latency_ms"][stat] > 0
+    # the session folder holds what every process owns
+    for rel in ("session.json", "config.toml", "config.resolved.json", "summary.json", "acquisition/frames.rec",
+                "acquisition/movie.u16", "acquisition/rois/stat.npy", "decoder/decisions.rec",
+                "decoder/calibration.json", "reward/events.jsonl", "reward/valve_calibration.json"):
+        assert (session / rel).exists(), rel
+    decisions = read_records(session / "decoder" / "decisions.rec")
+    assert len(decisions) == summary["frames"]
+    assert np.all(decisions["t_decided"] >= decisions["t_ready"])
+    assert np.all(np.diff(decisions["frame"]) > 0)
+    movie = json.loads((session / "acquisition" / "movie.json").read_text())
+    assert (session / "acquisition" / "movie.u16").stat().st_size == summary["frames_acquired"] * 128 * 128 * 2
+    assert movie["shape"][1:] == [128, 128]
+    meta = json.loads((session / "session.json").read_text())
+    assert meta["status"] == "ok" and meta["software"]["version"]
+
+
+def test_killing_a_process_puts_the_rig_in_a_safe_state(tmp_path):
+    proc = subprocess.Popen(rig_cmd(tmp_path, 120), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    try:
+        session = session_dir(tmp_path)
+        wait_for(lambda: decisions_so_far(session) > 60, 90, "the decoder to decide 60 frames")
+        os.kill(spawned_pids(session)["decoder"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["ok"] is False
+    assert summary["failed_process"] == "decoder"
+    assert "exited unexpectedly" in summary["failure"] or "heartbeat" in summary["failure"]
+    assert "FAILURE in decoder" in err
+    # the reward process was told to go safe (valve closed, rewards refused) before the stop
+    safe = read_events(session / "reward" / "events.jsonl", {"safe_state"})
+    assert safe and "decoder failed" in safe[0]["reason"]
+    # the data up to the kill is on disk and readable
+    assert len(read_records(session / "decoder" / "decisions.rec")) > 60
+    assert json.loads((session / "session.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT from the test")
+def test_ctrl_c_ends_the_session_cleanly_with_data_saved(tmp_path):
+    proc = subprocess.Popen(rig_cmd(tmp_path, 120), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    try:
+        session = session_dir(tmp_path)
+        wait_for(lambda: decisions_so_far(session) > 60, 90, "the decoder to decide 60 frames")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["ok"] is True and summary["stop_reason"] == "Ctrl-C"
+    assert summary["frames"] == len(read_records(session / "decoder" / "decisions.rec")) > 60
+    exits = {e["process"]: e["exitcode"] for e in read_events(session / "supervisor.events.jsonl", {"exited"})}
+    assert exits == {"valve_emulator": 0, "reward": 0, "acquisition": 0, "decoder": 0}
