@@ -27,6 +27,7 @@ PLUGIN_MODULES = (
     "acquisition.sim.cli",
     "reward.cli",
     "rig.session_cli",
+    "rig.bench",
     "gui.cli",
 )
 

@@ -75,6 +75,8 @@ class Child:
 def has_display() -> bool:
     if sys.platform == "win32" or sys.platform == "darwin":
         return True
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        return True  # Qt renders without a screen (tests, benchmarks)
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 

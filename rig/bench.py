@@ -1,0 +1,263 @@
+"""``rig bench``: latency and throughput of the real multi-process rig, from its own per-message stamps.
+
+It runs a real session (every process, real sockets, the serial stack against the board emulator),
+then reads the stamps the processes wrote and reports per-stage and end-to-end percentiles, frames
+processed and dropped, CPU and peak memory per process. Three modes:
+
+* ``realtime``   — the simulated scope at its frame rate (default 512x512, 500 ROIs, 30 Hz): latency.
+* ``throughput`` — a movie replayed as fast as it can be read: frames per second through the rig.
+* ``fast``       — small frames at a high rate (default 64x256 at 1 kHz, the voltage-imaging regime):
+                   does the rig keep up, and with what latency?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rig.store import read_events, read_records
+from rig.summary import percentiles_ms
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "hardware_configs" / "sim.toml"
+
+# Short task timings so a bench of a minute still exercises the reward path many times.
+TASK_FOR_BENCH = [
+    "task.baseline_s=10", "task.trial_s=1.0", "task.iti_s=0.2", "task.hold_s=0.1", "task.timeout_s=0.1",
+    "decoder.calibration.target_hit_rate=0.6", "decoder.calibration.min_baseline_trials=3",
+    "reward.min_interval_s=0.05", "reward.volume_ul=1.0", "reward.max_volume_ul=100000",
+]
+
+
+class ProcessSampler(threading.Thread):
+    """Samples CPU time and RSS of the rig's processes (psutil) while the session runs."""
+
+    def __init__(self, names: dict[int, str], interval_s: float = 0.5) -> None:
+        super().__init__(daemon=True, name="bench-sampler")
+        import psutil  # noqa: PLC0415
+
+        self._psutil = psutil
+        self.names = names
+        self.interval_s = interval_s
+        self.stop_event = threading.Event()
+        self.first: dict[str, tuple[float, float]] = {}
+        self.last: dict[str, tuple[float, float]] = {}
+        self.peak_rss: dict[str, int] = {}
+
+    def add(self, pid: int, name: str) -> None:
+        self.names[pid] = name
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval_s):
+            for pid, name in list(self.names.items()):
+                try:
+                    proc = self._psutil.Process(pid)
+                    times = proc.cpu_times()
+                    rss = proc.memory_info().rss
+                except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
+                    continue
+                sample = (time.monotonic(), times.user + times.system)
+                self.first.setdefault(name, sample)
+                self.last[name] = sample
+                self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
+
+    def report(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, (t0, c0) in self.first.items():
+            t1, c1 = self.last[name]
+            cpu = 100.0 * (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+            out[name] = {"cpu_percent": round(cpu, 1), "peak_rss_mb": round(self.peak_rss[name] / 2**20, 1)}
+        return out
+
+
+def stage_latencies(session: Path) -> dict[str, Any]:
+    """Per-stage and end-to-end latency percentiles (ms) from the session's records."""
+    acq = read_records(session / "acquisition" / "frames.rec")
+    dec = read_records(session / "decoder" / "decisions.rec")
+    stages: dict[str, Any] = {}
+    if len(acq):
+        stages["register (ready->registered)"] = percentiles_ms(acq["t_registered"] - acq["t_ready"])
+        stages["extract (registered->extracted)"] = percentiles_ms(acq["t_extracted"] - acq["t_registered"])
+        stages["publish (extracted->sent)"] = percentiles_ms(acq["t_sent"] - acq["t_extracted"])
+    if len(dec) and len(acq):
+        common, ia, idx = np.intersect1d(acq["frame"], dec["frame"], return_indices=True)
+        stages["bus hop (sent->received)"] = percentiles_ms(dec["t_received"][idx] - acq["t_sent"][ia])
+    if len(dec):
+        stages["decode (received->decided)"] = percentiles_ms(dec["t_decided"] - dec["t_received"])
+        stages["END TO END frame ready->decision"] = percentiles_ms(dec["t_decided"] - dec["t_ready"])
+    outcomes = [o for o in read_events(session / "reward" / "events.jsonl", {"reward_outcome"})
+                if o.get("source") == "decoder" and o.get("t_ready", 0) > 0 and o.get("t_written", 0) > 0]
+    stages["END TO END frame ready->reward bytes written"] = percentiles_ms(
+        np.array([o["t_written"] - o["t_ready"] for o in outcomes], dtype=np.int64))
+    stages["reward write->ack"] = percentiles_ms(
+        np.array([o["t_ack"] - o["t_written"] for o in outcomes if o.get("t_ack", 0) > 0], dtype=np.int64))
+    stages["END TO END frame ready->board ack"] = percentiles_ms(
+        np.array([o["t_ack"] - o["t_ready"] for o in outcomes if o.get("t_ack", 0) > 0], dtype=np.int64))
+    return stages
+
+
+def _throughput(session: Path) -> dict[str, float]:
+    acq = read_records(session / "acquisition" / "frames.rec")
+    dec = read_records(session / "decoder" / "decisions.rec")
+    out: dict[str, float] = {}
+    for name, rec, col in (("acquisition", acq, "t_sent"), ("decoder", dec, "t_decided")):
+        if len(rec) > 1:
+            span = (rec[col][-1] - rec[col][0]) / 1e9
+            out[f"{name}_frames_per_s"] = round((len(rec) - 1) / span, 1) if span > 0 else 0.0
+    return out
+
+
+def _prepare_movie(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]:
+    """A simulated movie + its ROIs for the throughput mode (or the user's own via --movie/--rois)."""
+    if args.movie:
+        if not args.movie_rois:
+            raise SystemExit("rig bench: --movie needs --movie-rois SUITE2P_DIR")
+        return Path(args.movie), Path(args.movie_rois)
+    from acquisition.sim.export import export_movie  # noqa: PLC0415
+    from rig.config import apply_overrides, config_from_dict  # noqa: PLC0415
+
+    cfg = config_from_dict(apply_overrides({}, [f"acquisition.sim.height_px={args.size}",
+                                                f"acquisition.sim.width_px={args.size}",
+                                                f"acquisition.sim.n_cells={args.rois}"]), "bench")
+    out = workdir / "movie"
+    print(f"[bench] rendering a {args.frames}-frame {args.size}x{args.size} movie for the replay...", flush=True)
+    export_movie(cfg.acquisition.sim, out, args.frames, 30.0, progress=not args.no_progress)
+    return out / "suite2p" / "plane0" / "data.bin", out / "suite2p" / "plane0"
+
+
+def build_overrides(args: argparse.Namespace, workdir: Path) -> list[str]:
+    overrides = list(TASK_FOR_BENCH) + ["session.save_frames=false"]
+    if args.mode == "realtime":
+        overrides += [f"acquisition.sim.height_px={args.size}", f"acquisition.sim.width_px={args.size}",
+                      f"acquisition.sim.n_cells={args.rois}", f"acquisition.frame_rate_hz={args.rate}"]
+    elif args.mode == "fast":
+        overrides += ["acquisition.sim.height_px=64", "acquisition.sim.width_px=256",
+                      f"acquisition.sim.n_cells={min(args.rois, 50)}", f"acquisition.frame_rate_hz={args.rate}",
+                      "acquisition.sim.cell_radius_px=4.0", "acquisition.registration.reference_frames=200",
+                      "acquisition.extraction.min_neuropil_pixels=100", "decoder.f0_window_s=5",
+                      "acquisition.sim.max_lag_frames=50"]
+    else:
+        movie, rois = _prepare_movie(args, workdir)
+        overrides += ["acquisition.source=replay", f"acquisition.replay.path={json.dumps(str(movie))}",
+                      "acquisition.replay.speed=fast", f"acquisition.rois.suite2p_dir={json.dumps(str(rois))}",
+                      "task.baseline_s=5", "decoder.f0_window_s=5"]
+    return overrides + list(args.set)
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from rig.supervisor import Supervisor  # noqa: PLC0415
+
+    if args.console and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the console still renders, off screen
+    workdir = Path(tempfile.mkdtemp(prefix="rig-bench-"))
+    overrides = build_overrides(args, workdir)
+    sup = Supervisor(args.config, headless=not args.console, duration_s=args.duration,
+                     sessions_root=str(workdir / "sessions"), overrides=overrides, quiet=not args.verbose)
+    sampler = ProcessSampler({os.getpid(): "supervisor"})
+    sampler.start()
+    watcher_stop = threading.Event()
+
+    def watch_children() -> None:  # register child pids as they are spawned
+        while not watcher_stop.wait(0.2):
+            for child in sup.children:
+                if child.proc is not None and child.proc.pid:
+                    sampler.add(child.proc.pid, child.name)
+
+    watcher = threading.Thread(target=watch_children, daemon=True)
+    watcher.start()
+    print(f"[bench] mode {args.mode}: running the rig for {args.duration:g} s ...", flush=True)
+    summary = sup.run()
+    watcher_stop.set()
+    sampler.stop_event.set()
+    sampler.join(2)
+    session = Path(summary["session"])
+    result = {
+        "mode": args.mode,
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count()},
+        "settings": {"size": args.size, "rois": args.rois, "rate_hz": args.rate, "duration_s": args.duration,
+                     "console": bool(args.console), "overrides": overrides},
+        "ok": summary.get("ok"),
+        "frames": summary.get("frames"),
+        "frames_acquired": summary.get("frames_acquired"),
+        "frames_dropped": summary.get("frames_dropped"),
+        "rewards_delivered": summary.get("rewards_delivered"),
+        "rewards_failed": summary.get("rewards_failed"),
+        "latency_ms": stage_latencies(session),
+        "throughput": _throughput(session),
+        "processes": sampler.report(),
+        "session": str(session),
+    }
+    if args.mode == "fast":
+        expected = args.rate * args.duration
+        result["keeps_up"] = bool(summary.get("frames_dropped", 0) == 0)
+        result["frames_expected_approx"] = int(expected)
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\nrig bench — mode {result['mode']} — {result['settings']}")
+    print(f"frames decided {result['frames']}, acquired {result['frames_acquired']}, dropped "
+          f"{result['frames_dropped']}; rewards delivered {result['rewards_delivered']}, failed "
+          f"{result['rewards_failed']}")
+    print(f"\n{'latency (ms)':46s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'max':>8s} {'n':>7s}")
+    for stage, st in result["latency_ms"].items():
+        if st["n"]:
+            print(f"{stage:46s} {st['p50']:8.3f} {st['p90']:8.3f} {st['p99']:8.3f} {st['max']:8.3f} {st['n']:7d}")
+        else:
+            print(f"{stage:46s} {'(none)':>8s}")
+    if result["throughput"]:
+        print("\nthroughput: " + ", ".join(f"{k} {v:g}" for k, v in result["throughput"].items()))
+    print(f"\n{'process':16s} {'CPU %':>8s} {'peak RSS MB':>12s}")
+    for name, st in sorted(result["processes"].items()):
+        print(f"{name:16s} {st['cpu_percent']:8.1f} {st['peak_rss_mb']:12.1f}")
+    if "keeps_up" in result:
+        print(f"\nkeeps up at {result['settings']['rate_hz']:g} Hz: {'yes' if result['keeps_up'] else 'NO'}")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    defaults = {"realtime": 30.0, "throughput": 30.0, "fast": 1000.0}
+    if args.rate is None:
+        args.rate = defaults[args.mode]
+    result = run_bench(args)
+    print_table(result)
+    out = Path(args.json or f"bench_results/bench-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\n[bench] JSON written to {out}")
+    return 0 if result["ok"] else 1
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("realtime", "throughput", "fast"), default="realtime",
+                   help="realtime: sim scope at its frame rate (latency); throughput: replay a movie as fast "
+                        "as possible; fast: 64x256 frames at 1 kHz (default realtime)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base rig config (default: hardware_configs/sim.toml)")
+    p.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of session (default 60)")
+    p.add_argument("--size", type=int, default=512, help="frame height = width in pixels (default 512)")
+    p.add_argument("--rois", type=int, default=500, help="number of simulated cells / ROIs (default 500)")
+    p.add_argument("--rate", type=float, default=None, help="frame rate in Hz (default 30; 1000 in fast mode)")
+    p.add_argument("--frames", type=int, default=3000, help="throughput mode: frames in the generated movie")
+    p.add_argument("--movie", help="throughput mode: replay this movie instead of a generated one")
+    p.add_argument("--movie-rois", metavar="SUITE2P_DIR", help="throughput mode: the ROIs of --movie")
+    p.add_argument("--console", action="store_true", help="attach the operator console (offscreen without a display)")
+    p.add_argument("--json", metavar="FILE", help="where to write the JSON result (default bench_results/...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("--verbose", action="store_true", help="show the supervisor's log")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure latency and throughput of the real multi-process rig",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
