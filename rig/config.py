@@ -35,14 +35,30 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {problem}{got}")
 
 
+PRIORITIES = ("normal", "high")
+
+
 class RigSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str = "unnamed-rig"
     description: str = ""
     sessions_dir: str = "sessions"
+    # Real-time tuning of every process (see docs/PERFORMANCE.md). gc_freeze moves everything allocated
+    # during configure() out of the garbage collector's sight, so a collection never scans it mid-session.
+    gc_freeze: bool = True
+    gc_gen0_threshold: int = 10_000  # Python's default is 700: fewer, equally short young collections
+    priority: str = "normal"  # "high": raise OS scheduling priority (Windows: HIGH_PRIORITY_CLASS; POSIX needs root)
+    cpu_affinity: dict[str, list[int]] = {}  # process name -> CPU numbers, e.g. {acquisition = [1]}
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ValueError("`name`: must be letters, digits, '_', '.' or '-' (it goes into folder names)")
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"`priority`: must be one of {', '.join(PRIORITIES)}")
+        if self.gc_gen0_threshold < 100:
+            raise ValueError("`gc_gen0_threshold`: must be >= 100")
+        for name, cpus in self.cpu_affinity.items():
+            if not cpus or any(c < 0 for c in cpus):
+                raise ValueError(f"`cpu_affinity`: {name} needs a non-empty list of CPU numbers >= 0")
 
 
 class BusSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -117,6 +133,15 @@ def _dotted(parts: list[str | int]) -> str:
     return out
 
 
+_TOML_TYPES = {"object": "table", "array": "array", "str": "string", "int": "integer", "float": "number",
+               "bool": "true/false", "null": "nothing"}
+
+
+def _toml_type(msgspec_type: str) -> str:
+    """msgspec's type names in the words of TOML, which is what the operator wrote."""
+    return " or ".join(_TOML_TYPES.get(part.strip(), part.strip()) for part in msgspec_type.split("|"))
+
+
 def config_from_dict(data: dict[str, Any], file: str = "<config>") -> RigConfig:
     """Validate a parsed TOML document into a :class:`RigConfig` or raise :class:`ConfigError`."""
     try:
@@ -142,7 +167,9 @@ def _to_config_error(text: str, data: dict[str, Any], file: str) -> ConfigError:
         parts.append(missing[1])
         return ConfigError(file, _dotted(parts), "required key is missing")
     found, value = _lookup(data, parts)
-    problem = re.sub(r"^Expected `([^`]+)`, got `([^`]+)`", r"expected \1, got \2", problem)
+    expected = re.match(r"^Expected `([^`]+)`, got `([^`]+)`(.*)", problem, re.S)
+    if expected:
+        problem = f"expected {_toml_type(expected[1])}, got {_toml_type(expected[2])}{expected[3]}"
     return ConfigError(file, _dotted(parts), problem, value, has_value=found)
 
 

@@ -19,6 +19,7 @@ Subclasses live in ``<package>/process.py``; the supervisor starts them by dotte
 
 from __future__ import annotations
 
+import gc
 import importlib
 import multiprocessing
 import os
@@ -177,6 +178,7 @@ class RigProcess:
             self._set_state("configuring")
             self.configure()
             self._ready_info = self.ready_info()
+            self._tune_for_realtime()
             self._set_state("ready", info=self._ready_info)
             while not self._started and not self.stopping:
                 self._heartbeat_ready()
@@ -197,6 +199,32 @@ class RigProcess:
             return 1
         finally:
             self._close()
+
+    def _tune_for_realtime(self) -> None:
+        """GC control, CPU affinity and priority from ``[rig]`` (docs/PERFORMANCE.md). What the OS refuses
+        is reported as a warning, never silently ignored."""
+        rig_cfg = self.config.rig
+        gc.collect()
+        if rig_cfg.gc_freeze:
+            gc.freeze()
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(rig_cfg.gc_gen0_threshold, gen1, gen2)
+        cpus = rig_cfg.cpu_affinity.get(self.name)
+        if not cpus and rig_cfg.priority == "normal":
+            return
+        import psutil  # noqa: PLC0415 - only when tuning is asked for
+
+        me = psutil.Process()
+        if cpus:
+            try:
+                me.cpu_affinity(cpus)
+            except (AttributeError, ValueError, psutil.Error) as exc:
+                self.warn("affinity_refused", f"cannot pin {self.name} to CPUs {cpus}: {exc}")
+        if rig_cfg.priority == "high":
+            try:
+                me.nice(psutil.HIGH_PRIORITY_CLASS if sys.platform == "win32" else -5)
+            except (AttributeError, psutil.Error, OSError) as exc:
+                self.warn("priority_refused", f"cannot raise the priority of {self.name}: {exc}")
 
     def _heartbeat_ready(self) -> None:
         """While waiting for start, repeat the ready info so a supervisor that joined late sees it."""

@@ -1,0 +1,576 @@
+"""`rig replay`: re-run a recorded session through the same pipeline and decoder, offline, and check it.
+
+The decoder is a pure function of (config, calibration, input stream, operator actions). Replay rebuilds
+that input stream from the session folder — the raw frames (``acquisition/movie.u16``) through the same
+:class:`~acquisition.pipeline.FramePipeline`, or the recorded F/Fneu (``acquisition/frames.rec``) when
+frames were not kept — feeds exactly the frames the decoder saw (the rows of ``decoder/decisions.rec``),
+applies each operator action after the frame it followed live (``applied`` events, ``after_frame``), and
+compares every decision row, trial event, reward request and the final calibration with the record,
+byte for byte. Stamps (``t_*``) are measurements of the live run and are not compared.
+
+With another config (``--config OTHER.toml`` and/or ``--set KEY=VALUE``) nothing is checked: the new
+decisions go into a new session folder whose ``session.json`` says ``"replay_of"`` the original (a what-if
+session). The operator's actions are replayed as recorded, except that when the what-if changes the
+calibration settings (``[decoder.calibration]``), the target hit rate the operator gave to ``calibrate``
+is dropped so the what-if settings decide.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import rig
+from rig.config import RigConfig
+from rig.session_data import SessionData, SessionError
+from rig.store import EventLog, RecordWriter, write_json_atomic
+
+#: Decision-record fields that are measurements of the live run, not decisions.
+STAMP_FIELDS = ("t_ready", "t_registered", "t_extracted", "t_received", "t_decided")
+#: Pipeline outputs compared with ``frames.rec`` when the frames are re-registered from the movie.
+TRACE_FIELDS = ("dy", "dx", "corr", "F", "Fneu")
+
+
+@dataclass
+class Mismatch:
+    what: str  # "decision" | "event" | "calibration" | "trace"
+    frame: int
+    field: str
+    recorded: Any
+    replayed: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "frame": self.frame, "field": self.field,
+                "recorded": _plain(self.recorded), "replayed": _plain(self.replayed)}
+
+
+@dataclass
+class ReplayRun:
+    """What the replay produced: rows shaped like ``decisions.rec``, events as the decoder writes them."""
+
+    source: str  # "movie" | "traces"
+    rows: np.ndarray  # one per replayed decision, in the dtype of the session's decisions.rec
+    events: list[dict[str, Any]]  # "trial" / "reward_request" / "applied" events in order, each with t_ns
+    calibration: dict[str, Any] | None
+    traces: np.ndarray | None  # pipeline output shaped like frames.rec (movie source), else None
+    frames_registered: int = 0
+    controls_applied: int = 0
+    controls_skipped: list[dict[str, Any]] = field(default_factory=list)  # past the end of what was replayed
+    unreplayable: int = 0  # decision rows at the end whose input frames were not on disk (a crash)
+
+
+@dataclass
+class ReplayReport:
+    source: str
+    frames: int
+    decisions_checked: int
+    events_checked: int
+    traces_checked: int
+    mismatches: int
+    first_mismatches: list[Mismatch]
+    notes: list[str]
+    frames_registered: int = 0
+    decisions_unchecked: int = 0  # recorded decisions whose input was lost in a crash
+
+    def to_json(self) -> dict[str, Any]:
+        return {"frames": self.frames, "decisions_checked": self.decisions_checked, "mismatches": self.mismatches,
+                "decisions_unchecked": self.decisions_unchecked, "events_checked": self.events_checked,
+                "traces_checked": self.traces_checked,
+                "frames_registered": self.frames_registered, "source": self.source,
+                "first_mismatches": [m.to_dict() for m in self.first_mismatches[:5]]}
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def _frame_index(session: SessionData) -> dict[int, int]:
+    """frames.rec row index of each frame number (frame numbers increase, but say so if they do not)."""
+    if session.frames is None:
+        raise SessionError(f"{session.path}: acquisition/frames.rec is missing; there is nothing to replay")
+    numbers = session.frames["frame"]
+    index = {int(n): i for i, n in enumerate(numbers)}
+    if len(index) != len(numbers):
+        raise SessionError(f"{session.path / 'acquisition' / 'frames.rec'}: a frame number appears twice")
+    return index
+
+
+def _make_pipeline(session: SessionData, cfg: RigConfig) -> Any:
+    """The FramePipeline the acquisition process ran: its saved ROI set and reference, ``cfg``'s settings.
+
+    The acquisition process saves the reference it was given (``rois/reference.npy``); without one it
+    built its reference from the first good frames, which the pipeline does again from the same frames.
+    """
+    from acquisition.pipeline import FramePipeline  # noqa: PLC0415 - only the movie replay needs it
+
+    reference_path = session.path / "acquisition" / "rois" / "reference.npy"
+    reference = np.load(reference_path) if reference_path.exists() else None
+    acq = cfg.acquisition
+    return FramePipeline(session.rois(), reference=reference if acq.registration.enabled else None,
+                         registration=acq.registration, extraction=acq.extraction, validation=acq.validation)
+
+
+def _inputs_from_traces(session: SessionData, decided: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    index = _frame_index(session)
+    frames = session.frames
+    assert frames is not None
+    for number in decided:
+        row = index.get(int(number))
+        if row is None:
+            raise SessionError(f"{session.path}: the decoder decided frame {int(number)} but acquisition/frames.rec "
+                               "has no row for it (the acquisition process died before flushing it?)")
+        yield int(number), frames["F"][row], frames["Fneu"][row]
+
+
+def _inputs_from_movie(session: SessionData, cfg: RigConfig, decided: np.ndarray,
+                       traces: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Register and extract every kept frame in order (the pipeline may carry state across frames)."""
+    movie = session.movie()
+    frames = session.frames
+    assert movie is not None and frames is not None
+    pipeline = _make_pipeline(session, cfg)
+    wanted = set(int(n) for n in decided)
+    for i in range(len(traces)):
+        result = pipeline.process(movie[i])
+        row = traces[i]
+        row["frame"] = frames["frame"][i]
+        for name in ("t_ready", "t_registered", "t_extracted", "t_sent"):
+            row[name] = frames[name][i]
+        row["dy"], row["dx"], row["corr"] = result.dy, result.dx, result.corr
+        row["flags"] = int(result.flags) | int(frames["flags"][i])
+        row["F"], row["Fneu"] = result.F, result.Fneu
+        number = int(frames["frame"][i])
+        if number in wanted:
+            yield number, row["F"], row["Fneu"]
+
+
+# ---------------------------------------------------------------------------- the replay
+
+
+def trial_event_record(kind: str, trial: int, frame: int, hits: int, trials: int,
+                       detail: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a ``trial`` event in ``decoder/events.jsonl``, as the decoder process writes them.
+
+    A detail key that clashes with a fixed field (``session_done`` carries its own ``hits``) is kept
+    as ``detail_<key>``, so no value is lost or overwritten.
+    """
+    record: dict[str, Any] = {"event": kind, "trial": trial, "frame": frame, "hits": hits, "trials": trials}
+    for key, value in detail.items():
+        record[f"detail_{key}" if key in record or key in ("kind", "t_ns") else key] = value
+    return record
+
+
+class _DecoderMirror:
+    """Does what :class:`decoder.process.DecoderProcess` does with each engine result, minus the bus."""
+
+    def __init__(self, cfg: RigConfig, engine: Any, rows: np.ndarray, original: np.ndarray,
+                 keep_target_args: bool = True) -> None:
+        self.cfg = cfg
+        self.keep_target_args = keep_target_args
+        self.engine = engine
+        self.rows = rows
+        self.original = original
+        self.fields = set(rows.dtype.names or ())
+        self.events: list[dict[str, Any]] = []
+        self.calibration: dict[str, Any] | None = None
+        self.requests = 0
+        self.hits = 0
+        self.trials = 0
+        self.t_ns = 0  # stamp given to the events: the live decision time of the frame they belong to
+
+    def decide(self, i: int, number: int, F: np.ndarray, Fneu: np.ndarray) -> None:
+        res = self.engine.step(number, F, Fneu)
+        orig = self.original[i]
+        self.t_ns = int(orig["t_decided"]) if "t_decided" in self.fields else 0
+        if res.reward_request:
+            self.requests += 1
+        row = self.rows[i]
+        for name in STAMP_FIELDS:
+            if name in self.fields:
+                row[name] = orig[name]
+        values = {
+            "frame": number, "mode": int(res.mode), "trial": res.trial, "trial_state": int(res.trial_state),
+            "up": res.up, "down": res.down, "cursor": res.cursor, "cursor_norm": res.cursor_norm,
+            "tone_hz": res.tone_hz, "angle_bin": res.angle_bin, "reward_requested": res.reward_request,
+            "flags": orig["flags"], "dff": res.dff,
+        }
+        for name, value in values.items():
+            if name in self.fields:
+                row[name] = value
+        if res.reward_request:
+            self._event("reward_request", request_id=f"dec-{self.requests}", frame=number,
+                        volume_ul=self.cfg.reward.volume_ul, trial=res.trial)
+        for event in res.events:
+            self._trial_event(event.kind, event.trial, event.frame, dict(event.detail))
+
+    def _trial_event(self, kind: str, trial: int, frame: int, detail: dict[str, Any]) -> None:
+        if kind == "trial_start":
+            self.trials += 1
+        elif kind == "hit":
+            self.hits += 1
+        if kind == "calibrated":
+            self.calibration = _normalise(detail.get("calibration", {}))
+            detail = {k: v for k, v in detail.items() if k != "calibration"}
+        self._event("trial", **trial_event_record(kind, trial, frame, self.hits, self.trials, detail))
+
+    def control(self, event: dict[str, Any]) -> None:
+        """Apply one recorded operator action; one the engine refuses is recorded as ``command_failed``."""
+        from decoder.engine import COMMAND_ERRORS  # noqa: PLC0415
+
+        event = _normalise(event)
+        args = dict(event.get("args") or {})
+        if event["command"] == "calibrate" and "target_hit_rate" in args and not self.keep_target_args:
+            # recorded as applied, so that replaying the what-if session does the same
+            event["args"] = {k: v for k, v in args.items() if k != "target_hit_rate"}
+            event["what_if_dropped_args"] = {"target_hit_rate": args["target_hit_rate"]}
+        self.events.append(event)
+        try:
+            self._apply(str(event["command"]), event.get("args") or {})
+        except COMMAND_ERRORS as exc:
+            self._event("command_failed", command=str(event["command"]), error=f"{type(exc).__name__}: {exc}")
+
+    def _apply(self, cmd: str, args: dict[str, Any]) -> None:
+        engine = self.engine
+        if cmd == "start_baseline":
+            engine.start_baseline()
+        elif cmd == "calibrate":
+            if "target_hit_rate" in args:
+                engine.set_target_hit_rate(float(args["target_hit_rate"]))
+            self.calibration = _normalise(engine.calibrate().to_dict())
+        elif cmd == "start_bci":
+            engine.start_bci()
+        elif cmd == "pause":
+            engine.pause()
+        elif cmd == "resume":
+            engine.resume()
+        elif cmd == "manual_reward":
+            engine.manual_reward()
+            self.requests += 1
+        elif cmd == "set_ensembles":
+            engine.set_ensembles([int(i) for i in args.get("up", [])], [int(i) for i in args.get("down", [])])
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        self.events.append(_normalise({"kind": kind, "t_ns": self.t_ns, **fields}))
+
+
+def _replayable(session: SessionData, use_movie: bool) -> int:
+    """How many decision rows have their input on disk (a crash can cut frames.rec or the movie short).
+
+    Returns the length of the prefix of ``decisions.rec`` whose frames all have an input row.
+    """
+    assert session.decisions is not None
+    if session.frames is None:
+        raise SessionError(f"{session.path}: acquisition/frames.rec is missing; there is nothing to replay")
+    numbers = session.frames["frame"]
+    if use_movie:
+        numbers = numbers[: len(session.movie())]  # type: ignore[arg-type]
+    decided = session.decisions["frame"]
+    present = np.isin(decided, numbers)
+    return int(np.argmin(present)) if not present.all() else len(decided)
+
+
+def replay(session: SessionData, cfg: RigConfig | None = None, *, from_traces: bool = False, realtime: bool = False,
+           progress: bool = True) -> ReplayRun:
+    """Re-run the session's decoder (and, from the movie, its pipeline) with ``cfg`` (default: its own)."""
+    from decoder.engine import DecoderEngine  # noqa: PLC0415 - keeps `rig --help` light
+
+    own = cfg is None
+    cfg = session.config if cfg is None else cfg
+    if session.decisions is None:
+        raise SessionError(f"{session.path}: decoder/decisions.rec is missing; the decoder never ran")
+    # A what-if with other calibration settings means them: the hit rate the operator picked when calibrating
+    # live (the calibrate action's argument) would otherwise override them.
+    keep_target_args = own or cfg.decoder.calibration == session.config.decoder.calibration
+    use_movie = not from_traces and session.movie() is not None
+    n = _replayable(session, use_movie)
+    original = session.decisions[:n]
+    decided = original["frame"]
+    traces = None
+    if use_movie:
+        movie, frames = session.movie(), session.frames
+        assert movie is not None and frames is not None
+        traces = np.zeros(min(len(frames), len(movie)), dtype=frames.dtype)  # every kept frame is registered
+        inputs = _inputs_from_movie(session, cfg, decided, traces)
+    else:
+        inputs = _inputs_from_traces(session, decided)
+
+    controls = [e for e in session.dec_events if e.get("kind") == "applied"]
+    if not controls and any(e.get("kind") == "control" for e in session.dec_events):
+        raise SessionError(f"{session.path / 'decoder' / 'events.jsonl'}: operator controls were recorded without "
+                           "the frame they took effect after (no 'applied' events); they cannot be replayed")
+    rows = np.zeros(n, dtype=session.decisions.dtype)
+    engine = DecoderEngine(cfg.decoder, cfg.task, session.n_rois, session.frame_rate_hz)
+    mirror = _DecoderMirror(cfg, engine, rows, original, keep_target_args)
+    pending = 0
+    t_ready = original["t_ready"]
+    start_wall = time.perf_counter()
+    with tqdm(total=n, unit="frame", desc="replay", disable=not progress, file=sys.stderr, mininterval=0.25) as bar:
+        for i, (number, F, Fneu) in enumerate(inputs):
+            while pending < len(controls) and int(controls[pending]["after_frame"]) < number:
+                mirror.control(controls[pending])
+                pending += 1
+            if realtime and i:
+                ahead = (t_ready[i] - t_ready[0]) / 1e9 - (time.perf_counter() - start_wall)
+                if ahead > 0:
+                    time.sleep(ahead)
+            mirror.decide(i, number, F, Fneu)
+            bar.update(1)
+    last = int(decided[-1]) if n else -1
+    skipped = []
+    for control in controls[pending:]:
+        if int(control["after_frame"]) <= last and n == len(session.decisions):
+            mirror.control(control)
+            pending += 1
+        else:
+            skipped.append(control)
+    engine.stop()
+    return ReplayRun(source="movie" if use_movie else "traces", rows=rows, events=mirror.events,
+                     calibration=mirror.calibration, traces=traces, frames_registered=0 if traces is None else
+                     len(traces), controls_applied=pending, controls_skipped=skipped,
+                     unreplayable=len(session.decisions) - n)
+
+
+# ---------------------------------------------------------------------------- checking
+
+
+def _field_bytes(rows: np.ndarray, name: str) -> np.ndarray:
+    column = np.ascontiguousarray(rows[name])
+    return column.view(np.uint8).reshape(len(rows), -1)
+
+
+def _compare_rows(what: str, recorded: np.ndarray, replayed: np.ndarray, fields: list[str],
+                  details: list[Mismatch], max_details: int) -> int:
+    """Number of rows that differ in any of ``fields``, byte for byte; details of the first ones."""
+    if len(recorded) == 0:
+        return 0
+    bad = np.zeros(len(recorded), dtype=bool)
+    per_field: dict[str, np.ndarray] = {}
+    for name in fields:
+        differs = np.any(_field_bytes(recorded, name) != _field_bytes(replayed, name), axis=1)
+        per_field[name] = differs
+        bad |= differs
+    for i in np.flatnonzero(bad)[: max(0, max_details - len(details))]:
+        for name in fields:
+            if not per_field[name][i]:
+                continue
+            rec, rep = np.atleast_1d(recorded[name][i]), np.atleast_1d(replayed[name][i])
+            if rec.size == 1:
+                details.append(Mismatch(what, int(recorded["frame"][i]), name, rec[0], rep[0]))
+                continue
+            differs = rec.view(np.uint8).reshape(rec.size, -1) != rep.view(np.uint8).reshape(rep.size, -1)
+            j = int(np.flatnonzero(differs.any(axis=1))[0])
+            details.append(Mismatch(what, int(recorded["frame"][i]), f"{name}[{j}]", rec[j], rep[j]))
+    return int(bad.sum())
+
+
+def _event_key(event: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in event.items() if k != "t_ns"}, sort_keys=True, separators=(",", ":"))
+
+
+def check(session: SessionData, run: ReplayRun, max_details: int = 20) -> ReplayReport:
+    """Compare a replay made with the session's own config against the session's record."""
+    assert session.decisions is not None
+    recorded = session.decisions[: len(run.rows)]
+    details: list[Mismatch] = []
+    decision_fields = [n for n in recorded.dtype.names or () if n not in STAMP_FIELDS]
+    mismatches = _compare_rows("decision", recorded, run.rows, decision_fields, details, max_details)
+
+    last = int(recorded["frame"][-1]) if len(recorded) else -1
+    kinds = ("trial", "reward_request")
+    rec_events = [_normalise(e) for e in session.dec_events
+                  if e.get("kind") in kinds and int(e.get("frame", -1)) <= last]
+    rep_events = [e for e in run.events if e.get("kind") in kinds]
+    events_checked = max(len(rec_events), len(rep_events))
+    rec_keys = [_event_key(e) for e in rec_events]
+    rep_keys = [_event_key(e) for e in rep_events]
+    # aligned, so that one missing or extra event counts once instead of shifting every later one
+    matcher = difflib.SequenceMatcher(None, rec_keys, rep_keys, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        mismatches += max(i2 - i1, j2 - j1)
+        for k in range(max(i2 - i1, j2 - j1)):
+            if len(details) >= max_details:
+                break
+            rec = rec_events[i1 + k] if i1 + k < i2 else None
+            rep = rep_events[j1 + k] if j1 + k < j2 else None
+            some = rec or rep or {}
+            details.append(Mismatch("event", int(some.get("frame", -1)),
+                                    f"{some.get('kind')} {some.get('event', '')}".strip(),
+                                    None if rec is None else rec_keys[i1 + k],
+                                    None if rep is None else rep_keys[j1 + k]))
+
+    notes = list(session.notes)
+    if run.unreplayable:
+        notes.append(f"the last {run.unreplayable} decision(s) were not replayed: their input frames are not on "
+                     "disk (the acquisition process stopped before writing them)")
+    if run.controls_skipped:
+        notes.append(f"{len(run.controls_skipped)} operator action(s) came after the last replayed decision "
+                     "and were not replayed")
+    if run.controls_skipped or run.unreplayable:
+        notes.append("the final calibration was not compared (the replay stopped before the record did)")
+    elif session.calibration is not None or run.calibration is not None:
+        events_checked += 1
+        rec_cal = _normalise(session.calibration) if session.calibration is not None else None
+        if (rec_cal is None or run.calibration is None
+                or _event_key(rec_cal) != _event_key(run.calibration)):
+            mismatches += 1
+            if len(details) < max_details:
+                details.append(Mismatch("calibration", -1, "decoder/calibration.json",
+                                        None if rec_cal is None else _event_key(rec_cal),
+                                        None if run.calibration is None else _event_key(run.calibration)))
+
+    traces_checked = 0
+    if run.traces is not None:
+        assert session.frames is not None
+        recorded_traces = session.frames[: len(run.traces)]
+        traces_checked = len(run.traces)
+        mismatches += _compare_rows("trace", recorded_traces, run.traces, list(TRACE_FIELDS), details, max_details)
+        extra_flags = np.flatnonzero(run.traces["flags"] & ~recorded_traces["flags"])
+        mismatches += int(extra_flags.size)
+        for i in extra_flags[: max(0, max_details - len(details))]:
+            details.append(Mismatch("trace", int(recorded_traces["frame"][i]), "flags",
+                                    int(recorded_traces["flags"][i]), int(run.traces["flags"][i])))
+    return ReplayReport(source=run.source, frames=len(run.rows), decisions_checked=len(run.rows),
+                        events_checked=events_checked, traces_checked=traces_checked, mismatches=mismatches,
+                        first_mismatches=details, notes=notes, frames_registered=run.frames_registered,
+                        decisions_unchecked=run.unreplayable)
+
+
+# ---------------------------------------------------------------------------- what-if sessions
+
+
+def whatif_config(session: SessionData, config_file: str | Path | None, overrides: list[str]) -> RigConfig:
+    """The config of a what-if replay: ``config_file`` (else the session's own), with ``--set`` overrides."""
+    import msgspec  # noqa: PLC0415
+
+    from rig.config import apply_overrides, config_from_dict, load_config_dict  # noqa: PLC0415
+
+    if config_file is not None:
+        return config_from_dict(load_config_dict(config_file, overrides), str(config_file))
+    doc = apply_overrides(msgspec.to_builtins(session.config), overrides)
+    return config_from_dict(doc, f"{session.path / 'config.resolved.json'} with --set")
+
+
+def write_whatif_session(session: SessionData, run: ReplayRun, cfg: RigConfig, config_text: str,
+                         config_file: str, out_dir: Path, overrides: list[str] | None = None) -> Path:
+    """Write a replay made with another config as a new session folder, marked ``replay_of`` the original."""
+    from decoder.process import decision_record_dtype  # noqa: PLC0415
+
+    if out_dir.exists():
+        raise SessionError(f"{out_dir}: already exists; a what-if replay writes a new session folder")
+    out_dir.mkdir(parents=True)
+    write_json_atomic(out_dir / "session.json", {
+        "format": "bci-rig session v1",
+        "status": "ok",
+        "replay_of": str(session.path.resolve()),
+        "replay": {"source": run.source, "config_file": config_file, "overrides": list(overrides or []),
+                   "movie": str(session.movie_path.resolve()) if run.source == "movie" else "",
+                   "stamps": "t_* stamps are copied from the original session (a replay measures no latency)",
+                   "reward": "no reward process ran: rewards were requested, not delivered"},
+        "software": {"name": "bci-rig", "version": rig.__version__, "python": platform.python_version(),
+                     "platform": platform.platform()},
+        "rig": session.info.get("rig", cfg.rig.name),
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "metadata": session.info.get("metadata", {}),
+        "processes": ["acquisition", "decoder"],
+    })
+    (out_dir / "config.toml").write_text(config_text, encoding="utf-8")
+    import msgspec  # noqa: PLC0415
+
+    write_json_atomic(out_dir / "config.resolved.json", msgspec.to_builtins(cfg))
+
+    acq_dir = out_dir / "acquisition"
+    acq_dir.mkdir()
+    src_acq = session.path / "acquisition"
+    if (src_acq / "rois").is_dir():
+        shutil.copytree(src_acq / "rois", acq_dir / "rois")
+    if (src_acq / "events.jsonl").exists():
+        shutil.copyfile(src_acq / "events.jsonl", acq_dir / "events.jsonl")
+    traces = run.traces if run.traces is not None else session.frames
+    if traces is not None:
+        _write_records(acq_dir / "frames.rec", traces)
+
+    dec_dir = out_dir / "decoder"
+    dtype = decision_record_dtype(session.n_rois)
+    rows = run.rows if run.rows.dtype == dtype else _convert(run.rows, dtype)
+    _write_records(dec_dir / "decisions.rec", rows)
+    log = EventLog(dec_dir / "events.jsonl")
+    for event in session.dec_events:
+        if event.get("kind") == "state":
+            log.write("state", **{k: v for k, v in event.items() if k != "kind"})
+    for event in run.events:
+        log.write(event["kind"], **{k: v for k, v in event.items() if k != "kind"})
+    log.close()
+    if run.calibration is not None:
+        write_json_atomic(dec_dir / "calibration.json", run.calibration)
+
+    from rig.summary import summarize_session  # noqa: PLC0415
+
+    summary = summarize_session(out_dir)
+    summary["ok"] = True
+    summary["replay_of"] = str(session.path.resolve())
+    write_json_atomic(out_dir / "summary.json", summary)
+    return out_dir
+
+
+def default_whatif_dir(session: SessionData) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = session.path.parent / f"{session.path.name}.replay-{stamp}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = session.path.parent / f"{session.path.name}.replay-{stamp}_{suffix}"
+    return path
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _write_records(path: Path, rows: np.ndarray) -> None:
+    """A whole ``.rec`` file at once: the RecordWriter layout (its sidecar, then the raw rows)."""
+    RecordWriter(path, rows.dtype).close()
+    with open(path, "ab") as f:
+        f.write(np.ascontiguousarray(rows).tobytes())
+
+
+def _convert(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    out = np.zeros(len(rows), dtype=dtype)
+    for name in dtype.names or ():
+        if name in (rows.dtype.names or ()):
+            out[name] = rows[name]
+    return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _normalise(obj: Any) -> Any:
+    """The value as it reads back from a JSON log (numpy scalars become Python numbers, tuples lists)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

@@ -1,0 +1,280 @@
+"""Read a session folder back: the one loader `rig replay`, `rig export` and `rig report` share.
+
+A session is read from the files each process appended while it ran (see docs/SESSION_FORMAT.md).
+A session that ended in a crash opens too: a torn final record or event line is dropped, and what
+was dropped is listed in :attr:`SessionData.notes` so tools can say so instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rig.config import RigConfig, config_from_dict, load_config
+from rig.store import read_events, read_records
+
+
+class SessionError(ValueError):
+    """A session folder that cannot be used for what was asked; the message names the file."""
+
+
+@dataclass
+class SessionData:
+    """Everything on disk for one session, loaded (the movie stays on disk as a memory map)."""
+
+    path: Path
+    info: dict[str, Any]  # session.json ({} if the supervisor never wrote it)
+    config: RigConfig
+    config_text: str
+    frames: np.ndarray | None  # acquisition/frames.rec rows
+    decisions: np.ndarray | None  # decoder/decisions.rec rows
+    acq_events: list[dict[str, Any]]
+    dec_events: list[dict[str, Any]]
+    reward_events: list[dict[str, Any]]
+    supervisor_events: list[dict[str, Any]]
+    calibration: dict[str, Any] | None  # decoder/calibration.json (the calibration in force at the end)
+    valve_calibration: dict[str, Any] | None  # reward/valve_calibration.json
+    movie_meta: dict[str, Any] | None  # acquisition/movie.json
+    notes: list[str] = field(default_factory=list)  # what was torn or missing, for the operator
+
+    # ------------------------------------------------------------------ derived facts
+    @property
+    def n_rois(self) -> int:
+        for rows, name in ((self.frames, "F"), (self.decisions, "dff")):
+            if rows is not None:
+                shape = rows.dtype[name].shape
+                return int(shape[0]) if shape else 1
+        raise SessionError(f"{self.path}: neither acquisition/frames.rec nor decoder/decisions.rec exists")
+
+    @property
+    def frame_rate_hz(self) -> float:
+        """The rate the decoder was told: the acquisition's ready info, else the config (as the wrapper does)."""
+        ready = self.ready_info("acquisition")
+        if "frame_rate_hz" in ready:
+            return float(ready["frame_rate_hz"])
+        return float(self.config.acquisition.frame_rate_hz)
+
+    def ready_info(self, process: str) -> dict[str, Any]:
+        """The facts a process reported when it became ready (its ``state: ready`` event)."""
+        events = {"acquisition": self.acq_events, "decoder": self.dec_events, "reward": self.reward_events}[process]
+        for event in events:
+            if event.get("kind") == "state" and event.get("state") == "ready":
+                return {k: v for k, v in event.items() if k not in ("kind", "t_ns", "state", "reason")}
+        return {}
+
+    @property
+    def is_replay_of(self) -> str:
+        return str(self.info.get("replay_of", ""))
+
+    @property
+    def movie_path(self) -> Path:
+        return self.path / "acquisition" / "movie.u16"
+
+    def movie(self) -> np.ndarray | None:
+        """The raw frames as a read-only (frames, height, width) memory map, whole frames only."""
+        if self.movie_meta is None or not self.movie_path.exists():
+            return None
+        meta = self.movie_meta
+        meta_path = self.path / "acquisition" / "movie.json"
+        if meta.get("order", "C") != "C":
+            raise SessionError(f"{meta_path}: unsupported pixel order {meta.get('order')!r} (expected C)")
+        try:
+            dtype = np.dtype(meta["dtype"])
+            _, height, width = (int(x) for x in meta["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SessionError(f"{meta_path}: unreadable layout {meta!r}: {exc}") from exc
+        n_frames = self.movie_path.stat().st_size // (height * width * dtype.itemsize)
+        if n_frames == 0:
+            return None
+        return np.memmap(self.movie_path, dtype=dtype, mode="r", shape=(n_frames, height, width))
+
+    def rois(self) -> Any:
+        """The ROI set the acquisition extracted (``acquisition/rois``, cells only if the config said so)."""
+        from acquisition.rois import RoiFileError, load_suite2p  # noqa: PLC0415 - only replay and export need it
+
+        rois_dir = self.path / "acquisition" / "rois"
+        if not rois_dir.is_dir():
+            raise SessionError(f"{rois_dir}: the session kept no ROI set")
+        try:
+            roi_set = load_suite2p(rois_dir)
+        except RoiFileError as exc:
+            raise SessionError(f"the session's ROI set is unreadable: {exc}") from exc
+        if self.config.acquisition.rois.only_cells:
+            roi_set = roi_set.cells_only()
+        if roi_set.n_rois != self.n_rois:
+            raise SessionError(f"{rois_dir}: holds {roi_set.n_rois} ROIs to extract but the records have "
+                               f"{self.n_rois} columns")
+        return roi_set
+
+    def time_zero_ns(self) -> int:
+        """The stamp taken as t = 0 s in exports: the earliest stamp the session holds."""
+        candidates: list[int] = []
+        for rows in (self.frames, self.decisions):
+            if rows is not None and len(rows):
+                stamps = rows["t_ready"]
+                stamps = stamps[stamps > 0]
+                if stamps.size:
+                    candidates.append(int(stamps.min()))
+        for events in (self.supervisor_events, self.acq_events, self.dec_events, self.reward_events):
+            candidates += [int(e["t_ns"]) for e in events if isinstance(e.get("t_ns"), int) and e["t_ns"] > 0]
+        if not candidates:
+            raise SessionError(f"{self.path}: the session holds no time stamps at all")
+        return min(candidates)
+
+    def events_of(self, events: list[dict[str, Any]], kind: str, **match: Any) -> list[dict[str, Any]]:
+        return [e for e in events if e.get("kind") == kind and all(e.get(k) == v for k, v in match.items())]
+
+    def frame_time_ns(self, frames: np.ndarray | list[int]) -> np.ndarray:
+        """Source stamp (``t_ready``) of each frame number, from the decisions, else the acquisition rows.
+
+        A frame the decoder never saw gets the stamp interpolated from its neighbours' frame numbers.
+        """
+        rows = self.decisions if self.decisions is not None and len(self.decisions) else self.frames
+        if rows is None or not len(rows):
+            raise SessionError(f"{self.path}: no per-frame records to give frames a time")
+        numbers = rows["frame"].astype(np.float64)
+        stamps = rows["t_ready"].astype(np.float64)
+        wanted = np.asarray(frames, dtype=np.float64)
+        if len(rows) == 1:
+            return np.full(wanted.shape, int(stamps[0]), dtype=np.int64)
+        period = (stamps[-1] - stamps[0]) / max(numbers[-1] - numbers[0], 1)
+        out = np.interp(wanted, numbers, stamps)
+        out = np.where(wanted > numbers[-1], stamps[-1] + (wanted - numbers[-1]) * period, out)
+        out = np.where(wanted < numbers[0], stamps[0] - (numbers[0] - wanted) * period, out)
+        return np.rint(out).astype(np.int64)
+
+    def trials(self) -> list[Trial]:
+        """Trials from the decoder's trial events: start, outcome and end (the outcome's frame).
+
+        A trial that never got an outcome ends at the next trial start, the end of the task, or the last
+        decided frame (outcome "open").
+        """
+        events = [e for e in self.dec_events if e.get("kind") == "trial"]
+        last_frame = int(self.decisions["frame"][-1]) if self.decisions is not None and len(self.decisions) else -1
+        trials: list[Trial] = []
+        current: Trial | None = None
+        for event in events:
+            kind = str(event.get("event", ""))
+            frame = int(event.get("frame", -1))
+            if kind == "trial_start":
+                if current is not None:
+                    current.end_frame = frame
+                    trials.append(current)
+                current = Trial(number=int(event.get("trial", len(trials) + 1)), start_frame=frame, end_frame=-1)
+            elif current is not None and kind in OUTCOME_EVENTS and current.outcome == "open":
+                current.outcome = OUTCOME_EVENTS[kind]
+                current.outcome_frame = frame
+                current.end_frame = frame
+            elif current is not None and kind in END_EVENTS:
+                current.end_frame = frame
+                trials.append(current)
+                current = None
+        if current is not None:
+            trials.append(current)
+        for trial in trials:
+            if trial.end_frame < 0:
+                trial.end_frame = max(last_frame, trial.outcome_frame, trial.start_frame)
+        return trials
+
+
+#: Trial events (decoder.trial.EVENT_KINDS) that decide a trial's outcome, and the outcome each stands for.
+OUTCOME_EVENTS = {"hit": "hit", "miss": "miss", "trial_aborted": "aborted"}
+#: Trial events that end the task, closing a trial that is still open.
+END_EVENTS = {"session_done", "stopped"}
+
+
+@dataclass
+class Trial:
+    number: int
+    start_frame: int
+    end_frame: int
+    outcome: str = "open"  # hit | miss | aborted | open (the session ended first)
+    outcome_frame: int = -1
+
+    @property
+    def hit(self) -> bool:
+        return self.outcome == "hit"
+
+
+def _torn_tail(path: Path, itemsize: int) -> int:
+    """Bytes past the last whole record of a ``.rec`` file (non-zero after a crash mid-write)."""
+    return path.stat().st_size % itemsize if path.exists() else 0
+
+
+def _read_rec(path: Path, notes: list[str]) -> np.ndarray | None:
+    if not path.exists() and not Path(str(path) + ".json").exists():
+        return None
+    rows = read_records(path)
+    torn = _torn_tail(path, rows.dtype.itemsize)
+    if torn:
+        notes.append(f"{path.name}: ignored a torn final record ({torn} of {rows.dtype.itemsize} bytes): "
+                     "the writing process stopped mid-write")
+    return rows
+
+
+def _read_log(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        notes.append(f"{path.parent.name}/{path.name}: ignored a torn final line: the writing process stopped "
+                     "mid-write")
+    return read_events(path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise SessionError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def load_session(path: str | Path) -> SessionData:
+    """Open a session folder, with the config its processes ran with.
+
+    That config is ``config.resolved.json`` (the validated config with defaults and ``--set`` overrides);
+    sessions without it fall back to the ``config.toml`` snapshot, which is then all there is.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise SessionError(f"{path}: not a session folder (no such directory)")
+    notes: list[str] = []
+    toml_file = path / "config.toml"
+    resolved_file = path / "config.resolved.json"
+    if resolved_file.exists():
+        resolved = _read_json(resolved_file)
+        assert resolved is not None
+        config = config_from_dict(resolved, str(resolved_file))
+    elif toml_file.exists():
+        config = load_config(toml_file)
+        notes.append("config.resolved.json is missing: using the config.toml snapshot (without --set overrides)")
+    else:
+        raise SessionError(f"{path}: the session has no config snapshot (config.resolved.json or config.toml)")
+    info = _read_json(path / "session.json") or {}
+    if not info:
+        notes.append("session.json is missing: the supervisor did not start the session normally")
+    elif info.get("status") not in ("ok", "failed"):
+        notes.append(f"session.json status is {info.get('status')!r}: the supervisor did not end the session "
+                     "(it crashed or was killed); summary.json may be missing — `rig summary` recomputes it")
+    return SessionData(
+        path=path,
+        info=info,
+        config=config,
+        config_text=toml_file.read_text(encoding="utf-8") if toml_file.exists() else "",
+        frames=_read_rec(path / "acquisition" / "frames.rec", notes),
+        decisions=_read_rec(path / "decoder" / "decisions.rec", notes),
+        acq_events=_read_log(path / "acquisition" / "events.jsonl", notes),
+        dec_events=_read_log(path / "decoder" / "events.jsonl", notes),
+        reward_events=_read_log(path / "reward" / "events.jsonl", notes),
+        supervisor_events=_read_log(path / "supervisor.events.jsonl", notes),
+        calibration=_read_json(path / "decoder" / "calibration.json"),
+        valve_calibration=_read_json(path / "reward" / "valve_calibration.json"),
+        movie_meta=_read_json(path / "acquisition" / "movie.json"),
+        notes=notes,
+    )
