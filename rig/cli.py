@@ -33,8 +33,12 @@ PLUGIN_MODULES = (
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rig.supervisor import SessionFailed, Supervisor  # noqa: PLC0415
+    from rig.supervisor import SessionFailed, Supervisor, has_display  # noqa: PLC0415
 
+    if not args.headless and not has_display():
+        print("[rig] no display found: running headless (baseline -> calibration -> BCI run by themselves)",
+              file=sys.stderr, flush=True)
+        args.headless = True
     try:
         sup = Supervisor(args.config, headless=args.headless, duration_s=args.duration,
                          sessions_root=args.sessions_dir, overrides=args.set)
@@ -70,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "as the last stdout line. Ctrl-C ends the session cleanly with data saved.")
     run.add_argument("config", help="rig description, e.g. hardware_configs/sim.toml")
     run.add_argument("--headless", action="store_true",
-                     help="no console window; the protocol runs by itself (baseline -> calibrate -> BCI)")
+                     help="no console window; the protocol runs by itself (baseline -> calibrate -> BCI). "
+                          "Without a display this is the default.")
     run.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                      help="end the session after this many seconds (default: until Ctrl-C or the task ends)")
     run.add_argument("--sessions-dir", default=None, metavar="DIR",
