@@ -1,8 +1,164 @@
 """The [acquisition] section of a rig config. Owned by the acquisition package."""
 
+from __future__ import annotations
+
 import msgspec
+
+from acquisition.sim.config import SimConfig
+
+SOURCES = ("sim", "replay", "cloose_tcp", "zmq_stream")
+REPLAY_SPEEDS = ("recorded", "fast")
+
+
+def _check_port(name: str, port: int) -> None:
+    if not 0 < port < 65536:
+        raise ValueError(f"`{name}`: must be a TCP port within 1..65535 (got {port})")
+
+
+class RoiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where the ROIs come from: a suite2p output folder (``plane0`` or its parent)."""
+
+    suite2p_dir: str = ""  # empty with the sim source: the sim's own ground-truth ROIs
+    only_cells: bool = True  # extract iscell == 1 only; the others still shape the neuropil masks
+
+
+class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Online rigid registration (see docs/REGISTRATION.md). Defaults are suite2p's."""
+
+    enabled: bool = True
+    ref_path: str = ""  # .npy/.tif reference image; empty: refImg from the suite2p folder, else built live
+    reference_frames: int = 300  # frames collected to build a reference when none is given
+    maxregshift: float = 0.1  # max shift, fraction of min(height, width)
+    smooth_sigma: float = 1.15  # Gaussian smoothing of the phase correlation, pixels
+    spatial_taper: float = 3.45  # slope of the sigmoid edge taper, pixels
+    min_corr: float = 0.05  # peak phase correlation (1 = identical to reference) below this: LOW_CORR
+    norm_frames: bool = True  # clip to the reference's 1st-99th percentile before correlating
+    bin_factor: int = 0  # 0: automatic (4 for frames >= 512 px, 2 for >= 256 px, else 1)
+
+    def __post_init__(self) -> None:
+        if self.reference_frames < 2:
+            raise ValueError("`reference_frames`: must be >= 2")
+        if not 0 < self.maxregshift <= 0.5:
+            raise ValueError("`maxregshift`: must be within (0, 0.5]")
+        if not self.smooth_sigma > 0:
+            raise ValueError("`smooth_sigma`: must be > 0")
+        if not self.spatial_taper >= 0:
+            raise ValueError("`spatial_taper`: must be >= 0")
+        if not 0 <= self.min_corr < 1:
+            raise ValueError("`min_corr`: must be within [0, 1)")
+        if self.bin_factor not in (0, 1, 2, 4):
+            raise ValueError("`bin_factor`: must be 0 (automatic), 1, 2 or 4")
+
+
+class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """ROI and neuropil masks, built as suite2p builds them."""
+
+    inner_neuropil_radius: int = 2
+    min_neuropil_pixels: int = 350
+    allow_overlap: bool = False
+    lam_percentile: float = 50.0
+    subpixel: bool = False  # bilinear mask shift (4x the cost) instead of the nearest pixel
+
+    def __post_init__(self) -> None:
+        if self.inner_neuropil_radius < 0:
+            raise ValueError("`inner_neuropil_radius`: must be >= 0")
+        if self.min_neuropil_pixels < 0:
+            raise ValueError("`min_neuropil_pixels`: must be >= 0")
+        if not 0 <= self.lam_percentile < 100:
+            raise ValueError("`lam_percentile`: must be within [0, 100)")
+
+
+class ValidationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Per-frame checks that set the SATURATED flag (the others need no settings)."""
+
+    saturation_level: float = 0.0  # 0: the pixel type's maximum (65535 for uint16)
+    max_saturated_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.saturation_level < 0:
+            raise ValueError("`saturation_level`: must be >= 0 (0 = the pixel type's maximum)")
+        if not 0 <= self.max_saturated_fraction <= 1:
+            raise ValueError("`max_saturated_fraction`: must be within [0, 1]")
+
+
+class ReplayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Replay a recorded movie: TIFF (incl. ScanImage, BigTIFF), suite2p data.bin, .npy or .h5."""
+
+    path: str = ""
+    speed: str = "recorded"  # recorded: paced at the movie's frame rate; fast: as fast as it is read
+    frame_rate_hz: float = 0.0  # 0: from the file (ScanImage, suite2p ops 'fs'), else acquisition.frame_rate_hz
+    loop: bool = False
+    h5_key: str = ""  # dataset in an .h5 file; empty: the only 3-D dataset
+    n_channels: int = 1  # interleaved channels in the file (ScanImage saves them frame by frame)
+    channel: int = 0  # 0-based
+    n_planes: int = 1  # interleaved planes
+    plane: int = 0  # 0-based
+
+    def __post_init__(self) -> None:
+        if self.speed not in REPLAY_SPEEDS:
+            raise ValueError(f"`speed`: must be one of {', '.join(REPLAY_SPEEDS)} (got {self.speed!r})")
+        if self.frame_rate_hz < 0:
+            raise ValueError("`frame_rate_hz`: must be >= 0 (0 = from the file)")
+        if self.n_channels < 1 or not 0 <= self.channel < self.n_channels:
+            raise ValueError("`channel`: must be within 0..n_channels-1")
+        if self.n_planes < 1 or not 0 <= self.plane < self.n_planes:
+            raise ValueError("`plane`: must be within 0..n_planes-1")
+
+
+class ClooseTcpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """CLOOSE-compatible raw TCP: the scope connects and writes headerless uint16 column-major frames."""
+
+    host: str = "0.0.0.0"  # interface to listen on (the scope PC connects to us)
+    port: int = 30001
+    height_px: int = 512
+    width_px: int = 512
+    byte_order: str = "little"  # little | big
+
+    def __post_init__(self) -> None:
+        _check_port("port", self.port)
+        if self.height_px < 1:
+            raise ValueError("`height_px`: must be > 0")
+        if self.width_px < 1:
+            raise ValueError("`width_px`: must be > 0")
+        if self.byte_order not in ("little", "big"):
+            raise ValueError("`byte_order`: must be 'little' or 'big'")
+
+
+class ZmqStreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Our framed stream over ZeroMQ (docs/FRAME_STREAM.md): we subscribe to the scope-side publisher."""
+
+    endpoint: str = "tcp://127.0.0.1:5570"
+    bind: bool = False  # False: connect to a publisher that binds (the usual); True: bind and let it connect
+    topic: str = "frame"
+    plane: int = -1  # keep only this plane; -1 = all
+    channel: int = -1  # keep only this channel; -1 = all
+    height_px: int = 0  # expected frame size; 0 = whatever the stream sends (shape unknown until then)
+    width_px: int = 0
+    stale_after_s: float = 2.0  # link_state "waiting" when no frame for this long
+
+    def __post_init__(self) -> None:
+        if self.height_px < 0 or self.width_px < 0 or (self.height_px == 0) != (self.width_px == 0):
+            raise ValueError("`height_px`: height_px and width_px must both be > 0, or both 0 (from the stream)")
+        if "://" not in self.endpoint:
+            raise ValueError(f"`endpoint`: must look like tcp://host:port (got {self.endpoint!r})")
+        if not self.stale_after_s > 0:
+            raise ValueError("`stale_after_s`: must be > 0")
 
 
 class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     source: str = "sim"  # sim | replay | cloose_tcp | zmq_stream
     frame_rate_hz: float = 30.0
+    rois: RoiConfig = msgspec.field(default_factory=RoiConfig)
+    registration: RegistrationConfig = msgspec.field(default_factory=RegistrationConfig)
+    extraction: ExtractionConfig = msgspec.field(default_factory=ExtractionConfig)
+    validation: ValidationConfig = msgspec.field(default_factory=ValidationConfig)
+    replay: ReplayConfig = msgspec.field(default_factory=ReplayConfig)
+    cloose_tcp: ClooseTcpConfig = msgspec.field(default_factory=ClooseTcpConfig)
+    zmq_stream: ZmqStreamConfig = msgspec.field(default_factory=ZmqStreamConfig)
+    sim: SimConfig = msgspec.field(default_factory=SimConfig)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"`source`: must be one of {', '.join(SOURCES)} (got {self.source!r})")
+        if not self.frame_rate_hz > 0:
+            raise ValueError("`frame_rate_hz`: must be > 0")

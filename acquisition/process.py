@@ -2,7 +2,8 @@
 
 Files it owns in the session folder (``acquisition/``):
   ``frames.rec``      one row per frame: frame number, stage stamps, shift, correlation, flags, F, Fneu
-  ``movie.u16``       the raw frames (uint16, C order) when ``session.save_frames``; ``movie.json`` layout
+  ``movie.raw``       the raw frames as the source gave them (C order) when ``session.save_frames``;
+                      ``movie.json`` has their dtype and shape
   ``rois/``           the ROI set used (suite2p layout) and ``reference.npy``
   ``events.jsonl``    lifecycle, warnings (bad frames, link drops), ``final_stats``
 """
@@ -44,14 +45,12 @@ class AcquisitionProcess(RigProcess):
         self.roi_set = self._load_rois()
         self.roi_set.save_suite2p(self.dir / "rois")
         self.pipeline = FramePipeline.from_config(self.roi_set, cfg)
-        if self.pipeline.reference is not None:
-            np.save(self.dir / "rois" / "reference.npy", self.pipeline.reference)
+        self._reference_saved = False
+        self._save_reference()
         self.n_rois = self.pipeline.n_rois
         self.records = RecordWriter(self.dir / "frames.rec", frame_record_dtype(self.n_rois),
                                     self.config.session.flush_interval_s)
-        self._movie_fd = -1
-        if self.config.session.save_frames:
-            self._open_movie()
+        self._movie_fd = -1  # opened at the first frame: a streamed source learns its frame size only then
         self.feedback = self.subscribe(["reward", "decoder"], [RewardOutcome.topic, Decision.topic]) \
             if self.source.wants_bus_messages else None
         self.frames = 0
@@ -63,6 +62,12 @@ class AcquisitionProcess(RigProcess):
         self._t_first = 0
         self._ended = False
 
+    def _save_reference(self) -> None:
+        """Save the registration reference once it exists (given at start, or built from the first frames)."""
+        if not self._reference_saved and self.pipeline.reference is not None:
+            np.save(self.dir / "rois" / "reference.npy", self.pipeline.reference)
+            self._reference_saved = True
+
     def _load_rois(self) -> RoiSet:
         cfg = self.config.acquisition
         if cfg.source == "sim" and not cfg.rois.suite2p_dir:
@@ -73,13 +78,17 @@ class AcquisitionProcess(RigProcess):
             roi_set = load_suite2p(cfg.rois.suite2p_dir)
         return roi_set.cells_only() if cfg.rois.only_cells else roi_set
 
-    def _open_movie(self) -> None:
-        height, width = self.source.shape
+    def _open_movie(self, first: np.ndarray) -> None:
+        height, width = first.shape
+        self._movie_dtype = first.dtype
         (self.dir / "movie.json").write_text(json.dumps(
-            {"dtype": "uint16", "shape": [-1, height, width], "order": "C", "frame_rate_hz": self.source.frame_rate_hz}
+            {"dtype": self._movie_dtype.str, "shape": [-1, height, width], "order": "C",
+             "frame_rate_hz": self.source.frame_rate_hz}
         ))
+        self._movie_shape = first.shape
+        self._movie_blank = np.zeros(first.shape, first.dtype)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
-        self._movie_fd = os.open(self.dir / "movie.u16", flags, 0o644)
+        self._movie_fd = os.open(self.dir / "movie.raw", flags, 0o644)
 
     def ready_info(self) -> dict[str, str]:
         return {"n_rois": str(self.n_rois), "frame_rate_hz": repr(self.source.frame_rate_hz),
@@ -90,7 +99,8 @@ class AcquisitionProcess(RigProcess):
             for msg in self.feedback.drain(100):
                 self.source.on_bus_message(msg)
         if self._ended:
-            self.feedback.poll(20) if self.feedback is not None else self._control.poll(20)
+            self.records.flush_if_due()
+            (self.feedback.socket if self.feedback is not None else self._control.socket).poll(20)
             return
         try:
             frame = self.source.read(0.02)
@@ -102,6 +112,7 @@ class AcquisitionProcess(RigProcess):
         for code, message in self.source.pop_warnings():
             self.warn(code, message)
         if frame is None:
+            self.records.flush_if_due()
             self._maybe_status()
             return
         if self._last_number >= 0 and frame.number > self._last_number + 1:
@@ -110,6 +121,8 @@ class AcquisitionProcess(RigProcess):
             self.events.write("frames_dropped", after=self._last_number, missed=missed)
         self._last_number = frame.number
         result = self.pipeline.process(frame.data)
+        if not self._reference_saved:
+            self._save_reference()
         flags = int(result.flags) | int(frame.flags)
         if flags:
             self.bad_frames += 1
@@ -132,8 +145,12 @@ class AcquisitionProcess(RigProcess):
         row["F"] = result.F
         row["Fneu"] = result.Fneu
         self.records.commit()
-        if self._movie_fd >= 0:
-            os.write(self._movie_fd, np.ascontiguousarray(frame.data, dtype=np.uint16).data)
+        if self.config.session.save_frames:
+            if self._movie_fd < 0:
+                self._open_movie(frame.data)
+            # movie frame i is always frames.rec row i: a wrong-size frame (flagged) is kept as zeros
+            data = frame.data if frame.data.shape == self._movie_shape else self._movie_blank
+            os.write(self._movie_fd, np.ascontiguousarray(data, dtype=self._movie_dtype).data)
         self.frames += 1
         if not self._t_first:
             self._t_first = t_sent

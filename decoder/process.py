@@ -9,10 +9,11 @@ input stream); this wrapper only moves messages and writes records. Files it own
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from decoder.calibration import CalibrationError
-from decoder.engine import DecoderEngine, EngineStateError
+from decoder.engine import COMMAND_ERRORS, DecoderEngine
 from rig.clock import now_ns
 from rig.process import RigProcess
 from rig.schema import CalibrationResult, Control, Decision, FluorFrame, RewardRequest, TrialEvent
@@ -26,6 +27,19 @@ def decision_record_dtype(n_rois: int) -> np.dtype:
         ("up", "f4"), ("down", "f4"), ("cursor", "f4"), ("cursor_norm", "f4"), ("tone_hz", "f4"),
         ("angle_bin", "i2"), ("reward_requested", "?"), ("flags", "i4"), ("dff", "f4", (n_rois,)),
     ])
+
+
+def trial_event_record(kind: str, trial: int, frame: int, hits: int, trials: int,
+                       detail: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a ``trial`` event in ``decoder/events.jsonl`` (shared with ``rig replay``).
+
+    A detail key that clashes with a fixed field (``session_done`` carries its own ``hits``) is kept
+    as ``detail_<key>``, so no value is lost or overwritten.
+    """
+    record: dict[str, Any] = {"event": kind, "trial": trial, "frame": frame, "hits": hits, "trials": trials}
+    for key, value in detail.items():
+        record[f"detail_{key}" if key in record or key in ("kind", "t_ns") else key] = value
+    return record
 
 
 class DecoderProcess(RigProcess):
@@ -50,6 +64,8 @@ class DecoderProcess(RigProcess):
 
     def step(self) -> None:
         msg = self.fluor.recv(10)
+        if msg is None:
+            self.records.flush_if_due()  # no frames coming: still nothing older than the flush interval in memory
         while msg is not None:
             self._decide(msg)  # type: ignore[arg-type]
             msg = self.fluor.recv(0)
@@ -106,7 +122,7 @@ class DecoderProcess(RigProcess):
         if kind == "calibrated":
             self._publish_calibration(detail.get("calibration", {}))
             detail = {k: v for k, v in detail.items() if k != "calibration"}
-        self.events.write("trial", event=kind, trial=trial, frame=frame, hits=self.hits, trials=self.trials, **detail)
+        self.events.write("trial", **trial_event_record(kind, trial, frame, self.hits, self.trials, detail))
         self.publish(TrialEvent(kind=kind, trial=trial, frame=frame, t_ns=now_ns(), hits=self.hits,
                                 trials=self.trials, detail=_jsonable(detail)))
 
@@ -128,9 +144,9 @@ class DecoderProcess(RigProcess):
         self.events.write("applied", command=msg.command, args=msg.args, after_frame=self.last_frame)
         try:
             self._apply_control(msg)
-        except (EngineStateError, CalibrationError, ValueError) as exc:
+        except COMMAND_ERRORS as exc:
             # An operator command that does not fit the current state is refused, not fatal.
-            self.events.write("refused", command=msg.command, reason=str(exc), after_frame=self.last_frame)
+            self.events.write("command_failed", command=msg.command, error=f"{type(exc).__name__}: {exc}")
             self.warn("command_refused", f"{msg.command}: {exc}")
 
     def _apply_control(self, msg: Control) -> None:
@@ -164,6 +180,9 @@ class DecoderProcess(RigProcess):
     def on_stop(self) -> None:
         if hasattr(self, "engine"):
             self.engine.stop()
+            # Events of the stop itself (and of controls after the last frame) have no frame to ride on.
+            for event in self.engine.take_pending_events():
+                self._publish_event(event.kind, event.trial, event.frame, dict(event.detail))
         if hasattr(self, "records"):
             self.records.close()
 

@@ -385,8 +385,8 @@ def _optional_seconds(outcomes: list[dict[str, Any]], name: str, seconds: Any) -
 
 def _ensembles(session: SessionData) -> tuple[set[int], set[int]]:
     """Up/down ROI indices in force at the end: the last set_ensembles action, else the config."""
-    up = {int(i) for i in getattr(session.config.decoder, "up", [])}
-    down = {int(i) for i in getattr(session.config.decoder, "down", [])}
+    up = {int(i) for i in session.config.decoder.up}
+    down = {int(i) for i in session.config.decoder.down}
     for event in session.dec_events:
         if event.get("kind") == "applied" and event.get("command") == "set_ensembles":
             args = event.get("args") or {}
@@ -396,9 +396,10 @@ def _ensembles(session: SessionData) -> tuple[set[int], set[int]]:
 
 
 def _indicator_from_config(cfg: Any) -> str:
-    sim = getattr(cfg.acquisition, "sim", None)
-    preset = getattr(sim, "indicator", None) if sim is not None else None
-    return f"GCaMP{preset} (simulated)" if preset else "unknown"
+    """The simulated scope says which indicator it models; for a real scope the config does not say."""
+    if cfg.acquisition.source == "sim":
+        return f"GCaMP{cfg.acquisition.sim.indicator} (simulated)"
+    return "unknown"
 
 
 def _json(value: Any) -> str:

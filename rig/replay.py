@@ -1,7 +1,7 @@
 """`rig replay`: re-run a recorded session through the same pipeline and decoder, offline, and check it.
 
 The decoder is a pure function of (config, calibration, input stream, operator actions). Replay rebuilds
-that input stream from the session folder — the raw frames (``acquisition/movie.u16``) through the same
+that input stream from the session folder — the raw frames (``acquisition/movie.raw``) through the same
 :class:`~acquisition.pipeline.FramePipeline`, or the recorded F/Fneu (``acquisition/frames.rec``) when
 frames were not kept — feeds exactly the frames the decoder saw (the rows of ``decoder/decisions.rec``),
 applies each operator action after the frame it followed live (``applied`` events, ``after_frame``), and
@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 import rig
+from decoder.process import trial_event_record
 from rig.config import RigConfig
 from rig.session_data import SessionData, SessionError
 from rig.store import EventLog, RecordWriter, write_json_atomic
@@ -158,19 +159,6 @@ def _inputs_from_movie(session: SessionData, cfg: RigConfig, decided: np.ndarray
 # ---------------------------------------------------------------------------- the replay
 
 
-def trial_event_record(kind: str, trial: int, frame: int, hits: int, trials: int,
-                       detail: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a ``trial`` event in ``decoder/events.jsonl``, as the decoder process writes them.
-
-    A detail key that clashes with a fixed field (``session_done`` carries its own ``hits``) is kept
-    as ``detail_<key>``, so no value is lost or overwritten.
-    """
-    record: dict[str, Any] = {"event": kind, "trial": trial, "frame": frame, "hits": hits, "trials": trials}
-    for key, value in detail.items():
-        record[f"detail_{key}" if key in record or key in ("kind", "t_ns") else key] = value
-    return record
-
-
 class _DecoderMirror:
     """Does what :class:`decoder.process.DecoderProcess` does with each engine result, minus the bus."""
 
@@ -212,9 +200,9 @@ class _DecoderMirror:
             self._event("reward_request", request_id=f"dec-{self.requests}", frame=number,
                         volume_ul=self.cfg.reward.volume_ul, trial=res.trial)
         for event in res.events:
-            self._trial_event(event.kind, event.trial, event.frame, dict(event.detail))
+            self.trial_event(event.kind, event.trial, event.frame, dict(event.detail))
 
-    def _trial_event(self, kind: str, trial: int, frame: int, detail: dict[str, Any]) -> None:
+    def trial_event(self, kind: str, trial: int, frame: int, detail: dict[str, Any]) -> None:
         if kind == "trial_start":
             self.trials += 1
         elif kind == "hit":
@@ -335,6 +323,11 @@ def replay(session: SessionData, cfg: RigConfig | None = None, *, from_traces: b
         else:
             skipped.append(control)
     engine.stop()
+    # The decoder process writes the stop's own events in on_stop(); a session that crashed never did.
+    if any(e.get("kind") == "trial" and e.get("event") == "stopped" and int(e.get("frame", -2)) == last
+           for e in session.dec_events):
+        for event in engine.take_pending_events():
+            mirror.trial_event(event.kind, event.trial, event.frame, dict(event.detail))
     return ReplayRun(source="movie" if use_movie else "traces", rows=rows, events=mirror.events,
                      calibration=mirror.calibration, traces=traces, frames_registered=0 if traces is None else
                      len(traces), controls_applied=pending, controls_skipped=skipped,

@@ -280,6 +280,9 @@ def draw_dropped_frames(session: SessionData, fig: Figure) -> str:
     ax.set_ylabel("frames (cumulative)")
     ax.set_ylim(bottom=0, top=max(1, source_lost[-1], decoder_lost[-1], bad[-1]) * 1.15)
     ax.legend(fontsize=8, frameon=False)
+    if not (source_lost[-1] or decoder_lost[-1] or bad[-1]):
+        ax.text(0.5, 0.5, f"every one of the {len(numbers)} frames acquired, good and decided", ha="center",
+                va="center", transform=ax.transAxes, color=HIT_COLOR)
     return (f"{int(source_lost[-1])} dropped at the source, {int(decoder_lost[-1])} acquired but never decided, "
             f"{int(bad[-1])} flagged bad, out of {len(numbers)} acquired.")
 

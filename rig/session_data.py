@@ -72,7 +72,7 @@ class SessionData:
 
     @property
     def movie_path(self) -> Path:
-        return self.path / "acquisition" / "movie.u16"
+        return self.path / "acquisition" / "movie.raw"
 
     def movie(self) -> np.ndarray | None:
         """The raw frames as a read-only (frames, height, width) memory map, whole frames only."""

@@ -58,6 +58,11 @@ class RecordWriter:
             row[key] = value
         self.commit()
 
+    def flush_if_due(self) -> None:
+        """Call when idle: rows must not wait in memory longer than the flush interval for the next commit."""
+        if self._n and now_ns() - self._last_flush >= self._interval_ns:
+            self.flush()
+
     def flush(self) -> None:
         if self._n:
             nbytes = self._n * self.dtype.itemsize

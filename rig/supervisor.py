@@ -153,6 +153,9 @@ class Supervisor:
         }
         self._mode = "starting"
         self._next_hb = 0
+        self._started = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        # Anchor between the bus clock (now_ns) and wall-clock time, for exports that need absolute times.
+        self._clock_anchor = {"t_ns": now_ns(), "unix_ns": time.time_ns()}
 
     # ------------------------------------------------------------------ planning
     def _plan_children(self) -> list[Child]:
@@ -442,8 +445,8 @@ class Supervisor:
         order = ["gui", "acquisition", "decoder", "reward", "valve_emulator"]
         for name in order:
             child = self._child(name)
-            if child is None or child.proc is None:
-                continue
+            if child is None or child.proc is None or child.proc.pid is None:
+                continue  # never started (an earlier process failed first)
             self._send(stop)
             deadline = time.monotonic() + self.cfg.bus.stop_timeout_s
             next_resend = time.monotonic() + 0.3
@@ -479,7 +482,9 @@ class Supervisor:
             "rig": self.cfg.rig.name,
             "config_file": self.config_path,
             "overrides": self.overrides,
-            "created": datetime.now().isoformat(timespec="seconds"),
+            "started": self._started,
+            "updated": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "clock": self._clock_anchor,
             "metadata": self._metadata,
             "endpoints": self.endpoints,
             "processes": [c.name for c in self.children],

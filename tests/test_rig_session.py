@@ -71,7 +71,7 @@ def test_headless_sim_session_closes_the_loop(tmp_path):
         assert summary["latency_ms"][stat] > 0
     # the session folder holds what every process owns
     for rel in ("session.json", "config.toml", "config.resolved.json", "summary.json", "acquisition/frames.rec",
-                "acquisition/movie.u16", "acquisition/rois/stat.npy", "decoder/decisions.rec",
+                "acquisition/movie.raw", "acquisition/rois/stat.npy", "decoder/decisions.rec",
                 "decoder/calibration.json", "reward/events.jsonl", "reward/valve_calibration.json"):
         assert (session / rel).exists(), rel
     decisions = read_records(session / "decoder" / "decisions.rec")
@@ -79,7 +79,7 @@ def test_headless_sim_session_closes_the_loop(tmp_path):
     assert np.all(decisions["t_decided"] >= decisions["t_ready"])
     assert np.all(np.diff(decisions["frame"]) > 0)
     movie = json.loads((session / "acquisition" / "movie.json").read_text())
-    assert (session / "acquisition" / "movie.u16").stat().st_size == summary["frames_acquired"] * 128 * 128 * 2
+    assert (session / "acquisition" / "movie.raw").stat().st_size == summary["frames_acquired"] * 128 * 128 * 2
     assert movie["shape"][1:] == [128, 128]
     meta = json.loads((session / "session.json").read_text())
     assert meta["status"] == "ok" and meta["software"]["version"]

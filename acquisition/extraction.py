@@ -1,0 +1,264 @@
+"""Per-ROI fluorescence (F) and neuropil (Fneu) from one frame, with masks built as suite2p builds them.
+
+Masks (suite2p 1.1 ``extraction/masks.py`` semantics, reimplemented without suite2p):
+
+* cell mask: the ROI's pixels minus those it shares with other ROIs (``overlap``) unless ``allow_overlap``;
+  weights ``lam`` normalised to sum to 1, so F is a weighted mean;
+* neuropil mask: grow the ROI by ``inner_neuropil_radius`` pixels (4-connected) as an exclusion ring, then
+  take the rectangle around it grown in 5-pixel steps until it holds more than ``min_neuropil_pixels``
+  pixels that are not cell pixels; Fneu is their plain mean. Cell pixels are those of any ROI whose
+  ``lam`` is at least the local ``lam_percentile`` percentile (window 5 median radii).
+
+Motion: we shift the masks, not the frame. With the shift convention of :mod:`acquisition.registration`
+(content of the frame displaced by +(dy, dx)), mask pixel (y, x) is read at (y + dy, x + dx). Shifting
+masks costs nothing per frame: the frame is copied once into a zero-padded float32 buffer and a rigid shift
+is a constant offset into its flat index space, so one sparse product over a *slice* of that buffer gives
+F and Fneu for every ROI. The shift is rounded to the nearest pixel (as suite2p applies rigid shifts);
+``subpixel=True`` reads bilinearly instead (four products). Pixels shifted outside the frame are left out of
+the mean (the weights are renormalised); an ROI wholly outside reads NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.ndimage import binary_dilation, percentile_filter
+
+from acquisition.rois import RoiSet
+
+_WEIGHT_CACHE_SIZE = 1024  # in-frame weights per integer shift (2 * n_rois floats each)
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+
+
+def cell_pixel_map(stats: list[dict], Ly: int, Lx: int, lam_percentile: float = 50.0) -> np.ndarray:
+    """Boolean (Ly, Lx) map of pixels that belong to some cell, kept out of neuropil masks."""
+    lammap = np.zeros((Ly, Lx), np.float64)
+    radii = []
+    for stat in stats:
+        ypix, xpix, lam = np.asarray(stat["ypix"]), np.asarray(stat["xpix"]), np.asarray(stat["lam"], float)
+        np.maximum.at(lammap, (ypix, xpix), lam)
+        radii.append(_radius(stat))
+    if not stats:
+        return np.zeros((Ly, Lx), bool)
+    if lam_percentile > 0:
+        size = max(int(np.median(radii) * 5), 1)
+        filt = percentile_filter(lammap, percentile=lam_percentile, size=size)
+        return ~((lammap < filt) | (lammap == 0))
+    return lammap > 0
+
+
+def _radius(stat: dict) -> float:
+    if "radius" in stat:
+        return float(stat["radius"])
+    return math.sqrt(len(np.asarray(stat["ypix"])) / math.pi)  # older stat files lack it: area-equivalent
+
+
+def cell_mask(stat: dict, Ly: int, Lx: int, allow_overlap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(flat pixel indices, weights summing to 1) of one ROI."""
+    ypix, xpix = np.asarray(stat["ypix"], np.int64), np.asarray(stat["xpix"], np.int64)
+    lam = np.asarray(stat["lam"], np.float64)
+    if not allow_overlap and "overlap" in stat:
+        keep = ~np.asarray(stat["overlap"], bool)
+        ypix, xpix, lam = ypix[keep], xpix[keep], lam[keep]
+    idx = ypix * Lx + xpix
+    total = lam.sum()
+    return idx, (lam / total if lam.size and total > 0 else np.zeros(0))
+
+
+def neuropil_mask(stat: dict, valid: np.ndarray, valid_sat: np.ndarray, inner_neuropil_radius: int = 2,
+                  min_neuropil_pixels: int = 350) -> np.ndarray:
+    """Flat pixel indices of one ROI's neuropil mask (suite2p's rectangular growth).
+
+    ``valid`` marks non-cell pixels; ``valid_sat`` is its summed-area table (for fast rectangle counts).
+    """
+    Ly, Lx = valid.shape
+    ypix, xpix = np.asarray(stat["ypix"], np.int64), np.asarray(stat["xpix"], np.int64)
+    r = inner_neuropil_radius
+    y0, y1 = max(int(ypix.min()) - r, 0), min(int(ypix.max()) + r + 1, Ly)
+    x0, x1 = max(int(xpix.min()) - r, 0), min(int(xpix.max()) + r + 1, Lx)
+    ring = np.zeros((y1 - y0, x1 - x0), bool)
+    ring[ypix - y0, xpix - x0] = True
+    if r > 0:
+        ring = binary_dilation(ring, _CROSS, iterations=r)
+    ry, rx = np.nonzero(ring)
+    ry += y0
+    rx += x0
+    n_ring = int(valid[ry, rx].sum())
+
+    def count(a: int, b: int, c: int, d: int) -> int:  # valid pixels in rows [a, b), cols [c, d)
+        return int(valid_sat[b, d] - valid_sat[a, d] - valid_sat[b, c] + valid_sat[a, c])
+
+    # suite2p starts from the grown ROI itself, then replaces it by ever larger rectangles
+    a, b, c, d = int(ry.min()), int(ry.max()) + 1, int(rx.min()), int(rx.max()) + 1
+    n_valid = n_ring
+    reps = 0
+    grown = False
+    while reps < 100 and n_valid - n_ring <= min_neuropil_pixels:
+        reps += 1
+        a, b, c, d = max(0, a - 5), min(Ly, b + 5), max(0, c - 5), min(Lx, d + 5)
+        n_valid = count(a, b, c, d)
+        grown = True
+    if not grown:
+        return np.zeros(0, np.int64)
+    box = valid[a:b, c:d].copy()
+    inside = (ry >= a) & (ry < b) & (rx >= c) & (rx < d)
+    box[ry[inside] - a, rx[inside] - c] = False
+    my, mx = np.nonzero(box)
+    return (my + a) * Lx + (mx + c)
+
+
+class Extractor:
+    """F and Fneu for every ROI of ``roi_set`` from one frame and its registration shift.
+
+    ``max_shift_px`` bounds the shifts it can apply (larger ones are clamped); by default half the frame.
+    """
+
+    def __init__(self, roi_set: RoiSet, inner_neuropil_radius: int = 2, min_neuropil_pixels: int = 350,
+                 allow_overlap: bool = False, *, lam_percentile: float = 50.0, subpixel: bool = False,
+                 max_shift_px: int | None = None) -> None:
+        if inner_neuropil_radius < 0:
+            raise ValueError("`inner_neuropil_radius`: must be >= 0")
+        if min_neuropil_pixels < 0:
+            raise ValueError("`min_neuropil_pixels`: must be >= 0")
+        Ly, Lx = roi_set.Ly, roi_set.Lx
+        self.Ly, self.Lx = Ly, Lx
+        self.n_rois = n = roi_set.n_rois
+        self.subpixel = subpixel
+        pad = min(Ly, Lx) // 2 if max_shift_px is None else int(max_shift_px)
+        self.pad = pad = max(pad, 0) + 1  # +1 for the bilinear neighbour
+        self.Wp = Wp = Lx + 2 * pad
+        self._padded = np.zeros((Ly + 2 * pad, Wp), np.float32)
+        self._flat = self._padded.reshape(-1)
+        self._inside = np.zeros_like(self._padded)
+        self._inside[pad:pad + Ly, pad:pad + Lx] = 1.0
+        self._inside_flat = self._inside.reshape(-1)
+        self._centre = self._padded[pad:pad + Ly, pad:pad + Lx]
+        self._origin = pad * Wp + pad  # flat index of frame pixel (0, 0)
+        self._ncols = (Ly - 1) * Wp + Lx
+
+        # ---- masks, built once
+        all_stats = list(roi_set.stat) + list(roi_set.excluded_stat)
+        cell_pix = cell_pixel_map(all_stats, Ly, Lx, lam_percentile)
+        valid = ~cell_pix
+        valid_sat = np.zeros((Ly + 1, Lx + 1), np.int64)
+        valid_sat[1:, 1:] = valid.cumsum(0).cumsum(1)
+        rows, cols, vals = [], [], []
+        self.npix_cell = np.zeros(n, np.int64)
+        self.npix_neuropil = np.zeros(n, np.int64)
+        bbox = np.zeros((n, 4), np.int64)  # ymin, ymax, xmin, xmax over cell + neuropil pixels
+        for i, stat in enumerate(roi_set.stat):
+            idx, w = cell_mask(stat, Ly, Lx, allow_overlap)
+            nidx = neuropil_mask(stat, valid, valid_sat, inner_neuropil_radius, min_neuropil_pixels)
+            self.npix_cell[i], self.npix_neuropil[i] = idx.size, nidx.size
+            rows += [np.full(idx.size, i), np.full(nidx.size, n + i)]
+            cols += [idx, nidx]
+            vals += [w, np.full(nidx.size, 1.0 / max(nidx.size, 1))]
+            both = np.concatenate([idx, nidx])
+            if both.size:
+                ys, xs = np.divmod(both, Lx)
+                bbox[i] = ys.min(), ys.max(), xs.min(), xs.max()
+        row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        val = np.concatenate(vals) if vals else np.zeros(0)
+        ys, xs = np.divmod(col, Lx)
+        padded_col = ys * Wp + xs  # flat index in the padded buffer, relative to frame pixel (0, 0)
+        self._matrix = sp.csr_matrix((val.astype(np.float32), (row, padded_col)), shape=(2 * n, self._ncols))
+        self._matrix.sum_duplicates()
+        self._bbox = bbox
+        # extent of all masks: a shift that keeps it inside the frame needs no renormalisation
+        used = bbox[(self.npix_cell + self.npix_neuropil) > 0]
+        self._extent = ((int(used[:, 0].min()), int(used[:, 1].max()), int(used[:, 2].min()), int(used[:, 3].max()))
+                        if used.size else (0, 0, 0, 0))
+        self._weight_cache: dict[tuple[int, int], np.ndarray] = {}
+        #: ROIs whose cell mask is empty (all pixels overlap another ROI): their F is NaN
+        self.empty_cells = np.flatnonzero(self.npix_cell == 0)
+        self.empty_neuropil = np.flatnonzero(self.npix_neuropil == 0)
+        self._nan_rows = np.concatenate([self.empty_cells, n + self.empty_neuropil])
+        self._out = np.empty(2 * n, np.float32)
+        self._weight = np.empty(2 * n, np.float32)
+
+    @property
+    def cell_masks(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(flat frame indices, weights) per ROI, for inspection and tests."""
+        return [self._row(i) for i in range(self.n_rois)]
+
+    @property
+    def neuropil_masks(self) -> list[np.ndarray]:
+        return [self._row(self.n_rois + i)[0] for i in range(self.n_rois)]
+
+    def _row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        m = self._matrix
+        lo, hi = m.indptr[r], m.indptr[r + 1]
+        ys, xs = np.divmod(m.indices[lo:hi], self.Wp)
+        return ys * self.Lx + xs, m.data[lo:hi].copy()
+
+    def _product(self, vector: np.ndarray, iy: int, ix: int) -> np.ndarray:
+        start = self._origin + iy * self.Wp + ix
+        return self._matrix @ vector[start:start + self._ncols]
+
+    def extract(self, frame: np.ndarray, dy: float, dx: float, out_F: np.ndarray, out_Fneu: np.ndarray) -> None:
+        """Write F and Fneu (float32, n_rois each) of ``frame`` whose content is displaced by (dy, dx)."""
+        if frame.shape != (self.Ly, self.Lx):
+            raise ValueError(f"frame shape {frame.shape} differs from the ROI set's {(self.Ly, self.Lx)}")
+        np.copyto(self._centre, frame, casting="unsafe")
+        lim = self.pad - 1
+        if not (math.isfinite(dy) and math.isfinite(dx)):
+            dy = dx = 0.0
+        dy = min(max(dy, -lim), lim)
+        dx = min(max(dx, -lim), lim)
+        n = self.n_rois
+        out = self._out
+        if self.subpixel:
+            iy, ix = math.floor(dy), math.floor(dx)
+            fy, fx = dy - iy, dx - ix
+            out[:] = 0.0
+            corners = ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 1, fy * fx))
+            for oy, ox, w in corners:
+                if w > 1e-6:
+                    out += np.float32(w) * self._product(self._flat, iy + oy, ix + ox)
+            edge_shift = (iy, ix, iy + 1, ix + 1)
+        else:
+            iy, ix = round(dy), round(dx)
+            out[:] = self._product(self._flat, iy, ix)
+            edge_shift = (iy, ix, iy, ix)
+        if self._leaves_frame(*edge_shift):
+            self._renormalise(out, dy, dx)
+        if self._nan_rows.size:
+            out[self._nan_rows] = np.nan
+        out_F[:] = out[:n]
+        out_Fneu[:] = out[n:]
+
+    def _leaves_frame(self, iy0: int, ix0: int, iy1: int, ix1: int) -> bool:
+        lo_y, hi_y, lo_x, hi_x = self._extent
+        return (lo_y + min(iy0, iy1) < 0 or hi_y + max(iy0, iy1) >= self.Ly
+                or lo_x + min(ix0, ix1) < 0 or hi_x + max(ix0, ix1) >= self.Lx)
+
+    def _inside_weight(self, iy: int, ix: int) -> np.ndarray:
+        """In-frame share of each mask's weight at integer shift (iy, ix); cached (it depends on the shift only)."""
+        key = (iy, ix)
+        weight = self._weight_cache.get(key)
+        if weight is None:
+            if len(self._weight_cache) >= _WEIGHT_CACHE_SIZE:
+                self._weight_cache.pop(next(iter(self._weight_cache)))
+            weight = self._product(self._inside_flat, iy, ix)
+            self._weight_cache[key] = weight
+        return weight
+
+    def _renormalise(self, out: np.ndarray, dy: float, dx: float) -> None:
+        """Divide by the in-frame share of each mask's weight; NaN where nothing is left in the frame."""
+        if self.subpixel:
+            iy, ix = math.floor(dy), math.floor(dx)
+            fy, fx = dy - iy, dx - ix
+            weight = self._weight
+            weight[:] = 0.0
+            for oy, ox, w in ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)), (0, 1, (1 - fy) * fx),
+                              (1, 1, fy * fx)):
+                if w > 1e-6:
+                    weight += np.float32(w) * self._inside_weight(iy + oy, ix + ox)
+        else:
+            weight = self._inside_weight(round(dy), round(dx))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.divide(out, weight, out=out)
+        out[weight < 1e-6] = np.nan

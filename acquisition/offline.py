@@ -1,0 +1,151 @@
+"""``rig process MOVIE --rois SUITE2P_DIR [--ref REF] --out OUT.npz``: the live acquisition code, offline.
+
+Reads the movie with the replay source (as fast as possible), runs :class:`FramePipeline` on every frame and
+writes shifts, correlation, flags, F and Fneu (suite2p layout: ROIs x frames). The last stdout line is
+JSON with ``frames`` and ``frames_per_s``. Also runnable as ``python -m acquisition.offline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HELP = "register a movie and extract ROI fluorescence with the live pipeline, offline"
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("movie", help="movie file: .tif/.tiff (ScanImage, BigTIFF), suite2p data.bin, .npy, .h5")
+    p.add_argument("--rois", required=True, metavar="SUITE2P_DIR", help="suite2p plane folder (or its parent)")
+    p.add_argument("--ref", default="", metavar="REF",
+                   help="reference image (.npy or 1-page .tif); default: refImg of the suite2p folder, "
+                        "else built from the movie as suite2p does")
+    p.add_argument("--out", required=True, metavar="OUT.npz", help="output file")
+    p.add_argument("--all-rois", action="store_true", help="extract every ROI, not only iscell == 1")
+    p.add_argument("--no-register", action="store_true", help="extract without motion correction")
+    p.add_argument("--maxregshift", type=float, default=0.1, help="max shift, fraction of the frame (0.1)")
+    p.add_argument("--smooth-sigma", type=float, default=1.15, help="phase-correlation smoothing, px (1.15)")
+    p.add_argument("--min-corr", type=float, default=0.05, help="quality floor for LOW_CORR (0.05)")
+    p.add_argument("--reference-frames", type=int, default=300,
+                   help="frames (evenly spaced) used to build a reference when none is given (300)")
+    p.add_argument("--h5-key", default="", help="dataset inside an .h5 movie")
+    p.add_argument("--n-channels", type=int, default=1, help="interleaved channels in the file")
+    p.add_argument("--channel", type=int, default=0, help="channel to process (0-based)")
+    p.add_argument("--n-planes", type=int, default=1, help="interleaved planes in the file")
+    p.add_argument("--plane", type=int, default=0, help="plane to process (0-based)")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("process", help=HELP, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Process the movie; returns the exit code (2 for bad inputs, with the reason on stderr)."""
+    import msgspec
+    import numpy as np
+    from tqdm import tqdm
+
+    from acquisition.config import RegistrationConfig
+    from acquisition.pipeline import FramePipeline, load_reference_image
+    from acquisition.rois import RoiFileError, load_suite2p
+    from acquisition.sources.base import EndOfStream
+    from acquisition.sources.movie import MovieError
+    from acquisition.sources.replay import ReplaySource
+
+    try:
+        reg_cfg = RegistrationConfig(enabled=not args.no_register, maxregshift=args.maxregshift,
+                                     smooth_sigma=args.smooth_sigma, min_corr=args.min_corr,
+                                     reference_frames=max(args.reference_frames, 2))
+        roi_set = load_suite2p(args.rois)
+        if not args.all_rois:
+            roi_set = roi_set.cells_only()
+        source = ReplaySource(args.movie, speed="fast", h5_key=args.h5_key, n_channels=args.n_channels,
+                              channel=args.channel, n_planes=args.n_planes, plane=args.plane)
+        if source.shape != (roi_set.Ly, roi_set.Lx):
+            raise ValueError(f"{args.movie}: frames are {source.shape[0]}x{source.shape[1]} but the ROIs in "
+                             f"{args.rois} are for {roi_set.Ly}x{roi_set.Lx}")
+        reference = None
+        if reg_cfg.enabled:
+            if args.ref:
+                reference = load_reference_image(args.ref)
+            elif roi_set.ref_img is not None:
+                reference = roi_set.ref_img
+            else:
+                reference = _reference_from_movie(source, reg_cfg)
+        pipeline = FramePipeline(roi_set, reference=reference, registration=reg_cfg)
+    except (RoiFileError, MovieError, FileNotFoundError, ValueError, msgspec.ValidationError) as exc:
+        print(f"rig process: {exc}", file=sys.stderr)
+        return 2
+
+    n_total = source.n_frames if not args.max_frames else min(args.max_frames, source.n_frames)
+    n_rois = pipeline.n_rois
+    F = np.full((n_rois, n_total), np.nan, np.float32)
+    Fneu = np.full((n_rois, n_total), np.nan, np.float32)
+    shifts = np.full((n_total, 2), np.nan, np.float32)
+    corr = np.full(n_total, np.nan, np.float32)
+    flags = np.zeros(n_total, np.int32)
+    t_start = time.perf_counter()
+    done = 0
+    source.open()
+    try:
+        with tqdm(total=n_total, unit="frame", file=sys.stderr, disable=args.no_progress,
+                  mininterval=0.5) as bar:
+            while done < n_total:
+                try:
+                    frame = source.read(1.0)
+                except EndOfStream:
+                    break
+                if frame is None:
+                    continue
+                res = pipeline.process(frame.data)
+                F[:, done] = res.F
+                Fneu[:, done] = res.Fneu
+                shifts[done] = (res.dy, res.dx)
+                corr[done] = res.corr
+                flags[done] = res.flags | frame.flags
+                done += 1
+                bar.update(1)
+    finally:
+        source.close()
+        pipeline.close()
+    elapsed = time.perf_counter() - t_start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, yoff=shifts[:done, 0], xoff=shifts[:done, 1], corrXY=corr[:done], flags=flags[:done],
+             F=F[:, :done], Fneu=Fneu[:, :done], roi_index=np.asarray(roi_set.source_index),
+             refImg=pipeline.reference if pipeline.reference is not None else np.zeros((0, 0), np.float32),
+             Ly=roi_set.Ly, Lx=roi_set.Lx)
+    summary = {"frames": done, "frames_per_s": round(done / elapsed, 2) if elapsed > 0 else 0.0,
+               "flagged_frames": int(np.count_nonzero(flags[:done])), "rois": n_rois, "out": str(out)}
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _reference_from_movie(source, reg_cfg):  # noqa: ANN001, ANN202 - types imported lazily
+    """suite2p-style reference from up to ``reference_frames`` frames spread evenly over the movie."""
+    import numpy as np
+
+    from acquisition.registration import build_reference
+
+    n = source.n_frames
+    picks = np.unique(np.linspace(0, n - 1, min(reg_cfg.reference_frames, n)).astype(int))
+    return build_reference(source.sample_frames(picks), maxregshift=reg_cfg.maxregshift,
+                           smooth_sigma=reg_cfg.smooth_sigma, spatial_taper=reg_cfg.spatial_taper)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rig process", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

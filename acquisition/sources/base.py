@@ -1,0 +1,106 @@
+"""The frame-source interface every acquisition input implements (sim, replay, CLOOSE TCP, ZeroMQ stream)."""
+
+from __future__ import annotations
+
+import abc
+import collections
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+#: link states reported by :meth:`FrameSource.link_state`
+LINK_STATES = ("ok", "waiting", "reconnecting", "ended")
+
+
+@dataclass
+class Frame:
+    """One frame as it left the source.
+
+    ``data`` may be a buffer the source reuses: it is valid until the next :meth:`FrameSource.read`.
+    ``number`` is the scope's frame number (0-based) or, for sources without a counter, a local count.
+    ``t_ready_ns`` is ``rig.clock.now_ns()`` when the whole frame was in memory.
+    ``flags`` carries :class:`acquisition.validate.FrameFlag` bits the source already knows (AFTER_GAP...).
+    """
+
+    data: np.ndarray
+    number: int
+    t_ready_ns: int
+    scope_time_s: float = math.nan
+    flags: int = 0
+
+
+class EndOfStream(Exception):
+    """A finite source (a replayed movie) has delivered its last frame."""
+
+
+class FrameSource(abc.ABC):
+    """A source of 2-D frames. ``read`` never blocks longer than its timeout and never raises for bad input:
+    bad frames and link trouble are counted in :meth:`stats` and described by :meth:`pop_warnings`."""
+
+    #: True when the source wants bus messages (rewards, decisions) through :meth:`on_bus_message`
+    wants_bus_messages: ClassVar[bool] = False
+    #: at most this many warnings wait to be popped; older ones are dropped and counted
+    max_pending_warnings: ClassVar[int] = 100
+
+    def __init__(self) -> None:
+        self._warnings: collections.deque[tuple[str, str]] = collections.deque(maxlen=self.max_pending_warnings)
+        self._warnings_dropped = 0
+
+    @property
+    @abc.abstractmethod
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the frames, as configured or as read from the file."""
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    @abc.abstractmethod
+    def frame_rate_hz(self) -> float: ...
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Acquire the resource (file, listening socket...). Errors here are configuration errors: raise."""
+
+    @abc.abstractmethod
+    def read(self, timeout_s: float) -> Frame | None:
+        """The next frame, or None if none arrived within ``timeout_s``; EndOfStream when a finite source is done."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def link_state(self) -> str:
+        """One of :data:`LINK_STATES`."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, float]:
+        """Counters: at least ``frames`` and ``bad_frames``; sources with links add ``reconnects`` etc."""
+
+    def on_bus_message(self, msg: Any) -> None:  # noqa: B027 - deliberately a no-op by default
+        """A bus message the process relays (only when :attr:`wants_bus_messages`)."""
+
+    def warn(self, code: str, message: str) -> None:
+        """Queue a warning for the process to publish (``code`` is a short snake_case tag)."""
+        if len(self._warnings) == self._warnings.maxlen:
+            self._warnings_dropped += 1
+        self._warnings.append((code, message))
+
+    def pop_warnings(self) -> list[tuple[str, str]]:
+        """Warnings since the last call, as (code, message); a summary replaces any that overflowed."""
+        out = list(self._warnings)
+        self._warnings.clear()
+        if self._warnings_dropped:
+            out.append(("warnings_dropped", f"{self._warnings_dropped} more warnings were dropped"))
+            self._warnings_dropped = 0
+        return out
+
+    def __enter__(self) -> FrameSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

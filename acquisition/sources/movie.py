@@ -1,0 +1,195 @@
+"""Random access to the frames of a recorded movie without loading it: TIFF, suite2p data.bin, .npy, .h5.
+
+Each reader exposes ``n_frames``, ``shape``, ``dtype``, ``frame_rate_hz`` (None when the file does not say)
+and ``read_into(index, out)``. TIFF pages are read one at a time (ScanImage and BigTIFF included);
+``data.bin`` and ``.npy`` are memory-mapped; HDF5 datasets are read frame by frame.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MOVIE_SUFFIXES = (".tif", ".tiff", ".bin", ".npy", ".h5", ".hdf5")
+
+
+class MovieError(ValueError):
+    """A movie file cannot be read as a stack of 2-D frames; the message names the file."""
+
+
+class MovieReader(abc.ABC):
+    path: Path
+    n_frames: int
+    shape: tuple[int, int]
+    dtype: np.dtype
+    frame_rate_hz: float | None = None
+
+    @abc.abstractmethod
+    def read_into(self, index: int, out: np.ndarray) -> None:
+        """Copy frame ``index`` into ``out`` (shape ``self.shape``, dtype ``self.dtype``)."""
+
+    def close(self) -> None:  # noqa: B027 - readers without handles need nothing
+        pass
+
+    def __enter__(self) -> MovieReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TiffMovie(MovieReader):
+    """Multi-page TIFF, one 2-D frame per page (ScanImage interleaves channels/planes page by page)."""
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+
+        self.path = path
+        try:
+            self._tif = tifffile.TiffFile(path)
+            self._pages = self._tif.pages
+            self.n_frames = len(self._pages)
+            first = self._pages[0]
+        except Exception as exc:  # tifffile raises TiffFileError, ValueError, OSError... for bad files
+            raise MovieError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from exc
+        if self.n_frames == 0:
+            raise MovieError(f"{path}: TIFF has no pages")
+        shape = tuple(int(s) for s in first.shape)
+        if len(shape) != 2:
+            raise MovieError(f"{path}: pages have shape {shape}; expected 2-D grey frames")
+        self.shape = (shape[0], shape[1])
+        self.dtype = np.dtype(first.dtype)
+        self.frame_rate_hz = self._scanimage_rate()
+
+    def _scanimage_rate(self) -> float | None:
+        meta: Any = getattr(self._tif, "scanimage_metadata", None)
+        if not meta:
+            return None
+        frame_data = meta.get("FrameData", {}) if isinstance(meta, dict) else {}
+        rate = frame_data.get("SI.hRoiManager.scanFrameRate")
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            return None
+        return rate if rate > 0 else None
+
+    def read_into(self, index: int, out: np.ndarray) -> None:
+        page = self._pages[index]
+        if tuple(page.shape) != self.shape:
+            raise MovieError(f"{self.path}: page {index} has shape {page.shape}, the first page {self.shape}")
+        if out.dtype == page.dtype and out.flags.c_contiguous:
+            page.asarray(out=out)
+        else:
+            np.copyto(out, page.asarray(), casting="unsafe")
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+class ArrayMovie(MovieReader):
+    """A (T, Ly, Lx) array: memory-mapped .npy or suite2p data.bin."""
+
+    def __init__(self, path: Path, array: np.ndarray, frame_rate_hz: float | None = None) -> None:
+        self.path = path
+        if array.ndim != 3 or array.shape[0] == 0:
+            raise MovieError(f"{path}: expected a (frames, height, width) array, got shape {array.shape}")
+        self._array = array
+        self.n_frames = int(array.shape[0])
+        self.shape = (int(array.shape[1]), int(array.shape[2]))
+        self.dtype = np.dtype(array.dtype)
+        self.frame_rate_hz = frame_rate_hz
+
+    def read_into(self, index: int, out: np.ndarray) -> None:
+        np.copyto(out, self._array[index], casting="unsafe")
+
+    def close(self) -> None:
+        mm = getattr(self._array, "_mmap", None)
+        self._array = np.empty((0, *self.shape), self.dtype)
+        if mm is not None:
+            mm.close()
+
+
+class H5Movie(MovieReader):
+    def __init__(self, path: Path, key: str = "") -> None:
+        import h5py
+
+        self.path = path
+        try:
+            self._file = h5py.File(path, "r")
+        except Exception as exc:  # h5py raises OSError for bad files, sometimes others
+            raise MovieError(f"{path}: cannot open as HDF5 ({type(exc).__name__}: {exc})") from exc
+        if key:
+            if key not in self._file:
+                self._file.close()
+                raise MovieError(f"{path}: no dataset {key!r}")
+            ds = self._file[key]
+        else:
+            found: list[str] = []
+            self._file.visititems(lambda name, obj: found.append(name)
+                                  if isinstance(obj, h5py.Dataset) and obj.ndim == 3 else None)
+            if len(found) != 1:
+                self._file.close()
+                raise MovieError(f"{path}: {len(found)} 3-D datasets ({', '.join(found) or 'none'}); "
+                                 "set acquisition.replay.h5_key")
+            ds = self._file[found[0]]
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
+            self._file.close()
+            raise MovieError(f"{path}: dataset {key!r} is not a (frames, height, width) array")
+        self._ds = ds
+        self.n_frames = int(ds.shape[0])
+        self.shape = (int(ds.shape[1]), int(ds.shape[2]))
+        self.dtype = np.dtype(ds.dtype)
+        rate = ds.attrs.get("frame_rate_hz", ds.attrs.get("fs", self._file.attrs.get("fs")))
+        self.frame_rate_hz = float(rate) if rate is not None and float(rate) > 0 else None
+
+    def read_into(self, index: int, out: np.ndarray) -> None:
+        self._ds.read_direct(out, np.s_[index])
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _suite2p_bin(path: Path) -> ArrayMovie:
+    from acquisition.rois import RoiFileError, _load_npy, normalise_ops
+
+    ops_path = path.parent / "ops.npy"
+    try:
+        raw = _load_npy(ops_path, pickled=True)
+    except RoiFileError as exc:
+        raise MovieError(f"{path}: a suite2p binary needs its ops.npy beside it: {exc}") from exc
+    ops = normalise_ops(raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw)
+    if "Ly" not in ops or "Lx" not in ops:
+        raise MovieError(f"{ops_path}: no Ly/Lx, so {path.name} cannot be shaped into frames")
+    Ly, Lx = int(ops["Ly"]), int(ops["Lx"])
+    frame_bytes = Ly * Lx * 2
+    size = path.stat().st_size
+    n = size // frame_bytes
+    if n == 0:
+        raise MovieError(f"{path}: {size} bytes, less than one {Ly}x{Lx} int16 frame")
+    mm = np.memmap(path, dtype=np.int16, mode="r", shape=(n, Ly, Lx))
+    rate = ops.get("fs")
+    return ArrayMovie(path, mm, float(rate) if rate else None)
+
+
+def open_movie(path: str | Path, *, h5_key: str = "") -> MovieReader:
+    """Open ``path`` with the reader its suffix calls for."""
+    path = Path(path)
+    if not path.is_file():
+        raise MovieError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return TiffMovie(path)
+    if suffix == ".bin":
+        return _suite2p_bin(path)
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except Exception as exc:  # ValueError / OSError for corrupt headers
+            raise MovieError(f"{path}: cannot read as .npy ({type(exc).__name__}: {exc})") from exc
+        return ArrayMovie(path, arr)
+    if suffix in (".h5", ".hdf5"):
+        return H5Movie(path, h5_key)
+    raise MovieError(f"{path}: unknown movie type {suffix!r}; expected one of {', '.join(MOVIE_SUFFIXES)}")

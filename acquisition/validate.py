@@ -1,0 +1,101 @@
+"""Per-frame quality flags and the cheap checks that set them.
+
+Every frame that reaches the pipeline gets a :class:`FrameFlag` word. Flags are counted and published;
+a flagged frame is never silently treated as good. Flags in :data:`UNUSABLE` mean the pixels cannot be
+turned into fluorescence (F and Fneu are NaN for that frame); the others mark a frame that was processed
+but should be treated with suspicion (e.g. the decoder may hold its last value).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class FrameFlag(enum.IntFlag):
+    """Why a frame is suspect. Bit values are part of the wire format (``FluorFrame.flags``): never renumber."""
+
+    NONE = 0
+    WRONG_SHAPE = 1 << 0  # frame shape differs from the ROI set / configured shape
+    WRONG_DTYPE = 1 << 1  # pixel type we cannot interpret (not an integer or float image)
+    ALL_ZERO = 1 << 2  # every pixel is zero: scope blanked, shutter closed or a dead link
+    SATURATED = 1 << 3  # more than the allowed fraction of pixels at the saturation level
+    NAN = 1 << 4  # NaN or infinite pixel values
+    SHIFT_OUT_OF_BOUNDS = 1 << 5  # best motion estimate lies beyond maxregshift; shift was clamped
+    LOW_CORR = 1 << 6  # peak phase correlation below the quality floor
+    TRUNCATED = 1 << 7  # the transport delivered fewer bytes than a frame (counted by the source)
+    AFTER_GAP = 1 << 8  # first frame after a link drop or a jump in the scope's frame counter
+    NOT_REGISTERED = 1 << 9  # registration skipped (no reference yet); shifts are 0
+
+
+#: Flags for which the pixels are not turned into fluorescence (F = Fneu = NaN).
+UNUSABLE = FrameFlag.WRONG_SHAPE | FrameFlag.WRONG_DTYPE | FrameFlag.ALL_ZERO | FrameFlag.NAN
+
+#: Pixel dtypes the pipeline converts to float32 without loss of meaning.
+SUPPORTED_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32",
+                                                   "float32", "float64"))
+
+
+def flag_names(flags: int) -> list[str]:
+    """Names of the set bits, e.g. ``["ALL_ZERO"]``; for warnings and reports."""
+    return [f.name for f in FrameFlag if f and (flags & f) and f.name is not None]
+
+
+def default_saturation_level(dtype: np.dtype) -> float:
+    """The pixel value a detector saturates at, by dtype; +inf for float images (no natural ceiling)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        return float(np.iinfo(dtype).max)
+    return float("inf")
+
+
+_ROW_STEP = 4
+
+
+class FrameValidator:
+    """Cheap per-frame checks: shape, dtype, all-zero, saturation, NaN.
+
+    Integer frames are checked on every 4th row (~40 us for 512x512 uint16); the saturated-pixel count only
+    runs when the maximum reaches the saturation level, so good frames pay almost nothing.
+    """
+
+    def __init__(self, shape: tuple[int, int], *, saturation_level: float = 0.0,
+                 max_saturated_fraction: float = 0.01) -> None:
+        if len(shape) != 2 or min(shape) <= 0:
+            raise ValueError(f"`shape`: must be (Ly, Lx) with positive sizes, got {shape!r}")
+        if not 0.0 <= max_saturated_fraction <= 1.0:
+            raise ValueError("`max_saturated_fraction`: must be within [0, 1]")
+        if saturation_level < 0:
+            raise ValueError("`saturation_level`: must be >= 0 (0 = the dtype's maximum)")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._saturation_level = float(saturation_level)
+        self._max_saturated = int(max_saturated_fraction * self.shape[0] * self.shape[1])
+
+    def saturation_level(self, dtype: np.dtype) -> float:
+        return self._saturation_level if self._saturation_level > 0 else default_saturation_level(dtype)
+
+    def check(self, data: np.ndarray) -> FrameFlag:
+        """Return the flags for ``data``; never raises for bad content."""
+        if not isinstance(data, np.ndarray) or data.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+            return FrameFlag.WRONG_DTYPE
+        if data.shape != self.shape:
+            return FrameFlag.WRONG_SHAPE
+        if data.dtype.kind == "f":  # NaN can sit in any pixel: look at all of them
+            vmax, vmin = data.max(), data.min()
+            if not (np.isfinite(vmax) and np.isfinite(vmin)):  # max/min propagate NaN
+                return FrameFlag.NAN
+            if vmax == 0 and vmin == 0:
+                return FrameFlag.ALL_ZERO
+            sample = data
+        else:
+            # integer frames: every 4th row is enough to estimate the saturated fraction; an all-zero
+            # sample is confirmed on the whole frame. Saves ~0.1 ms per 512x512 frame.
+            sample = data[::_ROW_STEP] if data.shape[0] >= 4 * _ROW_STEP else data
+            vmax = sample.max()
+            if vmax == 0 and not data.any():
+                return FrameFlag.ALL_ZERO
+        level = self.saturation_level(data.dtype)
+        if vmax >= level and np.count_nonzero(sample >= level) > self._max_saturated * sample.size / data.size:
+            return FrameFlag.SATURATED
+        return FrameFlag.NONE

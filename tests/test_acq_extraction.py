@@ -1,0 +1,146 @@
+"""ROI extraction: masks built as suite2p builds them, F consistent with registration, edge handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from acquisition.extraction import Extractor, cell_pixel_map
+from acquisition.registration import RigidRegistrar, shift_image_integer
+from acquisition.rois import RoiSet
+from tests.test_acq_synth import make_movie
+
+
+@pytest.fixture(scope="module")
+def movie():
+    return make_movie(T=80, Ly=128, Lx=128, n_cells=25, max_shift=8.0, seed=21)
+
+
+def _roi_set(m) -> RoiSet:
+    return RoiSet(stat=m.stat, iscell=np.ones((len(m.stat), 2)), Ly=m.frames.shape[1], Lx=m.frames.shape[2],
+                  ref_img=m.reference)
+
+
+def test_extracted_F_follows_ground_truth_for_isolated_cells(movie):
+    reg = RigidRegistrar(movie.reference)
+    ex = Extractor(_roi_set(movie))
+    n, T = len(movie.stat), movie.frames.shape[0]
+    F = np.zeros((n, T), np.float32)
+    Fneu = np.zeros((n, T), np.float32)
+    for t, frame in enumerate(movie.frames):
+        dy, dx, _, _ = reg.register(frame)
+        ex.extract(frame, dy, dx, F[:, t], Fneu[:, t])
+    truth = movie.true_F(ex.cell_masks)
+    corr = np.array([np.corrcoef(F[k], truth[k])[0, 1] for k in range(n)])
+    assert movie.isolated.sum() >= 10
+    assert corr[movie.isolated].min() >= 0.95
+    # the neuropil-corrected trace follows the cell's own activity
+    corr_cell = np.array([np.corrcoef(F[k] - 0.7 * Fneu[k], movie.traces[k])[0, 1] for k in range(n)])
+    assert np.median(corr_cell[movie.isolated]) >= 0.9
+    # without motion correction the same masks do much worse: registration is what makes F right
+    ex.extract(movie.frames[0], 0.0, 0.0, F[:, 0], Fneu[:, 0])
+    F0 = np.zeros((n, T), np.float32)
+    for t, frame in enumerate(movie.frames):
+        ex.extract(frame, 0.0, 0.0, F0[:, t], Fneu[:, t])
+    corr0 = np.array([np.corrcoef(F0[k], truth[k])[0, 1] for k in range(n)])
+    assert np.median(corr0) < np.median(corr) - 0.1
+
+
+def test_shifting_masks_equals_shifting_the_frame(movie):
+    ex = Extractor(_roi_set(movie))
+    frame = movie.frames[0].astype(np.float32)
+    n = len(movie.stat)
+    F_ref, Fn_ref = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    F_sh, Fn_sh = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    ex.extract(frame, 0.0, 0.0, F_ref, Fn_ref)
+    moved = shift_image_integer(frame, 4, -3)  # content displaced by (+4, -3)
+    ex.extract(moved, 4.2, -2.9, F_sh, Fn_sh)  # rounded to (4, -3)
+    inside = np.ones(n, bool)
+    for i, (idx, _) in enumerate(ex.cell_masks):
+        ys, xs = np.divmod(np.concatenate([idx, ex.neuropil_masks[i]]), 128)
+        inside[i] = ys.max() + 4 < 128 and xs.min() - 3 >= 0
+    np.testing.assert_allclose(F_sh[inside], F_ref[inside], rtol=1e-5)
+    np.testing.assert_allclose(Fn_sh[inside], Fn_ref[inside], rtol=1e-5)
+
+
+def test_subpixel_extraction_interpolates_between_pixels(movie):
+    ex = Extractor(_roi_set(movie), subpixel=True)
+    frame = movie.frames[1]
+    n = len(movie.stat)
+    a, b, c = (np.zeros(n, np.float32) for _ in range(3))
+    junk = np.zeros(n, np.float32)
+    ex.extract(frame, 1.0, 2.0, a, junk)
+    ex.extract(frame, 2.0, 2.0, b, junk)
+    ex.extract(frame, 1.25, 2.0, c, junk)
+    np.testing.assert_allclose(c, 0.75 * a + 0.25 * b, rtol=1e-4)
+
+
+def test_masks_follow_suite2p_rules():
+    Ly = Lx = 80
+    yy, xx = np.mgrid[:Ly, :Lx]
+    stats = []
+    for cy, cx in ((20, 20), (23, 27), (60, 55)):
+        keep = (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+        ypix, xpix = yy[keep], xx[keep]
+        lam = np.exp(-((ypix - cy) ** 2 + (xpix - cx) ** 2) / 8.0)
+        stats.append({"ypix": ypix, "xpix": xpix, "lam": lam, "radius": 4.0})
+    count = np.zeros((Ly, Lx), int)
+    for s in stats:
+        count[s["ypix"], s["xpix"]] += 1
+    for s in stats:
+        s["overlap"] = count[s["ypix"], s["xpix"]] > 1
+    ex = Extractor(RoiSet(stat=stats, iscell=np.ones((3, 2)), Ly=Ly, Lx=Lx), min_neuropil_pixels=200)
+    cell_pix = cell_pixel_map(stats, Ly, Lx)
+    for i, (idx, w) in enumerate(ex.cell_masks):
+        s = stats[i]
+        expect = np.sort((s["ypix"] * Lx + s["xpix"])[~s["overlap"]])
+        np.testing.assert_array_equal(np.sort(idx), expect)  # overlapping pixels left out
+        assert w.sum() == pytest.approx(1.0, abs=1e-5)
+        neu = ex.neuropil_masks[i]
+        assert neu.size > 200
+        assert not cell_pix.reshape(-1)[neu].any()  # no cell pixels in a neuropil mask
+        ny, nx = np.divmod(neu, Lx)
+        # the exclusion ring: nothing within inner_neuropil_radius (4-connected) of the ROI
+        d = np.abs(ny[:, None] - s["ypix"][None, :]) + np.abs(nx[:, None] - s["xpix"][None, :])
+        assert d.min() > 2
+
+
+def test_excluded_rois_still_keep_their_pixels_out_of_neuropil(movie):
+    full = _roi_set(movie)
+    full.iscell[1:, 0] = 0  # only the first ROI is a cell
+    cells = full.cells_only()
+    assert cells.n_rois == 1 and len(cells.excluded_stat) == len(movie.stat) - 1
+    ex = Extractor(cells)
+    other = np.concatenate([np.asarray(s["ypix"]) * 128 + np.asarray(s["xpix"]) for s in cells.excluded_stat])
+    assert not np.isin(ex.neuropil_masks[0], other).any()
+
+
+def test_roi_shifted_out_of_the_frame_reads_nan_and_edge_rois_are_renormalised():
+    Ly = Lx = 64
+    stat = [{"ypix": np.array([1, 1, 2, 2]), "xpix": np.array([1, 2, 1, 2]), "lam": np.ones(4), "radius": 1.0},
+            {"ypix": np.array([30, 30]), "xpix": np.array([30, 31]), "lam": np.ones(2), "radius": 1.0}]
+    ex = Extractor(RoiSet(stat=stat, iscell=np.ones((2, 2)), Ly=Ly, Lx=Lx), min_neuropil_pixels=50,
+                   max_shift_px=20)
+    frame = np.full((Ly, Lx), 7.0, np.float32)
+    F, Fneu = np.zeros(2, np.float32), np.zeros(2, np.float32)
+    ex.extract(frame, -1.0, 0.0, F, Fneu)  # ROI 0 half outside: mean of the in-frame half
+    assert F[0] == pytest.approx(7.0) and F[1] == pytest.approx(7.0)
+    assert Fneu[0] == pytest.approx(7.0, rel=1e-5)
+    ex.extract(frame, -10.0, 0.0, F, Fneu)  # ROI 0 wholly outside
+    assert np.isnan(F[0]) and F[1] == pytest.approx(7.0)
+
+
+def test_roi_without_own_pixels_reads_nan():
+    stat = [{"ypix": np.array([5, 5]), "xpix": np.array([5, 6]), "lam": np.ones(2), "overlap": np.array([True, True]),
+             "radius": 1.0},
+            {"ypix": np.array([20]), "xpix": np.array([20]), "lam": np.ones(1), "radius": 1.0}]
+    ex = Extractor(RoiSet(stat=stat, iscell=np.ones((2, 2)), Ly=32, Lx=32), min_neuropil_pixels=20)
+    assert list(ex.empty_cells) == [0]
+    F, Fneu = np.zeros(2, np.float32), np.zeros(2, np.float32)
+    ex.extract(np.ones((32, 32), np.uint16), 0.0, 0.0, F, Fneu)
+    assert np.isnan(F[0]) and F[1] == pytest.approx(1.0)
+
+
+def test_bad_extractor_settings_name_the_field(movie):
+    with pytest.raises(ValueError, match="`min_neuropil_pixels`"):
+        Extractor(_roi_set(movie), min_neuropil_pixels=-1)

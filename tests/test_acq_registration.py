@@ -1,0 +1,120 @@
+"""Rigid registration: accuracy on synthetic movies with known subpixel shifts, convention, flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from acquisition.registration import RigidRegistrar, build_reference, shift_image_integer, spatial_taper_mask
+from acquisition.validate import FrameFlag
+from tests.test_acq_synth import make_movie, render
+
+
+@pytest.fixture(scope="module")
+def movie_256():
+    return make_movie(T=80, Ly=256, Lx=256, n_cells=80, max_shift=20.0, seed=11)
+
+
+@pytest.fixture(scope="module")
+def movie_128():
+    return make_movie(T=60, Ly=128, Lx=128, n_cells=30, max_shift=10.0, seed=5)
+
+
+def _rms(est: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.sqrt(((est - truth) ** 2).mean()))
+
+
+@pytest.mark.parametrize("bin_factor", [None, 1, 4])
+def test_subpixel_accuracy_at_every_resolution(movie_256, bin_factor):
+    reg = RigidRegistrar(movie_256.reference, bin_factor=bin_factor)
+    assert reg.bin == (bin_factor or 2)  # 256 px defaults to the 2x-downsampled path
+    out = np.array([reg.register(f) for f in movie_256.frames])
+    assert _rms(out[:, :2], movie_256.shifts) <= 0.2
+    assert np.all(out[:, 3] == 0), "no frame within bounds should be flagged"
+    assert np.all(out[:, 2] > reg.min_corr)
+
+
+def test_subpixel_accuracy_full_resolution_path(movie_128):
+    reg = RigidRegistrar(movie_128.reference)
+    assert reg.bin == 1
+    out = np.array([reg.register(f) for f in movie_128.frames])
+    assert _rms(out[:, :2], movie_128.shifts) <= 0.2
+
+
+def test_shift_convention_content_moves_by_plus_dy_dx():
+    ref = render(96, 96, np.array([30.0, 60.0, 45.0]), np.array([40.0, 20.0, 70.0]), 3.0, np.array([1.0, 2.0, 1.5]))
+    ref = 100 + 1000 * ref
+    moved = 100 + 1000 * render(96, 96, np.array([33.0, 63.0, 48.0]), np.array([38.0, 18.0, 68.0]), 3.0,
+                                np.array([1.0, 2.0, 1.5]))
+    dy, dx, corr, flags = RigidRegistrar(ref).register(moved)
+    assert dy == pytest.approx(3.0, abs=0.1)
+    assert dx == pytest.approx(-2.0, abs=0.1)
+    assert corr > 0.5 and flags == 0
+
+
+def test_identical_frame_correlates_near_one(movie_128):
+    reg = RigidRegistrar(movie_128.reference, norm_frames=False)
+    dy, dx, corr, flags = reg.register(movie_128.reference)
+    assert abs(dy) < 1e-3 and abs(dx) < 1e-3
+    assert corr == pytest.approx(1.0, abs=0.05)
+
+
+def test_bright_uint16_frames_do_not_overflow_when_binned(movie_256):
+    bright = np.clip(movie_256.frames[3].astype(np.int64) * 40, 0, 65535).astype(np.uint16)
+    reg = RigidRegistrar(movie_256.reference.astype(np.float32) * 40)
+    dy, dx, _, _ = reg.register(bright)
+    assert abs(dy - movie_256.shifts[3, 0]) < 0.5 and abs(dx - movie_256.shifts[3, 1]) < 0.5
+
+
+def test_shift_beyond_maxregshift_is_flagged_and_clamped(movie_128):
+    reg = RigidRegistrar(movie_128.reference, maxregshift=0.05)  # bound: 6 px
+    frame = shift_image_integer(movie_128.reference, 20, -3, fill=float(movie_128.reference.mean()))
+    dy, dx, corr, flags = reg.register(frame)
+    assert flags & FrameFlag.SHIFT_OUT_OF_BOUNDS
+    assert abs(dy) <= reg.max_shift_px and abs(dx) <= reg.max_shift_px
+
+
+def test_unrelated_frame_is_flagged_low_correlation(movie_128):
+    reg = RigidRegistrar(movie_128.reference, min_corr=0.1)
+    noise = np.random.default_rng(0).normal(500, 50, (128, 128)).astype(np.float32)
+    _, _, corr, flags = reg.register(noise)
+    assert corr < 0.1
+    assert flags & FrameFlag.LOW_CORR
+
+
+def test_wrong_frame_shape_raises(movie_128):
+    reg = RigidRegistrar(movie_128.reference)
+    with pytest.raises(ValueError, match="frame shape"):
+        reg.register(np.zeros((64, 64)))
+
+
+@pytest.mark.parametrize("kwargs, field", [({"maxregshift": 0.0}, "maxregshift"),
+                                           ({"smooth_sigma": 0.0}, "smooth_sigma"),
+                                           ({"bin_factor": 3}, "bin_factor")])
+def test_bad_settings_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        RigidRegistrar(np.ones((64, 64)), **kwargs)
+
+
+def test_reference_with_nan_is_refused():
+    ref = np.ones((64, 64))
+    ref[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        RigidRegistrar(ref)
+
+
+def test_build_reference_registers_frames_up_to_a_constant_offset(movie_128):
+    ref = build_reference(movie_128.frames, niter=4)
+    reg = RigidRegistrar(ref)
+    est = np.array([reg.register(f)[:2] for f in movie_128.frames])
+    offset = (est - movie_128.shifts).mean(axis=0)
+    assert _rms(est - offset, movie_128.shifts) <= 0.2
+    # re-centred as suite2p does: the reference sits near the frames' mean position
+    assert np.all(np.abs(est.mean(axis=0)) < 3.0)
+
+
+def test_taper_mask_is_one_inside_and_falls_at_edges():
+    mask = spatial_taper_mask(3.45, 64, 80)
+    assert mask.shape == (64, 80)
+    assert mask[32, 40] == pytest.approx(1.0, abs=3e-3)
+    assert mask[0, 0] < 0.1 and mask[0, 40] < 0.2
