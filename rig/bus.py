@@ -29,13 +29,19 @@ class Publisher:
     sending it; small arrays (per-ROI traces) are copied by pyzmq and may be reused at once.
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, sender: str, sndhwm: int = 10_000) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, sender: str, sndhwm: int = 1000) -> None:
+        # SNDHWM bounds what a subscriber that stopped reading (a hung console) can make us buffer:
+        # past it PUB drops for that subscriber only, and the receiver sees the gap in the sequence numbers.
         self.sender = sender
         self.endpoint = endpoint
         self._sock = ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, 500)
-        self._sock.bind(endpoint)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close(linger=0)  # an unbound socket left open would hang ctx.term() forever
+            raise OSError(f"{sender}: cannot bind its publisher at {endpoint}: {exc}") from exc
         self._codec = Codec()
         self._seq: dict[bytes, int] = {}
 

@@ -140,11 +140,16 @@ class Supervisor:
         )
         self.command = self.ctx.socket(zmq.ROUTER)
         self.command.setsockopt(zmq.LINGER, 0)
-        self.command.bind(self.endpoints["command"])
+        try:
+            self.command.bind(self.endpoints["command"])
+        except zmq.ZMQError as exc:
+            self.command.close(linger=0)
+            raise SessionFailed(f"cannot bind the command socket at {self.endpoints['command']}: {exc}") from exc
         self._stop_reason = ""
         self._failure: tuple[str, str] | None = None
         self._counts = {"trials": 0, "hits": 0, "rewards_delivered": 0, "rewards_failed": 0}
         self._calibration: dict[str, Any] | None = None
+        self._ensembles = {"up": list(self.cfg.decoder.up), "down": list(self.cfg.decoder.down)}
         self._warnings: list[dict[str, Any]] = []
         self._metadata: dict[str, Any] = {
             "mouse_id": self.cfg.session.mouse_id,
@@ -379,6 +384,8 @@ class Supervisor:
             self._counts["hits"] = msg.hits
             if msg.kind == "session_done":
                 self._mode = "done"
+            elif msg.kind == "ensembles":  # the decoder accepted new ensembles
+                self._ensembles = {"up": list(msg.detail.get("up", [])), "down": list(msg.detail.get("down", []))}
         elif isinstance(msg, CalibrationResult):
             self._calibration = msgspec.to_builtins(msg)
         elif isinstance(msg, RewardOutcome):
@@ -432,6 +439,7 @@ class Supervisor:
             "processes": {c.name: {"state": c.state, "stats": c.stats, "critical": c.critical} for c in self.children},
             "counts": dict(self._counts),
             "calibration": self._calibration,
+            "ensembles": self._ensembles,
             "warnings": self._warnings[-20:],
             "metadata": self._metadata,
             "config": self.config_doc,

@@ -1,0 +1,519 @@
+"""What the console knows about the rig: pure Python, no Qt, no sockets.
+
+:class:`ConsoleModel` ingests bus messages (and supervisor snapshots) into preallocated rings and a few
+scalars, and computes the numbers the window shows: per-stage latency p50/p99 from the Decision
+stamps, rolling hit rate, rewards per minute, heartbeat ages. It keeps only what is displayed, so its
+memory is fixed by :class:`gui.config.GuiConfig` whatever the session length or ROI count.
+
+Times: rig stamps (``*_ns``) are ``rig.clock.now_ns`` of the rig PC. Plots put "now" at the newest
+rig stamp seen, so a console on another machine (another clock) still draws correct time axes.
+Heartbeat ages use the console's own monotonic clock at reception, for the same reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gui.config import GuiConfig
+from gui.labels import CodeNames
+from gui.rings import ColumnRing
+from rig.schema import (
+    AcqStatus,
+    CalibrationResult,
+    Control,
+    Decision,
+    FluorFrame,
+    Heartbeat,
+    Lick,
+    LinkState,
+    Message,
+    Preview,
+    ProcessError,
+    RewardOutcome,
+    RigWarning,
+    StateChange,
+    TrialEvent,
+)
+
+#: Latency stages computed from the Decision stamps: (label, later stamp, earlier stamp).
+LATENCY_STAGES: tuple[tuple[str, str, str], ...] = (
+    ("register", "t_registered", "t_ready"),
+    ("extract", "t_extracted", "t_registered"),
+    ("transport", "t_received", "t_extracted"),
+    ("decide", "t_decided", "t_received"),
+    ("total", "t_decided", "t_ready"),
+)
+
+OUTCOME_KINDS = {"hit": True, "miss": False, "timeout": False}
+
+
+@dataclass
+class ProcessHealth:
+    """One process as the console sees it."""
+
+    name: str
+    state: str = "unknown"
+    critical: bool = True
+    pid: int = 0
+    last_seen: float = 0.0  # console monotonic seconds at the last message from it (0: never)
+    stats: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class WarningEntry:
+    """A line in the window's warning list."""
+
+    when: str  # console wall-clock time, HH:MM:SS
+    level: str  # "warning" | "error" | "info"
+    source: str
+    code: str
+    message: str
+
+
+@dataclass
+class PreviewState:
+    image: np.ndarray
+    frame: int
+    dy: float
+    dx: float
+    corr: float
+
+
+@dataclass
+class RoleEdit:
+    """The ensembles in force on the rig and the operator's edits not yet sent."""
+
+    applied_up: list[int] = field(default_factory=list)
+    applied_down: list[int] = field(default_factory=list)
+    up: list[int] = field(default_factory=list)
+    down: list[int] = field(default_factory=list)
+    version: int = 0  # bumped on every change, so the display redraws outlines only when needed
+
+    @property
+    def pending(self) -> bool:
+        return sorted(self.up) != sorted(self.applied_up) or sorted(self.down) != sorted(self.applied_down)
+
+    def role(self, roi: int) -> str:
+        if roi in self.up:
+            return "up"
+        if roi in self.down:
+            return "down"
+        return "other"
+
+    def assign(self, roi: int, role: str) -> None:
+        if role not in ("up", "down", "none", "other"):
+            raise ValueError(f"unknown ROI role {role!r} (expected up, down or none)")
+        if roi in self.up:
+            self.up.remove(roi)
+        if roi in self.down:
+            self.down.remove(roi)
+        if role == "up":
+            self.up.append(roi)
+        elif role == "down":
+            self.down.append(roi)
+        self.version += 1
+
+    def set_applied(self, up: list[int], down: list[int], keep_edits: bool = False) -> None:
+        had_edits = self.pending
+        self.applied_up = sorted(int(i) for i in up)
+        self.applied_down = sorted(int(i) for i in down)
+        if not (keep_edits and had_edits):
+            self.up = list(self.applied_up)
+            self.down = list(self.applied_down)
+        self.version += 1
+
+
+class ConsoleModel:
+    """Everything the window displays, fed one message at a time."""
+
+    def __init__(self, cfg: GuiConfig, mode_names: CodeNames | None = None, state_names: CodeNames | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.mode_names = mode_names or CodeNames("mode")
+        self.state_names = state_names or CodeNames("state")
+        rows = cfg.history_rows
+        self.decisions = ColumnRing(rows, {
+            "frame": np.int64, "t": np.int64, "up": np.float32, "down": np.float32, "cursor": np.float32,
+            "cursor_norm": np.float32, "mode": np.int16, "trial": np.int32, "trial_state": np.int16,
+        })
+        self.latency = ColumnRing(cfg.latency_window_frames, {name: np.float32 for name, _, _ in LATENCY_STAGES})
+        self.fluor = ColumnRing(rows, {
+            "frame": np.int64, "t": np.int64, "dy": np.float32, "dx": np.float32, "corr": np.float32,
+            "flags": np.int32, "selected": np.float32,
+        })
+        self.rewards = ColumnRing(2000, {"t": np.int64, "volume_ul": np.float32, "delivered": np.bool_,
+                                         "manual": np.bool_, "latency_ms": np.float32})
+        self.licks = ColumnRing(5000, {"t": np.int64})
+        self.outcomes = ColumnRing(5000, {"trial": np.int32, "hit": np.bool_, "t": np.int64})
+        self.reward_latency = ColumnRing(500, {"ms": np.float32})
+        self.processes: dict[str, ProcessHealth] = {}
+        self.warnings: deque[WarningEntry] = deque(maxlen=cfg.warnings_kept)
+        self.warnings_total = 0  # warnings ever added (the deque keeps the newest)
+        self.events: deque[str] = deque(maxlen=200)
+        self.events_total = 0
+        self.preview: PreviewState | None = None
+        self.preview_count = 0
+        self.acq_status: AcqStatus | None = None
+        self.link_state = "unknown"
+        self.link_detail = ""
+        self.calibration: dict[str, Any] | None = None
+        self.calibration_count = 0
+        self.trials = 0
+        self.hits = 0
+        self.rewards_delivered = 0
+        self.rewards_failed = 0
+        self.rewards_before_join = 0  # delivered before the console joined (counted by the supervisor)
+        self.volume_ul = 0.0
+        self.last_event = ""
+        self.supervisor_mode = "unknown"
+        self.session_dir = ""
+        self.endpoints: dict[str, str] = {}
+        self.config: dict[str, Any] = {}
+        self.metadata: dict[str, str] = {}
+        self.roles = RoleEdit()
+        self.selected_roi: int | None = None
+        self.n_rois_seen = 0
+        self.latest_rig_ns = 0
+        self.first_rig_ns = 0
+        self.messages = 0
+        self.snapshots = 0
+        self.safe_state = ""
+        self._warned_snapshot: set[tuple[str, str, str]] = set()
+        self._fluor_times = deque(maxlen=64)  # console receive times of FluorFrames (console-side rate)
+        self._handlers: dict[type[Message], Callable[[Any], None]] = {
+            Decision: self._on_decision, FluorFrame: self._on_fluor, Preview: self._on_preview,
+            AcqStatus: self._on_acq_status, TrialEvent: self._on_trial_event,
+            CalibrationResult: self._on_calibration, RewardOutcome: self._on_reward, Lick: self._on_lick,
+            LinkState: self._on_link, Heartbeat: self._on_heartbeat, StateChange: self._on_state,
+            RigWarning: self._on_rig_warning, ProcessError: self._on_process_error, Control: self._on_control,
+        }
+
+    # ------------------------------------------------------------------ ingest
+    def ingest(self, msg: Message) -> None:
+        """Fold one bus message into the model. Unknown message types are ignored (not displayed)."""
+        handler = self._handlers.get(type(msg))
+        if handler is not None:
+            self.messages += 1
+            handler(msg)
+
+    def _stamp(self, t_ns: int) -> None:
+        if t_ns > self.latest_rig_ns:
+            self.latest_rig_ns = t_ns
+            if not self.first_rig_ns:
+                self.first_rig_ns = t_ns
+
+    def _on_decision(self, msg: Decision) -> None:
+        i = self.decisions.advance()
+        cols = self.decisions.columns
+        cols["frame"][i] = msg.frame
+        cols["t"][i] = msg.t_decided
+        cols["up"][i] = msg.up
+        cols["down"][i] = msg.down
+        cols["cursor"][i] = msg.cursor
+        cols["cursor_norm"][i] = msg.cursor_norm
+        cols["mode"][i] = msg.mode
+        cols["trial"][i] = msg.trial
+        cols["trial_state"][i] = msg.trial_state
+        self._stamp(msg.t_decided)
+        if msg.t_ready > 0 and msg.t_registered > 0 and msg.t_extracted > 0 and msg.t_received > 0:
+            j = self.latency.advance()
+            lat = self.latency.columns
+            lat["register"][j] = (msg.t_registered - msg.t_ready) * 1e-6
+            lat["extract"][j] = (msg.t_extracted - msg.t_registered) * 1e-6
+            lat["transport"][j] = (msg.t_received - msg.t_extracted) * 1e-6
+            lat["decide"][j] = (msg.t_decided - msg.t_received) * 1e-6
+            lat["total"][j] = (msg.t_decided - msg.t_ready) * 1e-6
+
+    def _on_fluor(self, msg: FluorFrame) -> None:
+        i = self.fluor.advance()
+        cols = self.fluor.columns
+        t = msg.t_sent or msg.t_extracted
+        cols["frame"][i] = msg.frame
+        cols["t"][i] = t
+        cols["dy"][i] = msg.dy
+        cols["dx"][i] = msg.dx
+        cols["corr"][i] = msg.corr
+        cols["flags"][i] = msg.flags
+        n = msg.F.shape[0]
+        self.n_rois_seen = n
+        sel = self.selected_roi
+        cols["selected"][i] = msg.F[sel] - 0.7 * msg.Fneu[sel] if sel is not None and sel < n else np.nan
+        self._fluor_times.append(self.clock())
+        self._stamp(t)
+
+    def _on_preview(self, msg: Preview) -> None:
+        # The image is a read-only view of the received frame; keeping only the newest bounds memory.
+        self.preview = PreviewState(image=msg.image, frame=msg.frame, dy=msg.dy, dx=msg.dx, corr=msg.corr)
+        self.preview_count += 1
+        self._stamp(msg.t_ns)
+
+    def _on_acq_status(self, msg: AcqStatus) -> None:
+        self.acq_status = msg
+        self._stamp(msg.t_ns)
+
+    def _on_trial_event(self, msg: TrialEvent) -> None:
+        self.trials = msg.trials  # cumulative counts from the decoder: authoritative
+        self.hits = msg.hits
+        self.last_event = msg.kind
+        self._stamp(msg.t_ns)
+        if msg.kind in OUTCOME_KINDS:
+            i = self.outcomes.advance()
+            self.outcomes.columns["trial"][i] = msg.trial
+            self.outcomes.columns["hit"][i] = OUTCOME_KINDS[msg.kind]
+            self.outcomes.columns["t"][i] = msg.t_ns
+        if msg.kind not in ("trial_start", "iti"):
+            detail = f": {msg.detail['error']}" if "error" in msg.detail else ""
+            self._event_line(f"{msg.kind} (trial {msg.trial}, frame {msg.frame}){detail}")
+        if msg.kind.endswith("_failed") or "error" in msg.detail:
+            # e.g. calibration_failed: the auto protocol stopped and waits for the operator.
+            self.add_warning("warning", msg.sender or "decoder", msg.kind, str(msg.detail.get("error", msg.detail)))
+
+    def _on_calibration(self, msg: CalibrationResult) -> None:
+        self.calibration = {
+            "threshold": msg.threshold, "feedback_min": msg.feedback_min, "feedback_max": msg.feedback_max,
+            "predicted_hit_rate": msg.predicted_hit_rate, "method": msg.method,
+            "curve_thresholds": list(msg.curve_thresholds), "curve_hit_rates": list(msg.curve_hit_rates),
+            "baseline_frames": msg.baseline_frames,
+        }
+        self.calibration_count += 1
+        self._event_line(f"calibrated: threshold {msg.threshold:.3g}, predicted hit rate "
+                         f"{msg.predicted_hit_rate:.0%} ({msg.method}, {msg.baseline_frames} baseline frames)")
+
+    def _on_reward(self, msg: RewardOutcome) -> None:
+        delivered = msg.status == "delivered"
+        t = msg.t_done or msg.t_ack or msg.t_written or msg.t_requested
+        i = self.rewards.advance()
+        cols = self.rewards.columns
+        cols["t"][i] = t
+        cols["volume_ul"][i] = msg.volume_ul
+        cols["delivered"][i] = delivered
+        cols["manual"][i] = msg.source != "decoder"
+        latency = (msg.t_written - msg.t_ready) * 1e-6 if msg.t_ready > 0 and msg.t_written > 0 else np.nan
+        cols["latency_ms"][i] = latency
+        if delivered:
+            self.rewards_delivered += 1
+            self.volume_ul += msg.volume_ul
+            if latency == latency:  # not NaN: a decoder reward with both stamps
+                self.reward_latency.columns["ms"][self.reward_latency.advance()] = latency
+        else:
+            self.rewards_failed += 1
+            self._event_line(f"reward {msg.request_id} {msg.status}: {msg.reason}")
+        self._stamp(t)
+
+    def _on_lick(self, msg: Lick) -> None:
+        if msg.onset:
+            self.licks.columns["t"][self.licks.advance()] = msg.t_ns
+            self._stamp(msg.t_ns)
+
+    def _on_link(self, msg: LinkState) -> None:
+        self.link_state = msg.state
+        self.link_detail = msg.detail
+
+    def _process(self, name: str) -> ProcessHealth:
+        proc = self.processes.get(name)
+        if proc is None:
+            proc = self.processes[name] = ProcessHealth(name)
+        return proc
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        if msg.process == "supervisor":
+            self.supervisor_mode = msg.state
+        proc = self._process(msg.process)
+        proc.state = msg.state
+        proc.pid = msg.pid
+        proc.last_seen = self.clock()
+        if msg.stats:
+            proc.stats = dict(msg.stats)
+
+    def _on_state(self, msg: StateChange) -> None:
+        proc = self._process(msg.process)
+        previous = proc.state
+        proc.state = msg.state
+        proc.last_seen = self.clock()
+        if msg.state != previous:
+            self._event_line(f"{msg.process}: {msg.state}" + (f" ({msg.reason})" if msg.reason and
+                                                              not msg.reason.startswith("info:") else ""))
+        if msg.state == "failed":
+            proc.error = msg.reason
+            self.add_warning("error", msg.process, "failed", msg.reason or "process failed")
+
+    def _on_rig_warning(self, msg: RigWarning) -> None:
+        self.add_warning("warning", msg.process, msg.code, msg.message)
+        if msg.code == "safe_state":
+            self.safe_state = msg.message
+
+    def _on_process_error(self, msg: ProcessError) -> None:
+        proc = self._process(msg.process)
+        proc.error = f"{msg.error_type}: {msg.message}"
+        self.add_warning("error", msg.process, msg.error_type, msg.message)
+
+    def _on_control(self, msg: Control) -> None:
+        if msg.command == "safe_state":
+            self.safe_state = str(msg.args.get("reason", "safe state"))
+            self.add_warning("error", "supervisor", "safe_state", self.safe_state)
+        elif msg.command == "set_ensembles":
+            # Relayed by the supervisor to every process: this (or another) console's edit is now in force.
+            self.roles.set_applied(list(msg.args.get("up", [])), list(msg.args.get("down", [])), keep_edits=True)
+            self._event_line(f"ensembles set by {msg.issued_by}: up {sorted(self.roles.applied_up)}, "
+                             f"down {sorted(self.roles.applied_down)}")
+        elif msg.command not in ("start", "stop", "shutdown"):
+            args = ", ".join(f"{k}={v}" for k, v in msg.args.items())
+            self._event_line(f"{msg.command}({args}) by {msg.issued_by}")
+
+    # ------------------------------------------------------------------ snapshot (late join)
+    def apply_snapshot(self, snap: dict[str, Any]) -> None:
+        """Catch up from the supervisor's snapshot: counters, calibration, states, warnings, metadata."""
+        first = self.snapshots == 0
+        self.snapshots += 1
+        self.session_dir = str(snap.get("session_dir", self.session_dir))
+        self.endpoints = dict(snap.get("endpoints", self.endpoints))
+        self.supervisor_mode = str(snap.get("mode", self.supervisor_mode))
+        self.config = dict(snap.get("config") or self.config)
+        counts = snap.get("counts") or {}
+        self.trials = max(self.trials, int(counts.get("trials", 0)))
+        self.hits = max(self.hits, int(counts.get("hits", 0)))
+        delivered = int(counts.get("rewards_delivered", 0))
+        if first and delivered > self.rewards_delivered:
+            self.rewards_before_join = delivered - self.rewards_delivered
+        self.rewards_delivered = max(self.rewards_delivered, delivered)
+        self.rewards_failed = max(self.rewards_failed, int(counts.get("rewards_failed", 0)))
+        if snap.get("calibration") and self.calibration is None:
+            self.calibration = dict(snap["calibration"])
+            self.calibration_count += 1
+        now = self.clock()
+        for name, info in (snap.get("processes") or {}).items():
+            proc = self._process(name)
+            proc.critical = bool(info.get("critical", True))
+            state = str(info.get("state", proc.state))
+            if proc.last_seen == 0.0 or state == "failed_reported":
+                proc.state = "lost" if state == "failed_reported" else state
+                if info.get("stats"):
+                    proc.stats = dict(info["stats"])
+            if proc.last_seen == 0.0:
+                proc.last_seen = now if state in ("running", "ready") else 0.0
+        for entry in snap.get("warnings") or []:
+            key = (str(entry.get("process", "")), str(entry.get("code", "")), str(entry.get("message", "")))
+            # Bus warnings (with a code) reach us directly after the first snapshot; the supervisor's own
+            # (a lost process) only through snapshots.
+            if key in self._warned_snapshot or (not first and entry.get("code")):
+                continue
+            self._warned_snapshot.add(key)
+            self.add_warning("warning", key[0] or "supervisor", key[1] or "process_lost", key[2])
+        if first:
+            self.metadata = {k: str(v) for k, v in (snap.get("metadata") or {}).items()}
+        ensembles = snap.get("ensembles")  # the ensembles in force, when the supervisor tracks them
+        if ensembles is not None:
+            self.roles.set_applied(list(ensembles.get("up", [])), list(ensembles.get("down", [])), keep_edits=True)
+        elif first:
+            decoder_cfg = self.config.get("decoder") or {}
+            self.roles.set_applied(list(decoder_cfg.get("up", [])), list(decoder_cfg.get("down", [])))
+
+    # ------------------------------------------------------------------ operator-side helpers
+    def add_warning(self, level: str, source: str, code: str, message: str) -> None:
+        self.warnings.append(WarningEntry(time.strftime("%H:%M:%S"), level, source, code, message))
+        self.warnings_total += 1
+
+    def _event_line(self, text: str) -> None:
+        self.events.append(f"{time.strftime('%H:%M:%S')}  {text}")
+        self.events_total += 1
+
+    def select_roi(self, roi: int | None) -> None:
+        """Trace this ROI's neuropil-corrected F from now on (history of another ROI is not kept)."""
+        if roi != self.selected_roi:
+            self.selected_roi = roi
+            self.fluor.columns["selected"][:] = np.nan
+
+    # ------------------------------------------------------------------ derived numbers
+    @property
+    def mode_code(self) -> int | None:
+        return int(self.decisions.last("mode")) if len(self.decisions) else None
+
+    @property
+    def mode_label(self) -> str:
+        code = self.mode_code
+        return "no decisions yet" if code is None else self.mode_names.name(code)
+
+    def latency_stats(self) -> dict[str, tuple[float, float]]:
+        """Stage -> (p50, p99) in ms over the last ``latency_window_frames`` decisions."""
+        if not len(self.latency):
+            return {}
+        n = len(self.latency)
+        return {
+            name: tuple(float(v) for v in np.percentile(self.latency.columns[name][:n], (50, 99)))
+            for name, _, _ in LATENCY_STAGES
+        }
+
+    def reward_latency_stats(self) -> tuple[float, float] | None:
+        n = len(self.reward_latency)
+        if not n:
+            return None
+        p50, p99 = np.percentile(self.reward_latency.columns["ms"][:n], (50, 99))
+        return float(p50), float(p99)
+
+    def rolling_hit_rate(self) -> float | None:
+        n = min(len(self.outcomes), self.cfg.hit_rate_window_trials)
+        if not n:
+            return None
+        return float(np.mean(self.outcomes.ordered("hit", n)))
+
+    def hit_rate_series(self) -> tuple[np.ndarray, np.ndarray]:
+        """(trial numbers, rolling hit rate after each completed trial) over the kept outcomes."""
+        hits = self.outcomes.ordered("hit").astype(np.float32)
+        trials = self.outcomes.ordered("trial")
+        if not len(hits):
+            return trials, hits
+        window = self.cfg.hit_rate_window_trials
+        csum = np.concatenate(([0.0], np.cumsum(hits)))
+        idx = np.arange(1, len(hits) + 1)
+        lo = np.maximum(0, idx - window)
+        return trials, ((csum[idx] - csum[lo]) / (idx - lo)).astype(np.float32)
+
+    def rewards_per_min(self) -> float | None:
+        """Delivered rewards per minute over the last ``reward_rate_window_s`` of rig time."""
+        if not self.latest_rig_ns or not self.first_rig_ns:
+            return None
+        span_s = min(self.cfg.reward_rate_window_s, (self.latest_rig_ns - self.first_rig_ns) / 1e9)
+        if span_s <= 1.0:
+            return None
+        n = len(self.rewards)
+        cols = self.rewards.columns
+        since = self.latest_rig_ns - int(span_s * 1e9)
+        count = int(np.count_nonzero(cols["delivered"][:n] & (cols["t"][:n] >= since)))
+        return count / (span_s / 60.0)
+
+    def console_frame_rate(self) -> float:
+        """FluorFrames per second as received by the console (lower than the rig's when it drops)."""
+        times = self._fluor_times
+        if len(times) < 2 or self.clock() - times[-1] > 2.0:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else 0.0
+
+    def heartbeat_age(self, name: str) -> float | None:
+        proc = self.processes.get(name)
+        if proc is None or proc.last_seen == 0.0:
+            return None
+        return self.clock() - proc.last_seen
+
+    def registration_quality(self, frames: int = 300) -> dict[str, float] | None:
+        """Correlation with the reference (last, mean, min) and the last shift over recent frames."""
+        n = len(self.fluor)
+        if not n:
+            return None
+        corr = self.fluor.ordered("corr", frames)
+        flags = self.fluor.ordered("flags", frames)
+        return {"corr": self.fluor.last("corr"), "corr_mean": float(corr.mean()), "corr_min": float(corr.min()),
+                "dy": self.fluor.last("dy"), "dx": self.fluor.last("dx"),
+                "bad_fraction": float(np.count_nonzero(flags)) / len(flags)}
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the rings (fixed at construction: the model never grows)."""
+        return sum(r.nbytes() for r in (self.decisions, self.latency, self.fluor, self.rewards, self.licks,
+                                        self.outcomes, self.reward_latency))

@@ -1,0 +1,109 @@
+"""The console's link to one rig: snapshot, bus reader and command worker glued to the model.
+
+No Qt here: the window (or a test) calls :meth:`ConsoleSession.tick` from its timer. A tick never
+blocks: commands travel on the worker thread, the bus is drained within a time budget.
+
+Joining late: the first snapshot gives the endpoints of every publisher, the counters, calibration,
+process states and recent warnings; the bus then carries everything after it, and the per-stream
+sequence numbers tell how much the console missed (shown in the health panel). Snapshots are repeated
+every ``snapshot_interval_s`` to pick up what only the supervisor knows (a lost process).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import zmq
+
+from gui.bus_reader import BusReader, resolve_endpoint
+from gui.commands import CommandReply, CommandWorker
+from gui.config import GuiConfig
+from gui.labels import decoder_code_names
+from gui.model import ConsoleModel
+
+
+def lower_own_priority() -> str:
+    """Put this process below the rig's processes in the CPU scheduler; returns what was set."""
+    proc = psutil.Process()
+    if sys.platform == "win32":
+        proc.nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
+        return "below-normal priority class"
+    proc.nice(max(proc.nice(), 10))
+    return f"nice {proc.nice()}"
+
+
+class ConsoleSession:
+    """Model + command worker + (after the first snapshot) bus reader for the rig at ``command_endpoint``."""
+
+    def __init__(self, cfg: GuiConfig, command_endpoint: str, *, issued_by: str = "console",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.command_endpoint = command_endpoint
+        self.clock = clock
+        modes, states, problem = decoder_code_names()
+        self.model = ConsoleModel(cfg, modes, states, clock=clock)
+        if problem:
+            self.model.add_warning("info", "console", "labels", problem)
+        self.ctx = zmq.Context()
+        self.commands = CommandWorker(command_endpoint, cfg.command_timeout_s, cfg.command_retries, issued_by)
+        self.reader: BusReader | None = None
+        self.connected = False
+        self.unreachable = ""
+        self.replies: list[CommandReply] = []  # every reply, for the status line and tests (bounded below)
+        self._next_snapshot = 0.0
+        self._listeners: list[Callable[[CommandReply], None]] = []
+
+    def on_reply(self, listener: Callable[[CommandReply], None]) -> None:
+        self._listeners.append(listener)
+
+    def send(self, command: str, **args: Any) -> int:
+        """Queue an operator command for the supervisor; its reply arrives through :meth:`tick`."""
+        return self.commands.submit(command, **args)
+
+    def tick(self) -> int:
+        """Handle replies, ask for a snapshot when due, drain the bus. Returns messages ingested."""
+        for reply in self.commands.replies():
+            self._handle_reply(reply)
+        now = self.clock()
+        if now >= self._next_snapshot and not self.commands.in_flight("snapshot"):
+            self._next_snapshot = now + self.cfg.snapshot_interval_s
+            self.commands.submit("snapshot")
+        if self.reader is None:
+            return 0
+        return self.reader.pump(self.model.ingest)
+
+    def _handle_reply(self, reply: CommandReply) -> None:
+        if reply.command == "snapshot":
+            if reply.ok:
+                self.unreachable = ""
+                self._apply_snapshot(reply.reply["snapshot"])
+            else:
+                if not self.unreachable:
+                    self.model.add_warning("error", "console", "rig_unreachable", reply.error)
+                self.unreachable = reply.error
+            return
+        self.replies.append(reply)
+        del self.replies[:-100]
+        if not reply.ok:
+            self.model.add_warning("error", "console", f"{reply.command}_failed",
+                                   f"{reply.command}: {reply.error}")
+        for listener in self._listeners:
+            listener(reply)
+
+    def _apply_snapshot(self, snap: dict[str, Any]) -> None:
+        self.model.apply_snapshot(snap)
+        if self.reader is None:
+            endpoints = [resolve_endpoint(ep, self.command_endpoint)
+                         for name, ep in sorted(snap["endpoints"].items()) if name != "command"]
+            self.reader = BusReader(self.ctx, endpoints, self.cfg)
+            self.connected = True
+
+    def close(self) -> None:
+        self.commands.close()
+        if self.reader is not None:
+            self.reader.close()
+        self.ctx.destroy(linger=0)  # closes any socket a failed construction left open, then terminates

@@ -1,0 +1,174 @@
+"""Operator controls: session metadata, protocol steps, rewards and the valve.
+
+The panel only emits ``command(name, args)``; the window sends it to the supervisor. Stopping the
+session asks for confirmation; closing the valve never does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PyQt6 import QtCore, QtWidgets
+
+from gui.widgets.style import ERROR_COLOUR
+
+#: Decoder modes (``decoder.engine.Mode`` names) in which each protocol button makes sense. The
+#: decoder has the last word (a command arriving in another mode is refused there); greying the
+#: buttons out just keeps the operator from asking for what cannot happen now.
+ALLOWED_MODES = {
+    "start_baseline": ("idle", "ready"),
+    "calibrate": ("idle", "baseline", "ready"),
+    "start_bci": ("ready",),
+    "pause": ("bci",),
+    "resume": ("paused",),
+    "set_ensembles": ("idle", "baseline", "ready", "stopped"),
+}
+
+
+class ControlPanel(QtWidgets.QWidget):
+    command = QtCore.pyqtSignal(str, dict)
+
+    def __init__(self, default_target_hit_rate: float, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        # -------- metadata
+        self.mouse_id = QtWidgets.QLineEdit()
+        self.mouse_id.setPlaceholderText("e.g. BCI-042")
+        self.experimenter = QtWidgets.QLineEdit()
+        self.notes = QtWidgets.QPlainTextEdit()
+        self.notes.setPlaceholderText("notes saved with the session")
+        self.notes.setMaximumHeight(60)
+        self.save_metadata = QtWidgets.QPushButton("Save metadata")
+        self.save_metadata.setToolTip("store mouse id, experimenter and notes in the session (set_metadata)")
+        self.save_metadata.clicked.connect(self._send_metadata)
+        meta = QtWidgets.QFormLayout()
+        meta.addRow("mouse id", self.mouse_id)
+        meta.addRow("experimenter", self.experimenter)
+        meta.addRow("notes", self.notes)
+        meta.addRow("", self.save_metadata)
+        meta_box = QtWidgets.QGroupBox("session")
+        meta_box.setLayout(meta)
+
+        # -------- protocol
+        self.start_baseline = QtWidgets.QPushButton("1. Start baseline")
+        self.start_baseline.setToolTip("saves the metadata above, then starts the baseline recording")
+        self.target_hit_rate = QtWidgets.QDoubleSpinBox()
+        self.target_hit_rate.setRange(0.05, 0.95)
+        self.target_hit_rate.setSingleStep(0.05)
+        self.target_hit_rate.setDecimals(2)
+        self.target_hit_rate.setValue(default_target_hit_rate)
+        self.target_hit_rate.setToolTip("fraction of baseline trials that would have been hits")
+        self.calibrate = QtWidgets.QPushButton("2. Calibrate")
+        self.start_bci = QtWidgets.QPushButton("3. Start BCI")
+        self.pause = QtWidgets.QPushButton("Pause")
+        self.resume = QtWidgets.QPushButton("Resume")
+        self.stop = QtWidgets.QPushButton("Stop session")
+        self.stop.setToolTip("end the session; every process stops and the data are saved")
+        self.start_baseline.clicked.connect(self._on_start_baseline)
+        self.calibrate.clicked.connect(
+            lambda: self._emit("calibrate", target_hit_rate=round(self.target_hit_rate.value(), 4)))
+        self.start_bci.clicked.connect(lambda: self._emit("start_bci"))
+        self.pause.clicked.connect(lambda: self._emit("pause"))
+        self.resume.clicked.connect(lambda: self._emit("resume"))
+        self.stop.clicked.connect(self._on_stop)
+        proto = QtWidgets.QGridLayout()
+        proto.addWidget(self.start_baseline, 0, 0, 1, 2)
+        proto.addWidget(QtWidgets.QLabel("target hit rate"), 1, 0)
+        proto.addWidget(self.target_hit_rate, 1, 1)
+        proto.addWidget(self.calibrate, 2, 0, 1, 2)
+        proto.addWidget(self.start_bci, 3, 0, 1, 2)
+        proto.addWidget(self.pause, 4, 0)
+        proto.addWidget(self.resume, 4, 1)
+        proto.addWidget(self.stop, 5, 0, 1, 2)
+        proto_box = QtWidgets.QGroupBox("protocol")
+        proto_box.setLayout(proto)
+
+        # -------- reward
+        self.volume = QtWidgets.QDoubleSpinBox()
+        self.volume.setRange(0.1, 50.0)
+        self.volume.setSingleStep(0.5)
+        self.volume.setDecimals(1)
+        self.volume.setSuffix(" µL")
+        self.volume.setValue(4.0)
+        self.manual_reward = QtWidgets.QPushButton("Manual reward")
+        self.test_pulse = QtWidgets.QPushButton("Valve test pulse")
+        self.close_valve = QtWidgets.QPushButton("CLOSE VALVE")
+        self.close_valve.setToolTip("emergency: close the solenoid now")
+        self.close_valve.setStyleSheet(f"background-color: {ERROR_COLOUR}; color: white; font-weight: bold; "
+                                       "padding: 8px;")
+        self.manual_reward.clicked.connect(
+            lambda: self._emit("manual_reward", volume_ul=round(self.volume.value(), 3)))
+        self.test_pulse.clicked.connect(lambda: self._emit("test_pulse"))
+        self.close_valve.clicked.connect(lambda: self._emit("close_valve"))
+        reward = QtWidgets.QGridLayout()
+        reward.addWidget(QtWidgets.QLabel("volume"), 0, 0)
+        reward.addWidget(self.volume, 0, 1)
+        reward.addWidget(self.manual_reward, 1, 0, 1, 2)
+        reward.addWidget(self.test_pulse, 2, 0, 1, 2)
+        reward.addWidget(self.close_valve, 3, 0, 1, 2)
+        reward_box = QtWidgets.QGroupBox("reward")
+        reward_box.setLayout(reward)
+
+        self.status = QtWidgets.QLabel("")
+        self.status.setWordWrap(True)
+        layout = QtWidgets.QGridLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(meta_box, 0, 0)
+        layout.addWidget(reward_box, 1, 0)
+        layout.addWidget(proto_box, 0, 1, 2, 1)
+        layout.addWidget(self.status, 2, 0, 1, 2)
+        layout.setRowStretch(3, 1)
+        self._metadata_loaded = False
+        #: Asked before stopping the session; tests replace it.
+        self.confirm = self._confirm_dialog
+
+    # ------------------------------------------------------------------ values in
+    def load_metadata(self, metadata: dict[str, str]) -> None:
+        """Fill the fields once from the rig (later snapshots never overwrite what the operator types)."""
+        if self._metadata_loaded:
+            return
+        self._metadata_loaded = True
+        self.mouse_id.setText(metadata.get("mouse_id", ""))
+        self.experimenter.setText(metadata.get("experimenter", ""))
+        self.notes.setPlainText(metadata.get("notes", ""))
+
+    def metadata(self) -> dict[str, str]:
+        return {"mouse_id": self.mouse_id.text().strip(), "experimenter": self.experimenter.text().strip(),
+                "notes": self.notes.toPlainText().strip()}
+
+    # ------------------------------------------------------------------ actions
+    def _emit(self, name: str, **args: Any) -> None:
+        self.command.emit(name, args)
+
+    def _send_metadata(self) -> None:
+        self._emit("set_metadata", **self.metadata())
+
+    def _on_start_baseline(self) -> None:
+        if not self.metadata()["mouse_id"]:
+            self.status.setText("enter the mouse id before starting")
+            self.status.setStyleSheet(f"color: {ERROR_COLOUR};")
+            self.mouse_id.setFocus()
+            return
+        self._send_metadata()
+        self._emit("start_baseline")
+
+    def _on_stop(self) -> None:
+        if self.confirm("Stop the session? Every process stops and the data are saved."):
+            self._emit("stop")
+
+    def _confirm_dialog(self, text: str) -> bool:
+        answer = QtWidgets.QMessageBox.question(self, "bci-rig", text)
+        return answer == QtWidgets.QMessageBox.StandardButton.Yes
+
+    def set_mode(self, mode: str | None) -> None:
+        """Enable the protocol buttons that make sense in decoder mode ``mode`` (all when it is unknown)."""
+        buttons = {"start_baseline": self.start_baseline, "calibrate": self.calibrate, "start_bci": self.start_bci,
+                   "pause": self.pause, "resume": self.resume}
+        for name, button in buttons.items():
+            allowed = ALLOWED_MODES[name]
+            enabled = mode is None or mode in allowed
+            button.setEnabled(enabled)
+            button.setToolTip("" if enabled else f"only in mode {' or '.join(allowed)} (now: {mode})")
+
+    def show_status(self, text: str, error: bool = False) -> None:
+        self.status.setText(text)
+        self.status.setStyleSheet(f"color: {ERROR_COLOUR};" if error else "")

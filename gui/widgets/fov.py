@@ -1,0 +1,229 @@
+"""Field of view: the live (decimated) registered image or the reference, with ROI outlines by role.
+
+ROI outlines are drawn into one RGBA overlay image (cheap for hundreds of ROIs) in full-frame
+coordinates; the decimated preview image is stretched over the same rectangle, so outlines line up
+whatever the preview decimation. Clicking an ROI assigns it the role chosen in "click sets"; the edits
+are pending until "Apply ensembles" sends them to the rig (``set_ensembles``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PyQt6 import QtCore, QtWidgets
+
+from gui.model import RoleEdit
+from gui.rois import RoiOutlines
+from gui.widgets.style import DOWN_RGB, OTHER_RGBA, SELECTED_RGB, UP_RGB
+
+#: The "mean" view is an exponential running mean over about this many previews (~4 per second).
+MEAN_PREVIEWS = 12
+
+
+def display_levels(image: np.ndarray) -> tuple[float, float]:
+    """Contrast limits for an image: 1st and 99.7th percentiles (robust to a few hot pixels)."""
+    lo, hi = np.percentile(image[::2, ::2], (1.0, 99.7))
+    if not hi > lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+class FovWidget(QtWidgets.QWidget):
+    """Image + outlines + the ROI-role editing controls."""
+
+    roi_clicked = QtCore.pyqtSignal(int)
+    apply_requested = QtCore.pyqtSignal()
+    revert_requested = QtCore.pyqtSignal()
+    load_requested = QtCore.pyqtSignal()
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.view: pg.ViewBox = self.graphics.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.image_item = pg.ImageItem(axisOrder="row-major")
+        self.overlay_item = pg.ImageItem(axisOrder="row-major")
+        self.overlay_item.setZValue(10)
+        self.view.addItem(self.image_item)
+        self.view.addItem(self.overlay_item)
+        self.graphics.scene().sigMouseClicked.connect(self._on_scene_click)
+        self._labels: list[pg.TextItem] = []
+
+        self.live_radio = QtWidgets.QRadioButton("latest")
+        self.mean_radio = QtWidgets.QRadioButton("mean")
+        self.mean_radio.setToolTip(f"running mean of the previews (about the last {MEAN_PREVIEWS})")
+        self.reference_radio = QtWidgets.QRadioButton("reference")
+        self.live_radio.setChecked(True)
+        for radio in (self.live_radio, self.mean_radio, self.reference_radio):
+            radio.toggled.connect(lambda checked: checked and self._redraw_image())
+        self.role_combo = QtWidgets.QComboBox()
+        self.role_combo.addItems(["up", "down", "none"])
+        self.role_combo.setToolTip("role given to an ROI when you click it")
+        self.apply_button = QtWidgets.QPushButton("Apply ensembles")
+        self.apply_button.setToolTip("send the edited up/down ensembles to the decoder (set_ensembles); "
+                                     "the decoder then needs a new calibration")
+        self.apply_button.clicked.connect(self.apply_requested)
+        self.revert_button = QtWidgets.QPushButton("Revert")
+        self.revert_button.clicked.connect(self.revert_requested)
+        self.load_button = QtWidgets.QPushButton("Load ROIs…")
+        self.load_button.setToolTip("read ROI outlines from a suite2p plane folder (stat.npy)")
+        self.load_button.clicked.connect(self.load_requested)
+        self.shift_label = QtWidgets.QLabel("no image yet")
+        self.roi_label = QtWidgets.QLabel("ROIs: not loaded")
+        self.roi_label.setWordWrap(True)
+        self.ensemble_label = QtWidgets.QLabel("")
+        self.ensemble_label.setWordWrap(True)
+
+        top = QtWidgets.QHBoxLayout()
+        top.addWidget(QtWidgets.QLabel("show:"))
+        top.addWidget(self.live_radio)
+        top.addWidget(self.mean_radio)
+        top.addWidget(self.reference_radio)
+        top.addStretch(1)
+        edit = QtWidgets.QHBoxLayout()
+        edit.addWidget(QtWidgets.QLabel("click sets:"))
+        edit.addWidget(self.role_combo)
+        edit.addWidget(self.apply_button)
+        edit.addWidget(self.revert_button)
+        edit.addStretch(1)
+        edit.addWidget(self.load_button)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(top)
+        layout.addWidget(self.shift_label)
+        layout.addWidget(self.graphics, 1)
+        layout.addLayout(edit)
+        layout.addWidget(self.ensemble_label)
+        layout.addWidget(self.roi_label)
+
+        self.rois: RoiOutlines | None = None
+        self._overlay: np.ndarray | None = None
+        self._live: np.ndarray | None = None
+        self._live_levels: tuple[float, float] | None = None
+        self._mean: np.ndarray | None = None  # running mean of the previews, allocated at the first one
+        self._mean_levels: tuple[float, float] | None = None
+        self._ref_levels: tuple[float, float] | None = None
+        self._selected: int | None = None
+        self._apply_allowed = True
+        self._pending = False
+
+    # ------------------------------------------------------------------ data in
+    def set_rois(self, rois: RoiOutlines, roles: RoleEdit, problem: str = "") -> None:
+        self.rois = rois
+        Ly, Lx = rois.shape
+        self._overlay = np.zeros((Ly, Lx, 4), dtype=np.uint8)
+        self._ref_levels = display_levels(rois.reference) if rois.reference is not None else None
+        text = f"ROIs: {rois.n} from {rois.folder}"
+        if rois.notes:
+            text += " — " + "; ".join(rois.notes)
+        if problem:
+            text += f" — {problem}"
+        self.roi_label.setText(text)
+        self.roi_label.setStyleSheet("color: #e67e22;" if problem else "")
+        self.update_roles(roles)
+        self._redraw_image()
+        self.view.autoRange(padding=0.01)
+
+    def show_roi_problem(self, text: str) -> None:
+        self.roi_label.setText(text)
+        self.roi_label.setStyleSheet("color: #e74c3c;")
+
+    def set_live(self, image: np.ndarray, dy: float, dx: float, corr: float, frame: int) -> None:
+        self._live = image
+        self._live_levels = display_levels(image)
+        if self._mean is None or self._mean.shape != image.shape:
+            self._mean = np.array(image, dtype=np.float32)
+        else:
+            self._mean += (image - self._mean) * (1.0 / MEAN_PREVIEWS)
+        self._mean_levels = display_levels(self._mean) if self.mean_radio.isChecked() else None
+        self.shift_label.setText(f"frame {frame}   shift dy {dy:+.2f} dx {dx:+.2f} px   corr {corr:.3f}")
+        if not self.reference_radio.isChecked():
+            self._redraw_image()
+
+    def update_roles(self, roles: RoleEdit, selected: int | None = None) -> None:
+        """Recolour every outline for the current (possibly pending) roles."""
+        self._selected = selected
+        rois, overlay = self.rois, self._overlay
+        pending = " (edited, not applied)" if roles.pending else ""
+        self.ensemble_label.setText(f"up: {sorted(roles.up)}   down: {sorted(roles.down)}{pending}")
+        self.ensemble_label.setStyleSheet("color: #f1c40f;" if roles.pending else "")
+        self._pending = roles.pending
+        self.apply_button.setEnabled(roles.pending and self._apply_allowed)
+        self.revert_button.setEnabled(roles.pending)
+        if rois is None or overlay is None:
+            return
+        overlay[:] = 0
+        for i in range(rois.n):
+            overlay[rois.outline_y[i], rois.outline_x[i]] = OTHER_RGBA
+        for role_ids, rgb in ((roles.up, UP_RGB), (roles.down, DOWN_RGB)):
+            for i in role_ids:
+                if 0 <= i < rois.n:
+                    overlay[rois.outline_y[i], rois.outline_x[i]] = (*rgb, 255)
+        if selected is not None and 0 <= selected < rois.n:
+            overlay[rois.outline_y[selected], rois.outline_x[selected]] = (*SELECTED_RGB, 255)
+        self.overlay_item.setImage(overlay, autoLevels=False, levels=(0, 255))
+        self.overlay_item.setRect(QtCore.QRectF(0, 0, rois.shape[1], rois.shape[0]))
+        self._update_labels(roles)
+
+    def _update_labels(self, roles: RoleEdit) -> None:
+        for item in self._labels:
+            self.view.removeItem(item)
+        self._labels.clear()
+        if self.rois is None:
+            return
+        for role_ids, rgb in ((roles.up, UP_RGB), (roles.down, DOWN_RGB)):
+            for i in role_ids:
+                if 0 <= i < self.rois.n:
+                    label = pg.TextItem(str(i), color=rgb, anchor=(0.5, 1.2))
+                    y, x = self.rois.centers[i]
+                    label.setPos(x, y)
+                    label.setZValue(11)
+                    self.view.addItem(label)
+                    self._labels.append(label)
+
+    def _redraw_image(self) -> None:
+        if self.reference_radio.isChecked():
+            image = self.rois.reference if self.rois is not None else None
+            levels = self._ref_levels
+        elif self.mean_radio.isChecked():
+            if self._mean is not None and self._mean_levels is None:
+                self._mean_levels = display_levels(self._mean)
+            image, levels = self._mean, self._mean_levels
+        else:
+            image, levels = self._live, self._live_levels
+        if image is None:
+            self.image_item.clear()
+            return
+        self.image_item.setImage(image, autoLevels=False, levels=levels)
+        height, width = image.shape
+        if self.rois is not None:
+            # The preview keeps every step-th pixel (step = frame size / preview size, rounded): each
+            # preview pixel covers step x step frame pixels from the top-left corner.
+            height *= max(1, round(self.rois.shape[0] / image.shape[0]))
+            width *= max(1, round(self.rois.shape[1] / image.shape[1]))
+        self.image_item.setRect(QtCore.QRectF(0, 0, width, height))
+
+    def set_apply_allowed(self, allowed: bool, why: str = "") -> None:
+        """The decoder accepts new ensembles only outside BCI; ``why`` says so on the button."""
+        if allowed != self._apply_allowed:
+            self._apply_allowed = allowed
+            self.apply_button.setEnabled(self._pending and allowed)
+            self.apply_button.setText("Apply ensembles" if allowed else f"Apply ensembles ({why})")
+
+    # ------------------------------------------------------------------ clicks
+    def frame_to_widget(self, y: float, x: float) -> QtCore.QPoint:
+        """Widget (viewport) coordinates of full-frame position (y, x); used by tests to click an ROI."""
+        scene = self.view.mapViewToScene(QtCore.QPointF(x, y))
+        return self.graphics.mapFromScene(scene)
+
+    def _on_scene_click(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
+        if event.button() != QtCore.Qt.MouseButton.LeftButton or self.rois is None:
+            return
+        pos = self.view.mapSceneToView(event.scenePos())
+        roi = self.rois.roi_at(pos.y(), pos.x())
+        if roi is not None:
+            event.accept()
+            self.roi_clicked.emit(roi)
+
+    @property
+    def click_role(self) -> str:
+        return self.role_combo.currentText()

@@ -1,0 +1,304 @@
+"""The console window against a live bus: a fake supervisor (real ROUTER) and fake processes (real PUBs).
+
+Every check waits on a condition (qtbot.waitUntil); buttons are clicked with real mouse events and
+their commands are read back from the fake supervisor's socket.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PyQt6 import QtCore
+
+from decoder.engine import Mode
+from gui.config import GuiConfig
+from gui.main_window import MainWindow
+from gui.session import ConsoleSession
+from rig.bus import free_tcp_port
+from rig.clock import now_ns
+from rig.schema import CalibrationResult, Control, Lick, ProcessError, RewardOutcome, RigWarning, TrialEvent
+from tests.gui_fakes import MODE_BCI, MODE_PAUSED, FakeRig
+
+LEFT = QtCore.Qt.MouseButton.LeftButton
+WAIT_MS = 10_000
+
+
+def open_console(qtbot, endpoint: str, **cfg) -> MainWindow:
+    session = ConsoleSession(GuiConfig(refresh_hz=30, **cfg), endpoint)
+    window = MainWindow(session)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    return window
+
+
+@pytest.fixture
+def rig(tmp_path):
+    with FakeRig(tmp_path / "session", n_rois=16, excluded_rois=4) as fake:
+        fake.start_stream()
+        yield fake
+
+
+@pytest.fixture
+def console(qtbot, rig):
+    window = open_console(qtbot, rig.endpoints["command"])
+    qtbot.waitUntil(lambda: len(window.model.decisions) > 5 and window.fov.rois is not None, timeout=WAIT_MS)
+    yield window
+    window.close()
+    window.session.close()
+
+
+def n_points(curve) -> int:
+    x, _ = curve.getData()
+    return 0 if x is None else len(x)
+
+
+def click(qtbot, button) -> None:
+    qtbot.mouseClick(button, LEFT)
+
+
+def test_window_shows_the_stream_rois_and_health(qtbot, rig, console):
+    window = console
+    m = window.model
+    # Field of view: the decimated preview stretched over the full frame, outlines from the session folder.
+    qtbot.waitUntil(lambda: window.fov.image_item.image is not None, timeout=WAIT_MS)
+    assert window.fov.image_item.image.shape == (64, 64)
+    assert window.fov.image_item.mapRectToParent(window.fov.image_item.boundingRect()).width() == 128
+    assert window.fov.rois.n == 16 and window.fov.rois.reference.shape == (128, 128)
+    assert "4 excluded ROIs not shown" in window.fov.roi_label.text()
+    assert "up: [0, 1]" in window.fov.ensemble_label.text() and "down: [2]" in window.fov.ensemble_label.text()
+    window.fov.reference_radio.setChecked(True)
+    assert window.fov.image_item.image.shape == (128, 128)
+    window.fov.mean_radio.setChecked(True)
+    assert window.fov.image_item.image.shape == (64, 64) and window.fov.image_item.image.dtype == np.float32
+    assert "shift dy +0.50 dx -0.25" in window.fov.shift_label.text()
+    # Live plots.
+    qtbot.waitUntil(lambda: n_points(window.plots.cursor_curve) > 5, timeout=WAIT_MS)
+    t, _ = window.plots.up_curve.getData()
+    assert t.max() <= 0 and t.min() >= -m.cfg.history_s
+    # Health: latency per stage from the Decision stamps (the fake rig's stages are 2.0/0.1/0.2/0.1 ms).
+    qtbot.waitUntil(lambda: window.health.latency_table.item(4, 0).text() == "2.40", timeout=WAIT_MS)
+    assert window.health.latency_table.item(0, 1).text() == "2.00"
+    qtbot.waitUntil(lambda: window.health.process_table.rowCount() == 4, timeout=WAIT_MS)
+    rows = {window.health.process_table.item(r, 0).text(): window.health.process_table.item(r, 1).text()
+            for r in range(4)}
+    assert rows == {"acquisition": "running", "decoder": "running", "reward": "running", "supervisor": "running"}
+    qtbot.waitUntil(lambda: "30.0 Hz" in window.health.rate_label.text(), timeout=WAIT_MS)
+    assert "connected" in window.health.link_label.text()
+    assert "corr <span" in window.health.registration_label.text()
+
+
+def test_trial_events_rewards_licks_and_calibration_are_drawn(qtbot, rig, console):
+    window = console
+    t = now_ns()
+    rig.emit("decoder", CalibrationResult(
+        threshold=0.8, feedback_min=-0.4, feedback_max=0.8, predicted_hit_rate=0.5, method="resample",
+        curve_thresholds=list(np.linspace(-1, 2, 20)), curve_hit_rates=list(np.linspace(1, 0, 20)),
+        baseline_frames=900, t_ns=t))
+    rig.emit("decoder", TrialEvent(kind="hit", trial=1, frame=10, t_ns=t, hits=1, trials=1))
+    rig.emit("decoder", TrialEvent(kind="miss", trial=2, frame=40, t_ns=t + 1, hits=1, trials=2))
+    rig.emit("reward", RewardOutcome(request_id="dec-1", status="delivered", reason="", volume_ul=3.0, open_ms=25.0,
+                                     source="decoder", frame=10, t_ready=t - 4_000_000, t_written=t, t_done=t + 1))
+    rig.emit("reward", Lick(onset=True, board_us=5, t_ns=t + 2))
+    qtbot.waitUntil(lambda: window.model.calibration is not None and window.model.rewards_delivered == 1
+                    and len(window.model.licks) == 1 and window.model.trials == 2, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.plots.threshold_line.isVisible(), timeout=WAIT_MS)
+    assert window.plots.threshold_line.value() == pytest.approx(0.8)
+    assert window.plots.feedback_region.getRegion() == pytest.approx((-0.4, 0.8))
+    assert n_points(window.plots.calib_curve) == 20
+    assert window.plots.reward_ticks.data.size == 1 and window.plots.lick_ticks.data.size == 1
+    assert window.plots.outcome_dots.data.size == 2
+    text = window.plots.performance.text()
+    assert "trials <b>2</b>" in text and "hits <b>1</b> (50%)" in text and "volume <b>3.0 µL</b>" in text
+    qtbot.waitUntil(lambda: window.health.latency_table.item(5, 0).text() == "4.00", timeout=WAIT_MS)
+
+
+def test_warnings_errors_and_safe_state_are_shown_in_the_window(qtbot, rig, console):
+    window = console
+    rig.emit("reward", RigWarning(process="reward", code="serial_lost", message="reward board link lost"))
+    rig.emit("decoder", ProcessError(process="decoder", error_type="ValueError", message="flat baseline"))
+    rig.emit("supervisor", Control(command="safe_state", args={"reason": "decoder failed"}))
+
+    def listed() -> str:
+        lw = window.health.warning_list
+        return "\n".join(lw.item(i).text() for i in range(lw.count()))
+
+    qtbot.waitUntil(lambda: "reward board link lost" in listed() and "flat baseline" in listed(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.banner.isVisible(), timeout=WAIT_MS)
+    assert "SAFE STATE" in window.banner.text() and "decoder failed" in window.banner.text()
+
+
+def test_protocol_controls_send_commands_to_the_supervisor(qtbot, tmp_path):
+    with FakeRig(tmp_path / "s", mode=Mode.IDLE) as rig:
+        rig.start_stream()
+        window = open_console(qtbot, rig.endpoints["command"])
+        try:
+            run_protocol(qtbot, rig, window)
+        finally:
+            window.close()
+            window.session.close()
+
+
+def run_protocol(qtbot, rig, console) -> None:
+    c = console.controls
+    qtbot.waitUntil(lambda: console.model.mode_code == Mode.IDLE and c.start_baseline.isEnabled(), timeout=WAIT_MS)
+    assert not c.start_bci.isEnabled() and not c.pause.isEnabled()  # not in idle
+    c.mouse_id.setText("BCI-042")
+    c.experimenter.setText("ada")
+    c.notes.setPlainText("day 3, new ensembles")
+    click(qtbot, c.start_baseline)
+    qtbot.waitUntil(lambda: "start_baseline" in rig.command_names(), timeout=WAIT_MS)
+    names = rig.command_names()
+    assert names.index("set_metadata") < names.index("start_baseline")  # metadata is saved before the start
+    assert rig.last_command("set_metadata")["args"] == {"mouse_id": "BCI-042", "experimenter": "ada",
+                                                        "notes": "day 3, new ensembles"}
+    c.target_hit_rate.setValue(0.3)
+    click(qtbot, c.calibrate)
+    qtbot.waitUntil(lambda: c.start_bci.isEnabled(), timeout=WAIT_MS)  # the decoder is READY now
+    click(qtbot, c.start_bci)
+    qtbot.waitUntil(lambda: "start_bci" in rig.command_names(), timeout=WAIT_MS)
+    assert rig.last_command("calibrate")["args"] == {"target_hit_rate": 0.3}
+    assert rig.last_command("start_bci")["issued_by"] == "console"
+    qtbot.waitUntil(lambda: c.status.text() == "start_bci: done", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: console.model.mode_code == Mode.BCI and c.pause.isEnabled(), timeout=WAIT_MS)
+    assert not c.start_baseline.isEnabled() and not c.resume.isEnabled()
+
+
+def test_pause_and_resume_change_the_decoder_mode_on_the_bus(qtbot, rig, console):
+    c, m = console.controls, console.model
+    assert m.mode_code == MODE_BCI
+    click(qtbot, c.pause)
+    qtbot.waitUntil(lambda: m.mode_code == MODE_PAUSED, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: c.resume.isEnabled() and not c.pause.isEnabled(), timeout=WAIT_MS)
+    click(qtbot, c.resume)
+    qtbot.waitUntil(lambda: m.mode_code == MODE_BCI, timeout=WAIT_MS)
+    assert rig.command_names()[-2:] == ["pause", "resume"]
+    qtbot.waitUntil(lambda: f"mode: {m.mode_names.name(MODE_BCI)}" in console.mode_label.text(), timeout=WAIT_MS)
+
+
+def test_reward_and_valve_controls(qtbot, rig, console):
+    c = console.controls
+    qtbot.waitUntil(lambda: c.volume.value() == pytest.approx(3.0), timeout=WAIT_MS)  # from the rig's config
+    c.volume.setValue(5.5)
+    click(qtbot, c.manual_reward)
+    click(qtbot, c.test_pulse)
+    click(qtbot, c.close_valve)
+    qtbot.waitUntil(lambda: "close_valve" in rig.command_names(), timeout=WAIT_MS)
+    assert rig.command_names()[-3:] == ["manual_reward", "test_pulse", "close_valve"]
+    assert rig.last_command("manual_reward")["args"] == {"volume_ul": 5.5}
+
+
+def test_stop_asks_first(qtbot, rig, console):
+    c = console.controls
+    asked = []
+    c.confirm = lambda text: asked.append(text) or False
+    click(qtbot, c.stop)
+    click(qtbot, c.test_pulse)  # a later command arrives, so "stop" would have arrived before it
+    qtbot.waitUntil(lambda: "test_pulse" in rig.command_names(), timeout=WAIT_MS)
+    assert "stop" not in rig.command_names() and len(asked) == 1
+    c.confirm = lambda text: True
+    click(qtbot, c.stop)
+    qtbot.waitUntil(lambda: "stop" in rig.command_names(), timeout=WAIT_MS)
+
+
+def test_start_needs_a_mouse_id(qtbot, rig, console):
+    c = console.controls
+    rig.set_mode(Mode.IDLE)
+    qtbot.waitUntil(lambda: c.start_baseline.isEnabled(), timeout=WAIT_MS)
+    c.mouse_id.setText("")
+    click(qtbot, c.start_baseline)
+    assert "mouse id" in c.status.text()
+    click(qtbot, c.test_pulse)
+    qtbot.waitUntil(lambda: "test_pulse" in rig.command_names(), timeout=WAIT_MS)
+    assert "start_baseline" not in rig.command_names() and "set_metadata" not in rig.command_names()
+
+
+def test_clicking_rois_edits_ensembles_and_apply_sends_them(qtbot, rig, console):
+    window = console
+    fov = window.fov
+    assert not fov.apply_button.isEnabled()
+    fov.role_combo.setCurrentText("down")
+    qtbot.waitUntil(lambda: "not in bci" in fov.apply_button.text(), timeout=WAIT_MS)  # refused during BCI
+    rig.set_mode(Mode.READY)
+    qtbot.waitUntil(lambda: fov.apply_button.text() == "Apply ensembles", timeout=WAIT_MS)
+    cy, cx = rig.centres[5]
+    qtbot.mouseClick(fov.graphics.viewport(), LEFT, pos=fov.frame_to_widget(cy, cx))
+    qtbot.waitUntil(lambda: 5 in window.model.roles.down, timeout=WAIT_MS)
+    assert window.model.roles.pending and fov.apply_button.isEnabled()
+    assert window.model.selected_roi == 5
+    fov.role_combo.setCurrentText("none")
+    cy, cx = rig.centres[0]
+    qtbot.mouseClick(fov.graphics.viewport(), LEFT, pos=fov.frame_to_widget(cy, cx))
+    qtbot.waitUntil(lambda: 0 not in window.model.roles.up, timeout=WAIT_MS)
+    click(qtbot, fov.apply_button)
+    qtbot.waitUntil(lambda: "set_ensembles" in rig.command_names(), timeout=WAIT_MS)
+    assert rig.last_command("set_ensembles")["args"] == {"up": [1], "down": [2, 5]}
+    qtbot.waitUntil(lambda: not window.model.roles.pending, timeout=WAIT_MS)
+    assert window.model.roles.applied_down == [2, 5] and not fov.apply_button.isEnabled()
+    # The clicked ROI's trace is plotted beside the ensembles.
+    qtbot.waitUntil(lambda: n_points(window.plots.selected_curve) > 2, timeout=WAIT_MS)
+
+
+def test_load_rois_from_another_folder_warns_on_a_count_mismatch(qtbot, rig, console, tmp_path):
+    from tests.gui_fakes import write_suite2p_rois
+
+    write_suite2p_rois(tmp_path / "other" / "plane0", 9)
+    qtbot.waitUntil(lambda: console.model.n_rois_seen == 16, timeout=WAIT_MS)
+    assert console.load_rois_from(tmp_path / "other" / "plane0")
+    assert console.fov.rois.n == 9
+    assert "the rig extracts 16 ROIs" in console.fov.roi_label.text()
+    assert not console.load_rois_from(tmp_path / "nothing")
+    assert "no stat.npy" in console.fov.roi_label.text()
+
+
+def test_a_refused_command_is_shown(qtbot, tmp_path):
+    with FakeRig(tmp_path / "s", refuse={"start_bci": "calibrate first"}) as rig:
+        window = open_console(qtbot, rig.endpoints["command"])
+        qtbot.waitUntil(lambda: window.model.snapshots > 0, timeout=WAIT_MS)
+        click(qtbot, window.controls.start_bci)
+        qtbot.waitUntil(lambda: "calibrate first" in window.controls.status.text(), timeout=WAIT_MS)
+        assert any("calibrate first" in w.message for w in window.model.warnings)
+        window.close()
+        window.session.close()
+
+
+def test_an_absent_rig_is_reported_not_waited_for(qtbot):
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"  # nobody listens here
+    window = open_console(qtbot, endpoint, command_timeout_s=0.1, command_retries=1)
+    qtbot.waitUntil(lambda: window.banner.isVisible(), timeout=WAIT_MS)
+    assert "unreachable" in window.banner.text()
+    click(qtbot, window.controls.test_pulse)
+    qtbot.waitUntil(lambda: "FAILED" in window.controls.status.text(), timeout=WAIT_MS)
+    window.close()
+    window.session.close()
+
+
+def test_a_late_console_catches_up_from_the_snapshot(qtbot, tmp_path):
+    snap = {"counts": {"trials": 10, "hits": 4, "rewards_delivered": 3, "rewards_failed": 0},
+            "calibration": {"threshold": 1.1, "feedback_min": 0.0, "feedback_max": 1.1, "predicted_hit_rate": 0.4,
+                            "method": "resample", "curve_thresholds": [0.0, 1.1, 2.0],
+                            "curve_hit_rates": [1.0, 0.4, 0.0]},
+            "warnings": [{"process": "gui", "message": "an earlier console was lost"}],
+            "metadata": {"mouse_id": "M9", "experimenter": "bo", "notes": "late"}}
+    with FakeRig(tmp_path / "s", snapshot_extra=snap) as rig:
+        rig.start_stream()
+        qtbot.waitUntil(lambda: rig.frames_published > 20, timeout=WAIT_MS)  # the session is well under way
+        window = open_console(qtbot, rig.endpoints["command"])
+        qtbot.waitUntil(lambda: "trials <b>10</b>" in window.plots.performance.text(), timeout=WAIT_MS)
+        text = window.plots.performance.text()
+        assert "hits <b>4</b>" in text and "+3 before the console joined" in text
+        assert window.plots.threshold_line.value() == pytest.approx(1.1)
+        assert window.controls.mouse_id.text() == "M9"
+        assert any("earlier console" in w.message for w in window.model.warnings)
+        qtbot.waitUntil(lambda: len(window.model.decisions) > 5, timeout=WAIT_MS)
+        assert window.session.reader.gaps == 0  # joining mid-stream is not a gap; later losses would be
+        window.close()
+        window.session.close()
+
+
+def test_ensembles_set_by_another_console_are_shown(qtbot, rig, console):
+    rig.emit("supervisor", Control(command="set_ensembles", args={"up": [3, 4], "down": [7]},
+                                   issued_by="console@bench2"))
+    qtbot.waitUntil(lambda: "up: [3, 4]" in console.fov.ensemble_label.text(), timeout=WAIT_MS)
+    assert "down: [7]" in console.fov.ensemble_label.text()
+    assert console.model.roles.applied_up == [3, 4] and not console.model.roles.pending
