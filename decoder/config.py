@@ -1,11 +1,177 @@
-"""The [decoder] and [task] sections of a rig config. Owned by the decoder package."""
+"""The [decoder] and [task] sections of a rig config. Owned by the decoder package.
+
+Times are given in seconds and turned into frames with the acquisition frame rate (rounded to the
+nearest frame) by the engine, so one config serves rigs imaging at different rates.
+"""
+
+from __future__ import annotations
+
+import math
 
 import msgspec
 
+DECODERS = ("one_population", "two_population", "weighted")
+CALIBRATION_METHODS = ("hit_rate", "reward_interval")
+
+
+def _finite(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}`: must be a finite number")
+
+
+def _check_rois(name: str, rois: list[int]) -> None:
+    if any(i < 0 for i in rois):
+        raise ValueError(f"`{name}`: ROI indices must be >= 0")
+    if len(set(rois)) != len(rois):
+        raise ValueError(f"`{name}`: ROI indices must not repeat")
+
+
+class CalibrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[decoder.calibration]: how the threshold is chosen on the baseline cursor."""
+
+    # "hit_rate": CLOOSE — resample trials of trial length from the baseline, the threshold is the lowest
+    # value that at most `target_hit_rate` of them cross. "reward_interval": HoloBMI — the threshold at
+    # which running the task on the baseline would give one hit per `target_reward_interval_s`.
+    method: str = "hit_rate"
+    target_hit_rate: float = 0.5
+    target_reward_interval_s: float = 60.0
+    n_trials: int = 200  # resampled trials (CLOOSE default)
+    seed: int = 0  # the resampling RNG seed: calibration is reproducible
+    min_baseline_trials: float = 3.0  # the baseline must last at least this many trial lengths
+    min_reward_intervals: float = 3.0  # ... and, for "reward_interval", this many target intervals
+    max_rate_error: float = 0.15  # refuse a threshold whose predicted hit rate misses the target by more
+    min_cursor_std: float = 1e-6  # a baseline cursor with less spread than this is "flat"
+    feedback_min_percentile: float = 0.0  # feedback range starts at this percentile of the baseline cursor
+    curve_points: int = 50  # points of the threshold -> predicted hit-rate curve
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(f"`method`: must be one of {', '.join(CALIBRATION_METHODS)}")
+        if not 0.0 < self.target_hit_rate < 1.0:
+            raise ValueError("`target_hit_rate`: must be between 0 and 1 (exclusive)")
+        _finite("target_reward_interval_s", self.target_reward_interval_s)
+        if self.target_reward_interval_s <= 0:
+            raise ValueError("`target_reward_interval_s`: must be > 0")
+        if self.n_trials < 20:
+            raise ValueError("`n_trials`: must be >= 20 resampled trials")
+        if self.seed < 0:
+            raise ValueError("`seed`: must be >= 0")
+        if not self.min_baseline_trials >= 1.0:
+            raise ValueError("`min_baseline_trials`: must be >= 1")
+        if not self.min_reward_intervals >= 1.0:
+            raise ValueError("`min_reward_intervals`: must be >= 1")
+        if not 0.0 < self.max_rate_error <= 1.0:
+            raise ValueError("`max_rate_error`: must be within (0, 1]")
+        if not self.min_cursor_std >= 0.0:
+            raise ValueError("`min_cursor_std`: must be >= 0")
+        if not 0.0 <= self.feedback_min_percentile < 50.0:
+            raise ValueError("`feedback_min_percentile`: must be within [0, 50)")
+        if self.curve_points < 2:
+            raise ValueError("`curve_points`: must be >= 2")
+
 
 class DecoderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    decoder: str = "two_population"
+    """[decoder]: fluorescence -> dF/F -> cursor."""
+
+    decoder: str = "two_population"  # one_population | two_population | weighted
+    up: list[int] = []  # ROI indices of the "up" ensemble (one_population: the only ensemble)
+    down: list[int] = []  # ROI indices of the "down" ensemble
+    weights: list[float] = []  # weighted decoder: one weight per ROI (positive pushes up)
+    neuropil_coef: float = 0.7  # F_corrected = F - neuropil_coef * Fneu (suite2p's default)
+    f0_percentile: float = 10.0  # F0 = this percentile of F_corrected over the running window
+    f0_window_s: float = 60.0  # running window of F0 (CLOOSE: 4 trial lengths; HoloBMI: 1-2 min)
+    f0_floor: float = 1.0  # dF/F divides by max(F0, f0_floor) (F units); calibration rejects ROIs below it
+    zscore: bool = False  # decode z-scored dF/F, using the baseline mean and standard deviation
+    smoothing_frames: int = 3  # running mean of the cursor over this many frames (CLOOSE: 3)
+    cell_cap: float = 0.0  # > 0: clip each cell's signal to [-cap, cap] (HoloBMI style); 0: no cap
+    # "all": dF/F of every ROI every frame. "decoder": during BCI only the decoder's ROIs (the others are NaN
+    # in the per-frame output until BCI ends): the decode step then costs a fraction (see bench_decoder.py)
+    dff_rois: str = "all"
+    calibration: CalibrationConfig = msgspec.field(default_factory=CalibrationConfig)
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"`decoder`: must be one of {', '.join(DECODERS)}")
+        _check_rois("up", self.up)
+        _check_rois("down", self.down)
+        if set(self.up) & set(self.down):
+            raise ValueError("`down`: a ROI cannot be in both the up and the down ensemble")
+        if self.decoder == "one_population" and self.down:
+            raise ValueError("`down`: the one_population decoder reads only the up ensemble; leave down empty")
+        for w in self.weights:
+            _finite("weights", w)
+        if self.weights and self.decoder != "weighted":
+            raise ValueError("`weights`: only the weighted decoder uses weights")
+        if not 0.0 <= self.neuropil_coef <= 2.0:
+            raise ValueError("`neuropil_coef`: must be within [0, 2]")
+        if not 0.0 <= self.f0_percentile <= 100.0:
+            raise ValueError("`f0_percentile`: must be within [0, 100]")
+        _finite("f0_window_s", self.f0_window_s)
+        if self.f0_window_s <= 0:
+            raise ValueError("`f0_window_s`: must be > 0")
+        _finite("f0_floor", self.f0_floor)
+        if self.f0_floor <= 0:
+            raise ValueError("`f0_floor`: must be > 0")
+        if not 1 <= self.smoothing_frames <= 1000:
+            raise ValueError("`smoothing_frames`: must be between 1 and 1000")
+        _finite("cell_cap", self.cell_cap)
+        if self.cell_cap < 0:
+            raise ValueError("`cell_cap`: must be >= 0 (0 switches the cap off)")
+        if self.dff_rois not in ("all", "decoder"):
+            raise ValueError('`dff_rois`: must be "all" or "decoder"')
+
+
+class FeedbackConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[task.feedback]: how the normalised cursor maps to a tone and a grating angle."""
+
+    tone_min_hz: float = 2000.0  # cursor at the bottom of the feedback range
+    tone_max_hz: float = 18000.0  # cursor at the threshold (log-spaced in between)
+    grating_bins: int = 6  # CLOOSE: the grating turns toward the target angle in 6 steps
+    grating_start_deg: float = 0.0  # angle of bin 0
+    grating_step_deg: float = 15.0  # angle between bins
+
+    def __post_init__(self) -> None:
+        _finite("tone_min_hz", self.tone_min_hz)
+        _finite("tone_max_hz", self.tone_max_hz)
+        if self.tone_min_hz <= 0:
+            raise ValueError("`tone_min_hz`: must be > 0")
+        if self.tone_max_hz <= self.tone_min_hz:
+            raise ValueError("`tone_max_hz`: must be > tone_min_hz")
+        if not 1 <= self.grating_bins <= 360:
+            raise ValueError("`grating_bins`: must be between 1 and 360")
+        _finite("grating_start_deg", self.grating_start_deg)
+        _finite("grating_step_deg", self.grating_step_deg)
 
 
 class TaskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    baseline_s: float = 20.0
+    """[task]: the baseline, the trial structure and the session limits."""
+
+    baseline_s: float = 300.0  # baseline recorded before BCI (CLOOSE: 15,000 frames; HoloBMI: 15 min)
+    auto_protocol: bool = True  # after start_baseline: collect, calibrate and start BCI without the operator
+    trial_s: float = 30.0  # longest trial (CLOOSE: 870 frames; HoloBMI: 30 s)
+    iti_s: float = 5.0  # inter-trial interval before each trial (CLOOSE: 150 frames)
+    hold_s: float = 1.0  # after a hit: reward consumption period before the next ITI
+    timeout_s: float = 3.0  # after a miss: timeout pause (punishment cue) before the next ITI
+    max_trials: int = 0  # 0: no limit
+    session_max_s: float = 0.0  # BCI task time limit (paused time excluded); 0: no limit
+    return_to_baseline: bool = False  # HoloBMI: after a hit the cursor must fall back before the next hit
+    rtb_fraction: float = 0.5  # ... below baseline median + fraction * (threshold - baseline median)
+    rtb_frames: int = 2  # ... for this many consecutive frames
+    feedback: FeedbackConfig = msgspec.field(default_factory=FeedbackConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("baseline_s", "trial_s", "iti_s", "hold_s", "timeout_s", "session_max_s", "rtb_fraction"):
+            _finite(name, getattr(self, name))
+        if self.baseline_s <= 0:
+            raise ValueError("`baseline_s`: must be > 0")
+        if self.trial_s <= 0:
+            raise ValueError("`trial_s`: must be > 0")
+        for name in ("iti_s", "hold_s", "timeout_s", "session_max_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}`: must be >= 0")
+        if self.max_trials < 0:
+            raise ValueError("`max_trials`: must be >= 0 (0: no limit)")
+        if not 0.0 <= self.rtb_fraction < 1.0:
+            raise ValueError("`rtb_fraction`: must be within [0, 1)")
+        if self.rtb_frames < 1:
+            raise ValueError("`rtb_frames`: must be >= 1")

@@ -85,29 +85,46 @@ def test_headless_sim_session_closes_the_loop(tmp_path):
     assert meta["status"] == "ok" and meta["software"]["version"]
 
 
-def test_killing_a_process_puts_the_rig_in_a_safe_state(tmp_path):
+RECORD_OF = {"acquisition": ("acquisition/frames.rec", "t_sent"), "decoder": ("decoder/decisions.rec", "t_decided")}
+
+
+@pytest.mark.parametrize("victim", ["acquisition", "decoder", "reward"])
+def test_kill_9_of_any_process_keeps_the_data_and_makes_the_rig_safe(tmp_path, victim):
+    from rig.clock import now_ns
+    from rig.session_data import load_session
+
     proc = subprocess.Popen(rig_cmd(tmp_path, 120), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO)
     try:
         session = session_dir(tmp_path)
         wait_for(lambda: decisions_so_far(session) > 60, 90, "the decoder to decide 60 frames")
-        os.kill(spawned_pids(session)["decoder"], signal.SIGKILL)
+        rows_before = decisions_so_far(session)
+        os.kill(spawned_pids(session)[victim], signal.SIGKILL)
+        killed_ns = now_ns()
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["ok"] is False
-    assert summary["failed_process"] == "decoder"
+    assert summary["ok"] is False and summary["failed_process"] == victim
     assert "exited unexpectedly" in summary["failure"] or "heartbeat" in summary["failure"]
-    assert "FAILURE in decoder" in err
-    # the reward process was told to go safe (valve closed, rewards refused) before the stop
-    safe = read_events(session / "reward" / "events.jsonl", {"safe_state"})
-    assert safe and "decoder failed" in safe[0]["reason"]
-    # the data up to the kill is on disk and readable
-    assert len(read_records(session / "decoder" / "decisions.rec")) > 60
+    assert f"FAILURE in {victim}" in err
     assert json.loads((session / "session.json").read_text())["status"] == "failed"
+    if victim != "reward":
+        # the reward process was told to go safe (valve closed, rewards refused) before the stop
+        safe = read_events(session / "reward" / "events.jsonl", {"safe_state"})
+        assert safe and f"{victim} failed" in safe[0]["reason"]
+    # nothing written before the kill is lost or corrupted, and the session opens and reads
+    assert len(read_records(session / "decoder" / "decisions.rec")) >= rows_before
+    data = load_session(session)
+    assert data.decisions is not None and len(data.decisions) >= rows_before
+    if victim in RECORD_OF:
+        # the killed process lost at most its last flush interval (50 ms) of records: its newest record on
+        # disk is that recent (bound kept loose for a loaded machine: 100 ms + one frame + scheduling)
+        rel, stamp = RECORD_OF[victim]
+        rows = read_records(session / rel)
+        assert killed_ns - int(rows[stamp][-1]) < 250_000_000, (killed_ns - int(rows[stamp][-1])) / 1e6
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT from the test")

@@ -1,0 +1,202 @@
+"""Cursor decoders: per-ROI dF/F (or z-score) -> "up" and "down" drives -> cursor = up - down.
+
+All three published forms are one linear read-out over the decoder's ROIs:
+  one_population  up = mean(s[up]), down = 0                               (CLOOSE 1-population)
+  two_population  up = mean(s[up]), down = mean(s[down])                   (CLOOSE, HoloBMI E2 - E1)
+  weighted        up = Σ w·s over w > 0, down = Σ |w|·s over w < 0         (a weight per ROI)
+``s`` is the dF/F of the ROI, z-scored with baseline statistics when ``zscore`` is on, and clipped to
+[-cell_cap, cell_cap] when a cap is set (HoloBMI: one cell cannot drive a hit alone). The cursor is
+smoothed by a running mean over ``smoothing_frames`` frames (:class:`RunningMean`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from decoder.config import DECODERS
+
+
+def check_ensembles(kind: str, n_rois: int, up: Sequence[int], down: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Validated copies of the ensembles for decoder ``kind`` (ValueError names the problem)."""
+    up = [int(i) for i in up]
+    down = [int(i) for i in down]
+    for name, rois in (("up", up), ("down", down)):
+        bad = [i for i in rois if not 0 <= i < n_rois]
+        if bad:
+            raise ValueError(f"`{name}`: ROI indices {bad} are outside 0..{n_rois - 1}")
+        if len(set(rois)) != len(rois):
+            raise ValueError(f"`{name}`: ROI indices must not repeat")
+    both = sorted(set(up) & set(down))
+    if both:
+        raise ValueError(f"`down`: ROIs {both} are in both ensembles")
+    if kind == "one_population" and down:
+        raise ValueError("`down`: the one_population decoder reads only the up ensemble; leave down empty")
+    return up, down
+
+
+class LinearDecoder:
+    """up/down drives from one frame of dF/F; preallocated, no per-frame allocation."""
+
+    def __init__(self, kind: str, n_rois: int, *, zscore: bool = False, cell_cap: float = 0.0) -> None:
+        if kind not in DECODERS:
+            raise ValueError(f"`decoder`: must be one of {', '.join(DECODERS)}, got {kind!r}")
+        self.kind = kind
+        self.n_rois = n_rois
+        self.zscore = zscore
+        self.cell_cap = float(cell_cap)
+        self.up: list[int] = []
+        self.down: list[int] = []
+        self.weights = np.zeros(n_rois)
+        self._mean = np.zeros(n_rois)
+        self._std = np.ones(n_rois)
+        self._set_rois(np.zeros(0, dtype=np.intp), np.zeros(0), np.zeros(0))
+
+    @property
+    def ready(self) -> bool:
+        """Has the ensembles (or weights) its kind needs."""
+        if self.kind == "two_population":
+            return bool(self.up) and bool(self.down)
+        if self.kind == "one_population":
+            return bool(self.up)
+        return bool(np.any(self.weights != 0))
+
+    @property
+    def rois(self) -> np.ndarray:
+        """The ROIs the cursor reads, ascending."""
+        return self._rois
+
+    def set_ensembles(self, up: Sequence[int], down: Sequence[int]) -> None:
+        up, down = check_ensembles(self.kind, self.n_rois, up, down)
+        self.up, self.down = up, down
+        if self.kind == "weighted":
+            weights = np.zeros(self.n_rois)
+            weights[up] = 1.0
+            weights[down] = -1.0
+            self.set_weights(weights)
+            return
+        rois = np.array(sorted(up + down), dtype=np.intp)
+        w_up = np.array([1.0 / len(up) if i in up else 0.0 for i in rois])
+        w_down = np.array([1.0 / len(down) if i in down else 0.0 for i in rois])
+        self._set_rois(rois, w_up, w_down)
+
+    def set_weights(self, weights: Sequence[float] | np.ndarray) -> None:
+        """Weighted decoder: one weight per ROI (positive pushes the cursor up); the ensembles follow."""
+        if self.kind != "weighted":
+            raise ValueError(f"`weights`: the {self.kind} decoder has no weights (use the weighted decoder)")
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (self.n_rois,):
+            raise ValueError(f"`weights`: expected {self.n_rois} weights (one per ROI), got shape {weights.shape}")
+        if not np.isfinite(weights).all():
+            raise ValueError("`weights`: must be finite")
+        self.weights = weights.copy()
+        rois = np.flatnonzero(weights)
+        self.up = [int(i) for i in rois if weights[i] > 0]
+        self.down = [int(i) for i in rois if weights[i] < 0]
+        w = weights[rois]
+        self._set_rois(rois.astype(np.intp), np.where(w > 0, w, 0.0), np.where(w < 0, -w, 0.0))
+
+    def set_zscore_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Baseline dF/F mean and standard deviation per ROI (all ROIs), used when ``zscore`` is on."""
+        mean = np.asarray(mean, dtype=np.float64)
+        std = np.asarray(std, dtype=np.float64)
+        if mean.shape != (self.n_rois,) or std.shape != (self.n_rois,):
+            raise ValueError(f"`dff_mean`/`dff_std`: expected {self.n_rois} values each")
+        self._mean = mean.copy()
+        self._std = std.copy()
+        self._mean_sub = self._mean[self._rois]
+        self._std_sub = self._std[self._rois]
+
+    def _set_rois(self, rois: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> None:
+        self._rois = rois
+        self._w_up = np.ascontiguousarray(w_up, dtype=np.float64)
+        self._w_down = np.ascontiguousarray(w_down, dtype=np.float64)
+        self._signal = np.empty(len(rois))
+        self._mean_sub = self._mean[rois]
+        self._std_sub = self._std[rois]
+
+    def signals(self, dff: np.ndarray) -> np.ndarray:
+        """The decoder's per-ROI signal for one frame (a reused buffer, in :attr:`rois` order)."""
+        sig = self._signal
+        np.take(dff, self._rois, out=sig)
+        if self.zscore:
+            sig -= self._mean_sub
+            sig /= self._std_sub
+        if self.cell_cap > 0.0:
+            np.clip(sig, -self.cell_cap, self.cell_cap, out=sig)
+        return sig
+
+    def decode(self, dff: np.ndarray) -> tuple[float, float]:
+        """(up, down) drives for one frame of dF/F (all ROIs)."""
+        sig = self.signals(dff)
+        return float(np.dot(self._w_up, sig)), float(np.dot(self._w_down, sig))
+
+    def decode_frames(self, dff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(up, down) for every row of ``dff`` (frames × n_rois), frame by frame with :meth:`decode`,
+        so a recording decodes to exactly the values the live decoder would produce."""
+        up = np.empty(dff.shape[0])
+        down = np.empty(dff.shape[0])
+        for t, row in enumerate(dff):
+            up[t], down[t] = self.decode(row)
+        return up, down
+
+
+class RunningMean:
+    """Mean of the last ``n`` frames' (up, down), skipping frames that had no value (gaps, bad input).
+
+    After a gap of ``n`` or more frames the mean restarts from the next valid frame. Scalar arithmetic
+    in a fixed order, so the live engine and offline calibration agree bit for bit.
+    """
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"`smoothing_frames`: must be >= 1, got {n}")
+        self.n = n
+        self._up = [0.0] * n
+        self._down = [0.0] * n
+        self._valid = [False] * n
+        self._pos = 0
+
+    def reset(self) -> None:
+        self._valid = [False] * self.n
+        self._pos = 0
+
+    def push(self, up: float, down: float) -> tuple[float, float]:
+        """Add one frame; return the smoothed (up, down)."""
+        pos = self._pos
+        self._up[pos] = up
+        self._down[pos] = down
+        self._valid[pos] = True
+        self._pos = (pos + 1) % self.n
+        return self.mean()
+
+    def push_missing(self, frames: int = 1) -> None:
+        """Frames without a value: they occupy the window but do not enter the mean."""
+        for _ in range(min(frames, self.n)):
+            self._valid[self._pos] = False
+            self._pos = (self._pos + 1) % self.n
+
+    def mean(self) -> tuple[float, float]:
+        s_up = s_down = 0.0
+        count = 0
+        # oldest to newest, a fixed order
+        for i in range(self.n):
+            j = (self._pos + i) % self.n
+            if self._valid[j]:
+                s_up += self._up[j]
+                s_down += self._down[j]
+                count += 1
+        if count == 0:
+            return math.nan, math.nan
+        return s_up / count, s_down / count
+
+    def smooth_frames(self, up: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed copies of whole traces, starting from an empty window (does not touch this object)."""
+        other = RunningMean(self.n)
+        out_up = np.empty(len(up))
+        out_down = np.empty(len(down))
+        for t in range(len(up)):
+            out_up[t], out_down[t] = other.push(float(up[t]), float(down[t]))
+        return out_up, out_down

@@ -1,0 +1,609 @@
+"""DecoderEngine: fluorescence in, cursor / feedback / trial events / reward requests out, one frame per step.
+
+The engine is a pure function of (config, calibration, input stream, operator calls): no clocks, no
+threads, no I/O, one seeded RNG (calibration). Feeding the same frames and calls twice gives
+byte-identical results.
+
+Modes (:class:`Mode`)::
+
+    IDLE --start_baseline()--> BASELINE --baseline_s of frames--> IDLE (baseline kept)
+      ^                            |                                   |
+      |  calibrate() / set_calibration() / load_baseline() + calibrate()
+      |                            v                                   v
+      +--set_ensembles()------ READY (calibrated) --start_bci()--> BCI <--pause()/resume()--> PAUSED
+                                                                   |
+                                             stop(), max trials, session length --> STOPPED
+
+With ``task.auto_protocol`` the engine goes on by itself from the end of the baseline: it calibrates
+and starts BCI ("baseline_done", "calibrated", "bci_start" on that frame). If calibration fails it
+says so ("calibration_failed") and waits in IDLE for the operator.
+
+Per frame: F_corr = F - c·Fneu -> F0 (running percentile) -> dF/F for every ROI -> decoder -> running
+mean -> cursor -> trial machine (in BCI) -> feedback. Frames are expected in increasing frame-number
+order; a jump is a gap: a "gap" event, the smoothing window skips the missing frames, and in BCI the
+trial clock advances through them (they consume trial time, cannot be hits; see :mod:`decoder.trial`).
+A frame whose F/Fneu is not all finite is treated like a missing frame ("bad_input") and does not
+enter F0. With ``decoder.dff_rois = "decoder"`` the F0 windows of ROIs outside the ensembles are not
+updated during BCI (their dF/F is NaN there; a ring of corrected F restores them exactly when BCI ends),
+which makes the decode step several times cheaper.
+
+Operator calls between frames take effect from the next frame; their events are reported on the next
+step's result (or fetched with :meth:`DecoderEngine.take_pending_events`). Operator calls that the
+mode does not allow raise :class:`EngineStateError`; a wrapper should catch :data:`COMMAND_ERRORS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import IntEnum
+
+import msgspec
+import numpy as np
+
+from decoder.calibration import Calibration, CalibrationError, calibrate_cursor, rtb_level_for
+from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
+from decoder.decoders import LinearDecoder, RunningMean, check_ensembles
+from decoder.dff import DffTracker, RunningPercentile, baseline_f0, corrected_f, dff_from
+from decoder.feedback import NO_BIN, FeedbackMapper
+from decoder.trial import Event, TrialMachine, TrialState, TrialTiming, frames_for
+
+__all__ = [
+    "COMMAND_ERRORS", "Calibration", "CalibrationError", "DecoderEngine", "EngineStateError", "Event",
+    "FrameOrderError", "Mode", "StepResult", "TrialState",
+]
+
+
+class Mode(IntEnum):
+    """Engine mode codes; stable integers (they are written into per-frame binary records)."""
+
+    IDLE = 0  # frames decoded for display, no baseline being recorded, not calibrated
+    BASELINE = 1  # recording the baseline
+    READY = 2  # calibrated, waiting for start_bci()
+    BCI = 3  # trials running
+    PAUSED = 4  # BCI paused: the task clock is frozen
+    STOPPED = 5  # task over; frames still decoded for display
+
+
+class EngineStateError(RuntimeError):
+    """An operator call that the engine's current mode does not allow (e.g. start_bci() uncalibrated)."""
+
+
+class FrameOrderError(ValueError):
+    """A frame number that is not after the previous one: the input stream is out of order or restarted."""
+
+
+#: Percentile levels of the baseline F0-window summary stored in a calibration (for warm starts).
+F0_LEVELS = tuple(float(v) for v in range(0, 101, 5))
+
+#: Errors an operator call (calibrate, start_bci, set_ensembles, ...) raises for a bad request; a process
+#: wrapper reports them to the operator and carries on.
+COMMAND_ERRORS = (CalibrationError, EngineStateError, ValueError)
+
+
+class StepResult:
+    """The engine's output for one frame. ONE instance, reused: copy what you keep past the next step.
+
+    ``dff`` is a view of the engine's buffer; ``events`` is a reused list (empty when nothing happened);
+    ``cursor_norm``/``tone_hz`` are NaN and ``angle_bin`` -1 when there is no feedback range or cursor.
+    """
+
+    __slots__ = ("angle_bin", "cursor", "cursor_norm", "dff", "down", "events", "frame", "mode",
+                 "reward_request", "tone_hz", "trial", "trial_state", "up")
+
+    def __init__(self, dff: np.ndarray, events: list[Event]) -> None:
+        self.frame = -1
+        self.mode = Mode.IDLE
+        self.trial = 0
+        self.trial_state = TrialState.NONE
+        self.dff = dff
+        self.up = math.nan
+        self.down = math.nan
+        self.cursor = math.nan
+        self.cursor_norm = math.nan
+        self.tone_hz = math.nan
+        self.angle_bin = NO_BIN
+        self.reward_request = False
+        self.events = events
+
+
+class DecoderEngine:
+    """See the module docstring. ``n_rois`` and ``frame_rate_hz`` come from acquisition."""
+
+    def __init__(self, decoder_cfg: DecoderConfig, task_cfg: TaskConfig, n_rois: int, frame_rate_hz: float) -> None:
+        if n_rois < 1:
+            raise ValueError(f"`n_rois`: must be >= 1, got {n_rois}")
+        if not (math.isfinite(frame_rate_hz) and frame_rate_hz > 0):
+            raise ValueError(f"`frame_rate_hz`: must be > 0, got {frame_rate_hz}")
+        self.decoder_cfg = decoder_cfg
+        self.task_cfg = task_cfg
+        self.n_rois = n_rois
+        self.frame_rate_hz = float(frame_rate_hz)
+        self.timing = TrialTiming.from_config(task_cfg, frame_rate_hz)
+        self.f0_window = max(1, frames_for(decoder_cfg.f0_window_s, frame_rate_hz))
+        self.baseline_target = max(1, frames_for(task_cfg.baseline_s, frame_rate_hz))
+        self.max_gap_frames = frames_for(86_400.0, frame_rate_hz)  # a day: anything longer is a broken counter
+        self._tracker = DffTracker(n_rois, decoder_cfg.neuropil_coef, self.f0_window, decoder_cfg.f0_percentile,
+                                   decoder_cfg.f0_floor)
+        self._decoder = LinearDecoder(decoder_cfg.decoder, n_rois, zscore=decoder_cfg.zscore,
+                                      cell_cap=decoder_cfg.cell_cap)
+        if decoder_cfg.weights:
+            self._decoder.set_weights(decoder_cfg.weights)
+        elif decoder_cfg.up or decoder_cfg.down:
+            self._decoder.set_ensembles(decoder_cfg.up, decoder_cfg.down)
+        # dff_rois = "decoder": during BCI a small tracker follows only the decoder's ROIs (_narrow), and a
+        # ring of corrected F for every ROI (_history) lets the full tracker resume exactly afterwards
+        self._narrow: DffTracker | None = None
+        self._narrow_rois = np.zeros(0, dtype=np.intp)
+        self._narrow_fresh = False
+        self._history = np.empty((self.f0_window, n_rois)) if decoder_cfg.dff_rois == "decoder" else None
+        self._history_next = 0
+        self._history_count = 0
+        self._smoother = RunningMean(decoder_cfg.smoothing_frames)
+        self._feedback = FeedbackMapper(task_cfg.feedback)
+        self._calibration_cfg: CalibrationConfig = decoder_cfg.calibration
+        self._mode = Mode.IDLE
+        self._calibration: Calibration | None = None
+        self._rtb_level = -math.inf
+        self._machine: TrialMachine | None = None
+        self._last_frame: int | None = None
+        self._frames_seen = 0  # frames whose F/Fneu entered the F0 window
+        # baseline: corrected F and live F0 per baseline frame
+        self._base_corr = np.empty((0, n_rois))
+        self._base_f0 = np.empty((0, n_rois))
+        self._base_count = 0
+        self._base_gap_frames = 0
+        self._pending: list[Event] = []
+        self._events: list[Event] = []
+        self._result = StepResult(self._tracker.dff, self._events)
+
+    # ------------------------------------------------------------------ read-only state
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return self._calibration
+
+    @property
+    def up(self) -> list[int]:
+        return list(self._decoder.up)
+
+    @property
+    def down(self) -> list[int]:
+        return list(self._decoder.down)
+
+    @property
+    def baseline_frames(self) -> int:
+        """Baseline frames recorded (or loaded) so far."""
+        return self._base_count
+
+    @property
+    def trials(self) -> int:
+        return self._machine.trial if self._machine else 0
+
+    @property
+    def hits(self) -> int:
+        return self._machine.hits if self._machine else 0
+
+    @property
+    def misses(self) -> int:
+        return self._machine.misses if self._machine else 0
+
+    # ------------------------------------------------------------------ operator calls
+
+    def start_baseline(self) -> None:
+        """Start recording a new baseline (from IDLE or READY; a previous calibration is dropped)."""
+        self._require((Mode.IDLE, Mode.READY), "start a baseline")
+        self._clear_calibration()
+        self._base_corr = np.empty((self.baseline_target, self.n_rois))
+        self._base_f0 = np.empty((self.baseline_target, self.n_rois))
+        self._base_count = 0
+        self._base_gap_frames = 0
+        self._mode = Mode.BASELINE
+        self._queue("baseline_start", {"frames": self.baseline_target, "auto_protocol": self.task_cfg.auto_protocol})
+
+    def load_baseline(self, F: np.ndarray, Fneu: np.ndarray) -> None:
+        """Use a baseline recorded earlier (frames × n_rois F and Fneu) for calibrate().
+
+        If this engine has not seen a frame yet, the F0 window is also warm-started from it. Costs one
+        F0 update per baseline frame (about a second for 15,000 frames of 500 ROIs).
+        """
+        self._require((Mode.IDLE, Mode.READY), "load a baseline")
+        F = np.asarray(F)
+        Fneu = np.asarray(Fneu)
+        if F.ndim != 2 or F.shape[1] != self.n_rois or F.shape != Fneu.shape:
+            raise ValueError(f"`F`/`Fneu`: expected two (frames, {self.n_rois}) arrays, got {F.shape} and {Fneu.shape}")
+        if F.shape[0] < 1:
+            raise ValueError("`F`: the baseline has no frames")
+        corrected = corrected_f(F, Fneu, self.decoder_cfg.neuropil_coef)
+        bad = np.flatnonzero(~np.isfinite(corrected).all(axis=1))
+        if bad.size:
+            raise ValueError(f"`F`/`Fneu`: baseline frames {bad[:10].tolist()} have non-finite values")
+        live_f0 = np.empty_like(corrected)
+        warm = self._frames_seen == 0
+        running = self._tracker.running if warm else RunningPercentile(
+            self.n_rois, self.f0_window, self.decoder_cfg.f0_percentile)
+        running.reset()
+        for t, row in enumerate(corrected):
+            live_f0[t] = running.push(row)
+        if warm:
+            self._seed_history()
+        self._clear_calibration()
+        self._base_corr = corrected
+        self._base_f0 = live_f0
+        self._base_count = corrected.shape[0]
+        self._base_gap_frames = 0
+        self._mode = Mode.IDLE
+        self._queue("baseline_loaded", {"frames": self._base_count, "warm_start": warm})
+
+    def set_target_hit_rate(self, rate: float) -> None:
+        """Calibrate to this hit rate from now on (method "hit_rate"), instead of the configured one."""
+        rate = float(rate)
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"`target_hit_rate`: must be between 0 and 1 (exclusive), got {rate}")
+        self._calibration_cfg = _replace_cfg(self._calibration_cfg, method="hit_rate", target_hit_rate=rate)
+
+    def calibrate(self) -> Calibration:
+        """Calibrate on the baseline recorded so far (ending the recording) or loaded; -> READY.
+
+        Raises CalibrationError (mode unchanged, baseline recording goes on) when it cannot.
+        """
+        self._require((Mode.IDLE, Mode.BASELINE, Mode.READY), "calibrate")
+        cal = self._compute_calibration()
+        if self._mode == Mode.BASELINE:
+            self._end_baseline(None)
+        self._apply_calibration(cal)
+        self._queue("calibrated", {"calibration": cal.to_dict()})
+        return cal
+
+    def set_calibration(self, cal: Calibration) -> None:
+        """Use a stored calibration (its ensembles and weights too); -> READY.
+
+        If this engine has seen no frame and has no baseline, the F0 window is warm-started from the
+        calibration's F0 (a full window of it).
+        """
+        self._require((Mode.IDLE, Mode.READY), "set a calibration")
+        if cal.n_rois != self.n_rois or len(cal.f0) != self.n_rois:
+            raise ValueError(f"`calibration`: made for {cal.n_rois} ROIs, this session has {self.n_rois}")
+        if cal.decoder != self.decoder_cfg.decoder:
+            raise ValueError(f"`calibration`: made for the {cal.decoder} decoder, the config says "
+                             f"{self.decoder_cfg.decoder}")
+        if cal.zscore != self.decoder_cfg.zscore:
+            raise ValueError(f"`calibration`: made with zscore={cal.zscore}, the config says "
+                             f"zscore={self.decoder_cfg.zscore} (the threshold would be in other units)")
+        if not (math.isfinite(cal.feedback_min) and cal.feedback_min < cal.threshold):
+            raise ValueError("`calibration`: feedback_min must be finite and below the threshold")
+        if self.decoder_cfg.zscore and (len(cal.dff_mean) != self.n_rois or len(cal.dff_std) != self.n_rois):
+            raise ValueError("`calibration`: z-scoring needs dff_mean and dff_std for every ROI")
+        if cal.decoder == "weighted":
+            self._decoder.set_weights(cal.weights)
+        else:
+            self._decoder.set_ensembles(cal.up, cal.down)
+        self._smoother.reset()
+        if self._frames_seen == 0 and self._base_count == 0 and cal.f0_quantiles:
+            self._tracker.fill_quantiles(np.asarray(cal.f0_levels), np.asarray(cal.f0_quantiles))
+            self._seed_history()
+        self._apply_calibration(cal)
+        self._queue("calibrated", {"calibration": cal.to_dict(), "source": "loaded"})
+
+    def start_bci(self) -> None:
+        """READY -> BCI: trials start with the next frame (an ITI first, unless iti_s is 0)."""
+        self._require((Mode.READY,), "start BCI (calibrate first)")
+        self._start_bci(None)
+
+    def pause(self) -> None:
+        """BCI -> PAUSED: the task clock freezes (a running trial, hold or ITI continues on resume)."""
+        self._require((Mode.BCI,), "pause")
+        self._mode = Mode.PAUSED
+        self._queue("pause", {"state": self._trial_state().name.lower()})
+
+    def resume(self) -> None:
+        self._require((Mode.PAUSED,), "resume")
+        self._mode = Mode.BCI
+        self._queue("resume", {"state": self._trial_state().name.lower()})
+
+    def stop(self) -> None:
+        """End the task (a running trial is aborted). Frames are still decoded for display. Idempotent."""
+        if self._mode == Mode.STOPPED:
+            return
+        if self._machine is not None and self._machine.state != TrialState.DONE:
+            finished: list[Event] = []
+            self._machine.finish(-1, "stopped", finished)
+            self._pending.extend(finished)
+        self._mode = Mode.STOPPED
+        self._widen()
+        self._queue("stopped", {})
+
+    def manual_reward(self) -> None:
+        """Record an operator reward ("manual_reward" event). The caller delivers it: the engine's
+        ``reward_request`` is only for rewards the task earned."""
+        self._queue("manual_reward", {"mode": self._mode.name.lower()})
+
+    def set_ensembles(self, up: Sequence[int], down: Sequence[int]) -> None:
+        """Choose the ensembles (not during BCI). Drops the calibration, which was for the old ones."""
+        self._require((Mode.IDLE, Mode.BASELINE, Mode.READY, Mode.STOPPED), "change the ensembles")
+        up, down = check_ensembles(self.decoder_cfg.decoder, self.n_rois, up, down)
+        self._decoder.set_ensembles(up, down)
+        self._smoother.reset()
+        self._clear_calibration()
+        self._queue("ensembles", {"up": up, "down": down})
+
+    def set_weights(self, weights: Sequence[float] | np.ndarray) -> None:
+        """Weighted decoder: one weight per ROI (not during BCI). Drops the calibration."""
+        self._require((Mode.IDLE, Mode.BASELINE, Mode.READY, Mode.STOPPED), "change the weights")
+        self._decoder.set_weights(weights)
+        self._smoother.reset()
+        self._clear_calibration()
+        self._queue("ensembles", {"up": self._decoder.up, "down": self._decoder.down, "weighted": True})
+
+    def take_pending_events(self) -> list[Event]:
+        """Events of operator calls not yet reported by a step (e.g. after the last frame), stamped with
+        the last frame seen (-1 if none)."""
+        frame = -1 if self._last_frame is None else self._last_frame
+        out = []
+        for event in self._pending:
+            out.append(Event(event.kind, event.trial, frame if event.frame < 0 else event.frame, event.detail))
+        self._pending.clear()
+        return out
+
+    # ------------------------------------------------------------------ the frame
+
+    def step(self, frame_number: int, F: np.ndarray, Fneu: np.ndarray) -> StepResult:
+        """Decode one frame; see the module docstring. The result object is reused every call."""
+        frame = int(frame_number)
+        last = self._last_frame
+        if last is not None and frame <= last:
+            raise FrameOrderError(f"frame {frame} arrived after frame {last}: frame numbers must increase")
+        if last is not None and frame - last > self.max_gap_frames:
+            raise FrameOrderError(f"frame {frame} arrived after frame {last}: a jump of more than a day of frames "
+                                  f"means the frame source restarted or numbers its frames wrongly")
+        if F.shape != (self.n_rois,) or Fneu.shape != (self.n_rois,):
+            raise ValueError(f"`F`/`Fneu`: expected {self.n_rois} values each, got {F.shape} and {Fneu.shape}")
+        res = self._result
+        events = self._events
+        events.clear()
+        res.reward_request = False
+        if self._pending:
+            for event in self._pending:
+                if event.frame < 0:
+                    event.frame = frame
+                events.append(event)
+            self._pending.clear()
+        self._last_frame = frame
+        mode = self._mode
+        machine = self._machine
+
+        missing = 0 if last is None else frame - last - 1
+        if missing:
+            events.append(Event("gap", self.trials, frame, {
+                "missing": missing, "first_missing": last + 1, "last_missing": frame - 1,  # type: ignore[operator]
+            }))
+            self._smoother.push_missing(missing)
+            if mode == Mode.BASELINE:
+                self._base_gap_frames += missing
+            elif mode == Mode.BCI and machine is not None:
+                machine.skip(last + 1, missing, events)  # type: ignore[operator]
+
+        tracker = self._tracker
+        valid = tracker.correct(F, Fneu)
+        if valid:
+            if self._history is not None:
+                self._remember(tracker.corrected)
+            narrow = self._narrow
+            if narrow is None:
+                tracker.update()
+            else:
+                np.take(tracker.corrected, self._narrow_rois, out=narrow.corrected)
+                narrow.update()
+                if self._narrow_fresh:  # the other ROIs' dF/F is not computed from now on
+                    tracker.dff.fill(np.nan)
+                    self._narrow_fresh = False
+                tracker.dff.put(self._narrow_rois, narrow.dff)
+            self._frames_seen += 1
+        else:
+            tracker.invalidate()
+            events.append(Event("bad_input", self.trials, frame, {}))
+
+        decoder = self._decoder
+        if valid and decoder.ready:
+            up, down = self._smoother.push(*decoder.decode(tracker.dff))
+            cursor = up - down
+        else:
+            self._smoother.push_missing(1)
+            up = down = cursor = math.nan
+        usable = cursor == cursor  # not NaN
+
+        trial_state = TrialState.NONE
+        if mode == Mode.BASELINE:
+            if valid:
+                self._record_baseline_frame()
+                if self._base_count >= self.baseline_target:
+                    self._end_baseline(frame)
+        elif mode == Mode.BCI and machine is not None:
+            if machine.state != TrialState.DONE:
+                trial_state = machine.state
+                res.reward_request = machine.step(frame, cursor, usable, events)
+            if machine.state == TrialState.DONE:
+                self._mode = Mode.STOPPED
+                self._widen()
+                events.append(Event("stopped", machine.trial, frame, {}))
+        elif machine is not None:  # PAUSED, or STOPPED after BCI
+            trial_state = machine.state
+
+        feedback = self._feedback
+        norm = feedback.normalise(cursor)
+        res.frame = frame
+        res.mode = mode
+        res.trial = self.trials
+        res.trial_state = trial_state
+        res.up = up
+        res.down = down
+        res.cursor = cursor
+        res.cursor_norm = norm
+        res.tone_hz = feedback.tone_hz(norm)
+        res.angle_bin = feedback.angle_bin(norm)
+        return res
+
+    # ------------------------------------------------------------------ internals
+
+    def _require(self, allowed: tuple[Mode, ...], action: str) -> None:
+        if self._mode not in allowed:
+            names = ", ".join(m.name.lower() for m in allowed)
+            raise EngineStateError(f"cannot {action} in mode {self._mode.name.lower()} (only in: {names})")
+
+    def _queue(self, kind: str, detail: dict) -> None:
+        self._pending.append(Event(kind, self.trials, -1, detail))
+
+    def _trial_state(self) -> TrialState:
+        return self._machine.state if self._machine is not None else TrialState.NONE
+
+    def _record_baseline_frame(self) -> None:
+        i = self._base_count
+        if i == self._base_corr.shape[0]:  # only when a loaded baseline is extended; not on the live path
+            raise EngineStateError("the baseline buffer is full")
+        self._base_corr[i] = self._tracker.corrected
+        self._base_f0[i] = self._tracker.f0
+        self._base_count = i + 1
+
+    def _end_baseline(self, frame: int | None) -> None:
+        """The recording ends (target reached, at ``frame``, or calibrate() called early, frame None)."""
+        self._mode = Mode.IDLE
+        detail = {"frames": self._base_count, "gap_frames": self._base_gap_frames}
+        if frame is None:
+            self._queue("baseline_done", detail)
+            return
+        self._events.append(Event("baseline_done", self.trials, frame, detail))
+        if not self.task_cfg.auto_protocol:
+            return
+        try:
+            cal = self._compute_calibration()
+        except CalibrationError as exc:
+            self._events.append(Event("calibration_failed", self.trials, frame, {"error": str(exc)}))
+            return
+        self._apply_calibration(cal)
+        self._events.append(Event("calibrated", self.trials, frame, {"calibration": cal.to_dict()}))
+        self._start_bci(frame)
+
+    def _start_bci(self, frame: int | None) -> None:
+        cal = self._calibration
+        assert cal is not None
+        self._machine = TrialMachine(self.timing, cal.threshold, self._rtb_level)
+        self._mode = Mode.BCI
+        if self._history is not None:
+            self._narrow_to(self._decoder.rois)
+        detail = {"threshold": cal.threshold, "trial_frames": self.timing.trial_frames}
+        if frame is None:
+            self._queue("bci_start", detail)
+        else:
+            self._events.append(Event("bci_start", 0, frame, detail))
+
+    def _remember(self, corrected: np.ndarray) -> None:
+        self._history[self._history_next] = corrected  # type: ignore[index]
+        self._history_next = (self._history_next + 1) % self.f0_window
+        self._history_count = min(self._history_count + 1, self.f0_window)
+
+    def _seed_history(self) -> None:
+        """After a warm start of the full tracker: the history ring holds the same window."""
+        if self._history is None:
+            return
+        window = self._tracker.running.window_values()
+        m = window.shape[0]
+        self._history[:m] = window
+        self._history_next = m % self.f0_window
+        self._history_count = m
+
+    def _narrow_to(self, rois: np.ndarray) -> None:
+        """From now on track F0 only for ``rois``, continuing exactly from the full tracker's window."""
+        cfg = self.decoder_cfg
+        narrow = DffTracker(len(rois), cfg.neuropil_coef, self.f0_window, cfg.f0_percentile, cfg.f0_floor)
+        if self._tracker.frames_in_window:
+            narrow.fill(self._tracker.running.window_values()[:, rois])
+        self._narrow = narrow
+        self._narrow_rois = np.asarray(rois, dtype=np.intp)
+        self._narrow_fresh = True
+
+    def _widen(self) -> None:
+        """Back to every ROI (after BCI): refill the full tracker's window from the history ring."""
+        if self._narrow is None or self._history is None:
+            return
+        self._narrow = None
+        count, nxt = self._history_count, self._history_next
+        if count:
+            order = np.arange(nxt - count, nxt) % self.f0_window  # oldest first
+            self._tracker.fill(self._history[order])
+
+    def _clear_calibration(self) -> None:
+        if self._calibration is not None:
+            self._calibration = None
+            self._feedback.clear_range()
+            self._queue("calibration_cleared", {})
+        if self._mode == Mode.READY:
+            self._mode = Mode.IDLE
+
+    def _apply_calibration(self, cal: Calibration) -> None:
+        self._calibration = cal
+        if self.decoder_cfg.zscore:
+            self._decoder.set_zscore_stats(np.asarray(cal.dff_mean), np.asarray(cal.dff_std))
+        self._feedback.set_range(cal.feedback_min, cal.feedback_max)
+        self._rtb_level = rtb_level_for(cal.threshold, cal.cursor_median, self.task_cfg.rtb_fraction,
+                                        self.task_cfg.return_to_baseline)
+        self._mode = Mode.READY
+
+    def _compute_calibration(self) -> Calibration:
+        n = self._base_count
+        if n == 0:
+            raise CalibrationError("no baseline: record one (start_baseline) or load one (load_baseline) first")
+        decoder = self._decoder
+        if not decoder.ready:
+            raise CalibrationError(f"the {decoder.kind} decoder has no ensembles: set the up/down ensembles first")
+        cfg = self.decoder_cfg
+        corrected = self._base_corr[:n]
+        f0 = baseline_f0(corrected, self._base_f0[:n], self.f0_window, cfg.f0_percentile)
+        rois = decoder.rois
+        low = f0[:, rois].min(axis=0)
+        dim = [int(r) for r, v in zip(rois, low, strict=True) if not v > cfg.f0_floor]
+        if dim:
+            raise CalibrationError(
+                f"ROIs {dim}: baseline F0 falls to or below f0_floor ({cfg.f0_floor:g}), so their dF/F is not "
+                f"meaningful (neuropil-corrected F near zero); pick other cells or lower neuropil_coef")
+        dff = dff_from(corrected, f0, cfg.f0_floor)
+        mean = dff.mean(axis=0)
+        std = dff.std(axis=0)
+        if cfg.zscore:
+            flat = [int(r) for r in rois if not std[r] > 0.0]
+            if flat:
+                raise CalibrationError(f"ROIs {flat}: the baseline dF/F is flat, they cannot be z-scored")
+        probe = LinearDecoder(decoder.kind, self.n_rois, zscore=cfg.zscore, cell_cap=cfg.cell_cap)
+        if decoder.kind == "weighted":
+            probe.set_weights(decoder.weights)
+        else:
+            probe.set_ensembles(decoder.up, decoder.down)
+        probe.set_zscore_stats(mean, std)
+        up, down = probe.decode_frames(dff)
+        up_s, down_s = self._smoother.smooth_frames(up, down)
+        cursor = up_s - down_s
+        cal_cfg = self._calibration_cfg
+        part = calibrate_cursor(cursor, cal_cfg, self.timing, self.frame_rate_hz, self.task_cfg.rtb_fraction)
+        return Calibration(
+            threshold=part.threshold, feedback_min=part.feedback_min, feedback_max=part.feedback_max,
+            predicted_hit_rate=part.predicted_hit_rate, method=cal_cfg.method,
+            curve_thresholds=part.curve_thresholds, curve_hit_rates=part.curve_hit_rates, baseline_frames=n,
+            target=part.target, predicted_reward_interval_s=part.predicted_reward_interval_s,
+            cursor_median=part.cursor_median, cursor_std=part.cursor_std,
+            rtb_level=rtb_level_for(part.threshold, part.cursor_median, self.task_cfg.rtb_fraction,
+                                    self.task_cfg.return_to_baseline),
+            trial_frames=self.timing.trial_frames, n_trials=cal_cfg.n_trials, seed=cal_cfg.seed,
+            frame_rate_hz=self.frame_rate_hz, decoder=decoder.kind, up=list(decoder.up), down=list(decoder.down),
+            weights=[float(w) for w in decoder.weights] if decoder.kind == "weighted" else [],
+            zscore=cfg.zscore, n_rois=self.n_rois, f0=[float(v) for v in f0[-1]],
+            dff_mean=[float(v) for v in mean], dff_std=[float(v) for v in std],
+            f0_levels=[float(v) for v in F0_LEVELS],
+            f0_quantiles=np.percentile(corrected[-self.f0_window :], F0_LEVELS, axis=0).tolist(),
+        )
+
+
+def _replace_cfg(cfg: CalibrationConfig, **changes: object) -> CalibrationConfig:
+    return msgspec.structs.replace(cfg, **changes)

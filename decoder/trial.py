@@ -1,0 +1,240 @@
+"""The BCI task as an explicit state machine, one call per frame.
+
+    ITI ──► TRIAL ──hit──► HOLD ────► ITI ...       (hit: reward request on the hit frame)
+                 └─timeout─► TIMEOUT ─► ITI ...    (miss event on the trial's last frame)
+    after the last trial (``max_trials``) or when the task time (``session_frames``) is used up: DONE
+
+Timing is counted in frames, and every frame of task time is stepped, including frames that never
+arrived (frame-number gaps) and frames whose input was unusable: those call :meth:`TrialMachine.step`
+with ``valid=False``, so they consume trial time but can never produce a hit, and the trial ends on the
+frame it would have ended on. Pausing is the caller not stepping the machine: the whole task clock
+(trial, hold, ITI, timeout, return-to-baseline count) freezes and resumes where it stopped.
+
+Events are stamped with the frame they happened on. A period that starts after another ends (a trial
+after the ITI, the ITI after a hold) is announced on its first frame ("trial_start", "iti").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from decoder.config import TaskConfig
+
+
+class TrialState(IntEnum):
+    """Trial-state codes; stable integers (they are written into per-frame binary records)."""
+
+    NONE = 0  # no task running (idle, baseline, calibrated)
+    ITI = 1  # inter-trial interval
+    TRIAL = 2  # trial running: a crossing of the threshold is a hit
+    HOLD = 3  # after a hit: reward consumption
+    TIMEOUT = 4  # after a miss: timeout pause
+    DONE = 5  # task over (max trials, session length, or stopped)
+
+
+@dataclass(slots=True)
+class Event:
+    """Something that happened on a frame: ``kind`` as listed in :data:`EVENT_KINDS`."""
+
+    kind: str
+    trial: int
+    frame: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+#: Every event kind the engine emits, for consumers that dispatch on them.
+EVENT_KINDS = (
+    "baseline_start", "baseline_done", "calibrated", "calibration_failed", "calibration_cleared",
+    "baseline_loaded", "bci_start", "iti", "trial_start", "hit", "miss", "trial_aborted", "rearmed",
+    "session_done", "pause", "resume", "stopped", "manual_reward", "gap", "bad_input", "ensembles",
+)
+
+
+def frames_for(seconds: float, frame_rate_hz: float) -> int:
+    """Seconds -> whole frames, rounded to the nearest frame."""
+    return int(math.floor(seconds * frame_rate_hz + 0.5))
+
+
+@dataclass(frozen=True, slots=True)
+class TrialTiming:
+    """The task's durations in frames (``session_frames``/``max_trials`` 0: no limit; ``rtb_frames`` 0: off)."""
+
+    trial_frames: int
+    iti_frames: int
+    hold_frames: int
+    timeout_frames: int
+    max_trials: int = 0
+    session_frames: int = 0
+    rtb_frames: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trial_frames < 1:
+            raise ValueError(f"`trial_frames`: must be >= 1, got {self.trial_frames}")
+        for name in ("iti_frames", "hold_frames", "timeout_frames", "max_trials", "session_frames", "rtb_frames"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}`: must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_config(cls, task: TaskConfig, frame_rate_hz: float) -> TrialTiming:
+        trial_frames = frames_for(task.trial_s, frame_rate_hz)
+        if trial_frames < 1:
+            raise ValueError(f"`trial_s`: {task.trial_s} s is less than one frame at {frame_rate_hz} Hz")
+        return cls(
+            trial_frames=trial_frames,
+            iti_frames=frames_for(task.iti_s, frame_rate_hz),
+            hold_frames=frames_for(task.hold_s, frame_rate_hz),
+            timeout_frames=frames_for(task.timeout_s, frame_rate_hz),
+            max_trials=task.max_trials,
+            session_frames=frames_for(task.session_max_s, frame_rate_hz) if task.session_max_s > 0 else 0,
+            rtb_frames=task.rtb_frames if task.return_to_baseline else 0,
+        )
+
+
+class TrialMachine:
+    """Trials, outcomes and reward requests from the cursor, one frame per :meth:`step`.
+
+    ``rtb_level``: with ``timing.rtb_frames`` > 0, after a hit the cursor must stay below this level for
+    ``rtb_frames`` consecutive valid frames before a crossing counts as a hit again (HoloBMI's
+    return-to-baseline rule); the count runs in every state, and an invalid frame restarts it.
+    """
+
+    def __init__(self, timing: TrialTiming, threshold: float, rtb_level: float = -math.inf) -> None:
+        if not math.isfinite(threshold):
+            raise ValueError(f"`threshold`: must be finite, got {threshold}")
+        self.timing = timing
+        self.threshold = float(threshold)
+        self.rtb_level = float(rtb_level)
+        self.trial = 0  # number of the last trial started (1-based)
+        self.hits = 0
+        self.misses = 0
+        self.aborted = 0
+        self.task_frames = 0  # frames stepped (valid or not)
+        self.armed = True  # return-to-baseline satisfied
+        self._rtb_count = 0
+        self._remaining = 0  # frames left in ITI / HOLD / TIMEOUT
+        self._elapsed = 0  # frames of the running trial so far
+        self._announce = True  # the current state starts on the next frame stepped
+        if timing.iti_frames > 0:
+            self.state = TrialState.ITI
+            self._remaining = timing.iti_frames
+        else:
+            self.state = TrialState.TRIAL
+
+    @property
+    def trials_done(self) -> int:
+        """Trials with an outcome (hit or miss)."""
+        return self.hits + self.misses
+
+    def step(self, frame: int, cursor: float, valid: bool, events: list[Event]) -> bool:
+        """Advance one frame; return True if this frame is a hit (request a reward now)."""
+        state = self.state
+        if state == TrialState.DONE:
+            return False
+        if self._announce:
+            self._announce = False
+            if state == TrialState.TRIAL:
+                self.trial += 1
+                self._elapsed = 0
+                events.append(Event("trial_start", self.trial, frame))
+            elif state == TrialState.ITI:
+                events.append(Event("iti", self.trial, frame))
+        self.task_frames += 1
+        hit = False
+        if state == TrialState.TRIAL:
+            self._elapsed += 1
+            if valid and self.armed and cursor >= self.threshold:
+                hit = True
+                self.hits += 1
+                events.append(Event("hit", self.trial, frame, {
+                    "cursor": cursor, "threshold": self.threshold, "trial_frame": self._elapsed - 1,
+                }))
+                if self.timing.rtb_frames:
+                    self.armed = False
+                    self._rtb_count = 0
+                self._enter(TrialState.HOLD, self.timing.hold_frames, frame, events)
+            elif self._elapsed >= self.timing.trial_frames:
+                self.misses += 1
+                events.append(Event("miss", self.trial, frame, {"trial_frames": self._elapsed}))
+                self._enter(TrialState.TIMEOUT, self.timing.timeout_frames, frame, events)
+        else:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._period_over(state, frame, events)
+        if not self.armed and not hit:
+            if valid and cursor < self.rtb_level:
+                self._rtb_count += 1
+                if self._rtb_count >= self.timing.rtb_frames:
+                    self.armed = True
+                    events.append(Event("rearmed", self.trial, frame))
+            else:
+                self._rtb_count = 0
+        if (self.timing.session_frames and self.task_frames >= self.timing.session_frames
+                and self.state != TrialState.DONE):
+            self.finish(frame, "session_length", events)
+        return hit
+
+    def skip(self, first_frame: int, count: int, events: list[Event]) -> None:
+        """Step through ``count`` frames without data (``first_frame`` onwards): the same states and events
+        as ``count`` calls of ``step(frame, nan, False, events)``, in time proportional to the number of
+        state changes rather than of frames (a long gap is cheap)."""
+        frame, end = first_frame, first_frame + count
+        timing = self.timing
+        while frame < end and self.state != TrialState.DONE:
+            if self._announce:
+                self.step(frame, math.nan, False, events)
+                frame += 1
+                continue
+            left = timing.trial_frames - self._elapsed if self.state == TrialState.TRIAL else self._remaining
+            quiet = min(left - 1, end - frame)  # frames before the period's last: only counters move
+            if timing.session_frames:
+                quiet = min(quiet, timing.session_frames - self.task_frames - 1)
+            if quiet > 0:
+                self.task_frames += quiet
+                if self.state == TrialState.TRIAL:
+                    self._elapsed += quiet
+                else:
+                    self._remaining -= quiet
+                self._rtb_count = 0
+                frame += quiet
+                continue
+            self.step(frame, math.nan, False, events)
+            frame += 1
+
+    def finish(self, frame: int, reason: str, events: list[Event]) -> None:
+        """End the task now; a trial still running is aborted (neither hit nor miss)."""
+        if self.state == TrialState.DONE:
+            return
+        if self.state == TrialState.TRIAL and not self._announce:
+            self.aborted += 1
+            events.append(Event("trial_aborted", self.trial, frame, {"reason": reason, "trial_frames": self._elapsed}))
+        self.state = TrialState.DONE
+        events.append(Event("session_done", self.trial, frame, {
+            "reason": reason, "hits": self.hits, "misses": self.misses, "aborted": self.aborted,
+        }))
+
+    def _enter(self, state: TrialState, frames: int, frame: int, events: list[Event]) -> None:
+        if frames > 0:
+            self.state = state
+            self._remaining = frames
+        else:
+            self._period_over(state, frame, events)
+
+    def _period_over(self, state: TrialState, frame: int, events: list[Event]) -> None:
+        """ITI, HOLD or TIMEOUT ended with this frame: decide what the next frame is."""
+        if state == TrialState.ITI:
+            self.state = TrialState.TRIAL
+            self._announce = True
+        elif self.timing.max_trials and self.trial >= self.timing.max_trials:
+            self.state = TrialState.TRIAL  # so finish() sees no running trial to abort
+            self._announce = True
+            self.finish(frame, "max_trials", events)
+        elif self.timing.iti_frames > 0:
+            self.state = TrialState.ITI
+            self._remaining = self.timing.iti_frames
+            self._announce = True
+        else:
+            self.state = TrialState.TRIAL
+            self._announce = True
