@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from decoder.engine import COMMAND_ERRORS, DecoderEngine
+from rig.bus import SpinWaiter
 from rig.clock import now_ns
 from rig.process import RigProcess
 from rig.schema import CalibrationResult, Control, Decision, FluorFrame, RewardRequest, TrialEvent
@@ -51,6 +52,7 @@ class DecoderProcess(RigProcess):
         self.frame_rate_hz = float(acq.get("frame_rate_hz", self.config.acquisition.frame_rate_hz))
         self.engine = DecoderEngine(self.config.decoder, self.config.task, self.n_rois, self.frame_rate_hz)
         self.fluor = self.subscribe(["acquisition"], [FluorFrame.topic])
+        self._waiter = SpinWaiter(1.0 / self.frame_rate_hz, self.config.rig.spin_wait_ms)
         self.records = RecordWriter(self.dir / "decisions.rec", decision_record_dtype(self.n_rois),
                                     self.config.session.flush_interval_s)
         self.frames = 0
@@ -63,9 +65,11 @@ class DecoderProcess(RigProcess):
         return {"n_rois": str(self.n_rois)}
 
     def step(self) -> None:
-        msg = self.fluor.recv(10)
+        msg = self.fluor.recv(0) if self._waiter.wait(self.fluor.socket.poll, 10) else None
         if msg is None:
             self.records.flush_if_due()  # no frames coming: still nothing older than the flush interval in memory
+        else:
+            self._waiter.arrived()
         while msg is not None:
             self._decide(msg)  # type: ignore[arg-type]
             msg = self.fluor.recv(0)

@@ -15,9 +15,10 @@ import zmq
 from reward.calibration import ValveCalibration
 from reward.controller import RewardController
 from reward.link import ValveLink
+from rig.bus import SpinWaiter
 from rig.clock import now_ns
 from rig.process import RigProcess
-from rig.schema import Control, Lick, LinkState, RewardOutcome, RewardRequest
+from rig.schema import Control, Decision, Lick, LinkState, RewardOutcome, RewardRequest
 from rig.store import write_json_atomic
 
 
@@ -34,7 +35,12 @@ class RewardProcess(RigProcess):
         self.link = ValveLink.from_config(cfg, url)
         self.controller = RewardController(cfg, self.calibration, self.link)
         self.controller.start()
-        self.requests = self.subscribe(["decoder"], [RewardRequest.topic])
+        # Decisions only for their timing: a reward request comes just before the decision of its frame,
+        # so the waiter can busy-poll around the expected decision instead of paying the wake-up latency.
+        self.requests = self.subscribe(["decoder"], [RewardRequest.topic, Decision.topic])
+        frame_rate = float(self.spec.extra.get("upstream", {}).get("acquisition", {}).get(
+            "frame_rate_hz", self.config.acquisition.frame_rate_hz))
+        self._waiter = SpinWaiter(1.0 / frame_rate, self.config.rig.spin_wait_ms)
         self._poller = zmq.Poller()
         self._poller.register(self.requests.socket, zmq.POLLIN)
         self._polled_fd: int | None = None
@@ -52,12 +58,14 @@ class RewardProcess(RigProcess):
             if fd is not None and fd >= 0:
                 self._poller.register(fd, zmq.POLLIN)
             self._polled_fd = fd if fd is not None and fd >= 0 else None
-        ready = dict(self._poller.poll(5 if self._polled_fd is not None else 1))
-        msg = self.requests.recv(0) if self.requests.socket in ready or not ready else None
+        self._waiter.wait(self._poller.poll, 5 if self._polled_fd is not None else 1)
+        msg = self.requests.recv(0)
         while msg is not None:
-            assert isinstance(msg, RewardRequest)
-            self.controller.request(msg.request_id, msg.volume_ul, msg.source,
-                                    {"frame": msg.frame, "t_ready": msg.t_ready, "t_requested": msg.t_requested})
+            if isinstance(msg, RewardRequest):
+                self.controller.request(msg.request_id, msg.volume_ul, msg.source,
+                                        {"frame": msg.frame, "t_ready": msg.t_ready, "t_requested": msg.t_requested})
+            else:
+                self._waiter.arrived()
             msg = self.requests.recv(0)
         for event in self.controller.poll(0.0):
             self._publish_event(event)
