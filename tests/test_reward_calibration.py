@@ -16,7 +16,8 @@ from reward.calibration import (
 )
 from reward.config import RewardConfig
 
-SIM_CALIBRATION = Path(__file__).resolve().parents[1] / "hardware_configs" / "calibrations" / "valve_calibration_sim.toml"
+SIM_CALIBRATION = Path(__file__).resolve().parents[1] / "hardware_configs" / "calibrations" \
+    / "valve_calibration_sim.toml"
 
 
 def points(intercept: float = 3.0, slope: float = 6.0, noise: tuple[float, ...] = (0, 0, 0, 0)) -> list:
