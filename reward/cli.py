@@ -13,12 +13,9 @@ import contextlib
 import datetime as dt
 import sys
 import threading
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
-
-import msgspec
 
 from reward.calibration import CalibrationError, CalibrationPoint, ValveCalibration, calibration_path, fit
 from reward.config import RewardConfig
@@ -33,22 +30,15 @@ class ValveToolError(RuntimeError):
 
 
 def load_reward_config(path: str | Path) -> tuple[RewardConfig, Path]:
-    """The [reward] table of a rig config file, and the folder relative paths are resolved against.
+    """The [reward] section of a rig config (the whole file is validated, as ``rig run`` would), and the
+    folder relative paths are resolved against."""
+    from rig.config import ConfigError, load_config  # noqa: PLC0415 - pulls in every package's config
 
-    Stand-in until ``rig.config.load_config(path).reward`` exists: swap the body for that call.
-    """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ValveToolError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValveToolError(f"config file {path} is not valid TOML: {exc}") from exc
-    try:
-        return msgspec.convert(data.get("reward", {}), RewardConfig), path.resolve().parent
-    except msgspec.ValidationError as exc:
-        raise ValveToolError(f"{path}: [reward]: {exc}") from exc
+        return load_config(path).reward, path.resolve().parent
+    except ConfigError as exc:
+        raise ValveToolError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- reaching the board

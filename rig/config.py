@@ -30,9 +30,9 @@ class ConfigError(ValueError):
         self.key = key
         self.problem = problem
         self.value = value
-        where = f"{file}: " + (f"[{key}]" if key else "(top level)")
+        where = f"{file}: [{key}]: " if key else f"{file}: "
         got = f" (got {value!r})" if has_value else ""
-        super().__init__(f"{where}: {problem}{got}")
+        super().__init__(f"{where}{problem}{got}")
 
 
 PRIORITIES = ("normal", "high")

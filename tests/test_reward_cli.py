@@ -132,4 +132,4 @@ def test_bad_config_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert run(["valve", "pulse", str(config)], monkeypatch) == 1
     assert "min_interval_s" in capsys.readouterr().err
     assert run(["valve", "pulse", str(tmp_path / "missing.toml")], monkeypatch) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert "missing.toml: cannot read the file" in capsys.readouterr().err
