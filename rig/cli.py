@@ -59,9 +59,35 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    problems = missing_files(cfg, Path(args.config).resolve().parent)
+    for problem in problems:
+        print(f"{args.config}: {problem}", file=sys.stderr)
+    if problems:
+        return 1
     print(f"{args.config}: OK (rig {cfg.rig.name!r}, source {cfg.acquisition.source!r}, "
           f"reward port {cfg.reward.port!r})")
     return 0
+
+
+def missing_files(cfg, config_dir: Path) -> list[str]:  # noqa: ANN001 - RigConfig, imported lazily
+    """Files the config names that a session would need and that are not there (checked before a session)."""
+    problems = []
+    acq = cfg.acquisition
+    if acq.rois.suite2p_dir and not Path(acq.rois.suite2p_dir).exists():
+        problems.append(f"[acquisition.rois.suite2p_dir]: {acq.rois.suite2p_dir} does not exist")
+    if acq.source == "replay" and not Path(acq.replay.path).exists():
+        problems.append(f"[acquisition.replay.path]: {acq.replay.path or '(empty)'} does not exist")
+    if acq.registration.ref_path and not Path(acq.registration.ref_path).exists():
+        problems.append(f"[acquisition.registration.ref_path]: {acq.registration.ref_path} does not exist")
+    if cfg.reward.calibration_file:
+        cal = Path(cfg.reward.calibration_file)
+        cal = cal if cal.is_absolute() else config_dir / cal
+        if not cal.exists():
+            problems.append(f"[reward.calibration_file]: {cal} does not exist (run: rig valve calibrate CONFIG)")
+    elif cfg.reward.port != "emulator":
+        problems.append("[reward.calibration_file]: not set; a live session does not start without a valve "
+                        "calibration (run: rig valve calibrate CONFIG)")
+    return problems
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check", help="validate a rig config and say what is wrong",
-                           description="Load and validate a rig TOML; errors name the file, key, value and fix.")
+                           description="Load and validate a rig TOML (errors name the file, key, value and what "
+                                       "is expected), then check that the files it names exist.")
     check.add_argument("config")
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for rig run")
     check.set_defaults(func=_cmd_check)

@@ -379,6 +379,8 @@ class Supervisor:
         elif isinstance(msg, RigWarning):
             self._warnings.append({"process": msg.process, "code": msg.code, "message": msg.message})
             del self._warnings[:-50]
+            if msg.code == "source_ended" and not self._stop_reason:
+                self._request_stop("the frame source ended (end of the replayed movie)")
         elif isinstance(msg, TrialEvent):
             self._counts["trials"] = msg.trials
             self._counts["hits"] = msg.hits

@@ -145,3 +145,30 @@ def test_ctrl_c_ends_the_session_cleanly_with_data_saved(tmp_path):
     assert summary["frames"] == len(read_records(session / "decoder" / "decisions.rec")) > 60
     exits = {e["process"]: e["exitcode"] for e in read_events(session / "supervisor.events.jsonl", {"exited"})}
     assert exits == {"valve_emulator": 0, "reward": 0, "acquisition": 0, "decoder": 0}
+
+
+def test_a_replay_session_ends_when_the_movie_does(tmp_path):
+    movie = tmp_path / "movie"
+    export = subprocess.run(
+        [sys.executable, "-m", "rig.cli", "sim", "--export", str(movie), "--frames", "240", "--no-progress",
+         "--set", "acquisition.sim.height_px=96", "--set", "acquisition.sim.width_px=96",
+         "--set", "acquisition.sim.n_cells=20"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert export.returncode == 0, export.stderr[-2000:]
+    cmd = [sys.executable, "-m", "rig.cli", "run", str(REPO / "hardware_configs" / "replay.toml"), "--headless",
+           "--duration", "120", "--sessions-dir", str(tmp_path / "sessions"),
+           "--set", f'acquisition.replay.path="{(movie / "movie.tif").as_posix()}"',
+           "--set", f'acquisition.rois.suite2p_dir="{(movie / "suite2p" / "plane0").as_posix()}"',
+           "--set", "acquisition.replay.speed=fast", "--set", "task.baseline_s=4", "--set", "task.trial_s=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and "frame source ended" in summary["stop_reason"]
+    assert summary["frames"] == summary["frames_acquired"] == 240
+
+
+def test_rig_check_names_missing_files(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rig.cli", "check", str(REPO / "hardware_configs" / "replay.toml"),
+                           "--set", 'acquisition.replay.path="/nonexistent/movie.tif"'],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "[acquisition.replay.path]: /nonexistent/movie.tif does not exist" in proc.stderr
