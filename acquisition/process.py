@@ -22,7 +22,7 @@ from acquisition.sources.base import EndOfStream, FrameSource
 from rig.clock import now_ns
 from rig.process import RigProcess
 from rig.schema import AcqStatus, Decision, FluorFrame, Preview, RewardOutcome
-from rig.store import RecordWriter
+from rig.store import RecordWriter, write_all
 
 PREVIEW_INTERVAL_NS = 250_000_000  # 4 Hz is plenty for the eye
 STATUS_INTERVAL_NS = 1_000_000_000
@@ -150,7 +150,7 @@ class AcquisitionProcess(RigProcess):
                 self._open_movie(frame.data)
             # movie frame i is always frames.rec row i: a wrong-size frame (flagged) is kept as zeros
             data = frame.data if frame.data.shape == self._movie_shape else self._movie_blank
-            os.write(self._movie_fd, np.ascontiguousarray(data, dtype=self._movie_dtype).data)
+            write_all(self._movie_fd, np.ascontiguousarray(data, dtype=self._movie_dtype).data)
         self.frames += 1
         if not self._t_first:
             self._t_first = t_sent

@@ -18,7 +18,7 @@ from rig.bus import SpinWaiter
 from rig.clock import now_ns
 from rig.process import RigProcess
 from rig.schema import CalibrationResult, Control, Decision, FluorFrame, RewardRequest, TrialEvent
-from rig.store import RecordWriter, write_json_atomic
+from rig.store import RecordWriter, json_default, write_json_atomic
 
 
 def decision_record_dtype(n_rois: int) -> np.dtype:
@@ -49,7 +49,9 @@ class DecoderProcess(RigProcess):
         if "n_rois" not in acq:
             raise RuntimeError("the acquisition process did not report its ROI count (n_rois) when ready")
         self.n_rois = int(acq["n_rois"])
-        self.frame_rate_hz = float(acq.get("frame_rate_hz", self.config.acquisition.frame_rate_hz))
+        if "frame_rate_hz" not in acq:
+            raise RuntimeError("the acquisition process did not report its frame rate when ready")
+        self.frame_rate_hz = float(acq["frame_rate_hz"])
         self.engine = DecoderEngine(self.config.decoder, self.config.task, self.n_rois, self.frame_rate_hz)
         self.fluor = self.subscribe(["acquisition"], [FluorFrame.topic])
         self._waiter = SpinWaiter(1.0 / self.frame_rate_hz, self.config.rig.spin_wait_ms)
@@ -192,11 +194,6 @@ class DecoderProcess(RigProcess):
 
 
 def _jsonable(detail: dict) -> dict:
-    out = {}
-    for key, value in detail.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        elif isinstance(value, np.ndarray):
-            value = value.tolist()
-        out[key] = value
-    return out
+    """numpy values in an event's detail as plain Python (the bus codec takes only those)."""
+    return {key: json_default(value) if isinstance(value, np.generic | np.ndarray) else value
+            for key, value in detail.items()}

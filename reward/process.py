@@ -38,9 +38,12 @@ class RewardProcess(RigProcess):
         # Decisions only for their timing: a reward request comes just before the decision of its frame,
         # so the waiter can busy-poll around the expected decision instead of paying the wake-up latency.
         self.requests = self.subscribe(["decoder"], [RewardRequest.topic, Decision.topic])
-        frame_rate = float(self.spec.extra.get("upstream", {}).get("acquisition", {}).get(
-            "frame_rate_hz", self.config.acquisition.frame_rate_hz))
-        self._waiter = SpinWaiter(1.0 / frame_rate, self.config.rig.spin_wait_ms)
+        acq = self.spec.extra.get("upstream", {}).get("acquisition", {})
+        if "frame_rate_hz" not in acq:
+            raise RuntimeError("the acquisition process did not report its frame rate when ready")
+        self._waiter = SpinWaiter(1.0 / float(acq["frame_rate_hz"]), self.config.rig.spin_wait_ms)
+        self._lost_reported = 0
+        self._bad_reported = 0
         self._poller = zmq.Poller()
         self._poller.register(self.requests.socket, zmq.POLLIN)
         self._polled_fd: int | None = None
@@ -67,8 +70,22 @@ class RewardProcess(RigProcess):
             else:
                 self._waiter.arrived()
             msg = self.requests.recv(0)
+        self._report_bus_trouble()
         for event in self.controller.poll(0.0):
             self._publish_event(event)
+
+    def _report_bus_trouble(self) -> None:
+        """Reward requests lost or garbled on the bus are reported, never silent (the decoder made them)."""
+        lost = self.requests.gaps.gaps
+        if lost > self._lost_reported:
+            self.warn("reward_requests_lost", f"{lost - self._lost_reported} message(s) from the decoder lost on "
+                      "the bus (sequence gap): a reward request may be among them")
+            self._lost_reported = lost
+        bad = self.requests.bad_messages
+        if bad > self._bad_reported:
+            self.warn("bad_bus_message", f"{bad - self._bad_reported} undecodable message(s) from the decoder: "
+                      f"{self.requests.last_error}")
+            self._bad_reported = bad
 
     def _publish_event(self, event) -> None:  # noqa: ANN001 - controller event union
         kind = event.kind
@@ -78,24 +95,23 @@ class RewardProcess(RigProcess):
             else:
                 self.failed += 1
             meta = event.meta
-            self.events.write("reward_outcome", request_id=event.request_id, status=event.status, reason=event.reason,
-                              volume_ul=event.volume_ul, open_ms=event.open_ms, source=event.source,
-                              frame=meta.get("frame", -1), t_ready=meta.get("t_ready", 0),
-                              t_requested=meta.get("t_requested", 0), t_written=event.t_written, t_ack=event.t_ack,
-                              t_done=event.t_done, board_us_ack=event.board_us_ack, board_us_done=event.board_us_done)
-            self.publish(RewardOutcome(
-                request_id=event.request_id, status=event.status, reason=event.reason, volume_ul=event.volume_ul,
-                open_ms=event.open_ms, source=event.source, frame=meta.get("frame", -1),
-                t_ready=meta.get("t_ready", 0), t_requested=meta.get("t_requested", 0), t_written=event.t_written,
-                t_ack=event.t_ack, t_done=event.t_done, board_us_ack=event.board_us_ack,
-                board_us_done=event.board_us_done,
-            ))
+            fields = {
+                "request_id": event.request_id, "status": event.status, "reason": event.reason,
+                "volume_ul": event.volume_ul, "open_ms": event.open_ms, "source": event.source,
+                "frame": meta.get("frame", -1), "t_ready": meta.get("t_ready", 0),
+                "t_requested": meta.get("t_requested", 0), "t_written": event.t_written, "t_ack": event.t_ack,
+                "t_done": event.t_done, "board_us_ack": event.board_us_ack, "board_us_done": event.board_us_done,
+            }
+            self.events.write("reward_outcome", **fields)
+            self.publish(RewardOutcome(**fields))
             if event.status != "delivered":
                 self.warn("reward_" + event.status, f"reward {event.request_id} {event.status}: {event.reason}")
         elif kind == "lick":
-            t_ns = event.t_ns or event.t_received  # board time on the host clock, once synchronised
-            self.events.write("lick", onset=event.onset, board_us=event.board_us, t_ns=t_ns)
-            self.publish(Lick(onset=event.onset, board_us=event.board_us, t_ns=t_ns))
+            # t_board_ns: the board's time on the host clock (0 until synchronised); t_received: host read time
+            self.events.write("lick", onset=event.onset, board_us=event.board_us, t_board_ns=event.t_ns,
+                              t_received=event.t_received)
+            self.publish(Lick(onset=event.onset, board_us=event.board_us, t_ns=event.t_ns,
+                              t_received=event.t_received))
         elif kind == "notice":
             self.warn(event.code, event.message)
         elif kind == "link":
@@ -108,14 +124,18 @@ class RewardProcess(RigProcess):
         if msg.command == "test_pulse":
             self.controller.test_pulse(request_id=f"test-{msg.seq}")
         elif msg.command == "close_valve":
-            self.controller.close_valve()
+            sent = self.controller.close_valve()
+            if not sent:
+                self.warn("close_not_sent", "CLOSE could not be sent (serial link down): the board's watchdog "
+                          f"closes the valve within {self.config.reward.watchdog_ms} ms")
 
     def on_safe_state(self, reason: str) -> None:
         self.controller.enter_safe_state(reason)
         self.warn("safe_state", f"rewards refused, valve closed: {reason}")
 
     def heartbeat_stats(self) -> dict[str, float]:
-        return {"delivered": float(self.delivered), "failed": float(self.failed)}
+        return {"delivered": float(self.delivered), "failed": float(self.failed),
+                "requests_lost": float(self.requests.gaps.gaps), "bad_messages": float(self.requests.bad_messages)}
 
     def on_stop(self) -> None:
         controller = getattr(self, "controller", None)

@@ -7,6 +7,7 @@ that restarted or a lost message never wedges the caller.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import zmq
@@ -31,7 +32,11 @@ class CommandClient:
         return sock
 
     def request(self, command: str, issued_by: str = "console", **args: Any) -> dict[str, Any]:
-        body = json.dumps({"command": command, "args": args, "issued_by": issued_by}).encode()
+        # One id for every retry of this request: the supervisor answers a repeat from its cache instead
+        # of relaying the command again (a lost reply must never mean two manual rewards).
+        request_id = uuid.uuid4().hex
+        body = json.dumps({"command": command, "args": args, "issued_by": issued_by,
+                           "request_id": request_id}).encode()
         for _attempt in range(self.retries):
             if self._sock is None:
                 self._sock = self._connect()

@@ -49,10 +49,11 @@ class ProcessSpec:
     target: str  # "package.module:ClassName"
     config: dict[str, Any]  # the raw TOML document (re-validated in the child)
     config_file: str
-    endpoints: dict[str, str]  # process name -> its PUB endpoint; "supervisor" and "command" too
+    endpoints: dict[str, str]  # process name -> its PUB endpoint to connect to; "supervisor" and "command" too
     session_dir: str
     extra: dict[str, Any] = field(default_factory=dict)
     watch_parent: bool = True
+    bind_host: str = "127.0.0.1"  # the interface this process binds its PUB on (bus.host)
 
 
 class RigProcess:
@@ -70,7 +71,7 @@ class RigProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(self.dir / "events.jsonl")
         self.ctx = zmq.Context()
-        self.pub = Publisher(self.ctx, spec.endpoints[self.name], sender=self.name)
+        self.pub = Publisher(self.ctx, bind_endpoint(spec.endpoints[self.name], spec.bind_host), sender=self.name)
         self._control = Subscriber(self.ctx, [spec.endpoints["supervisor"]], [Control.topic])
         self.state = "configuring"
         self._stop_reason = ""
@@ -159,7 +160,9 @@ class RigProcess:
         while msg is not None:
             assert isinstance(msg, Control)
             cmd = msg.command
-            if cmd == "start":
+            if msg.target and msg.target != self.name:
+                pass  # addressed to another process
+            elif cmd == "start":
                 self._started = True
             elif cmd in ("stop", "shutdown"):
                 self.request_stop(f"{cmd} from {msg.issued_by}")
@@ -169,6 +172,9 @@ class RigProcess:
             elif self.state == "running":
                 self.events.write("control", command=cmd, args=msg.args, issued_by=msg.issued_by)
                 self.on_control(msg)
+            else:
+                self.events.write("control_ignored", command=cmd, state=self.state, issued_by=msg.issued_by)
+                self.warn("control_ignored", f"{cmd} from {msg.issued_by} ignored: {self.name} is {self.state}")
             msg = self._control.recv(0)
 
     def run(self) -> int:
@@ -269,6 +275,16 @@ class RigProcess:
         self.pub.close()
         self.events.close()
         self.ctx.term()
+
+
+def bind_endpoint(connect_endpoint: str, bind_host: str) -> str:
+    """``tcp://127.0.0.1:5601`` + bind host ``0.0.0.0`` -> ``tcp://0.0.0.0:5601``.
+
+    Processes bind on ``bus.host`` (``0.0.0.0`` lets a console on another PC attach) but connect to each
+    other through loopback: Windows refuses connections to 0.0.0.0.
+    """
+    port = connect_endpoint.rsplit(":", 1)[1]
+    return f"tcp://{bind_host}:{port}"
 
 
 def _encode_info(info: dict[str, str]) -> str:

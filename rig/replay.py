@@ -36,7 +36,7 @@ import rig
 from decoder.process import trial_event_record
 from rig.config import RigConfig
 from rig.session_data import SessionData, SessionError
-from rig.store import EventLog, RecordWriter, write_json_atomic
+from rig.store import EventLog, RecordWriter, json_default, write_json_atomic
 
 #: Decision-record fields that are measurements of the live run, not decisions.
 STAMP_FIELDS = ("t_ready", "t_registered", "t_extracted", "t_received", "t_decided")
@@ -546,19 +546,9 @@ def _convert(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def _normalise(obj: Any) -> Any:
     """The value as it reads back from a JSON log (numpy scalars become Python numbers, tuples lists)."""
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 def _plain(value: Any) -> Any:

@@ -90,6 +90,7 @@ class Control(Message, tag="control", kw_only=True):
     command: str
     args: dict[str, Any] = {}
     issued_by: str = "supervisor"
+    target: str = ""  # one process's name, or "" for every process
     t_ns: int = 0
 
 
@@ -226,10 +227,14 @@ class RewardOutcome(Message, tag="rwdout", kw_only=True):
 
 
 class Lick(Message, tag="lick", kw_only=True):
+    """A lick onset/offset. ``t_ns`` is the board time mapped to the host clock (0 until the clocks are
+    synchronised); ``t_received`` is when the host read the line."""
+
     topic: ClassVar[bytes] = b"rwd.lick"
     onset: bool
     board_us: int
     t_ns: int = 0
+    t_received: int = 0
 
 
 class LinkState(Message, tag="link", kw_only=True):

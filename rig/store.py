@@ -24,6 +24,14 @@ import numpy as np
 from rig.clock import now_ns
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until every byte is written (a write may be partial, e.g. on a full pipe or disk)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 class RecordWriter:
     """Append rows of ``dtype`` to ``path``; call :meth:`next_row`, fill it, then :meth:`commit`."""
 
@@ -65,11 +73,7 @@ class RecordWriter:
 
     def flush(self) -> None:
         if self._n:
-            nbytes = self._n * self.dtype.itemsize
-            view = self._bytes[:nbytes]
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            write_all(self._fd, self._bytes[: self._n * self.dtype.itemsize])
             self.rows_written += self._n
             self._n = 0
         self._last_flush = now_ns()
@@ -107,8 +111,8 @@ class EventLog:
 
     def write(self, kind: str, **fields: Any) -> None:
         record = {"kind": kind, "t_ns": fields.pop("t_ns", None) or now_ns(), **fields}
-        line = json.dumps(record, default=_json_default, separators=(",", ":")) + "\n"
-        os.write(self._fd, line.encode("utf-8"))
+        line = json.dumps(record, default=json_default, separators=(",", ":")) + "\n"
+        write_all(self._fd, line.encode("utf-8"))
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -116,7 +120,8 @@ class EventLog:
             self._fd = -1
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -151,5 +156,5 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write a small JSON document so readers see the old or the new file, never half of one."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default), encoding="utf-8")
+    tmp.write_text(json.dumps(data, indent=2, default=json_default), encoding="utf-8")
     os.replace(tmp, path)

@@ -13,6 +13,9 @@ import numpy as np
 
 from rig.store import read_events, read_records
 
+#: Requests that are rewards for the mouse (test pulses, calibration and flushes are not counted as rewards).
+REWARD_SOURCES = ("decoder", "manual")
+
 
 def percentiles_ms(values_ns: np.ndarray) -> dict[str, float | None]:
     if values_ns.size == 0:
@@ -32,13 +35,13 @@ def summarize_session(session_dir: str | Path) -> dict[str, Any]:
     acq = read_records(acq_path) if acq_path.exists() else None
 
     acq_final = read_events(session_dir / "acquisition" / "events.jsonl", {"final_stats"})
-    source_dropped = int(acq_final[-1].get("frames_dropped", 0)) if acq_final else 0
     bad_frames = int(acq_final[-1].get("bad_frames", 0)) if acq_final else 0
     n_acq = 0 if acq is None else len(acq)
     n_dec = 0 if decisions is None else len(decisions)
+    source_dropped = 0
     if acq_final:
         source_dropped = int(acq_final[-1].get("frames_dropped", 0))
-    elif acq is not None and n_acq:
+    elif acq is not None and n_acq:  # crashed before final_stats: count the holes in the frame numbers
         source_dropped = int(acq["frame"][-1] - acq["frame"][0] + 1 - n_acq)
     summary["frames"] = n_dec
     summary["frames_acquired"] = n_acq
@@ -50,10 +53,13 @@ def summarize_session(session_dir: str | Path) -> dict[str, Any]:
     summary["hits"] = sum(1 for e in trial_events if e.get("event") == "hit")
     summary["misses"] = sum(1 for e in trial_events if e.get("event") == "miss")
 
-    outcomes = read_events(session_dir / "reward" / "events.jsonl", {"reward_outcome"})
+    all_outcomes = read_events(session_dir / "reward" / "events.jsonl", {"reward_outcome"})
+    outcomes = [o for o in all_outcomes if o.get("source") in REWARD_SOURCES]
     delivered = [o for o in outcomes if o.get("status") == "delivered"]
     summary["rewards_delivered"] = len(delivered)
-    summary["rewards_failed"] = len(outcomes) - len(delivered)
+    summary["rewards_failed"] = len(outcomes) - len(delivered)  # failed or refused: never silent
+    summary["rewards_refused"] = sum(1 for o in outcomes if o.get("status") == "refused")
+    summary["other_pulses"] = len(all_outcomes) - len(outcomes)  # test pulses, calibration, flush
     summary["volume_ul"] = round(sum(float(o.get("volume_ul", 0.0)) for o in delivered), 3)
 
     if decisions is not None and n_dec:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +34,7 @@ import rig
 from rig.bus import Publisher, Subscriber, free_tcp_port
 from rig.clock import now_ns
 from rig.config import RigConfig, config_from_dict, load_config_dict
-from rig.process import ProcessSpec, decode_info, process_main
+from rig.process import ProcessSpec, bind_endpoint, decode_info, process_main
 from rig.schema import (
     AcqStatus,
     CalibrationResult,
@@ -47,6 +48,7 @@ from rig.schema import (
     TrialEvent,
 )
 from rig.store import EventLog, read_events, write_json_atomic
+from rig.summary import REWARD_SOURCES
 
 #: Operator commands the command socket accepts and relays to the processes.
 OPERATOR_COMMANDS = {
@@ -57,6 +59,26 @@ OPERATOR_COMMANDS = {
 
 class SessionFailed(RuntimeError):
     pass
+
+
+def _check_args(command: str, args: Any) -> str:
+    """Why an operator command's arguments are unusable, or "" (checked before anything is relayed)."""
+    if not isinstance(args, dict):
+        return "args must be an object"
+    if command == "set_ensembles":
+        for key in ("up", "down"):
+            value = args.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(i, int) and i >= 0 for i in value):
+                return f"{key} must be a list of ROI indices (integers >= 0)"
+    if command in ("manual_reward",) and "volume_ul" in args:
+        volume = args["volume_ul"]
+        if not isinstance(volume, int | float) or not 0 < volume <= 100:
+            return "volume_ul must be a number of microlitres in (0, 100]"
+    if command == "calibrate" and "target_hit_rate" in args:
+        rate = args["target_hit_rate"]
+        if not isinstance(rate, int | float) or not 0 < rate < 1:
+            return "target_hit_rate must be a number between 0 and 1"
+    return ""
 
 
 @dataclass
@@ -131,7 +153,8 @@ class Supervisor:
         self.children = self._plan_children()
         self.endpoints = self._allocate_endpoints()
         self.ctx = zmq.Context()
-        self.pub = Publisher(self.ctx, self.endpoints["supervisor"], sender="supervisor")
+        self.pub = Publisher(self.ctx, bind_endpoint(self.endpoints["supervisor"], self.cfg.bus.host),
+                             sender="supervisor")
         self.sub = Subscriber(
             self.ctx,
             [self.endpoints[c.name] for c in self.children],
@@ -141,7 +164,7 @@ class Supervisor:
         self.command = self.ctx.socket(zmq.ROUTER)
         self.command.setsockopt(zmq.LINGER, 0)
         try:
-            self.command.bind(self.endpoints["command"])
+            self.command.bind(bind_endpoint(self.endpoints["command"], self.cfg.bus.host))
         except zmq.ZMQError as exc:
             self.command.close(linger=0)
             raise SessionFailed(f"cannot bind the command socket at {self.endpoints['command']}: {exc}") from exc
@@ -150,6 +173,7 @@ class Supervisor:
         self._counts = {"trials": 0, "hits": 0, "rewards_delivered": 0, "rewards_failed": 0}
         self._calibration: dict[str, Any] | None = None
         self._ensembles = {"up": list(self.cfg.decoder.up), "down": list(self.cfg.decoder.down)}
+        self._replies: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._warnings: list[dict[str, Any]] = []
         self._metadata: dict[str, Any] = {
             "mouse_id": self.cfg.session.mouse_id,
@@ -159,6 +183,7 @@ class Supervisor:
         self._mode = "starting"
         self._next_hb = 0
         self._started = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        self._git = git_hash()  # once: session.json is rewritten while the loop runs
         # Anchor between the bus clock (now_ns) and wall-clock time, for exports that need absolute times.
         self._clock_anchor = {"t_ns": now_ns(), "unix_ns": time.time_ns()}
 
@@ -168,8 +193,8 @@ class Supervisor:
         if self.cfg.reward.port == "emulator":
             children.append(Child("valve_emulator", "reward.process:EmulatorProcess"))
         children += [
-            Child("reward", "reward.process:RewardProcess"),
             Child("acquisition", "acquisition.process:AcquisitionProcess"),
+            Child("reward", "reward.process:RewardProcess"),
             Child("decoder", "decoder.process:DecoderProcess"),
         ]
         if not self.headless and self.cfg.gui.enabled:
@@ -179,7 +204,10 @@ class Supervisor:
         return children
 
     def _allocate_endpoints(self) -> dict[str, str]:
+        """Endpoints to *connect* to (a wildcard bind host is reached through loopback)."""
         host = self.cfg.bus.host
+        if host in ("0.0.0.0", "*"):
+            host = "127.0.0.1"
         names = ["supervisor", "command"] + [c.name for c in self.children]
         if "gui" not in names:
             names.append("gui")  # a console attached later publishes here
@@ -204,6 +232,7 @@ class Supervisor:
             self._wait_all_state("running", self.cfg.bus.ready_timeout_s, resend=Control(command="start"))
             self._mode = "running"
             self.events.write("session_start")
+            self._write_session_json(status="running")
             if self.headless:
                 self._send(Control(command="start_baseline", issued_by="supervisor"))
             self._monitor(started_ns)
@@ -247,6 +276,7 @@ class Supervisor:
             spec = ProcessSpec(
                 name=child.name, target=child.target, config=self.config_doc, config_file=self.config_path,
                 endpoints=self.endpoints, session_dir=str(self.session_dir), extra=extra,
+                bind_host=self.cfg.bus.host,
             )
             child.proc = mp.Process(target=process_main, args=(spec,), name=f"rig-{child.name}", daemon=False)
             child.proc.start()
@@ -390,7 +420,7 @@ class Supervisor:
                 self._ensembles = {"up": list(msg.detail.get("up", [])), "down": list(msg.detail.get("down", []))}
         elif isinstance(msg, CalibrationResult):
             self._calibration = msgspec.to_builtins(msg)
-        elif isinstance(msg, RewardOutcome):
+        elif isinstance(msg, RewardOutcome) and msg.source in REWARD_SOURCES:
             key = "rewards_delivered" if msg.status == "delivered" else "rewards_failed"
             self._counts[key] += 1
 
@@ -407,8 +437,16 @@ class Supervisor:
             identity, body = frames[0], frames[-1]
             try:
                 request = json.loads(body)
-                reply = self._handle_request(request)
-            except (ValueError, TypeError, KeyError) as exc:
+                request_id = str(request.get("request_id", ""))
+                if request_id and request_id in self._replies:
+                    reply = self._replies[request_id]  # a client's retry: answer again, do not act twice
+                else:
+                    reply = self._handle_request(request)
+                    if request_id:
+                        self._replies[request_id] = reply
+                        while len(self._replies) > 500:
+                            self._replies.popitem(last=False)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
             self.command.send_multipart([identity, b"", json.dumps(reply).encode()])
 
@@ -425,6 +463,9 @@ class Supervisor:
             return {"ok": True}
         if command not in OPERATOR_COMMANDS:
             return {"ok": False, "error": f"unknown command {command!r}"}
+        problem = _check_args(command, args)
+        if problem:
+            return {"ok": False, "error": f"{command}: {problem}"}
         if command == "set_metadata":
             self._metadata.update({k: str(v) for k, v in args.items()})
             self._write_session_json(status="running")
@@ -450,13 +491,14 @@ class Supervisor:
     # ------------------------------------------------------------------ shutdown
     def _stop_children(self) -> None:
         self._mode = "stopping"
-        stop = Control(command="stop", issued_by="supervisor")
-        # Acquisition first so the decoder sees the last frame, reward last so pending rewards finish.
+        # One at a time: acquisition first so the decoder sees the last frame, then the decoder, the
+        # reward process once no request can come any more (it finishes pending ones), the emulator last.
         order = ["gui", "acquisition", "decoder", "reward", "valve_emulator"]
         for name in order:
             child = self._child(name)
             if child is None or child.proc is None or child.proc.pid is None:
                 continue  # never started (an earlier process failed first)
+            stop = Control(command="stop", issued_by="supervisor", target=name)
             self._send(stop)
             deadline = time.monotonic() + self.cfg.bus.stop_timeout_s
             next_resend = time.monotonic() + 0.3
@@ -487,7 +529,7 @@ class Supervisor:
         write_json_atomic(self.session_dir / "session.json", {
             "format": "bci-rig session v1",
             "status": status,
-            "software": {"name": "bci-rig", "version": rig.__version__, "git": git_hash(),
+            "software": {"name": "bci-rig", "version": rig.__version__, "git": self._git,
                          "python": platform.python_version(), "platform": platform.platform()},
             "rig": self.cfg.rig.name,
             "config_file": self.config_path,

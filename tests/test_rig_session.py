@@ -24,7 +24,7 @@ SMALL = [
     "acquisition.sim.height_px=128", "acquisition.sim.width_px=128", "acquisition.sim.n_cells=40",
     "acquisition.registration.reference_frames=30",
     "task.baseline_s=8", "task.trial_s=1.5", "task.iti_s=0.3", "task.hold_s=0.2", "task.timeout_s=0.2",
-    "reward.min_interval_s=0.3", "session.save_frames=true",
+    "reward.min_interval_s=0.3", "session.save_frames=true", "decoder.calibration.target_hit_rate=0.5",
 ]
 
 
@@ -64,9 +64,9 @@ def test_headless_sim_session_closes_the_loop(tmp_path):
     assert summary["trials"] >= 2, summary
     assert summary["rewards_delivered"] + summary["rewards_failed"] == len(
         read_events(session / "decoder" / "events.jsonl", {"reward_request"}))
-    if summary["hits"]:
-        assert summary["rewards_delivered"] >= 1
-        assert summary["reward_latency_ms"]["p50"] > 0
+    assert summary["hits"] >= 1, summary  # calibrated to 50 % chance: some of the trials are hits
+    assert summary["rewards_delivered"] >= 1
+    assert summary["reward_latency_ms"]["p50"] > 0
     for stat in ("p50", "p99", "max"):
         assert summary["latency_ms"][stat] > 0
     # the session folder holds what every process owns
@@ -115,6 +115,11 @@ def test_kill_9_of_any_process_keeps_the_data_and_makes_the_rig_safe(tmp_path, v
         # the reward process was told to go safe (valve closed, rewards refused) before the stop
         safe = read_events(session / "reward" / "events.jsonl", {"safe_state"})
         assert safe and f"{victim} failed" in safe[0]["reason"]
+    # whoever died, the (emulated) board never stays open: every open in its log is followed by a close
+    valve = [json.loads(line) for line in (session / "valve_emulator" / "valve.jsonl").read_text().splitlines()]
+    opens = sum(1 for e in valve if e["kind"] == "open")
+    closes = sum(1 for e in valve if e["kind"] == "close")
+    assert opens == closes, valve[-4:]
     # nothing written before the kill is lost or corrupted, and the session opens and reads
     assert len(read_records(session / "decoder" / "decisions.rec")) >= rows_before
     data = load_session(session)
