@@ -12,7 +12,9 @@ Guarantees:
   sequence number twice, so retries cannot double-deliver;
 * one pulse at a time; minimum interval between rewards; per-session volume cap; bounded open time;
 * on link loss the pending pulse is failed at once, never retried on the new link;
-* after :meth:`enter_safe_state` the valve is closed and every later request is refused.
+* after :meth:`enter_safe_state` the valve is closed and every later request is refused;
+* CLOSE (operator or safe state) abandons a pulse the board has not acknowledged, so no retry can
+  open the valve after it.
 """
 
 from __future__ import annotations
@@ -256,18 +258,27 @@ class RewardController:
         ms = self.cfg.test_pulse_ms if open_ms is None else open_ms
         self.pulse(request_id or f"test-{self._clock()}", ms, SOURCE_TEST)
 
-    def close_valve(self) -> bool:
-        """Send CLOSE now. Returns False if the link is down (the board's watchdog closes it anyway)."""
-        try:
-            self.link.send(p.encode_close(self.link.next_seq()))
-        except LinkDown:
-            return False
-        return True
+    def close_valve(self, reason: str = "valve closed by operator") -> bool:
+        """Send CLOSE now; returns whether it was sent.
 
-    def enter_safe_state(self, reason: str) -> None:
-        """Close the valve and refuse every later request. A running pulse completes as failed."""
+        A pulse the board has not acknowledged yet is abandoned (reported failed at once, never
+        retried): a retry after the CLOSE could otherwise open the valve again. An acknowledged pulse
+        completes from the board's DONE (partial delivery). False means the link is down and nothing
+        was sent (the board's watchdog closes the valve on its own once heartbeats stop).
+        """
+        pending = self._pending
+        if pending is not None and pending.t_ack == 0:
+            self._remember_abandoned(pending)
+            self._finish(FAILED, f"abandoned: {reason} before the board acknowledged the pulse")
+        return self._send_close()
+
+    def enter_safe_state(self, reason: str) -> bool:
+        """Close the valve and refuse every later request; returns whether the CLOSE was sent.
+
+        An unacknowledged pulse is abandoned; an acknowledged one completes as failed (cut short).
+        """
         self._safe_reason = reason or "requested"
-        self.close_valve()
+        return self.close_valve(f"valve closed by safe state ({self._safe_reason})")
 
     # ------------------------------------------------------------ driving
 
@@ -364,7 +375,7 @@ class RewardController:
                     pending, "no completion message from the board; valve closed by command, delivery unknown"
                 )
         elif now >= pending.ack_deadline:
-            if pending.attempts <= self.cfg.retries:
+            if pending.attempts <= self.cfg.retries and not self._safe_reason:
                 self._write_attempt(pending)
             else:
                 self._abandon(
@@ -377,7 +388,19 @@ class RewardController:
         """Give up on a pulse whose fate is unknown: close the valve and remember its seq."""
         self._remember_abandoned(pending)
         self._finish(FAILED, reason)
-        self.close_valve()
+        if not self._send_close():  # no caller sees a return value here: tell the operator
+            self._notice(
+                "close_not_sent",
+                f"could not send CLOSE for abandoned request {pending.request_id!r} (reward board link "
+                f"{self.link.state}); the board's watchdog closes the valve within {self.cfg.watchdog_ms} ms",
+            )
+
+    def _send_close(self) -> bool:
+        try:
+            self.link.send(p.encode_close(self.link.next_seq()))
+        except LinkDown:
+            return False  # the link loss itself is reported as a LinkEvent
+        return True
 
     def _finish(self, status: str, reason: str, *, t_done: int = 0, board_us_done: int = -1, open_us: int = -1) -> None:
         pending = self._pending

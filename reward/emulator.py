@@ -38,9 +38,13 @@ from reward.config import RewardConfig
 
 # ================================================================ the firmware's logic
 
+# Close causes that only appear in the emulator's valve log: the pin dropped without a DONE line.
+CAUSE_RESET = "RESET"
+CAUSE_SHUTDOWN = "SHUTDOWN"
+
 
 class ValveEvent(msgspec.Struct, frozen=True):
-    """One valve transition, in board time. ``cause`` is a DONE cause for closes, "" for opens."""
+    """One valve transition, in board time. ``cause`` is a DONE cause (or RESET/SHUTDOWN) for closes, "" for opens."""
 
     kind: str  # "open" | "close"
     board_us: int
@@ -116,16 +120,25 @@ class FirmwareEmulator:
 
     def boot(self, now_us: int) -> None:
         """Power-on / reset: valve closed, link down, ``BOOT`` line. Pending output is discarded."""
-        active = self._active
-        if self.valve_open and active is not None:  # power cycle: the pin drops, no DONE is sent
-            self.events.append(
-                ValveEvent("close", now_us, active.seq, active.command, active.duration_us,
-                           min(now_us - self._opened_at, p.MAX_U32), "RESET")
-            )
+        self._power_cut(now_us, CAUSE_RESET)  # power cycle: the pin drops, no DONE is sent
         self._out.clear()
         self._reset_state()
         self._now = now_us
         self._emit(p.encode_boot(now_us, p.PROTOCOL_VERSION, self.firmware))
+
+    def power_off(self, now_us: int) -> None:
+        """The board stops (emulator shut down): an open valve drops closed, logged with cause SHUTDOWN."""
+        self._power_cut(now_us, CAUSE_SHUTDOWN)
+
+    def _power_cut(self, now_us: int, cause: str) -> None:
+        active = self._active
+        if self.valve_open and active is not None:
+            self.events.append(
+                ValveEvent("close", now_us, active.seq, active.command, active.duration_us,
+                           min(max(0, now_us - self._opened_at), p.MAX_U32), cause)
+            )
+            self.valve_open = False
+            self._active = None
 
     def set_lick_input(self, active: bool) -> None:
         """Level of the lick sensor pin (already mapped to active/inactive)."""
@@ -404,6 +417,7 @@ class _Faults:
 
     def __init__(self) -> None:
         self.drop: list[tuple[str, str | None, int]] = []  # (message type, ACK command or None, count)
+        self.drop_input: list[tuple[str, int]] = []  # (host command name, count): lost before the board
         self.delay_s = 0.0
         self.delay_lines = 0
         self.garbage: deque[bytes] = deque()
@@ -445,6 +459,8 @@ class EmulatorServer:
         self._held: deque[tuple[float, bytes]] = deque()  # delayed output: (release perf time, line)
         self._log_path = Path(log_path) if log_path is not None else None
         self._log: IO[str] | None = None
+        self._logged_events = 0
+        self._input_partial = b""  # an unfinished host line, held only while input faults are pending
         self._t0_ns = time.perf_counter_ns()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -499,6 +515,11 @@ class EmulatorServer:
         """Fault: silently drop the next ``count`` lines of type ``message`` (ACK only for ``command``)."""
         with self._lock:
             self._faults.drop.append((message, command, count))
+
+    def drop_next_command(self, command: str, count: int = 1) -> None:
+        """Fault: the next ``count`` host lines of ``command`` (e.g. "OPEN") never reach the firmware."""
+        with self._lock:
+            self._faults.drop_input.append((command, count))
 
     def delay_next(self, lines: int, seconds: float) -> None:
         """Fault: hold the next ``lines`` output lines (and everything behind them) for ``seconds``."""
@@ -561,7 +582,6 @@ class EmulatorServer:
         if self._log_path is not None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self._log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        logged_events = 0
         while not stop_event.is_set() and not self._stop.is_set():
             timeout = self._select_timeout()
             readers: list[object] = [self._wake_r]
@@ -586,13 +606,18 @@ class EmulatorServer:
                 self._apply_faults()
                 self._run_firmware(data)
                 self._route_output()
-                if self._log is not None and len(self.emulator.events) > logged_events:
-                    host_ns = time.perf_counter_ns()
-                    for event in self.emulator.events[logged_events:]:
-                        record = {"host_ns": host_ns, **msgspec.to_builtins(event)}
-                        self._log.write(json.dumps(record) + "\n")
-                    self._log.flush()
-                    logged_events = len(self.emulator.events)
+                self._write_log()
+
+    def _write_log(self) -> None:
+        """Append valve events not yet logged (caller holds the lock)."""
+        if self._log is None or len(self.emulator.events) <= self._logged_events:
+            return
+        host_ns = time.perf_counter_ns()
+        for event in self.emulator.events[self._logged_events:]:
+            record = {"host_ns": host_ns, **msgspec.to_builtins(event)}
+            self._log.write(json.dumps(record) + "\n")
+        self._log.flush()
+        self._logged_events = len(self.emulator.events)
 
     def _select_timeout(self) -> float:
         timeout = 0.05  # bounds how long a stop request waits
@@ -616,11 +641,33 @@ class EmulatorServer:
                 emu.set_lick_input(level)
                 emu.step(max(t_us, emu.now_us))
         opened_before = len(emu.events)
-        emu.step(self.board_us(), data)
+        emu.step(self.board_us(), self._filter_input(data))
         if self.licks is not None:
             for event in emu.events[opened_before:]:
                 if event.kind == "open":
                     self.licks.on_reward(event.board_us)
+
+    def _filter_input(self, data: bytes) -> bytes:
+        """Apply drop_next_command faults: remove whole host lines naming the command."""
+        faults = self._faults
+        if not faults.drop_input and not self._input_partial:
+            return data
+        data = self._input_partial + data
+        *lines, self._input_partial = data.split(b"\n")
+        kept: list[bytes] = []
+        for line in lines:
+            name = line.split(b" ", 1)[0].decode("ascii", "replace")
+            for i, (command, count) in enumerate(faults.drop_input):
+                if command == name:
+                    if count <= 1:
+                        del faults.drop_input[i]
+                    else:
+                        faults.drop_input[i] = (command, count - 1)
+                    self.lines_dropped += 1
+                    break
+            else:
+                kept.append(line + b"\n")
+        return b"".join(kept)
 
     def _apply_faults(self) -> None:
         faults = self._faults
@@ -743,6 +790,7 @@ class EmulatorServer:
         self.connections += 1
         with self._lock:
             self.emulator.reset_input()  # a new host starts at a fresh line
+            self._input_partial = b""
             if self.reset_on_connect:
                 self.emulator.boot(self.board_us())
 
@@ -771,6 +819,7 @@ class EmulatorServer:
         else:
             self._close_pty()
             self._open_pty()
+        self._input_partial = b""
         self.emulator.reset_input()
 
     def close(self) -> None:
@@ -778,6 +827,9 @@ class EmulatorServer:
         if self._closed:
             return
         self._closed = True
+        with self._lock:  # the board powers down: valve.jsonl must not end on an open valve
+            self.emulator.power_off(self.board_us())
+            self._write_log()
         self._drop_client()
         if self._listener is not None:
             self._listener.close()

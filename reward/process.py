@@ -130,8 +130,11 @@ class RewardProcess(RigProcess):
                           f"closes the valve within {self.config.reward.watchdog_ms} ms")
 
     def on_safe_state(self, reason: str) -> None:
-        self.controller.enter_safe_state(reason)
-        self.warn("safe_state", f"rewards refused, valve closed: {reason}")
+        if self.controller.enter_safe_state(reason):
+            self.warn("safe_state", f"rewards refused, valve closed: {reason}")
+        else:
+            self.warn("safe_state", f"rewards refused; CLOSE not sent (board link down), the board's watchdog "
+                      f"closes the valve within {self.config.reward.watchdog_ms} ms: {reason}")
 
     def heartbeat_stats(self) -> dict[str, float]:
         return {"delivered": float(self.delivered), "failed": float(self.failed),

@@ -160,7 +160,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="rig-bench-"))
     overrides = build_overrides(args, workdir)
     sup = Supervisor(args.config, headless=not args.console, duration_s=args.duration,
-                     sessions_root=str(workdir / "sessions"), overrides=overrides, quiet=not args.verbose)
+                     sessions_root=str(workdir / "sessions"), overrides=overrides, quiet=not args.verbose,
+                     auto_start=True)
     sampler = ProcessSampler({os.getpid(): "supervisor"})
     sampler.start()
     watcher_stop = threading.Event()

@@ -137,6 +137,7 @@ class Supervisor:
         extra: dict[str, dict[str, Any]] | None = None,
         overrides: list[str] | None = None,
         quiet: bool = False,
+        auto_start: bool | None = None,
     ) -> None:
         self.config_path = str(config_path)
         self.overrides = list(overrides or [])
@@ -145,6 +146,8 @@ class Supervisor:
         self.config_text = Path(config_path).read_text(encoding="utf-8")
         self.config_doc = msgspec.to_builtins(self.cfg)
         self.headless = headless
+        # Headless, nobody can press "start baseline": the supervisor does (then task.auto_protocol goes on).
+        self.auto_start = headless if auto_start is None else auto_start
         self.duration_s = duration_s
         self.quiet = quiet
         self.session_dir = new_session_dir(self.cfg, sessions_root)
@@ -233,8 +236,8 @@ class Supervisor:
             self._mode = "running"
             self.events.write("session_start")
             self._write_session_json(status="running")
-            if self.headless:
-                self._send(Control(command="start_baseline", issued_by="supervisor"))
+            if self.auto_start:
+                self._send(Control(command="start_baseline", issued_by="supervisor", target="decoder"))
             self._monitor(started_ns)
         except SessionFailed as exc:
             if self._failure is None:

@@ -18,6 +18,7 @@ from reward.config import RewardConfig
 from reward.controller import DELIVERED, FAILED, REFUSED, BoardNotice, LickEvent, RewardController, RewardOutcome
 from reward.emulator import EmulatorServer
 from reward.link import LinkEvent, ProtocolMismatch, ValveLink
+from rig.clock import now_ns
 
 TRANSPORTS = ["pty", "socket"] if os.name == "posix" else ["socket"]
 CAL = ValveCalibration(valve="valve0", date="2025-01-01T00:00:00", intercept_ms=0.0, slope_ms_per_ul=10.0)
@@ -80,6 +81,16 @@ def connected_after(index: int = 0) -> Callable[[list], bool]:
 
 def opens(server: EmulatorServer) -> list:
     return [e for e in server.events() if e.kind == "open"]
+
+
+def board_output_read(server: EmulatorServer, controller: RewardController) -> list:
+    """Barrier: make the board emit a lick edge and pump until the host reads it.
+
+    The board writes its lines in order, so once this lick arrives the host has read everything the
+    board said before it (late DONEs included). Returns the events pumped meanwhile.
+    """
+    server.set_lick(True)
+    return pump(controller, lambda events: any(lick.onset for lick in lick_events(events)))
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -154,8 +165,9 @@ def test_dropped_ack_is_retried_with_the_same_seq_and_delivered_once(board):
     controller.request("r1", 30.0, "decoder")  # 300 ms: the ack timeout (100 ms) fires before the DONE
     [o] = outcomes(pump(controller, outcome_for("r1")))
     assert o.status == DELIVERED and o.attempts == 2
-    assert o.board_us_ack >= 0  # the board's re-ack carries the original time
-    assert [e.seq for e in opens(server)] == [o.seq]
+    [opened] = opens(server)
+    assert opened.seq == o.seq
+    assert o.board_us_ack == opened.board_us  # the board's re-ack carries the original open time
     assert controller.counts["retries"] == 1
 
 
@@ -286,14 +298,15 @@ def test_every_request_ends_in_exactly_one_outcome_under_random_faults(board, se
         seen += outcomes(pump(controller, outcome_for(request_id)))
         if not controller.link.connected:
             pump(controller, lambda _: controller.link.connected)
-    seen += outcomes(controller.poll(0.3))
+    seen += outcomes(pump(controller, lambda _: not server.valve_is_open()))
+    seen += outcomes(board_output_read(server, controller))  # a late duplicate outcome would be read by now
+    assert not controller.busy
     assert sorted(o.request_id for o in seen) == sorted(ids)
     delivered_seqs = [o.seq for o in seen if o.status == DELIVERED]
     open_seqs = [e.seq for e in opens(server)]
     assert len(open_seqs) == len(set(open_seqs))  # no seq ever opened the valve twice
     assert set(delivered_seqs) <= set(open_seqs)
     assert len(open_seqs) <= len(ids)
-    wait_until(lambda: not server.valve_is_open())
 
 
 # ---------------------------------------------------------------- policy
@@ -379,6 +392,59 @@ def test_close_valve_cuts_a_pulse_short(board):
     assert o.status == FAILED and "partial delivery" in o.reason and 0 <= o.open_us < 1_000_000
 
 
+def close_by(controller: RewardController, how: str) -> bool:
+    return controller.close_valve() if how == "close_valve" else controller.enter_safe_state("test: decoder lost")
+
+
+@pytest.mark.parametrize("how", ["close_valve", "enter_safe_state"])
+def test_close_before_the_ack_abandons_the_pulse_and_no_retry_opens_the_valve(board, how):
+    server, make = board
+    controller = make()
+    server.drop_next_command("OPEN", 1)  # the board never gets the first OPEN
+    controller.request("r1", 30.0, "decoder")
+    close_sent = close_by(controller, how)
+    events = pump(controller, outcome_for("r1"))
+    assert not controller.busy
+    # Past the last moment a retry could have been due, then until the board's output is all read.
+    retry_window_ns = int((controller.cfg.retries + 1) * controller.cfg.ack_timeout_s * 1e9)
+    t_written = outcomes(events)[0].t_written
+    events += pump(controller, lambda _: now_ns() > t_written + retry_window_ns)
+    events += board_output_read(server, controller)
+    [o] = outcomes(events)
+    assert o.status == FAILED and o.reason.startswith("abandoned:") and "before the board acknowledged" in o.reason
+    assert o.attempts == 1 and controller.counts["retries"] == 0
+    assert opens(server) == []  # the valve never opened, not even after the CLOSE
+    assert not server.valve_is_open()
+    assert close_sent is True
+
+
+def test_close_before_a_lost_ack_abandons_and_reports_the_late_completion(board):
+    server, make = board
+    controller = make()
+    server.drop_next("ACK", 3, command="OPEN")  # the board opens, but the host never hears so (nor on retries)
+    controller.request("r1", 30.0, "decoder")
+    pump(controller, lambda _: server.valve_is_open())
+    assert controller.close_valve() is True
+    events = pump(controller, lambda ev: any(n.code == "late_completion" for n in notices(ev)))
+    events += board_output_read(server, controller)
+    [o] = outcomes(events)
+    assert o.status == FAILED and o.reason.startswith("abandoned:")
+    assert [e.seq for e in opens(server)] == [o.seq]  # opened once, by the original OPEN only
+    assert server.events()[-1].cause == p.CAUSE_CLOSE
+
+
+def test_close_reports_whether_the_close_was_sent(board):
+    server, make = board
+    controller = make()
+    server.disconnect()
+    pump(controller, lambda ev: "lost" in link_states(ev))
+    assert controller.close_valve() is False
+    assert controller.enter_safe_state("test: link down") is False
+    pump(controller, lambda _: controller.link.connected)
+    assert controller.close_valve() is True
+    assert controller.enter_safe_state("test: again") is True
+
+
 def test_shutdown_waits_for_a_running_pulse(board):
     _, make = board
     controller = make()
@@ -398,7 +464,7 @@ def test_unreachable_board_fails_requests_and_keeps_retrying():
     cfg = fast_cfg()
     controller = RewardController(cfg, CAL, ValveLink.from_config(cfg, f"socket://127.0.0.1:{port}"))
     controller.start()
-    controller.poll(0.1)
+    pump(controller, lambda _: "cannot open" in controller.link.last_error)  # the first open attempt failed
     controller.request("r", 1.0, "decoder")
     [o] = outcomes(pump(controller, outcome_for("r")))
     assert o.status == FAILED and "not connected" in o.reason and "cannot open" in o.reason
@@ -470,3 +536,24 @@ def test_run_emulator_serves_until_stopped_and_logs_the_valve(tmp_path):
 
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(r["kind"], r["seq"], r["cause"]) for r in records] == [("open", 2, ""), ("close", 2, "T")]
+
+
+def test_emulator_stop_closes_an_open_valve_and_logs_it(tmp_path):
+    log = tmp_path / "valve.jsonl"
+    server = EmulatorServer(transport="socket", log_path=log).start()
+    cfg = fast_cfg()
+    controller = RewardController(cfg, CAL, ValveLink.from_config(cfg, server.url))
+    try:
+        controller.start()
+        pump(controller, connected_after())
+        controller.request("r1", 150.0, "decoder")  # 1.5 s: still open when the emulator stops
+        pump(controller, lambda _: server.valve_is_open())
+    finally:
+        server.stop()
+    controller.close()
+    assert not server.valve_is_open()
+    import json
+
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["kind"], r["cause"]) for r in records] == [("open", ""), ("close", "SHUTDOWN")]
+    assert records[1]["seq"] == records[0]["seq"] and records[1]["open_us"] > 0
