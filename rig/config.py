@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import msgspec
@@ -178,6 +178,33 @@ def _to_config_error(text: str, data: dict[str, Any], file: str) -> ConfigError:
     return ConfigError(file, _dotted(parts), problem, value, has_value=found)
 
 
+#: Config keys that name files. Relative paths in a config file are relative to that file's folder (so a
+#: rig folder can be moved as a whole); relative paths given with --set are relative to the working directory.
+PATH_KEYS = (
+    ("acquisition", "rois", "suite2p_dir"),
+    ("acquisition", "replay", "path"),
+    ("acquisition", "registration", "ref_path"),
+    ("reward", "calibration_file"),
+)
+
+
+def _is_absolute(value: str) -> bool:
+    """Absolute on this OS, or a Windows path with a drive (a rig config written for the scope PC)."""
+    return Path(value).expanduser().is_absolute() or bool(PureWindowsPath(value).drive)
+
+
+def _resolve_path_keys(data: dict[str, Any], base: Path, only: tuple[str, ...] | None = None) -> None:
+    for keys in PATH_KEYS:
+        if only is not None and keys != only:
+            continue
+        node: Any = data
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        value = node.get(keys[-1]) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not _is_absolute(value):
+            node[keys[-1]] = str((base / Path(value).expanduser()).resolve())
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"acquisition.sim.n_cells=50"`` -> (["acquisition", "sim", "n_cells"], 50).
 
@@ -204,6 +231,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, dict):
                 raise ConfigError("--set", ".".join(keys), f"{key!r} is a value, not a section")
         node[keys[-1]] = value
+        if tuple(keys) in PATH_KEYS:
+            _resolve_path_keys(data, Path.cwd(), tuple(keys))
     return data
 
 
@@ -225,4 +254,5 @@ def load_config_dict(path: str | Path, overrides: list[str] | None = None) -> di
         raise ConfigError(str(path), "", f"not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    _resolve_path_keys(data, path.resolve().parent)
     return apply_overrides(data, overrides or [])

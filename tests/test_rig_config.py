@@ -51,3 +51,16 @@ def test_overrides_are_typed_and_validated(tmp_path):
         config_from_dict(apply_overrides({}, ["bus.base_port=5"]), "--set")
     with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
         apply_overrides({}, ["nonsense"])
+
+
+def test_relative_paths_are_relative_to_the_config_file_and_set_paths_to_the_cwd(tmp_path, monkeypatch):
+    rig_dir = tmp_path / "rigs"
+    rig_dir.mkdir()
+    (rig_dir / "a.toml").write_text('[acquisition.rois]\nsuite2p_dir = "s2p/plane0"\n'
+                                    '[reward]\ncalibration_file = "cal.toml"\n')
+    cfg = load_config(rig_dir / "a.toml")
+    assert cfg.acquisition.rois.suite2p_dir == str((rig_dir / "s2p" / "plane0").resolve())
+    assert cfg.reward.calibration_file == str((rig_dir / "cal.toml").resolve())
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(rig_dir / "a.toml", ['acquisition.replay.path="movie.tif"'])
+    assert cfg.acquisition.replay.path == str((tmp_path / "movie.tif").resolve())
