@@ -39,8 +39,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+DESCRIPTION = """\
+Run the live acquisition code (registration + ROI/neuropil extraction) offline on a movie, as fast as
+possible, with a progress bar. Writes OUT.npz with the shifts (yoff, xoff), correlation (corrXY), frame
+flags, F and Fneu (ROIs x frames, as suite2p) and the reference; the last stdout line is JSON with
+frames and frames_per_s.
+
+  rig process movie.tif --rois suite2p/plane0 --out traces.npz
+"""
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("process", help=HELP, description=__doc__,
+    p = subparsers.add_parser("process", help=HELP, description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     p.set_defaults(func=run)

@@ -337,12 +337,22 @@ def _cmd_flush(args: argparse.Namespace) -> None:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``valve {calibrate,pulse,flush}``; each sets ``func(args) -> exit code``."""
-    valve = subparsers.add_parser("valve", help="reward valve bench tools: calibrate, test pulse, flush")
+    valve = subparsers.add_parser(
+        "valve", help="reward valve bench tools: calibrate, test pulse, flush",
+        description="Bench tools for the reward valve, run before a session (not while `rig run` holds the port). "
+                    "With [reward] port = \"emulator\" they talk to an in-process emulated board.\n\n"
+                    "  rig valve pulse CONFIG            one test drop: is the line primed?\n"
+                    "  rig valve flush CONFIG --ms 3000  open for 3 s in bounded pulses to flush the line\n"
+                    "  rig valve calibrate CONFIG        weigh drops at several open times, fit, save",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = valve.add_subparsers(dest="valve_command", required=True, metavar="{calibrate,pulse,flush}")
 
     cal = commands.add_parser(
-        "calibrate", help="dispense pulses at several open times, enter the weights, fit and save"
-    )
+        "calibrate", help="dispense pulses at several open times, enter the weights, fit and save",
+        description="For each open time: dispense --pulses drops into a weighed tube, then type the weight "
+                    "of water (mg = µL). The fit duration_ms = intercept + slope x µL is saved with today's "
+                    "date to [reward] calibration_file (or --out), with a table and a PNG of the fit; sessions "
+                    "record which calibration they used.")
     cal.add_argument("config", help="rig config TOML ([reward] section)")
     cal.add_argument("--open-ms", type=_float_list, default=[20.0, 40.0, 60.0, 80.0],
                      help="comma-separated open times in ms (default 20,40,60,80)")
@@ -353,13 +363,16 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     cal.add_argument("--no-plot", action="store_true", help="do not write the PNG of the fit")
     cal.set_defaults(func=_run(_cmd_calibrate))
 
-    pls = commands.add_parser("pulse", help="one test pulse")
-    pls.add_argument("config")
+    pls = commands.add_parser("pulse", help="one test pulse",
+                              description="Open the valve once for --ms (default [reward] test_pulse_ms).")
+    pls.add_argument("config", help="rig config TOML ([reward] section)")
     pls.add_argument("--ms", type=float, default=None, help="open time (default [reward] test_pulse_ms)")
     pls.set_defaults(func=_run(_cmd_pulse))
 
-    fl = commands.add_parser("flush", help="open the valve for a bounded time to flush the line")
-    fl.add_argument("config")
+    fl = commands.add_parser("flush", help="open the valve for a bounded time to flush the line",
+                             description="Open the valve for --ms in total, as back-to-back pulses no longer "
+                                         "than the board's hard maximum; at most 60 s.")
+    fl.add_argument("config", help="rig config TOML ([reward] section)")
     fl.add_argument("--ms", type=float, required=True, help="total open time, split into pulses <= the board's max")
     fl.set_defaults(func=_run(_cmd_flush))
 

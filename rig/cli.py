@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a rig config and say what is wrong",
                            description="Load and validate a rig TOML (errors name the file, key, value and what "
                                        "is expected), then check that the files it names exist.")
-    check.add_argument("config")
+    check.add_argument("config", help="rig description, e.g. hardware_configs/sim.toml")
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for rig run")
     check.set_defaults(func=_cmd_check)
 

@@ -355,14 +355,18 @@ def _add_reward_events(nwbfile: Any, session: SessionData, seconds: Any) -> None
                           board_us_ack=int(o.get("board_us_ack", -1)), board_us_done=int(o.get("board_us_done", -1)),
                           **stamps)
         nwbfile.add_events_table(table)
-    licks = sorted((e for e in session.reward_events if e.get("kind") == "lick"), key=lambda e: int(e["t_ns"]))
+    def lick_time(e: dict) -> int:  # the board's own time when synchronised, else when the host read it
+        return int(e.get("t_board_ns") or e.get("t_received") or e["t_ns"])
+
+    licks = sorted((e for e in session.reward_events if e.get("kind") == "lick"), key=lick_time)
     if licks:
         table = EventsTable(name="licks", source_description="lick sensor on the reward board",
-                            description="lick onsets and offsets; timestamp: host time the board's report arrived")
+                            description="lick onsets and offsets; timestamp: the board's time on the host clock "
+                                        "(host arrival time before the clocks were synchronised)")
         table.add_column(name="onset", description="True: onset, False: offset")
         table.add_column(name="board_us", description="board clock at the edge, us")
         for lick in licks:
-            table.add_row(timestamp=float(seconds(int(lick["t_ns"]))), onset=bool(lick.get("onset")),
+            table.add_row(timestamp=float(seconds(lick_time(lick))), onset=bool(lick.get("onset")),
                           board_us=int(lick.get("board_us", -1)))
         nwbfile.add_events_table(table)
 

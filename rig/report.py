@@ -375,11 +375,12 @@ def build_report(session: SessionData, out_path: str | Path, progress: bool = Tr
                         f"{cal.get('predicted_hit_rate', '—')} ({cal.get('method', '—')})" if cal else "—"),
     ])
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in session.notes)
+    started = html.escape(str(info.get("started", "?")))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>bci-rig report: {html.escape(session.path.name)}</title>
 <style>{CSS}</style></head><body>
 <h1>Session {html.escape(session.path.name)}</h1>
-<div class=sub>{html.escape(str(session.path.resolve()))} · created {html.escape(str(info.get('created', '?')))}</div>
+<div class=sub>{html.escape(str(session.path.resolve()))} · started {started}</div>
 <div class=summary>{left}{right}</div>
 {f'<ul class=notes>{notes}</ul>' if notes else ''}
 <div class=grid>{''.join(figures)}</div>
