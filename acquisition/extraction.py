@@ -26,6 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.ndimage import binary_dilation, percentile_filter
 
+# the C++ kernel behind ``csr_matrix @ vector``, called directly: it adds A @ x into a preallocated output
+# instead of allocating a result per frame (tests/test_acq_extraction.py checks it against ``@``)
+from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
+
 from acquisition.rois import RoiSet
 
 _WEIGHT_CACHE_SIZE = 1024  # in-frame weights per integer shift (2 * n_rois floats each)
@@ -178,6 +182,8 @@ class Extractor:
         self._nan_rows = np.concatenate([self.empty_cells, n + self.empty_neuropil])
         self._out = np.empty(2 * n, np.float32)
         self._weight = np.empty(2 * n, np.float32)
+        self._term = np.empty(2 * n, np.float32)  # one bilinear corner's contribution
+        self._no_weight = np.empty(2 * n, bool)
 
     @property
     def cell_masks(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -194,9 +200,16 @@ class Extractor:
         ys, xs = np.divmod(m.indices[lo:hi], self.Wp)
         return ys * self.Lx + xs, m.data[lo:hi].copy()
 
-    def _product(self, vector: np.ndarray, iy: int, ix: int) -> np.ndarray:
+    def _product(self, vector: np.ndarray, iy: int, ix: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Mask weights times ``vector`` read at integer shift (iy, ix), written into ``out`` (new if None)."""
         start = self._origin + iy * self.Wp + ix
-        return self._matrix @ vector[start:start + self._ncols]
+        m = self._matrix
+        if out is None:
+            out = np.zeros(m.shape[0], np.float32)
+        else:
+            out.fill(0.0)
+        _csr_matvec(m.shape[0], m.shape[1], m.indptr, m.indices, m.data, vector[start:start + self._ncols], out)
+        return out
 
     def extract(self, frame: np.ndarray, dy: float, dx: float, out_F: np.ndarray, out_Fneu: np.ndarray) -> None:
         """Write F and Fneu (float32, n_rois each) of ``frame`` whose content is displaced by (dy, dx)."""
@@ -213,15 +226,18 @@ class Extractor:
         if self.subpixel:
             iy, ix = math.floor(dy), math.floor(dx)
             fy, fx = dy - iy, dx - ix
-            out[:] = 0.0
+            out.fill(0.0)
+            term = self._term
             corners = ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 1, fy * fx))
             for oy, ox, w in corners:
                 if w > 1e-6:
-                    out += np.float32(w) * self._product(self._flat, iy + oy, ix + ox)
+                    self._product(self._flat, iy + oy, ix + ox, term)
+                    term *= np.float32(w)
+                    out += term
             edge_shift = (iy, ix, iy + 1, ix + 1)
         else:
             iy, ix = round(dy), round(dx)
-            out[:] = self._product(self._flat, iy, ix)
+            self._product(self._flat, iy, ix, out)
             edge_shift = (iy, ix, iy, ix)
         if self._leaves_frame(*edge_shift):
             self._renormalise(out, dy, dx)
@@ -252,13 +268,16 @@ class Extractor:
             iy, ix = math.floor(dy), math.floor(dx)
             fy, fx = dy - iy, dx - ix
             weight = self._weight
-            weight[:] = 0.0
+            weight.fill(0.0)
+            term = self._term
             for oy, ox, w in ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)), (0, 1, (1 - fy) * fx),
                               (1, 1, fy * fx)):
                 if w > 1e-6:
-                    weight += np.float32(w) * self._inside_weight(iy + oy, ix + ox)
+                    np.multiply(self._inside_weight(iy + oy, ix + ox), np.float32(w), out=term)
+                    weight += term
         else:
             weight = self._inside_weight(round(dy), round(dx))
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(out, weight, out=out)
-        out[weight < 1e-6] = np.nan
+        np.less(weight, 1e-6, out=self._no_weight)
+        np.copyto(out, np.nan, where=self._no_weight)

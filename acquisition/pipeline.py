@@ -5,12 +5,17 @@ Flagged frames: for flags in :data:`acquisition.validate.UNUSABLE` (wrong shape/
 Fneu are NaN and the shift is NaN; other flags (SATURATED, LOW_CORR, SHIFT_OUT_OF_BOUNDS...) mark frames that
 were still registered (shift clamped to the bound) and extracted. Until a reference exists (none given and
 fewer than ``reference_frames`` good frames seen) frames are extracted unshifted and carry NOT_REGISTERED;
-the reference is then built from those frames, suite2p style, in one blocking call (a few seconds).
+the reference is then built from those frames, suite2p style (a few seconds at 512x512). Offline that is one
+blocking call, so results are reproducible; with ``background_reference=True`` (the live acquisition process,
+which must keep sending heartbeats) it runs in a background thread (numpy/scipy release the GIL) while frames
+go on being extracted unshifted with NOT_REGISTERED, and the finished reference is installed on the calling
+thread at the start of a later :meth:`FramePipeline.process` call.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,16 +84,51 @@ class PipelineResult:
     t_extracted: int = 0
 
 
+class _ReferenceBuild:
+    """A reference (and its registrar) being built from warm-up frames in a background thread."""
+
+    def __init__(self, frames: list[np.ndarray], cfg: RegistrationConfig, shape: tuple[int, int]) -> None:
+        self.n_frames = len(frames)
+        self.registrar: RigidRegistrar | None = None
+        self.reference: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(frames, cfg, shape), name="reference-build",
+                                       daemon=True)  # daemon: a shutdown mid-build must not wait for it
+        self.thread.start()
+
+    def _run(self, frames: list[np.ndarray], cfg: RegistrationConfig, shape: tuple[int, int]) -> None:
+        try:
+            reference = _build_reference_image(frames, cfg)
+            self.registrar = _make_registrar(reference, cfg, shape)
+            self.reference = reference
+        except Exception as exc:  # noqa: BLE001 - handed to the pipeline's thread, which raises it
+            self.error = exc
+
+
+def _build_reference_image(frames: list[np.ndarray], cfg: RegistrationConfig) -> np.ndarray:
+    return build_reference(np.stack(frames), maxregshift=cfg.maxregshift, smooth_sigma=cfg.smooth_sigma,
+                           spatial_taper=cfg.spatial_taper)
+
+
+def _make_registrar(reference: np.ndarray, cfg: RegistrationConfig, shape: tuple[int, int]) -> RigidRegistrar:
+    if reference.shape != shape:
+        raise ValueError(f"reference shape {reference.shape} differs from the ROI set's frame {shape}")
+    return RigidRegistrar(reference, cfg.maxregshift, cfg.smooth_sigma, cfg.spatial_taper, cfg.min_corr,
+                          bin_factor=cfg.bin_factor or None, norm_frames=cfg.norm_frames)
+
+
 class FramePipeline:
     """Validate, register and extract one frame at a time, into preallocated outputs.
 
     The reference is ``reference`` if given, else the ROI set's ``ref_img``, else built from the first
-    ``registration.reference_frames`` usable frames.
+    ``registration.reference_frames`` usable frames: blocking inside :meth:`process` by default (offline:
+    reproducible), in a background thread with ``background_reference=True`` (live: process() stays fast).
     """
 
     def __init__(self, roi_set: RoiSet, *, reference: np.ndarray | None = None,
                  registration: RegistrationConfig | None = None, extraction: ExtractionConfig | None = None,
-                 validation: ValidationConfig | None = None, blas_threads: int | None = 1) -> None:
+                 validation: ValidationConfig | None = None, blas_threads: int | None = 1,
+                 background_reference: bool = False) -> None:
         self.reg_cfg = registration or RegistrationConfig()
         ext = extraction or ExtractionConfig()
         val = validation or ValidationConfig()
@@ -106,6 +146,8 @@ class FramePipeline:
                                      Fneu=np.full(self.n_rois, np.nan, np.float32))
         self.registrar: RigidRegistrar | None = None
         self._warmup: list[np.ndarray] = []
+        self.background_reference = background_reference
+        self._build: _ReferenceBuild | None = None
         self.frames = 0
         self.flag_counts: dict[str, int] = {f.name: 0 for f in FrameFlag if f and f.name}
         self.flagged_frames = 0
@@ -115,13 +157,15 @@ class FramePipeline:
             self.set_reference(reference)
 
     @classmethod
-    def from_config(cls, roi_set: RoiSet, cfg: AcquisitionConfig, *, blas_threads: int | None = 1) -> FramePipeline:
-        """Reference: ``registration.ref_path`` if set, else the suite2p ``refImg``, else built from live frames."""
+    def from_config(cls, roi_set: RoiSet, cfg: AcquisitionConfig, *, blas_threads: int | None = 1,
+                    background_reference: bool = False) -> FramePipeline:
+        """Reference: ``registration.ref_path`` if set, else the suite2p ``refImg``, else built from live frames
+        (in a background thread if ``background_reference``: what the live acquisition process wants)."""
         reference = None
         if cfg.registration.enabled and cfg.registration.ref_path:
             reference = load_reference_image(cfg.registration.ref_path)
         return cls(roi_set, reference=reference, registration=cfg.registration, extraction=cfg.extraction,
-                   validation=cfg.validation, blas_threads=blas_threads)
+                   validation=cfg.validation, blas_threads=blas_threads, background_reference=background_reference)
 
     def close(self) -> None:
         """Give BLAS its thread count back (only matters when the process goes on doing other work)."""
@@ -133,15 +177,34 @@ class FramePipeline:
     def reference(self) -> np.ndarray | None:
         return self._reference if self.registrar is not None else None
 
+    @property
+    def reference_building(self) -> bool:
+        """True while a background reference build is under way (or finished but not yet installed)."""
+        return self._build is not None
+
     def set_reference(self, reference: np.ndarray) -> None:
+        """Register against ``reference`` from now on (a background build still running is discarded)."""
         reference = np.asarray(reference, dtype=np.float32)
-        if reference.shape != self.shape:
-            raise ValueError(f"reference shape {reference.shape} differs from the ROI set's frame {self.shape}")
-        c = self.reg_cfg
-        self.registrar = RigidRegistrar(reference, c.maxregshift, c.smooth_sigma, c.spatial_taper, c.min_corr,
-                                        bin_factor=c.bin_factor or None, norm_frames=c.norm_frames)
+        self._install(reference, _make_registrar(reference, self.reg_cfg, self.shape))
+
+    def _install(self, reference: np.ndarray, registrar: RigidRegistrar) -> None:
+        self.registrar = registrar
         self._reference = reference
         self._warmup = []
+        self._build = None
+
+    def _finish_background_build(self) -> None:
+        """Install the background-built reference once its thread is done; raise what the build raised."""
+        build = self._build
+        if build is None or build.thread.is_alive():
+            return
+        build.thread.join()
+        self._build = None
+        if build.error is not None:
+            raise RuntimeError(f"building the registration reference from {build.n_frames} live frames failed: "
+                               f"{build.error}") from build.error
+        assert build.reference is not None and build.registrar is not None
+        self._install(build.reference, build.registrar)
 
     def stats(self) -> dict[str, float]:
         out = {"frames": float(self.frames), "flagged_frames": float(self.flagged_frames)}
@@ -152,6 +215,8 @@ class FramePipeline:
         """Register and extract one frame. Never raises for bad pixels: they are flagged."""
         data = frame.data if isinstance(frame, Frame) else frame
         res = self.result
+        if self._build is not None:
+            self._finish_background_build()
         flags = self.validator.check(data)
         if flags & UNUSABLE:
             res.F.fill(np.nan)
@@ -182,12 +247,15 @@ class FramePipeline:
         return res
 
     def _collect_for_reference(self, data: np.ndarray) -> None:
+        if self._build is not None:
+            return  # the reference is being built from the frames already collected
         self._warmup.append(np.array(data))  # a copy: the source may reuse its buffer
         if len(self._warmup) >= self.reg_cfg.reference_frames:
-            c = self.reg_cfg
-            ref = build_reference(np.stack(self._warmup), maxregshift=c.maxregshift, smooth_sigma=c.smooth_sigma,
-                                  spatial_taper=c.spatial_taper)
-            self.set_reference(ref)
+            frames, self._warmup = self._warmup, []
+            if self.background_reference:
+                self._build = _ReferenceBuild(frames, self.reg_cfg, self.shape)
+            else:
+                self.set_reference(_build_reference_image(frames, self.reg_cfg))
 
     def preview_image(self, data: np.ndarray, max_size: int = 256) -> np.ndarray:
         """A decimated copy of ``data`` moved by the last shift so it looks registered (for the console)."""

@@ -44,7 +44,8 @@ class AcquisitionProcess(RigProcess):
         self.source.open()
         self.roi_set = self._load_rois()
         self.roi_set.save_suite2p(self.dir / "rois")
-        self.pipeline = FramePipeline.from_config(self.roi_set, cfg)
+        # the reference, when it must be built from the first frames, is built without stalling the loop
+        self.pipeline = FramePipeline.from_config(self.roi_set, cfg, background_reference=True)
         self._reference_saved = False
         self._save_reference()
         self.n_rois = self.pipeline.n_rois

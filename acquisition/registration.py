@@ -19,6 +19,11 @@ import math
 import numpy as np
 import scipy.fft as sfft
 
+# scipy.fft's own pocketfft binding: the public rfft2/irfft2 have no ``out=`` and allocate a result per call;
+# this binding writes into our preallocated buffers and skips ~10 us of wrapper per transform (numpy>=2's
+# ``np.fft.rfft2(out=)`` is slower than either). tests/test_acq_registration.py checks it against scipy.fft.
+from scipy.fft._pocketfft import pypocketfft as _pocketfft
+
 from acquisition.validate import FrameFlag
 
 _EPS = 1e-5
@@ -80,8 +85,12 @@ class _PhaseCorrelator:
         peak_norm = float(sfft.irfft2(smooth, s=(self.Ly, self.Lx))[0, 0])
         self._ref_spec = (np.conj(spec) / (_EPS + np.abs(spec)) * smooth / peak_norm).astype(np.complex64)
         self._buf = np.empty((self.Ly, self.Lx), np.float32)
-        self._abs = np.empty(self._ref_spec.shape, np.float32)
+        # whitening multiplies by 1 / |spec| held in the real part of a complex buffer (imaginary part stays 0):
+        # dividing complex64 by float32 directly makes numpy allocate a 64 KB cast buffer per frame, and is slower
+        self._inv_abs = np.zeros(self._ref_spec.shape, np.complex64)
+        self._abs = self._inv_abs.real  # a float32 view into _inv_abs
         self._spec = np.empty(self._ref_spec.shape, np.complex64)
+        self._cc = np.empty((self.Ly, self.Lx), np.float32)
         # matrix-DFT pieces for refine(): frequencies, and Hermitian weights of the half spectrum
         self._ky = (2j * np.pi * np.fft.fftfreq(self.Ly)).astype(np.complex64)
         self._kx = (2j * np.pi * np.fft.rfftfreq(self.Lx)).astype(np.complex64)
@@ -93,6 +102,12 @@ class _PhaseCorrelator:
         grid = self._GRID.astype(np.float32)
         self._grid_y = np.exp(np.multiply.outer(grid, self._ky)).astype(np.complex64)  # (9, Ly)
         self._grid_x = (np.exp(np.multiply.outer(self._kx, grid)) * self._wx[:, None]).astype(np.complex64)
+        # DFT matrices per integer peak position, made on first use: at most Ly + Lx of them, in practice the
+        # few shifts within maxregshift, so after warm-up refine() computes no exponentials
+        self._ey: dict[int, np.ndarray] = {}
+        self._ex: dict[int, np.ndarray] = {}
+        self._partial = np.empty((grid.size, self._kx.size), np.complex64)
+        self._values = np.empty((grid.size, grid.size), np.complex64)
 
     def correlate(self, image: np.ndarray) -> np.ndarray:
         """Return the circular correlation map; index (i, j) holds shift (i, j) modulo the size."""
@@ -104,12 +119,14 @@ class _PhaseCorrelator:
             np.subtract(image, self.mean, out=buf, casting="unsafe")
         buf *= self.mask
         spec = self._spec
-        spec[...] = sfft.rfft2(buf, workers=self._workers)
+        _pocketfft.r2c(buf, (0, 1), True, 0, spec, self._workers)  # = scipy.fft.rfft2(buf)
         np.abs(spec, out=self._abs)
         self._abs += _EPS
-        np.divide(spec, self._abs, out=spec)
+        np.reciprocal(self._abs, out=self._abs)
+        spec *= self._inv_abs
         spec *= self._ref_spec
-        return sfft.irfft2(spec, s=(self.Ly, self.Lx), workers=self._workers)
+        # = scipy.fft.irfft2(spec, s=(Ly, Lx)) (inorm 2: divide by Ly * Lx); spec is left intact for refine()
+        return _pocketfft.c2r(spec, (0, 1), self.Lx, False, 2, self._cc, self._workers)
 
     def refine(self, py: int, px: int) -> tuple[float, float, float]:
         """Subpixel peak near signed integer shift (py, px) of the last :meth:`correlate` call.
@@ -118,10 +135,15 @@ class _PhaseCorrelator:
         Gaussian through the best grid point and its neighbours. Returns (y, x, peak value).
         """
         grid = self._GRID
-        ey = self._grid_y * np.exp(self._ky * np.float32(py))[None, :]  # (9, Ly)
-        ex = self._grid_x * np.exp(self._kx * np.float32(px))[:, None]  # (Lx//2+1, 9)
+        ey = self._ey.get(py)
+        if ey is None:
+            ey = self._ey[py] = self._grid_y * np.exp(self._ky * np.float32(py))[None, :]  # (9, Ly)
+        ex = self._ex.get(px)
+        if ex is None:
+            ex = self._ex[px] = self._grid_x * np.exp(self._kx * np.float32(px))[:, None]  # (Lx//2+1, 9)
         # BLAS products: run the process with one BLAS thread (see acquisition.pipeline.limit_blas_threads)
-        values = ((ey @ self._spec) @ ex).real
+        np.matmul(ey, self._spec, out=self._partial)
+        values = np.matmul(self._partial, ex, out=self._values).real
         a, b = np.unravel_index(int(np.argmax(values)), values.shape)
         a = min(max(int(a), 1), grid.size - 2)
         b = min(max(int(b), 1), grid.size - 2)

@@ -8,6 +8,7 @@ import pytest
 from acquisition.extraction import Extractor, cell_pixel_map
 from acquisition.registration import RigidRegistrar, shift_image_integer
 from acquisition.rois import RoiSet
+from tests.test_acq_registration import _peak_bytes_allocated
 from tests.test_acq_synth import make_movie
 
 
@@ -144,3 +145,25 @@ def test_roi_without_own_pixels_reads_nan():
 def test_bad_extractor_settings_name_the_field(movie):
     with pytest.raises(ValueError, match="`min_neuropil_pixels`"):
         Extractor(_roi_set(movie), min_neuropil_pixels=-1)
+
+
+def test_extract_allocates_no_per_roi_arrays():
+    """F/Fneu go through preallocated buffers: with 1600 ROIs one temporary (2 x n_rois float32) is 12.8 KB."""
+    L = 128
+    ys, xs = np.meshgrid(np.arange(4, L - 4, 3), np.arange(4, L - 4, 3), indexing="ij")
+    stat = [{"ypix": np.array([y]), "xpix": np.array([x]), "lam": np.array([1.0]), "radius": 1.0}
+            for y, x in zip(ys.ravel(), xs.ravel(), strict=True)]
+    rois = RoiSet(stat=stat, iscell=np.ones((len(stat), 2)), Ly=L, Lx=L)
+    frame = np.random.default_rng(3).integers(100, 1000, (L, L)).astype(np.uint16)
+    F, Fneu = np.empty(len(stat), np.float32), np.empty(len(stat), np.float32)
+    for subpixel in (False, True):
+        ex = Extractor(rois, 2, 0, subpixel=subpixel, max_shift_px=10)
+        for dy, dx in ((0.3, -0.4), (6.3, -5.6)):  # inside the frame; masks leave it (renormalised)
+            ex.extract(frame, dy, dx, F, Fneu)
+            expected_F, expected_Fneu = F.copy(), Fneu.copy()
+            assert _peak_bytes_allocated(lambda ex=ex, dy=dy, dx=dx: ex.extract(frame, dy, dx, F, Fneu)) < 4_000
+            np.testing.assert_array_equal(F, expected_F)
+            np.testing.assert_array_equal(Fneu, expected_Fneu)
+        # the direct kernel call gives what the sparse product gives
+        start = ex._origin + 2 * ex.Wp - 1
+        np.testing.assert_allclose(ex._product(ex._flat, 2, -1), ex._matrix @ ex._flat[start:start + ex._ncols])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 import pytest
 
@@ -10,6 +13,7 @@ from acquisition.pipeline import FramePipeline, load_reference_image
 from acquisition.rois import RoiSet
 from acquisition.sources.base import Frame
 from acquisition.validate import UNUSABLE, FrameFlag, FrameValidator, flag_names
+from tests.conftest import wait_for
 from tests.test_acq_synth import make_movie
 
 
@@ -102,6 +106,58 @@ def test_reference_is_built_from_live_frames_when_none_is_given(movie):
     assert all(f & FrameFlag.NOT_REGISTERED for f in flags[:20])
     assert p.reference is not None and p.reference.shape == (96, 96)
     assert not any(f & FrameFlag.NOT_REGISTERED for f in flags[20:])
+
+
+def test_background_reference_build_keeps_process_returning_then_registers(movie, monkeypatch):
+    """Live: the reference build (seconds) runs in a thread, so process() keeps returning meanwhile."""
+    import acquisition.pipeline as pipeline_mod
+
+    release = threading.Event()
+    real_build = pipeline_mod.build_reference
+
+    def slow_build(frames, **kwargs):  # a build that lasts until the test lets it finish
+        assert release.wait(30), "the test never released the reference build"
+        return real_build(frames, **kwargs)
+
+    monkeypatch.setattr(pipeline_mod, "build_reference", slow_build)
+    cfg = AcquisitionConfig(registration=RegistrationConfig(reference_frames=10))
+    p = FramePipeline.from_config(_rois(movie, with_ref=False), cfg, blas_threads=None, background_reference=True)
+    try:
+        flags = [p.process(f).flags for f in movie.frames[:15]]  # 5 frames after the build started
+        assert p.reference_building and p._build.thread.is_alive()  # process() returned, the build is still on
+        assert all(f & FrameFlag.NOT_REGISTERED for f in flags)
+        assert p.reference is None
+        release.set()
+        wait_for(lambda: not p._build.thread.is_alive(), what="the reference build to finish")
+        res = p.process(movie.frames[15])
+        assert not res.flags & FrameFlag.NOT_REGISTERED and math.isfinite(res.dy)
+        assert p.reference is not None and not p.reference_building
+        flags = [p.process(f).flags for f in movie.frames[16:]]
+        assert not any(f & FrameFlag.NOT_REGISTERED for f in flags)
+        # the same frames give the reference the blocking (offline) build gives
+        q = FramePipeline(_rois(movie, with_ref=False), registration=RegistrationConfig(reference_frames=10),
+                          blas_threads=None)
+        for f in movie.frames[:10]:
+            q.process(f)
+        np.testing.assert_array_equal(p.reference, q.reference)
+    finally:
+        release.set()
+
+
+def test_background_reference_build_failure_is_raised_on_the_pipeline_thread(movie, monkeypatch):
+    import acquisition.pipeline as pipeline_mod
+
+    def broken_build(frames, **kwargs):
+        raise ValueError("`frames`: contains NaN or infinite values")
+
+    monkeypatch.setattr(pipeline_mod, "build_reference", broken_build)
+    p = FramePipeline(_rois(movie, with_ref=False), registration=RegistrationConfig(reference_frames=3),
+                      blas_threads=None, background_reference=True)
+    for f in movie.frames[:3]:
+        p.process(f)
+    wait_for(lambda: not p._build.thread.is_alive(), what="the reference build to fail")
+    with pytest.raises(RuntimeError, match="building the registration reference from 3 live frames failed"):
+        p.process(movie.frames[3])
 
 
 def test_registration_disabled_extracts_unshifted(movie):

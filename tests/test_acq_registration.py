@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
+import scipy.fft as sfft
 
 from acquisition.registration import RigidRegistrar, build_reference, shift_image_integer, spatial_taper_mask
 from acquisition.validate import FrameFlag
@@ -118,3 +121,37 @@ def test_taper_mask_is_one_inside_and_falls_at_edges():
     assert mask.shape == (64, 80)
     assert mask[32, 40] == pytest.approx(1.0, abs=3e-3)
     assert mask[0, 0] < 0.1 and mask[0, 40] < 0.2
+
+
+def _peak_bytes_allocated(call, repeats: int = 5) -> int:
+    """Most memory held at once by temporaries of ``call`` (after warm-up calls fill any caches)."""
+    for _ in range(3):
+        call()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(repeats):
+            call()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_register_allocates_no_frame_sized_arrays(movie_128, dtype):
+    """Per-frame work writes into preallocated buffers: a 128x128 spectrum alone would be 66 KB."""
+    reg = RigidRegistrar(movie_128.reference, bin_factor=1)
+    frame = movie_128.frames[5].astype(dtype)
+    assert _peak_bytes_allocated(lambda: reg.register(frame)) < 8_000
+
+
+def test_phase_correlation_matches_public_scipy_fft(movie_128):
+    """The correlator calls scipy.fft's pocketfft binding directly (for ``out=``): same numbers as scipy.fft."""
+    reg = RigidRegistrar(movie_128.reference, bin_factor=1)
+    corr = reg._corr
+    cc = corr.correlate(movie_128.frames[7].astype(np.float32)).copy()
+    spec = sfft.rfft2(corr._buf)  # _buf holds the clipped, centred, tapered frame
+    expected = sfft.irfft2(spec / (np.abs(spec) + 1e-5) * corr._ref_spec, s=cc.shape)
+    np.testing.assert_allclose(cc, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+    np.testing.assert_allclose(corr._spec, spec / (np.abs(spec) + 1e-5) * corr._ref_spec, rtol=1e-5, atol=1e-7)

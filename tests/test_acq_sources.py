@@ -237,6 +237,47 @@ def test_zmq_stream_frames_gaps_and_bad_messages(stack):
         pub.close(0)
 
 
+def test_zmq_stream_numbers_keep_increasing_across_publisher_restarts(stack):
+    """A restarted publisher counts from 0 again; the decoder needs increasing numbers, so we continue ours."""
+    ctx = zmq.Context.instance()
+    src = ZmqStreamSource("tcp://127.0.0.1:0", bind=True, expected_shape=(LY, LX))
+    src.open()
+    got: list[Frame] = []
+
+    def run_publisher(numbers: list[int]) -> None:  # a fresh socket each run, as a restarted scope script
+        pub = ctx.socket(zmq.XPUB)  # XPUB: it sees the subscription arrive, so no frame is sent into the void
+        pub.setsockopt(zmq.LINGER, 1000)
+        pub.connect(src.bound_endpoint)
+        try:
+            # the bound SUB attaches the new peer (and sends its subscription) only while it is being read
+            wait_for(lambda: src.read(0.01) is None and pub.poll(0), what="the subscription to reach the publisher")
+            pub.recv()
+            for number in numbers:
+                pub.send_multipart([b"frame", _header(number), stack[number % T].tobytes()])
+            got.extend(_copy(_read_frame(src)) for _ in numbers)
+        finally:
+            pub.close()
+
+    try:
+        run_publisher([0, 1, 2, 3])
+        run_publisher([0, 1, 2])  # restarted: its counter went back to 0
+        run_publisher([2, 3])  # restarted again, its first two frames lost
+        numbers = [f.number for f in got]
+        assert numbers == [0, 1, 2, 3, 4, 5, 6, 9, 10], numbers
+        assert all(b > a for a, b in zip(numbers, numbers[1:], strict=False))
+        after_gap = [bool(f.flags & FrameFlag.AFTER_GAP) for f in got]
+        assert after_gap == [False, False, False, False, True, False, False, True, False]
+        stats = src.stats()
+        assert stats["publisher_restarts"] == 2 and stats["frames_missed"] == 2
+        assert [c for c, _ in src.pop_warnings() if c == "stream_restarted"] == ["stream_restarted"] * 2
+    finally:
+        src.close()
+
+
+def _copy(frame: Frame) -> Frame:
+    return Frame(frame.data.copy(), frame.number, frame.t_ready_ns, frame.scope_time_s, frame.flags)
+
+
 def test_reference_publisher_script_streams_a_movie(tmp_path, stack):
     path = tmp_path / "movie.npy"
     np.save(path, stack)

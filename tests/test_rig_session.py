@@ -177,3 +177,23 @@ def test_rig_check_names_missing_files(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 1
     assert "[acquisition.replay.path]: /nonexistent/movie.tif does not exist" in proc.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
+def test_a_hung_process_is_caught_by_missed_heartbeats(tmp_path):
+    # SIGSTOP freezes the decoder without killing it: only its silence tells the supervisor
+    proc = subprocess.Popen(rig_cmd(tmp_path, 120, "bus.stop_timeout_s=2"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        session = session_dir(tmp_path)
+        wait_for(lambda: decisions_so_far(session) > 30, 90, "the decoder to decide 30 frames")
+        os.kill(spawned_pids(session)["decoder"], signal.SIGSTOP)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["failed_process"] == "decoder" and "no heartbeat" in summary["failure"], summary
+    safe = read_events(session / "reward" / "events.jsonl", {"safe_state"})
+    assert safe and "decoder failed" in safe[0]["reason"]

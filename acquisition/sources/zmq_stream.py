@@ -5,7 +5,9 @@ Each frame is one multipart message ``[topic, header, pixels]``: the header is a
 number, scope timestamp, shape, dtype, pixel order, plane, channel), the pixels raw bytes. The scope side
 publishes (PUB, usually binding); we subscribe. Malformed messages are counted as bad frames and described
 in warnings, never raised; gaps in the publisher's frame numbers are counted as missed frames and the next
-frame carries AFTER_GAP.
+frame carries AFTER_GAP. A frame number that goes back means the publisher restarted: a warning is recorded,
+and the delivered numbers continue after the last one delivered (offset by the new run's own number), so
+they always increase; the first frame after the restart carries AFTER_GAP.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ class ZmqStreamSource(FrameSource):
         self._held: list[Any] = []  # the message whose pixels the last Frame views (kept alive until next read)
         self._shape: tuple[int, int] = expected_shape or (0, 0)
         self._dtype = np.dtype(np.uint16)
-        self._last_number = -1
+        self._last_number = -1  # the publisher's own number of the last frame delivered
+        #: added to the publisher's numbers so ours keep increasing across publisher restarts
+        self._number_offset = 0
         self._last_frame_ns = 0
         self._peer_connected = False
         self._disconnected = False
@@ -212,10 +216,16 @@ class ZmqStreamSource(FrameSource):
                 self._missed += header.frame - self._last_number - 1
                 flags |= FrameFlag.AFTER_GAP
             elif header.frame <= self._last_number:
+                # a restarted publisher counts from 0 again: continue our numbering after the last frame
+                # delivered (its frames before header.frame are counted as missed, as any gap is)
+                previous = self._last_number + self._number_offset
+                self._number_offset = previous + 1
+                self._missed += max(header.frame, 0)
                 self._restarts += 1
                 flags |= FrameFlag.AFTER_GAP
-                self.warn("stream_restarted", f"zmq_stream: frame number went back from {self._last_number} "
-                                              f"to {header.frame} (publisher restarted?)")
+                self.warn("stream_restarted", f"zmq_stream: publisher frame number went back from "
+                                              f"{self._last_number} to {header.frame} (publisher restarted?); "
+                                              f"frames continue from {self._number_offset + header.frame}")
         self._last_number = header.frame
         if header.order == "F":
             pixels = np.frombuffer(payload, dtype=dtype).reshape(width, height).T
@@ -226,4 +236,5 @@ class ZmqStreamSource(FrameSource):
         self._dtype = pixels.dtype
         self._frames += 1
         self._last_frame_ns = t_ready
-        return Frame(data=pixels, number=header.frame, t_ready_ns=t_ready, scope_time_s=header.t, flags=int(flags))
+        return Frame(data=pixels, number=header.frame + self._number_offset, t_ready_ns=t_ready,
+                     scope_time_s=header.t, flags=int(flags))
