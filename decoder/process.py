@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from decoder.engine import COMMAND_ERRORS, DecoderEngine
+from decoder.engine import COMMAND_ERRORS, DecoderEngine, Mode
 from rig.bus import SpinWaiter
 from rig.clock import now_ns
 from rig.process import RigProcess
@@ -78,7 +78,13 @@ class DecoderProcess(RigProcess):
 
     def _decide(self, msg: FluorFrame) -> None:
         t_received = now_ns()
-        res = self.engine.step(msg.frame, msg.F, msg.Fneu)
+        engine = self.engine
+        if (engine.mode == Mode.BASELINE and self.config.task.auto_protocol
+                and engine.baseline_frames + 1 >= engine.baseline_target):
+            with self.busy("calibrating"):  # this frame ends the baseline: calibration may take seconds
+                res = engine.step(msg.frame, msg.F, msg.Fneu)
+        else:
+            res = engine.step(msg.frame, msg.F, msg.Fneu)
         if res.reward_request:
             self.requests += 1
             self.publish(RewardRequest(request_id=f"dec-{self.requests}", volume_ul=self.config.reward.volume_ul,
@@ -162,7 +168,8 @@ class DecoderProcess(RigProcess):
         elif cmd == "calibrate":
             if "target_hit_rate" in msg.args:
                 self.engine.set_target_hit_rate(float(msg.args["target_hit_rate"]))
-            self.engine.calibrate()  # its "calibrated" event is published with the next frame
+            with self.busy("calibrating"):
+                self.engine.calibrate()  # its "calibrated" event is published with the next frame
         elif cmd == "start_bci":
             self.engine.start_bci()
         elif cmd == "pause":

@@ -74,6 +74,7 @@ class BusSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_liveness: int = 8
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 10.0
+    busy_timeout_s: float = 60.0  # silence allowed while a process says it is busy (e.g. calibrating)
 
     def __post_init__(self) -> None:
         if self.transport != "tcp":
@@ -84,7 +85,7 @@ class BusSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("`heartbeat_interval_s`: must be between 0.01 and 5 seconds")
         if self.heartbeat_liveness < 2:
             raise ValueError("`heartbeat_liveness`: must be >= 2 missed heartbeats")
-        if self.ready_timeout_s <= 0 or self.stop_timeout_s <= 0:
+        if self.ready_timeout_s <= 0 or self.stop_timeout_s <= 0 or self.busy_timeout_s <= 0:
             raise ValueError("`ready_timeout_s`: timeouts must be > 0")
 
 

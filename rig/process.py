@@ -19,6 +19,7 @@ Subclasses live in ``<package>/process.py``; the supervisor starts them by dotte
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import multiprocessing
@@ -26,6 +27,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,20 @@ class RigProcess:
         """Tell the operator (on the bus) and the record (event log)."""
         self.events.write("warning", code=code, message=message)
         self.pub.send(RigWarning(process=self.name, code=code, message=message, t_ns=now_ns()))
+
+    @contextlib.contextmanager
+    def busy(self, what: str) -> Iterator[None]:
+        """Around an operation that blocks the loop for seconds (e.g. calibrating on a long baseline).
+
+        The heartbeat says ``busy:<what>`` first, so the supervisor allows up to ``bus.busy_timeout_s`` of
+        silence instead of declaring the process dead after ``heartbeat_liveness`` missed beats.
+        """
+        self.pub.send(Heartbeat(process=self.name, state=f"busy:{what}", t_ns=now_ns(), pid=os.getpid()))
+        self.events.write("busy", what=what)
+        try:
+            yield
+        finally:
+            self._next_hb = 0  # the next heartbeat (state running again) goes out at once
 
     def request_stop(self, reason: str) -> None:
         if not self._stop_reason:

@@ -335,6 +335,7 @@ class Supervisor:
     def _check_children(self) -> None:
         now = now_ns()
         liveness_ns = int(self.cfg.bus.heartbeat_interval_s * self.cfg.bus.heartbeat_liveness * 1e9)
+        busy_ns = int(self.cfg.bus.busy_timeout_s * 1e9)
         for child in self.children:
             if child.proc is None or child.state in ("stopped", "failed_reported"):
                 continue
@@ -342,10 +343,13 @@ class Supervisor:
             if not child.proc.is_alive():
                 why = child.error or self._error_from_log(child) or (
                     f"process exited unexpectedly with code {child.proc.exitcode}")
-            elif child.state not in ("not started", "configuring") and now - child.last_seen_ns > liveness_ns:
-                # (configure() may take long and sends no heartbeats: bus.ready_timeout_s bounds it)
-                why = (f"no heartbeat for {(now - child.last_seen_ns) / 1e9:.1f} s "
-                       f"({self.cfg.bus.heartbeat_liveness} missed)")
+            elif child.state not in ("not started", "configuring") and now - child.last_seen_ns > (
+                    busy_ns if child.state.startswith("busy") else liveness_ns):
+                # (configure() may take long and sends no heartbeats: bus.ready_timeout_s bounds it; a
+                # process that announced a long operation gets bus.busy_timeout_s)
+                busy = child.state.startswith("busy")
+                detail = f"while {child.state}" if busy else f"{self.cfg.bus.heartbeat_liveness} missed"
+                why = f"no heartbeat for {(now - child.last_seen_ns) / 1e9:.1f} s ({detail})"
             elif child.state == "failed":
                 why = child.error or "reported failure"
             if why:

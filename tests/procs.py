@@ -23,6 +23,9 @@ class TickProcess(RigProcess):
     def on_control(self, msg: Control) -> None:
         if msg.command == "crash":
             raise RuntimeError("asked to crash")
+        if msg.command == "block":
+            with self.busy("blocking"):
+                self._control.poll(300)  # stands for seconds of work without heartbeats
         self.controls.append(msg.command)
 
     def heartbeat_stats(self) -> dict[str, float]:

@@ -132,3 +132,13 @@ def test_sigint_stops_cleanly(harness):
     h.wait_state("stopped")
     h.proc.join(10)
     assert h.proc.exitcode == 0
+
+
+def test_busy_announces_a_long_operation_before_it_blocks(harness, tmp_path):
+    h = harness("tests.procs:TickProcess")
+    h.wait_state("ready")
+    h.send_until("start", "running")
+    h.pub.send(Control(command="block"))
+    h.wait_state("busy:blocking")
+    h.wait_state("running")
+    assert [e["what"] for e in read_events(tmp_path / "child" / "events.jsonl", {"busy"})] == ["blocking"]
