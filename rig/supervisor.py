@@ -302,6 +302,8 @@ class Supervisor:
         deadline = time.monotonic() + timeout_s
         next_resend = time.monotonic() + 0.5
         while child.state != state:
+            if not child.critical and child.state == "failed_reported":
+                return  # the console failed to start: reported as a warning, the session goes on without it
             if self._stop_reason:
                 raise SessionFailed(f"stopped ({self._stop_reason}) while waiting for {child.name}")
             self._pump(20)
