@@ -90,6 +90,9 @@ class BusSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class SessionSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Start the baseline as soon as every process runs, without waiting for the operator's click (a
+    # headless session always does). With task.auto_protocol the whole session then runs by itself.
+    auto_start: bool = False
     save_frames: bool = True
     mouse_id: str = "sim-mouse"
     experimenter: str = ""

@@ -147,7 +147,7 @@ class Supervisor:
         self.config_doc = msgspec.to_builtins(self.cfg)
         self.headless = headless
         # Headless, nobody can press "start baseline": the supervisor does (then task.auto_protocol goes on).
-        self.auto_start = headless if auto_start is None else auto_start
+        self.auto_start = (headless or self.cfg.session.auto_start) if auto_start is None else auto_start
         self.duration_s = duration_s
         self.quiet = quiet
         self.session_dir = new_session_dir(self.cfg, sessions_root)

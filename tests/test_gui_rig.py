@@ -29,7 +29,8 @@ WAIT_MS = 30_000
 
 #: sim.toml, made short: a 6 s baseline (12 trial lengths) calibrates on 0.5 s trials.
 OVERRIDES = ["task.baseline_s=6.0", "task.trial_s=0.5", "task.iti_s=0.2", "task.hold_s=0.2", "task.timeout_s=0.2",
-             "task.auto_protocol=true", "session.save_frames=false", "session.mouse_id=from-config"]
+             "task.auto_protocol=true", "session.save_frames=false", "session.mouse_id=from-config",
+             "session.auto_start=false"]
 
 RUN_RIG = """
 import json, sys
