@@ -301,19 +301,20 @@ class RunningPercentile:
             ties |= part[:, i_hi + 1 :].min(axis=1) == hi
         core = np.sort(part[:, i_lo : i_hi + 1], axis=1)
         width = i_hi - i_lo + 1
-        for j, r in enumerate(rows.tolist()):
-            if ties[j]:
-                self._rebuild(r, k, count)
-                continue
-            self.rebuilds += 1
-            self._force[r] = False
-            band = self._band[r]
-            band[:width] = core[j]
-            band[width:] = np.inf
-            self._cnt[r] = width
-            self._below[r] = i_lo
-            self._lo[r] = lo[j]
-            self._hi[r] = hi[j]
+        # the tie-free rows all at once (a Python loop over rows cost ~20 us per rebuilt row)
+        clean = ~ties
+        done = rows[clean]
+        if done.size:
+            self.rebuilds += int(done.size)
+            self._force[done] = False
+            self._band[done, :width] = core[clean]
+            self._band[done, width:] = np.inf
+            self._cnt[done] = width
+            self._below[done] = i_lo
+            self._lo[done] = lo[clean]
+            self._hi[done] = hi[clean]
+        for r in rows[ties].tolist():
+            self._rebuild(r, k, count)
 
     def _rebuild(self, r: int, k: int, count: int) -> None:
         """Rebuild series ``r``'s band from its ring: ranks k - halfwidth .. k + 1 + halfwidth."""
