@@ -35,8 +35,8 @@ class SimSource(FrameSource):
         self.cfg = cfg
         self.scope = SimScope(cfg, frame_rate_hz, up=up, down=down)
         self._shape = self.scope.shape
-        self._fps = float(frame_rate_hz)
-        self._period_ns = 1e9 / self._fps
+        self._rate = float(frame_rate_hz)
+        self._period_ns = 1e9 / self._rate
         self._buffers = np.zeros((_N_BUFFERS, *self._shape), np.uint16)
         self._slot = 0
         self._pending: FrameInfo | None = None
@@ -53,17 +53,8 @@ class SimSource(FrameSource):
 
     # ------------------------------------------------------------ FrameSource interface
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self._shape
 
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint16)
 
-    @property
-    def frame_rate_hz(self) -> float:
-        return self._fps
 
     def open(self) -> None:
         self._open = True

@@ -48,18 +48,23 @@ class FrameSource(abc.ABC):
         self._warnings: collections.deque[tuple[str, str]] = collections.deque(maxlen=self.max_pending_warnings)
         self._warnings_dropped = 0
 
+    # Subclasses set ``_shape``, ``_dtype`` and ``_rate`` in their constructor (after ``super().__init__()``).
+    _shape: tuple[int, int] = (0, 0)
+    _dtype: np.dtype = np.dtype(np.uint16)
+    _rate: float = 0.0
+
     @property
-    @abc.abstractmethod
     def shape(self) -> tuple[int, int]:
-        """(height, width) of the frames, as configured or as read from the file."""
+        """(height, width) of the frames, as configured or as read from the file ((0, 0) until known)."""
+        return self._shape
 
     @property
-    @abc.abstractmethod
-    def dtype(self) -> np.dtype: ...
+    def dtype(self) -> np.dtype:
+        return self._dtype
 
     @property
-    @abc.abstractmethod
-    def frame_rate_hz(self) -> float: ...
+    def frame_rate_hz(self) -> float:
+        return self._rate
 
     @abc.abstractmethod
     def open(self) -> None:

@@ -37,6 +37,7 @@ class ClooseTcpSource(FrameSource):
         self._shape = (int(height), int(width))
         self._wire_dtype = np.dtype("<u2" if byte_order == "little" else ">u2")
         self._rate = float(frame_rate_hz)
+        self._dtype = np.dtype(np.uint16)
         self._frame_bytes = height * width * 2
         self._raw = bytearray(self._frame_bytes)
         self._view = memoryview(self._raw)
@@ -60,17 +61,8 @@ class ClooseTcpSource(FrameSource):
         self._gap_frames = 0
         self._bytes = 0
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self._shape
 
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint16)
 
-    @property
-    def frame_rate_hz(self) -> float:
-        return self._rate
 
     @property
     def port(self) -> int:

@@ -58,17 +58,8 @@ class ReplaySource(FrameSource):
             raise MovieError(f"{self.path}: no frames for plane/channel offset {self._offset} "
                              f"(the file has {n_pages} pages)")
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self._shape
 
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
 
-    @property
-    def frame_rate_hz(self) -> float:
-        return self._rate
 
     @property
     def n_frames(self) -> int:

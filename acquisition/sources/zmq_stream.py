@@ -78,18 +78,8 @@ class ZmqStreamSource(FrameSource):
         self._connects = 0
         self._disconnects = 0
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """Expected shape if configured, else that of the last frame received ((0, 0) before the first)."""
-        return self._shape
 
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
 
-    @property
-    def frame_rate_hz(self) -> float:
-        return self._rate
 
     def open(self) -> None:
         sock = self._ctx.socket(zmq.SUB)
