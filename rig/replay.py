@@ -54,7 +54,7 @@ class Mismatch:
 
     def to_dict(self) -> dict[str, Any]:
         return {"what": self.what, "frame": self.frame, "field": self.field,
-                "recorded": _plain(self.recorded), "replayed": _plain(self.replayed)}
+                "recorded": _brief(_plain(self.recorded)), "replayed": _brief(_plain(self.replayed))}
 
 
 @dataclass
@@ -420,7 +420,10 @@ def check(session: SessionData, run: ReplayRun, max_details: int = 20) -> Replay
                 or _event_key(rec_cal) != _event_key(run.calibration)):
             mismatches += 1
             if len(details) < max_details:
-                details.append(Mismatch("calibration", -1, "decoder/calibration.json",
+                differing = "" if rec_cal is None or run.calibration is None else ", ".join(sorted(
+                    key for key in set(rec_cal) | set(run.calibration) if rec_cal.get(key) != run.calibration.get(key)))
+                where = f"decoder/calibration.json ({differing} differ)" if differing else "decoder/calibration.json"
+                details.append(Mismatch("calibration", -1, where,
                                         None if rec_cal is None else _event_key(rec_cal),
                                         None if run.calibration is None else _event_key(run.calibration)))
 
@@ -544,6 +547,12 @@ def _convert(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
         if name in (rows.dtype.names or ()):
             out[name] = rows[name]
     return out
+
+
+def _brief(value: Any, limit: int = 200) -> Any:
+    """A value short enough for the one-line JSON result (long ones are cut, and say so)."""
+    text = value if isinstance(value, str) else json.dumps(value, default=json_default)
+    return value if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _normalise(obj: Any) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rig.config import ConfigError
 from rig.session_data import SessionError, load_session
+from rig.supervisor import git_hash
 
 
 def _fail(command: str, exc: Exception) -> int:
@@ -49,6 +50,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     report = check(session, run)
     for note in report.notes:
         print(f"rig replay: note: {note}", file=sys.stderr)
+    recorded_git = str(session.info.get("software", {}).get("git", "unknown"))
+    current_git = git_hash()
+    if report.mismatches and recorded_git != current_git:
+        print(f"rig replay: note: the session was recorded with bci-rig {recorded_git[:12]} and is replayed with "
+              f"{current_git[:12]}: mismatches may come from changes in the code, not from the rig",
+              file=sys.stderr)
     if report.first_mismatches:
         print(f"rig replay: {report.mismatches} mismatch(es); the first ones:", file=sys.stderr)
         for m in report.first_mismatches:
