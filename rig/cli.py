@@ -17,8 +17,13 @@ Typical morning:
   rig check hardware_configs/my_scope.toml      validate the rig description
   rig valve pulse hardware_configs/my_scope.toml one test drop: is the line primed?
   rig run hardware_configs/my_scope.toml         run the session with the console
+After the session (SESSION is the folder rig run printed):
+  rig report SESSION                             one-page HTML report with plots
+  rig replay SESSION                             re-decide every frame offline and compare
+  rig export SESSION --nwb session.nwb           NWB for sharing and analysis
 Try everything without a microscope:
   rig run hardware_configs/sim.toml --headless --duration 60
+  rig bench                                      how fast is this PC?
 """
 
 #: Packages that add their own subcommands with ``register_cli(subparsers)``.
