@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,23 @@ def spawned_pids(session: Path) -> dict[str, int]:
 def decisions_so_far(session: Path) -> int:
     path = session / "decoder" / "decisions.rec"
     return len(read_records(path)) if path.exists() and Path(str(path) + ".json").exists() else 0
+
+
+def run_rig_until(tmp_path: Path, interrupt: Callable[[Path, subprocess.Popen], None], *extra: str,
+                  frames: int = 60) -> tuple[subprocess.Popen, str, str, Path]:
+    """Start a headless sim session, wait until the decoder decided ``frames`` frames, call
+    ``interrupt(session, proc)`` (kill a process, send Ctrl-C, ...), and collect the rig's output."""
+    proc = subprocess.Popen(rig_cmd(tmp_path, 120, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    try:
+        session = session_dir(tmp_path)
+        wait_for(lambda: decisions_so_far(session) > frames, 90, f"the decoder to decide {frames} frames")
+        interrupt(session, proc)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, out, err, session
 
 
 def test_headless_sim_session_closes_the_loop(tmp_path):
@@ -93,18 +111,15 @@ def test_kill_9_of_any_process_keeps_the_data_and_makes_the_rig_safe(tmp_path, v
     from rig.clock import now_ns
     from rig.session_data import load_session
 
-    proc = subprocess.Popen(rig_cmd(tmp_path, 120), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO)
-    try:
-        session = session_dir(tmp_path)
-        wait_for(lambda: decisions_so_far(session) > 60, 90, "the decoder to decide 60 frames")
-        rows_before = decisions_so_far(session)
+    seen: dict[str, int] = {}
+
+    def kill(session: Path, proc: subprocess.Popen) -> None:
+        seen["rows_before"] = decisions_so_far(session)
         os.kill(spawned_pids(session)[victim], signal.SIGKILL)
-        killed_ns = now_ns()
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        seen["killed_ns"] = now_ns()
+
+    proc, out, err, session = run_rig_until(tmp_path, kill)
+    rows_before, killed_ns = seen["rows_before"], seen["killed_ns"]
     assert proc.returncode == 1, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["ok"] is False and summary["failed_process"] == victim
@@ -134,16 +149,7 @@ def test_kill_9_of_any_process_keeps_the_data_and_makes_the_rig_safe(tmp_path, v
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT from the test")
 def test_ctrl_c_ends_the_session_cleanly_with_data_saved(tmp_path):
-    proc = subprocess.Popen(rig_cmd(tmp_path, 120), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO)
-    try:
-        session = session_dir(tmp_path)
-        wait_for(lambda: decisions_so_far(session) > 60, 90, "the decoder to decide 60 frames")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, out, err, session = run_rig_until(tmp_path, lambda session, proc: proc.send_signal(signal.SIGINT))
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["ok"] is True and summary["stop_reason"] == "Ctrl-C"
@@ -182,16 +188,10 @@ def test_rig_check_names_missing_files(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
 def test_a_hung_process_is_caught_by_missed_heartbeats(tmp_path):
     # SIGSTOP freezes the decoder without killing it: only its silence tells the supervisor
-    proc = subprocess.Popen(rig_cmd(tmp_path, 120, "bus.stop_timeout_s=2"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        session = session_dir(tmp_path)
-        wait_for(lambda: decisions_so_far(session) > 30, 90, "the decoder to decide 30 frames")
+    def freeze(session: Path, proc: subprocess.Popen) -> None:
         os.kill(spawned_pids(session)["decoder"], signal.SIGSTOP)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    proc, out, err, session = run_rig_until(tmp_path, freeze, "bus.stop_timeout_s=2", frames=30)
     assert proc.returncode == 1, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["failed_process"] == "decoder" and "no heartbeat" in summary["failure"], summary
