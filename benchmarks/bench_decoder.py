@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
-from decoder.dff import DffTracker
+from decoder.dff import DffTracker, compile_kernels
 from decoder.engine import DecoderEngine, Mode
 
 
@@ -100,6 +100,7 @@ def main() -> None:
     window = int(round(args.f0_window_s * args.fps))
     print(f"{args.rois} ROIs, F0 window {window} frames ({args.f0_window_s:g} s at {args.fps:g} Hz), "
           f"{args.frames} timed frames; numpy {np.__version__}")
+    compile_kernels()  # as DecoderEngine does at configure: no first-frame compile in the timings
     gc.collect()
 
     tracker = DffTracker(args.rois, 0.7, window, 10.0, 1.0)

@@ -15,8 +15,36 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from numba import njit
 
 from decoder.config import DECODERS
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _decode_row(dff: np.ndarray, rois: np.ndarray, w_up: np.ndarray, w_down: np.ndarray, mean: np.ndarray,
+                std: np.ndarray, zscore: bool, cap: float) -> tuple[float, float]:
+    """(up, down) from one frame: one loop over the decoder's ROIs, sums in ROI order (see LinearDecoder)."""
+    up = 0.0
+    down = 0.0
+    for j in range(rois.shape[0]):
+        s = dff[rois[j]]
+        if zscore:
+            s = (s - mean[j]) / std[j]
+        if cap > 0.0:  # as np.clip: a NaN stays NaN
+            if s > cap:
+                s = cap
+            elif s < -cap:
+                s = -cap
+        up += w_up[j] * s
+        down += w_down[j] * s
+    return up, down
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _decode_rows(dff: np.ndarray, rois: np.ndarray, w_up: np.ndarray, w_down: np.ndarray, mean: np.ndarray,
+                 std: np.ndarray, zscore: bool, cap: float, up: np.ndarray, down: np.ndarray) -> None:
+    for t in range(dff.shape[0]):
+        up[t], down[t] = _decode_row(dff[t], rois, w_up, w_down, mean, std, zscore, cap)
 
 
 def check_ensembles(kind: str, n_rois: int, up: Sequence[int], down: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -113,34 +141,40 @@ class LinearDecoder:
         self._rois = rois
         self._w_up = np.ascontiguousarray(w_up, dtype=np.float64)
         self._w_down = np.ascontiguousarray(w_down, dtype=np.float64)
-        self._signal = np.empty(len(rois))
         self._mean_sub = self._mean[rois]
         self._std_sub = self._std[rois]
 
-    def signals(self, dff: np.ndarray) -> np.ndarray:
-        """The decoder's per-ROI signal for one frame (a reused buffer, in :attr:`rois` order)."""
-        sig = self._signal
-        np.take(dff, self._rois, out=sig)
-        if self.zscore:
-            sig -= self._mean_sub
-            sig /= self._std_sub
-        if self.cell_cap > 0.0:
-            np.clip(sig, -self.cell_cap, self.cell_cap, out=sig)
-        return sig
-
     def decode(self, dff: np.ndarray) -> tuple[float, float]:
         """(up, down) drives for one frame of dF/F (all ROIs)."""
-        sig = self.signals(dff)
-        return float(np.dot(self._w_up, sig)), float(np.dot(self._w_down, sig))
+        return _decode_row(dff, self._rois, self._w_up, self._w_down, self._mean_sub, self._std_sub, self.zscore,
+                           self.cell_cap)
 
-    def decode_frames(self, dff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(up, down) for every row of ``dff`` (frames × n_rois), frame by frame with :meth:`decode`,
-        so a recording decodes to exactly the values the live decoder would produce."""
+    def decode_frames(self, dff: np.ndarray, *, rois_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(up, down) for every row of ``dff`` (frames × n_rois), with the same compiled arithmetic as
+        :meth:`decode`, so a recording decodes to exactly the values the live decoder would produce.
+
+        ``rois_only``: ``dff`` holds only the columns of :attr:`rois`, in that order (calibration computes
+        dF/F for the decoder's ROIs alone).
+        """
+        dff = np.ascontiguousarray(dff, dtype=np.float64)
+        columns = np.arange(len(self._rois), dtype=np.intp) if rois_only else self._rois
+        if dff.ndim != 2 or dff.shape[1] != (len(columns) if rois_only else self.n_rois):
+            raise ValueError(f"`dff`: expected (frames, {len(columns) if rois_only else self.n_rois}), got {dff.shape}")
         up = np.empty(dff.shape[0])
         down = np.empty(dff.shape[0])
-        for t, row in enumerate(dff):
-            up[t], down[t] = self.decode(row)
+        _decode_rows(dff, columns, self._w_up, self._w_down, self._mean_sub, self._std_sub, self.zscore,
+                     self.cell_cap, up, down)
         return up, down
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's on-disk cache) the decode kernels now, not on the first live frame."""
+    for zscore, cap in ((False, 0.0), (True, 1.0)):
+        probe = LinearDecoder("two_population", 2, zscore=zscore, cell_cap=cap)
+        probe.set_ensembles([0], [1])
+        probe.decode(np.zeros(2))
+        probe.decode_frames(np.zeros((2, 2)))
+        probe.decode_frames(np.zeros((2, 2)), rois_only=True)
 
 
 class RunningMean:

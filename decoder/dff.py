@@ -2,21 +2,24 @@
 
 Why not ``np.percentile`` over the window every frame: for 500 ROIs and a one-minute window that is a
 partial sort of ~10^6 values per frame (milliseconds). :class:`RunningPercentile` instead keeps, per
-ROI, a *band*: all window values within a value interval ``[lo, hi]`` that brackets the order
-statistics the percentile needs (the k-th and (k+1)-th smallest), kept sorted, plus ``below``, the
-number of window values under ``lo``. The k-th smallest value is then ``band[k - below]``.
+ROI, a *band*: the window entries whose rank lies in a small interval around the ranks the percentile
+needs (the k-th and (k+1)-th smallest), kept sorted, plus ``below``, how many entries rank under the
+band. The k-th smallest value is then ``band[k - below]``.
 
-A new frame replaces the oldest value in the ring. Both values are compared with ``lo``/``hi`` (a few
-operations on (ROIs,) arrays): ``below`` moves by at most one, and only ROIs where the old or the new
-value falls inside its band (a few percent: the band holds ~2·halfwidth of ~window values) update
-their band, as a small sorted insert/remove. When the order statistic drifts out of a ROI's band, or
-its band overflows, that ROI's band is rebuilt from its ring with ``np.partition`` (O(window), rare:
-the statistic's rank within the band does a slow random walk). A ROI whose values tie so heavily that
-no band fits (a saturated or dead ROI) is computed with ``np.percentile`` each frame instead.
+Entries are ordered by the key (value, ring slot), so no two keys tie even when values do: the band is
+"every entry whose key lies in [lo key, hi key]", an exact rank interval, also for a dead ROI whose
+values are all equal. A new frame replaces the oldest entry of the ring *in the same slot*; comparing
+both keys with the band's bounds moves ``below`` by at most one, and only a ROI where the old or the
+new entry falls inside its band (a few percent of ROIs per frame) edits its band: a binary search and a
+shift of at most ``band_capacity`` values. When the needed ranks drift out of a band, or it overflows,
+that band is rebuilt from the ring with a quickselect (O(window), rare: the rank does a slow random
+walk), and a frame without such rebuilds re-centres the band closest to its edge, so rebuilds seldom
+pile up in one frame.
 
-Everything is exact, including ties: the result is bit-identical to ``np.percentile(window, p, axis=0)``
-(numpy's default "linear" method, whose interpolation formula is reproduced). Unfilled slots hold
-``+inf``, above every band, so the window may grow from empty.
+The per-frame work is a compiled loop (numba, compiled once and cached on disk; :func:`compile_kernels`
+does it ahead of the first frame). Everything is exact: the result is bit-identical to
+``np.percentile(window, p, axis=0)`` (numpy's default "linear" method, whose interpolation formula is
+reproduced). Unfilled slots hold ``+inf``, above every band, so the window may grow from empty.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
+
+# cache: compiled once per machine, not per process; error_model numpy: IEEE division, no Python checks
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+_RECENTRE_BELOW = 2  # room (ranks) under which a frame without rebuilds re-centres the tightest band
+# columns of the per-ROI integer state
+_BELOW, _COUNT, _FORCE = 0, 1, 2
+# columns of the per-ROI band bounds (keys: value, slot; slots stored as float64, exact below 2**53)
+_LO_V, _LO_S, _HI_V, _HI_S = 0, 1, 2, 3
 
 
 def percentile_weights(count: int, percentile: float) -> tuple[int, float]:
@@ -40,6 +52,313 @@ def percentile_weights(count: int, percentile: float) -> tuple[int, float]:
         return count - 1, 0.0
     k = math.floor(virtual)
     return k, virtual - k
+
+
+@njit(**_JIT)
+def _lerp(a: float, b: float, gamma: float) -> float:
+    """numpy's _lerp: a + (b - a)·g, or b - (b - a)·(1 - g) where g >= 0.5."""
+    diff = b - a
+    if gamma >= 0.5:
+        return b - diff * (1.0 - gamma)
+    return a + diff * gamma
+
+
+@njit(**_JIT)
+def _select(a: np.ndarray, lo: int, hi: int, kth: int) -> float:
+    """Reorder ``a[lo:hi]`` so that ``a[kth]`` is its kth smallest, smaller left, larger right; return it.
+
+    Hoare-partition quickselect (Wirth) with a median-of-three pivot: equal values stop both scans, so
+    heavy ties cost no more than distinct values.
+    """
+    right = hi - 1
+    left = lo
+    while right > left:
+        mid = (left + right) >> 1
+        x, y, z = a[left], a[mid], a[right]
+        if x > y:
+            x, y = y, x
+        if y > z:
+            y = z
+            if x > y:
+                y = x
+        pivot = y
+        i, j = left, right
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if kth <= j:
+            right = j
+        elif kth >= i:
+            left = i
+        else:
+            break
+    return a[kth]
+
+
+@njit(**_JIT)
+def _lower_bound(band: np.ndarray, r: int, cnt: int, v: float, s: float) -> int:
+    """First band position of row ``r`` whose key is >= (v, s)."""
+    lo, hi = 0, cnt
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        bv = band[r, 0, mid]
+        if bv < v or (bv == v and band[r, 1, mid] < s):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(**_JIT)
+def _key_less(av: float, a_slot: float, bv: float, b_slot: float) -> bool:
+    return av < bv or (av == bv and a_slot < b_slot)
+
+
+@njit(**_JIT)
+def _insert_sorted(buf_v: np.ndarray, buf_s: np.ndarray, n: int, v: float, s: float) -> None:
+    """Insert key (v, s) into the ascending first ``n`` entries of a buffer with room for one more."""
+    j = n
+    while j > 0 and _key_less(v, s, buf_v[j - 1], buf_s[j - 1]):
+        buf_v[j] = buf_v[j - 1]
+        buf_s[j] = buf_s[j - 1]
+        j -= 1
+    buf_v[j] = v
+    buf_s[j] = s
+
+
+@njit(**_JIT)
+def _set_band(band: np.ndarray, bounds: np.ndarray, state: np.ndarray, r: int, values: np.ndarray,
+              slots: np.ndarray, width: int, below: int) -> None:
+    for j in range(width):
+        band[r, 0, j] = values[j]
+        band[r, 1, j] = slots[j]
+    state[r, _BELOW] = below
+    state[r, _COUNT] = width
+    state[r, _FORCE] = 0
+    bounds[r, _LO_V] = values[0]
+    bounds[r, _LO_S] = slots[0]
+    bounds[r, _HI_V] = values[width - 1]
+    bounds[r, _HI_S] = slots[width - 1]
+
+
+@njit(**_JIT)
+def _rebuild_full(ring: np.ndarray, band: np.ndarray, bounds: np.ndarray, state: np.ndarray,
+                  scratch: np.ndarray, r: int, count: int, i_lo: int, i_hi: int) -> None:
+    """Band of row ``r`` := its window's entries of ranks i_lo..i_hi, found by quickselect."""
+    buf, gathered_v, gathered_s = scratch[0], scratch[1], scratch[2]
+    row = ring[r]  # contiguous: a rebuild streams through one row
+    for i in range(count):  # the ring fills slots 0, 1, ... first, so slots < count are the window
+        buf[i] = row[i]
+    v_hi = _select(buf, 0, count, i_hi)
+    v_lo = _select(buf, 0, i_hi, i_lo) if i_lo < i_hi else v_hi
+    # the entries with values in [v_lo, v_hi], in slot order; `smaller` entries have values below v_lo
+    smaller = 0
+    m = 0
+    for i in range(count):
+        v = row[i]
+        if v < v_lo:
+            smaller += 1
+        elif v <= v_hi:
+            gathered_v[m] = v
+            gathered_s[m] = i
+            m += 1
+    order = np.argsort(gathered_v[:m], kind="mergesort")  # stable: ties stay in slot order, i.e. key order
+    first = i_lo - smaller  # gathered entry j has rank smaller + j
+    width = i_hi - i_lo + 1
+    out_v, out_s = scratch[3], scratch[4]
+    for j in range(width):
+        at = order[first + j]
+        out_v[j] = gathered_v[at]
+        out_s[j] = gathered_s[at]
+    _set_band(band, bounds, state, r, out_v, out_s, width, i_lo)
+
+
+@njit(**_JIT)
+def _rebuild(ring: np.ndarray, band: np.ndarray, bounds: np.ndarray, state: np.ndarray, scratch: np.ndarray,
+             r: int, count: int, k: int, halfwidth: int) -> None:
+    """Band of row ``r`` := the entries of ranks k - halfwidth .. k + 1 + halfwidth of its window.
+
+    The band's own entries are exact ranks, so when the new rank interval overlaps it only the missing
+    ranks at either end are fetched: one pass over the row keeps, in a small sorted buffer, the largest
+    entries under the band and/or the smallest above it. Otherwise (a first build, an inconsistent band)
+    the whole interval is selected afresh.
+    """
+    i_lo = max(k - halfwidth, 0)
+    i_hi = min(k + 1 + halfwidth, count - 1)
+    below = state[r, _BELOW]
+    cnt = state[r, _COUNT]
+    top = below + cnt - 1  # rank of the band's last entry
+    if state[r, _FORCE] or cnt == 0 or i_lo > top or i_hi < below:
+        _rebuild_full(ring, band, bounds, state, scratch, r, count, i_lo, i_hi)
+        return
+    need_left = below - i_lo  # ranks i_lo .. below-1: the largest entries under the band
+    need_right = i_hi - top  # ranks top+1 .. i_hi: the smallest entries above it
+    left_v, left_s, right_v, right_s = scratch[0], scratch[1], scratch[2], scratch[3]
+    n_left = 0
+    n_right = 0
+    if need_left > 0 or need_right > 0:
+        lo_v, lo_s = bounds[r, _LO_V], bounds[r, _LO_S]
+        hi_v, hi_s = bounds[r, _HI_V], bounds[r, _HI_S]
+        row = ring[r]
+        for i in range(count):
+            v = row[i]
+            s = float(i)
+            if need_left > 0 and _key_less(v, s, lo_v, lo_s):
+                if n_left < need_left:
+                    _insert_sorted(left_v, left_s, n_left, v, s)
+                    n_left += 1
+                elif _key_less(left_v[0], left_s[0], v, s):  # larger than the smallest kept: drop that one
+                    for j in range(n_left - 1):
+                        left_v[j] = left_v[j + 1]
+                        left_s[j] = left_s[j + 1]
+                    _insert_sorted(left_v, left_s, n_left - 1, v, s)
+            elif need_right > 0 and _key_less(hi_v, hi_s, v, s):
+                if n_right < need_right:
+                    _insert_sorted(right_v, right_s, n_right, v, s)
+                    n_right += 1
+                elif _key_less(v, s, right_v[n_right - 1], right_s[n_right - 1]):  # drop the largest kept
+                    _insert_sorted(right_v, right_s, n_right - 1, v, s)
+    out_v, out_s = scratch[4], scratch[5]
+    width = 0
+    for j in range(n_left):
+        out_v[width] = left_v[j]
+        out_s[width] = left_s[j]
+        width += 1
+    for j in range(max(i_lo - below, 0), min(i_hi - below, cnt - 1) + 1):
+        out_v[width] = band[r, 0, j]
+        out_s[width] = band[r, 1, j]
+        width += 1
+    for j in range(n_right):
+        out_v[width] = right_v[j]
+        out_s[width] = right_s[j]
+        width += 1
+    _set_band(band, bounds, state, r, out_v, out_s, width, i_lo)
+
+
+@njit(**_JIT)
+def _push(ring: np.ndarray, x: np.ndarray, band: np.ndarray, bounds: np.ndarray, state: np.ndarray,
+          value: np.ndarray, scratch: np.ndarray, slot: int, count: int, k: int, gamma: float,
+          halfwidth: int) -> int:
+    """Replace ring slot ``slot`` with ``x``, update the bands, write the percentile to ``value``.
+
+    ``count``/``k``/``gamma``: the window size after this push and its percentile weights. Returns how
+    many bands were rebuilt.
+    """
+    n = x.shape[0]
+    capacity = band.shape[2]
+    s = float(slot)
+    for r in range(n):
+        old = ring[r, slot]
+        new = x[r]
+        ring[r, slot] = new
+        lo_v = bounds[r, _LO_V]
+        lo_s = bounds[r, _LO_S]
+        hi_v = bounds[r, _HI_V]
+        hi_s = bounds[r, _HI_S]
+        old_below = old < lo_v or (old == lo_v and s < lo_s)
+        new_below = new < lo_v or (new == lo_v and s < lo_s)
+        old_in = not old_below and (old < hi_v or (old == hi_v and s <= hi_s))
+        new_in = not new_below and (new < hi_v or (new == hi_v and s <= hi_s))
+        state[r, _BELOW] += int(new_below) - int(old_below)
+        if old_in:
+            cnt = state[r, _COUNT]
+            j = _lower_bound(band, r, cnt, old, s)
+            if j < cnt and band[r, 0, j] == old and band[r, 1, j] == s:
+                for i in range(j, cnt - 1):
+                    band[r, 0, i] = band[r, 0, i + 1]
+                    band[r, 1, i] = band[r, 1, i + 1]
+                state[r, _COUNT] = cnt - 1
+            else:  # cannot happen while the band is consistent; if it does, rebuild rather than drift
+                state[r, _FORCE] = 1
+        if new_in:
+            cnt = state[r, _COUNT]
+            if cnt >= capacity:  # full: drop the end farther from rank k; the new entry may then fall outside
+                if k - state[r, _BELOW] < cnt // 2:
+                    cnt -= 1
+                    bounds[r, _HI_V] = band[r, 0, cnt - 1]
+                    bounds[r, _HI_S] = band[r, 1, cnt - 1]
+                    new_in = not _key_less(band[r, 0, cnt - 1], band[r, 1, cnt - 1], new, s)
+                else:
+                    for i in range(cnt - 1):
+                        band[r, 0, i] = band[r, 0, i + 1]
+                        band[r, 1, i] = band[r, 1, i + 1]
+                    cnt -= 1
+                    state[r, _BELOW] += 1
+                    bounds[r, _LO_V] = band[r, 0, 0]
+                    bounds[r, _LO_S] = band[r, 1, 0]
+                    if _key_less(new, s, band[r, 0, 0], band[r, 1, 0]):
+                        new_in = False
+                        state[r, _BELOW] += 1
+                state[r, _COUNT] = cnt
+            if new_in:
+                j = _lower_bound(band, r, cnt, new, s)
+                for i in range(cnt, j, -1):
+                    band[r, 0, i] = band[r, 0, i - 1]
+                    band[r, 1, i] = band[r, 1, i - 1]
+                band[r, 0, j] = new
+                band[r, 1, j] = s
+                state[r, _COUNT] = cnt + 1
+
+    need = 2 if gamma != 0.0 else 1
+    rebuilt = 0
+    tightest = -1
+    tightest_room = count + 1
+    for r in range(n):
+        pos = k - state[r, _BELOW]
+        cnt = state[r, _COUNT]
+        if state[r, _FORCE] or pos < 0 or pos + need > cnt:
+            _rebuild(ring, band, bounds, state, scratch, r, count, k, halfwidth)
+            rebuilt += 1
+            pos = k - state[r, _BELOW]
+        else:
+            room = min(pos, cnt - pos - need)
+            if room < tightest_room:
+                tightest_room = room
+                tightest = r
+        a = band[r, 0, pos]
+        value[r] = a if need == 1 else _lerp(a, band[r, 0, pos + 1], gamma)
+    if rebuilt == 0 and tightest >= 0 and tightest_room < _RECENTRE_BELOW:
+        # the value stays the same: the needed ranks are still in the band, it just gets more room
+        _rebuild(ring, band, bounds, state, scratch, tightest, count, k, halfwidth)
+        rebuilt += 1
+    return rebuilt
+
+
+@njit(**_JIT)
+def _fill(ring: np.ndarray, band: np.ndarray, bounds: np.ndarray, state: np.ndarray, value: np.ndarray,
+          scratch: np.ndarray, count: int, k: int, gamma: float, halfwidth: int) -> None:
+    """Rebuild every band from the ring's first ``count`` slots and compute the percentile."""
+    need = 2 if gamma != 0.0 else 1
+    for r in range(value.shape[0]):
+        _rebuild(ring, band, bounds, state, scratch, r, count, k, halfwidth)
+        pos = k - state[r, _BELOW]
+        a = band[r, 0, pos]
+        value[r] = a if need == 1 else _lerp(a, band[r, 0, pos + 1], gamma)
+
+
+@njit(**_JIT)
+def _correct(F: np.ndarray, Fneu: np.ndarray, coef: float, out: np.ndarray) -> bool:
+    """out = F - coef·Fneu in float64 (numpy's arithmetic: each input cast first); True if all finite."""
+    finite = True
+    for i in range(out.shape[0]):
+        v = np.float64(F[i]) - np.float64(Fneu[i]) * coef
+        out[i] = v
+        finite &= v - v == 0.0  # False for NaN and ±inf
+    return finite
+
+
+@njit(**_JIT)
+def _dff(corrected: np.ndarray, f0: np.ndarray, f0_floor: float, out: np.ndarray) -> None:
+    """out = (corrected - f0) / max(f0, f0_floor), as np.maximum does it (a NaN F0 stays NaN)."""
+    for i in range(out.shape[0]):
+        f = f0[i]
+        out[i] = (corrected[i] - f) / (f if not f < f0_floor else f0_floor)
 
 
 class RunningPercentile:
@@ -69,39 +388,14 @@ class RunningPercentile:
         self.capacity = band_capacity
         self.halfwidth = halfwidth
         self.rebuilds = 0  # bands rebuilt so far (a statistic for benchmarks)
-        # raw values, one row per series (a rebuild reads a row), column = slot, oldest overwritten first
+        # one row per series (a rebuild streams through one row), column = slot; oldest slot overwritten first
         self._ring = np.empty((n, window))
-        # sorted band values, +inf after the first `cnt`; one spare column so that an insertion into a full
-        # band still fits (the band is then rebuilt at once)
-        self._band = np.empty((n, band_capacity + 1))
-        self._band_flat = self._band.reshape(-1)
-        self._cnt = np.empty(n, dtype=np.intp)
-        self._below = np.empty(n, dtype=np.intp)
-        self._lo = np.empty(n)
-        self._hi = np.empty(n)
-        self._dense = np.zeros(n, dtype=bool)  # computed by np.percentile: ties too heavy for a band
-        self._dense_rows: list[int] = []
-        self._dense_retry = 0
+        self._band = np.empty((n, 2, band_capacity))  # [r, 0] sorted values, [r, 1] their slots
+        self._bounds = np.empty((n, 4))  # lo value, lo slot, hi value, hi slot
+        self._state = np.empty((n, 3), dtype=np.int64)  # below, count in band, rebuild forced
+        self._scratch = np.empty((6, max(window, band_capacity)))  # a rebuild's workspace
+        self._x = np.empty(n)  # float64 copy of an input of another dtype or layout
         self.value = np.empty(n)  # the current percentile; push() updates it in place
-        # scratch, so push() allocates nothing but small index arrays
-        self._row_base = np.arange(n, dtype=np.intp) * (band_capacity + 1)
-        self._pair = np.empty((2, n))
-        self._old, self._new = self._pair
-        self._below2 = np.empty((2, n), dtype=bool)
-        self._old_below, self._new_below = self._below2
-        self._out2 = np.empty((2, n), dtype=bool)
-        self._old_out, self._new_out = self._out2
-        self._flag = np.empty(n, dtype=bool)
-        self._bad = np.empty(n, dtype=bool)
-        self._force = np.zeros(n, dtype=bool)  # band overflowed: rebuild before use
-        self._pos = np.empty(n, dtype=np.intp)
-        self._room = np.empty(n, dtype=np.intp)
-        self._recentre_below = 2  # room (ranks) under which an idle frame re-centres a band
-        self._rows1 = np.zeros(1, dtype=np.intp)
-        self._idx = np.empty(n, dtype=np.intp)
-        self._kth = np.empty(n)
-        self._next = np.empty(n)
-        self._diff = np.empty(n)
         self._weights_cache: dict[int, tuple[int, float]] = {}
         self.reset()
 
@@ -114,15 +408,11 @@ class RunningPercentile:
         """Empty the window."""
         self._ring.fill(np.inf)
         self._band.fill(np.inf)
-        self._cnt.fill(0)
-        self._below.fill(0)
-        # an empty band at -inf: every value is "above" it, so the first push rebuilds every band
-        self._lo.fill(-np.inf)
-        self._hi.fill(-np.inf)
-        self._dense.fill(False)
-        self._dense_rows = []
-        self._force.fill(False)
-        self._forced = False
+        # an empty band below everything: every entry ranks above it, so the first push rebuilds every band
+        self._bounds.fill(-np.inf)
+        self._bounds[:, _LO_S] = -1.0
+        self._bounds[:, _HI_S] = -1.0
+        self._state.fill(0)
         self.value.fill(np.nan)
         self._count = 0
         self._pushed = 0
@@ -142,8 +432,9 @@ class RunningPercentile:
         self._count = m
         self._pushed = m
         k, gamma = self._weights(m)
-        self._rebuild_rows(np.arange(self.n), k, m)
-        self._compute(k, gamma)
+        _fill(self._ring, self._band, self._bounds, self._state, self.value, self._scratch, m, k, gamma,
+              self.halfwidth)
+        self.rebuilds += self.n
 
     def window_values(self) -> np.ndarray:
         """The values in the window, oldest first (frames × n); a copy, for checks and snapshots."""
@@ -160,192 +451,29 @@ class RunningPercentile:
 
     def push(self, x: np.ndarray) -> np.ndarray:
         """Add one value per series (dropping the oldest once full); return the percentile (a view)."""
+        if not (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.shape == (self.n,) and x.flags.c_contiguous):
+            np.copyto(self._x, x)
+            x = self._x
         slot = self._pushed % self.window
-        pair = self._pair  # row 0: the value leaving the window, row 1: the value entering it
-        column = self._ring[:, slot]
-        pair[0] = column
-        pair[1] = x  # float64 copy of the input
-        column[...] = self._new
-        below2, out2 = self._below2, self._out2
-        np.less(pair, self._lo, out=below2)  # (2, n) at once: fewer numpy calls per push
-        np.greater(pair, self._hi, out=out2)
-        out2 |= below2  # outside the band
-        below = self._below
-        below += self._new_below
-        below -= self._old_below
-        flag = self._flag
-        np.logical_and(self._old_out, self._new_out, out=flag)
-        rows = np.logical_not(flag, out=flag).nonzero()[0]  # the old or the new value is in band
-        if rows.size:
-            self._update_bands(rows, self._old, self._new)
-
         self._count = count = min(self._count + 1, self.window)
         self._pushed += 1
         k, gamma = self._weights(count)
-        self._compute(k, gamma)
+        self.rebuilds += _push(self._ring, x, self._band, self._bounds, self._state, self.value, self._scratch,
+                               slot, count, k, gamma, self.halfwidth)
         return self.value
 
-    def _compute(self, k: int, gamma: float) -> None:
-        """value = the percentile from the bands; rebuild the bands that no longer bracket rank k (k+1)."""
-        pos, bad, room = self._pos, self._bad, self._room
-        np.subtract(k, self._below, out=pos)  # rank k's index in the band
-        # room: how far rank k (and k+1) can drift before leaving the band; negative: it has left
-        np.subtract(self._cnt, pos, out=room)
-        room -= 2 if gamma else 1
-        np.minimum(room, pos, out=room)
-        np.less(room, 0, out=bad)
-        if self._forced:
-            bad |= self._force
-            self._forced = False
-        if self._dense_rows:
-            bad &= ~self._dense
-            room[self._dense] = self.window  # never "closest to the edge"
-            self._dense_retry += 1
-            if self._dense_retry >= self.window:  # perhaps the ties are gone: try a band again
-                self._dense_retry = 0
-                for r in self._dense_rows:
-                    self._dense[r] = False
-                    bad[r] = True
-                self._dense_rows = []
-        if bad.any():
-            self._rebuild_rows(bad.nonzero()[0], k, self._count)
-            np.subtract(k, self._below, out=pos)
-        else:
-            # a frame without forced rebuilds re-centres the band closest to its edge, so that forced
-            # rebuilds (which can coincide) stay rare and the slowest frames cheap
-            r = int(room.argmin())
-            if room[r] < self._recentre_below:
-                self._rebuild_rows(self._one_row(r), k, self._count)
-                pos[r] = k - self._below[r]
-        idx = self._idx
-        np.add(pos, self._row_base, out=idx)
-        kth = self._kth
-        self._band_flat.take(idx, out=kth, mode="clip")  # clip: dense rows' indices are meaningless
-        if gamma != 0.0:
-            idx += 1
-            self._band_flat.take(idx, out=self._next, mode="clip")
-        if self._dense_rows:
-            with np.errstate(invalid="ignore"):  # dense rows read +inf padding; overwritten below
-                self._lerp(gamma)
-            for r in self._dense_rows:
-                self.value[r] = np.percentile(self._ring[r, : self._count], self.percentile)
-        else:
-            self._lerp(gamma)
 
-    def _lerp(self, gamma: float) -> None:
-        """numpy's _lerp: a + (b - a)·g, or b - (b - a)·(1 - g) where g >= 0.5 (a = k-th, b = (k+1)-th)."""
-        kth, nxt, diff, value = self._kth, self._next, self._diff, self.value
-        if gamma == 0.0:
-            np.copyto(value, kth)
-            return
-        np.subtract(nxt, kth, out=diff)
-        if gamma >= 0.5:
-            diff *= 1.0 - gamma
-            np.subtract(nxt, diff, out=value)
-        else:
-            diff *= gamma
-            np.add(kth, diff, out=value)
-
-    def _update_bands(self, rows: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
-        """Remove the old value from / insert the new value into the bands of ``rows`` (one of them in band).
-
-        One write per row then a re-sort: the new value (or +inf if it is outside the band) overwrites the
-        old value's leftmost copy (or, if the old value is outside, the first +inf after the band). Only
-        the columns up to the fullest band's first +inf take part.
-        """
-        cnt = self._cnt.take(rows)
-        width = int(cnt.max()) + 1  # every write lands at or before a band's first +inf
-        key = old.take(rows)
-        old_out = self._old_out.take(rows)
-        np.copyto(key, np.inf, where=old_out)
-        val = new.take(rows)
-        new_out = self._new_out.take(rows)
-        np.copyto(val, np.inf, where=new_out)
-        sub = self._band[rows, :width]  # (m, width) copy
-        at = np.less(sub, key[:, None]).argmin(axis=1)  # key's leftmost copy, or the first +inf
-        at += self._row_base[: rows.size] if width == self.capacity + 1 else np.arange(0, rows.size * width, width)
-        sub.reshape(-1)[at] = val
-        sub.sort(axis=1, kind="stable")  # timsort: linear on a row that is sorted but for one value
-        self._band[rows, :width] = sub
-        cnt += old_out
-        cnt -= new_out
-        self._cnt[rows] = cnt
-        if width > self.capacity:  # a band was full: an insertion used the spare column, rebuild it
-            full = cnt > self.capacity
-            self._force[rows[full]] = True
-            self._forced = True
-
-    def _one_row(self, r: int) -> np.ndarray:
-        self._rows1[0] = r
-        return self._rows1
-
-    def _rebuild_rows(self, rows: np.ndarray, k: int, count: int) -> None:
-        """Rebuild the bands of ``rows`` at once (one partition call); rows with ties at the band's edges,
-        or whose band would not fit, go through :meth:`_rebuild` one by one."""
-        if self.halfwidth == 0:
-            for r in rows.tolist():
-                self._rebuild(r, k, count)
-            return
-        i_lo = max(k - self.halfwidth, 0)
-        i_hi = min(k + 1 + self.halfwidth, count - 1)
-        part = self._ring[rows, :count]  # (rows, count) copy
-        part.partition((i_lo, i_hi), axis=1)
-        lo = part[:, i_lo]
-        hi = part[:, i_hi]
-        # tie-free rows (the rule for continuous data): the band is exactly ranks i_lo..i_hi. Values left
-        # of i_lo are <= lo and right of i_hi >= hi, so a tie shows as max(left) == lo or min(right) == hi.
-        ties = np.zeros(rows.size, dtype=bool)
-        if i_lo > 0:
-            ties |= part[:, :i_lo].max(axis=1) == lo
-        if i_hi + 1 < count:
-            ties |= part[:, i_hi + 1 :].min(axis=1) == hi
-        core = np.sort(part[:, i_lo : i_hi + 1], axis=1)
-        width = i_hi - i_lo + 1
-        # the tie-free rows all at once (a Python loop over rows cost ~20 us per rebuilt row)
-        clean = ~ties
-        done = rows[clean]
-        if done.size:
-            self.rebuilds += int(done.size)
-            self._force[done] = False
-            self._band[done, :width] = core[clean]
-            self._band[done, width:] = np.inf
-            self._cnt[done] = width
-            self._below[done] = i_lo
-            self._lo[done] = lo[clean]
-            self._hi[done] = hi[clean]
-        for r in rows[ties].tolist():
-            self._rebuild(r, k, count)
-
-    def _rebuild(self, r: int, k: int, count: int) -> None:
-        """Rebuild series ``r``'s band from its ring: ranks k - halfwidth .. k + 1 + halfwidth."""
-        self.rebuilds += 1
-        self._force[r] = False
-        vals = self._ring[r, :count]  # the ring fills slots 0, 1, ... first, so these are the window
-        half = self.halfwidth
-        limit = (self.capacity * 3) // 4  # leave room for values arriving in band before the next rebuild
-        while True:
-            i_lo = max(k - half, 0)
-            i_hi = min(k + 1 + half, count - 1)
-            part = np.partition(vals, (i_lo, i_hi))
-            lo, hi = part[i_lo], part[i_hi]
-            inside = part[(part >= lo) & (part <= hi)]
-            if inside.size <= (limit if half else self.capacity):
-                break
-            if half == 0:  # heavy ties at the percentile itself: no band fits
-                self._dense[r] = True
-                self._dense_rows = sorted(set(self._dense_rows) | {r})
-                self._lo[r] = self._hi[r] = -np.inf  # every value "above": the band logic leaves it alone
-                self._cnt[r] = 0
-                return
-            half //= 2
-        inside.sort()
-        band = self._band[r]
-        band[: inside.size] = inside
-        band[inside.size :] = np.inf
-        self._cnt[r] = inside.size
-        self._below[r] = int(np.count_nonzero(part < lo))
-        self._lo[r] = lo
-        self._hi[r] = hi
+def compile_kernels() -> None:
+    """Compile (or load from numba's on-disk cache) the dF/F kernels now, not on the first live frame."""
+    running = RunningPercentile(1, 4, 10.0, band_capacity=4)
+    for v in (1.0, 2.0, 3.0, 4.0, 5.0, 0.5, 0.25):
+        running.push(np.array([v]))
+    running.fill(np.zeros((2, 1)))
+    out = np.empty(1)
+    for dtype in (np.float32, np.float64):  # the input dtypes extraction sends
+        _correct(np.ones(1, dtype=dtype), np.ones(1, dtype=dtype), 0.7, out)
+    _dff(out, out, 1.0, out)
+    baseline_dff_stats(np.ones((3, 1)), np.ones((3, 1)), 2, 10.0, 0.5)
 
 
 class DffTracker:
@@ -364,7 +492,6 @@ class DffTracker:
         self.corrected = np.empty(n_rois)
         self.f0 = self.running.value
         self.dff = np.full(n_rois, np.nan)
-        self._scratch = np.empty(n_rois)
 
     @property
     def window(self) -> int:
@@ -376,10 +503,7 @@ class DffTracker:
 
     def correct(self, F: np.ndarray, Fneu: np.ndarray) -> bool:
         """Fill ``corrected`` from one frame; False (and nothing else changed) if it is not all finite."""
-        np.multiply(Fneu, self.neuropil_coef, out=self._scratch, dtype=np.float64)  # float64 even for float32 in
-        np.subtract(F, self._scratch, out=self.corrected, dtype=np.float64)
-        # sum() is NaN iff an element is NaN/inf (or an overflow): one pass, no temporary array
-        return math.isfinite(float(self.corrected.sum()))
+        return _correct(F, Fneu, self.neuropil_coef, self.corrected)
 
     def update(self) -> np.ndarray:
         """Push ``corrected`` (from :meth:`correct`) into the F0 window and compute dF/F (a view)."""
@@ -413,9 +537,7 @@ class DffTracker:
         self.running.fill(spread[order])
 
     def _dff_from_f0(self) -> None:
-        np.maximum(self.f0, self.f0_floor, out=self._scratch)
-        np.subtract(self.corrected, self.f0, out=self.dff)
-        self.dff /= self._scratch
+        _dff(self.corrected, self.f0, self.f0_floor, self.dff)
 
 
 def corrected_f(F: np.ndarray, Fneu: np.ndarray, neuropil_coef: float) -> np.ndarray:
@@ -452,6 +574,50 @@ def baseline_f0(corrected: np.ndarray, live_f0: np.ndarray, window: int, percent
     head = min(window, corrected.shape[0])
     f0[:head] = np.percentile(np.asarray(corrected[:head], dtype=np.float64), percentile, axis=0)
     return f0
+
+
+@njit(**_JIT)
+def _dff_stats(corrected: np.ndarray, live_f0: np.ndarray, head: int, head_f0: np.ndarray, f0_floor: float,
+               mean: np.ndarray, std: np.ndarray) -> None:
+    n, rois = corrected.shape
+    for r in range(rois):
+        mean[r] = 0.0
+        std[r] = 0.0
+    for t in range(n):
+        f0 = head_f0 if t < head else live_f0[t]
+        for r in range(rois):
+            f = f0[r]
+            mean[r] += (corrected[t, r] - f) / (f if not f < f0_floor else f0_floor)
+    for r in range(rois):
+        mean[r] /= n
+    for t in range(n):  # two passes: no cancellation in the variance
+        f0 = head_f0 if t < head else live_f0[t]
+        for r in range(rois):
+            f = f0[r]
+            d = (corrected[t, r] - f) / (f if not f < f0_floor else f0_floor) - mean[r]
+            std[r] += d * d
+    for r in range(rois):
+        std[r] = math.sqrt(std[r] / n)
+
+
+def baseline_dff_stats(corrected: np.ndarray, live_f0: np.ndarray, window: int, percentile: float,
+                       f0_floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and standard deviation over a baseline of each ROI's dF/F (with :func:`baseline_f0`), and F0
+    at its last frame, without materialising the frames × ROIs dF/F (a 15-min baseline of 500 ROIs is
+    108 MB per array: allocating those stalled the decoder for a second)."""
+    corrected = np.ascontiguousarray(corrected, dtype=np.float64)
+    live_f0 = np.ascontiguousarray(live_f0, dtype=np.float64)
+    if corrected.ndim != 2 or corrected.shape != live_f0.shape or corrected.shape[0] < 1:
+        raise ValueError(f"`corrected`/`live_f0`: expected two (frames >= 1, n_rois) arrays of one shape, got "
+                         f"{corrected.shape} and {live_f0.shape}")
+    n = corrected.shape[0]
+    head = min(window, n)
+    head_f0 = np.percentile(corrected[:head], percentile, axis=0)
+    mean = np.empty(corrected.shape[1])
+    std = np.empty(corrected.shape[1])
+    _dff_stats(corrected, live_f0, head, head_f0, float(f0_floor), mean, std)
+    last_f0 = head_f0 if n <= head else live_f0[n - 1].copy()
+    return mean, std, last_f0
 
 
 def dff_from(corrected: np.ndarray, f0: np.ndarray, f0_floor: float) -> np.ndarray:

@@ -44,7 +44,18 @@ import numpy as np
 from decoder.calibration import Calibration, CalibrationError, calibrate_cursor, rtb_level_for
 from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
 from decoder.decoders import LinearDecoder, RunningMean, check_ensembles
-from decoder.dff import DffTracker, RunningPercentile, baseline_f0, corrected_f, dff_from
+from decoder.decoders import compile_kernels as compile_decoder_kernels
+from decoder.dff import (
+    DffTracker,
+    RunningPercentile,
+    baseline_dff_stats,
+    baseline_f0,
+    corrected_f,
+    dff_from,
+)
+from decoder.dff import (
+    compile_kernels as compile_dff_kernels,
+)
 from decoder.feedback import NO_BIN, FeedbackMapper
 from decoder.trial import Event, TrialMachine, TrialState, TrialTiming, frames_for
 
@@ -123,6 +134,9 @@ class DecoderEngine:
         self.f0_window = max(1, frames_for(decoder_cfg.f0_window_s, frame_rate_hz))
         self.baseline_target = max(1, frames_for(task_cfg.baseline_s, frame_rate_hz))
         self.max_gap_frames = frames_for(86_400.0, frame_rate_hz)  # a day: anything longer is a broken counter
+        # here (configure), not on the first frame or at calibration: a first compile takes seconds
+        compile_dff_kernels()
+        compile_decoder_kernels()
         self._tracker = DffTracker(n_rois, decoder_cfg.neuropil_coef, self.f0_window, decoder_cfg.f0_percentile,
                                    decoder_cfg.f0_floor)
         self._decoder = LinearDecoder(decoder_cfg.decoder, n_rois, zscore=decoder_cfg.zscore,
@@ -561,17 +575,18 @@ class DecoderEngine:
             raise CalibrationError(f"the {decoder.kind} decoder has no ensembles: set the up/down ensembles first")
         cfg = self.decoder_cfg
         corrected = self._base_corr[:n]
-        f0 = baseline_f0(corrected, self._base_f0[:n], self.f0_window, cfg.f0_percentile)
+        live_f0 = self._base_f0[:n]
         rois = decoder.rois
-        low = f0[:, rois].min(axis=0)
+        # dF/F series only for the decoder's ROIs; for every ROI just its mean and spread (z-scoring, record)
+        f0 = baseline_f0(corrected[:, rois], live_f0[:, rois], self.f0_window, cfg.f0_percentile)
+        low = f0.min(axis=0)
         dim = [int(r) for r, v in zip(rois, low, strict=True) if not v > cfg.f0_floor]
         if dim:
             raise CalibrationError(
                 f"ROIs {dim}: baseline F0 falls to or below f0_floor ({cfg.f0_floor:g}), so their dF/F is not "
                 f"meaningful (neuropil-corrected F near zero); pick other cells or lower neuropil_coef")
-        dff = dff_from(corrected, f0, cfg.f0_floor)
-        mean = dff.mean(axis=0)
-        std = dff.std(axis=0)
+        dff = dff_from(corrected[:, rois], f0, cfg.f0_floor)
+        mean, std, last_f0 = baseline_dff_stats(corrected, live_f0, self.f0_window, cfg.f0_percentile, cfg.f0_floor)
         if cfg.zscore:
             flat = [int(r) for r in rois if not std[r] > 0.0]
             if flat:
@@ -582,7 +597,7 @@ class DecoderEngine:
         else:
             probe.set_ensembles(decoder.up, decoder.down)
         probe.set_zscore_stats(mean, std)
-        up, down = probe.decode_frames(dff)
+        up, down = probe.decode_frames(dff, rois_only=True)
         up_s, down_s = self._smoother.smooth_frames(up, down)
         cursor = up_s - down_s
         cal_cfg = self._calibration_cfg
@@ -598,7 +613,7 @@ class DecoderEngine:
             trial_frames=self.timing.trial_frames, n_trials=cal_cfg.n_trials, seed=cal_cfg.seed,
             frame_rate_hz=self.frame_rate_hz, decoder=decoder.kind, up=list(decoder.up), down=list(decoder.down),
             weights=[float(w) for w in decoder.weights] if decoder.kind == "weighted" else [],
-            zscore=cfg.zscore, n_rois=self.n_rois, f0=[float(v) for v in f0[-1]],
+            zscore=cfg.zscore, n_rois=self.n_rois, f0=[float(v) for v in last_f0],
             dff_mean=[float(v) for v in mean], dff_std=[float(v) for v in std],
             f0_levels=[float(v) for v in F0_LEVELS],
             f0_quantiles=np.percentile(corrected[-self.f0_window :], F0_LEVELS, axis=0).tolist(),

@@ -71,6 +71,36 @@ def test_decode_frames_equals_frame_by_frame():
     up, down = dec.decode_frames(dff)
     for t in range(50):
         assert (up[t], down[t]) == dec.decode(dff[t])
+    # calibration passes only the decoder's columns
+    narrow_up, narrow_down = dec.decode_frames(dff[:, dec.rois], rois_only=True)
+    assert np.array_equal(narrow_up, up) and np.array_equal(narrow_down, down)
+    with pytest.raises(ValueError, match="`dff`"):
+        dec.decode_frames(dff, rois_only=True)
+
+
+@pytest.mark.parametrize(("kind", "zscore", "cap"), [("two_population", True, 0.0), ("weighted", True, 0.5),
+                                                     ("one_population", False, 0.2)])
+def test_compiled_decode_matches_the_numpy_formula(kind, zscore, cap):
+    rng = np.random.default_rng(3)
+    n = 8
+    dec = LinearDecoder(kind, n, zscore=zscore, cell_cap=cap)
+    if kind == "weighted":
+        dec.set_weights(rng.normal(size=n))
+    else:
+        dec.set_ensembles([1, 4, 6], [] if kind == "one_population" else [0, 7])
+    mean, std = rng.normal(size=n), rng.uniform(0.5, 2.0, size=n)
+    dec.set_zscore_stats(mean, std)
+    for _ in range(20):
+        dff = rng.normal(size=n)
+        sig = (dff - mean) / std if zscore else dff.copy()
+        if cap:
+            sig = np.clip(sig, -cap, cap)
+        w = dec.weights if kind == "weighted" else np.array(
+            [1 / len(dec.up) if i in dec.up else -1 / len(dec.down) if i in dec.down else 0.0 for i in range(n)])
+        up, down = dec.decode(dff)
+        assert up == pytest.approx(np.sum(np.where(w > 0, w, 0) * sig), rel=1e-12, abs=1e-15)
+        assert down == pytest.approx(np.sum(np.where(w < 0, -w, 0) * sig), rel=1e-12, abs=1e-15)
+    assert dec.decode(np.full(n, np.nan))[0] != dec.decode(np.full(n, np.nan))[0]  # NaN in, NaN out
 
 
 @pytest.mark.parametrize(("up", "down", "message"), [

@@ -8,6 +8,7 @@ import pytest
 from decoder.dff import (
     DffTracker,
     RunningPercentile,
+    baseline_dff_stats,
     baseline_f0,
     corrected_f,
     dff_from,
@@ -48,18 +49,44 @@ def test_running_percentile_is_bit_identical_to_numpy(n, window, percentile, cap
     assert running.count == window
 
 
-def test_heavy_ties_fall_back_to_numpy_and_recover():
+def test_heavy_ties_stay_exact_and_a_dead_roi_costs_no_rebuilds():
     n, window = 3, 40
     rng = np.random.default_rng(5)
     data = rng.normal(10.0, 1.0, size=(400, n))
     data[50:200, 1] = 7.0  # a saturated / dead stretch: every value equal
     data[:, 2] = np.round(data[:, 2])  # a handful of levels only
     running = RunningPercentile(n, window, 10.0, band_capacity=8)
-    dense_seen = False
     for t in range(len(data)):
         assert np.array_equal(running.push(data[t]), _reference(data, t, window, 10.0)), f"frame {t}"
-        dense_seen |= bool(running._dense[1])
-    assert dense_seen and not running._dense[1]  # fell back during the flat stretch, banded again after
+    # a ROI whose every value is equal: the entering entry takes the leaving one's key (same value and slot),
+    # so once its window is flat its band never moves
+    dead = RunningPercentile(1, window, 10.0, band_capacity=8)
+    for _ in range(window):
+        dead.push(np.array([7.0]))
+    before = dead.rebuilds
+    for _ in range(5 * window):
+        assert dead.push(np.array([7.0]))[0] == 7.0
+    assert dead.rebuilds == before
+
+
+@pytest.mark.parametrize(("capacity", "halfwidth"), [(4, 0), (4, 1), (6, 2), (64, 31)])
+def test_running_percentile_is_exact_for_every_band_size(capacity, halfwidth):
+    rng = np.random.default_rng(capacity * 10 + halfwidth)
+    window = 25
+    data = np.round(rng.normal(0.0, 3.0, size=(200, 4)))  # integers: ties everywhere
+    data[:, 3] = np.cumsum(rng.normal(size=200))  # a drifting series: the rank walks out of its band
+    running = RunningPercentile(4, window, 23.0, band_capacity=capacity, halfwidth=halfwidth)
+    for t in range(len(data)):
+        assert np.array_equal(running.push(data[t]), _reference(data, t, window, 23.0)), f"frame {t}"
+
+
+def test_push_accepts_float32_and_strided_input():
+    rng = np.random.default_rng(8)
+    data = rng.normal(size=(60, 10)).astype(np.float32)
+    running = RunningPercentile(5, 20, 10.0)
+    for t in range(len(data)):
+        row = data[t, ::2]  # float32 and not contiguous: copied into a float64 scratch row
+        assert np.array_equal(running.push(row), _reference(data[:, ::2].astype(np.float64), t, 20, 10.0))
 
 
 def test_running_percentile_handles_constant_runs_and_steps():
@@ -164,7 +191,6 @@ def test_fill_quantiles_warm_starts_f0_near_the_stored_window():
     again = DffTracker(3, 0.7, window=300, percentile=10.0, f0_floor=1.0)
     again.fill_quantiles(levels, np.percentile(window, levels, axis=0))
     assert np.array_equal(again.f0, f0)  # deterministic
-    assert not tracker.running._dense.any()  # spread values: no ties
     with pytest.raises(ValueError, match="`f0_quantiles`"):
         tracker.fill_quantiles(levels, np.zeros((3, 3)))
 
@@ -183,3 +209,18 @@ def test_baseline_f0_uses_a_full_window_from_the_first_frame():
     assert np.array_equal(short[0], np.percentile(corrected[:30], 10.0, axis=0))
     dff = dff_from(corrected, f0, 1.0)
     assert np.array_equal(dff[100], (corrected[100] - f0[100]) / f0[100])
+
+
+@pytest.mark.parametrize("frames", [30, 60, 200])
+def test_baseline_dff_stats_match_the_full_dff_series(frames):
+    rng = np.random.default_rng(frames)
+    corrected = rng.normal(500.0, 30.0, size=(frames, 4))
+    corrected[:, 3] = rng.normal(0.5, 0.2, size=frames)  # F0 under the floor: divided by the floor instead
+    live = running_f0(corrected, 60, 10.0)
+    dff = dff_from(corrected, baseline_f0(corrected, live, 60, 10.0), 1.0)
+    mean, std, last_f0 = baseline_dff_stats(corrected, live, 60, 10.0, 1.0)
+    assert np.allclose(mean, dff.mean(axis=0), rtol=1e-12, atol=1e-15)
+    assert np.allclose(std, dff.std(axis=0), rtol=1e-12, atol=1e-15)
+    assert np.array_equal(last_f0, baseline_f0(corrected, live, 60, 10.0)[-1])
+    with pytest.raises(ValueError, match="`corrected`"):
+        baseline_dff_stats(corrected, live[:-1], 60, 10.0, 1.0)
