@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from decoder.dff import (
     DffTracker,
@@ -224,3 +226,17 @@ def test_baseline_dff_stats_match_the_full_dff_series(frames):
     assert np.array_equal(last_f0, baseline_f0(corrected, live, 60, 10.0)[-1])
     with pytest.raises(ValueError, match="`corrected`"):
         baseline_dff_stats(corrected, live[:-1], 60, 10.0, 1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(window=st.integers(1, 40), percentile=st.floats(0.0, 100.0), capacity=st.integers(4, 24),
+       half=st.floats(0.0, 1.0), levels=st.integers(1, 50), drift=st.floats(0.0, 2.0), seed=st.integers(0, 2**32 - 1))
+def test_running_percentile_is_exact_on_random_streams(window, percentile, capacity, half, levels, drift, seed):
+    """Any window, percentile and band size; few distinct levels (heavy ties) to many; drifting or not."""
+    rng = np.random.default_rng(seed)
+    frames = 3 * window + 20
+    data = np.round(rng.normal(size=(frames, 3)) * levels) + drift * np.arange(frames)[:, None]
+    halfwidth = int(half * (capacity // 2 - 1))
+    running = RunningPercentile(3, window, percentile, band_capacity=capacity, halfwidth=halfwidth)
+    for t in range(frames):
+        assert np.array_equal(running.push(data[t]), _reference(data, t, window, percentile)), f"frame {t}"
