@@ -18,7 +18,7 @@ reach the target gives a :class:`CalibrationError` that says which, never a thre
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,8 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: non-finite floats become None (JSON has no NaN/inf)."""
-        return {key: _jsonable(value) for key, value in asdict(self).items()}
+        # not dataclasses.asdict: its deep copy of ~10^4 floats cost tens of ms in the decoder's loop
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
