@@ -24,7 +24,7 @@ import numpy as np
 
 from acquisition.config import AcquisitionConfig, ExtractionConfig, RegistrationConfig, ValidationConfig
 from acquisition.extraction import Extractor
-from acquisition.registration import RigidRegistrar, build_reference
+from acquisition.registration import RigidRegistrar, build_reference, compile_kernels
 from acquisition.rois import RoiSet
 from acquisition.sources.base import Frame
 from acquisition.validate import UNUSABLE, FrameFlag, FrameValidator
@@ -130,6 +130,8 @@ class FramePipeline:
                  validation: ValidationConfig | None = None, blas_threads: int | None = 1,
                  background_reference: bool = False) -> None:
         self.reg_cfg = registration or RegistrationConfig()
+        if self.reg_cfg.enabled:
+            compile_kernels()  # now, not on the first frame: a first compile takes seconds
         ext = extraction or ExtractionConfig()
         val = validation or ValidationConfig()
         self.roi_set = roi_set

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
-from acquisition.registration import RigidRegistrar, build_reference, shift_image_integer, spatial_taper_mask
+from acquisition.registration import (
+    RigidRegistrar,
+    _Downsampler,
+    build_reference,
+    shift_image_integer,
+    spatial_taper_mask,
+)
 from acquisition.validate import FrameFlag
 from tests.test_acq_synth import make_movie, render
 
@@ -138,10 +144,11 @@ def _peak_bytes_allocated(call, repeats: int = 5) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.parametrize("bin_factor", [1, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])
-def test_register_allocates_no_frame_sized_arrays(movie_128, dtype):
+def test_register_allocates_no_frame_sized_arrays(movie_128, dtype, bin_factor):
     """Per-frame work writes into preallocated buffers: a 128x128 spectrum alone would be 66 KB."""
-    reg = RigidRegistrar(movie_128.reference, bin_factor=1)
+    reg = RigidRegistrar(movie_128.reference, bin_factor=bin_factor)
     frame = movie_128.frames[5].astype(dtype)
     assert _peak_bytes_allocated(lambda: reg.register(frame)) < 8_000
 
@@ -155,3 +162,29 @@ def test_phase_correlation_matches_public_scipy_fft(movie_128):
     expected = sfft.irfft2(spec / (np.abs(spec) + 1e-5) * corr._ref_spec, s=cc.shape)
     np.testing.assert_allclose(cc, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
     np.testing.assert_allclose(corr._spec, spec / (np.abs(spec) + 1e-5) * corr._ref_spec, rtol=1e-5, atol=1e-7)
+
+
+def _halve_reference(image: np.ndarray) -> np.ndarray:
+    """The [1, 3, 3, 1] stride-2 stage in plain numpy float32, in the compiled kernel's order of operations."""
+    f32 = np.float32
+    x = image.astype(f32)
+    h, w = x.shape[0] // 2, x.shape[1] // 2
+    rows = np.arange(h)
+    prev = np.maximum(2 * rows - 1, 0)
+    nxt = np.where(rows < h - 1, 2 * rows + 2, min(2 * h, x.shape[0] - 1))
+    t = ((x[2 * rows] + x[2 * rows + 1]) * f32(3) + x[prev]) + x[nxt]
+    cols = np.arange(w)
+    prev = np.maximum(2 * cols - 1, 0)
+    nxt = np.where(cols < w - 1, 2 * cols + 2, min(2 * w, x.shape[1] - 1))
+    return ((t[:, 2 * cols] + t[:, 2 * cols + 1]) * f32(3) + t[:, prev]) + t[:, nxt]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32])
+@pytest.mark.parametrize("shape", [(64, 64), (67, 33), (2, 9)])
+def test_binomial_downsampler_matches_numpy(dtype, shape):
+    rng = np.random.default_rng(shape[0])
+    image = (rng.random(shape) * 30000).astype(dtype)
+    expected = _halve_reference(image)
+    assert np.array_equal(_Downsampler(shape, 2)(image), expected)
+    if min(shape) >= 4:
+        assert np.array_equal(_Downsampler(shape, 4)(image), _halve_reference(expected))
