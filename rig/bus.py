@@ -18,9 +18,23 @@ from rig.schema import Codec, GapCounter, Message, SchemaError
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
     """Ask the OS for a free port (used when ``bus.base_port = 0``)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_tcp_ports(1, host)[0]
+
+
+def free_tcp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports: all are held open until every one is chosen, so the OS cannot hand
+    out the same port twice. (Another program can still take one before our process binds it; the bind
+    then fails with a message naming the endpoint.)"""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 class Publisher:

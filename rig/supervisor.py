@@ -31,7 +31,7 @@ import msgspec
 import zmq
 
 import rig
-from rig.bus import Publisher, Subscriber, free_tcp_port
+from rig.bus import Publisher, Subscriber, free_tcp_ports
 from rig.clock import now_ns
 from rig.config import RigConfig, config_from_dict, load_config_dict
 from rig.process import ProcessSpec, bind_endpoint, decode_info, process_main
@@ -214,11 +214,9 @@ class Supervisor:
         names = ["supervisor", "command"] + [c.name for c in self.children]
         if "gui" not in names:
             names.append("gui")  # a console attached later publishes here
-        endpoints = {}
-        for i, name in enumerate(names):
-            port = self.cfg.bus.base_port + i if self.cfg.bus.base_port else free_tcp_port(host)
-            endpoints[name] = f"tcp://{host}:{port}"
-        return endpoints
+        base = self.cfg.bus.base_port
+        ports = [base + i for i in range(len(names))] if base else free_tcp_ports(len(names), host)
+        return {name: f"tcp://{host}:{port}" for name, port in zip(names, ports, strict=True)}
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import sys
 import pytest
 import zmq
 
-from rig.bus import Publisher, Subscriber, free_tcp_port
+from rig.bus import Publisher, Subscriber, free_tcp_port, free_tcp_ports
 from rig.process import ProcessSpec, decode_info, process_main
 from rig.schema import Control, Heartbeat, ProcessError, StateChange
 from rig.store import read_events
@@ -142,3 +142,17 @@ def test_busy_announces_a_long_operation_before_it_blocks(harness, tmp_path):
     h.wait_state("busy:blocking")
     h.wait_state("running")
     assert [e["what"] for e in read_events(tmp_path / "child" / "events.jsonl", {"busy"})] == ["blocking"]
+
+
+def test_free_ports_are_distinct_and_bindable():
+    ports = free_tcp_ports(12)
+    assert len(set(ports)) == 12
+    ctx = zmq.Context()
+    try:
+        socks = [ctx.socket(zmq.PUB) for _ in ports]
+        for sock, port in zip(socks, ports, strict=True):
+            sock.bind(f"tcp://127.0.0.1:{port}")
+        for sock in socks:
+            sock.close(0)
+    finally:
+        ctx.term()
