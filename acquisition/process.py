@@ -84,7 +84,7 @@ class AcquisitionProcess(RigProcess):
         self._movie_dtype = first.dtype
         (self.dir / "movie.json").write_text(json.dumps(
             {"dtype": self._movie_dtype.str, "shape": [-1, height, width], "order": "C",
-             "frame_rate_hz": self.source.frame_rate_hz}
+             "frame_rate_hz": self.source.frame_rate_hz, "frame_rate_source": self.source.rate_source}
         ))
         self._movie_shape = first.shape
         self._movie_blank = np.zeros(first.shape, first.dtype)
@@ -93,6 +93,7 @@ class AcquisitionProcess(RigProcess):
 
     def ready_info(self) -> dict[str, str]:
         return {"n_rois": str(self.n_rois), "frame_rate_hz": repr(self.source.frame_rate_hz),
+                "frame_rate_source": self.source.rate_source,
                 "height": str(self.source.shape[0]), "width": str(self.source.shape[1])}
 
     def step(self) -> None:

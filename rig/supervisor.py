@@ -286,6 +286,11 @@ class Supervisor:
             self._log(f"started {child.name} (pid {child.proc.pid})")
             # Wait for each in order: later processes need earlier ones (reward needs the emulator's port).
             self._wait_state(child, "ready", self.cfg.bus.ready_timeout_s)
+            if child.name == "acquisition" and "frame_rate_hz" in child.info:
+                info = child.info
+                self._log(f"acquisition ready: {info.get('n_rois', '?')} ROIs, {info.get('height', '?')}x"
+                          f"{info.get('width', '?')} frames at {float(info['frame_rate_hz']):g} Hz (from "
+                          f"{info.get('frame_rate_source', '?')})")
             if child.name == "valve_emulator":
                 self._wait_info(child, "serial_url")
 

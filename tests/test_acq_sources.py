@@ -22,6 +22,7 @@ from acquisition.sources.replay import ReplaySource
 from acquisition.sources.zmq_stream import ZmqStreamSource
 from acquisition.validate import FrameFlag
 from tests.conftest import REPO, wait_for
+from tests.scanimage_file import scanimage_lines, write_scanimage_bigtiff, write_si4_tiff
 
 T, LY, LX = 6, 12, 10
 
@@ -87,6 +88,48 @@ def test_replay_interleaved_channels_and_planes(tmp_path, stack):
     src = ReplaySource(path, speed="fast", n_channels=2, channel=1)
     frames = _read_all(src)
     np.testing.assert_array_equal(np.stack([f.data for f in frames]), stack[1::2])
+
+
+@pytest.mark.parametrize("layout", ["header", "software_tag", "si4"])
+def test_replay_takes_the_frame_rate_from_scanimage_metadata(tmp_path, stack, layout):
+    path = tmp_path / "si.tif"
+    frames = stack.astype(np.int16)
+    if layout == "si4":
+        write_si4_tiff(path, frames, 15.63)
+    else:
+        # ScanImage 2016+ writes both; a file re-saved by another program may keep only the Software tag
+        write_scanimage_bigtiff(path, frames, scanimage_lines(29.98), header=layout == "header")
+    src = ReplaySource(path, speed="fast", default_frame_rate_hz=30.0)
+    expected = {"header": (29.98, "ScanImage header"), "software_tag": (29.98, "ScanImage Software tag"),
+                "si4": (15.63, "ScanImage ImageDescription")}[layout]
+    assert src.frame_rate_hz == expected[0]
+    assert src.rate_source.startswith(expected[1])
+    np.testing.assert_array_equal(np.stack([f.data for f in _read_all(src)]), frames)
+
+
+def test_replay_of_one_plane_of_a_scanimage_volume_runs_at_the_volume_rate(tmp_path):
+    rng = np.random.default_rng(4)
+    pages = rng.integers(0, 30000, (3 * 2 * 2, LY, LX)).astype(np.int16)  # 3 volumes x 2 planes x 2 channels
+    path = tmp_path / "volume.tif"
+    write_scanimage_bigtiff(path, pages, scanimage_lines(60.0, volume_rate_hz=29.5, n_slices=2))
+    src = ReplaySource(path, speed="fast", n_channels=2, channel=1, n_planes=2, plane=1)
+    assert src.frame_rate_hz == 29.5 and "scanVolumeRate" in src.rate_source
+    np.testing.assert_array_equal(np.stack([f.data for f in _read_all(src)]), pages[3::4])
+    # the Software tag without a volume rate: the frame rate over the planes
+    write_scanimage_bigtiff(path, pages, "SI.hRoiManager.scanFrameRate = 60\n", header=False)
+    src = ReplaySource(path, speed="fast", n_channels=2, n_planes=2)
+    assert src.frame_rate_hz == 30.0 and src.rate_source.endswith("/ 2 planes")
+
+
+def test_replay_rate_source_says_when_the_file_has_no_rate_or_the_config_overrides(tmp_path, stack):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, stack)
+    src = ReplaySource(path, default_frame_rate_hz=12.5)
+    assert src.frame_rate_hz == 12.5 and "does not say" in src.rate_source
+    si = tmp_path / "si.tif"
+    write_scanimage_bigtiff(si, stack.astype(np.int16), scanimage_lines(29.98))
+    src = ReplaySource(si, frame_rate_hz=10.0)
+    assert src.frame_rate_hz == 10.0 and src.rate_source == "acquisition.replay.frame_rate_hz"
 
 
 def test_replay_loops_and_paces_at_the_recorded_rate(tmp_path, stack):

@@ -52,6 +52,8 @@ class FrameSource(abc.ABC):
     _shape: tuple[int, int] = (0, 0)
     _dtype: np.dtype = np.dtype(np.uint16)
     _rate: float = 0.0
+    #: where ``frame_rate_hz`` comes from, for the session record (a replay may take it from the file)
+    rate_source: str = "acquisition.frame_rate_hz"
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -1,13 +1,15 @@
 """Random access to the frames of a recorded movie without loading it: TIFF, suite2p data.bin, .npy, .h5.
 
-Each reader exposes ``n_frames``, ``shape``, ``dtype``, ``frame_rate_hz`` (None when the file does not say)
-and ``read_into(index, out)``. TIFF pages are read one at a time (ScanImage and BigTIFF included);
+Each reader exposes ``n_frames``, ``shape``, ``dtype``, ``frame_rate_hz`` (None when the file does not say),
+``rate_source`` (where in the file the rate was found) and ``read_into(index, out)``. TIFF pages are read
+one at a time (ScanImage and BigTIFF included);
 ``data.bin`` and ``.npy`` are memory-mapped; HDF5 datasets are read frame by frame.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,9 @@ class MovieReader(abc.ABC):
     shape: tuple[int, int]
     dtype: np.dtype
     frame_rate_hz: float | None = None
+    #: for interleaved volumes (ScanImage fast-z): the rate of one plane's frames, when the file says
+    volume_rate_hz: float | None = None
+    rate_source: str = ""
 
     @abc.abstractmethod
     def read_into(self, index: int, out: np.ndarray) -> None:
@@ -62,19 +67,28 @@ class TiffMovie(MovieReader):
             raise MovieError(f"{path}: pages have shape {shape}; expected 2-D grey frames")
         self.shape = (shape[0], shape[1])
         self.dtype = np.dtype(first.dtype)
-        self.frame_rate_hz = self._scanimage_rate()
+        found = self._scanimage_rate()
+        if found:
+            self.frame_rate_hz, self.volume_rate_hz, where = found
+            self.rate_source = f"{where} (scanFrameRate)"
 
-    def _scanimage_rate(self) -> float | None:
+    def _scanimage_rate(self) -> tuple[float, float | None, str] | None:
+        """ScanImage's frame (and volume) rate: from the BigTIFF header ScanImage 2016+ writes, else from
+        the first page's Software tag (the same lines, also in files whose header was lost), else from an
+        older (SI 3/4/5) ImageDescription."""
         meta: Any = getattr(self._tif, "scanimage_metadata", None)
-        if not meta:
-            return None
         frame_data = meta.get("FrameData", {}) if isinstance(meta, dict) else {}
-        rate = frame_data.get("SI.hRoiManager.scanFrameRate")
-        try:
-            rate = float(rate)
-        except (TypeError, ValueError):
-            return None
-        return rate if rate > 0 else None
+        if frame_data:
+            text = "\n".join(f"{key} = {value}" for key, value in frame_data.items())
+            found = _scanimage_rates(text, "ScanImage header")
+            if found:
+                return found
+        first = self._pages[0]
+        for tag, where in (("software", "Software tag"), ("description", "ImageDescription")):
+            found = _scanimage_rates(str(getattr(first, tag, "") or ""), f"ScanImage {where}")
+            if found:
+                return found
+        return None
 
     def read_into(self, index: int, out: np.ndarray) -> None:
         page = self._pages[index]
@@ -89,10 +103,31 @@ class TiffMovie(MovieReader):
         self._tif.close()
 
 
+# "SI.hRoiManager.scanFrameRate = 30.02" (2016+), "scanimage.SI.hRoiManager..." (SI 5), "scanimage.SI4.scanFrameRate"
+_SI_RATE = re.compile(r"(?:^|\n)\s*(?:scanimage\.)?SI\d?\.(?:hRoiManager\.)?scan(Frame|Volume)Rate\s*=\s*"
+                      r"'?([-+0-9.eE]+)'?")
+
+
+def _scanimage_rates(text: str, where: str) -> tuple[float, float | None, str] | None:
+    """(frame rate, volume rate or None, source) from ScanImage metadata text, or None if it has no frame rate."""
+    rates: dict[str, float] = {}
+    for kind, value in _SI_RATE.findall(text):
+        try:
+            rate = float(value)
+        except ValueError:
+            continue
+        if rate > 0 and kind not in rates:
+            rates[kind] = rate
+    if "Frame" not in rates:
+        return None
+    return rates["Frame"], rates.get("Volume"), where
+
+
 class ArrayMovie(MovieReader):
     """A (T, Ly, Lx) array: memory-mapped .npy or suite2p data.bin."""
 
-    def __init__(self, path: Path, array: np.ndarray, frame_rate_hz: float | None = None) -> None:
+    def __init__(self, path: Path, array: np.ndarray, frame_rate_hz: float | None = None,
+                 rate_source: str = "") -> None:
         self.path = path
         if array.ndim != 3 or array.shape[0] == 0:
             raise MovieError(f"{path}: expected a (frames, height, width) array, got shape {array.shape}")
@@ -101,6 +136,7 @@ class ArrayMovie(MovieReader):
         self.shape = (int(array.shape[1]), int(array.shape[2]))
         self.dtype = np.dtype(array.dtype)
         self.frame_rate_hz = frame_rate_hz
+        self.rate_source = rate_source if frame_rate_hz else ""
 
     def read_into(self, index: int, out: np.ndarray) -> None:
         np.copyto(out, self._array[index], casting="unsafe")
@@ -144,6 +180,7 @@ class H5Movie(MovieReader):
         self.dtype = np.dtype(ds.dtype)
         rate = ds.attrs.get("frame_rate_hz", ds.attrs.get("fs", self._file.attrs.get("fs")))
         self.frame_rate_hz = float(rate) if rate is not None and float(rate) > 0 else None
+        self.rate_source = "HDF5 attribute" if self.frame_rate_hz else ""
 
     def read_into(self, index: int, out: np.ndarray) -> None:
         self._ds.read_direct(out, np.s_[index])
@@ -171,7 +208,7 @@ def _suite2p_bin(path: Path) -> ArrayMovie:
         raise MovieError(f"{path}: {size} bytes, less than one {Ly}x{Lx} int16 frame")
     mm = np.memmap(path, dtype=np.int16, mode="r", shape=(n, Ly, Lx))
     rate = ops.get("fs")
-    return ArrayMovie(path, mm, float(rate) if rate else None)
+    return ArrayMovie(path, mm, float(rate) if rate else None, rate_source="suite2p ops.npy 'fs'")
 
 
 def open_movie(path: str | Path, *, h5_key: str = "") -> MovieReader:

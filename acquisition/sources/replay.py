@@ -31,6 +31,7 @@ class ReplaySource(FrameSource):
         self._loop = loop
         self._h5_key = h5_key
         self._stride = n_channels * n_planes
+        self._channels = n_channels
         self._offset = plane * n_channels + channel
         self._rate_override = frame_rate_hz
         self._default_rate = default_frame_rate_hz
@@ -43,6 +44,7 @@ class ReplaySource(FrameSource):
         self._loops = 0
         self._state = "waiting"
         self._rate = frame_rate_hz or default_frame_rate_hz
+        self.rate_source = ""
         self._probe()
 
     def _probe(self) -> None:
@@ -50,16 +52,26 @@ class ReplaySource(FrameSource):
         with open_movie(self.path, h5_key=self._h5_key) as reader:
             self._shape = reader.shape
             self._dtype = reader.dtype
-            file_rate = reader.frame_rate_hz
+            file_rate, volume_rate, file_source = reader.frame_rate_hz, reader.volume_rate_hz, reader.rate_source
             n_pages = reader.n_frames
-        self._rate = self._rate_override or file_rate or self._default_rate
+        planes = self._stride // self._channels
+        if self._rate_override:
+            self._rate, self.rate_source = self._rate_override, "acquisition.replay.frame_rate_hz"
+        elif file_rate and planes > 1 and file_source.startswith("ScanImage"):
+            # one plane of an interleaved ScanImage volume: its frames come at the volume rate
+            if volume_rate:
+                self._rate, self.rate_source = volume_rate, file_source.replace("scanFrameRate", "scanVolumeRate")
+            else:
+                self._rate, self.rate_source = file_rate / planes, f"{file_source} / {planes} planes"
+        elif file_rate:
+            self._rate, self.rate_source = file_rate, file_source
+        else:
+            self._rate = self._default_rate
+            self.rate_source = "acquisition.frame_rate_hz (the file does not say)"
         self._n = max(0, (n_pages - self._offset + self._stride - 1) // self._stride)
         if self._n == 0:
             raise MovieError(f"{self.path}: no frames for plane/channel offset {self._offset} "
                              f"(the file has {n_pages} pages)")
-
-
-
 
     @property
     def n_frames(self) -> int:
