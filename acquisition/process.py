@@ -11,7 +11,7 @@ Files it owns in the session folder (``acquisition/``):
 from __future__ import annotations
 
 import json
-import os
+import math
 
 import numpy as np
 
@@ -22,10 +22,12 @@ from acquisition.sources.base import EndOfStream, FrameSource
 from rig.clock import now_ns
 from rig.process import RigProcess
 from rig.schema import AcqStatus, Decision, FluorFrame, Preview, RewardOutcome
-from rig.store import RecordWriter, write_all
+from rig.store import FrameFileWriter, RecordWriter
 
 PREVIEW_INTERVAL_NS = 250_000_000  # 4 Hz is plenty for the eye
 STATUS_INTERVAL_NS = 1_000_000_000
+MOVIE_BUFFER_S = 2.0  # seconds of frames the movie writer holds while the disk is slow
+MOVIE_BUFFER_BYTES = 256 * 2**20
 
 
 def frame_record_dtype(n_rois: int) -> np.dtype:
@@ -51,7 +53,7 @@ class AcquisitionProcess(RigProcess):
         self.n_rois = self.pipeline.n_rois
         self.records = RecordWriter(self.dir / "frames.rec", frame_record_dtype(self.n_rois),
                                     self.config.session.flush_interval_s)
-        self._movie_fd = -1  # opened at the first frame: a streamed source learns its frame size only then
+        self._movie: FrameFileWriter | None = None  # opened at the first frame: a stream learns its size only then
         self.feedback = self.subscribe(["reward", "decoder"], [RewardOutcome.topic, Decision.topic]) \
             if self.source.wants_bus_messages else None
         self.frames = 0
@@ -87,9 +89,16 @@ class AcquisitionProcess(RigProcess):
              "frame_rate_hz": self.source.frame_rate_hz, "frame_rate_source": self.source.rate_source}
         ))
         self._movie_shape = first.shape
-        self._movie_blank = np.zeros(first.shape, first.dtype)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
-        self._movie_fd = os.open(self.dir / "movie.raw", flags, 0o644)
+        # the disk gets MOVIE_BUFFER_S of slack (at most MOVIE_BUFFER_BYTES) before frames are written as zeros
+        rate = self.source.frame_rate_hz or 30.0
+        frames = max(8, min(math.ceil(MOVIE_BUFFER_S * rate), MOVIE_BUFFER_BYTES // max(1, first.nbytes)))
+        self._movie = FrameFileWriter(self.dir / "movie.raw", first.shape, first.dtype, frames,
+                                      on_lost=self._movie_frames_lost)
+
+    def _movie_frames_lost(self, total: int) -> None:
+        if total == 1 or total % 100 == 0:  # the first, then every 100th: a stalled disk must not flood the bus
+            self.warn("movie_frames_lost", f"the disk is more than {MOVIE_BUFFER_S:g} s behind: {total} movie "
+                                           f"frame(s) written as zeros so far ({self.dir / 'movie.raw'})")
 
     def ready_info(self) -> dict[str, str]:
         return {"n_rois": str(self.n_rois), "frame_rate_hz": repr(self.source.frame_rate_hz),
@@ -148,11 +157,10 @@ class AcquisitionProcess(RigProcess):
         row["Fneu"] = result.Fneu
         self.records.commit()
         if self.config.session.save_frames:
-            if self._movie_fd < 0:
+            if self._movie is None:
                 self._open_movie(frame.data)
             # movie frame i is always frames.rec row i: a wrong-size frame (flagged) is kept as zeros
-            data = frame.data if frame.data.shape == self._movie_shape else self._movie_blank
-            write_all(self._movie_fd, np.ascontiguousarray(data, dtype=self._movie_dtype).data)
+            self._movie.put(frame.data if frame.data.shape == self._movie_shape else None)  # type: ignore[union-attr]
         self.frames += 1
         if not self._t_first:
             self._t_first = t_sent
@@ -179,9 +187,12 @@ class AcquisitionProcess(RigProcess):
     def on_stop(self) -> None:
         if hasattr(self, "records"):
             self.records.close()
-        if getattr(self, "_movie_fd", -1) >= 0:
-            os.close(self._movie_fd)
-            self._movie_fd = -1
+        movie = getattr(self, "_movie", None)
+        if movie is not None:
+            movie.close()
+            self._movie = None
+            if movie.frames_lost:
+                self.events.write("movie_frames_lost", frames=movie.frames_lost)
         if hasattr(self, "source"):
             stats = self.source.stats()
             if self.config.acquisition.source == "sim":
