@@ -188,11 +188,18 @@ class AcquisitionProcess(RigProcess):
         if hasattr(self, "records"):
             self.records.close()
         movie = getattr(self, "_movie", None)
-        if movie is not None:
-            movie.close()
-            self._movie = None
-            if movie.frames_lost:
-                self.events.write("movie_frames_lost", frames=movie.frames_lost)
+        self._movie = None
+        try:
+            self._stop_source()
+        finally:
+            if movie is not None:
+                try:
+                    movie.close()  # raises a disk error the writer met: after the rest is saved
+                finally:
+                    if movie.frames_lost:
+                        self.events.write("movie_frames_lost", frames=movie.frames_lost)
+
+    def _stop_source(self) -> None:
         if hasattr(self, "source"):
             stats = self.source.stats()
             if self.config.acquisition.source == "sim":

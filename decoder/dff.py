@@ -19,7 +19,8 @@ pile up in one frame.
 The per-frame work is a compiled loop (numba, compiled once and cached on disk; :func:`compile_kernels`
 does it ahead of the first frame). Everything is exact: the result is bit-identical to
 ``np.percentile(window, p, axis=0)`` (numpy's default "linear" method, whose interpolation formula is
-reproduced). Unfilled slots hold ``+inf``, above every band, so the window may grow from empty.
+reproduced), up to the sign of a zero when -0.0 and 0.0 tie in the window (which of the two numpy's
+partition puts first is not defined). Unfilled slots hold ``+inf``, above every band, so the window may grow from empty.
 """
 
 from __future__ import annotations
@@ -322,8 +323,8 @@ def _push(ring: np.ndarray, x: np.ndarray, band: np.ndarray, bounds: np.ndarray,
                 tightest_room = room
                 tightest = r
         a = band[r, 0, pos]
-        value[r] = a if need == 1 else _lerp(a, band[r, 0, pos + 1], gamma)
-    if rebuilt == 0 and tightest >= 0 and tightest_room < _RECENTRE_BELOW:
+        value[r] = a + 0.0 if need == 1 else _lerp(a, band[r, 0, pos + 1], gamma)  # + 0.0: numpy's -0.0 -> 0.0
+    if rebuilt == 0 and tightest >= 0 and tightest_room < min(_RECENTRE_BELOW, halfwidth):
         # the value stays the same: the needed ranks are still in the band, it just gets more room
         _rebuild(ring, band, bounds, state, scratch, tightest, count, k, halfwidth)
         rebuilt += 1
@@ -339,14 +340,17 @@ def _fill(ring: np.ndarray, band: np.ndarray, bounds: np.ndarray, state: np.ndar
         _rebuild(ring, band, bounds, state, scratch, r, count, k, halfwidth)
         pos = k - state[r, _BELOW]
         a = band[r, 0, pos]
-        value[r] = a if need == 1 else _lerp(a, band[r, 0, pos + 1], gamma)
+        value[r] = a + 0.0 if need == 1 else _lerp(a, band[r, 0, pos + 1], gamma)  # + 0.0: numpy's -0.0 -> 0.0
 
 
 @njit(**_JIT)
 def _correct(F: np.ndarray, Fneu: np.ndarray, coef: float, out: np.ndarray) -> bool:
     """out = F - coef·Fneu in float64 (numpy's arithmetic: each input cast first); True if all finite."""
+    n = out.shape[0]
+    if F.shape[0] != n or Fneu.shape[0] != n:
+        raise ValueError("F/Fneu: expected one value per ROI")
     finite = True
-    for i in range(out.shape[0]):
+    for i in range(n):
         v = np.float64(F[i]) - np.float64(Fneu[i]) * coef
         out[i] = v
         finite &= v - v == 0.0  # False for NaN and ±inf

@@ -128,9 +128,13 @@ class FrameFileWriter:
         self._thread.start()
 
     def put(self, frame: np.ndarray | None) -> None:
-        """Queue one frame (``None``: a frame of zeros, e.g. for a frame of the wrong size)."""
+        """Queue one frame (``None``: a frame of zeros, e.g. for a frame of the wrong size). One producer thread."""
         if self._error is not None:
             raise OSError(f"{self.path}: writing the frames failed: {self._error}") from self._error
+        if self._closing:
+            raise RuntimeError(f"{self.path}: the frame writer is closed")
+        if frame is not None and frame.shape != self.shape:
+            raise ValueError(f"{self.path}: frame of shape {frame.shape}, the movie's frames are {self.shape}")
         slot = -1
         lost = False
         with self._cond:
@@ -143,7 +147,13 @@ class FrameFileWriter:
                     lost = True
         if slot >= 0:
             # the slot is ours until queued: the writer only touches queued slots
-            np.copyto(self._slots[slot], frame, casting="unsafe")
+            try:
+                np.copyto(self._slots[slot], frame, casting="unsafe")
+            except BaseException:
+                with self._cond:  # give the slot back (one producer: it is still the newest one)
+                    self._next_slot = slot
+                    self._in_flight -= 1
+                raise
         with self._cond:
             self._queue.append(slot)
             self._put += 1
@@ -184,7 +194,7 @@ class FrameFileWriter:
                 if self._error is None:
                     write_all(self._fd, data.data)
                     self.frames_written += 1
-            except OSError as exc:  # disk full, I/O error: keep draining the queue, report through put()/close()
+            except Exception as exc:  # disk full, I/O error...: keep draining, report through put()/close()
                 self._error = exc
             finally:
                 with self._cond:

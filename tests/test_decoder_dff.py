@@ -240,3 +240,17 @@ def test_running_percentile_is_exact_on_random_streams(window, percentile, capac
     running = RunningPercentile(3, window, percentile, band_capacity=capacity, halfwidth=halfwidth)
     for t in range(frames):
         assert np.array_equal(running.push(data[t]), _reference(data, t, window, percentile)), f"frame {t}"
+
+
+def test_a_negative_zero_comes_out_as_numpy_gives_it():
+    running = RunningPercentile(1, 3, 50.0)
+    for v in (1.0, -0.0, -2.0):
+        value = running.push(np.array([v]))
+    expected = np.percentile([1.0, -0.0, -2.0], 50.0)  # numpy's a + (b - a)·0 turns -0.0 into 0.0
+    assert value.view(np.int64)[0] == np.array([expected]).view(np.int64)[0]
+
+
+def test_tracker_refuses_inputs_of_the_wrong_length():
+    tracker = DffTracker(3, 0.7, window=10, percentile=10.0, f0_floor=1.0)
+    with pytest.raises(ValueError, match="one value per ROI"):
+        tracker.correct(np.ones(2, np.float32), np.ones(3, np.float32))

@@ -66,3 +66,29 @@ def test_a_write_error_is_raised_not_swallowed(tmp_path, monkeypatch):
         writer.put(_frames(1)[0])
     with pytest.raises(OSError, match="No space left"):
         writer.close()
+
+
+def test_a_frame_of_the_wrong_shape_is_refused_without_losing_a_slot(tmp_path):
+    writer = FrameFileWriter(tmp_path / "movie.raw", (6, 5), np.uint16, buffer_frames=1)
+    with pytest.raises(ValueError, match=r"shape \(5, 5\)"):
+        writer.put(np.zeros((5, 5), np.uint16))
+    with pytest.raises(TypeError):  # values numpy cannot cast: the slot is given back
+        writer.put(np.full((6, 5), None, dtype=object))
+    frame = _frames(1)[0]
+    writer.put(frame)
+    writer.close()
+    assert writer.frames_lost == 0
+    assert np.array_equal(np.fromfile(tmp_path / "movie.raw", np.uint16).reshape(6, 5), frame)
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.put(frame)
+
+
+def test_any_error_in_the_writer_thread_surfaces(tmp_path, monkeypatch):
+    def broken(fd, data):
+        raise ValueError("a bug, not a disk error")
+
+    monkeypatch.setattr(store, "write_all", broken)
+    writer = FrameFileWriter(tmp_path / "movie.raw", (6, 5), np.uint16, buffer_frames=4)
+    writer.put(_frames(1)[0])
+    with pytest.raises(OSError, match="a bug, not a disk error"):
+        writer.close()
