@@ -106,6 +106,7 @@ class FakeRig:
         self._outbox: queue.Queue[tuple[str, Message]] = queue.Queue()
         self._stop = threading.Event()
         self._streaming = threading.Event()
+        self._stream_idle = threading.Event()  # set by the publisher thread once it has seen the stream stop
         self._burst: queue.Queue[int] = queue.Queue()
         self.burst_done = threading.Event()
         self._router_thread = threading.Thread(target=self._serve_router, daemon=True)
@@ -170,7 +171,11 @@ class FakeRig:
         self._streaming.set()
 
     def stop_stream(self) -> None:
+        """Stop the stream; returns once the publisher thread is idle, so ``frames_published`` is final."""
+        self._stream_idle.clear()
         self._streaming.clear()
+        if not self._stream_idle.wait(10):
+            raise AssertionError("the fake rig's publisher thread did not stop streaming within 10 s")
 
     def burst(self, n_frames: int) -> None:
         """Publish ``n_frames`` FluorFrame + Decision pairs as fast as the sockets take them."""
@@ -207,6 +212,7 @@ class FakeRig:
             if n_burst:
                 self.burst_done.set()
             if not self._streaming.is_set():
+                self._stream_idle.set()
                 time.sleep(0.005)
                 next_t = time.perf_counter()
                 continue
