@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no console window; the protocol runs by itself (baseline -> calibrate -> BCI). "
                           "Without a display this is the default.")
     run.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                     help="end the session after this many seconds (default: until Ctrl-C or the task ends)")
+                     help="end the session this many seconds after every process is running (default: until "
+                          "Ctrl-C or the task ends)")
     run.add_argument("--sessions-dir", default=None, metavar="DIR",
                      help="where to create the session folder (default: [rig] sessions_dir of the config)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -226,12 +226,12 @@ class Supervisor:
         # The config as validated, with defaults and --set overrides: what the processes really ran with.
         write_json_atomic(self.session_dir / "config.resolved.json", self.config_doc)
         previous = signal.signal(signal.SIGINT, self._on_sigint)
-        started_ns = now_ns()
         try:
             self._start_children()
             self._send(Control(command="start"))
             self._wait_all_state("running", self.cfg.bus.ready_timeout_s, resend=Control(command="start"))
             self._mode = "running"
+            started_ns = now_ns()  # --duration counts from here: a first start may spend seconds compiling kernels
             self.events.write("session_start")
             self._write_session_json(status="running")
             if self.auto_start:
