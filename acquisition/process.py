@@ -90,7 +90,7 @@ class AcquisitionProcess(RigProcess):
         ))
         self._movie_shape = first.shape
         # the disk gets MOVIE_BUFFER_S of slack (at most MOVIE_BUFFER_BYTES) before frames are written as zeros
-        rate = self.source.frame_rate_hz or 30.0
+        rate = self.source.frame_rate_hz or 30.0  # a stream may not know its rate yet: size for 30 Hz
         frames = max(8, min(math.ceil(MOVIE_BUFFER_S * rate), MOVIE_BUFFER_BYTES // max(1, first.nbytes)))
         self._movie = FrameFileWriter(self.dir / "movie.raw", first.shape, first.dtype, frames,
                                       on_lost=self._movie_frames_lost)

@@ -262,10 +262,10 @@ def _push(ring: np.ndarray, x: np.ndarray, band: np.ndarray, bounds: np.ndarray,
         lo_s = bounds[r, _LO_S]
         hi_v = bounds[r, _HI_V]
         hi_s = bounds[r, _HI_S]
-        old_below = old < lo_v or (old == lo_v and s < lo_s)
-        new_below = new < lo_v or (new == lo_v and s < lo_s)
-        old_in = not old_below and (old < hi_v or (old == hi_v and s <= hi_s))
-        new_in = not new_below and (new < hi_v or (new == hi_v and s <= hi_s))
+        old_below = _key_less(old, s, lo_v, lo_s)
+        new_below = _key_less(new, s, lo_v, lo_s)
+        old_in = not old_below and not _key_less(hi_v, hi_s, old, s)
+        new_in = not new_below and not _key_less(hi_v, hi_s, new, s)
         state[r, _BELOW] += int(new_below) - int(old_below)
         if old_in:
             cnt = state[r, _COUNT]

@@ -53,9 +53,6 @@ class SimSource(FrameSource):
 
     # ------------------------------------------------------------ FrameSource interface
 
-
-
-
     def open(self) -> None:
         self._open = True
 

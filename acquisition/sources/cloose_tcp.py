@@ -61,9 +61,6 @@ class ClooseTcpSource(FrameSource):
         self._gap_frames = 0
         self._bytes = 0
 
-
-
-
     @property
     def port(self) -> int:
         """The port actually listened on (useful when configured as 0 = any free port)."""

@@ -78,9 +78,6 @@ class ZmqStreamSource(FrameSource):
         self._connects = 0
         self._disconnects = 0
 
-
-
-
     def open(self) -> None:
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, _RCVHWM)
