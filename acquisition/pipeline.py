@@ -28,7 +28,7 @@ from acquisition.registration import RigidRegistrar, build_reference, compile_ke
 from acquisition.rois import RoiSet
 from acquisition.sources.base import Frame
 from acquisition.validate import UNUSABLE, FrameFlag, FrameValidator
-from rig.clock import now_ns
+from rig.core.clock import now_ns
 
 
 def limit_blas_threads(n_threads: int = 1) -> Any:

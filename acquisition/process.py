@@ -19,10 +19,10 @@ from acquisition.pipeline import FramePipeline
 from acquisition.rois import RoiSet, load_suite2p
 from acquisition.sources import make_source
 from acquisition.sources.base import EndOfStream, FrameSource
-from rig.clock import now_ns
-from rig.process import RigProcess
-from rig.schema import AcqStatus, Decision, FluorFrame, Preview, RewardOutcome
-from rig.store import FrameFileWriter, RecordWriter
+from rig.core.clock import now_ns
+from rig.core.process import RigProcess
+from rig.core.schema import AcqStatus, Decision, FluorFrame, Preview, RewardOutcome
+from rig.core.store import FrameFileWriter, RecordWriter
 
 PREVIEW_INTERVAL_NS = 250_000_000  # 4 Hz is plenty for the eye
 STATUS_INTERVAL_NS = 1_000_000_000

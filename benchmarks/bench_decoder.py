@@ -23,7 +23,8 @@ import numpy as np
 
 from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
 from decoder.dff import DffTracker, compile_kernels
-from decoder.engine import DecoderEngine, Mode
+from decoder.engine import DecoderEngine
+from rig.core.codes import Mode
 
 
 def synthetic(n_frames: int, n_rois: int, fps: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ from reward.config import RewardConfig  # noqa: E402
 from reward.controller import DELIVERED, RewardController, RewardOutcome  # noqa: E402
 from reward.emulator import run_emulator  # noqa: E402
 from reward.link import ValveLink  # noqa: E402
-from rig.clock import now_ns  # noqa: E402
+from rig.core.clock import now_ns  # noqa: E402
 
 
 def _serve(transport: str, urls: mp.Queue, stop: mp.Event) -> None:

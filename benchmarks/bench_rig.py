@@ -9,7 +9,7 @@ Same as ``rig bench`` (see ``rig bench --help``); kept here beside the per-compo
 import argparse
 import sys
 
-from rig.bench import add_arguments, cmd_bench
+from rig.offline.bench import add_arguments, cmd_bench
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

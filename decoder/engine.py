@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from enum import IntEnum
 
 import msgspec
 import numpy as np
@@ -57,23 +56,13 @@ from decoder.dff import (
     compile_kernels as compile_dff_kernels,
 )
 from decoder.feedback import NO_BIN, FeedbackMapper
-from decoder.trial import Event, TrialMachine, TrialState, TrialTiming, frames_for
+from decoder.trial import Event, TrialMachine, TrialTiming, frames_for
+from rig.core.codes import COMMAND_MODES, Mode, TrialState
 
 __all__ = [
     "COMMAND_ERRORS", "Calibration", "CalibrationError", "DecoderEngine", "EngineStateError", "Event",
-    "FrameOrderError", "Mode", "StepResult", "TrialState",
+    "FrameOrderError", "StepResult",
 ]
-
-
-class Mode(IntEnum):
-    """Engine mode codes; stable integers (they are written into per-frame binary records)."""
-
-    IDLE = 0  # frames decoded for display, no baseline being recorded, not calibrated
-    BASELINE = 1  # recording the baseline
-    READY = 2  # calibrated, waiting for start_bci()
-    BCI = 3  # trials running
-    PAUSED = 4  # BCI paused: the task clock is frozen
-    STOPPED = 5  # task over; frames still decoded for display
 
 
 class EngineStateError(RuntimeError):
@@ -210,7 +199,7 @@ class DecoderEngine:
 
     def start_baseline(self) -> None:
         """Start recording a new baseline (from IDLE or READY; a previous calibration is dropped)."""
-        self._require((Mode.IDLE, Mode.READY), "start a baseline")
+        self._require("start_baseline", "start a baseline")
         self._clear_calibration()
         self._base_corr = np.empty((self.baseline_target, self.n_rois))
         self._base_f0 = np.empty((self.baseline_target, self.n_rois))
@@ -225,7 +214,7 @@ class DecoderEngine:
         If this engine has not seen a frame yet, the F0 window is also warm-started from it. Costs one
         F0 update per baseline frame (about a second for 15,000 frames of 500 ROIs).
         """
-        self._require((Mode.IDLE, Mode.READY), "load a baseline")
+        self._require("load_baseline", "load a baseline")
         F = np.asarray(F)
         Fneu = np.asarray(Fneu)
         if F.ndim != 2 or F.shape[1] != self.n_rois or F.shape != Fneu.shape:
@@ -265,7 +254,7 @@ class DecoderEngine:
 
         Raises CalibrationError (mode unchanged, baseline recording goes on) when it cannot.
         """
-        self._require((Mode.IDLE, Mode.BASELINE, Mode.READY), "calibrate")
+        self._require("calibrate", "calibrate")
         cal = self._compute_calibration()
         if self._mode == Mode.BASELINE:
             self._end_baseline(None)
@@ -279,7 +268,7 @@ class DecoderEngine:
         If this engine has seen no frame and has no baseline, the F0 window is warm-started from the
         calibration's F0 (a full window of it).
         """
-        self._require((Mode.IDLE, Mode.READY), "set a calibration")
+        self._require("set_calibration", "set a calibration")
         if cal.n_rois != self.n_rois or len(cal.f0) != self.n_rois:
             raise ValueError(f"`calibration`: made for {cal.n_rois} ROIs, this session has {self.n_rois}")
         if cal.decoder != self.decoder_cfg.decoder:
@@ -305,17 +294,17 @@ class DecoderEngine:
 
     def start_bci(self) -> None:
         """READY -> BCI: trials start with the next frame (an ITI first, unless iti_s is 0)."""
-        self._require((Mode.READY,), "start BCI (calibrate first)")
+        self._require("start_bci", "start BCI (calibrate first)")
         self._start_bci(None)
 
     def pause(self) -> None:
         """BCI -> PAUSED: the task clock freezes (a running trial, hold or ITI continues on resume)."""
-        self._require((Mode.BCI,), "pause")
+        self._require("pause", "pause")
         self._mode = Mode.PAUSED
         self._queue("pause", {"state": self._trial_state().name.lower()})
 
     def resume(self) -> None:
-        self._require((Mode.PAUSED,), "resume")
+        self._require("resume", "resume")
         self._mode = Mode.BCI
         self._queue("resume", {"state": self._trial_state().name.lower()})
 
@@ -338,7 +327,7 @@ class DecoderEngine:
 
     def set_ensembles(self, up: Sequence[int], down: Sequence[int]) -> None:
         """Choose the ensembles (not during BCI). Drops the calibration, which was for the old ones."""
-        self._require((Mode.IDLE, Mode.BASELINE, Mode.READY, Mode.STOPPED), "change the ensembles")
+        self._require("set_ensembles", "change the ensembles")
         up, down = check_ensembles(self.decoder_cfg.decoder, self.n_rois, up, down)
         self._decoder.set_ensembles(up, down)
         self._smoother.reset()
@@ -347,7 +336,7 @@ class DecoderEngine:
 
     def set_weights(self, weights: Sequence[float] | np.ndarray) -> None:
         """Weighted decoder: one weight per ROI (not during BCI). Drops the calibration."""
-        self._require((Mode.IDLE, Mode.BASELINE, Mode.READY, Mode.STOPPED), "change the weights")
+        self._require("set_weights", "change the weights")
         self._decoder.set_weights(weights)
         self._smoother.reset()
         self._clear_calibration()
@@ -463,7 +452,8 @@ class DecoderEngine:
 
     # ------------------------------------------------------------------ internals
 
-    def _require(self, allowed: tuple[Mode, ...], action: str) -> None:
+    def _require(self, command: str, action: str) -> None:
+        allowed = COMMAND_MODES[command]
         if self._mode not in allowed:
             names = ", ".join(m.name.lower() for m in allowed)
             raise EngineStateError(f"cannot {action} in mode {self._mode.name.lower()} (only in: {names})")

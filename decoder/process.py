@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from decoder.engine import COMMAND_ERRORS, DecoderEngine, Mode
-from rig.bus import SpinWaiter
-from rig.clock import now_ns
-from rig.process import RigProcess
-from rig.schema import CalibrationResult, Control, Decision, FluorFrame, RewardRequest, TrialEvent
-from rig.store import RecordWriter, json_default, write_json_atomic
+from rig.core.bus import SpinWaiter
+from rig.core.clock import now_ns
+from rig.core.process import RigProcess
+from rig.core.schema import CalibrationResult, Control, Decision, FluorFrame, RewardRequest, TrialEvent
+from rig.core.store import RecordWriter, json_default, write_json_atomic
 
 
 def decision_record_dtype(n_rois: int) -> np.dtype:

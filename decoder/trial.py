@@ -18,26 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
 from decoder.config import TaskConfig
-
-
-class TrialState(IntEnum):
-    """Trial-state codes; stable integers (they are written into per-frame binary records)."""
-
-    NONE = 0  # no task running (idle, baseline, calibrated)
-    ITI = 1  # inter-trial interval
-    TRIAL = 2  # trial running: a crossing of the threshold is a hit
-    HOLD = 3  # after a hit: reward consumption
-    TIMEOUT = 4  # after a miss: timeout pause
-    DONE = 5  # task over (max trials, session length, or stopped)
+from rig.core.codes import TrialState
 
 
 @dataclass(slots=True)
 class Event:
-    """Something that happened on a frame: ``kind`` as listed in :data:`EVENT_KINDS`."""
+    """Something that happened on a frame: ``kind`` as listed in ``rig.core.codes.EVENT_KINDS``."""
 
     kind: str
     trial: int
@@ -45,12 +34,6 @@ class Event:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-#: Every event kind the engine emits, for consumers that dispatch on them.
-EVENT_KINDS = (
-    "baseline_start", "baseline_done", "calibrated", "calibration_failed", "calibration_cleared",
-    "baseline_loaded", "bci_start", "iti", "trial_start", "hit", "miss", "trial_aborted", "rearmed",
-    "session_done", "pause", "resume", "stopped", "manual_reward", "gap", "bad_input", "ensembles",
-)
 
 
 def frames_for(seconds: float, frame_rate_hz: float) -> int:

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import zmq
 
 from gui.config import GuiConfig
-from rig.bus import Subscriber
-from rig.schema import (
+from rig.core.bus import Subscriber
+from rig.core.schema import (
     AcqStatus,
     CalibrationResult,
     Decision,

@@ -1,6 +1,6 @@
 """Operator commands sent from a background thread, so a slow or vanished rig never freezes the window.
 
-The thread owns one Lazy-Pirate :class:`rig.client.CommandClient` (a ZeroMQ socket belongs to one
+The thread owns one Lazy-Pirate :class:`rig.core.client.CommandClient` (a ZeroMQ socket belongs to one
 thread). The window submits requests and collects :class:`CommandReply` objects at its refresh rate;
 failures (rig unreachable, a refused command) come back as replies with ``ok=False`` and an ``error``
 the window shows.
@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from rig.client import CommandClient, RigUnreachable
+from rig.core.client import CommandClient, RigUnreachable
 
 
 @dataclass

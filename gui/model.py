@@ -5,7 +5,7 @@ scalars, and computes the numbers the window shows: per-stage latency p50/p99 fr
 stamps, rolling hit rate, rewards per minute, heartbeat ages. It keeps only what is displayed, so its
 memory is fixed by :class:`gui.config.GuiConfig` whatever the session length or ROI count.
 
-Times: rig stamps (``*_ns``) are ``rig.clock.now_ns`` of the rig PC. Plots put "now" at the newest
+Times: rig stamps (``*_ns``) are ``rig.core.clock.now_ns`` of the rig PC. Plots put "now" at the newest
 rig stamp seen, so a console on another machine (another clock) still draws correct time axes.
 Heartbeat ages use the console's own monotonic clock at reception, for the same reason.
 """
@@ -23,7 +23,7 @@ import numpy as np
 from gui.config import GuiConfig
 from gui.labels import CodeNames
 from gui.rings import ColumnRing
-from rig.schema import (
+from rig.core.schema import (
     AcqStatus,
     CalibrationResult,
     Control,

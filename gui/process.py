@@ -1,6 +1,6 @@
 """The console as a process on the rig's bus (``gui.process:ConsoleProcess``, never critical).
 
-It hosts the Qt event loop inside the :class:`~rig.process.RigProcess` contract: ``configure`` builds
+It hosts the Qt event loop inside the :class:`~rig.core.process.RigProcess` contract: ``configure`` builds
 the QApplication and the window, each ``step`` runs the Qt loop for ~20 ms (the window's timer drains
 the bus and redraws in there). Closing the window stops this process only; the supervisor treats the
 console as optional, so the session goes on.
@@ -14,7 +14,7 @@ from PyQt6 import QtCore, QtWidgets
 
 from gui.main_window import MainWindow
 from gui.session import ConsoleSession, lower_own_priority
-from rig.process import RigProcess
+from rig.core.process import RigProcess
 
 STEP_MS = 20
 

@@ -44,10 +44,8 @@ class ConsoleSession:
         self.cfg = cfg
         self.command_endpoint = command_endpoint
         self.clock = clock
-        modes, states, problem = decoder_code_names()
+        modes, states = decoder_code_names()
         self.model = ConsoleModel(cfg, modes, states, clock=clock)
-        if problem:
-            self.model.add_warning("info", "console", "labels", problem)
         self.ctx = zmq.Context()
         self.commands = CommandWorker(command_endpoint, cfg.command_timeout_s, cfg.command_retries, issued_by)
         self.reader: BusReader | None = None

@@ -29,7 +29,7 @@ from reward import protocol as p
 from reward.calibration import ValveCalibration
 from reward.config import RewardConfig
 from reward.link import CONNECTED, LinkDown, LinkEvent, Received, ValveLink
-from rig.clock import now_ns
+from rig.core.clock import now_ns
 
 DELIVERED = "delivered"
 FAILED = "failed"
@@ -39,9 +39,9 @@ SOURCE_TEST = "test_pulse"
 
 
 class RewardOutcome(msgspec.Struct, kw_only=True):
-    """What happened to one request. Field names match ``rig.schema.RewardOutcome``.
+    """What happened to one request. Field names match ``rig.core.schema.RewardOutcome``.
 
-    ``t_*`` are ``rig.clock.now_ns`` stamps (0 = did not happen): ``t_received`` when request()
+    ``t_*`` are ``rig.core.clock.now_ns`` stamps (0 = did not happen): ``t_received`` when request()
     was called, ``t_written`` right after the first write of the command returned, ``t_ack`` when
     the acknowledgement was read, ``t_done`` when the completion was read. ``board_us_*`` are the
     board's clock (-1 = not seen). ``open_us`` is the opening the board measured (-1 = unknown).

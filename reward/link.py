@@ -26,7 +26,7 @@ import serial
 
 from reward import protocol as p
 from reward.config import RewardConfig
-from rig.clock import now_ns
+from rig.core.clock import now_ns
 
 # Link states (``ValveLink.state``) and the LinkEvent states announcing transitions.
 CLOSED = "closed"
@@ -38,7 +38,7 @@ WATCHDOG_TRIPPED = "watchdog_tripped"  # event only: the board's heartbeat watch
 
 
 class LinkEvent(msgspec.Struct, frozen=True):
-    """A change of link state, with a human-readable reason, stamped with ``rig.clock.now_ns``."""
+    """A change of link state, with a human-readable reason, stamped with ``rig.core.clock.now_ns``."""
 
     kind: ClassVar[str] = "link"
     state: str

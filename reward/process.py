@@ -15,11 +15,11 @@ import zmq
 from reward.calibration import ValveCalibration
 from reward.controller import RewardController
 from reward.link import ValveLink
-from rig.bus import SpinWaiter
-from rig.clock import now_ns
-from rig.process import RigProcess
-from rig.schema import Control, Decision, Lick, LinkState, RewardOutcome, RewardRequest
-from rig.store import write_json_atomic
+from rig.core.bus import SpinWaiter
+from rig.core.clock import now_ns
+from rig.core.process import RigProcess
+from rig.core.schema import Control, Decision, Lick, LinkState, RewardOutcome, RewardRequest
+from rig.core.store import write_json_atomic
 
 
 class RewardProcess(RigProcess):

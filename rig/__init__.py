@@ -1,3 +1,3 @@
-"""bci-rig shared core: wire schema, process contract, supervisor, config, session store, CLI."""
+"""bci-rig's shared layers: ``rig.core`` (the contract), ``rig.app`` (CLI, supervisor), ``rig.offline`` (tools)."""
 
 __version__ = "0.1.0"

@@ -66,7 +66,7 @@ def run_console_and_grab(endpoint: str, config: str, seconds: float, out: Path, 
 
     from gui.main_window import MainWindow  # noqa: PLC0415
     from gui.session import ConsoleSession  # noqa: PLC0415
-    from rig.config import load_config  # noqa: PLC0415
+    from rig.app.config import load_config  # noqa: PLC0415
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["console_screenshot"])
     session = ConsoleSession(load_config(config).gui, endpoint, issued_by="console_screenshot")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["QT_QPA_PLATFORM"] = args.platform
     sessions_dir = Path(tempfile.mkdtemp(prefix="console_screenshot_"))
     rig_log = (sessions_dir / "rig_run.log").open("wb")
-    rig = subprocess.Popen([sys.executable, "-m", "rig.cli", "run", args.config, "--headless",
+    rig = subprocess.Popen([sys.executable, "-m", "rig.app.cli", "run", args.config, "--headless",
                             "--duration", str(args.seconds + 60), "--sessions-dir", str(sessions_dir)],
                            cwd=REPO, stdout=rig_log, stderr=subprocess.STDOUT)
     try:

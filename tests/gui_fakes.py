@@ -19,23 +19,16 @@ from typing import Any
 import numpy as np
 import zmq
 
-from decoder.engine import Mode
-from rig.bus import Publisher, free_tcp_port
-from rig.clock import now_ns
-from rig.schema import AcqStatus, Decision, FluorFrame, Heartbeat, LinkState, Message, Preview
+from rig.core.bus import Publisher, free_tcp_port
+from rig.core.clock import now_ns
+from rig.core.codes import COMMAND_RESULT_MODE, Mode, command_allowed
+from rig.core.schema import AcqStatus, Decision, FluorFrame, Heartbeat, LinkState, Message, Preview
 
 FRAME_SHAPE = (128, 128)
 PREVIEW_DECIMATION = 2
 MODE_BCI = int(Mode.BCI)
 MODE_PAUSED = int(Mode.PAUSED)
 #: How the fake decoder's mode follows operator commands (a coarse copy of decoder.engine's rules).
-TRANSITIONS = {
-    "start_baseline": ((Mode.IDLE, Mode.READY), Mode.BASELINE),
-    "calibrate": ((Mode.IDLE, Mode.BASELINE, Mode.READY), Mode.READY),
-    "start_bci": ((Mode.READY,), Mode.BCI),
-    "pause": ((Mode.BCI,), Mode.PAUSED),
-    "resume": ((Mode.PAUSED,), Mode.BCI),
-}
 
 
 def write_suite2p_rois(folder: Path, n_rois: int, shape: tuple[int, int] = FRAME_SHAPE, seed: int = 0,
@@ -146,8 +139,8 @@ class FakeRig:
             else:
                 with self._lock:
                     self.commands.append(request)
-                    allowed, after = TRANSITIONS.get(command, ((), None))
-                    if after is not None and self.mode in allowed:
+                    after = COMMAND_RESULT_MODE.get(command)
+                    if after is not None and command_allowed(command, self.mode):
                         self.mode = int(after)
                 reply = {"ok": True}
             self.router.send_multipart([identity, b"", json.dumps(reply).encode()])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rig.process import RigProcess
-from rig.schema import Control
+from rig.core.process import RigProcess
+from rig.core.schema import Control
 
 
 class TickProcess(RigProcess):

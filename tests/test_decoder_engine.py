@@ -11,7 +11,8 @@ import pytest
 
 from decoder.calibration import Calibration, CalibrationError
 from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
-from decoder.engine import DecoderEngine, EngineStateError, FrameOrderError, Mode, StepResult, TrialState
+from decoder.engine import DecoderEngine, EngineStateError, FrameOrderError, StepResult
+from rig.core.codes import Mode, TrialState
 from tests.test_decoder_synthetic import synthetic_recording
 
 FPS = 10.0  # makes seconds -> frames easy to read in the controlled tests

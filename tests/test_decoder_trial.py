@@ -7,7 +7,8 @@ import math
 import pytest
 
 from decoder.config import TaskConfig
-from decoder.trial import Event, TrialMachine, TrialState, TrialTiming
+from decoder.trial import Event, TrialMachine, TrialTiming
+from rig.core.codes import TrialState
 
 THR = 1.0
 LOW, HIGH = 0.0, 2.0

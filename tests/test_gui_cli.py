@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gui.cli import find_command_endpoint, register_cli
+from rig.app.console_cli import find_command_endpoint, register_cli
 
 
 def write_session(root, name: str, status: str, port: int) -> None:
@@ -50,7 +50,8 @@ def test_rig_console_attaches_to_a_running_rig_and_quits_on_ctrl_c(tmp_path):
     from tests.conftest import REPO, wait_for
     from tests.gui_fakes import FakeRig
 
-    run_cli = ("import argparse, sys\nfrom gui.cli import register_cli\np = argparse.ArgumentParser(prog='rig')\n"
+    run_cli = ("import argparse, sys\n"
+               "from rig.app.console_cli import register_cli\np = argparse.ArgumentParser(prog='rig')\n"
                "register_cli(p.add_subparsers())\nargs = p.parse_args(sys.argv[1:])\nsys.exit(args.func(args))\n")
     with FakeRig(tmp_path / "s") as rig:
         rig.start_stream()

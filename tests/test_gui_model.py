@@ -13,8 +13,8 @@ from gui.model import ConsoleModel, RoleEdit
 from gui.rings import ColumnRing
 from gui.rois import RoiLoadError, load_roi_outlines, outline_pixels
 from gui.widgets.plots import state_shading
-from rig.config import ConfigError, config_from_dict
-from rig.schema import (
+from rig.app.config import ConfigError, config_from_dict
+from rig.core.schema import (
     CalibrationResult,
     Control,
     Decision,

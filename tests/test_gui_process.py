@@ -7,10 +7,11 @@ import multiprocessing
 import zmq
 
 from gui.process import ConsoleProcess
-from rig.bus import Subscriber
-from rig.process import ProcessSpec, process_main
-from rig.schema import Control, Heartbeat, StateChange
-from rig.store import read_events
+from rig.app.config import CONFIG_LOADER
+from rig.core.bus import Subscriber
+from rig.core.process import ProcessSpec, process_main
+from rig.core.schema import Control, Heartbeat, StateChange
+from rig.core.store import read_events
 from tests.conftest import wait_for
 from tests.gui_fakes import FakeRig
 
@@ -18,6 +19,7 @@ from tests.gui_fakes import FakeRig
 def spec_for(rig: FakeRig, tmp_path, low_priority: bool = True) -> ProcessSpec:
     config = {"bus": {"heartbeat_interval_s": 0.1}, "gui": {"refresh_hz": 20, "low_priority": low_priority}}
     return ProcessSpec(name="gui", target="gui.process:ConsoleProcess", config=config, config_file="test.toml",
+                       config_loader=CONFIG_LOADER,
                        endpoints=dict(rig.endpoints), session_dir=str(tmp_path / "session"))
 
 

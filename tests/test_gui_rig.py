@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from PyQt6 import QtCore
 
-from decoder.engine import Mode
 from gui.config import GuiConfig
 from gui.main_window import MainWindow
 from gui.session import ConsoleSession
+from rig.core.codes import Mode
 from tests.conftest import REPO, wait_for
 
 LEFT = QtCore.Qt.MouseButton.LeftButton
@@ -34,7 +34,7 @@ OVERRIDES = ["task.baseline_s=6.0", "task.trial_s=0.5", "task.iti_s=0.2", "task.
 
 RUN_RIG = """
 import json, sys
-from rig.supervisor import Supervisor
+from rig.app.supervisor import Supervisor
 config, duration, root, overrides = sys.argv[1], float(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 print(json.dumps(Supervisor(config, headless=False, duration_s=duration, sessions_root=root,
                             overrides=overrides).run()))

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PyQt6 import QtCore
 
-from decoder.engine import Mode
 from gui.config import GuiConfig
 from gui.main_window import MainWindow
 from gui.session import ConsoleSession
-from rig.bus import free_tcp_port
-from rig.clock import now_ns
-from rig.schema import CalibrationResult, Control, Lick, ProcessError, RewardOutcome, RigWarning, TrialEvent
+from rig.core.bus import free_tcp_port
+from rig.core.clock import now_ns
+from rig.core.codes import Mode
+from rig.core.schema import CalibrationResult, Control, Lick, ProcessError, RewardOutcome, RigWarning, TrialEvent
 from tests.gui_fakes import MODE_BCI, MODE_PAUSED, FakeRig
 
 LEFT = QtCore.Qt.MouseButton.LeftButton

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "suite2p", "cellpose")
-REAL_TIME = ("rig.supervisor", "rig.cli", "acquisition.process", "decoder.process", "reward.process")
+REAL_TIME = ("rig.app.supervisor", "rig.app.cli", "acquisition.process", "decoder.process", "reward.process")
 
 
 def test_real_time_processes_import_neither_torch_nor_suite2p():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reward import cli
 from reward.calibration import ValveCalibration
 from reward.config import RewardConfig
+from rig.app import valve_cli as cli
 
 
 def write_config(folder: Path, **reward) -> Path:

@@ -18,7 +18,7 @@ from reward.config import RewardConfig
 from reward.controller import DELIVERED, FAILED, REFUSED, BoardNotice, LickEvent, RewardController, RewardOutcome
 from reward.emulator import EmulatorServer
 from reward.link import LinkEvent, ProtocolMismatch, ValveLink
-from rig.clock import now_ns
+from rig.core.clock import now_ns
 
 TRANSPORTS = ["pty", "socket"] if os.name == "posix" else ["socket"]
 CAL = ValveCalibration(valve="valve0", date="2025-01-01T00:00:00", intercept_ms=0.0, slope_ms_per_ul=10.0)

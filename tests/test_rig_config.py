@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.config import ConfigError, load_config
+from rig.app.config import ConfigError, load_config
 
 HERE = Path(__file__).resolve().parent
 BAD = sorted((HERE / "bad_configs").glob("*.toml"))
@@ -42,7 +42,7 @@ def test_missing_file_names_it(tmp_path):
 
 
 def test_overrides_are_typed_and_validated(tmp_path):
-    from rig.config import apply_overrides, config_from_dict
+    from rig.app.config import apply_overrides, config_from_dict
 
     data = apply_overrides({}, ["bus.base_port=20000", "rig.name=left-scope", "session.save_frames=false"])
     cfg = config_from_dict(data)

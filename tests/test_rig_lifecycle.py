@@ -10,10 +10,11 @@ import sys
 import pytest
 import zmq
 
-from rig.bus import Publisher, Subscriber, free_tcp_port, free_tcp_ports
-from rig.process import ProcessSpec, decode_info, process_main
-from rig.schema import Control, Heartbeat, ProcessError, StateChange
-from rig.store import read_events
+from rig.app.config import CONFIG_LOADER
+from rig.core.bus import Publisher, Subscriber, free_tcp_port, free_tcp_ports
+from rig.core.process import ProcessSpec, decode_info, process_main
+from rig.core.schema import Control, Heartbeat, ProcessError, StateChange
+from rig.core.store import read_events
 from tests.conftest import wait_for
 
 
@@ -27,7 +28,8 @@ class Harness:
         self.pub = Publisher(self.ctx, self.endpoints["supervisor"], "supervisor")
         self.sub = Subscriber(self.ctx, [self.endpoints["child"]], [b"sys."])
         spec = ProcessSpec(name="child", target=target, config={"bus": {"heartbeat_interval_s": 0.05}},
-                           config_file="test.toml", endpoints=self.endpoints, session_dir=str(tmp_path))
+                           config_file="test.toml", config_loader=CONFIG_LOADER,
+                           endpoints=self.endpoints, session_dir=str(tmp_path))
         self.proc = multiprocessing.get_context("spawn").Process(target=process_main, args=(spec,))
         self.proc.start()
         self.states: list[str] = []

@@ -2,7 +2,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from rig.schema import (
+from rig.core.schema import (
     ALL_MESSAGE_TYPES,
     Codec,
     Control,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rig.store import read_events, read_records
+from rig.core.store import read_events, read_records
 from tests.conftest import REPO, wait_for
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ SMALL = [
 
 
 def rig_cmd(tmp_path: Path, duration: float, *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "rig.cli", "run", str(REPO / "hardware_configs" / "sim.toml"), "--headless",
+    cmd = [sys.executable, "-m", "rig.app.cli", "run", str(REPO / "hardware_configs" / "sim.toml"), "--headless",
            "--duration", str(duration), "--sessions-dir", str(tmp_path)]
     for item in SMALL + list(extra):
         cmd += ["--set", item]
@@ -108,8 +108,8 @@ RECORD_OF = {"acquisition": ("acquisition/frames.rec", "t_sent"), "decoder": ("d
 
 @pytest.mark.parametrize("victim", ["acquisition", "decoder", "reward"])
 def test_kill_9_of_any_process_keeps_the_data_and_makes_the_rig_safe(tmp_path, victim):
-    from rig.clock import now_ns
-    from rig.session_data import load_session
+    from rig.core.clock import now_ns
+    from rig.offline.session_data import load_session
 
     seen: dict[str, int] = {}
 
@@ -161,11 +161,11 @@ def test_ctrl_c_ends_the_session_cleanly_with_data_saved(tmp_path):
 def test_a_replay_session_ends_when_the_movie_does(tmp_path):
     movie = tmp_path / "movie"
     export = subprocess.run(
-        [sys.executable, "-m", "rig.cli", "sim", "--export", str(movie), "--frames", "240", "--no-progress",
+        [sys.executable, "-m", "rig.app.cli", "sim", "--export", str(movie), "--frames", "240", "--no-progress",
          "--set", "acquisition.sim.height_px=96", "--set", "acquisition.sim.width_px=96",
          "--set", "acquisition.sim.n_cells=20"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert export.returncode == 0, export.stderr[-2000:]
-    cmd = [sys.executable, "-m", "rig.cli", "run", str(REPO / "hardware_configs" / "replay.toml"), "--headless",
+    cmd = [sys.executable, "-m", "rig.app.cli", "run", str(REPO / "hardware_configs" / "replay.toml"), "--headless",
            "--duration", "120", "--sessions-dir", str(tmp_path / "sessions"),
            "--set", f'acquisition.replay.path="{(movie / "movie.tif").as_posix()}"',
            "--set", f'acquisition.rois.suite2p_dir="{(movie / "suite2p" / "plane0").as_posix()}"',
@@ -178,7 +178,7 @@ def test_a_replay_session_ends_when_the_movie_does(tmp_path):
 
 
 def test_rig_check_names_missing_files(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rig.cli", "check", str(REPO / "hardware_configs" / "replay.toml"),
+    proc = subprocess.run([sys.executable, "-m", "rig.app.cli", "check", str(REPO / "hardware_configs" / "replay.toml"),
                            "--set", 'acquisition.replay.path="/nonexistent/movie.tif"'],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 1

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from rig import store
-from rig.store import FrameFileWriter
+from rig.core import store
+from rig.core.store import FrameFileWriter
 from tests.conftest import wait_for
 
 

@@ -23,7 +23,7 @@ OVERRIDES = [
 
 
 def _rig(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rig.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rig.app.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 

@@ -23,13 +23,13 @@ import pytest
 from acquisition.pipeline import FramePipeline
 from acquisition.process import frame_record_dtype
 from acquisition.rois import RoiSet
-from rig import session_cli
-from rig.bus import free_tcp_port
-from rig.config import config_from_dict
-from rig.process import ProcessSpec
-from rig.schema import Control, FluorFrame
-from rig.session_data import load_session
-from rig.store import EventLog, RecordWriter, read_events, read_records, write_json_atomic
+from rig.app.config import CONFIG_LOADER, config_from_dict
+from rig.core.bus import free_tcp_port
+from rig.core.process import ProcessSpec
+from rig.core.schema import Control, FluorFrame
+from rig.core.store import EventLog, RecordWriter, read_events, read_records, write_json_atomic
+from rig.offline import session_cli
+from rig.offline.session_data import load_session
 
 FRAME_RATE = 30.0
 HEIGHT = WIDTH = 48
@@ -146,7 +146,8 @@ def build_session(folder: Path) -> Path:
     # the decoder: the real process class, run in this process without its bus loop
     endpoints = {name: f"tcp://127.0.0.1:{free_tcp_port()}" for name in ("decoder", "supervisor", "acquisition")}
     spec = ProcessSpec(name="decoder", target="decoder.process:DecoderProcess", config=msgspec.to_builtins(cfg),
-                       config_file="test-config", endpoints=endpoints, session_dir=str(folder),
+                       config_file="test-config", config_loader=CONFIG_LOADER,
+                       endpoints=endpoints, session_dir=str(folder),
                        extra={"upstream": {"acquisition": {"n_rois": str(N_ROIS), "frame_rate_hz": repr(FRAME_RATE)}}},
                        watch_parent=False)
     decoder = DecoderProcess(spec)

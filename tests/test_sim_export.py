@@ -8,7 +8,7 @@ import json
 import numpy as np
 import tifffile
 
-from acquisition.sim.cli import register_cli
+from rig.app.sim_cli import register_cli
 
 
 def run_sim(argv: list[str]) -> int:

@@ -10,8 +10,8 @@ from acquisition.sim.config import MouseConfig, SimConfig
 from acquisition.sim.source import SimSource
 from acquisition.sources import make_source
 from acquisition.validate import FrameFlag
-from rig.clock import now_ns
-from rig.schema import Control, Decision, RewardOutcome
+from rig.core.clock import now_ns
+from rig.core.schema import Control, Decision, RewardOutcome
 
 
 def small(**kw) -> SimConfig:

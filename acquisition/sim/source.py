@@ -19,8 +19,8 @@ from acquisition.sim.config import SimConfig
 from acquisition.sim.scope import FrameInfo, SimScope
 from acquisition.sources.base import Frame, FrameSource
 from acquisition.validate import FrameFlag
-from rig.clock import now_ns
-from rig.schema import Control, Decision, RewardOutcome
+from rig.core.clock import now_ns
+from rig.core.schema import Control, Decision, RewardOutcome
 
 _N_BUFFERS = 4  # frames handed out stay valid until this many more reads
 

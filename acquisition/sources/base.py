@@ -20,7 +20,7 @@ class Frame:
 
     ``data`` may be a buffer the source reuses: it is valid until the next :meth:`FrameSource.read`.
     ``number`` is the scope's frame number (0-based) or, for sources without a counter, a local count.
-    ``t_ready_ns`` is ``rig.clock.now_ns()`` when the whole frame was in memory.
+    ``t_ready_ns`` is ``rig.core.clock.now_ns()`` when the whole frame was in memory.
     ``flags`` carries :class:`acquisition.validate.FrameFlag` bits the source already knows (AFTER_GAP...).
     """
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from acquisition.sources.base import Frame, FrameSource
 from acquisition.validate import FrameFlag
-from rig.clock import now_ns
+from rig.core.clock import now_ns
 
 _RCVBUF_BYTES = 8 * 1024 * 1024  # a few frames of slack if we are briefly late
 

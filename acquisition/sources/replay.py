@@ -9,7 +9,7 @@ import numpy as np
 
 from acquisition.sources.base import EndOfStream, Frame, FrameSource
 from acquisition.sources.movie import MovieError, MovieReader, open_movie
-from rig.clock import now_ns
+from rig.core.clock import now_ns
 
 
 class ReplaySource(FrameSource):

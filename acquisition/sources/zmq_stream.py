@@ -22,7 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from acquisition.sources.base import Frame, FrameSource
 from acquisition.validate import FrameFlag
-from rig.clock import now_ns
+from rig.core.clock import now_ns
 
 PROTOCOL_VERSION = 1
 #: pixel types a publisher may send (little-endian unless the header says ``"byteorder": "big"``)

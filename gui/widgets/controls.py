@@ -11,18 +11,12 @@ from typing import Any
 from PyQt6 import QtCore, QtWidgets
 
 from gui.widgets.style import ERROR_COLOUR
+from rig.core.codes import COMMAND_MODES, mode_name
 
-#: Decoder modes (``decoder.engine.Mode`` names) in which each protocol button makes sense. The
+#: Decoder modes (by name) in which each protocol button makes sense, from ``rig.core.codes``. The
 #: decoder has the last word (a command arriving in another mode is refused there); greying the
 #: buttons out just keeps the operator from asking for what cannot happen now.
-ALLOWED_MODES = {
-    "start_baseline": ("idle", "ready"),
-    "calibrate": ("idle", "baseline", "ready"),
-    "start_bci": ("ready",),
-    "pause": ("bci",),
-    "resume": ("paused",),
-    "set_ensembles": ("idle", "baseline", "ready", "stopped"),
-}
+ALLOWED_MODES = {command: tuple(mode_name(m) for m in modes) for command, modes in COMMAND_MODES.items()}
 
 
 class ControlPanel(QtWidgets.QWidget):

@@ -1,6 +1,6 @@
 """The process contract every bci-rig process follows, enforced by :class:`RigProcess`.
 
-Lifecycle (published as :class:`~rig.schema.StateChange` and repeated in every heartbeat)::
+Lifecycle (published as :class:`~rig.core.schema.StateChange` and repeated in every heartbeat)::
 
     configuring --configure()--> ready --Control(start)--> running --stop--> stopping --> stopped
          \\___________________ any unhandled exception ___________________/--> failed
@@ -10,7 +10,7 @@ Lifecycle (published as :class:`~rig.schema.StateChange` and repeated in every h
 * Control messages from the supervisor are handled between steps: ``stop``/``shutdown`` stop the
   process, ``safe_state`` calls :meth:`on_safe_state`, anything else goes to :meth:`on_control`.
 * SIGINT (Ctrl-C) stops the process cleanly, as does the death of the supervisor (its parent).
-* An exception is published as :class:`~rig.schema.ProcessError` with its traceback, written to the
+* An exception is published as :class:`~rig.core.schema.ProcessError` with its traceback, written to the
   process's event log, ``on_stop()`` still runs (close the valve, flush files), and the exit code is 1.
 
 Subclasses live in ``<package>/process.py``; the supervisor starts them by dotted name with the
@@ -34,11 +34,10 @@ from typing import Any
 
 import zmq
 
-from rig.bus import Publisher, Subscriber
-from rig.clock import now_ns
-from rig.config import RigConfig, config_from_dict
-from rig.schema import Control, Heartbeat, Message, ProcessError, RigWarning, StateChange
-from rig.store import EventLog
+from rig.core.bus import Publisher, Subscriber
+from rig.core.clock import now_ns
+from rig.core.schema import Control, Heartbeat, Message, ProcessError, RigWarning, StateChange
+from rig.core.store import EventLog
 
 STATES = ("configuring", "ready", "running", "stopping", "stopped", "failed")
 
@@ -51,6 +50,9 @@ class ProcessSpec:
     target: str  # "package.module:ClassName"
     config: dict[str, Any]  # the raw TOML document (re-validated in the child)
     config_file: str
+    # "package.module:function" that validates ``config`` into the typed whole-rig config; named by the
+    # application that starts the process, so this contract never imports the packages' config schemas.
+    config_loader: str
     endpoints: dict[str, str]  # process name -> its PUB endpoint to connect to; "supervisor" and "command" too
     session_dir: str
     extra: dict[str, Any] = field(default_factory=dict)
@@ -67,7 +69,7 @@ class RigProcess:
     def __init__(self, spec: ProcessSpec) -> None:
         self.spec = spec
         self.name = spec.name
-        self.config: RigConfig = config_from_dict(spec.config, spec.config_file)
+        self.config: Any = resolve_callable(spec.config_loader)(spec.config, spec.config_file)
         self.session_dir = Path(spec.session_dir)
         self.dir = self.session_dir / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -319,9 +321,14 @@ def decode_info(reason: str) -> dict[str, str]:
     return out
 
 
+def resolve_callable(target: str) -> Any:
+    """``"package.module:name"`` -> the object, imported in the child (spawn pickles names, not code)."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def resolve_target(target: str) -> type[RigProcess]:
-    module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = resolve_callable(target)
     if not (isinstance(cls, type) and issubclass(cls, RigProcess)):
         raise TypeError(f"{target} is not a RigProcess subclass")
     return cls

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from rig.config import ConfigError
-from rig.session_data import SessionError, load_session
-from rig.supervisor import git_hash
+from rig.app.config import ConfigError
+from rig.app.supervisor import git_hash
+from rig.offline.session_data import SessionError, load_session
 
 
 def _fail(command: str, exc: Exception) -> int:
@@ -18,7 +18,7 @@ def _fail(command: str, exc: Exception) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from rig.replay import check, default_whatif_dir, replay, whatif_config, write_whatif_session  # noqa: PLC0415
+    from rig.offline.replay import check, default_whatif_dir, replay, whatif_config, write_whatif_session  # noqa: PLC0415
 
     whatif = bool(args.config or args.set)
     try:
@@ -67,7 +67,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from rig.nwb_export import NwbMetadata, export_nwb  # noqa: PLC0415
+    from rig.offline.nwb_export import NwbMetadata, export_nwb  # noqa: PLC0415
 
     meta = NwbMetadata(species=args.species, sex=args.subject_sex, age=args.subject_age,
                        brain_area=args.brain_area, indicator=args.indicator, excitation_nm=args.excitation_nm,
@@ -86,7 +86,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from rig.report import build_report  # noqa: PLC0415
+    from rig.offline.report import build_report  # noqa: PLC0415
 
     try:
         session = load_session(args.session)
@@ -99,8 +99,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from rig.store import write_json_atomic  # noqa: PLC0415
-    from rig.summary import summarize_session  # noqa: PLC0415
+    from rig.core.store import write_json_atomic  # noqa: PLC0415
+    from rig.offline.summary import summarize_session  # noqa: PLC0415
 
     path = Path(args.session)
     if not path.is_dir():

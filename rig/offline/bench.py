@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from rig.store import read_events, read_records
-from rig.summary import percentiles_ms
+from rig.core.store import read_events, read_records
+from rig.offline.summary import percentiles_ms
 
 BENCH_HELP = """\
 Run the real rig (every process, real sockets, the serial stack against the board emulator) and report,
@@ -135,7 +135,7 @@ def _prepare_movie(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]
             raise SystemExit("rig bench: --movie needs --movie-rois SUITE2P_DIR")
         return Path(args.movie), Path(args.movie_rois)
     from acquisition.sim.export import export_movie  # noqa: PLC0415
-    from rig.config import apply_overrides, config_from_dict  # noqa: PLC0415
+    from rig.app.config import apply_overrides, config_from_dict  # noqa: PLC0415
 
     cfg = config_from_dict(apply_overrides({}, [f"acquisition.sim.height_px={args.size}",
                                                 f"acquisition.sim.width_px={args.size}",
@@ -166,7 +166,7 @@ def build_overrides(args: argparse.Namespace, workdir: Path) -> list[str]:
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from rig.supervisor import Supervisor  # noqa: PLC0415
+    from rig.app.supervisor import Supervisor  # noqa: PLC0415
 
     if args.console and not os.environ.get("DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the console still renders, off screen

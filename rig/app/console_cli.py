@@ -46,7 +46,7 @@ def _settings(config_path: str | None) -> tuple[GuiConfig, str]:
     """The [gui] settings and the sessions folder of the rig config, or the defaults without one."""
     if config_path is None:
         return GuiConfig(), "sessions"
-    from rig.config import load_config  # noqa: PLC0415 - only when a config is given
+    from rig.app.config import load_config  # noqa: PLC0415 - only when a config is given
 
     cfg = load_config(config_path)
     return cfg.gui, cfg.rig.sessions_dir

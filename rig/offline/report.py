@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from rig.session_data import SessionData  # noqa: E402
-from rig.summary import summarize_session  # noqa: E402
+from rig.core.codes import Mode  # noqa: E402
+from rig.offline.session_data import SessionData  # noqa: E402
+from rig.offline.summary import summarize_session  # noqa: E402
 
 HIT_COLOR = "#2e7d32"
 MISS_COLOR = "#c62828"
@@ -54,9 +55,7 @@ def _empty(ax: Any, text: str) -> None:
 
 
 def _mode_codes(session: SessionData) -> dict[str, int]:
-    """Decoder mode name -> the code stored in decisions.rec (from the decoder engine's own enum)."""
-    from decoder.engine import Mode  # noqa: PLC0415
-
+    """Decoder mode name -> the code stored in decisions.rec (``rig.core.codes.Mode``)."""
     return {member.name.lower(): int(member.value) for member in Mode}
 
 

@@ -22,7 +22,7 @@ from reward.config import RewardConfig
 from reward.controller import DELIVERED, RewardController, RewardOutcome
 from reward.emulator import EmulatorServer, FirmwareEmulator
 from reward.link import ValveLink
-from rig.clock import now_ns
+from rig.core.clock import now_ns
 
 
 class ValveToolError(RuntimeError):
@@ -32,7 +32,7 @@ class ValveToolError(RuntimeError):
 def load_reward_config(path: str | Path) -> tuple[RewardConfig, Path]:
     """The [reward] section of a rig config (the whole file is validated, as ``rig run`` would), and the
     folder relative paths are resolved against."""
-    from rig.config import ConfigError, load_config  # noqa: PLC0415 - pulls in every package's config
+    from rig.app.config import ConfigError, load_config  # noqa: PLC0415 - pulls in every package's config
 
     path = Path(path)
     try:

@@ -2,7 +2,7 @@
 
 Every process binds one PUB socket at its endpoint and connects SUB sockets to the endpoints of the
 processes it listens to (zguide "one publisher per node"). Topics are the message types' ``topic``
-prefixes from :mod:`rig.schema`.
+prefixes from :mod:`rig.core.schema`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 
 import zmq
 
-from rig.clock import now_ns
-from rig.schema import Codec, GapCounter, Message, SchemaError
+from rig.core.clock import now_ns
+from rig.core.schema import Codec, GapCounter, Message, SchemaError
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:

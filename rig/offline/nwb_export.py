@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rig.session_data import SessionData, SessionError
+from rig.offline.session_data import SessionData, SessionError
 
 #: HDF5 chunk size aimed at when streaming large series (F, Fneu, dF/F, movie) into the file, and the
 #: most frames held in memory at once (the movie: a few frames per chunk, 16 chunks per buffer).
@@ -181,7 +181,7 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
                f"{start_source}.\nCalibrations: {_json(calibrations)}\nRead notes: {session.notes}"),
         source_script=(f"bci-rig {software.get('version', '?')} (git {software.get('git', 'unknown')}), "
                        f"rig export"),
-        source_script_file_name="rig/nwb_export.py",
+        source_script_file_name="rig/offline/nwb_export.py",
     )
     species = _meta_value(session, options, "species") or "Mus musculus"
     age = _meta_value(session, options, "age")

@@ -2,7 +2,7 @@
 
 The supervisor owns two sockets besides its SUB: a PUB (``sys.control`` commands and its own
 heartbeat) and a ROUTER "command" socket where consoles and CLI tools send requests (Lazy-Pirate
-clients, see :mod:`rig.client`): operator commands are validated and relayed as Control messages,
+clients, see :mod:`rig.core.client`): operator commands are validated and relayed as Control messages,
 and ``snapshot`` returns what a console that joins late needs to catch up.
 
 Failure policy: if a critical process dies, reports an error, or misses ``heartbeat_liveness``
@@ -31,11 +31,11 @@ import msgspec
 import zmq
 
 import rig
-from rig.bus import Publisher, Subscriber, free_tcp_ports
-from rig.clock import now_ns
-from rig.config import RigConfig, config_from_dict, load_config_dict
-from rig.process import ProcessSpec, bind_endpoint, decode_info, process_main
-from rig.schema import (
+from rig.app.config import CONFIG_LOADER, RigConfig, config_from_dict, load_config_dict
+from rig.core.bus import Publisher, Subscriber, free_tcp_ports
+from rig.core.clock import now_ns
+from rig.core.process import ProcessSpec, bind_endpoint, decode_info, process_main
+from rig.core.schema import (
     AcqStatus,
     CalibrationResult,
     Control,
@@ -47,8 +47,8 @@ from rig.schema import (
     StateChange,
     TrialEvent,
 )
-from rig.store import EventLog, read_events, write_json_atomic
-from rig.summary import REWARD_SOURCES
+from rig.core.store import EventLog, read_events, write_json_atomic
+from rig.offline.summary import REWARD_SOURCES
 
 #: Operator commands the command socket accepts and relays to the processes.
 OPERATOR_COMMANDS = {
@@ -249,7 +249,7 @@ class Supervisor:
                 self._send(Control(command="safe_state", args={"reason": f"{name} failed: {why}"}))
             self._stop_children()
             self._close()
-        from rig.summary import summarize_session  # noqa: PLC0415 - reads the files the children wrote
+        from rig.offline.summary import summarize_session  # noqa: PLC0415 - reads the files the children wrote
 
         summary = summarize_session(self.session_dir)
         summary["ok"] = self._failure is None
@@ -276,6 +276,7 @@ class Supervisor:
             extra["upstream"] = {c.name: dict(c.info) for c in self.children if c.info}
             spec = ProcessSpec(
                 name=child.name, target=child.target, config=self.config_doc, config_file=self.config_path,
+                config_loader=CONFIG_LOADER,
                 endpoints=self.endpoints, session_dir=str(self.session_dir), extra=extra,
                 bind_host=self.cfg.bus.host,
             )

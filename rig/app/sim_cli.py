@@ -44,8 +44,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[SimConfig, float]:
-    # rig.config pulls in every package's config: import it only when the command runs
-    from rig.config import apply_overrides, config_from_dict, load_config  # noqa: PLC0415
+    # rig.app.config pulls in every package's config: import it only when the command runs
+    from rig.app.config import apply_overrides, config_from_dict, load_config  # noqa: PLC0415
 
     if args.config is None:
         rig_cfg = config_from_dict(apply_overrides({}, args.set), "--set")
@@ -60,7 +60,7 @@ def _load(args: argparse.Namespace) -> tuple[SimConfig, float]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from rig.config import ConfigError  # noqa: PLC0415
+    from rig.app.config import ConfigError  # noqa: PLC0415
 
     if args.frames < 1:
         print(f"rig sim: --frames must be >= 1 (got {args.frames})", file=sys.stderr)

@@ -1,25 +1,17 @@
-"""Rig configuration: TOML files in ``hardware_configs/``, validated at load.
+"""Settings every process shares: the [rig], [bus] and [session] sections, and config errors.
 
-Each package owns the schema of its own section (``acquisition.config``, ``decoder.config``,
-``reward.config``, ``gui.config``); this module composes them and turns every validation failure into
-a :class:`ConfigError` that names the file, the key path, the bad value and what was expected.
-Range checks inside a section's ``__post_init__`` raise ``ValueError("`field`: must be ...")`` so the
-field lands in the key path.
+Part of the contract: the base process class reads these sections. The whole-file schema, which also
+holds every process package's own section, is composed above the process packages in
+``rig.app.config``. Range checks inside a section's ``__post_init__`` raise
+``ValueError("`field`: must be ...")`` so the field lands in the key path of the :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import re
-import tomllib
-from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import msgspec
-
-from acquisition.config import AcquisitionConfig
-from decoder.config import DecoderConfig, TaskConfig
-from gui.config import GuiConfig
-from reward.config import RewardConfig
 
 
 class ConfigError(ValueError):
@@ -104,17 +96,6 @@ class SessionSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("`flush_interval_s`: must be between 0.001 and 0.1 s (a crash loses at most this)")
 
 
-class RigConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    rig: RigSection = msgspec.field(default_factory=RigSection)
-    bus: BusSection = msgspec.field(default_factory=BusSection)
-    acquisition: AcquisitionConfig = msgspec.field(default_factory=AcquisitionConfig)
-    decoder: DecoderConfig = msgspec.field(default_factory=DecoderConfig)
-    task: TaskConfig = msgspec.field(default_factory=TaskConfig)
-    reward: RewardConfig = msgspec.field(default_factory=RewardConfig)
-    session: SessionSection = msgspec.field(default_factory=SessionSection)
-    gui: GuiConfig = msgspec.field(default_factory=GuiConfig)
-
-
 _PATH_RE = re.compile(r"^(?P<problem>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 
 
@@ -151,15 +132,15 @@ def _toml_type(msgspec_type: str) -> str:
     return " or ".join(_TOML_TYPES.get(part.strip(), part.strip()) for part in msgspec_type.split("|"))
 
 
-def config_from_dict(data: dict[str, Any], file: str = "<config>") -> RigConfig:
-    """Validate a parsed TOML document into a :class:`RigConfig` or raise :class:`ConfigError`."""
+def validate_section(data: Any, schema: type, file: str = "<config>") -> Any:
+    """Validate parsed TOML into ``schema`` (a msgspec struct) or raise :class:`ConfigError` naming the key."""
     try:
-        return msgspec.convert(data, RigConfig)
+        return msgspec.convert(data, schema)
     except msgspec.ValidationError as exc:
-        raise _to_config_error(str(exc), data, file) from None
+        raise to_config_error(str(exc), data, file) from None
 
 
-def _to_config_error(text: str, data: dict[str, Any], file: str) -> ConfigError:
+def to_config_error(text: str, data: dict[str, Any], file: str) -> ConfigError:
     match = _PATH_RE.match(text)
     problem, path = (match["problem"], match["path"]) if match else (text, "")
     parts = _split_path(path)
@@ -180,83 +161,3 @@ def _to_config_error(text: str, data: dict[str, Any], file: str) -> ConfigError:
     if expected:
         problem = f"expected {_toml_type(expected[1])}, got {_toml_type(expected[2])}{expected[3]}"
     return ConfigError(file, _dotted(parts), problem, value, has_value=found)
-
-
-#: Config keys that name files. Relative paths in a config file are relative to that file's folder (so a
-#: rig folder can be moved as a whole); relative paths given with --set are relative to the working directory.
-PATH_KEYS = (
-    ("acquisition", "rois", "suite2p_dir"),
-    ("acquisition", "replay", "path"),
-    ("acquisition", "registration", "ref_path"),
-    ("reward", "calibration_file"),
-)
-
-
-def _is_absolute(value: str) -> bool:
-    """Absolute on this OS, or a Windows path with a drive (a rig config written for the scope PC)."""
-    return Path(value).expanduser().is_absolute() or bool(PureWindowsPath(value).drive)
-
-
-def _resolve_path_keys(data: dict[str, Any], base: Path, only: tuple[str, ...] | None = None) -> None:
-    for keys in PATH_KEYS:
-        if only is not None and keys != only:
-            continue
-        node: Any = data
-        for key in keys[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        value = node.get(keys[-1]) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and not _is_absolute(value):
-            node[keys[-1]] = str((base / Path(value).expanduser()).resolve())
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"acquisition.sim.n_cells=50"`` -> (["acquisition", "sim", "n_cells"], 50).
-
-    The value is read as TOML (``50``, ``2.5``, ``true``, ``[1, 2]``, ``"text"``); a bare word that is
-    not valid TOML is taken as a string, so ``reward.port=COM3`` works as typed.
-    """
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError("--set", text, "expected KEY.PATH=VALUE, e.g. acquisition.sim.n_cells=50")
-    try:
-        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value.strip()
-    return key.strip().split("."), parsed
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set ``KEY.PATH=VALUE`` overrides (see :func:`parse_override`) into a parsed TOML document."""
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError("--set", ".".join(keys), f"{key!r} is a value, not a section")
-        node[keys[-1]] = value
-        if tuple(keys) in PATH_KEYS:
-            _resolve_path_keys(data, Path.cwd(), tuple(keys))
-    return data
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RigConfig:
-    """Read and validate a rig TOML file. Every failure is a :class:`ConfigError` naming the file."""
-    return config_from_dict(load_config_dict(path, overrides), str(path))
-
-
-def load_config_dict(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The parsed (not yet validated) TOML document with ``overrides`` applied."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read the file: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), "", f"not UTF-8 text: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
-    _resolve_path_keys(data, path.resolve().parent)
-    return apply_overrides(data, overrides or [])

@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 import rig
 from decoder.process import trial_event_record
-from rig.config import RigConfig
-from rig.session_data import SessionData, SessionError
-from rig.store import EventLog, RecordWriter, json_default, write_json_atomic
+from rig.app.config import RigConfig
+from rig.core.store import EventLog, RecordWriter, json_default, write_json_atomic
+from rig.offline.session_data import SessionData, SessionError
 
 #: Decision-record fields that are measurements of the live run, not decisions.
 STAMP_FIELDS = ("t_ready", "t_registered", "t_extracted", "t_received", "t_decided")
@@ -451,7 +451,7 @@ def whatif_config(session: SessionData, config_file: str | Path | None, override
     """The config of a what-if replay: ``config_file`` (else the session's own), with ``--set`` overrides."""
     import msgspec  # noqa: PLC0415
 
-    from rig.config import apply_overrides, config_from_dict, load_config_dict  # noqa: PLC0415
+    from rig.app.config import apply_overrides, config_from_dict, load_config_dict  # noqa: PLC0415
 
     if config_file is not None:
         return config_from_dict(load_config_dict(config_file, overrides), str(config_file))
@@ -512,7 +512,7 @@ def write_whatif_session(session: SessionData, run: ReplayRun, cfg: RigConfig, c
     if run.calibration is not None:
         write_json_atomic(dec_dir / "calibration.json", run.calibration)
 
-    from rig.summary import summarize_session  # noqa: PLC0415
+    from rig.offline.summary import summarize_session  # noqa: PLC0415
 
     summary = summarize_session(out_dir)
     summary["ok"] = True

@@ -8,7 +8,7 @@ Wire format (one ZeroMQ multipart message per bus message)::
 
 Numpy array fields are encoded in the header as ``[index, dtype, shape]`` and their bytes travel as
 separate frames, sent and received without copying. ``seq`` is per (sender, topic) stream and starts
-at 1; receivers count gaps with :class:`GapCounter`. Every stamp is ``rig.clock.now_ns()``.
+at 1; receivers count gaps with :class:`GapCounter`. Every stamp is ``rig.core.clock.now_ns()``.
 """
 
 from __future__ import annotations

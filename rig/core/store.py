@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rig.clock import now_ns
+from rig.core.clock import now_ns
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from rig.config import RigConfig, config_from_dict, load_config
-from rig.store import read_events, read_records
+from rig.app.config import RigConfig, config_from_dict, load_config
+from rig.core.store import read_events, read_records
 
 
 class SessionError(ValueError):
@@ -181,7 +181,7 @@ class SessionData:
         return trials
 
 
-#: Trial events (decoder.trial.EVENT_KINDS) that decide a trial's outcome, and the outcome each stands for.
+#: Trial events (rig.core.codes.EVENT_KINDS) that decide a trial's outcome, and the outcome each stands for.
 OUTCOME_EVENTS = {"hit": "hit", "miss": "miss", "trial_aborted": "aborted"}
 #: Trial events that end the task, closing a trial that is still open.
 END_EVENTS = {"session_done", "stopped"}

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from rig.config import ConfigError
+from rig.app.config import ConfigError
 
 DESCRIPTION = """\
 bci-rig: real-time closed-loop BCI for two-photon rigs.
@@ -29,16 +29,16 @@ Try everything without a microscope:
 #: Packages that add their own subcommands with ``register_cli(subparsers)``.
 PLUGIN_MODULES = (
     "acquisition.offline",
-    "acquisition.sim.cli",
-    "reward.cli",
-    "rig.session_cli",
-    "rig.bench",
-    "gui.cli",
+    "rig.app.sim_cli",
+    "rig.app.valve_cli",
+    "rig.offline.session_cli",
+    "rig.offline.bench",
+    "rig.app.console_cli",
 )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rig.supervisor import SessionFailed, Supervisor, has_display  # noqa: PLC0415
+    from rig.app.supervisor import SessionFailed, Supervisor, has_display  # noqa: PLC0415
 
     if not args.headless and not has_display():
         print("[rig] no display found: running headless (baseline -> calibration -> BCI run by themselves)",
@@ -57,7 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from rig.config import load_config  # noqa: PLC0415
+    from rig.app.config import load_config  # noqa: PLC0415
 
     try:
         cfg = load_config(args.config, args.set)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rig.store import read_events, read_records
+from rig.core.store import read_events, read_records
 
 #: Requests that are rewards for the mouse (test pulses, calibration and flushes are not counted as rewards).
 REWARD_SOURCES = ("decoder", "manual")
