@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from acquisition.sim.config import SimConfig
+from acquisition.sources.registry import SOURCE_NAMES
 
-SOURCES = ("sim", "replay", "cloose_tcp", "zmq_stream")
 REPLAY_SPEEDS = ("recorded", "fast")
 
 
@@ -146,7 +146,7 @@ class ZmqStreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    source: str = "sim"  # sim | replay | cloose_tcp | zmq_stream
+    source: str = "sim"  # a name in acquisition.sources.registry: sim | replay | cloose_tcp | zmq_stream
     frame_rate_hz: float = 30.0
     rois: RoiConfig = msgspec.field(default_factory=RoiConfig)
     registration: RegistrationConfig = msgspec.field(default_factory=RegistrationConfig)
@@ -158,7 +158,7 @@ class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     sim: SimConfig = msgspec.field(default_factory=SimConfig)
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"`source`: must be one of {', '.join(SOURCES)} (got {self.source!r})")
+        if self.source not in SOURCE_NAMES:
+            raise ValueError(f"`source`: must be one of {', '.join(SOURCE_NAMES)} (got {self.source!r})")
         if not self.frame_rate_hz > 0:
             raise ValueError("`frame_rate_hz`: must be > 0")

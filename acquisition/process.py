@@ -5,29 +5,72 @@ Files it owns in the session folder (``acquisition/``):
   ``movie.raw``       the raw frames as the source gave them (C order) when ``session.save_frames``;
                       ``movie.json`` has their dtype and shape
   ``rois/``           the ROI set used (suite2p layout) and ``reference.npy``
+  ``sim_truth/``      a source with ground truth (the sim): its ROIs and the truth of every frame
   ``events.jsonl``    lifecycle, warnings (bad frames, link drops), ``final_stats``
+
+The process never asks which source it runs, only what the source can do (its registration's
+capabilities, :mod:`acquisition.sources.registry`): whether it has ground truth, hears the rig's rewards
+and decisions, or follows the decoder's ensembles.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from typing import cast
 
 import numpy as np
 
 from acquisition.pipeline import FramePipeline
 from acquisition.rois import RoiSet, load_suite2p
-from acquisition.sources import make_source
 from acquisition.sources.base import EndOfStream, FrameSource
+from acquisition.sources.registry import FollowsEnsembles, HasGroundTruth, SourceRegistration, make_source, registration
+from rig.core.bus import Subscriber
 from rig.core.clock import now_ns
 from rig.core.process import RigProcess
-from rig.core.schema import AcqStatus, Decision, FluorFrame, Preview, RewardOutcome
+from rig.core.schema import AcqStatus, Decision, FluorFrame, Message, Preview, RewardOutcome, TrialEvent
 from rig.core.store import FrameFileWriter, RecordWriter
 
 PREVIEW_INTERVAL_NS = 250_000_000  # 4 Hz is plenty for the eye
 STATUS_INTERVAL_NS = 1_000_000_000
 MOVIE_BUFFER_S = 2.0  # seconds of frames the movie writer holds while the disk is slow
 MOVIE_BUFFER_BYTES = 256 * 2**20
+
+
+#: the ``TrialEvent.kind`` the decoder publishes when it applied new ensembles (``detail``: ``up``, ``down``)
+ENSEMBLES_EVENT = "ensembles"
+
+
+def source_subscriptions(caps: SourceRegistration) -> tuple[list[str], list[bytes]]:
+    """(processes, topics) a source's capabilities ask to hear; none for a real scope."""
+    processes: list[str] = []
+    topics: list[bytes] = []
+    if caps.hears_outcomes:
+        processes += ["reward", "decoder"]
+        topics += [RewardOutcome.topic, Decision.topic]
+    if caps.follows_ensembles:
+        if "decoder" not in processes:
+            processes.append("decoder")
+        topics.append(TrialEvent.topic)
+    return processes, topics
+
+
+def feed_source(source: FrameSource, caps: SourceRegistration, msg: Message) -> None:
+    """Hand one bus message to the source as its capabilities ask: new ensembles the decoder applied to a
+    source that follows them, rewards and decisions to one that hears them. Other trial events are dropped.
+    A malformed ensembles event is reported through the source's warnings, never raised."""
+    if isinstance(msg, TrialEvent):
+        if msg.kind != ENSEMBLES_EVENT or not caps.follows_ensembles:
+            return
+        up, down = msg.detail.get("up"), msg.detail.get("down")
+        if not (isinstance(up, list) and isinstance(down, list)
+                and all(isinstance(i, int) for i in up) and all(isinstance(i, int) for i in down)):
+            source.warn("ensembles_event", f"an '{ENSEMBLES_EVENT}' trial event without integer 'up' and 'down' "
+                                           f"lists was ignored: {msg.detail}")
+            return
+        cast(FollowsEnsembles, source).set_ensembles(up, down)
+    elif caps.hears_outcomes:
+        source.on_bus_message(msg)
 
 
 def frame_record_dtype(n_rois: int) -> np.dtype:
@@ -41,8 +84,8 @@ def frame_record_dtype(n_rois: int) -> np.dtype:
 class AcquisitionProcess(RigProcess):
     def configure(self) -> None:
         cfg = self.config.acquisition
-        self.source: FrameSource = make_source(cfg, up=list(self.config.decoder.up),
-                                               down=list(self.config.decoder.down))
+        self.caps = registration(cfg.source)
+        self.source: FrameSource = make_source(cfg, up=self.config.decoder.up, down=self.config.decoder.down)
         self.source.open()
         self.roi_set = self._load_rois()
         self.roi_set.save_suite2p(self.dir / "rois")
@@ -54,8 +97,8 @@ class AcquisitionProcess(RigProcess):
         self.records = RecordWriter(self.dir / "frames.rec", frame_record_dtype(self.n_rois),
                                     self.config.session.flush_interval_s)
         self._movie: FrameFileWriter | None = None  # opened at the first frame: a stream learns its size only then
-        self.feedback = self.subscribe(["reward", "decoder"], [RewardOutcome.topic, Decision.topic]) \
-            if self.source.wants_bus_messages else None
+        processes, topics = source_subscriptions(self.caps)
+        self.feedback: Subscriber | None = self.subscribe(processes, topics) if topics else None
         self.frames = 0
         self.frames_dropped = 0
         self.bad_frames = 0
@@ -73,10 +116,8 @@ class AcquisitionProcess(RigProcess):
 
     def _load_rois(self) -> RoiSet:
         cfg = self.config.acquisition
-        if cfg.source == "sim" and not cfg.rois.suite2p_dir:
-            truth_dir = self.dir / "sim_truth"
-            self.source.write_ground_truth(truth_dir)
-            roi_set = load_suite2p(truth_dir / "suite2p" / "plane0")
+        if self.caps.has_ground_truth and not cfg.rois.suite2p_dir:
+            roi_set = load_suite2p(cast(HasGroundTruth, self.source).write_ground_truth(self.dir / "sim_truth"))
         else:
             roi_set = load_suite2p(cfg.rois.suite2p_dir)
         return roi_set.cells_only() if cfg.rois.only_cells else roi_set
@@ -108,7 +149,7 @@ class AcquisitionProcess(RigProcess):
     def step(self) -> None:
         if self.feedback is not None:
             for msg in self.feedback.drain(100):
-                self.source.on_bus_message(msg)
+                feed_source(self.source, self.caps, msg)
         if self._ended:
             self.records.flush_if_due()
             (self.feedback.socket if self.feedback is not None else self._control.socket).poll(20)
@@ -202,9 +243,9 @@ class AcquisitionProcess(RigProcess):
     def _stop_source(self) -> None:
         if hasattr(self, "source"):
             stats = self.source.stats()
-            if self.config.acquisition.source == "sim":
+            if self.caps.has_ground_truth:
                 # Now with the true shifts and traces of every frame generated, not only the ROIs.
-                self.source.write_ground_truth(self.dir / "sim_truth")
+                cast(HasGroundTruth, self.source).write_ground_truth(self.dir / "sim_truth")
             self.source.close()
             self.events.write("final_stats", frames=getattr(self, "frames", 0),
                               frames_dropped=getattr(self, "frames_dropped", 0),

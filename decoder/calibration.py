@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 
-from decoder.config import CalibrationConfig
+from decoder.config import CalibrationConfig, DecoderConfig
 from decoder.trial import TrialMachine, TrialTiming
 
 
@@ -75,6 +75,21 @@ class Calibration:
         """JSON-able: non-finite floats become None (JSON has no NaN/inf)."""
         # not dataclasses.asdict: its deep copy of ~10^4 floats cost tens of ms in the decoder's loop
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    def check_usable(self, n_rois: int, decoder_cfg: DecoderConfig) -> None:
+        """ValueError unless a session of ``n_rois`` ROIs with this [decoder] config can reuse this calibration."""
+        if self.n_rois != n_rois or len(self.f0) != n_rois:
+            raise ValueError(f"`calibration`: made for {self.n_rois} ROIs, this session has {n_rois}")
+        if self.decoder != decoder_cfg.decoder:
+            raise ValueError(f"`calibration`: made for the {self.decoder} decoder, the config says "
+                             f"{decoder_cfg.decoder}")
+        if self.zscore != decoder_cfg.zscore:
+            raise ValueError(f"`calibration`: made with zscore={self.zscore}, the config says "
+                             f"zscore={decoder_cfg.zscore} (the threshold would be in other units)")
+        if not (math.isfinite(self.feedback_min) and self.feedback_min < self.threshold):
+            raise ValueError("`calibration`: feedback_min must be finite and below the threshold")
+        if decoder_cfg.zscore and (len(self.dff_mean) != n_rois or len(self.dff_std) != n_rois):
+            raise ValueError("`calibration`: z-scoring needs dff_mean and dff_std for every ROI")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:

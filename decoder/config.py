@@ -10,7 +10,8 @@ import math
 
 import msgspec
 
-DECODERS = ("one_population", "two_population", "weighted")
+from decoder.registry import DECODERS
+
 CALIBRATION_METHODS = ("hit_rate", "reward_interval")
 
 
@@ -73,7 +74,7 @@ class CalibrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
 class DecoderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """[decoder]: fluorescence -> dF/F -> cursor."""
 
-    decoder: str = "two_population"  # one_population | two_population | weighted
+    decoder: str = "two_population"  # a decoder.registry name: one_population | two_population | weighted
     up: list[int] = []  # ROI indices of the "up" ensemble (one_population: the only ensemble)
     down: list[int] = []  # ROI indices of the "down" ensemble
     weights: list[float] = []  # weighted decoder: one weight per ROI (positive pushes up)
@@ -90,18 +91,20 @@ class DecoderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     calibration: CalibrationConfig = msgspec.field(default_factory=CalibrationConfig)
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
+        kind = DECODERS.get(self.decoder)
+        if kind is None:
             raise ValueError(f"`decoder`: must be one of {', '.join(DECODERS)}")
         _check_rois("up", self.up)
         _check_rois("down", self.down)
         if set(self.up) & set(self.down):
             raise ValueError("`down`: a ROI cannot be in both the up and the down ensemble")
-        if self.decoder == "one_population" and self.down:
-            raise ValueError("`down`: the one_population decoder reads only the up ensemble; leave down empty")
+        if self.down and not kind.reads_down:
+            raise ValueError(f"`down`: the {self.decoder} decoder reads only the up ensemble; leave down empty")
         for w in self.weights:
             _finite("weights", w)
-        if self.weights and self.decoder != "weighted":
-            raise ValueError("`weights`: only the weighted decoder uses weights")
+        if self.weights and not kind.uses_weights:
+            users = " or ".join(name for name, spec in DECODERS.items() if spec.uses_weights)
+            raise ValueError(f"`weights`: only the {users} decoder uses weights")
         if not 0.0 <= self.neuropil_coef <= 2.0:
             raise ValueError("`neuropil_coef`: must be within [0, 2]")
         if not 0.0 <= self.f0_percentile <= 100.0:

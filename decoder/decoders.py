@@ -7,6 +7,8 @@ All three published forms are one linear read-out over the decoder's ROIs:
 ``s`` is the dF/F of the ROI, z-scored with baseline statistics when ``zscore`` is on, and clipped to
 [-cell_cap, cell_cap] when a cap is set (HoloBMI: one cell cannot drive a hit alone). The cursor is
 smoothed by a running mean over ``smoothing_frames`` frames (:class:`RunningMean`).
+:class:`LinearDecoder` implements :class:`decoder.registry.Decoder` for the three registry entries; which
+form it computes follows from the entry's capabilities (``uses_weights``, ``reads_down``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
-from decoder.config import DECODERS
+from decoder.registry import DECODERS, decoder_kind
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -60,8 +62,8 @@ def check_ensembles(kind: str, n_rois: int, up: Sequence[int], down: Sequence[in
     both = sorted(set(up) & set(down))
     if both:
         raise ValueError(f"`down`: ROIs {both} are in both ensembles")
-    if kind == "one_population" and down:
-        raise ValueError("`down`: the one_population decoder reads only the up ensemble; leave down empty")
+    if down and not decoder_kind(kind).reads_down:
+        raise ValueError(f"`down`: the {kind} decoder reads only the up ensemble; leave down empty")
     return up, down
 
 
@@ -69,9 +71,10 @@ class LinearDecoder:
     """up/down drives from one frame of dF/F; preallocated, no per-frame allocation."""
 
     def __init__(self, kind: str, n_rois: int, *, zscore: bool = False, cell_cap: float = 0.0) -> None:
-        if kind not in DECODERS:
-            raise ValueError(f"`decoder`: must be one of {', '.join(DECODERS)}, got {kind!r}")
+        spec = decoder_kind(kind)
         self.kind = kind
+        self.uses_weights = spec.uses_weights
+        self._reads_down = spec.reads_down
         self.n_rois = n_rois
         self.zscore = zscore
         self.cell_cap = float(cell_cap)
@@ -85,11 +88,9 @@ class LinearDecoder:
     @property
     def ready(self) -> bool:
         """Has the ensembles (or weights) its kind needs."""
-        if self.kind == "two_population":
-            return bool(self.up) and bool(self.down)
-        if self.kind == "one_population":
-            return bool(self.up)
-        return bool(np.any(self.weights != 0))
+        if self.uses_weights:
+            return bool(np.any(self.weights != 0))
+        return bool(self.up) and (bool(self.down) or not self._reads_down)
 
     @property
     def rois(self) -> np.ndarray:
@@ -99,7 +100,7 @@ class LinearDecoder:
     def set_ensembles(self, up: Sequence[int], down: Sequence[int]) -> None:
         up, down = check_ensembles(self.kind, self.n_rois, up, down)
         self.up, self.down = up, down
-        if self.kind == "weighted":
+        if self.uses_weights:
             weights = np.zeros(self.n_rois)
             weights[up] = 1.0
             weights[down] = -1.0
@@ -112,8 +113,9 @@ class LinearDecoder:
 
     def set_weights(self, weights: Sequence[float] | np.ndarray) -> None:
         """Weighted decoder: one weight per ROI (positive pushes the cursor up); the ensembles follow."""
-        if self.kind != "weighted":
-            raise ValueError(f"`weights`: the {self.kind} decoder has no weights (use the weighted decoder)")
+        if not self.uses_weights:
+            users = " or ".join(name for name, spec in DECODERS.items() if spec.uses_weights)
+            raise ValueError(f"`weights`: the {self.kind} decoder has no weights (use the {users} decoder)")
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (self.n_rois,):
             raise ValueError(f"`weights`: expected {self.n_rois} weights (one per ROI), got shape {weights.shape}")
@@ -148,6 +150,19 @@ class LinearDecoder:
         """(up, down) drives for one frame of dF/F (all ROIs)."""
         return _decode_row(dff, self._rois, self._w_up, self._w_down, self._mean_sub, self._std_sub, self.zscore,
                            self.cell_cap)
+
+    def clone(self) -> LinearDecoder:
+        """Same kind, settings and ensembles/weights; z-score statistics and all state of its own."""
+        other = LinearDecoder(self.kind, self.n_rois, zscore=self.zscore, cell_cap=self.cell_cap)
+        if self.uses_weights:
+            other.set_weights(self.weights)
+        else:
+            other.set_ensembles(self.up, self.down)
+        return other
+
+    def warm_up(self) -> None:
+        """Compile the decode kernels at configure time: a first compile takes seconds."""
+        compile_kernels()
 
     def decode_frames(self, dff: np.ndarray, *, rois_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(up, down) for every row of ``dff`` (frames × n_rois), with the same compiled arithmetic as

@@ -23,9 +23,10 @@ mean -> cursor -> trial machine (in BCI) -> feedback. Frames are expected in inc
 order; a jump is a gap: a "gap" event, the smoothing window skips the missing frames, and in BCI the
 trial clock advances through them (they consume trial time, cannot be hits; see :mod:`decoder.trial`).
 A frame whose F/Fneu is not all finite is treated like a missing frame ("bad_input") and does not
-enter F0. With ``decoder.dff_rois = "decoder"`` the F0 windows of ROIs outside the ensembles are not
-updated during BCI (their dF/F is NaN there; a ring of corrected F restores them exactly when BCI ends),
-which makes the decode step several times cheaper.
+enter F0. With ``decoder.dff_rois = "decoder"`` only the decoder's ROIs get F0 and dF/F during BCI
+(several times cheaper; see :mod:`decoder.subset_f0`). The pieces live in their own modules: dF/F in
+:mod:`decoder.dff` and :mod:`decoder.subset_f0`, the decoders behind :mod:`decoder.registry`, the
+baseline and calibration assembly in :mod:`decoder.baseline`; the engine sequences them.
 
 Operator calls between frames take effect from the next frame; their events are reported on the next
 step's result (or fetched with :meth:`DecoderEngine.take_pending_events`). Operator calls that the
@@ -40,22 +41,14 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
-from decoder.calibration import Calibration, CalibrationError, calibrate_cursor, rtb_level_for
+from decoder.baseline import Baseline
+from decoder.calibration import Calibration, CalibrationError, rtb_level_for
 from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
-from decoder.decoders import LinearDecoder, RunningMean, check_ensembles
-from decoder.decoders import compile_kernels as compile_decoder_kernels
-from decoder.dff import (
-    DffTracker,
-    RunningPercentile,
-    baseline_dff_stats,
-    baseline_f0,
-    corrected_f,
-    dff_from,
-)
-from decoder.dff import (
-    compile_kernels as compile_dff_kernels,
-)
+from decoder.decoders import RunningMean, check_ensembles
+from decoder.dff import compile_kernels as compile_dff_kernels
 from decoder.feedback import NO_BIN, FeedbackMapper
+from decoder.registry import make_decoder
+from decoder.subset_f0 import SubsetDffTracker
 from decoder.trial import Event, TrialMachine, TrialTiming, frames_for
 from rig.core.codes import COMMAND_MODES, Mode, TrialState
 
@@ -72,9 +65,6 @@ class EngineStateError(RuntimeError):
 class FrameOrderError(ValueError):
     """A frame number that is not after the previous one: the input stream is out of order or restarted."""
 
-
-#: Percentile levels of the baseline F0-window summary stored in a calibration (for warm starts).
-F0_LEVELS = tuple(float(v) for v in range(0, 101, 5))
 
 #: Errors an operator call (calibrate, start_bci, set_ensembles, ...) raises for a bad request; a process
 #: wrapper reports them to the operator and carries on.
@@ -123,25 +113,16 @@ class DecoderEngine:
         self.f0_window = max(1, frames_for(decoder_cfg.f0_window_s, frame_rate_hz))
         self.baseline_target = max(1, frames_for(task_cfg.baseline_s, frame_rate_hz))
         self.max_gap_frames = frames_for(86_400.0, frame_rate_hz)  # a day: anything longer is a broken counter
+        self._dff = SubsetDffTracker(n_rois, decoder_cfg, self.f0_window)
+        self._decoder = make_decoder(decoder_cfg.decoder, n_rois, zscore=decoder_cfg.zscore,
+                                     cell_cap=decoder_cfg.cell_cap)
         # here (configure), not on the first frame or at calibration: a first compile takes seconds
         compile_dff_kernels()
-        compile_decoder_kernels()
-        self._tracker = DffTracker(n_rois, decoder_cfg.neuropil_coef, self.f0_window, decoder_cfg.f0_percentile,
-                                   decoder_cfg.f0_floor)
-        self._decoder = LinearDecoder(decoder_cfg.decoder, n_rois, zscore=decoder_cfg.zscore,
-                                      cell_cap=decoder_cfg.cell_cap)
+        self._decoder.warm_up()
         if decoder_cfg.weights:
             self._decoder.set_weights(decoder_cfg.weights)
         elif decoder_cfg.up or decoder_cfg.down:
             self._decoder.set_ensembles(decoder_cfg.up, decoder_cfg.down)
-        # dff_rois = "decoder": during BCI a small tracker follows only the decoder's ROIs (_narrow), and a
-        # ring of corrected F for every ROI (_history) lets the full tracker resume exactly afterwards
-        self._narrow: DffTracker | None = None
-        self._narrow_rois = np.zeros(0, dtype=np.intp)
-        self._narrow_fresh = False
-        self._history = np.empty((self.f0_window, n_rois)) if decoder_cfg.dff_rois == "decoder" else None
-        self._history_next = 0
-        self._history_count = 0
         self._smoother = RunningMean(decoder_cfg.smoothing_frames)
         self._feedback = FeedbackMapper(task_cfg.feedback)
         self._calibration_cfg: CalibrationConfig = decoder_cfg.calibration
@@ -151,14 +132,10 @@ class DecoderEngine:
         self._machine: TrialMachine | None = None
         self._last_frame: int | None = None
         self._frames_seen = 0  # frames whose F/Fneu entered the F0 window
-        # baseline: corrected F and live F0 per baseline frame
-        self._base_corr = np.empty((0, n_rois))
-        self._base_f0 = np.empty((0, n_rois))
-        self._base_count = 0
-        self._base_gap_frames = 0
+        self._baseline = Baseline(n_rois, self.f0_window, decoder_cfg, task_cfg, self.timing, self.frame_rate_hz)
         self._pending: list[Event] = []
         self._events: list[Event] = []
-        self._result = StepResult(self._tracker.dff, self._events)
+        self._result = StepResult(self._dff.dff, self._events)
 
     # ------------------------------------------------------------------ read-only state
 
@@ -181,7 +158,7 @@ class DecoderEngine:
     @property
     def baseline_frames(self) -> int:
         """Baseline frames recorded (or loaded) so far."""
-        return self._base_count
+        return self._baseline.count
 
     @property
     def trials(self) -> int:
@@ -201,10 +178,7 @@ class DecoderEngine:
         """Start recording a new baseline (from IDLE or READY; a previous calibration is dropped)."""
         self._require("start_baseline", "start a baseline")
         self._clear_calibration()
-        self._base_corr = np.empty((self.baseline_target, self.n_rois))
-        self._base_f0 = np.empty((self.baseline_target, self.n_rois))
-        self._base_count = 0
-        self._base_gap_frames = 0
+        self._baseline.start(self.baseline_target)
         self._mode = Mode.BASELINE
         self._queue("baseline_start", {"frames": self.baseline_target, "auto_protocol": self.task_cfg.auto_protocol})
 
@@ -215,39 +189,21 @@ class DecoderEngine:
         F0 update per baseline frame (about a second for 15,000 frames of 500 ROIs).
         """
         self._require("load_baseline", "load a baseline")
-        F = np.asarray(F)
-        Fneu = np.asarray(Fneu)
-        if F.ndim != 2 or F.shape[1] != self.n_rois or F.shape != Fneu.shape:
-            raise ValueError(f"`F`/`Fneu`: expected two (frames, {self.n_rois}) arrays, got {F.shape} and {Fneu.shape}")
-        if F.shape[0] < 1:
-            raise ValueError("`F`: the baseline has no frames")
-        corrected = corrected_f(F, Fneu, self.decoder_cfg.neuropil_coef)
-        bad = np.flatnonzero(~np.isfinite(corrected).all(axis=1))
-        if bad.size:
-            raise ValueError(f"`F`/`Fneu`: baseline frames {bad[:10].tolist()} have non-finite values")
-        live_f0 = np.empty_like(corrected)
         warm = self._frames_seen == 0
-        running = self._tracker.running if warm else RunningPercentile(
-            self.n_rois, self.f0_window, self.decoder_cfg.f0_percentile)
-        running.reset()
-        for t, row in enumerate(corrected):
-            live_f0[t] = running.push(row)
+        self._baseline.load(F, Fneu, self._dff.running if warm else None)
         if warm:
-            self._seed_history()
+            self._dff.seed_history()
         self._clear_calibration()
-        self._base_corr = corrected
-        self._base_f0 = live_f0
-        self._base_count = corrected.shape[0]
-        self._base_gap_frames = 0
         self._mode = Mode.IDLE
-        self._queue("baseline_loaded", {"frames": self._base_count, "warm_start": warm})
+        self._queue("baseline_loaded", {"frames": self._baseline.count, "warm_start": warm})
 
     def set_target_hit_rate(self, rate: float) -> None:
         """Calibrate to this hit rate from now on (method "hit_rate"), instead of the configured one."""
         rate = float(rate)
         if not 0.0 < rate < 1.0:
             raise ValueError(f"`target_hit_rate`: must be between 0 and 1 (exclusive), got {rate}")
-        self._calibration_cfg = _replace_cfg(self._calibration_cfg, method="hit_rate", target_hit_rate=rate)
+        self._calibration_cfg = msgspec.structs.replace(self._calibration_cfg, method="hit_rate",
+                                                        target_hit_rate=rate)
 
     def calibrate(self) -> Calibration:
         """Calibrate on the baseline recorded so far (ending the recording) or loaded; -> READY.
@@ -255,7 +211,7 @@ class DecoderEngine:
         Raises CalibrationError (mode unchanged, baseline recording goes on) when it cannot.
         """
         self._require("calibrate", "calibrate")
-        cal = self._compute_calibration()
+        cal = self._baseline.calibrate(self._decoder, self._calibration_cfg)
         if self._mode == Mode.BASELINE:
             self._end_baseline(None)
         self._apply_calibration(cal)
@@ -269,26 +225,14 @@ class DecoderEngine:
         calibration's F0 (a full window of it).
         """
         self._require("set_calibration", "set a calibration")
-        if cal.n_rois != self.n_rois or len(cal.f0) != self.n_rois:
-            raise ValueError(f"`calibration`: made for {cal.n_rois} ROIs, this session has {self.n_rois}")
-        if cal.decoder != self.decoder_cfg.decoder:
-            raise ValueError(f"`calibration`: made for the {cal.decoder} decoder, the config says "
-                             f"{self.decoder_cfg.decoder}")
-        if cal.zscore != self.decoder_cfg.zscore:
-            raise ValueError(f"`calibration`: made with zscore={cal.zscore}, the config says "
-                             f"zscore={self.decoder_cfg.zscore} (the threshold would be in other units)")
-        if not (math.isfinite(cal.feedback_min) and cal.feedback_min < cal.threshold):
-            raise ValueError("`calibration`: feedback_min must be finite and below the threshold")
-        if self.decoder_cfg.zscore and (len(cal.dff_mean) != self.n_rois or len(cal.dff_std) != self.n_rois):
-            raise ValueError("`calibration`: z-scoring needs dff_mean and dff_std for every ROI")
-        if cal.decoder == "weighted":
+        cal.check_usable(self.n_rois, self.decoder_cfg)
+        if self._decoder.uses_weights:
             self._decoder.set_weights(cal.weights)
         else:
             self._decoder.set_ensembles(cal.up, cal.down)
         self._smoother.reset()
-        if self._frames_seen == 0 and self._base_count == 0 and cal.f0_quantiles:
-            self._tracker.fill_quantiles(np.asarray(cal.f0_levels), np.asarray(cal.f0_quantiles))
-            self._seed_history()
+        if self._frames_seen == 0 and self._baseline.count == 0 and cal.f0_quantiles:
+            self._dff.fill_quantiles(np.asarray(cal.f0_levels), np.asarray(cal.f0_quantiles))
         self._apply_calibration(cal)
         self._queue("calibrated", {"calibration": cal.to_dict(), "source": "loaded"})
 
@@ -317,7 +261,7 @@ class DecoderEngine:
             self._machine.finish(-1, "stopped", finished)
             self._pending.extend(finished)
         self._mode = Mode.STOPPED
-        self._widen()
+        self._dff.widen()
         self._queue("stopped", {})
 
     def manual_reward(self) -> None:
@@ -386,25 +330,14 @@ class DecoderEngine:
             }))
             self._smoother.push_missing(missing)
             if mode == Mode.BASELINE:
-                self._base_gap_frames += missing
+                self._baseline.gap_frames += missing
             elif mode == Mode.BCI and machine is not None:
                 machine.skip(last + 1, missing, events)  # type: ignore[operator]
 
-        tracker = self._tracker
+        tracker = self._dff
         valid = tracker.correct(F, Fneu)
         if valid:
-            if self._history is not None:
-                self._remember(tracker.corrected)
-            narrow = self._narrow
-            if narrow is None:
-                tracker.update()
-            else:
-                np.take(tracker.corrected, self._narrow_rois, out=narrow.corrected)
-                narrow.update()
-                if self._narrow_fresh:  # the other ROIs' dF/F is not computed from now on
-                    tracker.dff.fill(np.nan)
-                    self._narrow_fresh = False
-                tracker.dff.put(self._narrow_rois, narrow.dff)
+            tracker.update()
             self._frames_seen += 1
         else:
             tracker.invalidate()
@@ -422,8 +355,9 @@ class DecoderEngine:
         trial_state = TrialState.NONE
         if mode == Mode.BASELINE:
             if valid:
-                self._record_baseline_frame()
-                if self._base_count >= self.baseline_target:
+                baseline = self._baseline
+                baseline.record(tracker.corrected, tracker.f0)
+                if baseline.count >= self.baseline_target:
                     self._end_baseline(frame)
         elif mode == Mode.BCI and machine is not None:
             if machine.state != TrialState.DONE:
@@ -431,7 +365,7 @@ class DecoderEngine:
                 res.reward_request = machine.step(frame, cursor, usable, events)
             if machine.state == TrialState.DONE:
                 self._mode = Mode.STOPPED
-                self._widen()
+                tracker.widen()
                 events.append(Event("stopped", machine.trial, frame, {}))
         elif machine is not None:  # PAUSED, or STOPPED after BCI
             trial_state = machine.state
@@ -464,18 +398,10 @@ class DecoderEngine:
     def _trial_state(self) -> TrialState:
         return self._machine.state if self._machine is not None else TrialState.NONE
 
-    def _record_baseline_frame(self) -> None:
-        i = self._base_count
-        if i == self._base_corr.shape[0]:  # only when a loaded baseline is extended; not on the live path
-            raise EngineStateError("the baseline buffer is full")
-        self._base_corr[i] = self._tracker.corrected
-        self._base_f0[i] = self._tracker.f0
-        self._base_count = i + 1
-
     def _end_baseline(self, frame: int | None) -> None:
         """The recording ends (target reached, at ``frame``, or calibrate() called early, frame None)."""
         self._mode = Mode.IDLE
-        detail = {"frames": self._base_count, "gap_frames": self._base_gap_frames}
+        detail = {"frames": self._baseline.count, "gap_frames": self._baseline.gap_frames}
         if frame is None:
             self._queue("baseline_done", detail)
             return
@@ -483,7 +409,7 @@ class DecoderEngine:
         if not self.task_cfg.auto_protocol:
             return
         try:
-            cal = self._compute_calibration()
+            cal = self._baseline.calibrate(self._decoder, self._calibration_cfg)
         except CalibrationError as exc:
             self._events.append(Event("calibration_failed", self.trials, frame, {"error": str(exc)}))
             return
@@ -496,48 +422,12 @@ class DecoderEngine:
         assert cal is not None
         self._machine = TrialMachine(self.timing, cal.threshold, self._rtb_level)
         self._mode = Mode.BCI
-        if self._history is not None:
-            self._narrow_to(self._decoder.rois)
+        self._dff.narrow_to(self._decoder.rois)
         detail = {"threshold": cal.threshold, "trial_frames": self.timing.trial_frames}
         if frame is None:
             self._queue("bci_start", detail)
         else:
             self._events.append(Event("bci_start", 0, frame, detail))
-
-    def _remember(self, corrected: np.ndarray) -> None:
-        self._history[self._history_next] = corrected  # type: ignore[index]
-        self._history_next = (self._history_next + 1) % self.f0_window
-        self._history_count = min(self._history_count + 1, self.f0_window)
-
-    def _seed_history(self) -> None:
-        """After a warm start of the full tracker: the history ring holds the same window."""
-        if self._history is None:
-            return
-        window = self._tracker.running.window_values()
-        m = window.shape[0]
-        self._history[:m] = window
-        self._history_next = m % self.f0_window
-        self._history_count = m
-
-    def _narrow_to(self, rois: np.ndarray) -> None:
-        """From now on track F0 only for ``rois``, continuing exactly from the full tracker's window."""
-        cfg = self.decoder_cfg
-        narrow = DffTracker(len(rois), cfg.neuropil_coef, self.f0_window, cfg.f0_percentile, cfg.f0_floor)
-        if self._tracker.frames_in_window:
-            narrow.fill(self._tracker.running.window_values()[:, rois])
-        self._narrow = narrow
-        self._narrow_rois = np.asarray(rois, dtype=np.intp)
-        self._narrow_fresh = True
-
-    def _widen(self) -> None:
-        """Back to every ROI (after BCI): refill the full tracker's window from the history ring."""
-        if self._narrow is None or self._history is None:
-            return
-        self._narrow = None
-        count, nxt = self._history_count, self._history_next
-        if count:
-            order = np.arange(nxt - count, nxt) % self.f0_window  # oldest first
-            self._tracker.fill(self._history[order])
 
     def _clear_calibration(self) -> None:
         if self._calibration is not None:
@@ -555,60 +445,3 @@ class DecoderEngine:
         self._rtb_level = rtb_level_for(cal.threshold, cal.cursor_median, self.task_cfg.rtb_fraction,
                                         self.task_cfg.return_to_baseline)
         self._mode = Mode.READY
-
-    def _compute_calibration(self) -> Calibration:
-        n = self._base_count
-        if n == 0:
-            raise CalibrationError("no baseline: record one (start_baseline) or load one (load_baseline) first")
-        decoder = self._decoder
-        if not decoder.ready:
-            raise CalibrationError(f"the {decoder.kind} decoder has no ensembles: set the up/down ensembles first")
-        cfg = self.decoder_cfg
-        corrected = self._base_corr[:n]
-        live_f0 = self._base_f0[:n]
-        rois = decoder.rois
-        # dF/F series only for the decoder's ROIs; for every ROI just its mean and spread (z-scoring, record)
-        f0 = baseline_f0(corrected[:, rois], live_f0[:, rois], self.f0_window, cfg.f0_percentile)
-        low = f0.min(axis=0)
-        dim = [int(r) for r, v in zip(rois, low, strict=True) if not v > cfg.f0_floor]
-        if dim:
-            raise CalibrationError(
-                f"ROIs {dim}: baseline F0 falls to or below f0_floor ({cfg.f0_floor:g}), so their dF/F is not "
-                f"meaningful (neuropil-corrected F near zero); pick other cells or lower neuropil_coef")
-        dff = dff_from(corrected[:, rois], f0, cfg.f0_floor)
-        mean, std, last_f0 = baseline_dff_stats(corrected, live_f0, self.f0_window, cfg.f0_percentile, cfg.f0_floor)
-        if cfg.zscore:
-            flat = [int(r) for r in rois if not std[r] > 0.0]
-            if flat:
-                raise CalibrationError(f"ROIs {flat}: the baseline dF/F is flat, they cannot be z-scored")
-        probe = LinearDecoder(decoder.kind, self.n_rois, zscore=cfg.zscore, cell_cap=cfg.cell_cap)
-        if decoder.kind == "weighted":
-            probe.set_weights(decoder.weights)
-        else:
-            probe.set_ensembles(decoder.up, decoder.down)
-        probe.set_zscore_stats(mean, std)
-        up, down = probe.decode_frames(dff, rois_only=True)
-        up_s, down_s = self._smoother.smooth_frames(up, down)
-        cursor = up_s - down_s
-        cal_cfg = self._calibration_cfg
-        part = calibrate_cursor(cursor, cal_cfg, self.timing, self.frame_rate_hz, self.task_cfg.rtb_fraction)
-        return Calibration(
-            threshold=part.threshold, feedback_min=part.feedback_min, feedback_max=part.feedback_max,
-            predicted_hit_rate=part.predicted_hit_rate, method=cal_cfg.method,
-            curve_thresholds=part.curve_thresholds, curve_hit_rates=part.curve_hit_rates, baseline_frames=n,
-            target=part.target, predicted_reward_interval_s=part.predicted_reward_interval_s,
-            cursor_median=part.cursor_median, cursor_std=part.cursor_std,
-            rtb_level=rtb_level_for(part.threshold, part.cursor_median, self.task_cfg.rtb_fraction,
-                                    self.task_cfg.return_to_baseline),
-            trial_frames=self.timing.trial_frames, n_trials=cal_cfg.n_trials, seed=cal_cfg.seed,
-            frame_rate_hz=self.frame_rate_hz, decoder=decoder.kind, up=list(decoder.up), down=list(decoder.down),
-            weights=[float(w) for w in decoder.weights] if decoder.kind == "weighted" else [],
-            zscore=cfg.zscore, n_rois=self.n_rois, f0=[float(v) for v in last_f0],
-            dff_mean=[float(v) for v in mean], dff_std=[float(v) for v in std],
-            f0_levels=[float(v) for v in F0_LEVELS],
-            f0_quantiles=np.percentile(corrected[-self.f0_window :], F0_LEVELS, axis=0).tolist(),
-        )
-
-
-def _replace_cfg(cfg: CalibrationConfig, **changes: object) -> CalibrationConfig:
-    return msgspec.structs.replace(cfg, **changes)

@@ -2,8 +2,9 @@
 
 The thread owns one Lazy-Pirate :class:`rig.core.client.CommandClient` (a ZeroMQ socket belongs to one
 thread). The window submits requests and collects :class:`CommandReply` objects at its refresh rate;
-failures (rig unreachable, a refused command) come back as replies with ``ok=False`` and an ``error``
-the window shows.
+failures (rig unreachable, a refused command, a reply that does not match the contract in
+:mod:`rig.core.operator`) come back as replies with ``ok=False`` and an ``error`` the window shows. Replies
+are decoded here, on the worker thread, so the window only ever sees typed snapshots.
 """
 
 from __future__ import annotations
@@ -11,21 +12,25 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import zmq
 
 from rig.core.client import CommandClient, RigUnreachable
+from rig.core.operator import Snapshot, reply_from_json
 
 
 @dataclass
 class CommandReply:
+    """The console's record of one request and how it ended (``snapshot`` only for a ``snapshot`` request)."""
+
     request_id: int
     command: str
     args: dict[str, Any]
     ok: bool
-    reply: dict[str, Any] = field(default_factory=dict)
+    snapshot: Snapshot | None = None
     error: str = ""
 
 
@@ -91,9 +96,13 @@ class CommandWorker:
             return CommandReply(request_id, command, args, ok=False, error=str(exc))
         except (zmq.ZMQError, ValueError) as exc:  # socket failure or an unreadable reply: shown to the operator
             return CommandReply(request_id, command, args, ok=False, error=f"{type(exc).__name__}: {exc}")
-        ok = bool(answer.get("ok"))
-        return CommandReply(request_id, command, args, ok=ok, reply=answer,
-                            error="" if ok else str(answer.get("error", "refused without a reason")))
+        try:
+            reply = reply_from_json(answer)
+        except msgspec.ValidationError as exc:  # a rig speaking another version of the contract
+            return CommandReply(request_id, command, args, ok=False, error=f"unreadable reply from the rig: {exc}")
+        if not reply.ok:
+            return CommandReply(request_id, command, args, ok=False, error=reply.error or "refused without a reason")
+        return CommandReply(request_id, command, args, ok=True, snapshot=reply.snapshot)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the thread after the requests already queued (each bounded by timeout x retries)."""

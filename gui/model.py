@@ -18,11 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from gui.config import GuiConfig
 from gui.labels import CodeNames
 from gui.rings import ColumnRing
+from rig.core.operator import Calibration, Snapshot
 from rig.core.schema import (
     AcqStatus,
     CalibrationResult,
@@ -164,7 +166,7 @@ class ConsoleModel:
         self.acq_status: AcqStatus | None = None
         self.link_state = "unknown"
         self.link_detail = ""
-        self.calibration: dict[str, Any] | None = None
+        self.calibration: dict[str, Any] | None = None  # the fields of rig.core.operator.Calibration
         self.calibration_count = 0
         self.trials = 0
         self.hits = 0
@@ -277,12 +279,8 @@ class ConsoleModel:
             self.add_warning("warning", msg.sender or "decoder", msg.kind, str(msg.detail.get("error", msg.detail)))
 
     def _on_calibration(self, msg: CalibrationResult) -> None:
-        self.calibration = {
-            "threshold": msg.threshold, "feedback_min": msg.feedback_min, "feedback_max": msg.feedback_max,
-            "predicted_hit_rate": msg.predicted_hit_rate, "method": msg.method,
-            "curve_thresholds": list(msg.curve_thresholds), "curve_hit_rates": list(msg.curve_hit_rates),
-            "baseline_frames": msg.baseline_frames,
-        }
+        # The same fields whether it arrives on the bus or in a snapshot (rig.core.operator.Calibration).
+        self.calibration = msgspec.structs.asdict(Calibration.from_result(msg))
         self.calibration_count += 1
         self._event_line(f"calibrated: threshold {msg.threshold:.3g}, predicted hit rate "
                          f"{msg.predicted_hit_rate:.0%} ({msg.method}, {msg.baseline_frames} baseline frames)")
@@ -369,49 +367,46 @@ class ConsoleModel:
             self._event_line(f"{msg.command}({args}) by {msg.issued_by}")
 
     # ------------------------------------------------------------------ snapshot (late join)
-    def apply_snapshot(self, snap: dict[str, Any]) -> None:
+    def apply_snapshot(self, snap: Snapshot) -> None:
         """Catch up from the supervisor's snapshot: counters, calibration, states, warnings, metadata."""
         first = self.snapshots == 0
         self.snapshots += 1
-        self.session_dir = str(snap.get("session_dir", self.session_dir))
-        self.endpoints = dict(snap.get("endpoints", self.endpoints))
-        self.supervisor_mode = str(snap.get("mode", self.supervisor_mode))
-        self.config = dict(snap.get("config") or self.config)
-        counts = snap.get("counts") or {}
-        self.trials = max(self.trials, int(counts.get("trials", 0)))
-        self.hits = max(self.hits, int(counts.get("hits", 0)))
-        delivered = int(counts.get("rewards_delivered", 0))
-        if first and delivered > self.rewards_delivered:
-            self.rewards_before_join = delivered - self.rewards_delivered
-        self.rewards_delivered = max(self.rewards_delivered, delivered)
-        self.rewards_failed = max(self.rewards_failed, int(counts.get("rewards_failed", 0)))
-        if snap.get("calibration") and self.calibration is None:
-            self.calibration = dict(snap["calibration"])
+        self.session_dir = snap.session_dir
+        self.endpoints = dict(snap.endpoints)
+        self.supervisor_mode = snap.mode
+        self.config = dict(snap.config or self.config)
+        counts = snap.counts
+        self.trials = max(self.trials, counts.trials)
+        self.hits = max(self.hits, counts.hits)
+        if first and counts.rewards_delivered > self.rewards_delivered:
+            self.rewards_before_join = counts.rewards_delivered - self.rewards_delivered
+        self.rewards_delivered = max(self.rewards_delivered, counts.rewards_delivered)
+        self.rewards_failed = max(self.rewards_failed, counts.rewards_failed)
+        if snap.calibration is not None and self.calibration is None:
+            self.calibration = msgspec.structs.asdict(snap.calibration)
             self.calibration_count += 1
         now = self.clock()
-        for name, info in (snap.get("processes") or {}).items():
+        for name, status in snap.processes.items():
             proc = self._process(name)
-            proc.critical = bool(info.get("critical", True))
-            state = str(info.get("state", proc.state))
-            if proc.last_seen == 0.0 or state == "failed_reported":
-                proc.state = "lost" if state == "failed_reported" else state
-                if info.get("stats"):
-                    proc.stats = dict(info["stats"])
+            proc.critical = status.critical
+            if proc.last_seen == 0.0 or status.state == "failed_reported":
+                proc.state = "lost" if status.state == "failed_reported" else status.state
+                if status.stats:
+                    proc.stats = dict(status.stats)
             if proc.last_seen == 0.0:
-                proc.last_seen = now if state in ("running", "ready") else 0.0
-        for entry in snap.get("warnings") or []:
-            key = (str(entry.get("process", "")), str(entry.get("code", "")), str(entry.get("message", "")))
+                proc.last_seen = now if status.state in ("running", "ready") else 0.0
+        for entry in snap.warnings:
+            key = (entry.process, entry.code, entry.message)
             # Bus warnings (with a code) reach us directly after the first snapshot; the supervisor's own
             # (a lost process) only through snapshots.
-            if key in self._warned_snapshot or (not first and entry.get("code")):
+            if key in self._warned_snapshot or (not first and entry.code):
                 continue
             self._warned_snapshot.add(key)
-            self.add_warning("warning", key[0] or "supervisor", key[1] or "process_lost", key[2])
+            self.add_warning("warning", entry.process or "supervisor", entry.code or "process_lost", entry.message)
         if first:
-            self.metadata = {k: str(v) for k, v in (snap.get("metadata") or {}).items()}
-        ensembles = snap.get("ensembles")  # the ensembles in force, when the supervisor tracks them
-        if ensembles is not None:
-            self.roles.set_applied(list(ensembles.get("up", [])), list(ensembles.get("down", [])), keep_edits=True)
+            self.metadata = dict(snap.metadata)
+        if snap.ensembles is not None:  # the ensembles in force, when the supervisor tracks them
+            self.roles.set_applied(snap.ensembles.up, snap.ensembles.down, keep_edits=True)
         elif first:
             decoder_cfg = self.config.get("decoder") or {}
             self.roles.set_applied(list(decoder_cfg.get("up", [])), list(decoder_cfg.get("down", [])))

@@ -24,6 +24,7 @@ from gui.commands import CommandReply, CommandWorker
 from gui.config import GuiConfig
 from gui.labels import decoder_code_names
 from gui.model import ConsoleModel
+from rig.core.operator import Snapshot
 
 
 def lower_own_priority() -> str:
@@ -76,13 +77,14 @@ class ConsoleSession:
 
     def _handle_reply(self, reply: CommandReply) -> None:
         if reply.command == "snapshot":
-            if reply.ok:
+            if reply.ok and reply.snapshot is not None:
                 self.unreachable = ""
-                self._apply_snapshot(reply.reply["snapshot"])
+                self._apply_snapshot(reply.snapshot)
             else:
+                error = reply.error or "the rig answered without a snapshot"
                 if not self.unreachable:
-                    self.model.add_warning("error", "console", "rig_unreachable", reply.error)
-                self.unreachable = reply.error
+                    self.model.add_warning("error", "console", "rig_unreachable", error)
+                self.unreachable = error
             return
         self.replies.append(reply)
         del self.replies[:-100]
@@ -92,11 +94,11 @@ class ConsoleSession:
         for listener in self._listeners:
             listener(reply)
 
-    def _apply_snapshot(self, snap: dict[str, Any]) -> None:
+    def _apply_snapshot(self, snap: Snapshot) -> None:
         self.model.apply_snapshot(snap)
         if self.reader is None:
             endpoints = [resolve_endpoint(ep, self.command_endpoint)
-                         for name, ep in sorted(snap["endpoints"].items()) if name != "command"]
+                         for name, ep in sorted(snap.endpoints.items()) if name != "command"]
             self.reader = BusReader(self.ctx, endpoints, self.cfg)
             self.connected = True
 

@@ -9,26 +9,26 @@ command's effect come back on the bus.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import zmq
 
 from rig.core.bus import Publisher, free_tcp_port
 from rig.core.clock import now_ns
 from rig.core.codes import COMMAND_RESULT_MODE, Mode, command_allowed
+from rig.core.operator import CommandReply, CommandRequest, ProcessStatus, Snapshot, decode_request, encode
 from rig.core.schema import AcqStatus, Decision, FluorFrame, Heartbeat, LinkState, Message, Preview
 
 FRAME_SHAPE = (128, 128)
 PREVIEW_DECIMATION = 2
 MODE_BCI = int(Mode.BCI)
 MODE_PAUSED = int(Mode.PAUSED)
-#: How the fake decoder's mode follows operator commands (a coarse copy of decoder.engine's rules).
 
 
 def write_suite2p_rois(folder: Path, n_rois: int, shape: tuple[int, int] = FRAME_SHAPE, seed: int = 0,
@@ -91,7 +91,7 @@ class FakeRig:
         self.centres = write_suite2p_rois(self.session_dir / "acquisition" / "rois", n_rois + excluded_rois,
                                           iscell=iscell)
         self.snapshot_extra = dict(snapshot_extra or {})
-        self.commands: list[dict[str, Any]] = []
+        self.commands: list[CommandRequest] = []
         self.snapshots_served = 0
         self.mode = int(mode)
         self.frames_published = 0
@@ -108,18 +108,16 @@ class FakeRig:
         self._pub_thread.start()
 
     # ------------------------------------------------------------------ supervisor side
-    def snapshot(self) -> dict[str, Any]:
-        snap = {
-            "session_dir": str(self.session_dir), "endpoints": dict(self.endpoints), "mode": "running",
-            "processes": {name: {"state": "running", "stats": {}, "critical": True} for name in self.PROCESSES},
-            "counts": {"trials": 0, "hits": 0, "rewards_delivered": 0, "rewards_failed": 0},
-            "calibration": None, "warnings": [],
-            "metadata": {"mouse_id": "", "experimenter": "", "notes": ""},
-            "config": {"decoder": {"up": [0, 1], "down": [2]}, "reward": {"volume_ul": 3.0},
-                       "acquisition": {"rois": {"only_cells": False}}},
-        }
-        snap.update(self.snapshot_extra)
-        return snap
+    def snapshot(self) -> Snapshot:
+        """The supervisor's snapshot of a rig in BCI; ``snapshot_extra`` replaces fields (typed values)."""
+        snap = Snapshot(
+            session_dir=str(self.session_dir), endpoints=dict(self.endpoints), mode="running",
+            processes={name: ProcessStatus(state="running") for name in self.PROCESSES},
+            metadata={"mouse_id": "", "experimenter": "", "notes": ""},
+            config={"decoder": {"up": [0, 1], "down": [2]}, "reward": {"volume_ul": 3.0},
+                    "acquisition": {"rois": {"only_cells": False}}},
+        )
+        return msgspec.structs.replace(snap, **self.snapshot_extra)
 
     def _serve_router(self) -> None:
         poller = zmq.Poller()
@@ -128,22 +126,25 @@ class FakeRig:
             if not dict(poller.poll(20)):
                 continue
             identity, _, body = self.router.recv_multipart()
-            request = json.loads(body)
-            command = request["command"]
-            if command == "snapshot":
-                with self._lock:
-                    self.snapshots_served += 1
-                reply: dict[str, Any] = {"ok": True, "snapshot": self.snapshot()}
-            elif command in self.refuse:
-                reply = {"ok": False, "error": self.refuse[command]}
-            else:
-                with self._lock:
-                    self.commands.append(request)
-                    after = COMMAND_RESULT_MODE.get(command)
-                    if after is not None and command_allowed(command, self.mode):
-                        self.mode = int(after)
-                reply = {"ok": True}
-            self.router.send_multipart([identity, b"", json.dumps(reply).encode()])
+            self.router.send_multipart([identity, b"", encode(self._answer(body))])
+
+    def _answer(self, body: bytes) -> CommandReply:
+        try:
+            request = decode_request(body)
+        except msgspec.DecodeError as exc:
+            return CommandReply(ok=False, error=f"bad request: {exc}")
+        if request.command == "snapshot":
+            with self._lock:
+                self.snapshots_served += 1
+            return CommandReply(ok=True, snapshot=self.snapshot())
+        if request.command in self.refuse:
+            return CommandReply(ok=False, error=self.refuse[request.command])
+        with self._lock:
+            self.commands.append(request)
+            after = COMMAND_RESULT_MODE.get(request.command)
+            if after is not None and command_allowed(request.command, self.mode):
+                self.mode = int(after)
+        return CommandReply(ok=True)
 
     def set_mode(self, mode: Mode) -> None:
         """Put the fake decoder in ``mode`` (seen in the next Decision)."""
@@ -152,11 +153,11 @@ class FakeRig:
 
     def command_names(self) -> list[str]:
         with self._lock:
-            return [c["command"] for c in self.commands]
+            return [c.command for c in self.commands]
 
-    def last_command(self, name: str) -> dict[str, Any] | None:
+    def last_command(self, name: str) -> CommandRequest | None:
         with self._lock:
-            found = [c for c in self.commands if c["command"] == name]
+            found = [c for c in self.commands if c.command == name]
         return found[-1] if found else None
 
     # ------------------------------------------------------------------ process side

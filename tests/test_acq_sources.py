@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
 import sys
+import types
 
 import h5py
 import numpy as np
@@ -14,10 +16,10 @@ import tifffile
 import zmq
 
 from acquisition.config import AcquisitionConfig, ClooseTcpConfig, ReplayConfig, ZmqStreamConfig
-from acquisition.sources import make_source
 from acquisition.sources.base import EndOfStream, Frame
 from acquisition.sources.cloose_tcp import ClooseTcpSource
 from acquisition.sources.movie import MovieError
+from acquisition.sources.registry import SOURCE_NAMES, SOURCES, SourceRegistration, make_source, registration
 from acquisition.sources.replay import ReplaySource
 from acquisition.sources.zmq_stream import ZmqStreamSource
 from acquisition.validate import FrameFlag
@@ -354,6 +356,43 @@ def test_make_source_builds_each_kind(tmp_path, stack):
                                                                              height_px=6, width_px=5))
     src = make_source(cfg, up=[], down=[])
     assert isinstance(src, ZmqStreamSource) and src.shape == (6, 5)
+
+
+def test_the_registry_is_the_configs_list_of_sources():
+    assert SOURCE_NAMES == tuple(SOURCES) == ("sim", "replay", "cloose_tcp", "zmq_stream")
+    for name in SOURCE_NAMES:
+        assert AcquisitionConfig(source=name).source == name
+        assert registration(name).name == name
+    with pytest.raises(ValueError, match=r"^`source`: must be one of sim, replay, cloose_tcp, zmq_stream"):
+        AcquisitionConfig(source="scanimage")
+    with pytest.raises(ValueError, match="`source`"):
+        registration("scanimage")
+
+
+def test_only_the_simulated_scope_has_truth_and_hears_the_rig():
+    for name, reg in SOURCES.items():
+        caps = (reg.has_ground_truth, reg.hears_outcomes, reg.follows_ensembles)
+        assert caps == ((True, True, True) if name == "sim" else (False, False, False)), name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SOURCES["sim"].hears_outcomes = False  # type: ignore[misc]
+
+
+def test_a_source_that_lacks_a_promised_capability_is_refused_when_built(monkeypatch, tmp_path, stack):
+    import acquisition.sources.registry as registry
+
+    np.save(tmp_path / "m.npy", stack)
+    fake = SourceRegistration("fake", lambda cfg, ctx: ReplaySource(str(tmp_path / "m.npy")), has_ground_truth=True)
+    monkeypatch.setattr(registry, "SOURCES", types.MappingProxyType({**registry.SOURCES, "fake": fake}))
+    with pytest.raises(TypeError, match="'fake' is registered as HasGroundTruth"):
+        make_source(types.SimpleNamespace(source="fake"))  # type: ignore[arg-type]
+
+
+def test_loading_the_config_imports_no_source():
+    """The registry names every source without importing any: a config loads without numpy, zmq or scipy."""
+    code = ("import sys, acquisition.config\n"
+            "print(','.join(m for m in ('numpy', 'zmq', 'scipy', 'tifffile') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == ""
 
 
 @pytest.mark.parametrize("section, kwargs, field", [

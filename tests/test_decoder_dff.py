@@ -9,14 +9,13 @@ from hypothesis import strategies as st
 
 from decoder.dff import (
     DffTracker,
-    RunningPercentile,
     baseline_dff_stats,
     baseline_f0,
     corrected_f,
     dff_from,
-    percentile_weights,
     running_f0,
 )
+from decoder.percentile import RunningPercentile, percentile_weights
 
 
 def _reference(data: np.ndarray, t: int, window: int, percentile: float) -> np.ndarray:

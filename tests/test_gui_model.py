@@ -14,6 +14,7 @@ from gui.rings import ColumnRing
 from gui.rois import RoiLoadError, load_roi_outlines, outline_pixels
 from gui.widgets.plots import state_shading
 from rig.app.config import ConfigError, config_from_dict
+from rig.core.operator import Calibration, Counts, Ensembles, ProcessStatus, Snapshot, SnapshotWarning
 from rig.core.schema import (
     CalibrationResult,
     Control,
@@ -116,18 +117,18 @@ def test_trial_counts_hit_rate_and_rewards():
 def test_snapshot_catches_up_a_late_console_without_double_counting():
     clock = FakeClock()
     model = ConsoleModel(GuiConfig(), clock=clock)
-    snap = {
-        "session_dir": "/data/s1", "endpoints": {"decoder": "tcp://127.0.0.1:5001"}, "mode": "running",
-        "processes": {"decoder": {"state": "running", "stats": {"frames": 10.0}, "critical": True},
-                      "gui": {"state": "failed_reported", "stats": {}, "critical": False}},
-        "counts": {"trials": 12, "hits": 5, "rewards_delivered": 5, "rewards_failed": 1},
-        "calibration": {"threshold": 0.7, "feedback_min": -0.2, "feedback_max": 0.7, "predicted_hit_rate": 0.5,
-                        "method": "resample", "curve_thresholds": [0.0, 1.0], "curve_hit_rates": [1.0, 0.0]},
-        "warnings": [{"process": "reward", "code": "serial_lost", "message": "link lost"},
-                     {"process": "gui", "message": "no heartbeat"}],
-        "metadata": {"mouse_id": "M7", "experimenter": "ada", "notes": ""},
-        "config": {"decoder": {"up": [3, 1], "down": [4]}},
-    }
+    snap = Snapshot(
+        session_dir="/data/s1", endpoints={"decoder": "tcp://127.0.0.1:5001"}, mode="running",
+        processes={"decoder": ProcessStatus(state="running", stats={"frames": 10.0}, critical=True),
+                   "gui": ProcessStatus(state="failed_reported", stats={}, critical=False)},
+        counts=Counts(trials=12, hits=5, rewards_delivered=5, rewards_failed=1),
+        calibration=Calibration(threshold=0.7, feedback_min=-0.2, feedback_max=0.7, predicted_hit_rate=0.5,
+                                method="resample", curve_thresholds=[0.0, 1.0], curve_hit_rates=[1.0, 0.0]),
+        warnings=[SnapshotWarning(process="reward", code="serial_lost", message="link lost"),
+                  SnapshotWarning(process="gui", message="no heartbeat")],
+        metadata={"mouse_id": "M7", "experimenter": "ada", "notes": ""},
+        config={"decoder": {"up": [3, 1], "down": [4]}},
+    )
     model.apply_snapshot(snap)
     assert (model.trials, model.hits, model.rewards_delivered) == (12, 5, 5)
     assert model.rewards_before_join == 5
@@ -139,7 +140,7 @@ def test_snapshot_catches_up_a_late_console_without_double_counting():
     # Bus traffic after the snapshot moves the counters on; a stale snapshot never moves them back.
     model.ingest(TrialEvent(kind="hit", trial=13, frame=900, t_ns=5, hits=6, trials=13))
     model.ingest(RigWarning(process="reward", code="serial_lost", message="link lost again"))
-    snap["warnings"].append({"process": "reward", "code": "serial_lost", "message": "link lost again"})
+    snap.warnings.append(SnapshotWarning(process="reward", code="serial_lost", message="link lost again"))
     model.apply_snapshot(snap)
     assert (model.trials, model.hits) == (13, 6)
     assert [w.message for w in model.warnings] == ["link lost", "no heartbeat", "link lost again"]
@@ -215,7 +216,7 @@ def test_ensembles_relayed_by_the_supervisor_update_the_applied_roles():
     assert model.roles.applied_up == [4] and model.roles.applied_down == [5, 6]
     assert 7 in model.roles.up and model.roles.pending  # the local edit is kept, still pending
     assert "console@bench2" in model.events[-1]
-    model.apply_snapshot({"ensembles": {"up": [9], "down": []}})
+    model.apply_snapshot(Snapshot(session_dir="", endpoints={}, mode="running", ensembles=Ensembles(up=[9])))
     assert model.roles.applied_up == [9]
 
 

@@ -16,6 +16,7 @@ from gui.session import ConsoleSession
 from rig.core.bus import free_tcp_port
 from rig.core.clock import now_ns
 from rig.core.codes import Mode
+from rig.core.operator import Calibration, Counts, SnapshotWarning
 from rig.core.schema import CalibrationResult, Control, Lick, ProcessError, RewardOutcome, RigWarning, TrialEvent
 from tests.gui_fakes import MODE_BCI, MODE_PAUSED, FakeRig
 
@@ -150,15 +151,15 @@ def run_protocol(qtbot, rig, console) -> None:
     qtbot.waitUntil(lambda: "start_baseline" in rig.command_names(), timeout=WAIT_MS)
     names = rig.command_names()
     assert names.index("set_metadata") < names.index("start_baseline")  # metadata is saved before the start
-    assert rig.last_command("set_metadata")["args"] == {"mouse_id": "BCI-042", "experimenter": "ada",
+    assert rig.last_command("set_metadata").args == {"mouse_id": "BCI-042", "experimenter": "ada",
                                                         "notes": "day 3, new ensembles"}
     c.target_hit_rate.setValue(0.3)
     click(qtbot, c.calibrate)
     qtbot.waitUntil(lambda: c.start_bci.isEnabled(), timeout=WAIT_MS)  # the decoder is READY now
     click(qtbot, c.start_bci)
     qtbot.waitUntil(lambda: "start_bci" in rig.command_names(), timeout=WAIT_MS)
-    assert rig.last_command("calibrate")["args"] == {"target_hit_rate": 0.3}
-    assert rig.last_command("start_bci")["issued_by"] == "console"
+    assert rig.last_command("calibrate").args == {"target_hit_rate": 0.3}
+    assert rig.last_command("start_bci").issued_by == "console"
     qtbot.waitUntil(lambda: c.status.text() == "start_bci: done", timeout=WAIT_MS)
     qtbot.waitUntil(lambda: console.model.mode_code == Mode.BCI and c.pause.isEnabled(), timeout=WAIT_MS)
     assert not c.start_baseline.isEnabled() and not c.resume.isEnabled()
@@ -185,7 +186,7 @@ def test_reward_and_valve_controls(qtbot, rig, console):
     click(qtbot, c.close_valve)
     qtbot.waitUntil(lambda: "close_valve" in rig.command_names(), timeout=WAIT_MS)
     assert rig.command_names()[-3:] == ["manual_reward", "test_pulse", "close_valve"]
-    assert rig.last_command("manual_reward")["args"] == {"volume_ul": 5.5}
+    assert rig.last_command("manual_reward").args == {"volume_ul": 5.5}
 
 
 def test_stop_asks_first(qtbot, rig, console):
@@ -232,7 +233,7 @@ def test_clicking_rois_edits_ensembles_and_apply_sends_them(qtbot, rig, console)
     qtbot.waitUntil(lambda: 0 not in window.model.roles.up, timeout=WAIT_MS)
     click(qtbot, fov.apply_button)
     qtbot.waitUntil(lambda: "set_ensembles" in rig.command_names(), timeout=WAIT_MS)
-    assert rig.last_command("set_ensembles")["args"] == {"up": [1], "down": [2, 5]}
+    assert rig.last_command("set_ensembles").args == {"up": [1], "down": [2, 5]}
     qtbot.waitUntil(lambda: not window.model.roles.pending, timeout=WAIT_MS)
     assert window.model.roles.applied_down == [2, 5] and not fov.apply_button.isEnabled()
     # The clicked ROI's trace is plotted beside the ensembles.
@@ -274,11 +275,11 @@ def test_an_absent_rig_is_reported_not_waited_for(qtbot):
 
 
 def test_a_late_console_catches_up_from_the_snapshot(qtbot, tmp_path):
-    snap = {"counts": {"trials": 10, "hits": 4, "rewards_delivered": 3, "rewards_failed": 0},
-            "calibration": {"threshold": 1.1, "feedback_min": 0.0, "feedback_max": 1.1, "predicted_hit_rate": 0.4,
-                            "method": "resample", "curve_thresholds": [0.0, 1.1, 2.0],
-                            "curve_hit_rates": [1.0, 0.4, 0.0]},
-            "warnings": [{"process": "gui", "message": "an earlier console was lost"}],
+    snap = {"counts": Counts(trials=10, hits=4, rewards_delivered=3, rewards_failed=0),
+            "calibration": Calibration(threshold=1.1, feedback_min=0.0, feedback_max=1.1, predicted_hit_rate=0.4,
+                                       method="resample", curve_thresholds=[0.0, 1.1, 2.0],
+                                       curve_hit_rates=[1.0, 0.4, 0.0]),
+            "warnings": [SnapshotWarning(process="gui", message="an earlier console was lost")],
             "metadata": {"mouse_id": "M9", "experimenter": "bo", "notes": "late"}}
     with FakeRig(tmp_path / "s", snapshot_extra=snap) as rig:
         rig.start_stream()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from reward import protocol as p
-from reward.emulator import FirmwareEmulator, LickGenerator
+from reward.board_model import FirmwareEmulator
+from reward.licks import LickGenerator
 
 SKETCH = Path(__file__).resolve().parents[1] / "reward" / "firmware" / "bci_reward" / "bci_reward.ino"
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reward import protocol as p
-from reward.emulator import FirmwareEmulator
+from reward.board_model import FirmwareEmulator
 
 PROTOCOL_MD = Path(__file__).resolve().parents[1] / "reward" / "firmware" / "PROTOCOL.md"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

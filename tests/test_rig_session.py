@@ -197,3 +197,42 @@ def test_a_hung_process_is_caught_by_missed_heartbeats(tmp_path):
     assert summary["failed_process"] == "decoder" and "no heartbeat" in summary["failure"], summary
     safe = read_events(session / "reward" / "events.jsonl", {"safe_state"})
     assert safe and "decoder failed" in safe[0]["reason"]
+
+
+def test_new_ensembles_reach_decoder_record_and_simulated_mouse_in_a_live_session(tmp_path):
+    """set_ensembles during the baseline: the decoder decodes the new cells, calibrates on them, the record
+    says so, the console's snapshot shows them and the simulated mouse now drives them (ground truth)."""
+    from rig.core.client import CommandClient
+    from rig.core.operator import reply_from_json
+
+    new_up, new_down = [10, 11, 12, 13], [14, 15, 16, 17]  # sim.toml's are [0..3] and [4..7]
+    proc = subprocess.Popen(rig_cmd(tmp_path, 18, "task.baseline_s=10"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        session = session_dir(tmp_path)
+        wait_for(lambda: decisions_so_far(session) > 30, 90, "the baseline to run")
+        info = json.loads((session / "session.json").read_text())
+        client = CommandClient(info["endpoints"]["command"], timeout_s=2.0)
+        reply = reply_from_json(client.request("set_ensembles", issued_by="test", up=new_up, down=new_down))
+        assert reply.ok, reply.error
+
+        def snapshot_ensembles():
+            snap = reply_from_json(client.request("snapshot")).snapshot
+            return snap is not None and snap.ensembles is not None and snap.ensembles.up == new_up and snap
+
+        snap = wait_for(snapshot_ensembles, 10, "the snapshot to show the new ensembles")
+        assert snap.ensembles.down == new_down
+        client.close()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    events = read_events(session / "decoder" / "events.jsonl")
+    assert not [e for e in events if e["kind"] == "command_failed"]
+    changed = [e for e in events if e["kind"] == "trial" and e["event"] == "ensembles"]
+    assert len(changed) == 1 and changed[0]["up"] == new_up and changed[0]["down"] == new_down
+    calibration = json.loads((session / "decoder" / "calibration.json").read_text())
+    assert (calibration["up"], calibration["down"]) == (new_up, new_down)
+    truth = np.load(session / "acquisition" / "sim_truth" / "ground_truth.npz")
+    assert truth["up"].tolist() == new_up and truth["down"].tolist() == new_down

@@ -183,8 +183,8 @@ def build_session(folder: Path) -> Path:
                                        t_extracted=t_ready + 1_000_000, dy=result.dy, dx=result.dx,
                                        corr=result.corr, flags=result.flags, F=result.F.copy(),
                                        Fneu=result.Fneu.copy(), t_sent=t_ready + 1_050_000))
-            if decoder.requests > requests_seen:  # the reward process answers every request
-                requests_seen = decoder.requests
+            if decoder.core.requests > requests_seen:  # the reward process answers every request
+                requests_seen = decoder.core.requests
                 _deliver(reward, requests_seen, number, t_ready, "manual" if number == 1001 else "decoder")
     decoder.on_stop()
     decoder._close()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from acquisition.sim.config import MouseConfig, SimConfig
+from acquisition.sim.export import suite2p_stat, write_ground_truth
 from acquisition.sim.scope import SimScope
 
 SMALL = dict(height_px=128, width_px=128, n_cells=20)
@@ -181,7 +182,7 @@ def test_ground_truth_files_load_as_suite2p(tmp_path):
     cfg = small(seed=11)
     scope = SimScope(cfg, up=[0, 1], down=[2, 3])
     render_n(scope, 25)
-    plane = scope.write_ground_truth(tmp_path)
+    plane = write_ground_truth(scope, tmp_path)
     assert plane == tmp_path / "suite2p" / "plane0"
     stat = np.load(plane / "stat.npy", allow_pickle=True)
     assert len(stat) == cfg.n_cells
@@ -204,10 +205,10 @@ def test_ground_truth_files_load_as_suite2p(tmp_path):
     assert list(truth["up"]) == [0, 1] and list(truth["down"]) == [2, 3]
     rois = load_suite2p(plane)  # the acquisition package's own loader accepts it
     assert rois.n_rois == cfg.n_cells and (rois.Ly, rois.Lx) == (128, 128)
-    scope.write_ground_truth(tmp_path / "partial", n_frames=10)
+    write_ground_truth(scope, tmp_path / "partial", n_frames=10)
     assert np.load(tmp_path / "partial" / "ground_truth.npz")["shifts"].shape == (10, 2)
     with pytest.raises(ValueError, match="26 frames requested"):
-        scope.write_ground_truth(tmp_path / "too_many", n_frames=26)
+        write_ground_truth(scope, tmp_path / "too_many", n_frames=26)
 
 
 def test_roi_i_is_cell_i():
@@ -215,8 +216,6 @@ def test_roi_i_is_cell_i():
     cfg = still(seed=4, mouse=MouseConfig(rate_median_hz=2.0, rate_log_sd=0.2), cell_photons=6.0)
     scope = SimScope(cfg)
     frames = render_n(scope, 400).astype(np.float64)
-    from acquisition.sim.scope import suite2p_stat
-
     stat = suite2p_stat(scope.anatomy)
     F_true = scope.truth()["F_true"]
     corr = []

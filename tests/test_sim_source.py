@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from acquisition.config import AcquisitionConfig
+from acquisition.process import feed_source, source_subscriptions
 from acquisition.sim.config import MouseConfig, SimConfig
 from acquisition.sim.source import SimSource
-from acquisition.sources import make_source
+from acquisition.sources.registry import make_source, registration
 from acquisition.validate import FrameFlag
 from rig.core.clock import now_ns
-from rig.core.schema import Control, Decision, RewardOutcome
+from rig.core.schema import Codec, Decision, RewardOutcome, TrialEvent
 
 
 def small(**kw) -> SimConfig:
@@ -121,16 +122,69 @@ def test_cursor_feedback_only_when_enabled():
         src.close()
 
 
-def test_set_ensembles_retargets_the_mouse_and_reports_bad_commands():
+def roles(src: SimSource) -> tuple[list[int], list[int]]:
+    role = src.scope.mouse.role
+    return [int(i) for i in np.flatnonzero(role > 0)], [int(i) for i in np.flatnonzero(role < 0)]
+
+
+def test_set_ensembles_retargets_the_mouse_and_reports_bad_indices():
     src = SimSource(small(realtime=False), 30.0, up=[0], down=[1])
-    src.on_bus_message(Control(command="set_ensembles", args={"up": [3, 4], "down": [5]}))
-    assert list(np.flatnonzero(src.scope.mouse.role > 0)) == [3, 4]
-    src.on_bus_message(Control(command="set_ensembles", args={"up": [99], "down": []}))
-    src.on_bus_message(Control(command="set_ensembles", args={"up": [1]}))
+    src.set_ensembles([3, 4], [5])
+    assert roles(src) == ([3, 4], [5])
+    src.set_ensembles([99], [])
+    src.set_ensembles([1], [1])
     warnings = src.pop_warnings()
     assert [code for code, _ in warnings] == ["sim_ensembles", "sim_ensembles"]
     assert "99" in warnings[0][1]
-    assert list(np.flatnonzero(src.scope.mouse.role > 0)) == [3, 4]  # unchanged by the bad commands
+    assert roles(src) == ([3, 4], [5])  # unchanged by the bad ones
+
+
+def over_the_bus(msg):
+    """The message as the acquisition process receives it: encoded and decoded by the bus codec."""
+    codec = Codec()
+    return codec.decode(codec.encode(msg))
+
+
+def ensembles_event(detail: dict) -> TrialEvent:
+    return TrialEvent(kind="ensembles", trial=0, frame=41, t_ns=now_ns(), detail=detail)
+
+
+def test_the_decoders_ensembles_event_retargets_the_simulated_mouse():
+    """The live path of a set_ensembles command: the decoder applies it and publishes a dec.trial
+    "ensembles" event; the acquisition process (subscribed because the sim follows ensembles) hands it on."""
+    caps = registration("sim")
+    processes, topics = source_subscriptions(caps)
+    assert "decoder" in processes and TrialEvent.topic in topics
+    src = make_source(AcquisitionConfig(source="sim", sim=small(realtime=False)), up=[0], down=[1])
+    assert roles(src) == ([0], [1])
+    feed_source(src, caps, over_the_bus(ensembles_event({"up": [3, 4], "down": [5]})))
+    assert roles(src) == ([3, 4], [5])
+    # a weighted decoder's event carries the ensembles its weights imply, and a flag
+    feed_source(src, caps, over_the_bus(ensembles_event({"up": [6], "down": [], "weighted": True})))
+    assert roles(src) == ([6], [])
+    assert src.pop_warnings() == []
+
+
+def test_other_trial_events_and_malformed_ensembles_leave_the_mouse_alone():
+    caps = registration("sim")
+    src = make_source(AcquisitionConfig(source="sim", sim=small(realtime=False)), up=[0], down=[1])
+    feed_source(src, caps, over_the_bus(TrialEvent(kind="hit", trial=3, frame=50, detail={"up": [7]})))
+    feed_source(src, caps, over_the_bus(ensembles_event({"up": [7]})))  # no "down"
+    feed_source(src, caps, over_the_bus(ensembles_event({"up": ["7"], "down": []})))
+    feed_source(src, caps, over_the_bus(ensembles_event({"up": [99], "down": []})))  # not a simulated cell
+    assert roles(src) == ([0], [1])
+    assert [code for code, _ in src.pop_warnings()] == ["ensembles_event", "ensembles_event", "sim_ensembles"]
+
+
+def test_rewards_reach_the_mouse_through_the_process_relay():
+    caps = registration("sim")
+    cfg = small(realtime=False, mouse=MouseConfig(learning_rule="vectorized", learning_rate_vectorized=0.5))
+    src = make_source(AcquisitionConfig(source="sim", sim=cfg), up=[0], down=[1])
+    src.open()
+    feed_source(src, caps, over_the_bus(outcome("delivered")))
+    src.read(1.0)
+    assert src.scope.mouse.rewards_received == 1
+    src.close()
 
 
 def test_ground_truth_passthrough_and_factory(tmp_path):

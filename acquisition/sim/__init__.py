@@ -1,6 +1,8 @@
 """Simulated two-photon scope and a simulated mouse that learns the BCI task.
 
-* :class:`acquisition.sim.scope.SimScope` renders frames (uint16) and keeps the ground truth.
+* :mod:`acquisition.sim.anatomy` builds the static tissue (cells, neuropil, vessels) from the seed.
+* :class:`acquisition.sim.scope.SimScope` renders frames (uint16) of it and keeps the ground truth.
+* :mod:`acquisition.sim.export` writes that truth (suite2p layout) and whole movies to disk.
 * :class:`acquisition.sim.mouse.SimMouse` fires and learns from rewards (vectorized / scalar / none).
 * :class:`acquisition.sim.traces.TraceSim` gives per-ROI F/Fneu without images, for fast loop tests.
 * :class:`acquisition.sim.source.SimSource` is the scope as a real-time frame source.

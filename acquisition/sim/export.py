@@ -1,6 +1,12 @@
-"""Write a synthetic movie and its ground truth to disk for offline use (suite2p, registration tests).
+"""Write the simulated session to disk in suite2p layout: its ground truth (live and offline) and whole movies.
 
-Layout of the export folder::
+Why these live together: both write the same on-disk layout, which suite2p, ``rig.offline`` and the
+acquisition process's own ROI loader read back; the renderer (:mod:`acquisition.sim.scope`) and the
+scene (:mod:`acquisition.sim.anatomy`) only hold state in memory. The acquisition process writes the
+ground truth of a live sim session (its ROIs at start, every frame's truth at stop); ``rig sim --export``
+renders a whole movie with it.
+
+Layout of an export folder (``write_ground_truth`` writes the last two lines, ``export_movie`` all)::
 
     movie.tif                        multi-page uint16 TIFF, one page per frame
     suite2p/plane0/data.bin          the same frames as int16 (suite2p binary layout, unregistered)
@@ -10,6 +16,7 @@ Layout of the export folder::
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -17,10 +24,131 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
+from acquisition.sim.anatomy import Anatomy
+from acquisition.sim.calcium import indicator_preset
 from acquisition.sim.config import SimConfig
 from acquisition.sim.scope import SimScope
 
 _INT16_MAX = np.iinfo(np.int16).max
+
+
+def suite2p_stat(anatomy: Anatomy) -> list[dict]:
+    """The cells as suite2p ROIs (``stat.npy`` entries); ROI i is cell i."""
+    Ly, Lx = anatomy.shape
+    counts = np.zeros((Ly, Lx), np.int32)
+    for c in anatomy.cells:
+        counts[c.ypix, c.xpix] += 1
+    stat = []
+    for c in anatomy.cells:
+        ys, xs = c.ypix[c.soma], c.xpix[c.soma]
+        med = [int(np.median(ys)), int(np.median(xs))]
+        npix_soma = int(c.soma.sum())
+        dist = np.hypot(ys - med[0], xs - med[1])
+        disk_mean = (2.0 / 3.0) * math.sqrt(max(npix_soma, 1) / math.pi)  # mean distance in a disk
+        stat.append(
+            {
+                "ypix": c.ypix.copy(),
+                "xpix": c.xpix.copy(),
+                "lam": c.lam.copy(),
+                "med": med,
+                "npix": int(c.ypix.size),
+                "npix_soma": npix_soma,
+                "radius": float(c.radius),
+                "compact": float(dist.mean() / disk_mean) if npix_soma else 1.0,
+                "soma_crop": c.soma.copy(),
+                "overlap": counts[c.ypix, c.xpix] > 1,
+                "inmerge": 0,
+            }
+        )
+    return stat
+
+
+def suite2p_ops(scope: SimScope, mean_img: np.ndarray | None = None, n_frames: int = 0) -> dict:
+    """An ``ops`` dict in suite2p 1.x layout: top-level images and sizes, settings nested by stage."""
+    Ly, Lx = scope.shape
+    ref = scope.expected_image()
+    truth = scope.truth(n_frames) if n_frames else None
+    yoff = truth["shifts"][:, 0] if truth is not None else np.zeros(0, np.float32)
+    xoff = truth["shifts"][:, 1] if truth is not None else np.zeros(0, np.float32)
+    diameter = 2.0 * scope.cfg.cell_radius_px
+    return {
+        "Ly": Ly,
+        "Lx": Lx,
+        "nframes": int(n_frames),
+        "fs": scope.frame_rate_hz,
+        "tau": indicator_preset(scope.cfg.indicator).tau_decay_s,
+        "diameter": [diameter, diameter],
+        "refImg": ref,
+        "meanImg": ref if mean_img is None else mean_img.astype(np.float32),
+        "yoff": yoff,
+        "xoff": xoff,
+        "corrXY": np.ones(len(yoff), np.float32),
+        "badframes": np.zeros(len(yoff), bool),
+        "yrange": [0, Ly],
+        "xrange": [0, Lx],
+        "version": "bci-rig-sim",
+        "sim": {"seed": scope.cfg.seed, "indicator": scope.cfg.indicator, "n_cells": scope.n_cells},
+        "run": {"do_registration": 1, "do_detection": True, "do_deconvolution": True},
+        "io": {"combined": True, "save_mat": False, "delete_bin": False},
+        "registration": {
+            "nimg_init": 400,
+            "maxregshift": 0.1,
+            "do_bidiphase": scope.cfg.bidi_offset_px != 0.0,
+            "bidiphase": float(scope.cfg.bidi_offset_px),
+            "batch_size": 100,
+            "nonrigid": False,
+            "smooth_sigma": 1.15,
+            "smooth_sigma_time": 0.0,
+            "spatial_taper": 3.45,
+            "th_badframes": 1.0,
+            "norm_frames": True,
+            "two_step_registration": False,
+        },
+        "detection": {"algorithm": "sparsery", "denoise": False, "threshold_scaling": 1.0, "max_overlap": 0.75},
+        "extraction": {
+            "neuropil_extract": True,
+            "neuropil_coefficient": 0.7,
+            "inner_neuropil_radius": 2,
+            "min_neuropil_pixels": 350,
+            "lam_percentile": 50.0,
+            "allow_overlap": False,
+        },
+        "dcnv_preprocess": {"baseline": "maximin", "win_baseline": 60.0, "sig_baseline": 10.0},
+    }
+
+
+def write_ground_truth(
+    scope: SimScope, folder: str | Path, n_frames: int | None = None, mean_img: np.ndarray | None = None
+) -> Path:
+    """Write ``suite2p/plane0/{stat,iscell,ops}.npy`` and ``ground_truth.npz`` under ``folder``.
+
+    ``n_frames`` (default: all generated so far) selects how much of the per-frame truth to write.
+    Returns the ``plane0`` folder.
+    """
+    folder = Path(folder)
+    plane = folder / "suite2p" / "plane0"
+    plane.mkdir(parents=True, exist_ok=True)
+    n = scope.frames_recorded if n_frames is None else int(n_frames)
+    truth = scope.truth(n)
+    stat = suite2p_stat(scope.anatomy)
+    np.save(plane / "stat.npy", np.array(stat, dtype=object), allow_pickle=True)
+    iscell = np.column_stack([np.ones(scope.n_cells), np.ones(scope.n_cells)]).astype(np.float32)
+    np.save(plane / "iscell.npy", iscell)
+    np.save(plane / "ops.npy", np.array(suite2p_ops(scope, mean_img, n), dtype=object), allow_pickle=True)
+    np.savez_compressed(
+        folder / "ground_truth.npz",
+        frame_rate_hz=np.float64(scope.frame_rate_hz),
+        n_frames=np.int64(n),
+        history_truncated=np.bool_(scope.history_truncated),
+        brightness=scope.brightness.astype(np.float32),
+        centers=np.array([c.center for c in scope.anatomy.cells], np.float32),
+        radii=np.array([c.radius for c in scope.anatomy.cells], np.float32),
+        up=np.flatnonzero(scope.mouse.role > 0),
+        down=np.flatnonzero(scope.mouse.role < 0),
+        base_rate_hz=scope.mouse.base_rate_hz.astype(np.float32),
+        **truth,
+    )
+    return plane
 
 
 def export_movie(
@@ -66,7 +194,7 @@ def export_movie(
             binary.write(as_int16.tobytes())
             bar.update(1)
     mean_img = (mean_acc / n_frames).astype(np.float32)
-    scope.write_ground_truth(out, n_frames=n_frames, mean_img=mean_img)
+    write_ground_truth(scope, out, n_frames=n_frames, mean_img=mean_img)
     ops = np.load(plane / "ops.npy", allow_pickle=True).item()
     ops["reg_file"] = str(bin_path.resolve())
     ops["save_path"] = str(plane.resolve())

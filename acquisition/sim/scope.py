@@ -1,5 +1,10 @@
 """A simulated two-photon microscope: a field of view of GCaMP neurons imaged through a noisy PMT.
 
+Why this module holds only the renderer (and the per-frame ground truth it produces): the tissue it images
+is :mod:`acquisition.sim.anatomy` and writing the truth to disk in suite2p layout is
+:mod:`acquisition.sim.export`; the real-time path (:class:`acquisition.sim.source.SimSource`) and the
+benchmarks need only this.
+
 What a frame is made of (DOMAIN.md section 4)::
 
     expected photons  = bleach(t) * [neuropil * level(t) + sum_i F0_i * (1 + dF/F_i(t)) * footprint_i]
@@ -27,13 +32,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse
-from scipy import ndimage
-from scipy.special import expit
 
+from acquisition.sim.anatomy import build_anatomy
 from acquisition.sim.calcium import CalciumModel, indicator_preset
 from acquisition.sim.config import SimConfig
 from acquisition.sim.mouse import SimMouse
@@ -45,30 +48,6 @@ _BLEACH_RESCALE = 2e-4  # relative bleaching change that triggers a rescale of t
 
 
 @dataclass
-class Cell:
-    """One simulated neuron's footprint, in field-of-view coordinates (zero motion)."""
-
-    ypix: np.ndarray
-    xpix: np.ndarray
-    lam: np.ndarray  # footprint weight (cytoplasm = 1, dark nucleus, soft edges, dimmer processes)
-    soma: np.ndarray  # bool per pixel: part of the soma (not a process)
-    center: tuple[float, float]
-    radius: float
-    brightness: float  # baseline photons/pixel/frame where lam == 1
-    has_processes: bool
-
-
-@dataclass
-class Anatomy:
-    """The static scene: cells, neuropil and vessels on a canvas of (Ly + 2m) x (Lx + 2m) pixels."""
-
-    cells: list[Cell]
-    neuropil: np.ndarray  # canvas float32, relative neuropil brightness (mean ~1)
-    margin: int
-    shape: tuple[int, int]  # field of view (Ly, Lx)
-
-
-@dataclass
 class FrameInfo:
     """What the scope knows about the frame it just produced."""
 
@@ -76,199 +55,6 @@ class FrameInfo:
     scope_time_s: float
     dy: float
     dx: float
-
-
-# ---------------------------------------------------------------- anatomy
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
-    return field / (field.std() + 1e-12)
-
-
-def _vessel_map(rng: np.random.Generator, shape: tuple[int, int], n_vessels: int) -> np.ndarray:
-    """0..1 map of blood vessels: smooth curves crossing the field, 4-10 px wide (dark in GCaMP images)."""
-    H, W = shape
-    out = np.zeros(shape)
-    for _ in range(n_vessels):
-        line = np.zeros(shape, bool)
-        y, x = rng.uniform(0, H), rng.uniform(0, W)
-        heading = rng.uniform(0, 2 * math.pi)
-        for direction in (1.0, -1.0):  # grow both ways from a random interior point
-            py, px, ph = y, x, heading
-            for _step in range(4 * (H + W)):
-                ph += rng.normal(0, 0.03)
-                py += direction * math.sin(ph)
-                px += direction * math.cos(ph)
-                iy, ix = int(py), int(px)
-                if not (0 <= iy < H and 0 <= ix < W):
-                    break
-                line[iy, ix] = True
-        width = rng.uniform(4.0, 10.0)
-        dist = ndimage.distance_transform_edt(~line)
-        out = np.maximum(out, expit((width / 2 - dist) / 0.8))
-    return out
-
-
-def _soma_patch(
-    rng: np.random.Generator, radius: float, cfg: SimConfig, sub_y: float, sub_x: float, half: int
-) -> np.ndarray:
-    """Soma weights on a (2h+1)^2 patch: elliptic body, soft edge, dark (GCaMP-free) nucleus."""
-    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    yy -= sub_y
-    xx -= sub_x
-    aspect = rng.uniform(1.0, 1.3)
-    theta = rng.uniform(0, math.pi)
-    c, s = math.cos(theta), math.sin(theta)
-    u = (yy * c + xx * s) / (radius * math.sqrt(aspect))
-    v = (-yy * s + xx * c) / (radius / math.sqrt(aspect))
-    rho = np.hypot(u, v)
-    edge = 0.7 / radius
-    body = expit((1.0 - rho) / edge)
-    ny, nx = rng.normal(0, 0.12 * radius, 2)
-    nf = cfg.nucleus_radius_fraction
-    rho_n = np.hypot(yy - ny, xx - nx) / max(nf * radius, 1e-6)
-    nucleus = expit((1.0 - rho_n) / (0.7 / max(nf * radius, 1e-6)))
-    return body * (1.0 - (1.0 - cfg.nucleus_brightness) * nucleus)
-
-
-def _process_points(rng: np.random.Generator, radius: float) -> list[tuple[float, float, float, float]]:
-    """Sample points (dy, dx, width sigma, amplitude) of 1-3 dendrite-like processes leaving the soma."""
-    points: list[tuple[float, float, float, float]] = []
-    for _ in range(int(rng.integers(1, 4))):
-        heading = rng.uniform(0, 2 * math.pi)
-        y, x = 0.9 * radius * math.sin(heading), 0.9 * radius * math.cos(heading)
-        length = rng.uniform(12.0, 40.0)
-        n = int(length / 0.7)
-        for k in range(n):
-            frac = k / max(n - 1, 1)
-            heading += rng.normal(0, 0.08)
-            y += 0.7 * math.sin(heading)
-            x += 0.7 * math.cos(heading)
-            points.append((y, x, 1.1 - 0.5 * frac, 0.6 - 0.35 * frac))
-    return points
-
-
-def build_anatomy(cfg: SimConfig, rng: np.random.Generator) -> Anatomy:
-    """Place ``cfg.n_cells`` cells (never on vessels, little overlap) and draw neuropil and vessels."""
-    Ly, Lx = cfg.height_px, cfg.width_px
-    margin = int(math.ceil(cfg.motion_max_px + abs(cfg.bidi_offset_px))) + 2
-    H, W = Ly + 2 * margin, Lx + 2 * margin
-
-    neuropil = 1.0 + 0.22 * _smooth_noise(rng, (H, W), 1.2) + 0.18 * _smooth_noise(rng, (H, W), 5.0)
-    neuropil += 0.15 * _smooth_noise(rng, (H, W), 40.0)
-    vessels = _vessel_map(rng, (H, W), cfg.n_vessels)
-    neuropil *= 1.0 - 0.75 * vessels
-    np.maximum(neuropil, 0.1, out=neuropil)
-
-    r0 = cfg.cell_radius_px
-    radii = np.clip(r0 * (1.0 + cfg.cell_radius_cv * rng.standard_normal(cfg.n_cells)), 0.6 * r0, 1.6 * r0)
-    packing = cfg.n_cells * math.pi * (0.9 * r0) ** 2 / (Ly * Lx)
-    if packing > 0.35:
-        raise ValueError(
-            f"`n_cells`: could not place {cfg.n_cells} cells of radius ~{r0} px in a {Ly}x{Lx} field of view "
-            f"without piling them up (they would cover {packing:.0%} of it; keep it under 35%)"
-        )
-    cy_arr = np.zeros(cfg.n_cells)
-    cx_arr = np.zeros(cfg.n_cells)
-    cells: list[Cell] = []
-    attempts = 0
-    max_attempts = 200 * cfg.n_cells
-    for i in range(cfg.n_cells):
-        r = float(radii[i])
-        pad = int(math.ceil(1.6 * r)) + 2
-        while True:
-            attempts += 1
-            if attempts > max_attempts:
-                raise ValueError(
-                    f"`n_cells`: could not place {cfg.n_cells} cells of radius ~{r0} px in a {Ly}x{Lx} "
-                    f"field of view without piling them up (placed {i}); use fewer or smaller cells"
-                )
-            cy, cx = rng.uniform(pad, Ly - pad), rng.uniform(pad, Lx - pad)
-            if vessels[int(cy) + margin, int(cx) + margin] > 0.2:
-                continue
-            d2 = (cy_arr[:i] - cy) ** 2 + (cx_arr[:i] - cx) ** 2
-            if np.all(d2 >= (0.9 * (r + radii[:i])) ** 2):
-                break
-        cy_arr[i], cx_arr[i] = cy, cx
-        iy, ix = int(round(cy)), int(round(cx))
-        half = int(math.ceil(1.5 * r)) + 2
-        soma = _soma_patch(rng, r, cfg, cy - iy, cx - ix, half)
-        with_processes = rng.random() < cfg.dendrite_fraction
-        if with_processes:
-            pts = _process_points(rng, r)
-            ext = int(math.ceil(max(max(abs(p[0]), abs(p[1])) for p in pts))) + 3
-            half_p = max(half, ext)
-            grown = np.zeros((2 * half_p + 1, 2 * half_p + 1))
-            o = half_p - half
-            grown[o : o + soma.shape[0], o : o + soma.shape[1]] = soma
-            soma_big = grown
-            proc = np.zeros_like(grown)
-            for py, px, sig, amp in pts:
-                gy, gx = py + (cy - iy) + half_p, px + (cx - ix) + half_p
-                y0, y1 = max(int(gy) - 3, 0), min(int(gy) + 4, proc.shape[0])
-                x0, x1 = max(int(gx) - 3, 0), min(int(gx) + 4, proc.shape[1])
-                yy, xx = np.mgrid[y0:y1, x0:x1]
-                blob = amp * np.exp(-((yy - gy) ** 2 + (xx - gx) ** 2) / (2 * sig**2))
-                np.maximum(proc[y0:y1, x0:x1], blob, out=proc[y0:y1, x0:x1])
-            weights = np.maximum(soma_big, proc)
-            is_soma = soma_big >= proc
-            half = half_p
-        else:
-            weights = soma
-            is_soma = np.ones_like(soma, bool)
-        keep = weights > 0.05
-        ly, lx = np.nonzero(keep)
-        ypix, xpix = ly + iy - half, lx + ix - half
-        inside = (ypix >= 0) & (ypix < Ly) & (xpix >= 0) & (xpix < Lx)
-        brightness = cfg.cell_photons * math.exp(cfg.brightness_log_sd * rng.standard_normal())
-        cells.append(
-            Cell(
-                ypix=ypix[inside].astype(np.int32),
-                xpix=xpix[inside].astype(np.int32),
-                lam=weights[keep][inside].astype(np.float32),
-                soma=is_soma[keep][inside],
-                center=(cy, cx),
-                radius=r,
-                brightness=brightness,
-                has_processes=with_processes,
-            )
-        )
-    return Anatomy(cells=cells, neuropil=neuropil.astype(np.float32), margin=margin, shape=(Ly, Lx))
-
-
-def suite2p_stat(anatomy: Anatomy) -> list[dict]:
-    """The cells as suite2p ROIs (``stat.npy`` entries); ROI i is cell i."""
-    Ly, Lx = anatomy.shape
-    counts = np.zeros((Ly, Lx), np.int32)
-    for c in anatomy.cells:
-        counts[c.ypix, c.xpix] += 1
-    stat = []
-    for c in anatomy.cells:
-        ys, xs = c.ypix[c.soma], c.xpix[c.soma]
-        med = [int(np.median(ys)), int(np.median(xs))]
-        npix_soma = int(c.soma.sum())
-        dist = np.hypot(ys - med[0], xs - med[1])
-        disk_mean = (2.0 / 3.0) * math.sqrt(max(npix_soma, 1) / math.pi)  # mean distance in a disk
-        stat.append(
-            {
-                "ypix": c.ypix.copy(),
-                "xpix": c.xpix.copy(),
-                "lam": c.lam.copy(),
-                "med": med,
-                "npix": int(c.ypix.size),
-                "npix_soma": npix_soma,
-                "radius": float(c.radius),
-                "compact": float(dist.mean() / disk_mean) if npix_soma else 1.0,
-                "soma_crop": c.soma.copy(),
-                "overlap": counts[c.ypix, c.xpix] > 1,
-                "inmerge": 0,
-            }
-        )
-    return stat
-
-
-# ---------------------------------------------------------------- the scope
 
 
 class SimScope:
@@ -555,6 +341,11 @@ class SimScope:
         h["bleach"][n] = bleach
         self._history_len = n + 1
 
+    @property
+    def frames_recorded(self) -> int:
+        """Frames with ground truth kept: all generated, up to ``history_max_frames``."""
+        return self._history_len
+
     def truth(self, n_frames: int | None = None) -> dict[str, np.ndarray]:
         """Ground truth of the first ``n_frames`` frames generated (all so far by default).
 
@@ -591,89 +382,3 @@ class SimScope:
         Ly, Lx = self.shape
         photons = self._static_raw[m : m + Ly, m : m + Lx] + self.cfg.dark_photons
         return (photons * self.cfg.pmt_gain + self.cfg.adc_offset).astype(np.float32)
-
-    def suite2p_ops(self, mean_img: np.ndarray | None = None, n_frames: int = 0) -> dict:
-        """An ``ops`` dict in suite2p 1.x layout: top-level images and sizes, settings nested by stage."""
-        Ly, Lx = self.shape
-        ref = self.expected_image()
-        truth = self.truth(n_frames) if n_frames else None
-        yoff = truth["shifts"][:, 0] if truth is not None else np.zeros(0, np.float32)
-        xoff = truth["shifts"][:, 1] if truth is not None else np.zeros(0, np.float32)
-        diameter = 2.0 * self.cfg.cell_radius_px
-        return {
-            "Ly": Ly,
-            "Lx": Lx,
-            "nframes": int(n_frames),
-            "fs": self.frame_rate_hz,
-            "tau": indicator_preset(self.cfg.indicator).tau_decay_s,
-            "diameter": [diameter, diameter],
-            "refImg": ref,
-            "meanImg": ref if mean_img is None else mean_img.astype(np.float32),
-            "yoff": yoff,
-            "xoff": xoff,
-            "corrXY": np.ones(len(yoff), np.float32),
-            "badframes": np.zeros(len(yoff), bool),
-            "yrange": [0, Ly],
-            "xrange": [0, Lx],
-            "version": "bci-rig-sim",
-            "sim": {"seed": self.cfg.seed, "indicator": self.cfg.indicator, "n_cells": self.n_cells},
-            "run": {"do_registration": 1, "do_detection": True, "do_deconvolution": True},
-            "io": {"combined": True, "save_mat": False, "delete_bin": False},
-            "registration": {
-                "nimg_init": 400,
-                "maxregshift": 0.1,
-                "do_bidiphase": self.cfg.bidi_offset_px != 0.0,
-                "bidiphase": float(self.cfg.bidi_offset_px),
-                "batch_size": 100,
-                "nonrigid": False,
-                "smooth_sigma": 1.15,
-                "smooth_sigma_time": 0.0,
-                "spatial_taper": 3.45,
-                "th_badframes": 1.0,
-                "norm_frames": True,
-                "two_step_registration": False,
-            },
-            "detection": {"algorithm": "sparsery", "denoise": False, "threshold_scaling": 1.0, "max_overlap": 0.75},
-            "extraction": {
-                "neuropil_extract": True,
-                "neuropil_coefficient": 0.7,
-                "inner_neuropil_radius": 2,
-                "min_neuropil_pixels": 350,
-                "lam_percentile": 50.0,
-                "allow_overlap": False,
-            },
-            "dcnv_preprocess": {"baseline": "maximin", "win_baseline": 60.0, "sig_baseline": 10.0},
-        }
-
-    def write_ground_truth(
-        self, folder: str | Path, n_frames: int | None = None, mean_img: np.ndarray | None = None
-    ) -> Path:
-        """Write ``suite2p/plane0/{stat,iscell,ops}.npy`` and ``ground_truth.npz`` under ``folder``.
-
-        ``n_frames`` (default: all generated so far) selects how much of the per-frame truth to write.
-        Returns the ``plane0`` folder.
-        """
-        folder = Path(folder)
-        plane = folder / "suite2p" / "plane0"
-        plane.mkdir(parents=True, exist_ok=True)
-        n = self._history_len if n_frames is None else int(n_frames)
-        truth = self.truth(n)
-        stat = suite2p_stat(self.anatomy)
-        np.save(plane / "stat.npy", np.array(stat, dtype=object), allow_pickle=True)
-        iscell = np.column_stack([np.ones(self.n_cells), np.ones(self.n_cells)]).astype(np.float32)
-        np.save(plane / "iscell.npy", iscell)
-        np.save(plane / "ops.npy", np.array(self.suite2p_ops(mean_img, n), dtype=object), allow_pickle=True)
-        np.savez_compressed(
-            folder / "ground_truth.npz",
-            frame_rate_hz=np.float64(self.frame_rate_hz),
-            n_frames=np.int64(n),
-            history_truncated=np.bool_(self.history_truncated),
-            brightness=self.brightness.astype(np.float32),
-            centers=np.array([c.center for c in self.anatomy.cells], np.float32),
-            radii=np.array([c.radius for c in self.anatomy.cells], np.float32),
-            up=np.flatnonzero(self.mouse.role > 0),
-            down=np.flatnonzero(self.mouse.role < 0),
-            base_rate_hz=self.mouse.base_rate_hz.astype(np.float32),
-            **truth,
-        )
-        return plane

@@ -10,25 +10,38 @@ ground truth is kept) but not rendered, and frame numbers jump.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from acquisition.sim.config import SimConfig
+from acquisition.sim.export import write_ground_truth
 from acquisition.sim.scope import FrameInfo, SimScope
 from acquisition.sources.base import Frame, FrameSource
 from acquisition.validate import FrameFlag
 from rig.core.clock import now_ns
-from rig.core.schema import Control, Decision, RewardOutcome
+from rig.core.schema import Decision, RewardOutcome
+
+if TYPE_CHECKING:
+    from acquisition.config import AcquisitionConfig
+    from acquisition.sources.registry import SourceContext
 
 _N_BUFFERS = 4  # frames handed out stay valid until this many more reads
 
 
 class SimSource(FrameSource):
-    """``FrameSource`` over :class:`SimScope`; bus messages reach the simulated mouse."""
+    """``FrameSource`` over :class:`SimScope`; bus messages reach the simulated mouse.
 
-    wants_bus_messages = True
+    Registered with every capability (:mod:`acquisition.sources.registry`): ground truth, hearing rewards
+    and decisions, following the decoder's ensembles.
+    """
+
+    @classmethod
+    def from_config(cls, cfg: AcquisitionConfig, ctx: SourceContext) -> SimSource:
+        """The registry's factory: ``[acquisition.sim]``; the mouse starts with the decoder's configured ensembles."""
+        return cls(cfg.sim, frame_rate_hz=cfg.frame_rate_hz, up=list(ctx.up), down=list(ctx.down))
 
     def __init__(self, cfg: SimConfig, frame_rate_hz: float, up: list[int], down: list[int]) -> None:
         super().__init__()
@@ -127,30 +140,29 @@ class SimSource(FrameSource):
         }
 
     def on_bus_message(self, msg: Any) -> None:
-        """Rewards teach the mouse; the cursor is its feedback; ``set_ensembles`` retargets it."""
+        """Rewards teach the mouse; the cursor is its feedback."""
         mouse = self.scope.mouse
         if isinstance(msg, RewardOutcome):
             if msg.status == "delivered":
                 self._rewards += 1
                 mouse.on_reward()
-        elif isinstance(msg, Decision):
-            if self.cfg.mouse.use_feedback:
-                mouse.on_feedback(msg.cursor_norm)
-        elif isinstance(msg, Control) and msg.command == "set_ensembles":
-            up, down = msg.args.get("up"), msg.args.get("down")
-            if up is None or down is None:
-                self.warn("sim_ensembles", f"set_ensembles without 'up' and 'down' lists ignored: {msg.args}")
-                return
-            try:
-                mouse.set_ensembles(up, down)
-            except ValueError as exc:  # a bad operator command must not stop the scope: report it
-                self.warn("sim_ensembles", f"set_ensembles ignored by the simulated mouse: {exc}")
+        elif isinstance(msg, Decision) and self.cfg.mouse.use_feedback:
+            mouse.on_feedback(msg.cursor_norm)
 
-    # ------------------------------------------------------------ sim extras
+    # ------------------------------------------------------------ capabilities (see the registry)
+
+    def set_ensembles(self, up: Sequence[int], down: Sequence[int]) -> None:
+        """The decoder applied new ensembles: the mouse now tries to move those cells (ROI i == cell i).
+        Indices the simulated field does not have are reported, not raised: the scope must keep running."""
+        try:
+            self.scope.mouse.set_ensembles(up, down)
+        except ValueError as exc:
+            self.warn("sim_ensembles", f"new ensembles ignored by the simulated mouse: {exc}")
 
     def write_ground_truth(self, folder: str | Path, n_frames: int | None = None) -> Path:
-        """The sim's ROIs (suite2p layout) and per-frame truth so far; see :meth:`SimScope.write_ground_truth`."""
-        return self.scope.write_ground_truth(folder, n_frames)
+        """The sim's ROIs (suite2p layout) and per-frame truth so far; see
+        :func:`acquisition.sim.export.write_ground_truth`."""
+        return write_ground_truth(self.scope, folder, n_frames)
 
     def _due_ns(self, info: FrameInfo) -> float:
         return self._t0_ns + (info.scope_time_s * 1e9 + self._period_ns)

@@ -1,4 +1,8 @@
-"""The frame-source interface every acquisition input implements (sim, replay, CLOOSE TCP, ZeroMQ stream)."""
+"""The frame-source interface every acquisition input implements (sim, replay, CLOOSE TCP, ZeroMQ stream).
+
+What a source can do beyond this interface (ground truth, hearing the rig) is declared where it is
+registered, :mod:`acquisition.sources.registry`, not here.
+"""
 
 from __future__ import annotations
 
@@ -39,8 +43,6 @@ class FrameSource(abc.ABC):
     """A source of 2-D frames. ``read`` never blocks longer than its timeout and never raises for bad input:
     bad frames and link trouble are counted in :meth:`stats` and described by :meth:`pop_warnings`."""
 
-    #: True when the source wants bus messages (rewards, decisions) through :meth:`on_bus_message`
-    wants_bus_messages: ClassVar[bool] = False
     #: at most this many warnings wait to be popped; older ones are dropped and counted
     max_pending_warnings: ClassVar[int] = 100
 
@@ -88,7 +90,8 @@ class FrameSource(abc.ABC):
         """Counters: at least ``frames`` and ``bad_frames``; sources with links add ``reconnects`` etc."""
 
     def on_bus_message(self, msg: Any) -> None:  # noqa: B027 - deliberately a no-op by default
-        """A bus message the process relays (only when :attr:`wants_bus_messages`)."""
+        """A reward outcome or decision the process relays, only to sources registered with ``hears_outcomes``
+        (:mod:`acquisition.sources.registry`)."""
 
     def warn(self, code: str, message: str) -> None:
         """Queue a warning for the process to publish (``code`` is a short snake_case tag)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import select
 import socket
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,10 +23,20 @@ from acquisition.sources.base import Frame, FrameSource
 from acquisition.validate import FrameFlag
 from rig.core.clock import now_ns
 
+if TYPE_CHECKING:
+    from acquisition.config import AcquisitionConfig
+    from acquisition.sources.registry import SourceContext
+
 _RCVBUF_BYTES = 8 * 1024 * 1024  # a few frames of slack if we are briefly late
 
 
 class ClooseTcpSource(FrameSource):
+    @classmethod
+    def from_config(cls, cfg: AcquisitionConfig, ctx: SourceContext) -> ClooseTcpSource:
+        """The registry's factory: ``[acquisition.cloose_tcp]``."""
+        c = cfg.cloose_tcp
+        return cls(c.host, c.port, c.height_px, c.width_px, frame_rate_hz=cfg.frame_rate_hz, byte_order=c.byte_order)
+
     def __init__(self, host: str, port: int, height: int, width: int, *, frame_rate_hz: float = 30.0,
                  byte_order: str = "little") -> None:
         super().__init__()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,12 +12,24 @@ from acquisition.sources.base import EndOfStream, Frame, FrameSource
 from acquisition.sources.movie import MovieError, MovieReader, open_movie
 from rig.core.clock import now_ns
 
+if TYPE_CHECKING:
+    from acquisition.config import AcquisitionConfig
+    from acquisition.sources.registry import SourceContext
+
 
 class ReplaySource(FrameSource):
     """Frames of a movie file in order. ``speed="recorded"`` hands frame k out at t0 + k / rate; ``"fast"``
     returns the next frame on every read. With ``n_channels``/``n_planes`` > 1 the file's pages are
     interleaved (ScanImage order: channel fastest, then plane) and only ``channel``/``plane`` is replayed.
     The frame number is the frame's index in the replayed stream (0-based)."""
+
+    @classmethod
+    def from_config(cls, cfg: AcquisitionConfig, ctx: SourceContext) -> ReplaySource:
+        """The registry's factory: ``[acquisition.replay]``; ``acquisition.frame_rate_hz`` if the file has none."""
+        r = cfg.replay
+        return cls(r.path, speed=r.speed, frame_rate_hz=r.frame_rate_hz, default_frame_rate_hz=cfg.frame_rate_hz,
+                   loop=r.loop, h5_key=r.h5_key, n_channels=r.n_channels, channel=r.channel,
+                   n_planes=r.n_planes, plane=r.plane)
 
     def __init__(self, path: str | Path, *, speed: str = "recorded", frame_rate_hz: float = 0.0,
                  default_frame_rate_hz: float = 30.0, loop: bool = False, h5_key: str = "",

@@ -13,7 +13,7 @@ they always increase; the first frame after the restart carries AFTER_GAP.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -23,6 +23,10 @@ from zmq.utils.monitor import recv_monitor_message
 from acquisition.sources.base import Frame, FrameSource
 from acquisition.validate import FrameFlag
 from rig.core.clock import now_ns
+
+if TYPE_CHECKING:
+    from acquisition.config import AcquisitionConfig
+    from acquisition.sources.registry import SourceContext
 
 PROTOCOL_VERSION = 1
 #: pixel types a publisher may send (little-endian unless the header says ``"byteorder": "big"``)
@@ -45,6 +49,14 @@ class FrameHeader(msgspec.Struct, kw_only=True):
 
 
 class ZmqStreamSource(FrameSource):
+    @classmethod
+    def from_config(cls, cfg: AcquisitionConfig, ctx: SourceContext) -> ZmqStreamSource:
+        """The registry's factory: ``[acquisition.zmq_stream]`` (a 0 x 0 size: whatever the stream sends)."""
+        z = cfg.zmq_stream
+        expected = (z.height_px, z.width_px) if z.height_px else None
+        return cls(z.endpoint, bind=z.bind, topic=z.topic, plane=z.plane, channel=z.channel,
+                   frame_rate_hz=cfg.frame_rate_hz, expected_shape=expected, stale_after_s=z.stale_after_s)
+
     def __init__(self, endpoint: str, *, bind: bool = False, topic: str = "frame", plane: int = -1,
                  channel: int = -1, frame_rate_hz: float = 30.0, expected_shape: tuple[int, int] | None = None,
                  stale_after_s: float = 2.0, context: zmq.Context | None = None) -> None:

@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from reward.board_model import FirmwareEmulator
 from reward.calibration import CalibrationError, CalibrationPoint, ValveCalibration, calibration_path, fit
 from reward.config import RewardConfig
 from reward.controller import DELIVERED, RewardController, RewardOutcome
-from reward.emulator import EmulatorServer, FirmwareEmulator
+from reward.emulator import EmulatorServer
 from reward.link import ValveLink
 from rig.core.clock import now_ns
 

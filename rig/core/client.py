@@ -12,6 +12,8 @@ from typing import Any
 
 import zmq
 
+from rig.core.operator import CommandRequest, encode
+
 
 class RigUnreachable(ConnectionError):
     pass
@@ -35,8 +37,7 @@ class CommandClient:
         # One id for every retry of this request: the supervisor answers a repeat from its cache instead
         # of relaying the command again (a lost reply must never mean two manual rewards).
         request_id = uuid.uuid4().hex
-        body = json.dumps({"command": command, "args": args, "issued_by": issued_by,
-                           "request_id": request_id}).encode()
+        body = encode(CommandRequest(command=command, args=args, issued_by=issued_by, request_id=request_id))
         for _attempt in range(self.retries):
             if self._sock is None:
                 self._sock = self._connect()

@@ -202,7 +202,7 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
     ready = session.ready_info("acquisition")
     shape = movie_meta.get("shape", [0, 0, 0])
     height, width = int(ready.get("height", shape[1])), int(ready.get("width", shape[2]))
-    scope = "the simulated scope" if cfg.acquisition.source == "sim" else "a real scope"
+    scope = "the simulated scope" if _simulated(cfg) else "a real scope"
     device = nwbfile.create_device(
         name="microscope",
         description=f"two-photon microscope; bci-rig frame source {cfg.acquisition.source!r} ({scope}, "
@@ -388,20 +388,30 @@ def _optional_seconds(outcomes: list[dict[str, Any]], name: str, seconds: Any) -
 
 
 def _ensembles(session: SessionData) -> tuple[set[int], set[int]]:
-    """Up/down ROI indices in force at the end: the last set_ensembles action, else the config."""
+    """Up/down ROI indices in force at the end: the last ensembles the decoder applied, else the config.
+
+    Read from the decoder's ``ensembles`` trial events, not from the operator's requests: a refused
+    ``set_ensembles`` changed nothing.
+    """
     up = {int(i) for i in session.config.decoder.up}
     down = {int(i) for i in session.config.decoder.down}
     for event in session.dec_events:
-        if event.get("kind") == "applied" and event.get("command") == "set_ensembles":
-            args = event.get("args") or {}
-            up = {int(i) for i in args.get("up", [])}
-            down = {int(i) for i in args.get("down", [])}
+        if event.get("kind") == "trial" and event.get("event") == "ensembles":
+            up = {int(i) for i in event.get("up", [])}
+            down = {int(i) for i in event.get("down", [])}
     return up, down
+
+
+def _simulated(cfg: Any) -> bool:
+    """Whether the session's frames came from a simulation (a source that knows the truth behind them)."""
+    from acquisition.sources.registry import registration  # noqa: PLC0415 - only the export needs it
+
+    return registration(cfg.acquisition.source).has_ground_truth
 
 
 def _indicator_from_config(cfg: Any) -> str:
     """The simulated scope says which indicator it models; for a real scope the config does not say."""
-    if cfg.acquisition.source == "sim":
+    if _simulated(cfg):
         return f"GCaMP{cfg.acquisition.sim.indicator} (simulated)"
     return "unknown"
 

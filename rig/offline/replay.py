@@ -17,6 +17,7 @@ is dropped so the what-if settings decide.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import platform
@@ -33,13 +34,11 @@ import numpy as np
 from tqdm import tqdm
 
 import rig
-from decoder.process import trial_event_record
+from decoder.core import STAMP_FIELDS, DecoderCore, decision_record_dtype
 from rig.app.config import RigConfig
 from rig.core.store import EventLog, RecordWriter, json_default, write_json_atomic
 from rig.offline.session_data import SessionData, SessionError
 
-#: Decision-record fields that are measurements of the live run, not decisions.
-STAMP_FIELDS = ("t_ready", "t_registered", "t_extracted", "t_received", "t_decided")
 #: Pipeline outputs compared with ``frames.rec`` when the frames are re-registered from the movie.
 TRACE_FIELDS = ("dy", "dx", "corr", "F", "Fneu")
 
@@ -159,97 +158,37 @@ def _inputs_from_movie(session: SessionData, cfg: RigConfig, decided: np.ndarray
 # ---------------------------------------------------------------------------- the replay
 
 
-class _DecoderMirror:
-    """Does what :class:`decoder.process.DecoderProcess` does with each engine result, minus the bus."""
+class _ReplayOutput:
+    """A :class:`~decoder.core.DecoderOutput` that keeps everything in memory, stamped like the live run.
 
-    def __init__(self, cfg: RigConfig, engine: Any, rows: np.ndarray, original: np.ndarray,
-                 keep_target_args: bool = True) -> None:
-        self.cfg = cfg
-        self.keep_target_args = keep_target_args
-        self.engine = engine
-        self.rows = rows
-        self.original = original
-        self.fields = set(rows.dtype.names or ())
+    Events get the live decision time of the frame they belong to (``t_ns``); nothing is published.
+    """
+
+    def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.calibration: dict[str, Any] | None = None
-        self.requests = 0
-        self.hits = 0
-        self.trials = 0
-        self.t_ns = 0  # stamp given to the events: the live decision time of the frame they belong to
+        self.t_ns = 0
 
-    def decide(self, i: int, number: int, F: np.ndarray, Fneu: np.ndarray) -> None:
-        res = self.engine.step(number, F, Fneu)
-        orig = self.original[i]
-        self.t_ns = int(orig["t_decided"]) if "t_decided" in self.fields else 0
-        if res.reward_request:
-            self.requests += 1
-        row = self.rows[i]
-        for name in STAMP_FIELDS:
-            if name in self.fields:
-                row[name] = orig[name]
-        values = {
-            "frame": number, "mode": int(res.mode), "trial": res.trial, "trial_state": int(res.trial_state),
-            "up": res.up, "down": res.down, "cursor": res.cursor, "cursor_norm": res.cursor_norm,
-            "tone_hz": res.tone_hz, "angle_bin": res.angle_bin, "reward_requested": res.reward_request,
-            "flags": orig["flags"], "dff": res.dff,
-        }
-        for name, value in values.items():
-            if name in self.fields:
-                row[name] = value
-        if res.reward_request:
-            self._event("reward_request", request_id=f"dec-{self.requests}", frame=number,
-                        volume_ul=self.cfg.reward.volume_ul, trial=res.trial)
-        for event in res.events:
-            self.trial_event(event.kind, event.trial, event.frame, dict(event.detail))
-
-    def trial_event(self, kind: str, trial: int, frame: int, detail: dict[str, Any]) -> None:
-        if kind == "trial_start":
-            self.trials += 1
-        elif kind == "hit":
-            self.hits += 1
-        if kind == "calibrated":
-            self.calibration = _normalise(detail.get("calibration", {}))
-            detail = {k: v for k, v in detail.items() if k != "calibration"}
-        self._event("trial", **trial_event_record(kind, trial, frame, self.hits, self.trials, detail))
-
-    def control(self, event: dict[str, Any]) -> None:
-        """Apply one recorded operator action; one the engine refuses is recorded as ``command_failed``."""
-        from decoder.engine import COMMAND_ERRORS  # noqa: PLC0415
-
-        event = _normalise(event)
-        args = dict(event.get("args") or {})
-        if event["command"] == "calibrate" and "target_hit_rate" in args and not self.keep_target_args:
-            # recorded as applied, so that replaying the what-if session does the same
-            event["args"] = {k: v for k, v in args.items() if k != "target_hit_rate"}
-            event["what_if_dropped_args"] = {"target_hit_rate": args["target_hit_rate"]}
-        self.events.append(event)
-        try:
-            self._apply(str(event["command"]), event.get("args") or {})
-        except COMMAND_ERRORS as exc:
-            self._event("command_failed", command=str(event["command"]), error=f"{type(exc).__name__}: {exc}")
-
-    def _apply(self, cmd: str, args: dict[str, Any]) -> None:
-        engine = self.engine
-        if cmd == "start_baseline":
-            engine.start_baseline()
-        elif cmd == "calibrate":
-            if "target_hit_rate" in args:
-                engine.set_target_hit_rate(float(args["target_hit_rate"]))
-            self.calibration = _normalise(engine.calibrate().to_dict())
-        elif cmd == "start_bci":
-            engine.start_bci()
-        elif cmd == "pause":
-            engine.pause()
-        elif cmd == "resume":
-            engine.resume()
-        elif cmd == "manual_reward":
-            engine.manual_reward()
-            self.requests += 1
-        elif cmd == "set_ensembles":
-            engine.set_ensembles([int(i) for i in args.get("up", [])], [int(i) for i in args.get("down", [])])
-
-    def _event(self, kind: str, **fields: Any) -> None:
+    def event(self, kind: str, **fields: Any) -> None:
         self.events.append(_normalise({"kind": kind, "t_ns": self.t_ns, **fields}))
+
+    def trial_event(self, kind: str, trial: int, frame: int, hits: int, trials: int, detail: dict) -> None:
+        pass  # the bus copy of the "trial" line: no one listens offline
+
+    def calibration_in_force(self, cal: dict[str, Any]) -> None:
+        self.calibration = _normalise(cal)
+
+    def reward_request(self, request_id: str, volume_ul: float, source: str, frame: int) -> None:
+        pass  # recorded by the core as a "reward_request" line; no reward process runs offline
+
+    def decision(self, res: Any) -> None:
+        pass
+
+    def refused(self, command: str, error: str) -> None:
+        pass  # recorded by the core as a "command_failed" line
+
+    def busy(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def _replayable(session: SessionData, use_movie: bool) -> int:
@@ -270,9 +209,10 @@ def _replayable(session: SessionData, use_movie: bool) -> int:
 
 def replay(session: SessionData, cfg: RigConfig | None = None, *, from_traces: bool = False, realtime: bool = False,
            progress: bool = True) -> ReplayRun:
-    """Re-run the session's decoder (and, from the movie, its pipeline) with ``cfg`` (default: its own)."""
-    from decoder.engine import DecoderEngine  # noqa: PLC0415 - keeps `rig --help` light
+    """Re-run the session's decoder (and, from the movie, its pipeline) with ``cfg`` (default: its own).
 
+    The decoder is :class:`decoder.core.DecoderCore`, the object the live decoder process runs.
+    """
     own = cfg is None
     cfg = session.config if cfg is None else cfg
     if session.decisions is None:
@@ -297,39 +237,55 @@ def replay(session: SessionData, cfg: RigConfig | None = None, *, from_traces: b
     if not controls and any(e.get("kind") == "control" for e in session.dec_events):
         raise SessionError(f"{session.path / 'decoder' / 'events.jsonl'}: operator controls were recorded without "
                            "the frame they took effect after (no 'applied' events); they cannot be replayed")
-    rows = np.zeros(n, dtype=session.decisions.dtype)
-    engine = DecoderEngine(cfg.decoder, cfg.task, session.n_rois, session.frame_rate_hz)
-    mirror = _DecoderMirror(cfg, engine, rows, original, keep_target_args)
+    rows = np.zeros(n, dtype=decision_record_dtype(session.n_rois))
+    stamps = [name for name in STAMP_FIELDS if name in (original.dtype.names or ())]
+    output = _ReplayOutput()
+    core = DecoderCore(cfg.decoder, cfg.task, cfg.reward.volume_ul, session.n_rois, session.frame_rate_hz, output)
+
+    def apply(control: dict[str, Any]) -> None:
+        control = _normalise(control)
+        args = dict(control.get("args") or {})
+        note = {}
+        if control["command"] == "calibrate" and "target_hit_rate" in args and not keep_target_args:
+            # recorded as applied, so that replaying the what-if session does the same
+            note["what_if_dropped_args"] = {"target_hit_rate": args.pop("target_hit_rate")}
+        output.t_ns = int(control.get("t_ns", 0))
+        core.apply_control(str(control["command"]), args, **note)
+
     pending = 0
     t_ready = original["t_ready"]
+    has_flags = "flags" in (original.dtype.names or ())
     start_wall = time.perf_counter()
     with tqdm(total=n, unit="frame", desc="replay", disable=not progress, file=sys.stderr, mininterval=0.25) as bar:
         for i, (number, F, Fneu) in enumerate(inputs):
             while pending < len(controls) and int(controls[pending]["after_frame"]) < number:
-                mirror.control(controls[pending])
+                apply(controls[pending])
                 pending += 1
             if realtime and i:
                 ahead = (t_ready[i] - t_ready[0]) / 1e9 - (time.perf_counter() - start_wall)
                 if ahead > 0:
                     time.sleep(ahead)
-            mirror.decide(i, number, F, Fneu)
+            orig = original[i]
+            row = rows[i]
+            for name in stamps:
+                row[name] = orig[name]
+            output.t_ns = int(orig["t_decided"]) if "t_decided" in stamps else 0
+            core.decide(number, F, Fneu, int(orig["flags"]) if has_flags else 0, row)
             bar.update(1)
     last = int(decided[-1]) if n else -1
     skipped = []
     for control in controls[pending:]:
         if int(control["after_frame"]) <= last and n == len(session.decisions):
-            mirror.control(control)
+            apply(control)
             pending += 1
         else:
             skipped.append(control)
-    engine.stop()
-    # The decoder process writes the stop's own events in on_stop(); a session that crashed never did.
+    # The decoder process writes the stop's own events when it stops; a session that crashed never did.
     if any(e.get("kind") == "trial" and e.get("event") == "stopped" and int(e.get("frame", -2)) == last
            for e in session.dec_events):
-        for event in engine.take_pending_events():
-            mirror.trial_event(event.kind, event.trial, event.frame, dict(event.detail))
-    return ReplayRun(source="movie" if use_movie else "traces", rows=rows, events=mirror.events,
-                     calibration=mirror.calibration, traces=traces, frames_registered=0 if traces is None else
+        core.finish()
+    return ReplayRun(source="movie" if use_movie else "traces", rows=rows, events=output.events,
+                     calibration=output.calibration, traces=traces, frames_registered=0 if traces is None else
                      len(traces), controls_applied=pending, controls_skipped=skipped,
                      unreplayable=len(session.decisions) - n)
 
@@ -376,7 +332,8 @@ def check(session: SessionData, run: ReplayRun, max_details: int = 20) -> Replay
     assert session.decisions is not None
     recorded = session.decisions[: len(run.rows)]
     details: list[Mismatch] = []
-    decision_fields = [n for n in recorded.dtype.names or () if n not in STAMP_FIELDS]
+    replayed_fields = run.rows.dtype.names or ()
+    decision_fields = [n for n in recorded.dtype.names or () if n not in STAMP_FIELDS and n in replayed_fields]
     mismatches = _compare_rows("decision", recorded, run.rows, decision_fields, details, max_details)
 
     last = int(recorded["frame"][-1]) if len(recorded) else -1
@@ -462,8 +419,6 @@ def whatif_config(session: SessionData, config_file: str | Path | None, override
 def write_whatif_session(session: SessionData, run: ReplayRun, cfg: RigConfig, config_text: str,
                          config_file: str, out_dir: Path, overrides: list[str] | None = None) -> Path:
     """Write a replay made with another config as a new session folder, marked ``replay_of`` the original."""
-    from decoder.process import decision_record_dtype  # noqa: PLC0415
-
     if out_dir.exists():
         raise SessionError(f"{out_dir}: already exists; a what-if replay writes a new session folder")
     out_dir.mkdir(parents=True)

@@ -1,6 +1,6 @@
 // bci-rig reward board: normally-closed solenoid valve + lick sensor over an acknowledged line protocol.
 //
-// Protocol: see ../PROTOCOL.md (version 1). The Python twin is reward/emulator.py (FirmwareEmulator);
+// Protocol: see ../PROTOCOL.md (version 1). The Python twin is reward/board_model.py (FirmwareEmulator);
 // the two must produce the same bytes for the same input at the same board times:
 // tests/test_reward_emulator.py compiles this sketch with g++ against a stub Arduino core and compares
 // both on random traffic. Keep them in step when changing either.

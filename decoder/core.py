@@ -1,0 +1,191 @@
+"""The decoder's per-frame and per-command logic, shared by the live process and ``rig replay``.
+
+:class:`DecoderCore` wraps :class:`~decoder.engine.DecoderEngine` with everything the decoder does
+around it: it numbers reward requests, fills the ``decisions.rec`` row, counts trials and hits, turns
+engine events into ``decoder/events.jsonl`` lines, applies operator commands (refusing those the mode
+does not allow) and hands out the calibration. Where results go is a :class:`DecoderOutput`: the live
+process publishes them on the bus and writes files, replay keeps them in memory to compare with the
+record. Both run this one class, so a replay equals the live run by construction, not by a copy kept
+in step by hand.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import numpy as np
+
+from decoder.config import DecoderConfig, TaskConfig
+from decoder.engine import COMMAND_ERRORS, DecoderEngine, StepResult
+from rig.core.codes import Mode
+
+
+def decision_record_dtype(n_rois: int) -> np.dtype:
+    """One row of ``decoder/decisions.rec``: stamps, mode, trial state, ensembles, cursor, feedback, dF/F."""
+    return np.dtype([
+        ("frame", "i8"), ("t_ready", "i8"), ("t_registered", "i8"), ("t_extracted", "i8"),
+        ("t_received", "i8"), ("t_decided", "i8"), ("mode", "i2"), ("trial", "i4"), ("trial_state", "i2"),
+        ("up", "f4"), ("down", "f4"), ("cursor", "f4"), ("cursor_norm", "f4"), ("tone_hz", "f4"),
+        ("angle_bin", "i2"), ("reward_requested", "?"), ("flags", "i4"), ("dff", "f4", (n_rois,)),
+    ])
+
+
+#: Decision-record fields that are measurements of the run (stamps), not decisions.
+STAMP_FIELDS = ("t_ready", "t_registered", "t_extracted", "t_received", "t_decided")
+
+
+def trial_event_record(kind: str, trial: int, frame: int, hits: int, trials: int,
+                       detail: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a ``trial`` event in ``decoder/events.jsonl``.
+
+    A detail key that clashes with a fixed field (``session_done`` carries its own ``hits``) is kept
+    as ``detail_<key>``, so no value is lost or overwritten.
+    """
+    record: dict[str, Any] = {"event": kind, "trial": trial, "frame": frame, "hits": hits, "trials": trials}
+    for key, value in detail.items():
+        record[f"detail_{key}" if key in record or key in ("kind", "t_ns") else key] = value
+    return record
+
+
+class DecoderOutput(Protocol):
+    """Where :class:`DecoderCore` sends what it decides (live: bus + files; replay: memory)."""
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """One line of ``decoder/events.jsonl``."""
+
+    def trial_event(self, kind: str, trial: int, frame: int, hits: int, trials: int, detail: dict) -> None:
+        """A trial event for the other processes (``dec.trial``); after its ``event`` line."""
+
+    def calibration_in_force(self, cal: dict[str, Any]) -> None:
+        """A calibration came into force (``decoder/calibration.json``, ``dec.calib``)."""
+
+    def reward_request(self, request_id: str, volume_ul: float, source: str, frame: int) -> None:
+        """Ask for a reward (``rwd.req``): called before the decision is published, the fastest path."""
+
+    def decision(self, res: StepResult) -> None:
+        """The frame's decision is made (``dec.decision``); the record row is filled after this."""
+
+    def refused(self, command: str, error: str) -> None:
+        """An operator command was refused: tell the operator (the ``command_failed`` line is written)."""
+
+    def busy(self, what: str) -> AbstractContextManager[None]:
+        """Wrap work that may block for seconds (calibrating a long baseline)."""
+
+
+class DecoderCore:
+    """The decoder between its input (frames, operator commands) and its :class:`DecoderOutput`."""
+
+    def __init__(self, decoder_cfg: DecoderConfig, task_cfg: TaskConfig, reward_volume_ul: float, n_rois: int,
+                 frame_rate_hz: float, output: DecoderOutput) -> None:
+        self.engine = DecoderEngine(decoder_cfg, task_cfg, n_rois, frame_rate_hz)
+        self.auto_protocol = task_cfg.auto_protocol
+        self.reward_volume_ul = reward_volume_ul
+        self.output = output
+        self.frames = 0
+        self.last_frame = -1
+        self.requests = 0
+        self.hits = 0
+        self.trials = 0
+
+    # ------------------------------------------------------------------ frames
+    def decide(self, frame: int, F: np.ndarray, Fneu: np.ndarray, flags: int, row: np.ndarray | None) -> StepResult:
+        """Decode one frame, fill ``row`` (a ``decisions.rec`` row; stamps are the caller's), emit the rest."""
+        engine = self.engine
+        if (self.auto_protocol and engine.mode == Mode.BASELINE
+                and engine.baseline_frames + 1 >= engine.baseline_target):
+            with self.output.busy("calibrating"):  # this frame ends the baseline: calibration may take a while
+                res = engine.step(frame, F, Fneu)
+        else:
+            res = engine.step(frame, F, Fneu)
+        if res.reward_request:
+            self.requests += 1
+            self.output.reward_request(f"dec-{self.requests}", self.reward_volume_ul, "decoder", frame)
+        self.output.decision(res)
+        if row is not None:
+            _fill_row(row, frame, flags, res)
+        self.frames += 1
+        self.last_frame = frame
+        if res.reward_request:
+            self.output.event("reward_request", request_id=f"dec-{self.requests}", frame=frame,
+                              volume_ul=self.reward_volume_ul, trial=res.trial)
+        for event in res.events:
+            self._trial_event(event.kind, event.trial, event.frame, dict(event.detail))
+        return res
+
+    # ------------------------------------------------------------------ operator commands
+    def apply_control(self, command: str, args: dict[str, Any], **note: Any) -> bool:
+        """Apply one operator command between frames; ``note`` goes into its ``applied`` line.
+
+        The ``applied`` line records the frame it took effect after, which is where replay applies it
+        again. A command the engine refuses is a ``command_failed`` line and a refusal, never fatal.
+        Returns whether it was applied.
+        """
+        self.output.event("applied", command=command, args=args, after_frame=self.last_frame, **note)
+        try:
+            self._apply(command, args)
+        except COMMAND_ERRORS as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self.output.event("command_failed", command=command, error=error)
+            self.output.refused(command, str(exc))
+            return False
+        return True
+
+    def _apply(self, command: str, args: dict[str, Any]) -> None:
+        engine = self.engine
+        if command == "start_baseline":
+            engine.start_baseline()
+        elif command == "calibrate":
+            if "target_hit_rate" in args:
+                engine.set_target_hit_rate(float(args["target_hit_rate"]))
+            with self.output.busy("calibrating"):
+                engine.calibrate()  # its "calibrated" event goes out with the next frame
+        elif command == "start_bci":
+            engine.start_bci()
+        elif command == "pause":
+            engine.pause()
+        elif command == "resume":
+            engine.resume()
+        elif command == "manual_reward":
+            volume = float(args.get("volume_ul", self.reward_volume_ul))
+            engine.manual_reward()
+            self.requests += 1
+            self.output.reward_request(f"man-{self.requests}", volume, "manual", -1)
+        elif command == "set_ensembles":
+            engine.set_ensembles([int(i) for i in args.get("up", [])], [int(i) for i in args.get("down", [])])
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> None:
+        """End the task; the events of the stop itself (and of commands after the last frame) go out now."""
+        self.engine.stop()
+        for event in self.engine.take_pending_events():
+            self._trial_event(event.kind, event.trial, event.frame, dict(event.detail))
+
+    # ------------------------------------------------------------------ internals
+    def _trial_event(self, kind: str, trial: int, frame: int, detail: dict[str, Any]) -> None:
+        if kind == "trial_start":
+            self.trials += 1
+        elif kind == "hit":
+            self.hits += 1
+        if kind == "calibrated":
+            self.output.calibration_in_force(detail.get("calibration", {}))
+            detail = {k: v for k, v in detail.items() if k != "calibration"}
+        self.output.event("trial", **trial_event_record(kind, trial, frame, self.hits, self.trials, detail))
+        self.output.trial_event(kind, trial, frame, self.hits, self.trials, detail)
+
+
+def _fill_row(row: np.ndarray, frame: int, flags: int, res: StepResult) -> None:
+    row["frame"] = frame
+    row["mode"] = int(res.mode)
+    row["trial"] = res.trial
+    row["trial_state"] = int(res.trial_state)
+    row["up"] = res.up
+    row["down"] = res.down
+    row["cursor"] = res.cursor
+    row["cursor_norm"] = res.cursor_norm
+    row["tone_hz"] = res.tone_hz
+    row["angle_bin"] = res.angle_bin
+    row["reward_requested"] = res.reward_request
+    row["flags"] = flags
+    row["dff"] = res.dff
+

@@ -1,0 +1,108 @@
+"""The engine's dF/F stage: every ROI's dF/F, or during BCI (``decoder.dff_rois = "decoder"``) only the decoder's.
+
+Why: the F0 update of 500 ROIs is most of a decode step, and during BCI only the ensembles' dF/F
+decides anything. While narrowed, a small tracker follows the decoder's ROIs (continuing exactly from
+the full tracker's window) and the other ROIs' dF/F is NaN; a ring of every ROI's corrected F keeps the
+last window, so when BCI ends the full tracker is refilled from it and resumes exactly where it would
+have been had it run all along.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from decoder.config import DecoderConfig
+from decoder.dff import DffTracker
+from decoder.percentile import RunningPercentile
+
+
+class SubsetDffTracker:
+    """A :class:`DffTracker` for every ROI that can be narrowed to a subset of ROIs and widened back.
+
+    ``corrected``, ``f0`` (the full tracker's) and ``dff`` (every ROI; NaN outside the subset while
+    narrowed) are preallocated arrays updated in place, so views of them stay valid.
+    """
+
+    def __init__(self, n_rois: int, cfg: DecoderConfig, window: int) -> None:
+        self._cfg = cfg
+        self._window = window
+        self.full = DffTracker(n_rois, cfg.neuropil_coef, window, cfg.f0_percentile, cfg.f0_floor)
+        self.corrected = self.full.corrected
+        self.f0 = self.full.f0
+        self.dff = self.full.dff
+        # the full tracker's own methods, bound once: no extra call layer on the per-frame path
+        self.correct = self.full.correct
+        self.invalidate = self.full.invalidate
+        self._narrow: DffTracker | None = None
+        self._narrow_rois = np.zeros(0, dtype=np.intp)
+        self._narrow_fresh = False
+        # ring of corrected F of every ROI (only when narrowing is configured)
+        self._history = np.empty((window, n_rois)) if cfg.dff_rois == "decoder" else None
+        self._history_next = 0
+        self._history_count = 0
+
+    @property
+    def running(self) -> RunningPercentile:
+        """The full tracker's F0 window (a warm start pushes into it, then calls :meth:`seed_history`)."""
+        return self.full.running
+
+    def update(self) -> None:
+        """Push this frame's ``corrected`` (from ``correct``) into the F0 window(s) and compute dF/F."""
+        full = self.full
+        if self._history is not None:
+            self._remember(full.corrected)
+        narrow = self._narrow
+        if narrow is None:
+            full.update()
+            return
+        np.take(full.corrected, self._narrow_rois, out=narrow.corrected)
+        narrow.update()
+        if self._narrow_fresh:  # the other ROIs' dF/F is not computed from now on
+            full.dff.fill(np.nan)
+            self._narrow_fresh = False
+        full.dff.put(self._narrow_rois, narrow.dff)
+
+    def fill_quantiles(self, levels: np.ndarray, quantiles: np.ndarray) -> None:
+        """Warm start from a stored summary of a window (see :meth:`DffTracker.fill_quantiles`)."""
+        self.full.fill_quantiles(levels, quantiles)
+        self.seed_history()
+
+    def seed_history(self) -> None:
+        """After a warm start of the full tracker: the history ring holds the same window."""
+        if self._history is None:
+            return
+        window = self.full.running.window_values()
+        m = window.shape[0]
+        self._history[:m] = window
+        self._history_next = m % self._window
+        self._history_count = m
+
+    def narrow_to(self, rois: np.ndarray) -> None:
+        """From now on track F0 only for ``rois``, continuing exactly from the full tracker's window.
+
+        Does nothing unless ``dff_rois = "decoder"``.
+        """
+        if self._history is None:
+            return
+        cfg = self._cfg
+        narrow = DffTracker(len(rois), cfg.neuropil_coef, self._window, cfg.f0_percentile, cfg.f0_floor)
+        if self.full.frames_in_window:
+            narrow.fill(self.full.running.window_values()[:, rois])
+        self._narrow = narrow
+        self._narrow_rois = np.asarray(rois, dtype=np.intp)
+        self._narrow_fresh = True
+
+    def widen(self) -> None:
+        """Back to every ROI (after BCI): refill the full tracker's window from the history ring."""
+        if self._narrow is None or self._history is None:
+            return
+        self._narrow = None
+        count, nxt = self._history_count, self._history_next
+        if count:
+            order = np.arange(nxt - count, nxt) % self._window  # oldest first
+            self.full.fill(self._history[order])
+
+    def _remember(self, corrected: np.ndarray) -> None:
+        self._history[self._history_next] = corrected  # type: ignore[index]
+        self._history_next = (self._history_next + 1) % self._window
+        self._history_count = min(self._history_count + 1, self._window)

@@ -1,0 +1,81 @@
+"""The files the supervisor itself writes in a session folder: ``session.json`` and the config copies.
+
+``session.json`` is rewritten while the session runs (status, metadata): it is how ``rig console`` finds a
+running rig's command endpoint, and how offline tools learn the software version and clock anchor.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import rig
+from rig.app.config import RigConfig
+from rig.core.clock import now_ns
+from rig.core.store import write_json_atomic
+
+
+def git_hash() -> str:
+    """The commit this software runs from ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+            timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def new_session_dir(cfg: RigConfig, root: str | None) -> Path:
+    """``<root>/<YYYYmmdd-HHMMSS>_<mouse>_<rig>``, made unique with a suffix when two start in one second."""
+    base = Path(root or cfg.rig.sessions_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    mouse = "".join(c if c.isalnum() or c in "-_" else "_" for c in cfg.session.mouse_id)
+    path = base / f"{stamp}_{mouse}_{cfg.rig.name}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = base / f"{stamp}_{mouse}_{cfg.rig.name}_{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+class SessionRecord:
+    """Writes ``session.json``; what never changes during a session is taken once, at construction."""
+
+    def __init__(self, session_dir: Path, cfg: RigConfig, config_path: str, overrides: list[str]) -> None:
+        self.session_dir = session_dir
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = list(overrides)
+        self.started = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        self.git = git_hash()  # once: session.json is rewritten while the loop runs
+        # Anchor between the bus clock (now_ns) and wall-clock time, for exports that need absolute times.
+        self.clock_anchor = {"t_ns": now_ns(), "unix_ns": time.time_ns()}
+
+    def write_config(self, config_text: str, config_doc: dict[str, Any]) -> None:
+        """The config file as given, and as validated with defaults and --set overrides (what really ran)."""
+        (self.session_dir / "config.toml").write_text(config_text, encoding="utf-8")
+        write_json_atomic(self.session_dir / "config.resolved.json", config_doc)
+
+    def write(self, status: str, metadata: dict[str, str], endpoints: dict[str, str], processes: list[str]) -> None:
+        write_json_atomic(self.session_dir / "session.json", {
+            "format": "bci-rig session v1",
+            "status": status,
+            "software": {"name": "bci-rig", "version": rig.__version__, "git": self.git,
+                         "python": platform.python_version(), "platform": platform.platform()},
+            "rig": self.cfg.rig.name,
+            "config_file": self.config_path,
+            "overrides": self.overrides,
+            "started": self.started,
+            "updated": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "clock": self.clock_anchor,
+            "metadata": metadata,
+            "endpoints": endpoints,
+            "processes": processes,
+        })
