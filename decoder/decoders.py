@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
-from decoder.registry import DECODERS, decoder_kind
+from decoder.registry import DECODERS, check_ensembles, decoder_kind
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -47,24 +47,6 @@ def _decode_rows(dff: np.ndarray, rois: np.ndarray, w_up: np.ndarray, w_down: np
                  std: np.ndarray, zscore: bool, cap: float, up: np.ndarray, down: np.ndarray) -> None:
     for t in range(dff.shape[0]):
         up[t], down[t] = _decode_row(dff[t], rois, w_up, w_down, mean, std, zscore, cap)
-
-
-def check_ensembles(kind: str, n_rois: int, up: Sequence[int], down: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Validated copies of the ensembles for decoder ``kind`` (ValueError names the problem)."""
-    up = [int(i) for i in up]
-    down = [int(i) for i in down]
-    for name, rois in (("up", up), ("down", down)):
-        bad = [i for i in rois if not 0 <= i < n_rois]
-        if bad:
-            raise ValueError(f"`{name}`: ROI indices {bad} are outside 0..{n_rois - 1}")
-        if len(set(rois)) != len(rois):
-            raise ValueError(f"`{name}`: ROI indices must not repeat")
-    both = sorted(set(up) & set(down))
-    if both:
-        raise ValueError(f"`down`: ROIs {both} are in both ensembles")
-    if down and not decoder_kind(kind).reads_down:
-        raise ValueError(f"`down`: the {kind} decoder reads only the up ensemble; leave down empty")
-    return up, down
 
 
 class LinearDecoder:

@@ -44,18 +44,15 @@ import numpy as np
 from decoder.baseline import Baseline
 from decoder.calibration import Calibration, CalibrationError, rtb_level_for
 from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
-from decoder.decoders import RunningMean, check_ensembles
+from decoder.decoders import RunningMean
 from decoder.dff import compile_kernels as compile_dff_kernels
 from decoder.feedback import NO_BIN, FeedbackMapper
-from decoder.registry import make_decoder
+from decoder.registry import check_ensembles, make_decoder
 from decoder.subset_f0 import SubsetDffTracker
 from decoder.trial import Event, TrialMachine, TrialTiming, frames_for
 from rig.core.codes import COMMAND_MODES, Mode, TrialState
 
-__all__ = [
-    "COMMAND_ERRORS", "Calibration", "CalibrationError", "DecoderEngine", "EngineStateError", "Event",
-    "FrameOrderError", "StepResult",
-]
+__all__ = ["COMMAND_ERRORS", "DecoderEngine", "EngineStateError", "FrameOrderError", "StepResult"]
 
 
 class EngineStateError(RuntimeError):
@@ -279,7 +276,7 @@ class DecoderEngine:
         self._queue("ensembles", {"up": up, "down": down})
 
     def set_weights(self, weights: Sequence[float] | np.ndarray) -> None:
-        """Weighted decoder: one weight per ROI (not during BCI). Drops the calibration."""
+        """A decoder that ``uses_weights``: one weight per ROI (not during BCI). Drops the calibration."""
         self._require("set_weights", "change the weights")
         self._decoder.set_weights(weights)
         self._smoother.reset()

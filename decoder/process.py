@@ -93,7 +93,19 @@ class DecoderProcess(RigProcess):
                                 detail=_jsonable(detail)))
 
     def calibration_in_force(self, cal: dict[str, Any]) -> None:
-        write_json_atomic(self.dir / "calibration.json", cal)
+        """Save the calibration and publish it. An unwritable file is a warning: the loop runs on with it.
+
+        On Windows the write fails when another program holds ``calibration.json`` open past
+        ``write_json_atomic``'s retries; the calibration then goes into the event log instead, so the record
+        still has it (the ``trial`` event of the calibration does not carry it).
+        """
+        path = self.dir / "calibration.json"
+        try:
+            write_json_atomic(path, cal)
+        except OSError as exc:
+            self.events.write("calibration_not_saved", path=str(path), error=str(exc), calibration=cal)
+            self.warn("calibration_file", f"could not write {path.name}: {exc}; the calibration is in force, and "
+                      "recorded in events.jsonl (calibration_not_saved)")
         self.publish(CalibrationResult(
             threshold=float(cal["threshold"]), feedback_min=float(cal["feedback_min"]),
             feedback_max=float(cal["feedback_max"]), predicted_hit_rate=float(cal["predicted_hit_rate"]),

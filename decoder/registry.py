@@ -57,7 +57,7 @@ class Decoder(Protocol):
         """The ROIs the cursor reads, ascending (the only ones whose dF/F it needs)."""
 
     def set_ensembles(self, up: Sequence[int], down: Sequence[int]) -> None:
-        """Choose the ensembles (ValueError names a bad one)."""
+        """Choose the ensembles (:func:`check_ensembles` validates them; ValueError names a bad one)."""
 
     def set_weights(self, weights: Sequence[float] | np.ndarray) -> None:
         """One weight per ROI; ValueError when the decoder does not use weights."""
@@ -102,6 +102,24 @@ def decoder_kind(name: str) -> DecoderKind:
     if kind is None:
         raise ValueError(f"`decoder`: must be one of {', '.join(DECODERS)}, got {name!r}")
     return kind
+
+
+def check_ensembles(kind: str, n_rois: int, up: Sequence[int], down: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Validated copies of the ensembles for decoder ``kind`` (ValueError names the problem)."""
+    up = [int(i) for i in up]
+    down = [int(i) for i in down]
+    for name, rois in (("up", up), ("down", down)):
+        bad = [i for i in rois if not 0 <= i < n_rois]
+        if bad:
+            raise ValueError(f"`{name}`: ROI indices {bad} are outside 0..{n_rois - 1}")
+        if len(set(rois)) != len(rois):
+            raise ValueError(f"`{name}`: ROI indices must not repeat")
+    both = sorted(set(up) & set(down))
+    if both:
+        raise ValueError(f"`down`: ROIs {both} are in both ensembles")
+    if down and not decoder_kind(kind).reads_down:
+        raise ValueError(f"`down`: the {kind} decoder reads only the up ensemble; leave down empty")
+    return up, down
 
 
 def make_decoder(name: str, n_rois: int, *, zscore: bool = False, cell_cap: float = 0.0) -> Decoder:

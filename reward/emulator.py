@@ -7,6 +7,10 @@ an optional seeded :class:`reward.licks.LickGenerator`, a valve event log, and t
 :mod:`reward.faults` (drop or delay lines, inject garbage, disconnect, reset).
 
 :func:`run_emulator` is the blocking entry point a supervised process calls.
+
+The firmware's deadlines (valve close, watchdog, lick debounce) are met with :class:`DeadlineWaiter`,
+not with a timed select alone: Windows ends timed waits on its ~15.6 ms timer tick, which made the
+emulated valve overrun its pulses by up to a tick.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -28,7 +33,9 @@ from reward.board_model import FirmwareEmulator, ValveEvent
 from reward.config import RewardConfig
 from reward.faults import FaultInjector
 from reward.licks import LickGenerator
-from reward.transports import open_transport, resolve_transport
+from reward.transports import open_transport, resolve_transport, windows_timer_period
+
+SelectFn = Callable[[Sequence[object], Sequence[object], Sequence[object], float], tuple[list, list, list]]
 
 
 class StopFlag(Protocol):
@@ -37,13 +44,69 @@ class StopFlag(Protocol):
     def is_set(self) -> bool: ...
 
 
+class DeadlineWaiter:
+    """select() on readers that wakes within a fraction of a millisecond after a deadline, on any timer.
+
+    Why: a timed wait may end late by up to the OS timer tick (Windows: 15.6 ms by default), and the
+    emulated valve closes when the serving loop wakes. So for a precise deadline, block only until
+    ``margin_s`` before it, then poll with a zero timeout (which returns at once everywhere) until it
+    passes or input arrives. ``margin_s`` is learnt: the largest lateness of the last ``history`` timed
+    waits that ran out, plus 0.5 ms, within [``min_margin_s``, ``max_margin_s``]; until ``learn_after``
+    waits have been measured it is ``max_margin_s`` (an unknown timer is assumed coarse). On Linux that
+    spins about 1 ms per deadline; with 15.6 ms ticks about 16 ms.
+    """
+
+    def __init__(
+        self,
+        select_fn: SelectFn = select.select,
+        clock: Callable[[], float] = time.perf_counter,
+        *,
+        min_margin_s: float = 0.001,
+        max_margin_s: float = 0.03,
+        history: int = 64,
+        learn_after: int = 16,
+    ) -> None:
+        self._select = select_fn
+        self._clock = clock
+        self._min_margin = min_margin_s
+        self._max_margin = max_margin_s
+        self._late: deque[float] = deque(maxlen=max(history, learn_after))
+        self._learn_after = learn_after
+        self.margin_s = max_margin_s
+
+    def wait(self, readers: Sequence[object], timeout_s: float, *, precise: bool) -> list:
+        """Readers that are ready; [] once ``timeout_s`` passed (not before it when ``precise``)."""
+        start = self._clock()
+        if not precise or timeout_s > self.margin_s:
+            block = max(0.0, timeout_s - self.margin_s) if precise else timeout_s
+            ready, _, _ = self._select(readers, [], [], block)
+            if ready:
+                return ready
+            if block > 0:
+                self._learn(self._clock() - start - block)
+            if not precise:
+                return []
+        deadline = start + timeout_s
+        while True:
+            ready, _, _ = self._select(readers, [], [], 0)  # releases the GIL: threads run meanwhile
+            if ready or self._clock() >= deadline:
+                return ready
+
+    def _learn(self, late_s: float) -> None:
+        self._late.append(max(0.0, late_s))
+        if len(self._late) >= self._learn_after:
+            self.margin_s = min(self._max_margin, max(self._min_margin, max(self._late) + 0.0005))
+
+
 class EmulatorServer:
     """Serves a :class:`FirmwareEmulator` on a pty (POSIX) or a localhost TCP port.
 
     ``transport``: "pty", "socket" or "auto" (pty on POSIX, socket elsewhere). On a pty, ``url`` is
     a stable symlink to the current slave (a disconnect fault swaps the pty behind it, like a USB
     re-plug); on a socket, ``url`` is ``socket://127.0.0.1:PORT`` and one client is served at a
-    time (a second one is turned away, like an exclusively opened COM port).
+    time (a second one is turned away, like an exclusively opened COM port). ``select_fn`` is the
+    wait the serving loop uses (tests and the benchmark pass
+    :func:`reward.transports.windows_tick_select` to approximate Windows' timer).
     """
 
     def __init__(
@@ -55,12 +118,14 @@ class EmulatorServer:
         log_path: str | Path | None = None,
         licks: LickGenerator | None = None,
         reset_on_connect: bool = False,
+        select_fn: SelectFn = select.select,
     ) -> None:
         transport = resolve_transport(transport)
         self.transport = transport
         self.emulator = emulator if emulator is not None else FirmwareEmulator()
         self.licks = licks
         self.reset_on_connect = reset_on_connect
+        self._waiter = DeadlineWaiter(select_fn)
         self._lock = threading.Lock()
         self._faults = FaultInjector()
         self._log_path = Path(log_path) if log_path is not None else None
@@ -171,10 +236,14 @@ class EmulatorServer:
         if self._log_path is not None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self._log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        with windows_timer_period(1):
+            self._serve(stop_event)
+
+    def _serve(self, stop_event: StopFlag) -> None:
         while not stop_event.is_set() and not self._stop.is_set():
-            timeout = self._select_timeout()
+            timeout, precise = self._select_timeout()
             readers: list[object] = [self._wake_r, *self._port.readers()]
-            ready, _, _ = select.select(readers, [], [], timeout)
+            ready = self._waiter.wait(readers, timeout, precise=precise)
             if self._wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     self._wake_r.recv(4096)
@@ -206,7 +275,8 @@ class EmulatorServer:
         self._log.flush()
         self._logged_events = len(self.emulator.events)
 
-    def _select_timeout(self) -> float:
+    def _select_timeout(self) -> tuple[float, bool]:
+        """How long to wait for input, and whether that wait ends on a firmware deadline (to meet precisely)."""
         timeout = 0.05  # bounds how long a stop request waits
         now_us = self.board_us()
         with self._lock:
@@ -218,9 +288,9 @@ class EmulatorServer:
             release = self._faults.next_release()
             if release is not None:
                 timeout = min(timeout, max(0.0, release - time.perf_counter()))
-        if deadline is not None:
-            timeout = min(timeout, max(0.0, (deadline - now_us) / 1e6))
-        return timeout
+        if deadline is not None and (deadline - now_us) / 1e6 <= timeout:
+            return max(0.0, (deadline - now_us) / 1e6), True
+        return timeout, False
 
     def _run_firmware(self, data: bytes) -> None:
         emu = self.emulator
@@ -291,13 +361,15 @@ def run_emulator(
     *,
     cfg: RewardConfig | None = None,
     max_open_ms: int = p.FIRMWARE_MAX_OPEN_MS,
+    select_fn: SelectFn = select.select,
 ) -> None:
     """Serve a simulated reward board until ``stop_event`` is set (blocking).
 
     ``transport``: "auto", "pty" or "socket". ``on_ready`` receives the serial URL to open (a pty
     path or ``socket://127.0.0.1:PORT``) once the port exists. ``cfg`` supplies the ``emulator_*``
     settings (TCP port, seeded lick generator: spontaneous bouts and licks after rewards); defaults
-    if None. Valve opens/closes are appended to ``log_path`` as JSON lines.
+    if None. Valve opens/closes are appended to ``log_path`` as JSON lines. ``select_fn``: see
+    :class:`EmulatorServer`. On Windows the process asks for a 1 ms timer tick while serving.
     """
     cfg = cfg if cfg is not None else RewardConfig()
     licks = None
@@ -309,7 +381,7 @@ def run_emulator(
         )
     server = EmulatorServer(
         FirmwareEmulator(max_open_ms=max_open_ms), transport, port=cfg.emulator_tcp_port, log_path=log_path,
-        licks=licks,
+        licks=licks, select_fn=select_fn,
     )
     try:
         on_ready(server.url)

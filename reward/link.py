@@ -7,6 +7,13 @@ error, board silence, board reset, board watchdog) and reconnects. It never bloc
 caller's poll timeout (except inside pyserial's own open/close, e.g. the socket backend's 0.3 s
 close) and never raises for link trouble: trouble becomes :class:`LinkEvent` items.
 
+Waiting for the board: a port with a file descriptor (POSIX serial devices, ``socket://``) is
+select()ed directly. A port without one (Windows COM ports) is read by a :class:`_PortReader` thread
+doing blocking reads, which queues what it reads and wakes the loop through a socketpair; the loop
+(or the reward process's zmq poller, via :meth:`ValveLink.fileno`) waits on that. Timed reads are
+never used: Windows ends every timed wait on its ~15.6 ms timer tick, which left replies unread for
+up to a tick, and pyserial's win32 backend reconfigures the port on every ``timeout`` change.
+
 What it does not do is decide anything about rewards: :class:`reward.controller.RewardController`
 sends the commands and reads the board's messages through :meth:`ValveLink.send` /
 :meth:`ValveLink.poll`.
@@ -14,12 +21,16 @@ sends the commands and reads the board's messages through :meth:`ValveLink.send`
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import select
+import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 import serial
@@ -35,6 +46,12 @@ RECONNECTING = "reconnecting"  # same, after a loss
 CONNECTED = "connected"
 LOST = "lost"  # event only: the link went down (serial error, silence, board reset, NOLINK)
 WATCHDOG_TRIPPED = "watchdog_tripped"  # event only: the board's heartbeat watchdog fired
+
+
+# The reader thread's read timeout, set once per open: it only bounds how long stopping the thread
+# takes where pyserial cannot cancel a blocked read (socket://); data ends a read at once.
+READER_TIMEOUT_S = 0.05
+READER_JOIN_S = 2.0
 
 
 class LinkEvent(msgspec.Struct, frozen=True):
@@ -61,6 +78,82 @@ class ProtocolMismatch(RuntimeError):
     """The board speaks another protocol version: a firmware/software mismatch, not a glitch."""
 
 
+class _PortReader:
+    """Blocking reads of a port that has no file descriptor, on a daemon thread.
+
+    Why a thread: without a descriptor the loop could only wait with timed reads, which Windows ends on
+    its timer tick. A blocked ``read`` returns as soon as a byte arrives. Each chunk is stamped with the
+    host clock right after the read, queued, and announced by one byte on ``wake`` (a socketpair the
+    loop selects on). A read error ends the thread and is queued after the data read before it, so the
+    loop reports the loss in order; any other exception is queued too and re-raised by the loop.
+    The thread is a daemon (it never keeps the process alive) and :meth:`stop` joins it.
+    """
+
+    def __init__(self, ser: serial.SerialBase, wake: socket.socket, clock: Callable[[], int], name: str) -> None:
+        self._ser = ser
+        self._wake = wake
+        self._clock = clock
+        self._queue: queue.SimpleQueue[tuple[int, bytes] | BaseException] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        ser = self._ser
+        try:
+            while not self._stopping.is_set():
+                data = ser.read(ser.in_waiting or 1)  # timeout set once at open: returns at the first byte
+                if data:
+                    waiting = ser.in_waiting  # the rest of the line, if it is already here
+                    if waiting:
+                        data += ser.read(waiting)
+                    self._queue.put((self._clock(), data))
+                    self._signal()
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which reports or re-raises it
+            self._queue.put(exc)
+            self._signal()
+
+    def _signal(self) -> None:
+        try:
+            self._wake.send(b"\0")
+        except BlockingIOError:
+            pass  # the pair is full of wake-ups already: the loop will wake
+        except OSError:
+            if not self._stopping.is_set():
+                raise
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def take(self) -> list[tuple[int, bytes] | BaseException]:
+        """Everything queued so far, oldest first."""
+        items: list[tuple[int, bytes] | BaseException] = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def stop(self, timeout_s: float) -> str:
+        """Stop and join the thread before the port is closed under it; "" or what went wrong."""
+        self._stopping.set()
+        problem = ""
+        cancel = getattr(self._ser, "cancel_read", None)  # win32 and POSIX ports: the read returns now
+        if cancel is not None:
+            try:
+                cancel()
+            except (serial.SerialException, OSError) as exc:
+                problem = f"cancel_read failed: {exc}; "
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            problem += f"the reader thread did not stop within {timeout_s:g} s (it is a daemon)"
+        return problem
+
+
 class ValveLink:
     """Serial link to the reward board. Drive it with :meth:`poll`; write with :meth:`send`."""
 
@@ -77,6 +170,9 @@ class ValveLink:
         reconnect_interval_s: float = 0.5,
         write_timeout_s: float = 0.1,
         clock: Callable[[], int] = now_ns,
+        port_factory: Callable[..., serial.SerialBase] = serial.serial_for_url,
+        select_fn: Callable[..., tuple[list, list, list]] = select.select,
+        sleep_fn: Callable[[float], None] = time.sleep,
     ) -> None:
         if not p.WATCHDOG_MIN_MS <= watchdog_ms <= p.WATCHDOG_MAX_MS:
             raise ValueError(f"watchdog_ms must be in {p.WATCHDOG_MIN_MS}..{p.WATCHDOG_MAX_MS}, got {watchdog_ms}")
@@ -92,9 +188,14 @@ class ValveLink:
         self._hello_retry_ns = int(hello_retry_s * 1e9)
         self._reconnect_ns = int(reconnect_interval_s * 1e9)
         self._write_timeout_s = write_timeout_s
+        self._port_factory = port_factory
+        self._select = select_fn
+        self._sleep = sleep_fn
         self._parser = p.BoardParser()
         self._ser: serial.SerialBase | None = None
         self._fileno: int | None = None
+        self._reader: _PortReader | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None  # (loop end, reader end), while open
         self.state = CLOSED
         self.board: p.HelloInfo | None = None
         self.last_error = ""
@@ -113,7 +214,8 @@ class ValveLink:
         self.last_rtt_ns = -1
 
     @classmethod
-    def from_config(cls, cfg: RewardConfig, url: str) -> ValveLink:
+    def from_config(cls, cfg: RewardConfig, url: str, **kwargs: Any) -> ValveLink:
+        """A link with the settings of ``[reward]``; ``kwargs`` are the injectables (clock, port factory, waits)."""
         return cls(
             url,
             cfg.baud,
@@ -123,6 +225,7 @@ class ValveLink:
             handshake_timeout_s=cfg.handshake_timeout_s,
             reconnect_interval_s=cfg.reconnect_interval_s,
             write_timeout_s=cfg.write_timeout_s,
+            **kwargs,
         )
 
     # ------------------------------------------------------------ public
@@ -148,9 +251,15 @@ class ValveLink:
                 self.send(p.encode_close(self.next_seq()))
             except LinkDown as exc:
                 self.last_error = f"final CLOSE not written: {exc}"
-        self._close_port()
-        self.state = CLOSED
-        self._announce(CLOSED, "closed by the host")
+        try:
+            self._close_port()
+        finally:
+            self.state = CLOSED
+            self._announce(CLOSED, "closed by the host")
+            if self._wake is not None:
+                for end in self._wake:
+                    end.close()
+                self._wake = None
 
     def next_seq(self) -> int:
         """A fresh sequence number (monotonic across reconnects, so a stale reply never matches)."""
@@ -179,14 +288,18 @@ class ValveLink:
             if self._ser is not None:
                 self._read(max(0, wait_ns) / 1e9)
             elif wait_ns > 0:
-                time.sleep(wait_ns / 1e9)  # port closed: nothing to wait on until the next reopen
+                self._sleep(wait_ns / 1e9)  # port closed: nothing to wait on until the next reopen
             if self._events or self._clock() >= deadline:
                 break
         out, self._events = self._events, []
         return out
 
     def fileno(self) -> int | None:
-        """Readable when the board sent something (POSIX ports and sockets); None when unavailable."""
+        """Readable when the board sent something; None while the port is closed.
+
+        The port's own descriptor (POSIX ports, sockets) or, for a port without one (Windows COM
+        ports), the reader thread's wake-up socket. It changes when the link reconnects.
+        """
         return self._fileno
 
     def board_to_host_ns(self, board_us: int) -> int | None:
@@ -242,7 +355,7 @@ class ValveLink:
 
     def _open_port(self, now: int) -> None:
         try:
-            ser = serial.serial_for_url(
+            ser = self._port_factory(
                 self.url, do_not_open=True, baudrate=self.baud, timeout=0, write_timeout=self._write_timeout_s
             )
             if os.name == "posix" and "://" not in self.url:
@@ -256,7 +369,22 @@ class ValveLink:
         try:
             self._fileno = ser.fileno()
         except (AttributeError, NotImplementedError, OSError):
-            self._fileno = None  # e.g. Windows COM ports: poll() falls back to pyserial's timed read
+            self._fileno = None  # e.g. Windows COM ports: a reader thread does blocking reads
+        if self._fileno is None:
+            try:
+                ser.timeout = READER_TIMEOUT_S  # the only timeout change of this open port
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self._close_port()
+                self.last_error = f"cannot configure {self.url}: {exc}"
+                self._next_open_ns = now + self._reconnect_ns
+                return
+            if self._wake is None:
+                loop_end, reader_end = socket.socketpair()
+                loop_end.setblocking(False)
+                reader_end.setblocking(False)
+                self._wake = (loop_end, reader_end)
+            self._reader = _PortReader(ser, self._wake[1], self._clock, f"valve-reader {self.url}")
+            self._fileno = self._wake[0].fileno()
         self._parser.reset()
         self._handshake_started = now
         self._send_hello()
@@ -283,29 +411,44 @@ class ValveLink:
         return t
 
     def _read(self, wait_s: float) -> None:
+        """Wait up to ``wait_s`` for bytes from the board and handle whatever arrived."""
+        if self._reader is not None:
+            self._take_from_reader(self._reader, wait_s)
+            return
         ser = self._ser
-        assert ser is not None
+        assert ser is not None and self._fileno is not None
         try:
             if wait_s > 0:
-                if self._fileno is not None:
-                    ready, _, _ = select.select([self._fileno], [], [], wait_s)
-                    if not ready:
-                        return
-                    data = ser.read(4096)
-                else:
-                    ser.timeout = wait_s
-                    data = ser.read(1)
-                    ser.timeout = 0
-                    if data:
-                        data += ser.read(4096)
-            else:
-                data = ser.read(4096)
+                ready, _, _ = self._select([self._fileno], [], [], wait_s)
+                if not ready:
+                    return
+            data = ser.read(4096)  # timeout 0: what is there
         except (serial.SerialException, OSError) as exc:
             self._lose(LOST, f"read from {self.url} failed: {exc}", reopen=True)
             return
-        if not data:
-            return
-        t_read = self._clock()
+        if data:
+            self._feed(data, self._clock())
+
+    def _take_from_reader(self, reader: _PortReader, wait_s: float) -> None:
+        assert self._wake is not None
+        loop_end = self._wake[0]
+        if wait_s > 0 and reader.empty():
+            self._select([loop_end], [], [], wait_s)
+        # Drain the wake-ups before the queue: a chunk queued after this drain leaves a wake-up behind.
+        with contextlib.suppress(BlockingIOError):
+            while loop_end.recv(4096):
+                pass
+        for item in reader.take():
+            if isinstance(item, BaseException):
+                if isinstance(item, serial.SerialException | OSError):
+                    self._lose(LOST, f"read from {self.url} failed: {item}", reopen=True)
+                    return
+                raise item  # a bug, not link trouble: never swallowed
+            if self._reader is not reader:
+                return  # the port was closed meanwhile: what it still held is gone with it
+            self._feed(item[1], item[0])
+
+    def _feed(self, data: bytes, t_read: int) -> None:
         self._last_rx_ns = t_read
         for item in self._parser.feed(data):
             self._handle(item, t_read)
@@ -386,10 +529,22 @@ class ValveLink:
             self._send_hello()
 
     def _close_port(self) -> None:
+        """Stop the reader (if any) before closing the port under it; re-raise a bug it hit."""
         ser, self._ser, self._fileno = self._ser, None, None
+        reader, self._reader = self._reader, None
         if ser is None:
             return
+        bug: BaseException | None = None
+        if reader is not None:
+            problem = reader.stop(READER_JOIN_S)
+            if problem:
+                self.last_error = f"closing {self.url}: {problem}"
+            # Unread bytes go with the port; a serial error now is the port going away, already handled.
+            bug = next((x for x in reader.take() if isinstance(x, BaseException)
+                        and not isinstance(x, serial.SerialException | OSError)), None)
         try:
             ser.close()
         except (serial.SerialException, OSError) as exc:
             self.last_error = f"closing {self.url}: {exc}"
+        if bug is not None:
+            raise bug

@@ -8,6 +8,7 @@ simulated board's own log of every valve open/close.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import zmq
@@ -15,6 +16,7 @@ import zmq
 from reward.calibration import ValveCalibration
 from reward.controller import RewardController
 from reward.link import ValveLink
+from reward.transports import windows_timer_period
 from rig.core.bus import SpinWaiter
 from rig.core.clock import now_ns
 from rig.core.process import RigProcess
@@ -25,6 +27,9 @@ from rig.core.store import write_json_atomic
 class RewardProcess(RigProcess):
     def configure(self) -> None:
         cfg = self.config.reward
+        # Windows: a 1 ms timer tick for this process, or every timed wait (the poll below) ends on a 15.6 ms tick.
+        self._timer_period = contextlib.ExitStack()
+        self._timer_period.enter_context(windows_timer_period(1))
         url = cfg.port
         if cfg.port == "emulator":
             url = self.spec.extra.get("upstream", {}).get("valve_emulator", {}).get("serial_url", "")
@@ -52,8 +57,9 @@ class RewardProcess(RigProcess):
         self.events.write("link_url", url=url, calibration_source=str(getattr(self.calibration, "source", "")))
 
     def step(self) -> None:
-        # Wake on whichever comes first: a reward request or bytes from the board. The port's file
-        # descriptor changes when the link reconnects; without one (Windows COM ports) poll briefly.
+        # Wake on whichever comes first: a reward request or bytes from the board. The link's descriptor
+        # (the port's, or for Windows COM ports its reader thread's wake-up socket) changes when it
+        # reconnects; while it has none (port closed) poll briefly.
         fd = self.link.fileno()
         if fd != self._polled_fd:
             if self._polled_fd is not None:
@@ -148,6 +154,9 @@ class RewardProcess(RigProcess):
         link = getattr(self, "link", None)
         if link is not None:
             link.close()
+        timer_period = getattr(self, "_timer_period", None)
+        if timer_period is not None:
+            timer_period.close()
 
 
 class EmulatorProcess(RigProcess):

@@ -4,18 +4,33 @@ Separate from the serving loop so each way of looking like a serial port to pyse
 class: :class:`PtyTransport` (a stable symlink to a raw pty, opened like a USB CDC device) and
 :class:`SocketTransport` (``socket://127.0.0.1:PORT``, any OS). :class:`reward.emulator.EmulatorServer`
 selects on their readers, feeds what they read to the firmware and writes the firmware's lines back.
+
+Also here, because rigs run Windows and CI runs Linux: an approximation of a Windows COM port and of
+Windows' coarse timer on Linux (:class:`WindowsLikeSocketSerial`, :func:`windows_tick_select`,
+:func:`windows_tick_sleep`), injected into :class:`reward.link.ValveLink` and the emulator by tests and
+``benchmarks/bench_reward.py --windows-approx``; and :func:`windows_timer_period`, which asks a real
+Windows for a 1 ms tick.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
+import io
+import math
 import os
+import select
 import shutil
 import socket
+import sys
 import tempfile
-from collections.abc import Collection
-from typing import Protocol
+import time
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any, Protocol
+
+import serial
+from serial.urlhandler import protocol_socket
 
 TRANSPORTS = ("pty", "socket")
 
@@ -212,3 +227,120 @@ class SocketTransport:
 def open_transport(transport: str, port: int = 0) -> Transport:
     """Open a resolved transport ("pty" or "socket"; ``port`` is the TCP port, 0 for any free one)."""
     return PtyTransport() if transport == "pty" else SocketTransport(port)
+
+
+# ---------------------------------------------------------------- Windows timing, real and approximated
+
+WINDOWS_TICK_S = 0.015625  # Windows' default timer interrupt period (64 Hz)
+
+
+@contextlib.contextmanager
+def windows_timer_period(ms: int = 1) -> Iterator[None]:
+    """On Windows, ask for a ``ms`` timer tick while inside; a no-op elsewhere.
+
+    Why: by default every timed wait on Windows (sleep, select, zmq poll, serial read timeouts) ends on
+    the next ~15.6 ms tick. ``timeBeginPeriod`` is process-wide and undone by ``timeEndPeriod`` (and by
+    Windows itself when the process exits), so a crash never leaves it set.
+    """
+    if sys.platform != "win32":
+        yield
+        return
+    import ctypes  # noqa: PLC0415 - Windows only
+
+    winmm = ctypes.WinDLL("winmm")
+    granted = winmm.timeBeginPeriod(ms) == 0  # TIMERR_NOERROR
+    try:
+        yield
+    finally:
+        if granted:
+            winmm.timeEndPeriod(ms)
+
+
+def windows_tick_timeout(timeout: float | None, tick_s: float = WINDOWS_TICK_S) -> float | None:
+    """``timeout`` lengthened to end on the next timer tick, as a Windows timed wait does by default.
+
+    The ticks are on a system-wide grid (``time.monotonic``), like Windows' timer interrupt; zero and
+    None (poll, wait forever) are returned unchanged.
+    """
+    if timeout is None or timeout <= 0:
+        return timeout
+    now = time.monotonic()
+    return math.ceil((now + timeout) / tick_s) * tick_s - now
+
+
+def windows_tick_select(rlist: Sequence[Any], wlist: Sequence[Any], xlist: Sequence[Any],
+                        timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
+    """``select.select`` whose timeouts end on the next 15.625 ms tick; readiness still wakes it at once."""
+    return select.select(rlist, wlist, xlist, windows_tick_timeout(timeout))
+
+
+def windows_tick_sleep(seconds: float) -> None:
+    """``time.sleep`` that ends on the next 15.625 ms tick (Windows' default)."""
+    time.sleep(windows_tick_timeout(max(0.0, seconds)) or 0.0)
+
+
+class WindowsLikeSocketSerial(protocol_socket.Serial):
+    """pyserial's ``socket://`` port made to behave like pyserial's Windows COM port, to run the Windows code
+    paths on Linux.
+
+    ``fileno()`` raises (a COM port has no descriptor), a timed read that times out returns on the next
+    15.625 ms tick, ``in_waiting`` is the byte count (``cbInQue``), and every reconfiguration of the
+    open port is counted in ``reconfigurations`` (pyserial's win32 backend calls SetCommTimeouts on each
+    ``timeout =`` assignment).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.reconfigurations = 0
+        super().__init__(*args, **kwargs)
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a Windows COM port has no file descriptor")
+
+    def _reconfigure_port(self) -> None:
+        super()._reconfigure_port()
+        if self.is_open:
+            self.reconfigurations += 1
+
+    @property
+    def in_waiting(self) -> int:
+        if not self.is_open or self._socket is None:
+            raise serial.PortNotOpenError()
+        import fcntl  # noqa: PLC0415 - POSIX only: this class exists to run on Linux
+        import termios  # noqa: PLC0415
+
+        count = array.array("i", [0])
+        fcntl.ioctl(self._socket.fileno(), termios.FIONREAD, count)
+        if count[0] == 0 and select.select([self._socket], [], [], 0)[0]:
+            return 1  # readable with nothing buffered: end of stream, which read() reports
+        return count[0]
+
+    def read(self, size: int = 1) -> bytes:
+        if not self.is_open or self._socket is None:
+            raise serial.PortNotOpenError()
+        end = None if self._timeout is None else time.monotonic() + (windows_tick_timeout(self._timeout) or 0.0)
+        out = bytearray()
+        while len(out) < size:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            try:
+                ready, _, _ = select.select([self._socket], [], [], left)
+                if not ready:
+                    break
+                chunk = self._socket.recv(size - len(out))
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise serial.SerialException(f"read failed: {exc}") from exc
+            if not chunk:
+                raise serial.SerialException("socket disconnected")
+            out += chunk
+        return bytes(out)
+
+
+def windows_like_serial_for_url(url: str, *args: Any, do_not_open: bool = False,
+                                **kwargs: Any) -> WindowsLikeSocketSerial:
+    """``serial.serial_for_url`` for ``socket://`` URLs, returning a :class:`WindowsLikeSocketSerial`."""
+    ser = WindowsLikeSocketSerial(None, *args, **kwargs)
+    ser.port = url
+    if not do_not_open:
+        ser.open()
+    return ser

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from decoder.config import FeedbackConfig
-from decoder.decoders import LinearDecoder, RunningMean, check_ensembles
+from decoder.decoders import LinearDecoder, RunningMean
 from decoder.feedback import NO_BIN, FeedbackMapper
+from decoder.registry import check_ensembles
 
 
 def test_two_population_is_mean_up_minus_mean_down():

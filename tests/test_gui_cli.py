@@ -43,11 +43,10 @@ def test_console_subcommand_arguments():
 
 def test_rig_console_attaches_to_a_running_rig_and_quits_on_ctrl_c(tmp_path):
     import os
-    import signal
     import subprocess
     import sys
 
-    from tests.conftest import REPO, wait_for
+    from tests.conftest import CTRL_C_POPEN, REPO, send_ctrl_c, wait_for
     from tests.gui_fakes import FakeRig
 
     run_cli = ("import argparse, sys\n"
@@ -57,11 +56,11 @@ def test_rig_console_attaches_to_a_running_rig_and_quits_on_ctrl_c(tmp_path):
         rig.start_stream()
         env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
         proc = subprocess.Popen([sys.executable, "-c", run_cli, "console", "--connect", rig.endpoints["command"]],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **CTRL_C_POPEN)
         try:
             wait_for(lambda: rig.snapshots_served >= 1 or proc.poll() is not None, 30, "the console's snapshots")
             assert proc.poll() is None, proc.communicate()[1].decode()
-            proc.send_signal(signal.SIGINT)
+            send_ctrl_c(proc)
             _, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:

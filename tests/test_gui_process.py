@@ -20,7 +20,7 @@ def spec_for(rig: FakeRig, tmp_path, low_priority: bool = True) -> ProcessSpec:
     config = {"bus": {"heartbeat_interval_s": 0.1}, "gui": {"refresh_hz": 20, "low_priority": low_priority}}
     return ProcessSpec(name="gui", target="gui.process:ConsoleProcess", config=config, config_file="test.toml",
                        config_loader=CONFIG_LOADER,
-                       endpoints=dict(rig.endpoints), session_dir=str(tmp_path / "session"))
+                       endpoints=dict(rig.endpoints), session_dir=str(tmp_path / "session"), critical=False)
 
 
 def test_console_process_follows_the_process_contract(tmp_path):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from PyQt6 import QtCore
 
@@ -100,7 +100,7 @@ def test_console_drives_a_running_simulated_rig(qtbot, running_rig, tmp_path):
         # The rig's own console process crashes: the loop goes on and the window says so.
         gui_pid = m.processes["gui"].pid
         assert gui_pid > 0
-        os.kill(gui_pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+        psutil.Process(gui_pid).kill()  # SIGKILL; TerminateProcess on Windows
         qtbot.waitUntil(lambda: any(w.source == "gui" for w in m.warnings), timeout=WAIT_MS)
         frame_after_crash = m.decisions.last("frame")
         qtbot.waitUntil(lambda: m.decisions.last("frame") > frame_after_crash + 30, timeout=WAIT_MS)

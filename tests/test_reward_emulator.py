@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,12 +224,17 @@ extern SerialStub Serial;
 
 # Reads a script on stdin: "B <t>" boot, "P <level>" lick pin, "S <t> <hex|->" one loop() with input.
 # Serial output goes to stdout, valve pin changes to stderr as "V <level> <t>", then "DROPPED <n>".
+# stdout is switched to binary on Windows: in text mode the C runtime would write every "\n" as "\r\n".
 SHIM_MAIN = r"""
 #include "Arduino.h"
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
+#ifdef _WIN32
+#include <fcntl.h>
+#include <io.h>
+#endif
 void setup();
 void loop();
 static uint64_t g_time = 0;
@@ -250,6 +256,9 @@ size_t SerialStub::write(uint8_t b) { fputc(b, stdout); return 1; }
 int SerialStub::availableForWrite() { return 1024; }
 extern uint32_t droppedCount_for_test();
 int main() {
+#ifdef _WIN32
+  _setmode(_fileno(stdout), _O_BINARY);
+#endif
   char kind;
   while (scanf(" %c", &kind) == 1) {
     if (kind == 'B') {
@@ -286,11 +295,12 @@ def sketch_binary(tmp_path_factory) -> Path:
     if compiler is None:
         pytest.skip("g++ not installed: cannot compile the sketch against the stub core")
     build = tmp_path_factory.mktemp("sketch")
-    (build / "Arduino.h").write_text(SHIM_HEADER)
-    (build / "main.cpp").write_text(SHIM_MAIN)
+    (build / "Arduino.h").write_text(SHIM_HEADER, encoding="utf-8")
+    (build / "main.cpp").write_text(SHIM_MAIN, encoding="utf-8")
     sketch = build / "sketch.cpp"
-    sketch.write_text(SKETCH.read_text() + "\nuint32_t droppedCount_for_test() { return droppedCount; }\n")
-    binary = build / "sketch"
+    hook = "\nuint32_t droppedCount_for_test() { return droppedCount; }\n"
+    sketch.write_text(SKETCH.read_text(encoding="utf-8") + hook, encoding="utf-8")
+    binary = build / ("sketch.exe" if sys.platform == "win32" else "sketch")
     subprocess.run(
         [compiler, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", str(build), "-o", str(binary),
          str(sketch), str(build / "main.cpp")],

@@ -3,7 +3,6 @@ with injected faults: dropped/delayed acks, garbage, disconnects, resets, stoppe
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import threading
@@ -20,7 +19,7 @@ from reward.emulator import EmulatorServer
 from reward.link import LinkEvent, ProtocolMismatch, ValveLink
 from rig.core.clock import now_ns
 
-TRANSPORTS = ["pty", "socket"] if os.name == "posix" else ["socket"]
+TRANSPORTS = [pytest.param("pty", marks=pytest.mark.posix_only(reason="pseudo-terminals are POSIX")), "socket"]
 CAL = ValveCalibration(valve="valve0", date="2025-01-01T00:00:00", intercept_ms=0.0, slope_ms_per_ul=10.0)
 
 

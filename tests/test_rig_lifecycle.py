@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import sys
 
 import pytest
 import zmq
@@ -29,7 +28,7 @@ class Harness:
         self.sub = Subscriber(self.ctx, [self.endpoints["child"]], [b"sys."])
         spec = ProcessSpec(name="child", target=target, config={"bus": {"heartbeat_interval_s": 0.05}},
                            config_file="test.toml", config_loader=CONFIG_LOADER,
-                           endpoints=self.endpoints, session_dir=str(tmp_path))
+                           endpoints=self.endpoints, session_dir=str(tmp_path), critical=True)
         self.proc = multiprocessing.get_context("spawn").Process(target=process_main, args=(spec,))
         self.proc.start()
         self.states: list[str] = []
@@ -125,15 +124,19 @@ def test_failure_during_configure_is_recorded_and_exits_nonzero(harness, tmp_pat
     assert errors[0]["error_type"] == "FileNotFoundError" and "no such scope" in errors[0]["message"]
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signal delivery in the test itself")
-def test_sigint_stops_cleanly(harness):
+@pytest.mark.posix_only(reason="os.kill with a signal number; Windows can only send console events to a group")
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_stop_cleanly(harness, tmp_path, signame):
     h = harness("tests.procs:TickProcess")
     h.wait_state("ready")
     h.send_until("start", "running")
-    os.kill(h.proc.pid, signal.SIGINT)
+    os.kill(h.proc.pid, getattr(signal, signame))
     h.wait_state("stopped")
     h.proc.join(10)
     assert h.proc.exitcode == 0
+    # the stop reason is the signal's name: the supervisor reads it to tell the operator who stopped the rig
+    stopped = read_events(tmp_path / "child" / "events.jsonl", {"state"})[-1]
+    assert stopped["state"] == "stopped" and stopped["reason"] == signame
 
 
 def test_busy_announces_a_long_operation_before_it_blocks(harness, tmp_path):

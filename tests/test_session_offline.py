@@ -147,7 +147,7 @@ def build_session(folder: Path) -> Path:
     endpoints = {name: f"tcp://127.0.0.1:{free_tcp_port()}" for name in ("decoder", "supervisor", "acquisition")}
     spec = ProcessSpec(name="decoder", target="decoder.process:DecoderProcess", config=msgspec.to_builtins(cfg),
                        config_file="test-config", config_loader=CONFIG_LOADER,
-                       endpoints=endpoints, session_dir=str(folder),
+                       endpoints=endpoints, session_dir=str(folder), critical=True,
                        extra={"upstream": {"acquisition": {"n_rois": str(N_ROIS), "frame_rate_hz": repr(FRAME_RATE)}}},
                        watch_parent=False)
     decoder = DecoderProcess(spec)

@@ -19,7 +19,14 @@ from acquisition.config import AcquisitionConfig
 from decoder.config import DecoderConfig, TaskConfig
 from gui.config import GuiConfig
 from reward.config import RewardConfig
-from rig.core.settings import BusSection, ConfigError, RigSection, SessionSection, validate_section
+from rig.core.settings import (
+    BusSection,
+    ConfigError,
+    RigSection,
+    SessionSection,
+    control_character_problem,
+    validate_section,
+)
 
 
 class RigConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -50,6 +57,30 @@ PATH_KEYS = (
     ("acquisition", "registration", "ref_path"),
     ("reward", "calibration_file"),
 )
+
+
+#: Keys whose value names a file, folder, device or socket: a control character in one is a TOML escape the
+#: author did not mean (a Windows path in "..."), rejected at load with the fix (see ``control_character_problem``).
+NO_CONTROL_CHARACTER_KEYS = (
+    *PATH_KEYS,
+    ("rig", "sessions_dir"),
+    ("reward", "port"),
+    ("acquisition", "zmq_stream", "endpoint"),
+)
+
+
+def check_control_characters(data: dict[str, Any], file: str) -> None:
+    """Raise :class:`ConfigError` for the first path-valued key holding a control character.
+
+    Run on the document as parsed, before relative paths are resolved, so the message shows what was typed.
+    """
+    for keys in NO_CONTROL_CHARACTER_KEYS:
+        node: Any = data
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        problem = control_character_problem(node) if isinstance(node, str) else ""
+        if problem:
+            raise ConfigError(file, ".".join(keys), problem)
 
 
 def _is_absolute(value: str) -> bool:
@@ -95,6 +126,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, dict):
                 raise ConfigError("--set", ".".join(keys), f"{key!r} is a value, not a section")
         node[keys[-1]] = value
+        if tuple(keys) in NO_CONTROL_CHARACTER_KEYS and isinstance(value, str):
+            problem = control_character_problem(value)
+            if problem:
+                raise ConfigError("--set", ".".join(keys), problem)
         if tuple(keys) in PATH_KEYS:
             _resolve_path_keys(data, Path.cwd(), tuple(keys))
     return data
@@ -118,5 +153,6 @@ def load_config_dict(path: str | Path, overrides: list[str] | None = None) -> di
         raise ConfigError(str(path), "", f"not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    check_control_characters(data, str(path))
     _resolve_path_keys(data, path.resolve().parent)
     return apply_overrides(data, overrides or [])

@@ -10,13 +10,15 @@ Failure policy: if a critical process dies, reports an error, or misses ``heartb
 heartbeats, the supervisor broadcasts ``safe_state`` (the reward process closes the valve and refuses
 rewards; if the reward process itself is gone, the firmware watchdog closes the valve), stops
 everything, says which process failed and why, and exits non-zero. The console is not critical.
+
+Stop requests from the OS (Ctrl-C, SIGTERM, Ctrl-Break, on Windows the console window closing) end the session
+like the operator's stop button: everything stopped in order, summary.json and a final session.json written.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ from rig.app.snapshot import SessionTally
 from rig.core.bus import Publisher, Subscriber, free_tcp_ports
 from rig.core.clock import now_ns
 from rig.core.operator import CommandRequest, Snapshot
+from rig.core.platform_signals import describe, install_stop_handlers, is_stop_reason
 from rig.core.process import ProcessSpec, bind_endpoint, decode_info, process_main
 from rig.core.schema import (
     AcqStatus,
@@ -135,10 +138,26 @@ class Supervisor:
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> dict[str, Any]:
-        """Run the session; returns the summary (``summary["ok"]`` says whether it ended cleanly)."""
+        """Run the session; returns the summary (``summary["ok"]`` says whether it ended cleanly).
+
+        Ctrl-C, Ctrl-Break, SIGTERM and (Windows) the console closing, logoff or shutdown end the session like
+        the operator's stop (:mod:`rig.core.platform_signals`). Their handlers stay until the summary and the
+        final session.json are written, so a second request cannot cut the shutdown short.
+        """
+        stop_handlers = install_stop_handlers(self._on_os_stop)
+        try:
+            self._run_session()
+            return self._finish()
+        finally:
+            try:
+                stop_handlers.finished()  # a Windows console-close handler waits for this before Windows ends us
+                stop_handlers.restore()
+            finally:
+                self.events.close()  # last: a failed final rewrite of session.json is still logged
+
+    def _run_session(self) -> None:
         self._write_session_json(status="starting")
         self.record.write_config(self.config_text, self.config_doc)
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             self._start_children()
             self._send(Control(command="start"))
@@ -154,7 +173,6 @@ class Supervisor:
             if self._failure is None:
                 self._failure = ("supervisor", str(exc))
         finally:
-            signal.signal(signal.SIGINT, previous)
             if self._failure is not None:
                 name, why = self._failure
                 self.events.write("failure", process=name, reason=why)
@@ -162,6 +180,8 @@ class Supervisor:
                 self._send(Control(command="safe_state", args={"reason": f"{name} failed: {why}"}))
             self._stop_children()
             self._close()
+
+    def _finish(self) -> dict[str, Any]:
         from rig.offline.summary import summarize_session  # noqa: PLC0415 - reads the files the children wrote
 
         summary = summarize_session(self.session_dir)
@@ -173,8 +193,9 @@ class Supervisor:
         self._write_session_json(status="ok" if self._failure is None else "failed")
         return summary
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        self.request_stop("Ctrl-C")
+    def _on_os_stop(self, reason: str) -> None:
+        """An OS stop request (the callback of :func:`install_stop_handlers`; may run in a Windows console thread)."""
+        self.request_stop(describe(reason))
 
     def request_stop(self, reason: str) -> None:
         """End the session cleanly (the first reason given is the one recorded)."""
@@ -191,7 +212,7 @@ class Supervisor:
             spec = ProcessSpec(
                 name=child.name, target=child.entry.target, config=self.config_doc, config_file=self.config_path,
                 config_loader=CONFIG_LOADER, endpoints=self.endpoints, session_dir=str(self.session_dir),
-                extra=extra, bind_host=self.cfg.bus.host)
+                critical=child.critical, extra=extra, bind_host=self.cfg.bus.host)
             child.proc = mp.Process(target=process_main, args=(spec,), name=f"rig-{child.name}", daemon=False)
             child.proc.start()
             child.last_seen_ns = now_ns()
@@ -323,8 +344,8 @@ class Supervisor:
             info = decode_info(msg.reason)
             if info:
                 child.info.update(info)
-            if msg.state == "stopped" and msg.reason == "SIGINT" and not self._stop_reason:
-                self.request_stop(f"Ctrl-C in {child.name}")
+            if msg.state == "stopped" and is_stop_reason(msg.reason) and not self._stop_reason:
+                self.request_stop(f"{describe(msg.reason)} in {child.name}")  # e.g. Ctrl-C in its console
             if msg.state == "failed":
                 child.error = child.error or msg.reason
         elif isinstance(msg, ProcessError) and child is not None:
@@ -374,25 +395,38 @@ class Supervisor:
                     self._send(stop)
                     next_resend = time.monotonic() + 0.3
             if child.proc.is_alive():
-                self._log(f"{name} did not stop within {self.cfg.bus.stop_timeout_s:g} s; terminating it")
+                # Killed, not terminated: every process handles SIGTERM as one more request for the clean stop
+                # it has just ignored (rig.core.platform_signals); on Windows both are TerminateProcess.
+                self._log(f"{name} did not stop within {self.cfg.bus.stop_timeout_s:g} s; killing it")
                 self.events.write("terminated", process=name)
-                child.proc.terminate()
-                child.proc.join(5)
-                if child.proc.is_alive():
-                    child.proc.kill()
+                child.proc.kill()
             child.proc.join(5)
             self.events.write("exited", process=name, exitcode=child.proc.exitcode)
         self._mode = "stopped"
 
     def _close(self) -> None:
+        """The sockets; the event log stays open until :meth:`run` returns."""
         self.sub.close()
         self.pub.close()
         self.commands.close()
         self.ctx.term()
-        self.events.close()
 
     def _write_session_json(self, status: str) -> None:
-        self.record.write(status, self.tally.metadata, self.endpoints, [c.name for c in self.children])
+        """Rewrite ``session.json``; failing to is a warning, never the end of the session.
+
+        On Windows the rewrite fails when another program (a console reading it, an antivirus scanner, a
+        sync client) holds the file open past :func:`~rig.core.store.write_json_atomic`'s retries. The file
+        is a status note (how ``rig console`` finds the rig; status and metadata for the offline tools): a
+        stale one must not stop the closed loop or its clean shutdown. After a refused replace the new
+        content is in ``session.json.tmp``.
+        """
+        try:
+            self.record.write(status, self.tally.metadata, self.endpoints, [c.name for c in self.children])
+        except OSError as exc:
+            why = f"session.json not updated (status {status!r}): {exc}"
+            self.events.write("warning", process="supervisor", code="session_json_not_written", message=why)
+            self.tally.warn("supervisor", why)
+            self._log(f"warning: {why}")
 
     def _log(self, text: str) -> None:
         if not self.quiet:

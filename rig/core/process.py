@@ -9,7 +9,8 @@ Lifecycle (published as :class:`~rig.core.schema.StateChange` and repeated in ev
 * ``step()`` does one bounded unit of work (wait at most ~20 ms for input) and is called in a loop.
 * Control messages from the supervisor are handled between steps: ``stop``/``shutdown`` stop the
   process, ``safe_state`` calls :meth:`on_safe_state`, anything else goes to :meth:`on_control`.
-* SIGINT (Ctrl-C) stops the process cleanly, as does the death of the supervisor (its parent).
+* SIGINT (Ctrl-C), SIGTERM, Ctrl-Break and, on Windows, the console window closing stop the process cleanly
+  (:mod:`rig.core.platform_signals`; the stop reason is the signal's name), as does the death of the supervisor.
 * An exception is published as :class:`~rig.core.schema.ProcessError` with its traceback, written to the
   process's event log, ``on_stop()`` still runs (close the valve, flush files), and the exit code is 1.
 
@@ -24,7 +25,6 @@ import gc
 import importlib
 import multiprocessing
 import os
-import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -36,6 +36,7 @@ import zmq
 
 from rig.core.bus import Publisher, Subscriber
 from rig.core.clock import now_ns
+from rig.core.platform_signals import StopHandlers, install_stop_handlers
 from rig.core.schema import Control, Heartbeat, Message, ProcessError, RigWarning, StateChange
 from rig.core.store import EventLog
 
@@ -55,6 +56,9 @@ class ProcessSpec:
     config_loader: str
     endpoints: dict[str, str]  # process name -> its PUB endpoint to connect to; "supervisor" and "command" too
     session_dir: str
+    # Whether the session ends when this process fails (the process table's ``critical``). No default: a
+    # non-critical process (the console) must never be raised to ``[rig] priority = "high"`` beside the loop.
+    critical: bool
     extra: dict[str, Any] = field(default_factory=dict)
     watch_parent: bool = True
     bind_host: str = "127.0.0.1"  # the interface this process binds its PUB on (bus.host)
@@ -86,6 +90,7 @@ class RigProcess:
         self._next_hb = 0
         self._next_parent_check = 0
         self._subscribers: list[Subscriber] = []
+        self._stop_handlers: StopHandlers | None = None  # installed by run(), in the process's main thread
 
     # ------------------------------------------------------------------ hooks for subclasses
     def configure(self) -> None:
@@ -197,7 +202,7 @@ class RigProcess:
 
     def run(self) -> int:
         """Run the whole lifecycle; returns the process exit code."""
-        self._install_sigint()
+        self._install_stop_handlers()
         try:
             self._set_state("configuring")
             self.configure()
@@ -226,7 +231,9 @@ class RigProcess:
 
     def _tune_for_realtime(self) -> None:
         """GC control, CPU affinity and priority from ``[rig]`` (docs/PERFORMANCE.md). What the OS refuses
-        is reported as a warning, never silently ignored."""
+        is reported as a warning, never silently ignored. Runs after ``configure()`` and only ever raises the
+        priority of a critical process (:func:`priority_decision`), so a process that lowered its own
+        priority in ``configure()`` (the console) keeps it."""
         rig_cfg = self.config.rig
         gc.collect()
         if rig_cfg.gc_freeze:
@@ -234,7 +241,11 @@ class RigProcess:
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(rig_cfg.gc_gen0_threshold, gen1, gen2)
         cpus = rig_cfg.cpu_affinity.get(self.name)
-        if not cpus and rig_cfg.priority == "normal":
+        decision = priority_decision(rig_cfg.priority, self.spec.critical)
+        if decision == "keep_non_critical":
+            self.events.write("priority_not_raised", priority=rig_cfg.priority,
+                              reason="not critical: never raised above normal, the closed loop gets the CPU first")
+        if not cpus and decision != "raise":
             return
         import psutil  # noqa: PLC0415 - only when tuning is asked for
 
@@ -244,7 +255,7 @@ class RigProcess:
                 me.cpu_affinity(cpus)
             except (AttributeError, ValueError, psutil.Error) as exc:
                 self.warn("affinity_refused", f"cannot pin {self.name} to CPUs {cpus}: {exc}")
-        if rig_cfg.priority == "high":
+        if decision == "raise":
             try:
                 me.nice(psutil.HIGH_PRIORITY_CLASS if sys.platform == "win32" else -5)
             except (AttributeError, psutil.Error, OSError) as exc:
@@ -280,11 +291,9 @@ class RigProcess:
                     "error", error_type=type(cleanup_exc).__name__, message=f"during cleanup: {cleanup_exc}"
                 )
 
-    def _install_sigint(self) -> None:
-        def handler(signum: int, frame: Any) -> None:
-            self.request_stop("SIGINT")
-
-        signal.signal(signal.SIGINT, handler)
+    def _install_stop_handlers(self) -> None:
+        """Ctrl-C, SIGTERM, Ctrl-Break, console close: all a clean stop (run() checks ``stopping`` every step)."""
+        self._stop_handlers = install_stop_handlers(self.request_stop)
 
     def _close(self) -> None:
         for sub in self._subscribers:
@@ -293,6 +302,22 @@ class RigProcess:
         self.pub.close()
         self.events.close()
         self.ctx.term()
+        handlers, self._stop_handlers = self._stop_handlers, None
+        if handlers is not None:
+            handlers.finished()  # releases a Windows console-close handler: this process is done
+            handlers.restore()
+
+
+def priority_decision(priority: str, critical: bool) -> str:
+    """What :meth:`RigProcess._tune_for_realtime` does with the OS priority of a process.
+
+    ``"raise"`` (``[rig] priority = "high"`` on a critical process), ``"keep"`` (priority "normal"), or
+    ``"keep_non_critical"``: a non-critical process (the console) is never raised above normal, or it would
+    compete with the loop it only watches; the console lowers its own priority, and this leaves that alone.
+    """
+    if priority != "high":
+        return "keep"
+    return "raise" if critical else "keep_non_critical"
 
 
 def bind_endpoint(connect_endpoint: str, bind_host: str) -> str:

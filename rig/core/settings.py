@@ -29,6 +29,33 @@ class ConfigError(ValueError):
 
 PRIORITIES = ("normal", "high")
 
+#: The control characters TOML escapes produce, back to the escape the author typed (``\e`` is TOML 1.1).
+_TOML_ESCAPES = {"\b": r"\b", "\t": r"\t", "\n": r"\n", "\f": r"\f", "\r": r"\r", "\x1b": r"\e"}
+
+
+def control_character_problem(value: str) -> str:
+    r"""Why a path-valued setting holding a control character is wrong ("" when it holds none).
+
+    No path or device name has one; in a config file it nearly always comes from a Windows path in a TOML
+    basic string, where each backslash starts an escape: ``"D:\bci\rigs"`` loads as ``"D:<backspace>ci<CR>igs"``.
+    The answer names the first such character and what precedes it, and shows the path as typed in single
+    quotes when it can be rebuilt (every control character in it came from an escape).
+    """
+    bad = [i for i, c in enumerate(value) if ord(c) < 32 or ord(c) == 127]
+    if not bad:
+        return ""
+    before = value[: bad[0]]
+    shown = before if len(before) <= 40 else "..." + before[-40:]
+    where = f'after "{shown}"' if before else "at the start"
+    problem = (f"contains a control character (\\x{ord(value[bad[0]]):02x} {where}): a backslash in a TOML "
+               '"..." string starts an escape; write the path with / or in single quotes')
+    if not all(value[i] in _TOML_ESCAPES for i in bad):
+        return problem  # from a \uXXXX escape or pasted in: the path as typed cannot be rebuilt
+    typed = "".join(_TOML_ESCAPES.get(c, c) for c in value)
+    if "'" in typed:  # a single-quoted TOML string cannot hold a quote: offer the forward-slash form
+        return f'{problem}: "{typed.replace(chr(92), "/")}"'
+    return f"{problem}: '{typed}'"
+
 
 class RigSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str = "unnamed-rig"

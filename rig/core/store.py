@@ -20,7 +20,8 @@ import collections
 import json
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +271,39 @@ def read_events(path: str | Path, kinds: set[str] | None = None) -> list[dict[st
     return out
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write a small JSON document so readers see the old or the new file, never half of one."""
+#: Waits (s) between attempts of an ``os.replace`` refused with PermissionError, about 1 s in all. On Windows
+#: replacing a file that another program has open (a console polling session.json, an antivirus scanner, the
+#: search indexer, a sync client) fails until that program lets go, usually within milliseconds.
+REPLACE_BACKOFF_S: tuple[float, ...] = (0.01, 0.03, 0.06, 0.1, 0.2, 0.3, 0.3)
+
+
+def replace_with_retry(src: str | Path, dst: str | Path, backoff_s: Sequence[float] = REPLACE_BACKOFF_S) -> None:
+    """``os.replace`` that waits out a PermissionError from a program briefly holding ``dst`` open (Windows).
+
+    Tries ``len(backoff_s) + 1`` times; still refused after that, raises PermissionError naming the attempts.
+    Other errors (disk full, a missing folder) are raised at once: waiting does not fix them.
+    """
+    for attempt, delay in enumerate((*backoff_s, None), 1):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError as exc:
+            if delay is None:
+                raise PermissionError(
+                    exc.errno, f"cannot replace {dst}: still refused after {attempt} attempts over "
+                    f"{sum(backoff_s):.2g} s ({exc.strerror or exc}); another program (a viewer, an antivirus "
+                    f"scanner, the search indexer, a sync client) holds it open. The new content is in {src}",
+                    str(dst)) from exc
+            time.sleep(delay)
+
+
+def write_json_atomic(path: str | Path, data: Any, backoff_s: Sequence[float] = REPLACE_BACKOFF_S) -> None:
+    """Write a small JSON document so readers see the old or the new file, never half of one.
+
+    The replace is retried over ~1 s when another program holds the file open (see :func:`replace_with_retry`);
+    after that it raises PermissionError, and callers for which the file is not essential warn instead.
+    """
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=json_default), encoding="utf-8")
-    os.replace(tmp, path)
+    replace_with_retry(tmp, path, backoff_s)
