@@ -296,10 +296,12 @@ class EmulatorServer:
         emu = self.emulator
         if self.licks is not None:
             for t_us, level in self.licks.pop_due(self.board_us()):
+                self._catch_up(t_us)
                 emu.set_lick_input(level)
                 emu.step(max(t_us, emu.now_us))
-        opened_before = len(emu.events)
         now_us = self.board_us()
+        self._catch_up(now_us)
+        opened_before = len(emu.events)
         data, dropped = self._faults.filter_input(data)
         self.lines_dropped += dropped
         emu.step(now_us, data)
@@ -307,6 +309,20 @@ class EmulatorServer:
             for event in emu.events[opened_before:]:
                 if event.kind == "open":
                     self.licks.on_reward(event.board_us)
+
+    def _catch_up(self, now_us: int) -> None:
+        """Run the firmware's timers that fell due before ``now_us`` at their due board time.
+
+        Why: the board's loop() runs every few microseconds, so its valve closes on time whatever the
+        host does; this process may wake late (preempted, or a coarse timer) and must not make the
+        emulated valve, its DONE stamp or valve.jsonl late with it. Only the DONE line's write is late.
+        """
+        emu = self.emulator
+        for _ in range(8):  # each step resolves the deadline it runs at; a few can be due at once
+            due = emu.next_deadline_us()
+            if due is None or due >= now_us:
+                return
+            emu.step(max(due, emu.now_us))
 
     def _apply_faults(self) -> None:
         if self._faults.take_reset():

@@ -114,3 +114,12 @@ def test_the_checker_catches_each_kind_of_edge(tmp_path, monkeypatch, source, te
     path = REPO / source
     monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: text if self == path else "")
     assert bool(layering_violations([path])) is bad
+
+
+def test_the_repository_stands_alone():
+    """Users get this repository only: nothing in it may point to material outside it."""
+    texts = [p for p in REPO.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".toml", ".txt", ".ino")
+             and not any(part.startswith(".") for part in p.relative_to(REPO).parts)]
+    marker = "../" + "shared"  # spelt in two parts so that this file does not name it
+    outside = [str(p.relative_to(REPO)) for p in texts if marker in p.read_text(encoding="utf-8", errors="replace")]
+    assert not outside, f"files that point outside the repository: {outside}"
