@@ -29,6 +29,7 @@ from acquisition.rois import RoiSet
 from acquisition.sources.base import Frame
 from acquisition.validate import UNUSABLE, FrameFlag, FrameValidator
 from rig.core.clock import now_ns
+from rig.core.safe_npy import load_npy
 
 
 def limit_blas_threads(n_threads: int = 1) -> Any:
@@ -50,7 +51,7 @@ def load_reference_image(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"{path}: reference image not found")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        data = np.load(path, allow_pickle=True)
+        data = load_npy(path)  # a suite2p ops dict is a pickle: the restricted loader refuses one that runs code
         if data.dtype == object and data.shape == ():
             item = data.item()
             if not isinstance(item, dict) or "refImg" not in item:

@@ -96,7 +96,12 @@ class AcquisitionProcess(RigProcess):
         self.n_rois = self.pipeline.n_rois
         self.records = RecordWriter(self.dir / "frames.rec", frame_record_dtype(self.n_rois),
                                     self.config.session.flush_interval_s)
-        self._movie: FrameFileWriter | None = None  # opened at the first frame: a stream learns its size only then
+        # The movie's frame size is the ROI set's (suite2p Ly x Lx, what the pipeline extracts from), never the
+        # first frame's: a stream's first frame may be any size. It opens at the first frame of that size, which
+        # gives its pixel type; frames of another size are written as zeros, so movie frame i is frames.rec row i.
+        self._movie: FrameFileWriter | None = None
+        self._movie_blanks = 0  # frames of another size that came before the movie opened
+        self.wrong_shape_frames = 0
         processes, topics = source_subscriptions(self.caps)
         self.feedback: Subscriber | None = self.subscribe(processes, topics) if topics else None
         self.frames = 0
@@ -122,19 +127,39 @@ class AcquisitionProcess(RigProcess):
             roi_set = load_suite2p(cfg.rois.suite2p_dir)
         return roi_set.cells_only() if cfg.rois.only_cells else roi_set
 
-    def _open_movie(self, first: np.ndarray) -> None:
-        height, width = first.shape
-        self._movie_dtype = first.dtype
+    def _save_frame(self, data: np.ndarray) -> None:
+        """Append one frame to the movie (zeros for a frame that is not of the ROI set's size)."""
+        shape = self.pipeline.shape
+        if self._movie is None:
+            if data.shape != shape:
+                self._movie_blanks += 1
+                return
+            self._open_movie(shape, data.dtype)
+            for _ in range(self._movie_blanks):
+                self._movie.put(None)  # type: ignore[union-attr]
+        self._movie.put(data if data.shape == shape else None)  # type: ignore[union-attr]
+
+    def _open_movie(self, shape: tuple[int, int], dtype: np.dtype) -> None:
+        dtype = np.dtype(dtype).newbyteorder("=")  # sources deliver native pixels; the file says which order
         (self.dir / "movie.json").write_text(json.dumps(
-            {"dtype": self._movie_dtype.str, "shape": [-1, height, width], "order": "C",
+            {"dtype": dtype.str, "shape": [-1, shape[0], shape[1]], "order": "C",
              "frame_rate_hz": self.source.frame_rate_hz, "frame_rate_source": self.source.rate_source}
         ))
-        self._movie_shape = first.shape
         # the disk gets MOVIE_BUFFER_S of slack (at most MOVIE_BUFFER_BYTES) before frames are written as zeros
         rate = self.source.frame_rate_hz or 30.0  # a stream may not know its rate yet: size for 30 Hz
-        frames = max(8, min(math.ceil(MOVIE_BUFFER_S * rate), MOVIE_BUFFER_BYTES // max(1, first.nbytes)))
-        self._movie = FrameFileWriter(self.dir / "movie.raw", first.shape, first.dtype, frames,
-                                      on_lost=self._movie_frames_lost)
+        frame_bytes = shape[0] * shape[1] * dtype.itemsize
+        frames = max(8, min(math.ceil(MOVIE_BUFFER_S * rate), MOVIE_BUFFER_BYTES // max(1, frame_bytes)))
+        self._movie = FrameFileWriter(self.dir / "movie.raw", shape, dtype, frames, on_lost=self._movie_frames_lost)
+
+    def _wrong_shape(self, number: int, shape: tuple[int, ...]) -> None:
+        """Count and warn (the first, then every 100th) a frame not of the ROI set's size; the pipeline flags it."""
+        self.wrong_shape_frames += 1
+        n = self.wrong_shape_frames
+        if n == 1 or n % 100 == 0:
+            Ly, Lx = self.pipeline.shape
+            self.warn("wrong_shape", f"frame {number} is {'x'.join(map(str, shape))} pixels, the ROI set's frames "
+                                     f"are {Ly}x{Lx}: flagged WRONG_SHAPE, not extracted, kept as zeros in the movie "
+                                     f"({n} such frame(s) so far)")
 
     def _movie_frames_lost(self, total: int) -> None:
         if total == 1 or total % 100 == 0:  # the first, then every 100th: a stalled disk must not flood the bus
@@ -197,11 +222,10 @@ class AcquisitionProcess(RigProcess):
         row["F"] = result.F
         row["Fneu"] = result.Fneu
         self.records.commit()
+        if frame.data.shape != self.pipeline.shape:
+            self._wrong_shape(frame.number, frame.data.shape)
         if self.config.session.save_frames:
-            if self._movie is None:
-                self._open_movie(frame.data)
-            # movie frame i is always frames.rec row i: a wrong-size frame (flagged) is kept as zeros
-            self._movie.put(frame.data if frame.data.shape == self._movie_shape else None)  # type: ignore[union-attr]
+            self._save_frame(frame.data)
         self.frames += 1
         if not self._t_first:
             self._t_first = t_sent

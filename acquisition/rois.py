@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from rig.core.safe_npy import NpyFileError, load_npy
+
 #: settings sections of suite2p 1.x, flattened in this order (earlier sections win a key clash, so
 #: ``batch_size`` and ``block_size`` keep their registration meaning)
 OPS_SECTIONS = ("registration", "extraction", "detection", "classification", "dcnv_preprocess", "run", "io")
@@ -152,13 +154,13 @@ def normalise_ops(ops: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_npy(path: Path, *, pickled: bool) -> Any:
+    """Read one suite2p file through the restricted loader: a ``stat.npy`` that would run code is refused."""
     if not path.is_file():
         raise RoiFileError(f"{path}: file not found")
     try:
-        data = np.load(path, allow_pickle=pickled)
-    except Exception as exc:  # numpy raises ValueError, OSError, EOFError, UnpicklingError... for bad files
-        raise RoiFileError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
-    return data
+        return load_npy(path, allow_objects=pickled)
+    except NpyFileError as exc:  # the message names the file (and, for a malicious pickle, the global)
+        raise RoiFileError(str(exc)) from exc
 
 
 def find_plane_folder(folder: str | Path) -> Path:

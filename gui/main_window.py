@@ -1,8 +1,13 @@
-"""The operator console window: field of view | live plots | health, with the controls on the left.
+"""The operator console window: field of view over the controls | live plots | health.
 
 One QTimer at ``gui.refresh_hz`` drives everything: it lets the :class:`~gui.session.ConsoleSession`
 drain the bus within its budget, then redraws from the model. The window holds no socket and never
 waits on the rig, so closing it (or it hanging) cannot slow the closed loop.
+
+Fits a 1280×720 screen (rig PCs often have one): the three columns sit in a splitter, each scrolls when
+it is short of room instead of being cut off, and the window starts at most as large as the screen. The
+header (mode, baseline countdown, CLOSE VALVE) and the banners (safe state, unreachable rig, failed
+calibration, session ended) stay above the columns, never scrolled away.
 """
 
 from __future__ import annotations
@@ -15,16 +20,46 @@ import numpy as np
 from PyQt6 import QtCore, QtGui, QtWidgets
 
 from gui.commands import CommandReply
+from gui.progress import baseline_countdown
 from gui.rings import ColumnRing
 from gui.rois import RoiLoadError, RoiOutlines, load_roi_outlines
 from gui.session import ConsoleSession
-from gui.widgets.controls import ALLOWED_MODES, ControlPanel
+from gui.widgets.controls import ALLOWED_MODES, TWO_COLUMNS_WIDTH, ControlPanel
 from gui.widgets.fov import FovWidget
 from gui.widgets.health import HealthPanel
 from gui.widgets.plots import LivePlots
-from gui.widgets.style import ERROR_COLOUR
+from gui.widgets.style import ERROR_COLOUR, INFO_COLOUR, WARN_COLOUR
 
 HEALTH_REFRESH_S = 0.5
+#: The window opens at most this large (and at most as large as the screen), and never gets smaller than
+#: MIN_SIZE: both fit a 1280×720 screen, where everything is still reachable (see the module docstring).
+DEFAULT_SIZE = (1680, 1000)
+MIN_SIZE = (960, 600)
+#: Initial share of the width: field of view + controls, plots, health.
+COLUMN_SHARES = (0.37, 0.37, 0.26)
+#: Height (px) of the window's header, banners and status bar: what the columns do not get.
+CHROME_HEIGHT = 110
+BANNER_STYLE = "background-color: {}; color: white; font-weight: bold; padding: 6px;"
+
+
+def scrolling(widget: QtWidgets.QWidget, min_width: int) -> QtWidgets.QScrollArea:
+    """``widget`` in a scroll area: it fills the area when there is room and scrolls when there is not."""
+    area = QtWidgets.QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+    widget.setMinimumWidth(min_width)
+    return area
+
+
+def initial_size() -> QtCore.QSize:
+    """The default size, shrunk to the screen's available area (never below MIN_SIZE)."""
+    width, height = DEFAULT_SIZE
+    screen = QtGui.QGuiApplication.primaryScreen()
+    if screen is not None:
+        available = screen.availableGeometry()
+        width, height = min(width, available.width()), min(height, available.height())
+    return QtCore.QSize(max(width, MIN_SIZE[0]), max(height, MIN_SIZE[1]))
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -41,31 +76,62 @@ class MainWindow(QtWidgets.QMainWindow):
         self.controls = ControlPanel(session.cfg.default_target_hit_rate)
 
         self.banner = QtWidgets.QLabel("")
-        self.banner.setStyleSheet(f"background-color: {ERROR_COLOUR}; color: white; font-weight: bold; padding: 6px;")
         self.banner.setWordWrap(True)
         self.banner.setVisible(False)
+        self._banner_colour = ""
+        self.calibration_banner = QtWidgets.QLabel("")
+        self.calibration_banner.setStyleSheet(BANNER_STYLE.format(WARN_COLOUR))
+        self.calibration_banner.setWordWrap(True)
+        self.calibration_banner.setVisible(False)
         self.mode_label = QtWidgets.QLabel("connecting…")
         self.mode_label.setStyleSheet("font-size: 14pt; font-weight: bold;")
+        self.mode_label.setWordWrap(True)
+        self.baseline_bar = QtWidgets.QProgressBar()
+        self.baseline_bar.setVisible(False)
+        self.baseline_bar.setMinimumWidth(260)
+        header = QtWidgets.QHBoxLayout()
+        header.addWidget(self.mode_label, 1)
+        header.addWidget(self.baseline_bar)
+        header.addWidget(self.controls.close_valve)  # the emergency button: always in sight
 
-        left = QtWidgets.QWidget()
-        left_layout = QtWidgets.QVBoxLayout(left)
-        left_layout.setContentsMargins(0, 0, 0, 0)
-        left_layout.addWidget(self.fov, 1)
-        left_layout.addWidget(self.controls, 0)
-        splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
-        splitter.addWidget(left)
-        splitter.addWidget(self.plots)
-        splitter.addWidget(self.health)
-        splitter.setSizes([560, 700, 420])
+        # Columns: field of view over the controls | plots | health; each scrolls rather than being cut off.
+        self.controls_scroll = scrolling(self.controls, 240)
+        self.left = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        self.left.addWidget(self.fov)
+        self.left.addWidget(self.controls_scroll)
+        self.left.setChildrenCollapsible(False)
+        self.left.setStretchFactor(0, 1)  # a taller window gives the image the height, not the buttons
+        self.left.setStretchFactor(1, 0)
+        self.plots_scroll = scrolling(self.plots, 320)
+        self.health_scroll = scrolling(self.health, 280)
+        self.splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
+        for column in (self.left, self.plots_scroll, self.health_scroll):
+            self.splitter.addWidget(column)
+        self.splitter.setChildrenCollapsible(False)
+        for i, share in enumerate(COLUMN_SHARES):
+            self.splitter.setStretchFactor(i, round(share * 100))
         central = QtWidgets.QWidget()
         layout = QtWidgets.QVBoxLayout(central)
+        layout.setContentsMargins(6, 4, 6, 4)
         layout.addWidget(self.banner)
-        layout.addWidget(self.mode_label)
-        layout.addWidget(splitter, 1)
+        layout.addWidget(self.calibration_banner)
+        layout.addLayout(header)
+        layout.addWidget(self.splitter, 1)
         self.setCentralWidget(central)
         self.connection_label = QtWidgets.QLabel(f"connecting to {session.command_endpoint}…")
         self.statusBar().addWidget(self.connection_label, 1)
-        self.resize(1680, 1000)
+        self.setMinimumSize(*MIN_SIZE)
+        size = initial_size()
+        self.resize(size)
+        widths = [round(share * size.width()) for share in COLUMN_SHARES]
+        self.splitter.setSizes(widths)
+        # The controls get the height they need (up to half the column); the field of view the rest.
+        self.controls.set_columns(2 if widths[0] >= TWO_COLUMNS_WIDTH else 1)
+        column_height = size.height() - CHROME_HEIGHT
+        controls_height = min(self.controls.sizeHint().height() + 4, column_height // 2)
+        self.left.setSizes([column_height - controls_height, controls_height])
+        self._ended_shown = ""
+        self._gone_shown = False
 
         self.controls.command.connect(self.send_command)
         self.fov.roi_clicked.connect(self._on_roi_clicked)
@@ -129,20 +195,63 @@ class MainWindow(QtWidgets.QMainWindow):
             trial = (f" · trial {int(m.decisions.last('trial'))} "
                      f"({m.state_names.name(int(m.decisions.last('trial_state')))})")
         self.mode_label.setText(f"mode: {m.mode_label}{trial} · rig: {m.supervisor_mode}")
+        self._baseline_bar()
         code = m.mode_code
         known = code is not None and code in m.mode_names.names
         mode = m.mode_names.name(code) if known else None
         self.controls.set_mode(mode)
         ensembles_ok = mode is None or mode in ALLOWED_MODES["set_ensembles"]
         self.fov.set_apply_allowed(ensembles_ok, "" if ensembles_ok else f"not in {mode}")
-        if m.safe_state:
-            self.banner.setText(f"SAFE STATE — rewards refused, valve closed: {m.safe_state}")
-            self.banner.setVisible(True)
-        elif self.session.unreachable:
-            self.banner.setText(f"rig unreachable at {self.session.command_endpoint}: {self.session.unreachable}")
-            self.banner.setVisible(True)
+        if self.session.ended and self.session.ended != self._ended_shown:
+            self._session_over(self.session.ended)
+        if self.session.rig_gone and not self._gone_shown:
+            self._gone_shown = True
+            self.connection_label.setText(f"rig at {self.session.command_endpoint}: shut down after the session "
+                                          f"· session {m.session_dir}")
+        self._banners()
+
+    def _baseline_bar(self) -> None:
+        """The seconds left in the baseline recording, while there is one."""
+        countdown = baseline_countdown(self.model)
+        self.baseline_bar.setVisible(countdown is not None)
+        if countdown is None:
+            return
+        self.baseline_bar.setRange(0, max(countdown.total, 1))
+        self.baseline_bar.setValue(countdown.done)
+        self.baseline_bar.setFormat(countdown.text())
+
+    def _banners(self) -> None:
+        m, session = self.model, self.session
+        if session.ended:
+            text = (f"SESSION ENDED — {session.ended}. The controls are off; what the console received stays "
+                    "here for review. Close the window to exit.")
+            colour = INFO_COLOUR
+            if m.safe_state:
+                text += f" (safe state: {m.safe_state})"
+        elif m.safe_state:
+            text, colour = f"SAFE STATE — rewards refused, valve closed: {m.safe_state}", ERROR_COLOUR
+        elif session.unreachable:
+            text, colour = f"rig unreachable at {session.command_endpoint}: {session.unreachable}", ERROR_COLOUR
         else:
-            self.banner.setVisible(False)
+            text, colour = "", ""
+        if colour != self._banner_colour:  # restyling every refresh would re-polish the label each time
+            self._banner_colour = colour
+            self.banner.setStyleSheet(BANNER_STYLE.format(colour) if colour else "")
+        self.banner.setText(text)
+        self.banner.setVisible(bool(text))
+        failure = m.calibration_failure
+        self.calibration_banner.setVisible(bool(failure))
+        if failure:
+            self.calibration_banner.setText(
+                f"CALIBRATION FAILED: {failure} — the decoder waits in idle: record a new baseline or calibrate "
+                "again")
+
+    def _session_over(self, why: str) -> None:
+        """The session ended: controls off, ROI clicks only select, the window stays for review."""
+        self._ended_shown = why
+        self.controls.set_session_over(why)
+        self.fov.set_editing(False)
+        self.setWindowTitle(f"{self.windowTitle().split(' — session ended')[0]} — session ended")
 
     def _on_snapshot(self) -> None:
         m = self.model
@@ -211,7 +320,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.load_rois_from(folder)
 
     def _on_roi_clicked(self, roi: int) -> None:
-        self.model.roles.assign(roi, self.fov.click_role)
+        if self.fov.editing:
+            self.model.roles.assign(roi, self.fov.click_role)
         self.model.select_roi(roi)
         self.fov.update_roles(self.model.roles, roi)
 
@@ -226,6 +336,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ------------------------------------------------------------------ commands
     def send_command(self, name: str, args: dict[str, Any]) -> int:
+        """Send an operator command; -1 (nothing sent) once the session ended."""
+        if self.session.ended:
+            self.controls.show_status(f"{name} not sent: the session ended", error=True)
+            return -1
         request_id = self.session.send(name, **args)
         self.controls.show_status(f"sent {name}…")
         return request_id

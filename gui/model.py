@@ -24,7 +24,9 @@ import numpy as np
 from gui.config import GuiConfig
 from gui.labels import CodeNames
 from gui.rings import ColumnRing
-from rig.core.operator import Calibration, Snapshot
+from gui.roles import RoleEdit
+from rig.core.codes import Mode
+from rig.core.operator import BaselineProgress, Calibration, Snapshot
 from rig.core.schema import (
     AcqStatus,
     CalibrationResult,
@@ -54,6 +56,13 @@ LATENCY_STAGES: tuple[tuple[str, str, str], ...] = (
 
 OUTCOME_KINDS = {"hit": True, "miss": False, "timeout": False}
 
+#: ``RewardOutcome.source`` -> kind code in the reward ring. Only decoder and manual rewards are rewards for
+#: the mouse (the same as ``rig.offline.summary.REWARD_SOURCES``, which the console may not import); every
+#: other source (test_pulse, flush, calibration) is a valve opening counted apart, so the console's volume
+#: matches ``summary.json``.
+REWARD_KINDS = {"decoder": 0, "manual": 1}
+REWARD_SOURCES = tuple(REWARD_KINDS)
+OTHER_PULSE = 2
 
 @dataclass
 class ProcessHealth:
@@ -88,50 +97,6 @@ class PreviewState:
     corr: float
 
 
-@dataclass
-class RoleEdit:
-    """The ensembles in force on the rig and the operator's edits not yet sent."""
-
-    applied_up: list[int] = field(default_factory=list)
-    applied_down: list[int] = field(default_factory=list)
-    up: list[int] = field(default_factory=list)
-    down: list[int] = field(default_factory=list)
-    version: int = 0  # bumped on every change, so the display redraws outlines only when needed
-
-    @property
-    def pending(self) -> bool:
-        return sorted(self.up) != sorted(self.applied_up) or sorted(self.down) != sorted(self.applied_down)
-
-    def role(self, roi: int) -> str:
-        if roi in self.up:
-            return "up"
-        if roi in self.down:
-            return "down"
-        return "other"
-
-    def assign(self, roi: int, role: str) -> None:
-        if role not in ("up", "down", "none", "other"):
-            raise ValueError(f"unknown ROI role {role!r} (expected up, down or none)")
-        if roi in self.up:
-            self.up.remove(roi)
-        if roi in self.down:
-            self.down.remove(roi)
-        if role == "up":
-            self.up.append(roi)
-        elif role == "down":
-            self.down.append(roi)
-        self.version += 1
-
-    def set_applied(self, up: list[int], down: list[int], keep_edits: bool = False) -> None:
-        had_edits = self.pending
-        self.applied_up = sorted(int(i) for i in up)
-        self.applied_down = sorted(int(i) for i in down)
-        if not (keep_edits and had_edits):
-            self.up = list(self.applied_up)
-            self.down = list(self.applied_down)
-        self.version += 1
-
-
 class ConsoleModel:
     """Everything the window displays, fed one message at a time."""
 
@@ -152,7 +117,7 @@ class ConsoleModel:
             "flags": np.int32, "selected": np.float32,
         })
         self.rewards = ColumnRing(2000, {"t": np.int64, "volume_ul": np.float32, "delivered": np.bool_,
-                                         "manual": np.bool_, "latency_ms": np.float32})
+                                         "kind": np.int8, "latency_ms": np.float32})  # kind: REWARD_KINDS
         self.licks = ColumnRing(5000, {"t": np.int64})
         self.outcomes = ColumnRing(5000, {"trial": np.int32, "hit": np.bool_, "t": np.int64})
         self.reward_latency = ColumnRing(500, {"ms": np.float32})
@@ -166,6 +131,7 @@ class ConsoleModel:
         self.acq_status: AcqStatus | None = None
         self.link_state = "unknown"
         self.link_detail = ""
+        self._link_from_bus = False  # a LinkState received: newer than any snapshot's
         self.calibration: dict[str, Any] | None = None  # the fields of rig.core.operator.Calibration
         self.calibration_count = 0
         self.trials = 0
@@ -174,6 +140,11 @@ class ConsoleModel:
         self.rewards_failed = 0
         self.rewards_before_join = 0  # delivered before the console joined (counted by the supervisor)
         self.volume_ul = 0.0
+        self.other_pulses = 0  # test pulses, flushes, valve calibration: not rewards
+        self.other_volume_ul = 0.0
+        self.baseline: BaselineProgress | None = None  # the baseline being recorded (baseline_start)
+        self.baseline_seen_from: int | None = None  # first frame in baseline mode this console saw
+        self.calibration_failure = ""  # why the last calibration failed, until a new baseline or calibration
         self.last_event = ""
         self.supervisor_mode = "unknown"
         self.session_dir = ""
@@ -224,6 +195,10 @@ class ConsoleModel:
         cols["mode"][i] = msg.mode
         cols["trial"][i] = msg.trial
         cols["trial_state"][i] = msg.trial_state
+        if msg.mode != Mode.BASELINE:
+            self.baseline_seen_from = None
+        elif self.baseline_seen_from is None:
+            self.baseline_seen_from = msg.frame
         self._stamp(msg.t_decided)
         if msg.t_ready > 0 and msg.t_registered > 0 and msg.t_extracted > 0 and msg.t_received > 0:
             j = self.latency.advance()
@@ -277,6 +252,15 @@ class ConsoleModel:
         if msg.kind.endswith("_failed") or "error" in msg.detail:
             # e.g. calibration_failed: the auto protocol stopped and waits for the operator.
             self.add_warning("warning", msg.sender or "decoder", msg.kind, str(msg.detail.get("error", msg.detail)))
+        if msg.kind == "baseline_start":
+            self.baseline = BaselineProgress(start_frame=msg.frame, frames=int(msg.detail.get("frames", 0)))
+            self.calibration_failure = ""
+        elif msg.kind in ("baseline_done", "baseline_loaded"):
+            self.baseline = None
+        elif msg.kind == "calibration_failed":
+            self.calibration_failure = str(msg.detail.get("error", "no reason given"))
+        elif msg.kind == "calibrated":
+            self.calibration_failure = ""
 
     def _on_calibration(self, msg: CalibrationResult) -> None:
         # The same fields whether it arrives on the bus or in a snapshot (rig.core.operator.Calibration).
@@ -287,16 +271,23 @@ class ConsoleModel:
 
     def _on_reward(self, msg: RewardOutcome) -> None:
         delivered = msg.status == "delivered"
+        kind = REWARD_KINDS.get(msg.source, OTHER_PULSE)
         t = msg.t_done or msg.t_ack or msg.t_written or msg.t_requested
         i = self.rewards.advance()
         cols = self.rewards.columns
         cols["t"][i] = t
         cols["volume_ul"][i] = msg.volume_ul
         cols["delivered"][i] = delivered
-        cols["manual"][i] = msg.source != "decoder"
+        cols["kind"][i] = kind
         latency = (msg.t_written - msg.t_ready) * 1e-6 if msg.t_ready > 0 and msg.t_written > 0 else np.nan
         cols["latency_ms"][i] = latency
-        if delivered:
+        if kind == OTHER_PULSE:  # a test pulse or a flush: the valve opened, the mouse was not rewarded
+            self.other_pulses += 1
+            if delivered:
+                self.other_volume_ul += msg.volume_ul
+            else:
+                self._event_line(f"{msg.source} {msg.request_id} {msg.status}: {msg.reason}")
+        elif delivered:
             self.rewards_delivered += 1
             self.volume_ul += msg.volume_ul
             if latency == latency:  # not NaN: a decoder reward with both stamps
@@ -314,6 +305,7 @@ class ConsoleModel:
     def _on_link(self, msg: LinkState) -> None:
         self.link_state = msg.state
         self.link_detail = msg.detail
+        self._link_from_bus = True
 
     def _process(self, name: str) -> ProcessHealth:
         proc = self.processes.get(name)
@@ -345,6 +337,8 @@ class ConsoleModel:
 
     def _on_rig_warning(self, msg: RigWarning) -> None:
         self.add_warning("warning", msg.process, msg.code, msg.message)
+        if msg.code == "command_refused" and msg.message.startswith("calibrate:"):  # the operator's calibrate
+            self.calibration_failure = msg.message.removeprefix("calibrate:").strip()
         if msg.code == "safe_state":
             self.safe_state = msg.message
 
@@ -382,6 +376,15 @@ class ConsoleModel:
             self.rewards_before_join = counts.rewards_delivered - self.rewards_delivered
         self.rewards_delivered = max(self.rewards_delivered, counts.rewards_delivered)
         self.rewards_failed = max(self.rewards_failed, counts.rewards_failed)
+        self.volume_ul = max(self.volume_ul, counts.volume_ul)
+        self.other_pulses = max(self.other_pulses, counts.other_pulses)
+        self.other_volume_ul = max(self.other_volume_ul, counts.other_volume_ul)
+        if snap.link is not None and not self._link_from_bus:  # the bus only says when it changes
+            self.link_state, self.link_detail = snap.link.state, snap.link.detail
+        if snap.baseline is not None and self.baseline is None:
+            self.baseline = snap.baseline
+        if first and snap.calibration_failure and not self.calibration_failure:
+            self.calibration_failure = snap.calibration_failure
         if snap.calibration is not None and self.calibration is None:
             self.calibration = msgspec.structs.asdict(snap.calibration)
             self.calibration_count += 1
@@ -481,8 +484,18 @@ class ConsoleModel:
         n = len(self.rewards)
         cols = self.rewards.columns
         since = self.latest_rig_ns - int(span_s * 1e9)
-        count = int(np.count_nonzero(cols["delivered"][:n] & (cols["t"][:n] >= since)))
+        count = int(np.count_nonzero(cols["delivered"][:n] & (cols["kind"][:n] != OTHER_PULSE)
+                                     & (cols["t"][:n] >= since)))
         return count / (span_s / 60.0)
+
+    def frame_rate_hz(self) -> float | None:
+        """The rig's frame rate: measured by the acquisition, else the config's, else as received here."""
+        if self.acq_status is not None and self.acq_status.fps > 0:
+            return float(self.acq_status.fps)
+        configured = (self.config.get("acquisition") or {}).get("frame_rate_hz")
+        if configured:
+            return float(configured)
+        return self.console_frame_rate() or None
 
     def console_frame_rate(self) -> float:
         """FluorFrames per second as received by the console (lower than the rig's when it drops)."""

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rig.core.safe_npy import NpyFileError, load_npy
+
 
 class RoiLoadError(ValueError):
     """A folder that does not hold usable suite2p ROIs; the message names the folder and the problem."""
@@ -28,6 +30,7 @@ class RoiOutlines:
     outline_x: list[np.ndarray]
     centers: np.ndarray  # (n, 2) float: (y, x) of each ROI's median pixel
     reference: np.ndarray | None = None
+    mean_image: np.ndarray | None = None  # ops.npy meanImg, when the folder has one (suite2p's mean image)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -43,11 +46,13 @@ class RoiOutlines:
         return None
 
 
-def _load_npy(path: Path, what: str) -> np.ndarray:
+def _load_npy(path: Path, what: str, *, allow_objects: bool = True) -> np.ndarray:
+    """suite2p stores lists of dicts as pickled object arrays: read them with the restricted loader, so a
+    ``stat.npy`` that would run code (e.g. copied from another rig or a shared drive) is refused."""
     try:
-        return np.load(path, allow_pickle=True)  # suite2p stores lists of dicts (pickled object arrays)
-    except (OSError, ValueError) as exc:
-        raise RoiLoadError(f"{path}: cannot read {what}: {exc}") from exc
+        return load_npy(path, allow_objects=allow_objects)
+    except NpyFileError as exc:  # names the file, and for a malicious pickle the forbidden global
+        raise RoiLoadError(f"cannot read {what}: {exc}") from exc
 
 
 def _ops_dict(folder: Path) -> dict:
@@ -55,7 +60,7 @@ def _ops_dict(folder: Path) -> dict:
         path = folder / name
         if path.exists():
             ops = _load_npy(path, name)
-            if ops.dtype == object and ops.shape == ():
+            if ops.dtype == object and ops.shape == () and isinstance(ops.item(), dict):
                 return dict(ops.item())
     return {}
 
@@ -91,6 +96,8 @@ def load_roi_outlines(folder: str | Path, *, only_cells: bool = False, first_n: 
     if not stat_path.exists():
         raise RoiLoadError(f"{folder}: no stat.npy here (pick a suite2p plane folder, e.g. suite2p/plane0)")
     stat = _load_npy(stat_path, "stat.npy")
+    if stat.ndim != 1:
+        raise RoiLoadError(f"{stat_path}: expected a list of ROIs, got an array of shape {stat.shape}")
     notes: list[str] = []
     if first_n is not None:
         if first_n > len(stat):
@@ -102,7 +109,7 @@ def load_roi_outlines(folder: str | Path, *, only_cells: bool = False, first_n: 
         iscell_path = folder / "iscell.npy"
         if not iscell_path.exists():
             raise RoiLoadError(f"{folder}: only_cells is set but there is no iscell.npy")
-        iscell = _load_npy(iscell_path, "iscell.npy")
+        iscell = _load_npy(iscell_path, "iscell.npy", allow_objects=False)
         keep = np.asarray(iscell).reshape(len(stat), -1)[:, 0] > 0.5
         stat = [s for s, k in zip(stat, keep, strict=True) if k]
         notes.append(f"kept the {len(stat)} ROIs marked as cells in iscell.npy")
@@ -110,9 +117,10 @@ def load_roi_outlines(folder: str | Path, *, only_cells: bool = False, first_n: 
     reference = None
     ref_path = folder / "reference.npy"
     if ref_path.exists():
-        reference = np.asarray(_load_npy(ref_path, "reference.npy"), dtype=np.float32)
+        reference = np.asarray(_load_npy(ref_path, "reference.npy", allow_objects=False), dtype=np.float32)
     if reference is None and ("refImg" in ops or "meanImg" in ops):
         reference = np.asarray(ops.get("refImg", ops.get("meanImg")), dtype=np.float32)
+    mean_image = np.asarray(ops["meanImg"], dtype=np.float32) if "meanImg" in ops else None
     if frame_shape is None and "Ly" in ops and "Lx" in ops:
         frame_shape = (int(ops["Ly"]), int(ops["Lx"]))
     if frame_shape is None and reference is not None and reference.ndim == 2:
@@ -148,4 +156,4 @@ def load_roi_outlines(folder: str | Path, *, only_cells: bool = False, first_n: 
         outline_x.append(ox)
         centers[i] = (np.median(ypix), np.median(xpix))
     return RoiOutlines(folder=folder, shape=(Ly, Lx), label=label, outline_y=outline_y, outline_x=outline_x,
-                       centers=centers, reference=reference, notes=notes)
+                       centers=centers, reference=reference, mean_image=mean_image, notes=notes)

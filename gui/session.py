@@ -7,13 +7,22 @@ Joining late: the first snapshot gives the endpoints of every publisher, the cou
 process states and recent warnings; the bus then carries everything after it, and the per-stream
 sequence numbers tell how much the console missed (shown in the health panel). Snapshots are repeated
 every ``snapshot_interval_s`` to pick up what only the supervisor knows (a lost process).
+
+The end of the session: once the supervisor says it is stopping (its heartbeats or a snapshot), every
+critical process has stopped, or this console's ``stop`` was accepted, :attr:`ConsoleSession.ended` says
+why, and the window turns into a read-only review of what it received. The rig then shutting its sockets
+is expected, not "unreachable": snapshot requests stop and no error is raised. A rig that stops
+answering before any of that is unreachable, unless its ``session.json`` (when the console can read the
+session folder) says the session finished.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -24,6 +33,7 @@ from gui.commands import CommandReply, CommandWorker
 from gui.config import GuiConfig
 from gui.labels import decoder_code_names
 from gui.model import ConsoleModel
+from gui.progress import session_end
 from rig.core.operator import Snapshot
 
 
@@ -52,6 +62,8 @@ class ConsoleSession:
         self.reader: BusReader | None = None
         self.connected = False
         self.unreachable = ""
+        self.ended = ""  # why the session is over ("" while it runs); the controls are off from then on
+        self.rig_gone = False  # the rig stopped answering after the session ended: nothing more is asked
         self.replies: list[CommandReply] = []  # every reply, for the status line and tests (bounded below)
         self._next_snapshot = 0.0
         self._listeners: list[Callable[[CommandReply], None]] = []
@@ -67,8 +79,12 @@ class ConsoleSession:
         """Handle replies, ask for a snapshot when due, drain the bus. Returns messages ingested."""
         for reply in self.commands.replies():
             self._handle_reply(reply)
+        if not self.ended:
+            why = session_end(self.model)
+            if why:
+                self._end(why)
         now = self.clock()
-        if now >= self._next_snapshot and not self.commands.in_flight("snapshot"):
+        if not self.rig_gone and now >= self._next_snapshot and not self.commands.in_flight("snapshot"):
             self._next_snapshot = now + self.cfg.snapshot_interval_s
             self.commands.submit("snapshot")
         if self.reader is None:
@@ -81,11 +97,10 @@ class ConsoleSession:
                 self.unreachable = ""
                 self._apply_snapshot(reply.snapshot)
             else:
-                error = reply.error or "the rig answered without a snapshot"
-                if not self.unreachable:
-                    self.model.add_warning("error", "console", "rig_unreachable", error)
-                self.unreachable = error
+                self._snapshot_failed(reply.error or "the rig answered without a snapshot")
             return
+        if reply.command == "stop" and reply.ok:
+            self._end("stopped from this console: the rig is stopping")
         self.replies.append(reply)
         del self.replies[:-100]
         if not reply.ok:
@@ -93,6 +108,38 @@ class ConsoleSession:
                                    f"{reply.command}: {reply.error}")
         for listener in self._listeners:
             listener(reply)
+
+    def _snapshot_failed(self, error: str) -> None:
+        if not self.ended:
+            status = self._finished_status()
+            if status:
+                self._end(f"the session finished (session.json status {status!r})")
+        if self.ended:  # the rig shut its sockets after the session: expected, and nothing more to ask
+            self.rig_gone = True
+            self.unreachable = ""
+            return
+        if not self.unreachable:
+            self.model.add_warning("error", "console", "rig_unreachable", error)
+        self.unreachable = error
+
+    def _finished_status(self) -> str:
+        """The final status in the session's ``session.json`` ("ok", "failed"), when this machine can read it."""
+        if not self.model.session_dir:
+            return ""
+        path = Path(self.model.session_dir) / "session.json"
+        if not path.is_file():
+            return ""  # a console on another machine: the folder is on the rig PC
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # being replaced, or damaged: say so, the rig stays "unreachable"
+            self.model.add_warning("warning", "console", "session_json", f"{path}: cannot read it ({exc})")
+            return ""
+        status = info.get("status") if isinstance(info, dict) else None
+        return str(status) if status in ("ok", "failed") else ""
+
+    def _end(self, why: str) -> None:
+        self.ended = why
+        self.model.add_warning("info", "console", "session_ended", f"session ended: {why}")
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
         self.model.apply_snapshot(snap)

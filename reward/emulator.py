@@ -202,6 +202,7 @@ class EmulatorServer:
     def set_lick(self, active: bool) -> None:
         """Drive the lick sensor by hand (tests)."""
         with self._lock:
+            self._advance(self.board_us())  # timers due before this change run first
             self.emulator.set_lick_input(active)
         self._wake()
 
@@ -251,6 +252,7 @@ class EmulatorServer:
                 self._on_connect()
             data = self._port.read(ready)
             with self._lock:
+                self._advance(self.board_us())
                 self._apply_faults()
                 self._run_firmware(data)
                 self._route_output()
@@ -292,15 +294,36 @@ class EmulatorServer:
             return max(0.0, (deadline - now_us) / 1e6), True
         return timeout, False
 
-    def _run_firmware(self, data: bytes) -> None:
+    def _advance(self, now_us: int) -> None:
+        """Bring the firmware up to ``now_us``: simulated licks and timers, each at its own board time.
+
+        Why: the board's loop() runs every few microseconds, so its valve closes on time whatever the
+        host does, while this process may wake late (preempted, or a coarse timer). Timers that fell
+        due are run at their due time, before anything that happens now (host input, faults, a lick
+        set by hand), so neither the emulated valve, its DONE stamp nor valve.jsonl is late; only
+        the DONE line's write is. Caller holds the lock.
+        """
         emu = self.emulator
         if self.licks is not None:
-            for t_us, level in self.licks.pop_due(self.board_us()):
+            for t_us, level in self.licks.pop_due(now_us):
                 self._catch_up(t_us)
                 emu.set_lick_input(level)
                 emu.step(max(t_us, emu.now_us))
-        now_us = self.board_us()
         self._catch_up(now_us)
+
+    def _catch_up(self, now_us: int) -> None:
+        """Run the firmware's timers due before ``now_us`` at their due board time."""
+        emu = self.emulator
+        for _ in range(8):  # each step resolves the deadline it runs at; a few can be due at once
+            due = emu.next_deadline_us()
+            if due is None or due >= now_us:
+                return
+            emu.step(max(due, emu.now_us))
+
+    def _run_firmware(self, data: bytes) -> None:
+        emu = self.emulator
+        now_us = max(self.board_us(), emu.now_us)
+        self._advance(now_us)
         opened_before = len(emu.events)
         data, dropped = self._faults.filter_input(data)
         self.lines_dropped += dropped
@@ -309,20 +332,6 @@ class EmulatorServer:
             for event in emu.events[opened_before:]:
                 if event.kind == "open":
                     self.licks.on_reward(event.board_us)
-
-    def _catch_up(self, now_us: int) -> None:
-        """Run the firmware's timers that fell due before ``now_us`` at their due board time.
-
-        Why: the board's loop() runs every few microseconds, so its valve closes on time whatever the
-        host does; this process may wake late (preempted, or a coarse timer) and must not make the
-        emulated valve, its DONE stamp or valve.jsonl late with it. Only the DONE line's write is late.
-        """
-        emu = self.emulator
-        for _ in range(8):  # each step resolves the deadline it runs at; a few can be due at once
-            due = emu.next_deadline_us()
-            if due is None or due >= now_us:
-                return
-            emu.step(max(due, emu.now_us))
 
     def _apply_faults(self) -> None:
         if self._faults.take_reset():

@@ -51,7 +51,7 @@ WATCHDOG_TRIPPED = "watchdog_tripped"  # event only: the board's heartbeat watch
 # The reader thread's read timeout, set once per open: it only bounds how long stopping the thread
 # takes where pyserial cannot cancel a blocked read (socket://); data ends a read at once.
 READER_TIMEOUT_S = 0.05
-READER_JOIN_S = 2.0
+READER_JOIN_S = 2.0  # how long closing the port waits for the reader before giving up on it (a daemon)
 
 
 class LinkEvent(msgspec.Struct, frozen=True):
@@ -121,10 +121,6 @@ class _PortReader:
         except OSError:
             if not self._stopping.is_set():
                 raise
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def empty(self) -> bool:
         return self._queue.empty()
@@ -446,7 +442,12 @@ class ValveLink:
                 raise item  # a bug, not link trouble: never swallowed
             if self._reader is not reader:
                 return  # the port was closed meanwhile: what it still held is gone with it
-            self._feed(item[1], item[0])
+            t_read, data = item
+            if t_read <= self._last_write_ns:
+                # Read while send() was still taking its after-write() stamp: stamp it now, so that a
+                # reply never predates the write it answers (latencies and heartbeat RTTs stay positive).
+                t_read = self._clock()
+            self._feed(data, t_read)
 
     def _feed(self, data: bytes, t_read: int) -> None:
         self._last_rx_ns = t_read

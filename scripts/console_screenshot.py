@@ -2,6 +2,7 @@
 
     python scripts/console_screenshot.py                       # -> docs/console_screenshot.png
     python scripts/console_screenshot.py --seconds 60 --out /tmp/console.png
+    python scripts/console_screenshot.py --size 1280x720 --out /tmp/small.png   # a small rig-PC screen
 
 The rig runs headless in a child process (``rig run CONFIG --headless``: baseline, calibration, then
 BCI trials by themselves); the console attaches to it through the command endpoint in the session's
@@ -61,7 +62,16 @@ def wait_for_endpoint(sessions_dir: Path, rig: subprocess.Popen, timeout_s: floa
     raise SystemExit(f"console_screenshot: no session.json with a command endpoint under {sessions_dir}")
 
 
-def run_console_and_grab(endpoint: str, config: str, seconds: float, out: Path, view: str) -> dict:
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1280x720"`` -> (1280, 720); a malformed size is refused by argparse with the expected form."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720")
+    return int(width), int(height)
+
+
+def run_console_and_grab(endpoint: str, config: str, seconds: float, out: Path, view: str,
+                         size: tuple[int, int]) -> dict:
     from PyQt6 import QtCore, QtWidgets  # noqa: PLC0415 - after DISPLAY / QT_QPA_PLATFORM are set
 
     from gui.main_window import MainWindow  # noqa: PLC0415
@@ -71,7 +81,7 @@ def run_console_and_grab(endpoint: str, config: str, seconds: float, out: Path, 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["console_screenshot"])
     session = ConsoleSession(load_config(config).gui, endpoint, issued_by="console_screenshot")
     window = MainWindow(session, title=f"bci-rig console — {endpoint}")
-    window.resize(1680, 1000)
+    window.resize(*size)  # the window's minimum size (gui.main_window.MIN_SIZE) still applies
     {"latest": window.fov.live_radio, "mean": window.fov.mean_radio,
      "reference": window.fov.reference_radio}[view].setChecked(True)
     window.show()
@@ -89,7 +99,8 @@ def run_console_and_grab(endpoint: str, config: str, seconds: float, out: Path, 
         reader = session.reader
         result.update(trials=m.trials, hits=m.hits, rewards=m.rewards_delivered, calibrated=m.calibration is not None,
                       decisions=m.decisions.total, missed=reader.gaps if reader else None,
-                      mode=m.mode_label, refresh_ms=window.refresh_stats(), latency_ms=m.latency_stats())
+                      mode=m.mode_label, refresh_ms=window.refresh_stats(), latency_ms=m.latency_stats(),
+                      size=[window.width(), window.height()])
         session.send("stop")
         QtCore.QTimer.singleShot(1500, app.quit)  # let the stop request go out
 
@@ -108,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "console_screenshot.png")
     parser.add_argument("--view", choices=("latest", "mean", "reference"), default="mean",
                         help="what the field of view shows in the screenshot")
+    parser.add_argument("--size", type=parse_size, default=(1680, 1000), metavar="WIDTHxHEIGHT",
+                        help="window size (default 1680x1000; the console fits down to 960x600)")
     parser.add_argument("--platform", choices=("xcb", "offscreen"), default="xcb",
                         help="xcb: a real X server (own Xvfb unless DISPLAY is set); offscreen: no X at all")
     args = parser.parse_args(argv)
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         endpoint, session_dir = wait_for_endpoint(sessions_dir, rig, 120)
         print(f"[console_screenshot] rig session {session_dir}, command endpoint {endpoint}", file=sys.stderr)
-        result = run_console_and_grab(endpoint, args.config, args.seconds, args.out, args.view)
+        result = run_console_and_grab(endpoint, args.config, args.seconds, args.out, args.view, args.size)
         try:
             rig.wait(60)
         except subprocess.TimeoutExpired:

@@ -4,11 +4,14 @@
 and the processes (a publisher thread streams FluorFrame / Decision / Preview / AcqStatus /
 heartbeats at ``rate_hz``, and sends whatever a test queues with :meth:`FakeRig.emit`). Its decoder
 mode follows the pause/resume commands it receives, like the real decoder's, so a test can watch a
-command's effect come back on the bus.
+command's effect come back on the bus. Like the real reward process it publishes ``LinkState`` only when
+the link changes (:meth:`FakeRig.set_link`), and like the supervisor its snapshot carries the last one;
+:meth:`FakeRig.end_session` plays the supervisor stopping every process at the end of a session.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -22,8 +25,16 @@ import zmq
 from rig.core.bus import Publisher, free_tcp_port
 from rig.core.clock import now_ns
 from rig.core.codes import COMMAND_RESULT_MODE, Mode, command_allowed
-from rig.core.operator import CommandReply, CommandRequest, ProcessStatus, Snapshot, decode_request, encode
-from rig.core.schema import AcqStatus, Decision, FluorFrame, Heartbeat, LinkState, Message, Preview
+from rig.core.operator import (
+    CommandReply,
+    CommandRequest,
+    LinkStatus,
+    ProcessStatus,
+    Snapshot,
+    decode_request,
+    encode,
+)
+from rig.core.schema import AcqStatus, Decision, FluorFrame, Heartbeat, LinkState, Message, Preview, StateChange
 
 FRAME_SHAPE = (128, 128)
 PREVIEW_DECIMATION = 2
@@ -61,6 +72,80 @@ def write_suite2p_rois(folder: Path, n_rois: int, shape: tuple[int, int] = FRAME
     return np.array(centres, dtype=np.float64)
 
 
+def write_finished_session(folder: Path, n_rois: int = 9, n_frames: int = 600, rate_hz: float = 30.0,
+                           excluded_rois: int = 2) -> Path:
+    """A small finished session in the rig's layout (docs/SESSION_FORMAT.md), with the real record dtypes.
+
+    ROI i's F is ``100 + 10 i`` plus a ripple and its dF/F ``i / 100`` plus a ripple, so a test can tell which
+    ROI a plot shows. Trials: start every 60 frames from frame 120, hit on odd trials, miss on even ones;
+    a baseline from frame 0 to 119; decoder rewards on hits, one manual reward and one test pulse.
+    """
+    from acquisition.process import frame_record_dtype  # noqa: PLC0415 - the real layouts, only where needed
+    from decoder.core import decision_record_dtype  # noqa: PLC0415
+    from rig.core.store import EventLog, RecordWriter  # noqa: PLC0415
+
+    iscell = np.array([[1.0, 1.0]] * n_rois + [[0.0, 0.0]] * excluded_rois)
+    rois = folder / "acquisition" / "rois"
+    write_suite2p_rois(rois, n_rois + excluded_rois, iscell=iscell)
+    mean_img = np.linspace(0, 200, FRAME_SHAPE[0] * FRAME_SHAPE[1], dtype=np.float32).reshape(FRAME_SHAPE)
+    np.save(rois / "ops.npy", np.array({"Ly": FRAME_SHAPE[0], "Lx": FRAME_SHAPE[1], "meanImg": mean_img},
+                                       dtype=object), allow_pickle=True)
+    t0 = 5_000_000_000
+    period = int(1e9 / rate_hz)
+    frames = RecordWriter(folder / "acquisition" / "frames.rec", frame_record_dtype(n_rois))
+    decisions = RecordWriter(folder / "decoder" / "decisions.rec", decision_record_dtype(n_rois))
+    ripple = np.sin(np.arange(n_frames) / 7.0).astype(np.float32)
+    for k in range(n_frames):
+        frame = k + 1
+        t = t0 + k * period
+        row = frames.next_row()
+        row["frame"], row["t_ready"], row["t_sent"] = frame, t, t + 2_000_000
+        row["F"] = 100.0 + 10.0 * np.arange(n_rois) + ripple[k]
+        row["Fneu"] = 20.0 + ripple[k]
+        frames.commit()
+        row = decisions.next_row()
+        row["frame"], row["t_ready"], row["t_decided"] = frame, t, t + 2_500_000
+        row["mode"] = 1 if frame < 120 else 3
+        row["trial_state"] = 0 if frame < 120 else (2 if (frame - 120) % 60 < 40 else 1)
+        row["dff"] = np.arange(n_rois) / 100.0 + 0.01 * ripple[k]
+        decisions.commit()
+    frames.close()
+    decisions.close()
+    dec = EventLog(folder / "decoder" / "events.jsonl")
+    dec.write("trial", event="baseline_start", trial=0, frame=1, hits=0, trials=0, frames=119)
+    dec.write("trial", event="baseline_done", trial=0, frame=119, hits=0, trials=0, frames=119, gap_frames=0)
+    dec.write("trial", event="calibrated", trial=0, frame=119, hits=0, trials=0)
+    dec.write("trial", event="bci_start", trial=0, frame=120, hits=0, trials=0)
+    hits = trials = 0
+    rew = EventLog(folder / "reward" / "events.jsonl")
+    for start in range(120, n_frames - 40, 60):
+        trials += 1
+        dec.write("trial", event="trial_start", trial=trials, frame=start, hits=hits, trials=trials)
+        outcome = "hit" if trials % 2 else "miss"
+        hits += outcome == "hit"
+        dec.write("trial", event=outcome, trial=trials, frame=start + 20, hits=hits, trials=trials)
+        if outcome == "hit":
+            t_done = t0 + (start + 21) * period
+            rew.write("reward_outcome", request_id=f"dec-{trials}", status="delivered", reason="", volume_ul=2.5,
+                      open_ms=20.0, source="decoder", frame=start + 20, t_done=t_done, t_ns=t_done)
+    rew.write("reward_outcome", request_id="man-1", status="delivered", reason="", volume_ul=4.0, open_ms=30.0,
+              source="manual", t_done=t0 + 300 * period, t_ns=t0 + 300 * period)
+    rew.write("reward_outcome", request_id="test-1", status="delivered", reason="", volume_ul=2.6, open_ms=20.0,
+              source="test_pulse", t_done=t0 + 310 * period, t_ns=t0 + 310 * period)
+    dec.write("trial", event="stopped", trial=trials, frame=n_frames, hits=hits, trials=trials)
+    dec.close()
+    rew.close()
+    (folder / "session.json").write_text(json.dumps({
+        "format": "bci-rig session v1", "status": "ok", "metadata": {"mouse_id": "BCI-042", "experimenter": "ada"},
+        "endpoints": {"command": "tcp://127.0.0.1:1"}}), encoding="utf-8")
+    (folder / "summary.json").write_text(json.dumps({
+        "trials": trials, "hits": hits, "rewards_delivered": hits + 1, "volume_ul": 2.5 * hits + 4.0,
+        "frames": n_frames, "frames_dropped": 0, "stop_reason": "operator"}), encoding="utf-8")
+    (folder / "config.resolved.json").write_text(json.dumps({
+        "decoder": {"up": [0, 1], "down": [2]}, "acquisition": {"frame_rate_hz": rate_hz}}), encoding="utf-8")
+    return folder
+
+
 class FakeRig:
     """See the module docstring. Use as a context manager; :meth:`start_stream` begins publishing."""
 
@@ -94,6 +179,9 @@ class FakeRig:
         self.commands: list[CommandRequest] = []
         self.snapshots_served = 0
         self.mode = int(mode)
+        self.rig_mode = "running"  # the supervisor's mode: in snapshots and its heartbeats
+        self.process_state = "running"  # every process's, in snapshots and heartbeats
+        self.link: LinkStatus | None = LinkStatus(state="connected")  # as the supervisor's tally keeps it
         self.frames_published = 0
         self._lock = threading.Lock()
         self._outbox: queue.Queue[tuple[str, Message]] = queue.Queue()
@@ -110,12 +198,16 @@ class FakeRig:
     # ------------------------------------------------------------------ supervisor side
     def snapshot(self) -> Snapshot:
         """The supervisor's snapshot of a rig in BCI; ``snapshot_extra`` replaces fields (typed values)."""
+        with self._lock:
+            rig_mode, state, link = self.rig_mode, self.process_state, self.link
         snap = Snapshot(
-            session_dir=str(self.session_dir), endpoints=dict(self.endpoints), mode="running",
-            processes={name: ProcessStatus(state="running") for name in self.PROCESSES},
+            session_dir=str(self.session_dir), endpoints=dict(self.endpoints), mode=rig_mode,
+            processes={name: ProcessStatus(state=state) for name in self.PROCESSES},
             metadata={"mouse_id": "", "experimenter": "", "notes": ""},
             config={"decoder": {"up": [0, 1], "down": [2]}, "reward": {"volume_ul": 3.0},
-                    "acquisition": {"rois": {"only_cells": False}}},
+                    "acquisition": {"rois": {"only_cells": False}, "frame_rate_hz": self.rate_hz},
+                    "task": {"baseline_s": 10.0}},
+            link=link,
         )
         return msgspec.structs.replace(snap, **self.snapshot_extra)
 
@@ -150,6 +242,23 @@ class FakeRig:
         """Put the fake decoder in ``mode`` (seen in the next Decision)."""
         with self._lock:
             self.mode = int(mode)
+
+    def set_link(self, state: str, detail: str = "") -> None:
+        """The reward board link changes: published once on the bus, and kept for snapshots."""
+        with self._lock:
+            self.link = LinkStatus(state=state, detail=detail)
+        self.emit("reward", LinkState(state=state, detail=detail, t_ns=now_ns()))
+
+    def end_session(self) -> None:
+        """What the supervisor does at the end: its mode goes to stopping, every process stops, the stream ends."""
+        with self._lock:
+            self.rig_mode = "stopping"
+            self.process_state = "stopped"
+        self.stop_stream()
+        for name in self.PROCESSES:
+            self.emit(name, StateChange(process=name, state="stopping", reason="stop from supervisor", t_ns=now_ns()))
+            self.emit(name, StateChange(process=name, state="stopped", t_ns=now_ns()))
+        self.emit("supervisor", Heartbeat(process="supervisor", state="stopping", t_ns=now_ns()))
 
     def command_names(self) -> list[str]:
         with self._lock:
@@ -225,11 +334,12 @@ class FakeRig:
                 self.pubs["acquisition"].send(Preview(frame=frame, dy=0.5, dx=-0.25, corr=0.9, image=image, t_ns=t0))
                 self.pubs["acquisition"].send(AcqStatus(frames=frame, frames_dropped=0, bad_frames=0, link="ok",
                                                         fps=self.rate_hz, t_ns=t0))
-                self.pubs["reward"].send(LinkState(state="connected", t_ns=t0))
+                with self._lock:
+                    rig_mode, state = self.rig_mode, self.process_state
                 for name in self.PROCESSES:
-                    self.pubs[name].send(Heartbeat(process=name, state="running", t_ns=t0, pid=1000 + len(name),
+                    self.pubs[name].send(Heartbeat(process=name, state=state, t_ns=t0, pid=1000 + len(name),
                                                    stats={"frames": float(frame)}))
-                self.pubs["supervisor"].send(Heartbeat(process="supervisor", state="running", t_ns=t0))
+                self.pubs["supervisor"].send(Heartbeat(process="supervisor", state=rig_mode, t_ns=t0))
 
     def _send_frame(self, frame: int, F: np.ndarray, Fneu: np.ndarray) -> int:
         """One FluorFrame and its Decision, with stage stamps 2.0 / 0.1 / 0.2 / 0.1 ms apart."""
@@ -267,6 +377,9 @@ class FakeRig:
         self.ctx.destroy(linger=0)
 
     def close(self) -> None:
+        """Stop the threads and close the sockets (a second call does nothing)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._router_thread.join(5)
         self._pub_thread.join(5)

@@ -123,3 +123,11 @@ def test_the_repository_stands_alone():
     marker = "../" + "shared"  # spelt in two parts so that this file does not name it
     outside = [str(p.relative_to(REPO)) for p in texts if marker in p.read_text(encoding="utf-8", errors="replace")]
     assert not outside, f"files that point outside the repository: {outside}"
+
+
+def test_paths_to_repository_files_resolve_after_the_layering():
+    """Modules that find a file of the repository by their own location (a move into rig/app or
+    rig/offline changes it): the file must be there."""
+    from rig.offline.bench import DEFAULT_CONFIG
+
+    assert DEFAULT_CONFIG.is_file(), DEFAULT_CONFIG

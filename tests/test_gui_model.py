@@ -9,9 +9,10 @@ import pytest
 from gui.bus_reader import resolve_endpoint
 from gui.config import GuiConfig
 from gui.labels import CodeNames
-from gui.model import ConsoleModel, RoleEdit
+from gui.model import ConsoleModel
 from gui.rings import ColumnRing
 from gui.rois import RoiLoadError, load_roi_outlines, outline_pixels
+from gui.roles import RoleEdit
 from gui.widgets.plots import state_shading
 from rig.app.config import ConfigError, config_from_dict
 from rig.core.operator import Calibration, Counts, Ensembles, ProcessStatus, Snapshot, SnapshotWarning
@@ -279,3 +280,121 @@ def test_gui_config_checks_ranges_with_the_key_path():
         config_from_dict({"gui": {"frame_rcvhwm": 0}})
     cfg = msgspec.convert({"history_s": 10, "max_frame_rate_hz": 30}, GuiConfig)
     assert cfg.history_rows == 301
+
+
+# ---------------------------------------------------------------------- rewards apart from test pulses
+
+
+def reward(source: str, volume: float, status: str = "delivered", t: int = 10**12) -> RewardOutcome:
+    return RewardOutcome(request_id=f"{source}-{volume}", status=status, reason="" if status == "delivered" else "x",
+                         volume_ul=volume, open_ms=20.0, source=source, t_done=t)
+
+
+def test_only_decoder_and_manual_rewards_count_as_rewards():
+    from gui.model import REWARD_SOURCES
+    from rig.offline.summary import REWARD_SOURCES as SUMMARY_SOURCES
+
+    assert REWARD_SOURCES == SUMMARY_SOURCES  # the console counts what summary.json counts
+    model = ConsoleModel(GuiConfig())
+    for msg in (reward("decoder", 2.5), reward("manual", 2.5, t=10**12 + 10**9), reward("test_pulse", 2.6),
+                reward("flush", 5.2), reward("calibration", 1.0, status="failed")):
+        model.ingest(msg)
+    assert (model.rewards_delivered, model.rewards_failed) == (2, 0)
+    assert model.volume_ul == pytest.approx(5.0)  # not 12.8 (what went through the valve) nor 13.8
+    assert model.other_pulses == 3 and model.other_volume_ul == pytest.approx(7.8)
+    assert any("calibration" in line and "failed" in line for line in model.events)  # a failed pulse is not silent
+    model.first_rig_ns, model.latest_rig_ns = 10**12, 10**12 + 30 * 10**9
+    assert model.rewards_per_min() == pytest.approx(2 / 0.5)  # test pulses are not rewards per minute
+
+
+# ---------------------------------------------------------------------- the snapshot's new fields, end to end
+
+
+def test_the_tally_keeps_link_baseline_volume_and_calibration_failure_for_late_consoles():
+    from rig.app.snapshot import SessionTally
+    from rig.core.operator import CommandReply, decode_reply, encode
+    from rig.core.schema import LinkState
+
+    tally = SessionTally(config_from_dict({}))
+    tally.ingest(LinkState(state="connected", detail="/dev/ttyACM0"))
+    tally.ingest(TrialEvent(kind="baseline_start", trial=0, frame=40, detail={"frames": 9000}))
+    tally.ingest(TrialEvent(kind="calibration_failed", trial=0, frame=9040, detail={"error": "flat baseline"}))
+    for msg in (reward("decoder", 2.5), reward("manual", 2.5), reward("test_pulse", 2.6), reward("flush", 5.2),
+                reward("decoder", 2.5, status="refused")):
+        tally.ingest(msg)
+    snap = tally.snapshot(session_dir="/s", endpoints={}, mode="running", children=[], config={})
+    counts = snap.counts
+    assert (counts.rewards_delivered, counts.rewards_failed, counts.other_pulses) == (2, 1, 2)
+    assert counts.volume_ul == pytest.approx(5.0) and counts.other_volume_ul == pytest.approx(7.8)
+    assert snap.link.state == "connected" and snap.baseline.start_frame == 40 and snap.baseline.frames == 9000
+    assert snap.calibration_failure == "flat baseline"
+    model = ConsoleModel(GuiConfig())  # a console joining now, through the wire
+    model.apply_snapshot(decode_reply(encode(CommandReply(ok=True, snapshot=snap))).snapshot)
+    assert (model.link_state, model.link_detail) == ("connected", "/dev/ttyACM0")
+    assert model.baseline.start_frame == 40 and model.calibration_failure == "flat baseline"
+    assert model.volume_ul == pytest.approx(5.0) and model.other_pulses == 2
+    # A new baseline clears the failure and replaces the progress; its end clears the progress.
+    tally.ingest(TrialEvent(kind="baseline_start", trial=0, frame=9100, detail={"frames": 9000}))
+    assert tally.calibration_failure == "" and tally.baseline.start_frame == 9100
+    tally.ingest(TrialEvent(kind="baseline_done", trial=0, frame=18100))
+    tally.ingest(TrialEvent(kind="calibrated", trial=0, frame=18100))
+    assert tally.baseline is None and tally.calibration_failure == ""
+
+
+def test_the_bus_link_state_wins_over_an_older_snapshot():
+    from rig.core.operator import LinkStatus
+    from rig.core.schema import LinkState
+
+    model = ConsoleModel(GuiConfig())
+    model.apply_snapshot(Snapshot(session_dir="", endpoints={}, mode="running", link=LinkStatus(state="connected")))
+    assert model.link_state == "connected"
+    model.ingest(LinkState(state="lost", detail="unplugged"))
+    model.apply_snapshot(Snapshot(session_dir="", endpoints={}, mode="running", link=LinkStatus(state="connected")))
+    assert (model.link_state, model.link_detail) == ("lost", "unplugged")  # the bus is newer: it says on change
+
+
+# ---------------------------------------------------------------------- baseline countdown, end of session
+
+
+def test_the_baseline_countdown_from_the_event_or_from_the_config():
+    from gui.progress import baseline_countdown
+    from rig.core.codes import Mode
+    from rig.core.schema import AcqStatus
+
+    model = ConsoleModel(GuiConfig())
+    model.config = {"task": {"baseline_s": 20.0}, "acquisition": {"frame_rate_hz": 30.0}}
+    assert baseline_countdown(model) is None  # no decisions yet
+    model.ingest(decision(100, 10**12, mode=int(Mode.BASELINE)))
+    model.ingest(decision(130, 10**12, mode=int(Mode.BASELINE)))
+    late = baseline_countdown(model)  # joined mid-baseline: from the config, an upper bound
+    assert late.estimated and late.total == 600 and late.done == 31
+    assert late.seconds_left == pytest.approx((600 - 31) / 30.0) and "at most" in late.text()
+    model.ingest(TrialEvent(kind="baseline_start", trial=0, frame=90, detail={"frames": 300}))
+    model.ingest(AcqStatus(frames=140, frames_dropped=0, bad_frames=0, link="ok", fps=15.0))  # measured rate wins
+    model.ingest(decision(140, 10**12, mode=int(Mode.BASELINE)))
+    exact = baseline_countdown(model)
+    assert not exact.estimated and (exact.done, exact.total) == (51, 300)
+    assert exact.seconds_left == pytest.approx(249 / 15.0)
+    assert exact.text() == "baseline: 17 s left (51 of 300 frames)"
+    model.ingest(decision(141, 10**12, mode=int(Mode.IDLE)))
+    assert baseline_countdown(model) is None
+
+
+def test_the_session_end_is_told_by_the_supervisor_or_by_every_critical_process():
+    from gui.progress import session_end
+
+    model = ConsoleModel(GuiConfig())
+    snap = Snapshot(session_dir="", endpoints={}, mode="running",
+                    processes={name: ProcessStatus(state="running", critical=name != "gui")
+                               for name in ("acquisition", "decoder", "reward", "gui")})
+    model.apply_snapshot(snap)
+    assert session_end(model) == ""
+    model.ingest(StateChange(process="gui", state="stopped"))  # the rig's own console: optional
+    model.ingest(StateChange(process="acquisition", state="stopped"))
+    model.ingest(StateChange(process="decoder", state="stopping"))
+    assert session_end(model) == ""
+    model.ingest(StateChange(process="reward", state="stopped"))
+    assert "processes have stopped" in session_end(model)
+    other = ConsoleModel(GuiConfig())
+    other.ingest(Heartbeat(process="supervisor", state="stopping"))
+    assert session_end(other) == "the rig is stopping"

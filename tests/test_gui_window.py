@@ -303,3 +303,217 @@ def test_ensembles_set_by_another_console_are_shown(qtbot, rig, console):
     qtbot.waitUntil(lambda: "up: [3, 4]" in console.fov.ensemble_label.text(), timeout=WAIT_MS)
     assert "down: [7]" in console.fov.ensemble_label.text()
     assert console.model.roles.applied_up == [3, 4] and not console.model.roles.pending
+
+
+# ---------------------------------------------------------------------- fits a 1280x720 screen
+
+
+def rect_in(widget, ancestor) -> QtCore.QRect:
+    """``widget``'s rectangle in ``ancestor``'s coordinates."""
+    return QtCore.QRect(widget.mapTo(ancestor, QtCore.QPoint(0, 0)), widget.size())
+
+
+def assert_reachable(window, area, widgets) -> None:
+    """Each widget lies inside the scroll area's content, and scrolling to it shows it whole in the viewport."""
+    content, viewport = area.widget(), area.viewport()
+    assert content.height() <= viewport.height() or area.verticalScrollBar().isVisible(), "no vertical scroll bar"
+    assert content.width() <= viewport.width() or area.horizontalScrollBar().isVisible(), "no horizontal scroll bar"
+    for widget in widgets:
+        assert widget.isVisibleTo(window), widget
+        assert widget.width() > 0 and widget.height() > 0, widget
+        assert content.rect().contains(rect_in(widget, content)), (widget, rect_in(widget, content), content.rect())
+        # Scroll to the whole widget (ensureWidgetVisible would settle for a spin box's text cursor).
+        where = rect_in(widget, content)
+        area.ensureVisible(where.center().x(), where.center().y(), widget.width() // 2 + 1, widget.height() // 2 + 1)
+        shown = rect_in(widget, viewport)
+        if widget.height() <= viewport.height() and widget.width() <= viewport.width():
+            assert viewport.rect().contains(shown), (widget, shown, viewport.rect())
+        else:  # larger than the viewport (a plot at the smallest size): at least its top-left corner comes into view
+            assert viewport.rect().contains(shown.topLeft()), (widget, shown, viewport.rect())
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (960, 600)])
+def test_the_window_fits_a_small_screen_and_every_panel_is_reachable(qtbot, rig, console, size):
+    window, c, h, p, fov = console, console.controls, console.health, console.plots, console.fov
+    assert window.minimumSize().width() <= 1280 and window.minimumSize().height() <= 720
+    hint = window.minimumSizeHint()
+    assert hint.width() <= size[0] and hint.height() <= size[1], hint  # nothing forces the window larger
+    window.resize(*size)
+    qtbot.waitUntil(lambda: window.size() == QtCore.QSize(*size), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: h.process_table.rowCount() == 4 and "30.0 Hz" in h.rate_label.text(), timeout=WAIT_MS)
+    window.refresh()
+    inside = window.rect()
+    # Three columns side by side, all inside the window (the right one used to be cut off), none collapsed.
+    columns = (window.left, window.plots_scroll, window.health_scroll)
+    for column in columns:
+        assert inside.contains(rect_in(column, window)), (column, rect_in(column, window), inside)
+        assert column.width() >= 150 and column.height() >= 300, (column, column.size())
+    xs = [rect_in(col, window).x() for col in columns]
+    assert xs == sorted(xs)
+    # The header (mode, CLOSE VALVE) and the field of view are never scrolled away.
+    for widget in (window.mode_label, c.close_valve, fov.graphics, fov.live_radio, fov.load_button, fov.role_combo,
+                   fov.apply_button, fov.revert_button, fov.roi_label):
+        assert widget.isVisibleTo(window) and inside.contains(rect_in(widget, window)), widget
+    assert fov.graphics.width() >= 150 and fov.graphics.height() >= 150
+    # Each scrolling column: every key widget reachable.
+    assert_reachable(window, window.controls_scroll, [
+        c.status, c.mouse_id, c.experimenter, c.notes, c.save_metadata, c.start_baseline, c.target_hit_rate,
+        c.calibrate, c.start_bci, c.pause, c.resume, c.stop, c.volume, c.manual_reward, c.test_pulse])
+    assert_reachable(window, window.plots_scroll, [p.performance, p.graphics, p.state_legend])
+    assert_reachable(window, window.health_scroll, [
+        h.rate_label, h.frames_label, h.registration_label, h.link_label, h.latency_table, h.process_table,
+        h.console_label, h.tabs])
+    # Inside the tables: the p99 column and every latency row are in view, no scrolling inside the table.
+    table = h.latency_table
+    assert table.columnViewportPosition(1) + table.columnWidth(1) <= table.viewport().width()
+    last = table.rowCount() - 1
+    assert table.rowViewportPosition(last) + table.rowHeight(last) <= table.viewport().height()
+    if size == (1280, 720):  # at this size the controls also fit without scrolling (two columns)
+        assert c.columns == 2 and not window.controls_scroll.verticalScrollBar().isVisible()
+
+
+# ---------------------------------------------------------------------- the header's numbers and banners
+
+
+def test_the_reward_link_comes_from_the_snapshot_when_the_console_joins_after_it(qtbot, rig, console):
+    # The fake reward process published its link before this console existed (as the real one does: on change).
+    qtbot.waitUntil(lambda: "connected" in console.health.link_label.text(), timeout=WAIT_MS)
+    assert "unknown" not in console.health.link_label.text()
+    rig.set_link("lost", "no reply to 3 pings")
+    qtbot.waitUntil(lambda: "lost" in console.health.link_label.text(), timeout=WAIT_MS)
+    assert "no reply to 3 pings" in console.health.link_label.text()
+    snapshots = console.model.snapshots
+    qtbot.waitUntil(lambda: console.model.snapshots > snapshots, timeout=WAIT_MS)
+    assert "lost" in console.health.link_label.text()
+
+
+def test_test_pulses_and_flushes_are_counted_apart_from_rewards(qtbot, rig, console):
+    t = now_ns()
+    for request_id, source, volume in (("dec-1", "decoder", 2.5), ("man-1", "manual", 2.5),
+                                       ("test-1", "test_pulse", 2.6), ("flush-1", "flush", 5.2)):
+        rig.emit("reward", RewardOutcome(request_id=request_id, status="delivered", reason="", volume_ul=volume,
+                                         open_ms=20.0, source=source, t_done=t))
+    qtbot.waitUntil(lambda: console.model.other_pulses == 2, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: "test pulses/flushes 2" in console.plots.performance.text(), timeout=WAIT_MS)
+    text = console.plots.performance.text()
+    # 12.8 µL went through the valve; 5.0 µL of it were rewards, as summary.json counts them.
+    assert "rewards <b>2</b>" in text and "reward volume <b>5.0 µL</b>" in text
+    assert "test pulses/flushes 2 (7.8 µL, not rewards)" in text
+
+
+def test_the_baseline_counts_down(qtbot, tmp_path):
+    with FakeRig(tmp_path / "s", mode=Mode.BASELINE) as rig:
+        rig.start_stream()
+        window = open_console(qtbot, rig.endpoints["command"])
+        try:
+            bar = window.baseline_bar
+            # Joined mid-baseline without its start event: an upper bound from task.baseline_s (10 s at 30 Hz).
+            qtbot.waitUntil(lambda: bar.isVisible() and "at most" in bar.format(), timeout=WAIT_MS)
+            assert bar.maximum() == 300
+            start = rig.frames_published
+            rig.emit("decoder", TrialEvent(kind="baseline_start", trial=0, frame=start, t_ns=now_ns(),
+                                           detail={"frames": 600, "auto_protocol": True}))
+            qtbot.waitUntil(lambda: "of 600 frames" in bar.format(), timeout=WAIT_MS)
+            assert "at most" not in bar.format() and bar.maximum() == 600
+            first = bar.value()
+            qtbot.waitUntil(lambda: bar.value() > first + 10, timeout=WAIT_MS)
+            frame = int(window.model.decisions.last("frame"))
+            left_s = (600 - (frame - start + 1)) / 30.0
+            seconds = float(bar.format().split(": ")[1].split(" s left")[0])
+            assert seconds == pytest.approx(left_s, abs=1.0)  # the bar is redrawn each refresh
+            rig.set_mode(Mode.IDLE)
+            qtbot.waitUntil(lambda: not bar.isVisible(), timeout=WAIT_MS)
+        finally:
+            window.close()
+            window.session.close()
+
+
+def test_a_late_console_gets_the_baseline_start_from_the_snapshot(qtbot, tmp_path):
+    from rig.core.operator import BaselineProgress
+
+    with FakeRig(tmp_path / "s", mode=Mode.BASELINE,
+                 snapshot_extra={"baseline": BaselineProgress(start_frame=1, frames=900)}) as rig:
+        rig.start_stream()
+        window = open_console(qtbot, rig.endpoints["command"])
+        try:
+            qtbot.waitUntil(lambda: "of 900 frames" in window.baseline_bar.format(), timeout=WAIT_MS)
+            assert "at most" not in window.baseline_bar.format()
+        finally:
+            window.close()
+            window.session.close()
+
+
+def test_a_failed_calibration_is_a_banner_with_its_reason(qtbot, rig, console):
+    rig.emit("decoder", TrialEvent(kind="calibration_failed", trial=0, frame=132, t_ns=now_ns(),
+                                   detail={"error": "the baseline has only 40 usable frames"}))
+    qtbot.waitUntil(lambda: console.calibration_banner.isVisible(), timeout=WAIT_MS)
+    assert "CALIBRATION FAILED" in console.calibration_banner.text()
+    assert "only 40 usable frames" in console.calibration_banner.text()
+    assert not console.banner.isVisible()  # not mixed up with the rig's own state
+    rig.emit("decoder", TrialEvent(kind="calibrated", trial=0, frame=400, t_ns=now_ns()))
+    qtbot.waitUntil(lambda: not console.calibration_banner.isVisible(), timeout=WAIT_MS)
+
+
+# ---------------------------------------------------------------------- the end of the session
+
+
+def test_after_the_session_ends_the_window_stays_for_review_with_controls_off(qtbot, tmp_path):
+    rig = FakeRig(tmp_path / "s")
+    window = None
+    try:
+        rig.start_stream()
+        window = open_console(qtbot, rig.endpoints["command"], command_timeout_s=0.2, command_retries=1,
+                              snapshot_interval_s=0.2)
+        c, fov, session = window.controls, window.fov, window.session
+        qtbot.waitUntil(lambda: len(window.model.decisions) > 5 and fov.rois is not None, timeout=WAIT_MS)
+        assert c.stop.isEnabled() and c.close_valve.isEnabled()
+        rig.end_session()
+        qtbot.waitUntil(lambda: bool(session.ended), timeout=WAIT_MS)
+        qtbot.waitUntil(lambda: "SESSION ENDED" in window.banner.text(), timeout=WAIT_MS)
+        assert "stopping" in session.ended
+        controls = (c.start_baseline, c.calibrate, c.start_bci, c.pause, c.resume, c.stop, c.manual_reward,
+                    c.test_pulse, c.close_valve, c.save_metadata, c.mouse_id, c.volume)
+        assert not any(w.isEnabled() for w in controls)
+        assert not fov.edit_row.isVisible() and "session ended" in window.windowTitle()
+        # Then the rig shuts its sockets: expected, so not "unreachable", and no more requests.
+        rig.close()
+        qtbot.waitUntil(lambda: session.rig_gone, timeout=WAIT_MS)
+        window.refresh()
+        assert "SESSION ENDED" in window.banner.text() and "unreachable" not in window.banner.text()
+        assert not session.unreachable
+        assert not any(w.code == "rig_unreachable" for w in window.model.warnings)
+        assert "shut down after the session" in window.connection_label.text()
+        assert window.send_command("test_pulse", {}) == -1 and "not sent" in c.status.text()
+        # What was received stays for review: clicking an ROI selects it (no role change).
+        up_before = list(window.model.roles.up)
+        cy, cx = rig.centres[5]
+        qtbot.mouseClick(fov.graphics.viewport(), LEFT, pos=fov.frame_to_widget(cy, cx))
+        qtbot.waitUntil(lambda: window.model.selected_roi == 5, timeout=WAIT_MS)
+        assert window.model.roles.up == up_before and not window.model.roles.pending
+        assert len(window.model.decisions) > 5
+        assert not session.commands.in_flight()  # nothing is being asked of a rig that is gone
+    finally:
+        if window is not None:
+            window.close()
+            window.session.close()
+        rig.close()
+
+
+def test_a_rig_gone_without_a_word_is_finished_if_its_session_json_says_so(qtbot, tmp_path):
+    rig = FakeRig(tmp_path / "s")
+    window = None
+    try:
+        window = open_console(qtbot, rig.endpoints["command"], command_timeout_s=0.2, command_retries=1,
+                              snapshot_interval_s=0.2)
+        qtbot.waitUntil(lambda: window.model.snapshots > 0, timeout=WAIT_MS)
+        (tmp_path / "s" / "session.json").write_text('{"status": "ok"}', encoding="utf-8")
+        rig.close()  # the console missed the supervisor's last heartbeats (it was busy, or joined too late)
+        qtbot.waitUntil(lambda: window.session.rig_gone, timeout=WAIT_MS)
+        assert "session.json status 'ok'" in window.session.ended
+        qtbot.waitUntil(lambda: "SESSION ENDED" in window.banner.text(), timeout=WAIT_MS)
+        assert not window.controls.stop.isEnabled()
+    finally:
+        if window is not None:
+            window.close()
+            window.session.close()
+        rig.close()

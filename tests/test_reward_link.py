@@ -17,9 +17,15 @@ from reward.config import RewardConfig
 from reward.controller import DELIVERED, FAILED, REFUSED, BoardNotice, LickEvent, RewardController, RewardOutcome
 from reward.emulator import EmulatorServer
 from reward.link import LinkEvent, ProtocolMismatch, ValveLink
+from reward.transports import windows_like_serial_for_url, windows_tick_select, windows_tick_sleep
 from rig.core.clock import now_ns
 
 TRANSPORTS = [pytest.param("pty", marks=pytest.mark.posix_only(reason="pseudo-terminals are POSIX")), "socket"]
+# "windows": Windows approximated on Linux (reward/transports.py): socket:// through a port without fileno(), so
+# the link reads on its reader thread, and every timed wait of the host and the emulator ends on a 15.625 ms tick.
+BOARDS = [*TRANSPORTS, pytest.param("windows", marks=pytest.mark.posix_only(reason="approximates Windows on POSIX"))]
+WINDOWS_LINK = {"port_factory": windows_like_serial_for_url, "select_fn": windows_tick_select,
+                "sleep_fn": windows_tick_sleep}
 CAL = ValveCalibration(valve="valve0", date="2025-01-01T00:00:00", intercept_ms=0.0, slope_ms_per_ul=10.0)
 
 
@@ -92,15 +98,20 @@ def board_output_read(server: EmulatorServer, controller: RewardController) -> l
     return pump(controller, lambda events: any(lick.onset for lick in lick_events(events)))
 
 
-@pytest.fixture(params=TRANSPORTS)
+@pytest.fixture(params=BOARDS)
 def board(request):
     """(server, make_controller): an emulated board on each transport and connected controllers on it."""
-    server = EmulatorServer(transport=request.param).start()
+    if request.param == "windows":
+        server = EmulatorServer(transport="socket", select_fn=windows_tick_select).start()
+        link_options = WINDOWS_LINK
+    else:
+        server = EmulatorServer(transport=request.param).start()
+        link_options = {}
     made: list[RewardController] = []
 
     def make(calibration: ValveCalibration | None = CAL, **overrides) -> RewardController:
         cfg = fast_cfg(**overrides)
-        controller = RewardController(cfg, calibration, ValveLink.from_config(cfg, server.url))
+        controller = RewardController(cfg, calibration, ValveLink.from_config(cfg, server.url, **link_options))
         controller.start()
         pump(controller, connected_after())
         made.append(controller)

@@ -183,16 +183,17 @@ def delivered_rewards(session: Path) -> int:
 
 def test_a_session_on_the_windows_serial_path_delivers_rewards(tmp_path):
     """What a Windows rig runs: the emulated board over TCP, and a serial port without ``fileno()`` (pyserial's
-    COM ports), so the reward link cannot select() on it and the reward process polls instead of waking on it."""
+    COM ports), so the reward link cannot select() on the port and takes its fallback (reward/link.py)."""
     from tests.serial_nofileno import REFUSED
 
     def after_two_rewards(session: Path, proc: subprocess.Popen) -> None:
         wait_for(lambda: delivered_rewards(session) >= 2, 90, "two delivered rewards")
         send_ctrl_c(proc)
 
+    # a 5 s baseline (the least for 3 trials of 1.5 s) calibrated to 80 % hits: rewards come within seconds
     proc, out, err, session = run_rig_until(tmp_path, after_two_rewards, "reward.emulator_transport=socket",
-                                            "decoder.calibration.target_hit_rate=0.8", frames=1,
-                                            module="tests.rig_without_fileno")
+                                            "task.baseline_s=5", "decoder.calibration.target_hit_rate=0.8",
+                                            frames=1, module="tests.rig_without_fileno")
     assert proc.returncode == 0, err[-3000:]
     assert REFUSED in err  # the reward process's port really had no descriptor
     [link] = read_events(session / "reward" / "events.jsonl", {"link_url"})

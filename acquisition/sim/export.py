@@ -28,6 +28,7 @@ from acquisition.sim.anatomy import Anatomy
 from acquisition.sim.calcium import indicator_preset
 from acquisition.sim.config import SimConfig
 from acquisition.sim.scope import SimScope
+from rig.core.safe_npy import load_npy
 
 _INT16_MAX = np.iinfo(np.int16).max
 
@@ -195,7 +196,7 @@ def export_movie(
             bar.update(1)
     mean_img = (mean_acc / n_frames).astype(np.float32)
     write_ground_truth(scope, out, n_frames=n_frames, mean_img=mean_img)
-    ops = np.load(plane / "ops.npy", allow_pickle=True).item()
+    ops = load_npy(plane / "ops.npy").item()
     ops["reg_file"] = str(bin_path.resolve())
     ops["save_path"] = str(plane.resolve())
     ops["tiff"] = str(tif_path.resolve())

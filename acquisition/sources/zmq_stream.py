@@ -4,10 +4,17 @@ scripts/publish_frames.py).
 Each frame is one multipart message ``[topic, header, pixels]``: the header is a small JSON object (frame
 number, scope timestamp, shape, dtype, pixel order, plane, channel), the pixels raw bytes. The scope side
 publishes (PUB, usually binding); we subscribe. Malformed messages are counted as bad frames and described
-in warnings, never raised; gaps in the publisher's frame numbers are counted as missed frames and the next
-frame carries AFTER_GAP. A frame number that goes back means the publisher restarted: a warning is recorded,
-and the delivered numbers continue after the last one delivered (offset by the new run's own number), so
-they always increase; the first frame after the restart carries AFTER_GAP.
+in warnings, never raised. Pixels are handed on in native byte order (a big-endian frame is swapped into a
+reused buffer: the pipeline's compiled kernels read native numbers only).
+
+The numbers we deliver follow the decoder's rules whatever the publisher sends: they start at 0 or later,
+always increase, stay below 2**53 and never jump by more than ``max_jump_s`` of frames. Within those rules
+they are the publisher's own: gaps are counted as missed frames and the next frame carries AFTER_GAP. A
+number that goes back means the publisher restarted: a warning is recorded, and the delivered numbers continue
+after the last one delivered (offset by the new run's own number); the first frame after the restart carries
+AFTER_GAP. A number that is not an integer in 0 .. 2**53-1 (negative, 2**64-1 from an unsigned -1...) or that
+jumps further ahead than ``max_jump_s`` is counted and warned, and the frame is numbered as the next one; a
+jump the following frame confirms (it continues from the new number) is taken as the publisher's new numbering.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ PROTOCOL_VERSION = 1
 #: pixel types a publisher may send (little-endian unless the header says ``"byteorder": "big"``)
 STREAM_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _RCVHWM = 64  # frames queued before ZeroMQ drops (a 512x512 uint16 frame is 0.5 MB)
+#: the largest frame number we deliver (exact in a float64 and in JSON; 300,000 years at 1 kHz)
+MAX_FRAME_NUMBER = 2**53 - 1
+#: a repeated warning (every frame with a bad number...) goes out the first time, then every this many times
+WARN_EVERY = 100
 
 
 class FrameHeader(msgspec.Struct, kw_only=True):
@@ -51,7 +62,8 @@ class FrameHeader(msgspec.Struct, kw_only=True):
 class ZmqStreamSource(FrameSource):
     @classmethod
     def from_config(cls, cfg: AcquisitionConfig, ctx: SourceContext) -> ZmqStreamSource:
-        """The registry's factory: ``[acquisition.zmq_stream]`` (a 0 x 0 size: whatever the stream sends)."""
+        """The registry's factory: ``[acquisition.zmq_stream]`` (a 0 x 0 size: not configured, so only the ROI
+        set's size, which the acquisition process checks, applies; never the size of the first frame)."""
         z = cfg.zmq_stream
         expected = (z.height_px, z.width_px) if z.height_px else None
         return cls(z.endpoint, bind=z.bind, topic=z.topic, plane=z.plane, channel=z.channel,
@@ -59,7 +71,10 @@ class ZmqStreamSource(FrameSource):
 
     def __init__(self, endpoint: str, *, bind: bool = False, topic: str = "frame", plane: int = -1,
                  channel: int = -1, frame_rate_hz: float = 30.0, expected_shape: tuple[int, int] | None = None,
-                 stale_after_s: float = 2.0, context: zmq.Context | None = None) -> None:
+                 stale_after_s: float = 2.0, max_jump_s: float = 3600.0, context: zmq.Context | None = None) -> None:
+        """``expected_shape``: the configured frame size (None: not configured; the acquisition checks frames
+        against its ROI set either way). ``max_jump_s``: the largest forward jump in the publisher's frame
+        numbers taken as frames lost (beyond it the counter is broken; the decoder refuses a day)."""
         super().__init__()
         self.endpoint = endpoint
         self._bind = bind
@@ -76,9 +91,13 @@ class ZmqStreamSource(FrameSource):
         self._held: list[Any] = []  # the message whose pixels the last Frame views (kept alive until next read)
         self._shape: tuple[int, int] = expected_shape or (0, 0)
         self._dtype = np.dtype(np.uint16)
-        self._last_number = -1  # the publisher's own number of the last frame delivered
+        self._native: np.ndarray | None = None  # reused buffer for frames that arrive big-endian
+        self._max_jump = max(1, int(max_jump_s * max(self._rate, 1.0)))
+        self._last_number = -1  # the publisher's own number of the last frame delivered (-1: none usable yet)
+        self._last_delivered = -1  # our number of the last frame delivered
         #: added to the publisher's numbers so ours keep increasing across publisher restarts
         self._number_offset = 0
+        self._suspect_jump: int | None = None  # a number far ahead, delivered as the next frame: confirmed?
         self._last_frame_ns = 0
         self._peer_connected = False
         self._disconnected = False
@@ -87,6 +106,9 @@ class ZmqStreamSource(FrameSource):
         self._missed = 0
         self._skipped = 0
         self._restarts = 0
+        self._bad_numbers = 0
+        self._jumps = 0
+        self._wrong_shape = 0
         self._connects = 0
         self._disconnects = 0
 
@@ -135,7 +157,9 @@ class ZmqStreamSource(FrameSource):
     def stats(self) -> dict[str, float]:
         return {"frames": float(self._frames), "bad_frames": float(self._bad),
                 "frames_missed": float(self._missed), "skipped_other_plane_or_channel": float(self._skipped),
-                "publisher_restarts": float(self._restarts), "connects": float(self._connects),
+                "publisher_restarts": float(self._restarts), "bad_frame_numbers": float(self._bad_numbers),
+                "frame_number_jumps": float(self._jumps), "wrong_shape_frames": float(self._wrong_shape),
+                "connects": float(self._connects),
                 "disconnects": float(self._disconnects),
                 "reconnects": float(max(self._connects - 1, 0))}
 
@@ -210,30 +234,87 @@ class ZmqStreamSource(FrameSource):
         flags = 0
         if self._expected_shape is not None and (height, width) != self._expected_shape:
             flags |= FrameFlag.WRONG_SHAPE  # delivered anyway: the pipeline counts and skips it
-        if self._last_number >= 0:
-            if header.frame > self._last_number + 1:
-                self._missed += header.frame - self._last_number - 1
-                flags |= FrameFlag.AFTER_GAP
-            elif header.frame <= self._last_number:
-                # a restarted publisher counts from 0 again: continue our numbering after the last frame
-                # delivered (its frames before header.frame are counted as missed, as any gap is)
-                previous = self._last_number + self._number_offset
-                self._number_offset = previous + 1
-                self._missed += max(header.frame, 0)
-                self._restarts += 1
-                flags |= FrameFlag.AFTER_GAP
-                self.warn("stream_restarted", f"zmq_stream: publisher frame number went back from "
-                                              f"{self._last_number} to {header.frame} (publisher restarted?); "
-                                              f"frames continue from {self._number_offset + header.frame}")
-        self._last_number = header.frame
+            self._wrong_shape += 1
+            self._warn_every("wrong_shape", self._wrong_shape,
+                             f"frame {header.frame}: {height}x{width} pixels, the configured frame size is "
+                             f"{self._expected_shape[0]}x{self._expected_shape[1]} (flagged WRONG_SHAPE)")
+        number, number_flags = self._number(header.frame)
+        flags |= number_flags
         if header.order == "F":
             pixels = np.frombuffer(payload, dtype=dtype).reshape(width, height).T
         else:
             pixels = np.frombuffer(payload, dtype=dtype).reshape(height, width)
+        if not dtype.isnative:
+            pixels = self._to_native(pixels)
         self._held = parts
-        self._shape = (height, width) if self._expected_shape is None else self._shape
         self._dtype = pixels.dtype
         self._frames += 1
         self._last_frame_ns = t_ready
-        return Frame(data=pixels, number=header.frame + self._number_offset, t_ready_ns=t_ready,
-                     scope_time_s=header.t, flags=int(flags))
+        return Frame(data=pixels, number=number, t_ready_ns=t_ready, scope_time_s=header.t, flags=int(flags))
+
+    def _to_native(self, pixels: np.ndarray) -> np.ndarray:
+        """The frame in native byte order, in a buffer reused while frames keep their shape and type."""
+        native = pixels.dtype.newbyteorder("=")
+        if self._native is None or self._native.shape != pixels.shape or self._native.dtype != native:
+            self._native = np.empty(pixels.shape, native)
+        np.copyto(self._native, pixels)  # swaps the bytes (and makes an F-order frame C-contiguous)
+        return self._native
+
+    def _warn_every(self, code: str, count: int, message: str) -> None:
+        """Warn about the first occurrence, then every :data:`WARN_EVERY`-th: a broken publisher must not flood."""
+        if count == 1 or count % WARN_EVERY == 0:
+            self.warn(code, f"zmq_stream: {message} ({count} so far)")
+
+    def _number(self, published: int) -> tuple[int, int]:
+        """Our number for a frame the publisher numbered ``published``, and AFTER_GAP when frames were missed.
+
+        Ours keep the decoder's rules (module docstring) whatever arrives: the decoder stops the session on a
+        number that does not increase or jumps by a day, so the numbers are made safe here, at the source.
+        """
+        last, last_delivered = self._last_number, self._last_delivered
+        suspect, self._suspect_jump = self._suspect_jump, None
+        if not 0 <= published <= MAX_FRAME_NUMBER:
+            self._bad_numbers += 1
+            self._warn_every("bad_frame_number", self._bad_numbers,
+                             f"frame number {published} is not an integer in 0..{MAX_FRAME_NUMBER}; the frame is "
+                             f"numbered {last_delivered + 1}, as the next one")
+            return self._advance(last + 1 if last >= 0 else -1), 0
+        flags = 0
+        if last < 0:  # the first usable number: keep it, unless frames were already delivered (with bad numbers)
+            self._number_offset = 0 if last_delivered < 0 else last_delivered + 1 - published
+        elif published > last + 1 + self._max_jump:
+            if suspect is not None and published == suspect + 1:  # the jump holds: the publisher renumbered
+                self._number_offset = last_delivered + 1 - published
+                self.warn("frame_number_jump", f"zmq_stream: the publisher's frame numbers continue from "
+                                               f"{published}: frames continue from {last_delivered + 1}")
+            else:
+                self._jumps += 1
+                self._suspect_jump = published
+                self._warn_every("frame_number_jump", self._jumps,
+                                 f"frame number jumped from {last} to {published}, more than {self._max_jump} "
+                                 f"frames ahead; the frame is numbered {last_delivered + 1}, as the next one")
+                return self._advance(last + 1), 0
+        elif published > last + 1:
+            self._missed += published - last - 1
+            flags |= FrameFlag.AFTER_GAP
+        elif published <= last:
+            # a restarted publisher counts from 0 again: continue our numbering after the last frame delivered
+            # (its frames before ``published`` are counted as missed, as any gap is, unless that is a broken count)
+            self._restarts += 1
+            flags |= FrameFlag.AFTER_GAP
+            lost = published if published <= self._max_jump else 0
+            self._missed += lost
+            self._number_offset = last_delivered + 1 + lost - published
+            self.warn("stream_restarted", f"zmq_stream: publisher frame number went back from {last} to "
+                                          f"{published} (publisher restarted?); frames continue from "
+                                          f"{published + self._number_offset}")
+        self._last_number = published
+        number = published + self._number_offset
+        self._last_delivered = number
+        return number, int(flags)
+
+    def _advance(self, assumed_published: int) -> int:
+        """Deliver the frame as the one after the last delivered, taking it as the publisher's ``assumed_published``."""
+        self._last_number = assumed_published
+        self._last_delivered += 1
+        return self._last_delivered

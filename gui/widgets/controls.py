@@ -2,13 +2,19 @@
 
 The panel only emits ``command(name, args)``; the window sends it to the supervisor. Stopping the
 session asks for confirmation; closing the valve never does.
+
+Two columns (session and reward | protocol) when the panel is at least :data:`TWO_COLUMNS_WIDTH` wide,
+one column (session, protocol, reward) when it is narrower, so it fits beside the field of view on a
+1280-pixel screen; the window scrolls it when it is short of height. The emergency button
+:attr:`ControlPanel.close_valve` is not in the panel's layout: the window puts it in its header, where
+scrolling can never hide it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from PyQt6 import QtCore, QtWidgets
+from PyQt6 import QtCore, QtGui, QtWidgets
 
 from gui.widgets.style import ERROR_COLOUR
 from rig.core.codes import COMMAND_MODES, mode_name
@@ -17,6 +23,9 @@ from rig.core.codes import COMMAND_MODES, mode_name
 #: decoder has the last word (a command arriving in another mode is refused there); greying the
 #: buttons out just keeps the operator from asking for what cannot happen now.
 ALLOWED_MODES = {command: tuple(mode_name(m) for m in modes) for command, modes in COMMAND_MODES.items()}
+
+#: Width (px) from which the panel lays its boxes out in two columns (above what two columns need).
+TWO_COLUMNS_WIDTH = 450
 
 
 class ControlPanel(QtWidgets.QWidget):
@@ -68,11 +77,11 @@ class ControlPanel(QtWidgets.QWidget):
         proto.addWidget(self.start_baseline, 0, 0, 1, 2)
         proto.addWidget(QtWidgets.QLabel("target hit rate"), 1, 0)
         proto.addWidget(self.target_hit_rate, 1, 1)
-        proto.addWidget(self.calibrate, 2, 0, 1, 2)
-        proto.addWidget(self.start_bci, 3, 0, 1, 2)
-        proto.addWidget(self.pause, 4, 0)
-        proto.addWidget(self.resume, 4, 1)
-        proto.addWidget(self.stop, 5, 0, 1, 2)
+        proto.addWidget(self.calibrate, 2, 0)
+        proto.addWidget(self.start_bci, 2, 1)
+        proto.addWidget(self.pause, 3, 0)
+        proto.addWidget(self.resume, 3, 1)
+        proto.addWidget(self.stop, 4, 0, 1, 2)
         proto_box = QtWidgets.QGroupBox("protocol")
         proto_box.setLayout(proto)
 
@@ -85,7 +94,7 @@ class ControlPanel(QtWidgets.QWidget):
         self.volume.setValue(4.0)
         self.manual_reward = QtWidgets.QPushButton("Manual reward")
         self.test_pulse = QtWidgets.QPushButton("Valve test pulse")
-        self.close_valve = QtWidgets.QPushButton("CLOSE VALVE")
+        self.close_valve = QtWidgets.QPushButton("CLOSE VALVE")  # placed by the window (see the module doc)
         self.close_valve.setToolTip("emergency: close the solenoid now")
         self.close_valve.setStyleSheet(f"background-color: {ERROR_COLOUR}; color: white; font-weight: bold; "
                                        "padding: 8px;")
@@ -96,24 +105,50 @@ class ControlPanel(QtWidgets.QWidget):
         reward = QtWidgets.QGridLayout()
         reward.addWidget(QtWidgets.QLabel("volume"), 0, 0)
         reward.addWidget(self.volume, 0, 1)
-        reward.addWidget(self.manual_reward, 1, 0, 1, 2)
-        reward.addWidget(self.test_pulse, 2, 0, 1, 2)
-        reward.addWidget(self.close_valve, 3, 0, 1, 2)
+        reward.addWidget(self.manual_reward, 1, 0)
+        reward.addWidget(self.test_pulse, 1, 1)
         reward_box = QtWidgets.QGroupBox("reward")
         reward_box.setLayout(reward)
 
         self.status = QtWidgets.QLabel("")
         self.status.setWordWrap(True)
-        layout = QtWidgets.QGridLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(meta_box, 0, 0)
-        layout.addWidget(reward_box, 1, 0)
-        layout.addWidget(proto_box, 0, 1, 2, 1)
-        layout.addWidget(self.status, 2, 0, 1, 2)
-        layout.setRowStretch(3, 1)
+        self._boxes = (meta_box, proto_box, reward_box)
+        self._grid = QtWidgets.QGridLayout(self)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self.columns = 0
+        self.set_columns(1)
         self._metadata_loaded = False
+        self.session_over = ""  # why the session ended; every control stays off from then on
         #: Asked before stopping the session; tests replace it.
         self.confirm = self._confirm_dialog
+
+    # ------------------------------------------------------------------ layout
+    def set_columns(self, columns: int) -> None:
+        """Lay the boxes out in one column (session, protocol, reward) or two (session, reward | protocol)."""
+        if columns == self.columns:
+            return
+        self.columns = columns
+        grid = self._grid
+        meta_box, proto_box, reward_box = self._boxes
+        for widget in (self.status, *self._boxes):
+            grid.removeWidget(widget)
+        for row in range(grid.rowCount()):
+            grid.setRowStretch(row, 0)
+        grid.addWidget(self.status, 0, 0, 1, columns)
+        if columns == 2:
+            grid.addWidget(meta_box, 1, 0)
+            grid.addWidget(reward_box, 2, 0)
+            grid.addWidget(proto_box, 1, 1, 2, 1)
+            grid.setRowStretch(3, 1)
+        else:
+            grid.addWidget(meta_box, 1, 0)
+            grid.addWidget(proto_box, 2, 0)
+            grid.addWidget(reward_box, 3, 0)
+            grid.setRowStretch(4, 1)
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt override
+        self.set_columns(2 if event.size().width() >= TWO_COLUMNS_WIDTH else 1)
+        super().resizeEvent(event)
 
     # ------------------------------------------------------------------ values in
     def load_metadata(self, metadata: dict[str, str]) -> None:
@@ -155,6 +190,8 @@ class ControlPanel(QtWidgets.QWidget):
 
     def set_mode(self, mode: str | None) -> None:
         """Enable the protocol buttons that make sense in decoder mode ``mode`` (all when it is unknown)."""
+        if self.session_over:
+            return
         buttons = {"start_baseline": self.start_baseline, "calibrate": self.calibrate, "start_bci": self.start_bci,
                    "pause": self.pause, "resume": self.resume}
         for name, button in buttons.items():
@@ -162,6 +199,17 @@ class ControlPanel(QtWidgets.QWidget):
             enabled = mode is None or mode in allowed
             button.setEnabled(enabled)
             button.setToolTip("" if enabled else f"only in mode {' or '.join(allowed)} (now: {mode})")
+
+    def set_session_over(self, why: str) -> None:
+        """The session ended: nothing can be sent any more, the fields stay readable."""
+        self.session_over = why
+        for widget in (self.mouse_id, self.experimenter, self.save_metadata, self.start_baseline,
+                       self.target_hit_rate, self.calibrate, self.start_bci, self.pause, self.resume, self.stop,
+                       self.volume, self.manual_reward, self.test_pulse, self.close_valve):
+            widget.setEnabled(False)
+            widget.setToolTip(f"the session ended: {why}")
+        self.notes.setReadOnly(True)
+        self.show_status(f"session ended: {why}")
 
     def show_status(self, text: str, error: bool = False) -> None:
         self.status.setText(text)

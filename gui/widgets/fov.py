@@ -3,7 +3,8 @@
 ROI outlines are drawn into one RGBA overlay image (cheap for hundreds of ROIs) in full-frame
 coordinates; the decimated preview image is stretched over the same rectangle, so outlines line up
 whatever the preview decimation. Clicking an ROI assigns it the role chosen in "click sets"; the edits
-are pending until "Apply ensembles" sends them to the rig (``set_ensembles``).
+are pending until "Apply ensembles" sends them to the rig (``set_ensembles``). Without editing (the
+session ended, or a finished session under review) a click only selects the ROI.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtCore, QtWidgets
 
-from gui.model import RoleEdit
 from gui.rois import RoiOutlines
+from gui.roles import RoleEdit
 from gui.widgets.style import DOWN_RGB, OTHER_RGBA, SELECTED_RGB, UP_RGB
 
 #: The "mean" view is an exponential running mean over about this many previews (~4 per second).
@@ -39,6 +40,7 @@ class FovWidget(QtWidgets.QWidget):
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.graphics = pg.GraphicsLayoutWidget()
+        self.graphics.setMinimumSize(200, 160)
         self.view: pg.ViewBox = self.graphics.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
         self.image_item = pg.ImageItem(axisOrder="row-major")
         self.overlay_item = pg.ImageItem(axisOrder="row-major")
@@ -72,6 +74,7 @@ class FovWidget(QtWidgets.QWidget):
         self.roi_label.setWordWrap(True)
         self.ensemble_label = QtWidgets.QLabel("")
         self.ensemble_label.setWordWrap(True)
+        self.shift_label.setWordWrap(True)
 
         top = QtWidgets.QHBoxLayout()
         top.addWidget(QtWidgets.QLabel("show:"))
@@ -79,21 +82,24 @@ class FovWidget(QtWidgets.QWidget):
         top.addWidget(self.mean_radio)
         top.addWidget(self.reference_radio)
         top.addStretch(1)
-        edit = QtWidgets.QHBoxLayout()
+        top.addWidget(self.load_button)
+        self.edit_row = QtWidgets.QWidget()
+        edit = QtWidgets.QHBoxLayout(self.edit_row)
+        edit.setContentsMargins(0, 0, 0, 0)
         edit.addWidget(QtWidgets.QLabel("click sets:"))
         edit.addWidget(self.role_combo)
         edit.addWidget(self.apply_button)
         edit.addWidget(self.revert_button)
         edit.addStretch(1)
-        edit.addWidget(self.load_button)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
         layout.addWidget(self.shift_label)
         layout.addWidget(self.graphics, 1)
-        layout.addLayout(edit)
+        layout.addWidget(self.edit_row)
         layout.addWidget(self.ensemble_label)
         layout.addWidget(self.roi_label)
+        self.editing = True  # a click assigns the chosen role; False: it only selects the ROI
 
         self.rois: RoiOutlines | None = None
         self._overlay: np.ndarray | None = None
@@ -201,6 +207,24 @@ class FovWidget(QtWidgets.QWidget):
             height *= max(1, round(self.rois.shape[0] / image.shape[0]))
             width *= max(1, round(self.rois.shape[1] / image.shape[1]))
         self.image_item.setRect(QtCore.QRectF(0, 0, width, height))
+
+    def set_editing(self, editing: bool) -> None:
+        """Offer the ensemble editing (a running session) or not (ended, or under review): clicks then only select."""
+        self.editing = editing
+        self.edit_row.setVisible(editing)
+
+    def show_stills(self, mean_image: np.ndarray | None) -> None:
+        """A finished session: no live image; the reference and, when the session kept one, the mean image."""
+        self.live_radio.setVisible(False)
+        self.load_button.setVisible(False)
+        self.mean_radio.setToolTip("the mean image of the session's ROI detection (ops.npy meanImg)")
+        self.mean_radio.setVisible(mean_image is not None)
+        if mean_image is not None:
+            self._mean = np.asarray(mean_image, dtype=np.float32)
+            self._mean_levels = display_levels(self._mean)
+        (self.mean_radio if mean_image is not None else self.reference_radio).setChecked(True)
+        self.shift_label.setText("click an ROI to plot its F, dF/F and the trial events")
+        self._redraw_image()
 
     def set_apply_allowed(self, allowed: bool, why: str = "") -> None:
         """The decoder accepts new ensembles only outside BCI; ``why`` says so on the button."""

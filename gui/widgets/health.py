@@ -36,7 +36,9 @@ class HealthPanel(QtWidgets.QWidget):
         self.latency_table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         self.latency_table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.Stretch)
         self.latency_table.verticalHeader().setDefaultSectionSize(22)
-        self.latency_table.setFixedHeight(26 + 22 * self.latency_table.rowCount())
+        self.latency_table.setVerticalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.latency_table.setFixedHeight(self.latency_table.horizontalHeader().sizeHint().height()
+                                          + 22 * self.latency_table.rowCount() + 2 * self.latency_table.frameWidth())
         for row in range(self.latency_table.rowCount()):
             for col in range(2):
                 self.latency_table.setItem(row, col, QtWidgets.QTableWidgetItem("–"))
@@ -60,6 +62,7 @@ class HealthPanel(QtWidgets.QWidget):
         tabs = QtWidgets.QTabWidget()
         tabs.addTab(self.warning_list, "warnings")
         tabs.addTab(self.events_view, "events")
+        tabs.setMinimumHeight(150)  # the column scrolls before the warnings shrink out of sight
         self.tabs = tabs
 
         layout = QtWidgets.QVBoxLayout(self)

@@ -10,14 +10,16 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtCore, QtWidgets
 
-from gui.model import ConsoleModel
+from gui.model import OTHER_PULSE, REWARD_KINDS, ConsoleModel
 from gui.widgets.style import (
     CURSOR_RGB,
     DOWN_RGB,
     FAILED_RGB,
     HIT_RGB,
     LICK_RGB,
+    MANUAL_RGB,
     MISS_RGB,
+    PULSE_RGB,
     REWARD_RGB,
     THRESHOLD_RGB,
     TRIAL_STATE_RGBA,
@@ -54,6 +56,7 @@ class LivePlots(QtWidgets.QWidget):
         super().__init__(parent)
         self.model = model
         self.graphics = pg.GraphicsLayoutWidget()
+        self.graphics.setMinimumSize(320, 440)  # four readable rows; the column scrolls below this
         g = self.graphics
 
         self.ensembles = g.addPlot(row=0, col=0, colspan=2, title="ensemble activity (dF/F)")
@@ -84,7 +87,8 @@ class LivePlots(QtWidgets.QWidget):
         self.cursor.addItem(self.threshold_line)
         self.cursor_curve = self.cursor.plot(pen=pg.mkPen(CURSOR_RGB, width=1.5))
 
-        self.raster = g.addPlot(row=2, col=0, colspan=2, title="trial outcomes, rewards, licks")
+        self.raster = g.addPlot(row=2, col=0, colspan=2,
+                                title="trial outcomes, rewards (test pulses grey), licks")
         self.raster.setXLink(self.ensembles)
         self.raster.setYRange(-0.5, 2.5, padding=0)
         self.raster.getAxis("left").setTicks([[(v, k) for k, v in RASTER_ROWS.items()]])
@@ -106,7 +110,7 @@ class LivePlots(QtWidgets.QWidget):
         self.target_line.setVisible(False)
         self.hit_rate.addItem(self.target_line)
 
-        self.calib = g.addPlot(row=3, col=1, title="calibration: threshold → predicted hit rate")
+        self.calib = g.addPlot(row=3, col=1, title="calibration: threshold → hit rate")
         self.calib.setLabel("bottom", "threshold")
         self.calib.setYRange(0, 1, padding=0.05)
         self.calib_curve = self.calib.plot(pen=pg.mkPen((200, 200, 200), width=2))
@@ -127,8 +131,10 @@ class LivePlots(QtWidgets.QWidget):
 
         self.performance = QtWidgets.QLabel("no trials yet")
         self.performance.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        self.performance.setWordWrap(True)  # a long line must wrap, not widen the column past the screen
         self.state_legend = QtWidgets.QLabel("")
         self.state_legend.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        self.state_legend.setWordWrap(True)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.performance)
@@ -201,10 +207,11 @@ class LivePlots(QtWidgets.QWidget):
         self.outcome_dots.setData(out_t[keep], np.full(int(keep.sum()), RASTER_ROWS["outcome"]), brush=brushes)
         rw_t = (m.rewards.ordered("t") - now) * 1e-9
         delivered = m.rewards.ordered("delivered")
-        manual = m.rewards.ordered("manual")
+        kinds = m.rewards.ordered("kind")
         keep = rw_t >= -history
-        pens = [pg.mkPen(FAILED_RGB if not d else (REWARD_RGB if not man else (155, 89, 182)), width=2)
-                for d, man in zip(delivered[keep], manual[keep], strict=True)]
+        colours = {REWARD_KINDS["decoder"]: REWARD_RGB, REWARD_KINDS["manual"]: MANUAL_RGB, OTHER_PULSE: PULSE_RGB}
+        pens = [pg.mkPen(FAILED_RGB if not d else colours.get(int(k), PULSE_RGB), width=2)
+                for d, k in zip(delivered[keep], kinds[keep], strict=True)]
         self.reward_ticks.setData(rw_t[keep], np.full(int(keep.sum()), RASTER_ROWS["reward"]), pen=pens)
         lick_t = (m.licks.ordered("t") - now) * 1e-9
         lick_t = lick_t[lick_t >= -history]
@@ -219,11 +226,14 @@ class LivePlots(QtWidgets.QWidget):
         joined = f" (+{m.rewards_before_join} before the console joined)" if m.rewards_before_join else ""
         failed = (f' · <span style="color:#e74c3c">{m.rewards_failed} failed/refused</span>'
                   if m.rewards_failed else "")
+        pulses = (f" · test pulses/flushes {m.other_pulses} ({m.other_volume_ul:.1f} µL, not rewards)"
+                  if m.other_pulses else "")
         self.performance.setText(
             f"<b>{m.mode_label}</b> · trials <b>{m.trials}</b> · hits <b>{m.hits}</b> ({pct}) · "
             f"rolling hit rate ({m.cfg.hit_rate_window_trials} trials): <b>"
             f"{'–' if rate is None else f'{rate:.0%}'}</b> · rewards <b>{m.rewards_delivered}</b>{failed} · "
-            f"<b>{'–' if per_min is None else f'{per_min:.1f}'}</b>/min · volume <b>{m.volume_ul:.1f} µL</b>{joined}"
+            f"<b>{'–' if per_min is None else f'{per_min:.1f}'}</b>/min · reward volume "
+            f"<b>{m.volume_ul:.1f} µL</b>{joined}{pulses}"
         )
         if trials_done:
             trials, rolling = m.hit_rate_series()

@@ -9,6 +9,8 @@ THRESHOLD_RGB = (231, 76, 60)
 HIT_RGB = (46, 204, 113)
 MISS_RGB = (150, 150, 150)
 REWARD_RGB = (52, 152, 219)
+MANUAL_RGB = (155, 89, 182)
+PULSE_RGB = (127, 140, 141)  # test pulses and flushes: the valve opened, not a reward
 FAILED_RGB = (231, 76, 60)
 LICK_RGB = (241, 196, 15)
 
@@ -42,3 +44,4 @@ def trial_state_palette(names: dict[int, str]) -> list[tuple[int, int, int, int]
 OK_COLOUR = "#2ecc71"
 WARN_COLOUR = "#e67e22"
 ERROR_COLOUR = "#e74c3c"
+INFO_COLOUR = "#34495e"  # the session-ended banner: a state, not an alarm

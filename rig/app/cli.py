@@ -173,7 +173,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent

@@ -1,16 +1,24 @@
-"""``rig console``: open the operator console on a rig that is already running (here or elsewhere)."""
+"""``rig console``: open the operator console on a rig that is already running (here or elsewhere), or
+review a finished session (``rig console SESSION_FOLDER``).
+
+Arguments are checked here, before any window opens: a ``--connect`` that is not ``tcp://HOST:PORT`` is
+refused with one line on stderr (exit 2) instead of failing later inside the window.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import signal
 import socket
 import sys
+import threading
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from gui.config import GuiConfig
+from rig.core.platform_signals import install_stop_handlers
 
 FINISHED = {"ok", "failed"}
 
@@ -42,6 +50,23 @@ def find_command_endpoint(session_dir: str | None, sessions_root: str) -> str:
                       "give --connect tcp://HOST:PORT")
 
 
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` if it is ``tcp://HOST:PORT``; raises ValueError with a one-line message otherwise."""
+    expected = "expected tcp://HOST:PORT, e.g. tcp://rig-pc:5600 (session.json: endpoints.command)"
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError as exc:  # urlsplit refuses a port that is not a number or out of range
+        raise ValueError(f"--connect {endpoint!r}: {exc}; {expected}") from exc
+    if parts.scheme != "tcp" or not parts.hostname or port is None or parts.path not in ("", "/") \
+            or parts.query or parts.fragment:
+        hint = f" (did you mean tcp://{endpoint}?)" if "://" not in endpoint else ""
+        raise ValueError(f"--connect {endpoint!r}: {expected}{hint}")
+    if port == 0:
+        raise ValueError(f"--connect {endpoint!r}: port 0 is not a port a rig listens on; {expected}")
+    return endpoint
+
+
 def _settings(config_path: str | None) -> tuple[GuiConfig, str]:
     """The [gui] settings and the sessions folder of the rig config, or the defaults without one."""
     if config_path is None:
@@ -60,7 +85,7 @@ def _display_available() -> bool:
 
 def run_console(endpoint: str, cfg: GuiConfig) -> int:
     """Open the window on the rig at ``endpoint`` and run until it is closed."""
-    from PyQt6 import QtCore, QtWidgets  # noqa: PLC0415 - keep `rig --help` fast
+    from PyQt6 import QtWidgets  # noqa: PLC0415 - keep `rig --help` fast
 
     from gui.main_window import MainWindow  # noqa: PLC0415
     from gui.session import ConsoleSession, lower_own_priority  # noqa: PLC0415
@@ -71,21 +96,67 @@ def run_console(endpoint: str, cfg: GuiConfig) -> int:
     session = ConsoleSession(cfg, endpoint, issued_by=f"console@{socket.gethostname()}")
     window = MainWindow(session, title=f"bci-rig console — {endpoint}")
     window.show()
-    signal.signal(signal.SIGINT, lambda *_: app.quit())
-    wake = QtCore.QTimer()  # lets the Python interpreter run the SIGINT handler while Qt waits
-    wake.timeout.connect(lambda: None)
-    wake.start(200)
     try:
-        return int(app.exec())
+        return _exec_until_stopped(app)
     finally:
         session.close()
 
 
+def run_review(folder: str) -> int:
+    """Open a finished session for review (read-only) and run until the window is closed."""
+    from PyQt6 import QtWidgets  # noqa: PLC0415 - keep `rig --help` fast
+
+    from gui.review import ReviewError, load_review  # noqa: PLC0415
+    from gui.review_window import ReviewWindow  # noqa: PLC0415
+
+    try:
+        review = load_review(folder)
+    except ReviewError as exc:
+        print(f"rig console: {exc}", file=sys.stderr)
+        return 2
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([sys.argv[0] or "rig-console"])
+    window = ReviewWindow(review)
+    window.show()
+    return _exec_until_stopped(app)
+
+
+def _exec_until_stopped(app: Any) -> int:
+    """Run the Qt event loop until the window closes or the OS asks the console to stop (Ctrl-C, SIGTERM,
+    Ctrl-Break, the console window closing). The stop request only sets a flag (on Windows it arrives on
+    another thread); a timer in the GUI thread, which also lets Python run its signal handlers while Qt
+    waits, turns it into a quit."""
+    from PyQt6 import QtCore  # noqa: PLC0415
+
+    stop = threading.Event()
+    handlers = install_stop_handlers(lambda reason: stop.set())
+    wake = QtCore.QTimer()
+    wake.timeout.connect(lambda: app.quit() if stop.is_set() else None)
+    wake.start(200)
+    try:
+        return int(app.exec())
+    finally:
+        wake.stop()
+        handlers.finished()
+        handlers.restore()
+
+
 def _cmd_console(args: argparse.Namespace) -> int:
+    try:
+        if args.session_folder is not None and (args.connect or args.session):
+            raise ValueError("give a SESSION_FOLDER to review, or --connect/--session to attach to a running rig, "
+                             "not both")
+        if args.connect is not None:
+            check_endpoint(args.connect)
+    except ValueError as exc:
+        print(f"rig console: {exc}", file=sys.stderr)
+        return 2
     if not _display_available():
         print("rig console: no display found (set DISPLAY, use ssh -X, or QT_QPA_PLATFORM=offscreen)",
               file=sys.stderr)
         return 2
+    if args.session_folder is not None:
+        print(f"[rig console] reviewing {args.session_folder}", file=sys.stderr, flush=True)
+        return run_review(args.session_folder)
     try:
         cfg, sessions_dir = _settings(args.config)
         endpoint = args.connect or find_command_endpoint(args.session, args.sessions_dir or sessions_dir)
@@ -102,7 +173,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Attach the console to a rig that is already running. Without --connect, the command "
                     "endpoint is read from the newest unfinished session.json under --sessions-dir. From "
                     "another machine give --connect tcp://RIG-PC:PORT (the rig's bus.host must then be an "
-                    "address that machine can reach, e.g. 0.0.0.0). Closing the console never stops the rig.")
+                    "address that machine can reach, e.g. 0.0.0.0). Closing the console never stops the rig. "
+                    "With a SESSION_FOLDER it opens that finished session for review instead: the field of view "
+                    "and ROIs, and any ROI's F, dF/F and the trial events (read-only, no rig needed).")
+    console.add_argument("session_folder", nargs="?", metavar="SESSION_FOLDER", default=None,
+                         help="a session folder to review (read-only) instead of attaching to a running rig")
     console.add_argument("--connect", metavar="tcp://HOST:PORT", default=None,
                          help="the rig's command endpoint (session.json: endpoints.command)")
     console.add_argument("--session", metavar="DIR", default=None, help="read the endpoint from DIR/session.json")

@@ -14,8 +14,17 @@ import msgspec
 
 from rig.app.config import RigConfig
 from rig.app.processes import Child
-from rig.core.operator import Calibration, Counts, Ensembles, ProcessStatus, Snapshot, SnapshotWarning
-from rig.core.schema import CalibrationResult, Message, RewardOutcome, RigWarning, TrialEvent
+from rig.core.operator import (
+    BaselineProgress,
+    Calibration,
+    Counts,
+    Ensembles,
+    LinkStatus,
+    ProcessStatus,
+    Snapshot,
+    SnapshotWarning,
+)
+from rig.core.schema import CalibrationResult, LinkState, Message, RewardOutcome, RigWarning, TrialEvent
 from rig.offline.summary import REWARD_SOURCES
 
 #: Warnings kept by the supervisor, and the newest of them sent in a snapshot.
@@ -24,13 +33,16 @@ WARNINGS_SENT = 20
 
 
 class SessionTally:
-    """Counters, calibration, ensembles, warnings and metadata of the running session."""
+    """Counters, calibration, ensembles, warnings, metadata, reward link and baseline of the running session."""
 
     def __init__(self, cfg: RigConfig) -> None:
         self.counts = Counts()
         self.calibration: Calibration | None = None
         self.ensembles = Ensembles(up=list(cfg.decoder.up), down=list(cfg.decoder.down))
         self.warnings: list[SnapshotWarning] = []
+        self.link: LinkStatus | None = None
+        self.baseline: BaselineProgress | None = None
+        self.calibration_failure = ""
         self.metadata: dict[str, str] = {
             "mouse_id": cfg.session.mouse_id,
             "experimenter": cfg.session.experimenter,
@@ -44,16 +56,40 @@ class SessionTally:
         elif isinstance(msg, TrialEvent):
             self.counts.trials = msg.trials  # cumulative counts from the decoder: authoritative
             self.counts.hits = msg.hits
-            if msg.kind == "ensembles":  # the decoder accepted new ensembles
-                self.ensembles = Ensembles(up=[int(i) for i in msg.detail.get("up", [])],
-                                           down=[int(i) for i in msg.detail.get("down", [])])
+            self._trial_event(msg)
         elif isinstance(msg, CalibrationResult):
             self.calibration = Calibration.from_result(msg)
-        elif isinstance(msg, RewardOutcome) and msg.source in REWARD_SOURCES:
-            if msg.status == "delivered":
-                self.counts.rewards_delivered += 1
-            else:
-                self.counts.rewards_failed += 1
+        elif isinstance(msg, RewardOutcome):
+            self._reward(msg)
+        elif isinstance(msg, LinkState):  # published on change only: a late console has no other way to know
+            self.link = LinkStatus(state=msg.state, detail=msg.detail)
+
+    def _trial_event(self, msg: TrialEvent) -> None:
+        if msg.kind == "ensembles":  # the decoder accepted new ensembles
+            self.ensembles = Ensembles(up=[int(i) for i in msg.detail.get("up", [])],
+                                       down=[int(i) for i in msg.detail.get("down", [])])
+        elif msg.kind == "baseline_start":
+            self.baseline = BaselineProgress(start_frame=msg.frame, frames=int(msg.detail.get("frames", 0)))
+            self.calibration_failure = ""
+        elif msg.kind in ("baseline_done", "baseline_loaded"):
+            self.baseline = None
+        elif msg.kind == "calibration_failed":
+            self.calibration_failure = str(msg.detail.get("error", "no reason given"))
+        elif msg.kind == "calibrated":
+            self.calibration_failure = ""
+
+    def _reward(self, msg: RewardOutcome) -> None:
+        """Rewards for the mouse apart from test pulses and flushes, as ``summary.json`` counts them."""
+        delivered = msg.status == "delivered"
+        if msg.source not in REWARD_SOURCES:
+            self.counts.other_pulses += 1  # like summary.json's other_pulses: whatever their outcome
+            if delivered:
+                self.counts.other_volume_ul += msg.volume_ul
+        elif delivered:
+            self.counts.rewards_delivered += 1
+            self.counts.volume_ul += msg.volume_ul
+        else:
+            self.counts.rewards_failed += 1
 
     def warn(self, process: str, message: str, code: str = "") -> None:
         """Keep a warning for consoles; ``code`` "" marks the supervisor's own (never published on the bus)."""
@@ -78,4 +114,7 @@ class SessionTally:
             warnings=self.warnings[-WARNINGS_SENT:],
             metadata=dict(self.metadata),
             config=config,
+            link=self.link,
+            baseline=self.baseline,
+            calibration_failure=self.calibration_failure,
         )

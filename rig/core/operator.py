@@ -58,8 +58,11 @@ class Counts(msgspec.Struct, kw_only=True):
 
     trials: int = 0
     hits: int = 0
-    rewards_delivered: int = 0
+    rewards_delivered: int = 0  # rewards for the mouse only: sources "decoder" and "manual"
     rewards_failed: int = 0
+    volume_ul: float = 0.0  # delivered reward volume (decoder + manual), as in summary.json
+    other_pulses: int = 0  # test pulses, flushes, valve calibration (not rewards), as summary.json's
+    other_volume_ul: float = 0.0  # what those of them that were delivered gave
 
 
 class Calibration(msgspec.Struct, kw_only=True):
@@ -87,6 +90,22 @@ class Ensembles(msgspec.Struct, kw_only=True):
     down: list[int] = []
 
 
+class LinkStatus(msgspec.Struct, kw_only=True):
+    """The reward board's serial link as last reported on ``rwd.link``: the reward process publishes a
+    ``LinkState`` only when it changes, so a console that joins later learns it only from here."""
+
+    state: str
+    detail: str = ""
+
+
+class BaselineProgress(msgspec.Struct, kw_only=True):
+    """The baseline being recorded: the frame of the decoder's ``baseline_start`` event and the frames it
+    needs (its ``frames``), so a console that joins mid-baseline can count down the time left."""
+
+    start_frame: int
+    frames: int
+
+
 class SnapshotWarning(msgspec.Struct, kw_only=True):
     """A recent warning. ``code`` is "" for the supervisor's own (a lost process), which only snapshots carry;
     warnings with a code were also published on the bus."""
@@ -99,7 +118,10 @@ class SnapshotWarning(msgspec.Struct, kw_only=True):
 class Snapshot(msgspec.Struct, kw_only=True):
     """What a console that joins late needs: where to listen, process states, counters, calibration.
 
-    ``ensembles`` is None when the sender does not track them (the console then uses the config's).
+    ``ensembles`` is None when the sender does not track them (the console then uses the config's);
+    ``link`` is None until the reward process reported its link, ``baseline`` None unless a baseline is
+    being recorded; ``calibration_failure`` is the reason of the last failed calibration ("" once a
+    calibration or a new baseline succeeded it).
     """
 
     session_dir: str
@@ -112,6 +134,9 @@ class Snapshot(msgspec.Struct, kw_only=True):
     warnings: list[SnapshotWarning] = []
     metadata: dict[str, str] = {}
     config: dict[str, Any] = {}  # the validated config document the processes run with
+    link: LinkStatus | None = None
+    baseline: BaselineProgress | None = None
+    calibration_failure: str = ""
 
 
 class CommandReply(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -5,7 +5,8 @@ Each process appends to files it alone owns, as data arrives (no central collect
 * :class:`RecordWriter` — per-frame rows of a numpy structured dtype, in ``NAME.rec`` with the dtype
   in ``NAME.rec.json``. Rows are filled in place in a preallocated buffer (no per-frame allocation)
   and written with one ``os.write`` at most every ``flush_interval_s``: a kill -9 loses at most that
-  much, and a torn last row is ignored by :func:`read_records`.
+  much, and a torn last row is ignored by :func:`read_records` (which maps the file, checked against
+  its sidecar, rather than reading it).
 * :class:`EventLog` — one JSON object per line, written with a single ``os.write`` per event, so a
   crash can at worst tear the final line, which :func:`read_events` reports and skips.
 * :class:`FrameFileWriter` — raw frames (the movie) appended by a background thread from a preallocated
@@ -21,6 +22,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -204,19 +206,96 @@ class FrameFileWriter:
                         self._in_flight -= 1
 
 
-def read_records(path: str | Path) -> np.ndarray:
-    """All complete rows of a ``.rec`` file (a torn final row from a crash is dropped)."""
-    path = Path(path)
+#: the ``format`` a ``.rec.json`` sidecar declares (written by :class:`RecordWriter`)
+RECORD_FORMAT = "bci-rig records v1"
+#: numpy kinds a record field may have: booleans and numbers, never Python objects or raw bytes
+RECORD_KINDS = "biufc"
+#: the largest row a sidecar may declare (a 50,000-ROI row is ~400 kB): past this it is not ours
+MAX_RECORD_ITEMSIZE = 64 * 2**20
+
+
+class CorruptFileError(ValueError):
+    """A session file that is not what its writer writes; the message names the file and what is wrong."""
+
+
+def read_record_layout(path: str | Path) -> np.dtype:
+    """The row dtype of a ``.rec`` file, from its ``.rec.json`` sidecar, checked before any row is read.
+
+    The sidecar must be the JSON object :class:`RecordWriter` writes: the ``format`` tag, plain numeric fields
+    (``[name, type]`` or ``[name, type, shape]``) and an ``itemsize`` equal to the dtype's, so a sidecar from
+    another file or a hand-edited one is refused instead of reinterpreting the bytes.
+    """
     meta_path = Path(str(path) + ".json")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CorruptFileError(f"{meta_path}: cannot read the record layout: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CorruptFileError(f"{meta_path}: the record layout is not JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise CorruptFileError(f"{meta_path}: the record layout is a JSON {type(meta).__name__}, expected an object")
+    if meta.get("format") != RECORD_FORMAT:
+        fmt = meta.get("format")
+        raise CorruptFileError(f"{meta_path}: format {_brief(fmt if isinstance(fmt, str) else json.dumps(fmt))}, "
+                               f"expected {RECORD_FORMAT!r}")
+    fields = meta.get("dtype")
+    if not isinstance(fields, list) or not fields:
+        raise CorruptFileError(f"{meta_path}: 'dtype' must be a non-empty list of [name, type(, shape)] fields")
+    spec: list[tuple[Any, ...]] = []
+    for field in fields:
+        if not (isinstance(field, list) and len(field) in (2, 3) and isinstance(field[0], str) and field[0]
+                and isinstance(field[1], str)
+                and (len(field) == 2 or (isinstance(field[2], list)
+                                         and all(type(n) is int and 0 <= n < 2**31 for n in field[2])))):
+            raise CorruptFileError(f"{meta_path}: field {_brief(json.dumps(field))} is not [name, type] or "
+                                   "[name, type, shape]")
+        spec.append(tuple(field[:2]) if len(field) == 2 else (field[0], field[1], tuple(field[2])))
+    try:
+        with warnings.catch_warnings():  # a deprecated alias ("a") is refused below anyway: no warning line
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dtype = np.dtype(spec)
+    except (TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{meta_path}: not a valid record layout: {_brief(str(exc), 200)}") from exc
+    for name in dtype.names or ():
+        kind = dtype.fields[name][0].base.kind  # type: ignore[index]
+        if kind not in RECORD_KINDS:
+            raise CorruptFileError(f"{meta_path}: field {name!r} has type {dtype.fields[name][0]}; "  # type: ignore[index]
+                                   "records hold numbers only")
+    itemsize = meta.get("itemsize")
+    if type(itemsize) is not int or itemsize != dtype.itemsize:
+        raise CorruptFileError(f"{meta_path}: declares itemsize {itemsize!r} but its fields make rows of "
+                               f"{dtype.itemsize} bytes")
+    if not 0 < dtype.itemsize <= MAX_RECORD_ITEMSIZE:
+        raise CorruptFileError(f"{meta_path}: rows of {dtype.itemsize} bytes; expected 1 to {MAX_RECORD_ITEMSIZE}")
+    return dtype
+
+
+def read_records(path: str | Path) -> np.ndarray:
+    """All complete rows of a ``.rec`` file, memory-mapped read-only (a torn final row from a crash is dropped).
+
+    Mapped, not read: an 8 GB ``decisions.rec`` costs address space, and pages are read as the rows are used.
+    The layout is checked first (:func:`read_record_layout`); bytes past the last whole row are
+    :func:`torn_record_bytes`, which a reader reports.
+    """
+    path = Path(path)
+    dtype = read_record_layout(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return np.zeros(0, dtype=dtype)  # the writer created the sidecar and died before its first row
+    n_rows = size // dtype.itemsize
+    if n_rows == 0:
+        return np.zeros(0, dtype=dtype)  # an empty file cannot be mapped
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", shape=(n_rows,)).view(np.ndarray)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{meta_path}: cannot read the record layout: {exc}") from exc
-    dtype = np.dtype([tuple(field) if len(field) == 2 else (field[0], field[1], tuple(field[2]))
-                      for field in meta["dtype"]])
-    raw = path.read_bytes() if path.exists() else b""
-    whole = len(raw) // dtype.itemsize
-    return np.frombuffer(raw[: whole * dtype.itemsize], dtype=dtype).copy()
+        raise CorruptFileError(f"{path}: cannot map the records: {exc}") from exc
+
+
+def torn_record_bytes(path: str | Path, dtype: np.dtype) -> int:
+    """Bytes past the last whole row of a ``.rec`` file: non-zero after a crash mid-write (or a wrong layout)."""
+    path = Path(path)
+    return path.stat().st_size % dtype.itemsize if path.exists() else 0
 
 
 class EventLog:
@@ -250,8 +329,14 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def read_events(path: str | Path, kinds: set[str] | None = None) -> list[dict[str, Any]]:
-    """Events from a log; a torn final line (crash mid-write) is skipped, a corrupt earlier one raises."""
+def read_events(path: str | Path, kinds: set[str] | None = None,
+                check: Callable[[dict[str, Any]], str | None] | None = None) -> list[dict[str, Any]]:
+    """Events from a log; a torn final line (crash mid-write) is skipped, a corrupt earlier one raises.
+
+    ``check(event)`` returns what is wrong with an event the caller relies on (None: nothing); a problem is
+    raised as :class:`CorruptFileError` naming the file and line, so a bad value never surfaces deep inside
+    a tool as a bare TypeError.
+    """
     path = Path(path)
     if not path.exists():
         return []
@@ -265,10 +350,21 @@ def read_events(path: str | Path, kinds: set[str] | None = None) -> list[dict[st
         except ValueError as exc:
             if lineno == len(lines):  # unterminated last line: torn by a crash
                 continue
-            raise ValueError(f"{path}:{lineno}: corrupt event line: {exc}") from exc
+            raise CorruptFileError(f"{path}:{lineno}: corrupt event line: {exc}") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
+            raise CorruptFileError(f"{path}:{lineno}: an event line must be a JSON object with a string 'kind', "
+                                   f"got {_brief(line)}")
         if kinds is None or record.get("kind") in kinds:
+            problem = check(record) if check is not None else None
+            if problem:
+                raise CorruptFileError(f"{path}:{lineno}: {problem}")
             out.append(record)
     return out
+
+
+def _brief(text: str, limit: int = 60) -> str:
+    """``text`` cut for an error message (a corrupt line may be megabytes long)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 #: Waits (s) between attempts of an ``os.replace`` refused with PermissionError, about 1 s in all. On Windows

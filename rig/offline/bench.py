@@ -40,7 +40,7 @@ per process. A table on screen, the full result as JSON.
                                       at most 50 ROIs): does it keep up?
 """
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "hardware_configs" / "sim.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "hardware_configs" / "sim.toml"
 
 # Short task timings so a bench of a minute still exercises the reward path many times.
 TASK_FOR_BENCH = [

@@ -231,10 +231,10 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
         mask = [(int(x), int(y), float(w)) for x, y, w in zip(roi["xpix"], roi["ypix"], roi["lam"], strict=True)]
         plane_seg.add_roi(pixel_mask=mask, ensemble="up" if i in up else "down" if i in down else "other")
     all_rois = plane_seg.create_roi_table_region(region=list(range(len(stat))), description="every ROI")
-    reference_path = session.path / "acquisition" / "rois" / "reference.npy"
-    if reference_path.exists():
+    reference = session.reference()  # checked: a plain 2-D image, never unpickled
+    if reference is not None:
         images = Images(name="SummaryImages", description="registration reference")
-        images.add_image(GrayscaleImage(name="reference", data=np.load(reference_path).astype(np.float32),
+        images.add_image(GrayscaleImage(name="reference", data=reference.astype(np.float32),
                                         description="the reference image frames were registered against"))
         ophys.add(images)
 

@@ -68,7 +68,8 @@ class ReplayRun:
     frames_registered: int = 0
     controls_applied: int = 0
     controls_skipped: list[dict[str, Any]] = field(default_factory=list)  # past the end of what was replayed
-    unreplayable: int = 0  # decision rows at the end whose input frames were not on disk (a crash)
+    unreplayable: int = 0  # decision rows at the end whose input frames were not on disk
+    unreplayable_reason: str = ""  # why (a crash cut the inputs short, or the files disagree)
 
 
 @dataclass
@@ -82,11 +83,18 @@ class ReplayReport:
     first_mismatches: list[Mismatch]
     notes: list[str]
     frames_registered: int = 0
-    decisions_unchecked: int = 0  # recorded decisions whose input was lost in a crash
+    decisions_unchecked: int = 0  # recorded decisions that could not be replayed: the check is partial
+    unchecked_reason: str = ""
+
+    @property
+    def complete(self) -> bool:
+        """Every recorded decision was checked (a partial check is not a pass, even with 0 mismatches)."""
+        return self.decisions_unchecked == 0
 
     def to_json(self) -> dict[str, Any]:
         return {"frames": self.frames, "decisions_checked": self.decisions_checked, "mismatches": self.mismatches,
-                "decisions_unchecked": self.decisions_unchecked, "events_checked": self.events_checked,
+                "decisions_unchecked": self.decisions_unchecked, "complete": self.complete,
+                "unchecked_reason": self.unchecked_reason, "events_checked": self.events_checked,
                 "traces_checked": self.traces_checked,
                 "frames_registered": self.frames_registered, "source": self.source,
                 "first_mismatches": [m.to_dict() for m in self.first_mismatches[:5]]}
@@ -114,10 +122,17 @@ def _make_pipeline(session: SessionData, cfg: RigConfig) -> Any:
     """
     from acquisition.pipeline import FramePipeline  # noqa: PLC0415 - only the movie replay needs it
 
-    reference_path = session.path / "acquisition" / "rois" / "reference.npy"
-    reference = np.load(reference_path) if reference_path.exists() else None
+    roi_set, reference, movie = session.rois(), session.reference(), session.movie()
+    shape = (roi_set.Ly, roi_set.Lx)
+    rois_dir = session.path / "acquisition" / "rois"
+    if reference is not None and reference.shape != shape:
+        raise SessionError(f"{rois_dir / 'reference.npy'}: a {reference.shape} image, but the ROI set is for "
+                           f"{shape} frames")
+    if movie is not None and movie.shape[1:] != shape:
+        raise SessionError(f"{session.path / 'acquisition' / 'movie.json'}: frames of {movie.shape[1:]}, but the ROI "
+                           f"set in {rois_dir} is for {shape} frames (replay --from-traces does not need the movie)")
     acq = cfg.acquisition
-    return FramePipeline(session.rois(), reference=reference if acq.registration.enabled else None,
+    return FramePipeline(roi_set, reference=reference if acq.registration.enabled else None,
                          registration=acq.registration, extraction=acq.extraction, validation=acq.validation)
 
 
@@ -191,20 +206,31 @@ class _ReplayOutput:
         return contextlib.nullcontext()
 
 
-def _replayable(session: SessionData, use_movie: bool) -> int:
-    """How many decision rows have their input on disk (a crash can cut frames.rec or the movie short).
+def _replayable(session: SessionData, use_movie: bool) -> tuple[int, str]:
+    """How many decision rows have their input on disk, and why not all (a crash can cut the inputs short).
 
-    Returns the length of the prefix of ``decisions.rec`` whose frames all have an input row.
+    Returns the length of the prefix of ``decisions.rec`` whose frames all have an input row, and the reason
+    the rest cannot be replayed ("" when none is left out).
     """
     assert session.decisions is not None
     if session.frames is None:
         raise SessionError(f"{session.path}: acquisition/frames.rec is missing; there is nothing to replay")
     numbers = session.frames["frame"]
+    inputs = "acquisition/frames.rec"
     if use_movie:
         numbers = numbers[: len(session.movie())]  # type: ignore[arg-type]
+        inputs = "acquisition/movie.raw"
     decided = session.decisions["frame"]
     present = np.isin(decided, numbers)
-    return int(np.argmin(present)) if not present.all() else len(decided)
+    if present.all():
+        return len(decided), ""
+    n = int(np.argmin(present))
+    first = int(decided[n])
+    if not len(numbers) or first > int(numbers[-1]):
+        return n, (f"their input frames are not in {inputs}, which ends at frame "
+                   f"{int(numbers[-1]) if len(numbers) else -1} (the acquisition process stopped before writing them)")
+    return n, (f"decoder/decisions.rec has frame {first}, which {inputs} lacks although it holds later frames: "
+               "the files disagree (damaged?)")
 
 
 def replay(session: SessionData, cfg: RigConfig | None = None, *, from_traces: bool = False, realtime: bool = False,
@@ -221,7 +247,7 @@ def replay(session: SessionData, cfg: RigConfig | None = None, *, from_traces: b
     # live (the calibrate action's argument) would otherwise override them.
     keep_target_args = own or cfg.decoder.calibration == session.config.decoder.calibration
     use_movie = not from_traces and session.movie() is not None
-    n = _replayable(session, use_movie)
+    n, why_not_all = _replayable(session, use_movie)
     original = session.decisions[:n]
     decided = original["frame"]
     traces = None
@@ -287,7 +313,7 @@ def replay(session: SessionData, cfg: RigConfig | None = None, *, from_traces: b
     return ReplayRun(source="movie" if use_movie else "traces", rows=rows, events=output.events,
                      calibration=output.calibration, traces=traces, frames_registered=0 if traces is None else
                      len(traces), controls_applied=pending, controls_skipped=skipped,
-                     unreplayable=len(session.decisions) - n)
+                     unreplayable=len(session.decisions) - n, unreplayable_reason=why_not_all)
 
 
 # ---------------------------------------------------------------------------- checking
@@ -362,9 +388,9 @@ def check(session: SessionData, run: ReplayRun, max_details: int = 20) -> Replay
                                     None if rep is None else rep_keys[j1 + k]))
 
     notes = list(session.notes)
+    unchecked_reason = ""  # not a note: a partial check is a result of its own (the CLI's exit code 3)
     if run.unreplayable:
-        notes.append(f"the last {run.unreplayable} decision(s) were not replayed: their input frames are not on "
-                     "disk (the acquisition process stopped before writing them)")
+        unchecked_reason = f"the last {run.unreplayable} decision(s) were not replayed: {run.unreplayable_reason}"
     if run.controls_skipped:
         notes.append(f"{len(run.controls_skipped)} operator action(s) came after the last replayed decision "
                      "and were not replayed")
@@ -398,7 +424,7 @@ def check(session: SessionData, run: ReplayRun, max_details: int = 20) -> Replay
     return ReplayReport(source=run.source, frames=len(run.rows), decisions_checked=len(run.rows),
                         events_checked=events_checked, traces_checked=traces_checked, mismatches=mismatches,
                         first_mismatches=details, notes=notes, frames_registered=run.frames_registered,
-                        decisions_unchecked=run.unreplayable)
+                        decisions_unchecked=run.unreplayable, unchecked_reason=unchecked_reason)
 
 
 # ---------------------------------------------------------------------------- what-if sessions

@@ -11,6 +11,9 @@ from rig.app.config import ConfigError
 from rig.app.supervisor import git_hash
 from rig.offline.session_data import SessionError, load_session
 
+#: `rig replay`'s exit code when no mismatch was found but not every recorded decision could be checked
+EXIT_INCOMPLETE = 3
+
 
 def _fail(command: str, exc: Exception) -> int:
     print(f"rig {command}: {exc}", file=sys.stderr)
@@ -32,8 +35,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         for note in session.notes:
             print(f"rig replay: note: {note}", file=sys.stderr)
         if run.unreplayable:
-            print(f"rig replay: note: the last {run.unreplayable} decision(s) have no input frames on disk (a crash); "
-                  "the what-if session stops before them", file=sys.stderr)
+            print(f"rig replay: note: the what-if session stops before the last {run.unreplayable} decision(s): "
+                  f"{run.unreplayable_reason}", file=sys.stderr)
         out = Path(args.out) if args.out else default_whatif_dir(session)
         config_text = Path(args.config).read_text(encoding="utf-8") if args.config else session.config_text
         config_source = str(Path(args.config).resolve()) if args.config else str(session.path / "config.toml")
@@ -62,8 +65,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             d = m.to_dict()
             print(f"  {m.what} at frame {m.frame}, {m.field}: recorded {d['recorded']!r}, replayed {d['replayed']!r}",
                   file=sys.stderr)
+    if not report.complete:
+        print(f"rig replay: incomplete check: {report.unchecked_reason}", file=sys.stderr)
     print(json.dumps(report.to_json()), flush=True)
-    return 0 if report.mismatches == 0 else 1
+    if report.mismatches:
+        return 1
+    return 0 if report.complete else EXIT_INCOMPLETE
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -100,21 +107,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from rig.core.store import write_json_atomic  # noqa: PLC0415
+    from rig.offline.session_checks import read_json_object  # noqa: PLC0415
     from rig.offline.summary import summarize_session  # noqa: PLC0415
 
     path = Path(args.session)
     if not path.is_dir():
         return _fail("summary", SessionError(f"{path}: not a session folder (no such directory)"))
+    notes: list[str] = []
     try:
-        summary = summarize_session(path)
+        summary = summarize_session(path, notes)
     except (ValueError, OSError) as exc:
         return _fail("summary", exc)
+    for note in notes:
+        print(f"rig summary: note: {note}", file=sys.stderr)
     if args.write:
         previous = path / "summary.json"
-        if previous.exists():
-            old = json.loads(previous.read_text(encoding="utf-8"))
-            summary = {**{k: v for k, v in old.items() if k in ("ok", "stop_reason", "failed_process", "failure")},
-                       **summary}
+        try:
+            old = read_json_object(previous) or {}
+        except SessionError as exc:
+            return _fail("summary", exc)
+        summary = {**{k: v for k, v in old.items() if k in ("ok", "stop_reason", "failed_process", "failure")},
+                   **summary}
         write_json_atomic(previous, summary)
     print(json.dumps(summary), flush=True)
     return 0
@@ -126,7 +139,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         description="Feed a session's recorded frames (or, when not kept, its F/Fneu traces) through the same "
                     "pipeline and decoder, re-applying the operator's actions where they happened, and compare "
                     "every decision, trial event and reward request with the record byte for byte. Last stdout "
-                    "line: JSON with frames, decisions_checked, mismatches (exit 1 if any). With --config or "
+                    "line: JSON with frames, decisions_checked, decisions_unchecked, mismatches. Exit 0: all checked, "
+                    "no mismatch; 1: mismatches; 2: the session cannot be read (one line naming the file); 3: no "
+                    "mismatch, but some decisions could not be checked (the reason on stderr). With --config or "
                     "--set, answer a what-if question instead: write a NEW session folder marked as a replay of this "
                     "one.")
     replay.add_argument("session", help="session folder")

@@ -7,7 +7,6 @@ was dropped is listed in :attr:`SessionData.notes` so tools can say so instead o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,17 @@ from typing import Any
 import numpy as np
 
 from rig.app.config import RigConfig, config_from_dict, load_config
-from rig.core.store import read_events, read_records
+from rig.core.safe_npy import NpyFileError, load_npy
+from rig.offline.session_checks import (
+    SessionError,
+    check_same_rois,
+    movie_layout,
+    read_checked_events,
+    read_checked_records,
+    read_json_object,
+)
 
-
-class SessionError(ValueError):
-    """A session folder that cannot be used for what was asked; the message names the file."""
+__all__ = ["SessionData", "SessionError", "Trial", "load_session"]
 
 
 @dataclass
@@ -55,7 +60,14 @@ class SessionData:
         """The rate the decoder was told: the acquisition's ready info, else the config (as the wrapper does)."""
         ready = self.ready_info("acquisition")
         if "frame_rate_hz" in ready:
-            return float(ready["frame_rate_hz"])
+            try:
+                rate = float(ready["frame_rate_hz"])
+            except (TypeError, ValueError):
+                rate = float("nan")
+            if not 0 < rate < float("inf"):
+                raise SessionError(f"{self.path / 'acquisition' / 'events.jsonl'}: the ready event's frame_rate_hz "
+                                   f"is {ready['frame_rate_hz']!r}, not a positive number")
+            return rate
         return float(self.config.acquisition.frame_rate_hz)
 
     def ready_info(self, process: str) -> dict[str, Any]:
@@ -78,19 +90,24 @@ class SessionData:
         """The raw frames as a read-only (frames, height, width) memory map, whole frames only."""
         if self.movie_meta is None or not self.movie_path.exists():
             return None
-        meta = self.movie_meta
-        meta_path = self.path / "acquisition" / "movie.json"
-        if meta.get("order", "C") != "C":
-            raise SessionError(f"{meta_path}: unsupported pixel order {meta.get('order')!r} (expected C)")
-        try:
-            dtype = np.dtype(meta["dtype"])
-            _, height, width = (int(x) for x in meta["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SessionError(f"{meta_path}: unreadable layout {meta!r}: {exc}") from exc
+        dtype, height, width = movie_layout(self.path / "acquisition" / "movie.json", self.movie_meta)
         n_frames = self.movie_path.stat().st_size // (height * width * dtype.itemsize)
         if n_frames == 0:
             return None
         return np.memmap(self.movie_path, dtype=dtype, mode="r", shape=(n_frames, height, width))
+
+    def reference(self) -> np.ndarray | None:
+        """``acquisition/rois/reference.npy``, the registration reference the acquisition used (None: not saved)."""
+        path = self.path / "acquisition" / "rois" / "reference.npy"
+        if not path.exists():
+            return None
+        try:
+            reference = load_npy(path, allow_objects=False)
+        except NpyFileError as exc:
+            raise SessionError(str(exc)) from exc
+        if reference.ndim != 2 or reference.dtype.kind not in "biuf" or reference.dtype.names:
+            raise SessionError(f"{path}: expected a 2-D image, got {reference.dtype} of shape {reference.shape}")
+        return reference
 
     def rois(self) -> Any:
         """The ROI set the acquisition extracted (``acquisition/rois``, cells only if the config said so)."""
@@ -200,39 +217,18 @@ class Trial:
         return self.outcome == "hit"
 
 
-def _torn_tail(path: Path, itemsize: int) -> int:
-    """Bytes past the last whole record of a ``.rec`` file (non-zero after a crash mid-write)."""
-    return path.stat().st_size % itemsize if path.exists() else 0
-
-
-def _read_rec(path: Path, notes: list[str]) -> np.ndarray | None:
-    if not path.exists() and not Path(str(path) + ".json").exists():
-        return None
-    rows = read_records(path)
-    torn = _torn_tail(path, rows.dtype.itemsize)
-    if torn:
-        notes.append(f"{path.name}: ignored a torn final record ({torn} of {rows.dtype.itemsize} bytes): "
-                     "the writing process stopped mid-write")
-    return rows
-
-
 def _read_log(path: Path, notes: list[str]) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
+    with open(path, "rb") as f:  # only the last byte: a log can be large
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(size - 1, 0))
+        last = f.read(1)
+    if size and last != b"\n":
         notes.append(f"{path.parent.name}/{path.name}: ignored a torn final line: the writing process stopped "
                      "mid-write")
-    return read_events(path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise SessionError(f"{path}: not valid JSON: {exc}") from exc
+    return read_checked_events(path)
 
 
 def load_session(path: str | Path) -> SessionData:
@@ -248,7 +244,7 @@ def load_session(path: str | Path) -> SessionData:
     toml_file = path / "config.toml"
     resolved_file = path / "config.resolved.json"
     if resolved_file.exists():
-        resolved = _read_json(resolved_file)
+        resolved = read_json_object(resolved_file)
         assert resolved is not None
         config = config_from_dict(resolved, str(resolved_file))
     elif toml_file.exists():
@@ -256,25 +252,33 @@ def load_session(path: str | Path) -> SessionData:
         notes.append("config.resolved.json is missing: using the config.toml snapshot (without --set overrides)")
     else:
         raise SessionError(f"{path}: the session has no config snapshot (config.resolved.json or config.toml)")
-    info = _read_json(path / "session.json") or {}
+    info = read_json_object(path / "session.json") or {}
     if not info:
         notes.append("session.json is missing: the supervisor did not start the session normally")
     elif info.get("status") not in ("ok", "failed"):
         notes.append(f"session.json status is {info.get('status')!r}: the supervisor did not end the session "
                      "(it crashed or was killed); summary.json may be missing — `rig summary` recomputes it")
+    frames_path, decisions_path = path / "acquisition" / "frames.rec", path / "decoder" / "decisions.rec"
+    frames = read_checked_records(frames_path, notes)
+    decisions = read_checked_records(decisions_path, notes)
+    check_same_rois(frames_path, frames, decisions_path, decisions)
+    movie_meta_path = path / "acquisition" / "movie.json"
+    movie_meta = read_json_object(movie_meta_path)
+    if movie_meta is not None:
+        movie_layout(movie_meta_path, movie_meta)  # checked now: every tool reports a damaged movie.json
     return SessionData(
         path=path,
         info=info,
         config=config,
-        config_text=toml_file.read_text(encoding="utf-8") if toml_file.exists() else "",
-        frames=_read_rec(path / "acquisition" / "frames.rec", notes),
-        decisions=_read_rec(path / "decoder" / "decisions.rec", notes),
+        config_text=toml_file.read_text(encoding="utf-8", errors="replace") if toml_file.exists() else "",
+        frames=frames,
+        decisions=decisions,
         acq_events=_read_log(path / "acquisition" / "events.jsonl", notes),
         dec_events=_read_log(path / "decoder" / "events.jsonl", notes),
         reward_events=_read_log(path / "reward" / "events.jsonl", notes),
         supervisor_events=_read_log(path / "supervisor.events.jsonl", notes),
-        calibration=_read_json(path / "decoder" / "calibration.json"),
-        valve_calibration=_read_json(path / "reward" / "valve_calibration.json"),
-        movie_meta=_read_json(path / "acquisition" / "movie.json"),
+        calibration=read_json_object(path / "decoder" / "calibration.json"),
+        valve_calibration=read_json_object(path / "reward" / "valve_calibration.json"),
+        movie_meta=movie_meta,
         notes=notes,
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rig.core.store import read_events, read_records
+from rig.offline.session_checks import read_checked_events, read_checked_records
 
 #: Requests that are rewards for the mouse (test pulses, calibration and flushes are not counted as rewards).
 REWARD_SOURCES = ("decoder", "manual")
@@ -26,15 +26,18 @@ def percentiles_ms(values_ns: np.ndarray) -> dict[str, float | None]:
             "max": round(float(ms.max()), 4), "n": int(ms.size)}
 
 
-def summarize_session(session_dir: str | Path) -> dict[str, Any]:
+def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -> dict[str, Any]:
+    """The summary of the session in ``session_dir``. A damaged file raises ValueError naming it (record layouts,
+    frame order and the event fields used here are checked), never a wrong number or a bare TypeError; what a
+    crash left (a torn final record) is ignored and, when ``notes`` is given, noted there."""
     session_dir = Path(session_dir)
     summary: dict[str, Any] = {"session": str(session_dir.resolve())}
     decisions_path = session_dir / "decoder" / "decisions.rec"
-    decisions = read_records(decisions_path) if decisions_path.exists() else None
+    decisions = read_checked_records(decisions_path, notes) if decisions_path.exists() else None
     acq_path = session_dir / "acquisition" / "frames.rec"
-    acq = read_records(acq_path) if acq_path.exists() else None
+    acq = read_checked_records(acq_path, notes) if acq_path.exists() else None
 
-    acq_final = read_events(session_dir / "acquisition" / "events.jsonl", {"final_stats"})
+    acq_final = read_checked_events(session_dir / "acquisition" / "events.jsonl", {"final_stats"})
     bad_frames = int(acq_final[-1].get("bad_frames", 0)) if acq_final else 0
     n_acq = 0 if acq is None else len(acq)
     n_dec = 0 if decisions is None else len(decisions)
@@ -48,12 +51,12 @@ def summarize_session(session_dir: str | Path) -> dict[str, Any]:
     summary["frames_dropped"] = max(source_dropped, 0) + max(n_acq - n_dec, 0)
     summary["bad_frames"] = bad_frames
 
-    trial_events = read_events(session_dir / "decoder" / "events.jsonl", {"trial"})
+    trial_events = read_checked_events(session_dir / "decoder" / "events.jsonl", {"trial"})
     summary["trials"] = sum(1 for e in trial_events if e.get("event") == "trial_start")
     summary["hits"] = sum(1 for e in trial_events if e.get("event") == "hit")
     summary["misses"] = sum(1 for e in trial_events if e.get("event") == "miss")
 
-    all_outcomes = read_events(session_dir / "reward" / "events.jsonl", {"reward_outcome"})
+    all_outcomes = read_checked_events(session_dir / "reward" / "events.jsonl", {"reward_outcome"})
     outcomes = [o for o in all_outcomes if o.get("source") in REWARD_SOURCES]
     delivered = [o for o in outcomes if o.get("status") == "delivered"]
     summary["rewards_delivered"] = len(delivered)
