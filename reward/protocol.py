@@ -9,8 +9,8 @@ half of that specification. In short::
 
 Host -> board (at most ``MAX_COMMAND_LINE`` bytes before the newline)::
 
-    HELLO <seq> <protocol> <watchdog_ms>    OPEN <seq> <duration_us>    TEST <seq> <duration_us>
-    HB <seq>    CLOSE <seq>    STATUS <seq>
+    HELLO <seq> <protocol> <watchdog_ms> <link_id>    OPEN <seq> <duration_us>    TEST <seq> <duration_us>
+    HB <seq>    CLOSE <seq>    STATUS <seq>    LOG <seq> <pulse_seq>
 
 Board -> host (at most ``MAX_BOARD_LINE`` bytes)::
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import msgspec
 
-PROTOCOL_VERSION = 1
-FIRMWARE_VERSION = "1.0.0"
+PROTOCOL_VERSION = 2
+FIRMWARE_VERSION = "2.0.0"
 
 MAX_COMMAND_LINE = 64
 """Longest host -> board line the board accepts, in bytes before the newline (checksum included)."""
@@ -45,6 +45,15 @@ FIRMWARE_MAX_OPEN_MS = 2000
 """The firmware's hard limit on any one valve opening (``MAX_OPEN_US`` in the sketch)."""
 LICK_DEBOUNCE_US = 1000
 DEDUPE_SLOTS = 8
+LOG_SLOTS = 16
+"""Pulses the board's log holds (the sketch's ``LOG_SLOTS``): what ``LOG`` can still answer about."""
+DUTY_WINDOW_MS = 10000
+DUTY_MAX_OPEN_MS = 2000
+"""The firmware's duty-cycle limit: at most this much open time in any ``DUTY_WINDOW_MS`` (20 %)."""
+DUTY_BUCKETS = 11
+"""The board counts open time in 1/10-window buckets: the current one and the 10 before it."""
+AVR_WATCHDOG_MS = 500
+"""The AVR hardware watchdog (``wdt_enable(WDTO_500MS)``): a loop() stalled this long resets the chip."""
 
 # Line-level error codes (board sends them in ERR lines; the host parser uses them too).
 ERR_LONG = "LONG"
@@ -63,7 +72,8 @@ NAK_NOLINK = "NOLINK"
 NAK_BUSY = "BUSY"
 NAK_SEQ = "SEQ"
 NAK_VERSION = "VERSION"
-NAK_CODES = frozenset({NAK_UNKNOWN, NAK_ARGS, NAK_RANGE, NAK_NOLINK, NAK_BUSY, NAK_SEQ, NAK_VERSION})
+NAK_DUTY = "DUTY"
+NAK_CODES = frozenset({NAK_UNKNOWN, NAK_ARGS, NAK_RANGE, NAK_NOLINK, NAK_BUSY, NAK_SEQ, NAK_VERSION, NAK_DUTY})
 
 # DONE causes: why the valve closed.
 CAUSE_TIMER = "T"
@@ -71,15 +81,22 @@ CAUSE_CLOSE = "C"
 CAUSE_HELLO = "H"
 CAUSE_WATCHDOG = "W"
 CAUSE_MAX_OPEN = "M"
+CAUSE_DUTY = "D"
 DONE_CAUSES = {
     CAUSE_TIMER: "requested duration elapsed",
     CAUSE_CLOSE: "closed by a CLOSE command",
     CAUSE_HELLO: "closed by a new handshake",
     CAUSE_WATCHDOG: "closed by the heartbeat watchdog",
     CAUSE_MAX_OPEN: "closed by the firmware's hard maximum open time",
+    CAUSE_DUTY: "closed by the firmware's duty-cycle limit",
 }
+# States of a pulse in the board's log (``ACK LOG``): the DONE cause once it closed, or
+LOG_UNKNOWN = "-"  # the log holds no pulse with that seq: it never opened the valve (or the log was wiped)
+LOG_OPEN = "O"  # it holds the valve open now (open_us = so far)
+LOG_RESET = "R"  # the board was reset while it held the valve open (open time unknown, at most its duration)
+LOG_STATES = frozenset({LOG_UNKNOWN, LOG_OPEN, LOG_RESET, *DONE_CAUSES})
 
-COMMANDS = ("HELLO", "HB", "OPEN", "TEST", "CLOSE", "STATUS")
+COMMANDS = ("HELLO", "HB", "OPEN", "TEST", "CLOSE", "STATUS", "LOG")
 PULSE_COMMANDS = ("OPEN", "TEST")
 
 
@@ -159,12 +176,25 @@ class BoardError(msgspec.Struct, frozen=True):
 
 
 class HelloInfo(msgspec.Struct, frozen=True):
-    """The fields of ``ACK <seq> <us> HELLO <protocol> <firmware> <max_open_ms> <watchdog_ms>``."""
+    """The fields of ``ACK <seq> <us> HELLO <protocol> <firmware> <max_open_ms> <watchdog_ms> <resumed>
+    <duty_max_ms> <duty_window_ms>``. ``resumed``: the board still holds the pulse log of this link id."""
 
     protocol: int
     firmware: str
     max_open_ms: int
     watchdog_ms: int
+    resumed: bool = False
+    duty_max_ms: int = DUTY_MAX_OPEN_MS
+    duty_window_ms: int = DUTY_WINDOW_MS
+
+
+class LogInfo(msgspec.Struct, frozen=True):
+    """The fields of ``ACK <seq> <us> LOG <pulse_seq> <duration_us> <open_us> <state>`` (see LOG_STATES)."""
+
+    pulse_seq: int
+    duration_us: int
+    open_us: int
+    state: str
 
 
 BoardMessage = Ack | Nak | Done | LickEdge | Boot | WatchdogTrip | BoardError
@@ -293,8 +323,9 @@ def tokenize(body: str, max_tokens: int = MAX_TOKENS) -> list[str] | None:
 # ---------------------------------------------------------------- host -> board
 
 
-def encode_hello(seq: int, watchdog_ms: int, protocol: int = PROTOCOL_VERSION) -> bytes:
-    return frame(f"HELLO {seq} {protocol} {watchdog_ms}")
+def encode_hello(seq: int, watchdog_ms: int, link_id: int = 0, protocol: int = PROTOCOL_VERSION) -> bytes:
+    """``link_id``: the host's 32-bit id, the same across its reconnects; 0 never resumes a pulse log."""
+    return frame(f"HELLO {seq} {protocol} {watchdog_ms} {link_id}")
 
 
 def encode_heartbeat(seq: int) -> bytes:
@@ -315,6 +346,11 @@ def encode_close(seq: int) -> bytes:
 
 def encode_status(seq: int) -> bytes:
     return frame(f"STATUS {seq}")
+
+
+def encode_log(seq: int, pulse_seq: int) -> bytes:
+    """Ask the board's pulse log what became of pulse ``pulse_seq`` (never opens anything)."""
+    return frame(f"LOG {seq} {pulse_seq}")
 
 
 class CommandParser:
@@ -384,7 +420,7 @@ def encode_error(board_us: int, code: str) -> bytes:
     return frame(f"ERR {board_us} {code}")
 
 
-_ACK_FIELDS = {"HELLO": 4, "HB": 0, "OPEN": 1, "TEST": 1, "CLOSE": 1, "STATUS": 6}
+_ACK_FIELDS = {"HELLO": 7, "HB": 0, "OPEN": 1, "TEST": 1, "CLOSE": 1, "STATUS": 6, "LOG": 4}
 
 
 def _bad(line: bytes, detail: str) -> LineError:
@@ -411,9 +447,18 @@ def parse_board_line(line: bytes) -> BoardMessage | LineError | None:
             return _bad(line, f"ACK for unknown command {command!r}")
         if len(fields) != wanted:
             return _bad(line, f"ACK {command} carries {len(fields)} fields, expected {wanted}")
-        numeric = fields if command != "HELLO" else (fields[0], fields[2], fields[3])
+        if command == "HELLO":
+            numeric = (fields[0], *fields[2:])
+        elif command == "LOG":
+            numeric = fields[:3]
+        else:
+            numeric = fields
         if any(parse_u32(f) is None for f in numeric):
             return _bad(line, f"ACK {command} field is not a number")
+        if command == "HELLO" and fields[4] not in ("0", "1"):
+            return _bad(line, "ACK HELLO resumed flag is not 0 or 1")
+        if command == "LOG" and fields[3] not in LOG_STATES:
+            return _bad(line, f"ACK LOG state {fields[3]!r} is not known")
         return Ack(seq, board_us, command, fields)
     if kind == "NAK":
         if len(args) != 4:
@@ -460,8 +505,17 @@ def hello_info(ack: Ack) -> HelloInfo:
     """Typed view of a HELLO acknowledgement (the parser already checked the field count/types)."""
     if ack.command != "HELLO":
         raise ValueError(f"not a HELLO acknowledgement: {ack}")
-    protocol, firmware, max_open_ms, watchdog_ms = ack.fields
-    return HelloInfo(int(protocol), firmware, int(max_open_ms), int(watchdog_ms))
+    protocol, firmware, max_open_ms, watchdog_ms, resumed, duty_max_ms, duty_window_ms = ack.fields
+    return HelloInfo(int(protocol), firmware, int(max_open_ms), int(watchdog_ms), resumed == "1", int(duty_max_ms),
+                     int(duty_window_ms))
+
+
+def log_info(ack: Ack) -> LogInfo:
+    """Typed view of a LOG acknowledgement (the parser already checked the field count/types)."""
+    if ack.command != "LOG":
+        raise ValueError(f"not a LOG acknowledgement: {ack}")
+    pulse_seq, duration_us, open_us, state = ack.fields
+    return LogInfo(int(pulse_seq), int(duration_us), int(open_us), state)
 
 
 class BoardParser:

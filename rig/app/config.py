@@ -56,6 +56,7 @@ PATH_KEYS = (
     ("acquisition", "replay", "path"),
     ("acquisition", "registration", "ref_path"),
     ("reward", "calibration_file"),
+    ("bus", "keys_dir"),
 )
 
 

@@ -2,7 +2,8 @@
 
 Every process binds one PUB socket at its endpoint and connects SUB sockets to the endpoints of the
 processes it listens to (zguide "one publisher per node"). Topics are the message types' ``topic``
-prefixes from :mod:`rig.core.schema`.
+prefixes from :mod:`rig.core.schema`. With keys (:class:`~rig.core.auth.CurveKeys`) a PUB is a CURVE server and
+a SUB a CURVE client: the context of a process that binds one must run a :class:`~rig.core.auth.ZapHandler`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 import zmq
 
+from rig.core.auth import CurveKeys
 from rig.core.clock import now_ns
 from rig.core.schema import Codec, GapCounter, Message, SchemaError
 
@@ -44,7 +46,8 @@ class Publisher:
     sending it; small arrays (per-ROI traces) are copied by pyzmq and may be reused at once.
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, sender: str, sndhwm: int = 1000) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, sender: str, sndhwm: int = 1000,
+                 keys: CurveKeys | None = None) -> None:
         # SNDHWM bounds what a subscriber that stopped reading (a hung console) can make us buffer:
         # past it PUB drops for that subscriber only, and the receiver sees the gap in the sequence numbers.
         self.sender = sender
@@ -52,6 +55,8 @@ class Publisher:
         self._sock = ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, 500)
+        if keys is not None:
+            keys.make_server(self._sock)  # only clients with an allowed key get any message
         try:
             self._sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -75,11 +80,14 @@ class Subscriber:
     """A SUB socket connected to several publishers; decodes messages and counts gaps and bad input."""
 
     def __init__(
-        self, ctx: zmq.Context, endpoints: Iterable[str], topics: Iterable[bytes], rcvhwm: int = 10_000
+        self, ctx: zmq.Context, endpoints: Iterable[str], topics: Iterable[bytes], rcvhwm: int = 10_000,
+        keys: CurveKeys | None = None,
     ) -> None:
         self._sock = ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.make_client(self._sock)
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic)
         for endpoint in endpoints:

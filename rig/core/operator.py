@@ -9,11 +9,18 @@ readable error instead of a ``KeyError`` deep in a handler.
 Compatibility: a request with an unknown field is refused (a mistyped ``arg`` must not silently drop the
 volume of a manual reward); a reply or snapshot with an unknown field is accepted (an older console keeps
 working with a newer supervisor).
+
+Bounds: whoever can reach the command socket can send anything, so a request is refused unless it fits a typed
+schema with limits (docs/SECURITY.md): at most :data:`MAX_REQUEST_BYTES`, argument values that are scalars or
+flat lists of scalars (no nesting to recurse on), and each command's own arguments (:func:`check_args`) in
+range: finite numbers, ROI indices below the ROI count, bounded lists and strings. Nothing outside them reaches
+a handler, a log line or the bus.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
 import msgspec
 
@@ -32,17 +39,110 @@ OPERATOR_COMMANDS = frozenset({
 KNOWN_COMMANDS = SUPERVISOR_COMMANDS | OPERATOR_COMMANDS
 
 
+#: The largest request body the command socket decodes (a request is a few hundred bytes).
+MAX_REQUEST_BYTES = 64 * 1024
+#: Most ROIs in one ensemble, and the largest ROI index anyone may name before the ROI count is checked.
+MAX_ENSEMBLE_ROIS = 1024
+MAX_ROI_INDEX = 2**31 - 1
+#: set_metadata: keys per request, characters per value (notes included), keys the session keeps in all.
+MAX_METADATA_KEYS = 8
+MAX_METADATA_VALUE = 4096
+MAX_METADATA_TOTAL_KEYS = 32
+#: The largest manual reward (µl) a request may ask for; the valve budget bounds what is delivered.
+MAX_MANUAL_VOLUME_UL = 100.0
+
+_Short = Annotated[str, msgspec.Meta(max_length=128)]
+_Scalar = str | int | float | bool | None
+#: An argument value: a scalar or a flat list of them (nothing nested deeper, so nothing to recurse on).
+ArgValue = _Scalar | Annotated[list[_Scalar], msgspec.Meta(max_length=MAX_ENSEMBLE_ROIS)]
+
+
 class CommandRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One request on the command socket.
 
     ``request_id`` is the same for every retry of one request: the supervisor answers a repeat from its
-    cache instead of acting twice (a lost reply must never mean two manual rewards).
+    cache instead of acting twice (a lost reply must never mean two manual rewards). ``issued_by`` is what
+    the client says it is; with keys the command server replaces it with the name of the client's key.
     """
 
-    command: str
-    args: dict[str, Any] = {}
-    issued_by: str = "console"
-    request_id: str = ""
+    command: Annotated[str, msgspec.Meta(max_length=64)]
+    args: Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], ArgValue], msgspec.Meta(max_length=16)] = {}
+    issued_by: _Short = "console"
+    request_id: _Short = ""
+
+
+class _NoArgs(msgspec.Struct, forbid_unknown_fields=True):
+    """Commands that take no arguments."""
+
+
+class _CalibrateArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    target_hit_rate: Annotated[float, msgspec.Meta(gt=0, lt=1)] | msgspec.UnsetType = msgspec.UNSET
+
+
+class _ManualRewardArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    volume_ul: Annotated[float, msgspec.Meta(gt=0, le=MAX_MANUAL_VOLUME_UL)] | msgspec.UnsetType = msgspec.UNSET
+
+
+_RoiList = Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=MAX_ROI_INDEX)]],
+                     msgspec.Meta(max_length=MAX_ENSEMBLE_ROIS)]
+
+
+class _SetEnsemblesArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    up: _RoiList = []
+    down: _RoiList = []
+
+
+_MetadataArgs = Annotated[
+    dict[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+         Annotated[str, msgspec.Meta(max_length=MAX_METADATA_VALUE)]],
+    msgspec.Meta(max_length=MAX_METADATA_KEYS)]
+
+#: Each command's argument schema.
+ARG_SCHEMAS: dict[str, Any] = {
+    "ping": _NoArgs, "snapshot": _NoArgs, "stop": _NoArgs, "start_baseline": _NoArgs, "start_bci": _NoArgs,
+    "pause": _NoArgs, "resume": _NoArgs, "test_pulse": _NoArgs, "close_valve": _NoArgs,
+    "calibrate": _CalibrateArgs, "manual_reward": _ManualRewardArgs, "set_ensembles": _SetEnsemblesArgs,
+    "set_metadata": _MetadataArgs,
+}
+
+#: What an argument must be, for the refusal (the schema's own text follows in parentheses).
+_ARG_HELP = {
+    "up": f"up must be a list of ROI indices (integers >= 0, at most {MAX_ENSEMBLE_ROIS})",
+    "down": f"down must be a list of ROI indices (integers >= 0, at most {MAX_ENSEMBLE_ROIS})",
+    "volume_ul": f"volume_ul must be a number of microlitres in (0, {MAX_MANUAL_VOLUME_UL:g}]",
+    "target_hit_rate": "target_hit_rate must be a number between 0 and 1",
+}
+_METADATA_HELP = (f"metadata is at most {MAX_METADATA_KEYS} keys (letters, digits, '_', '.', '-') with text values "
+                  f"of at most {MAX_METADATA_VALUE} characters")
+_PATH = re.compile(r" - at `\$\.?([A-Za-z0-9_]*)")
+
+
+def check_args(command: str, args: dict[str, Any], n_rois: int | None = None) -> str:
+    """Why ``command``'s arguments are unusable, or "" (checked before anything is acted on or relayed).
+
+    ``n_rois``: the ROI count of the running acquisition, which ROI indices must stay below (None: not checked).
+    """
+    schema = ARG_SCHEMAS.get(command)
+    if schema is None:
+        return f"unknown command {command!r}"
+    try:
+        typed = msgspec.convert(args, schema)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if command == "set_metadata":
+            return f"{_METADATA_HELP} ({text})"
+        unknown = re.search(r"unknown field `([^`]*)`", text)
+        if unknown:
+            takes = ", ".join(schema.__struct_fields__) or "no arguments"
+            return f"unknown argument {unknown[1]!r} (takes {takes})"
+        match = _PATH.search(text)
+        return f"{_ARG_HELP.get(match[1] if match else '', 'bad argument')} ({text})"
+    if isinstance(typed, _SetEnsemblesArgs) and n_rois is not None:
+        for key, rois in (("up", typed.up), ("down", typed.down)):
+            past = [i for i in rois if i >= n_rois]
+            if past:
+                return f"{key}: ROI {past[0]} does not exist (the rig extracts {n_rois} ROIs, 0..{n_rois - 1})"
+    return ""
 
 
 class ProcessStatus(msgspec.Struct, kw_only=True):

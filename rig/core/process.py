@@ -34,6 +34,7 @@ from typing import Any
 
 import zmq
 
+from rig.core.auth import BUS_DOMAIN, CurveKeys, ZapHandler, ZapPolicy, load_rig_keys
 from rig.core.bus import Publisher, Subscriber
 from rig.core.clock import now_ns
 from rig.core.platform_signals import StopHandlers, install_stop_handlers
@@ -79,8 +80,20 @@ class RigProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(self.dir / "events.jsonl")
         self.ctx = zmq.Context()
-        self.pub = Publisher(self.ctx, bind_endpoint(spec.endpoints[self.name], spec.bind_host), sender=self.name)
-        self._control = Subscriber(self.ctx, [spec.endpoints["supervisor"]], [Control.topic])
+        # With [bus] keys_dir: the PUB is a CURVE server (the ZAP handler lets in only listed keys) and every SUB
+        # connects with the rig's own pair (docs/SECURITY.md).
+        self.keys: CurveKeys | None = load_rig_keys(self.config.bus.keys_dir) if self.config.bus.keys_dir else None
+        self._zap = ZapHandler(self.ctx, {BUS_DOMAIN: ZapPolicy(keys=self.keys.allowed)}) if self.keys else None
+        self._refusals_reported = 0
+        try:
+            self.pub = Publisher(self.ctx, bind_endpoint(spec.endpoints[self.name], spec.bind_host), sender=self.name,
+                                 keys=self.keys)
+        except OSError:
+            if self._zap is not None:
+                self._zap.stop()
+            self.ctx.destroy(linger=0)  # nothing else is open yet: an unterminated context would hang the exit
+            raise
+        self._control = Subscriber(self.ctx, [spec.endpoints["supervisor"]], [Control.topic], keys=self.keys)
         self.state = "configuring"
         self._stop_reason = ""
         self._started = False
@@ -122,7 +135,7 @@ class RigProcess:
     # ------------------------------------------------------------------ helpers
     def subscribe(self, processes: list[str], topics: list[bytes]) -> Subscriber:
         endpoints = [self.spec.endpoints[p] for p in processes if p in self.spec.endpoints]
-        sub = Subscriber(self.ctx, endpoints, topics)
+        sub = Subscriber(self.ctx, endpoints, topics, keys=self.keys)
         self._subscribers.append(sub)
         return sub
 
@@ -172,11 +185,21 @@ class RigProcess:
         self._next_hb = now + self._hb_interval_ns
         stats = self.heartbeat_stats() if self.state == "running" else {}
         self.pub.send(Heartbeat(process=self.name, state=self.state, t_ns=now, pid=os.getpid(), stats=stats))
+        self._warn_refusals()
         if self.spec.watch_parent and now >= self._next_parent_check:
             self._next_parent_check = now + 500_000_000
             parent = multiprocessing.parent_process()
             if parent is not None and not parent.is_alive():
                 self.request_stop("supervisor died")
+
+    def _warn_refusals(self) -> None:
+        """Connections with keys that are not allowed: a warning per heartbeat that saw new ones."""
+        if self._zap is None:
+            return
+        count, why = self._zap.refusals(BUS_DOMAIN)
+        if count > self._refusals_reported:
+            self._refusals_reported = count
+            self.warn("connection_refused", f"{self.name}: {count} connection(s) refused so far; last: {why}")
 
     def _service_control(self, timeout_ms: int = 0) -> None:
         msg = self._control.recv(timeout_ms)
@@ -301,6 +324,8 @@ class RigProcess:
         self._control.close()
         self.pub.close()
         self.events.close()
+        if self._zap is not None:
+            self._zap.stop()
         self.ctx.term()
         handlers, self._stop_handlers = self._stop_handlers, None
         if handlers is not None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from rig.core.auth import is_loopback
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used. ``key`` is a dotted path like ``reward.min_interval_s``."""
@@ -94,8 +96,15 @@ class BusSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 10.0
     busy_timeout_s: float = 60.0  # silence allowed while a process says it is busy (e.g. calibrating)
+    # CURVE keys (docs/SECURITY.md, `rig keys init`): "" = none, every socket on loopback as before. Relative to
+    # the config file's folder. With keys only the rig's processes and the consoles listed in it get in.
+    keys_dir: str = ""
 
     def __post_init__(self) -> None:
+        if not self.keys_dir and not is_loopback(self.host):
+            raise ValueError(f"`host`: {self.host!r} opens the command socket (valve, stop) and every stream to the "
+                             "network, so it needs keys: run `rig keys init KEYS_DIR` and `rig keys add-console "
+                             "KEYS_DIR NAME`, then set [bus] keys_dir = \"KEYS_DIR\" (or keep host = \"127.0.0.1\")")
         if self.transport != "tcp":
             raise ValueError("`transport`: must be \"tcp\" (the only transport that works on Windows rigs)")
         if not (self.base_port == 0 or 1024 <= self.base_port <= 65000):

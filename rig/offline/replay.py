@@ -122,15 +122,7 @@ def _make_pipeline(session: SessionData, cfg: RigConfig) -> Any:
     """
     from acquisition.pipeline import FramePipeline  # noqa: PLC0415 - only the movie replay needs it
 
-    roi_set, reference, movie = session.rois(), session.reference(), session.movie()
-    shape = (roi_set.Ly, roi_set.Lx)
-    rois_dir = session.path / "acquisition" / "rois"
-    if reference is not None and reference.shape != shape:
-        raise SessionError(f"{rois_dir / 'reference.npy'}: a {reference.shape} image, but the ROI set is for "
-                           f"{shape} frames")
-    if movie is not None and movie.shape[1:] != shape:
-        raise SessionError(f"{session.path / 'acquisition' / 'movie.json'}: frames of {movie.shape[1:]}, but the ROI "
-                           f"set in {rois_dir} is for {shape} frames (replay --from-traces does not need the movie)")
+    roi_set, reference = session.registration_inputs()
     acq = cfg.acquisition
     return FramePipeline(roi_set, reference=reference if acq.registration.enabled else None,
                          registration=acq.registration, extraction=acq.extraction, validation=acq.validation)

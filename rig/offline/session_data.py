@@ -109,6 +109,19 @@ class SessionData:
             raise SessionError(f"{path}: expected a 2-D image, got {reference.dtype} of shape {reference.shape}")
         return reference
 
+    def registration_inputs(self) -> tuple[Any, np.ndarray | None]:
+        """The ROI set and reference (if saved) that registered the movie, checked against each other and it."""
+        roi_set, reference, movie = self.rois(), self.reference(), self.movie()
+        shape = (roi_set.Ly, roi_set.Lx)
+        rois_dir = self.path / "acquisition" / "rois"
+        if reference is not None and reference.shape != shape:
+            raise SessionError(f"{rois_dir / 'reference.npy'}: a {reference.shape} image, but the ROI set is for "
+                               f"{shape} frames")
+        if movie is not None and movie.shape[1:] != shape:
+            raise SessionError(f"{self.path / 'acquisition' / 'movie.json'}: frames of {movie.shape[1:]}, but the "
+                               f"ROI set in {rois_dir} is for {shape} frames (--from-traces does not need the movie)")
+        return roi_set, reference
+
     def rois(self) -> Any:
         """The ROI set the acquisition extracted (``acquisition/rois``, cells only if the config said so)."""
         from acquisition.rois import RoiFileError, load_suite2p  # noqa: PLC0415 - only replay and export need it

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rig.offline.numbers import hit_rate
 from rig.offline.session_checks import read_checked_events, read_checked_records
 
 #: Requests that are rewards for the mouse (test pulses, calibration and flushes are not counted as rewards).
@@ -55,6 +56,9 @@ def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -
     summary["trials"] = sum(1 for e in trial_events if e.get("event") == "trial_start")
     summary["hits"] = sum(1 for e in trial_events if e.get("event") == "hit")
     summary["misses"] = sum(1 for e in trial_events if e.get("event") == "miss")
+    summary["completed_trials"] = summary["hits"] + summary["misses"]
+    rate = hit_rate(summary["hits"], summary["misses"])  # the one definition the report uses too
+    summary["hit_rate"] = None if rate is None else round(rate, 4)
 
     all_outcomes = read_checked_events(session_dir / "reward" / "events.jsonl", {"reward_outcome"})
     outcomes = [o for o in all_outcomes if o.get("source") in REWARD_SOURCES]
