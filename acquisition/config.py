@@ -6,6 +6,7 @@ import msgspec
 
 from acquisition.sim.config import SimConfig
 from acquisition.sources.registry import SOURCE_NAMES
+from rig.core.addresses import check_addresses, endpoint_host, is_loopback
 
 REPLAY_SPEEDS = ("recorded", "fast")
 
@@ -13,6 +14,14 @@ REPLAY_SPEEDS = ("recorded", "fast")
 def _check_port(name: str, port: int) -> None:
     if not 0 < port < 65536:
         raise ValueError(f"`{name}`: must be a TCP port within 1..65535 (got {port})")
+
+
+def _allow_list(addresses: list[str]) -> list[str]:
+    """An ``allow`` list of IP addresses in normal form (``ValueError`` naming a bad entry)."""
+    try:
+        return check_addresses(addresses)
+    except ValueError as exc:
+        raise ValueError(f"`allow`: {exc}") from None
 
 
 class RoiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -108,14 +117,20 @@ class ReplayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ClooseTcpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """CLOOSE-compatible raw TCP: the scope connects and writes headerless uint16 column-major frames."""
 
-    host: str = "0.0.0.0"  # interface to listen on (the scope PC connects to us)
+    host: str = "127.0.0.1"  # interface to listen on (the scope connects to us); another one needs ``allow``
     port: int = 30001
     height_px: int = 512
     width_px: int = 512
     byte_order: str = "little"  # little | big
+    allow: list[str] = []  # IP addresses of the scope PCs that may connect (needed off loopback; docs/SECURITY.md)
 
     def __post_init__(self) -> None:
         _check_port("port", self.port)
+        self.allow = _allow_list(self.allow)
+        if not self.allow and not is_loopback(self.host):
+            raise ValueError(f"`allow`: listening on {self.host!r} lets any machine on the network send frames: list "
+                             'the scope PC\'s address, allow = ["10.0.0.5"] (or host = "127.0.0.1" for a scope on '
+                             "this PC)")
         if self.height_px < 1:
             raise ValueError("`height_px`: must be > 0")
         if self.width_px < 1:
@@ -132,11 +147,19 @@ class ZmqStreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     topic: str = "frame"
     plane: int = -1  # keep only this plane; -1 = all
     channel: int = -1  # keep only this channel; -1 = all
-    height_px: int = 0  # expected frame size; 0 = whatever the stream sends (shape unknown until then)
+    height_px: int = 0  # expected frame size; 0 = not set here: the ROI set's size (suite2p Ly x Lx) applies
     width_px: int = 0
     stale_after_s: float = 2.0  # link_state "waiting" when no frame for this long
+    allow: list[str] = []  # with bind: IP addresses of the publishers let in (needed off loopback; docs/SECURITY.md)
 
     def __post_init__(self) -> None:
+        self.allow = _allow_list(self.allow)
+        if self.allow and not self.bind:
+            raise ValueError("`allow`: only for bind = true (connecting, the rig chooses whom it listens to)")
+        if self.bind and not self.allow and self.endpoint.startswith("tcp://") \
+                and not is_loopback(endpoint_host(self.endpoint)):
+            raise ValueError(f"`allow`: binding {self.endpoint!r} lets any machine on the network send frames: list "
+                             'the publisher PC\'s address, allow = ["10.0.0.5"] (or bind on tcp://127.0.0.1:PORT)')
         if self.height_px < 0 or self.width_px < 0 or (self.height_px == 0) != (self.width_px == 0):
             raise ValueError("`height_px`: height_px and width_px must both be > 0, or both 0 (from the stream)")
         if "://" not in self.endpoint:

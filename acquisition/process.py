@@ -28,7 +28,16 @@ from acquisition.sources.registry import FollowsEnsembles, HasGroundTruth, Sourc
 from rig.core.bus import Subscriber
 from rig.core.clock import now_ns
 from rig.core.process import RigProcess
-from rig.core.schema import AcqStatus, Decision, FluorFrame, Message, Preview, RewardOutcome, TrialEvent
+from rig.core.schema import (
+    AcqStatus,
+    Decision,
+    FeedbackUpdate,
+    FluorFrame,
+    Message,
+    Preview,
+    RewardOutcome,
+    TrialEvent,
+)
 from rig.core.store import FrameFileWriter, RecordWriter
 
 PREVIEW_INTERVAL_NS = 250_000_000  # 4 Hz is plenty for the eye
@@ -45,9 +54,9 @@ def source_subscriptions(caps: SourceRegistration) -> tuple[list[str], list[byte
     """(processes, topics) a source's capabilities ask to hear; none for a real scope."""
     processes: list[str] = []
     topics: list[bytes] = []
-    if caps.hears_outcomes:
-        processes += ["reward", "decoder"]
-        topics += [RewardOutcome.topic, Decision.topic]
+    if caps.hears_outcomes:  # rewards, decisions and, when a feedback process runs, what it presented
+        processes += ["reward", "decoder", "feedback"]
+        topics += [RewardOutcome.topic, Decision.topic, FeedbackUpdate.topic]
     if caps.follows_ensembles:
         if "decoder" not in processes:
             processes.append("decoder")

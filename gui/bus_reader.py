@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from gui.config import GuiConfig
+from rig.core.auth import CurveKeys
 from rig.core.bus import Subscriber
 from rig.core.schema import (
     AcqStatus,
@@ -66,15 +67,17 @@ def resolve_endpoint(endpoint: str, command_endpoint: str) -> str:
 class BusReader:
     """SUB sockets on every publisher of a rig; see the module docstring."""
 
-    def __init__(self, ctx: zmq.Context, endpoints: Iterable[str], cfg: GuiConfig) -> None:
+    def __init__(self, ctx: zmq.Context, endpoints: Iterable[str], cfg: GuiConfig,
+                 keys: CurveKeys | None = None) -> None:
+        """``keys``: CURVE client keys, when the rig's publishers let in listed keys only."""
         endpoints = list(endpoints)
         if not endpoints:
             raise ValueError("BusReader needs at least one PUB endpoint")
         self.endpoints = endpoints
         self._budget_s = cfg.drain_budget_ms / 1000.0
-        self.events = Subscriber(ctx, endpoints, EVENT_TOPICS, rcvhwm=cfg.event_rcvhwm)
-        self.preview = Subscriber(ctx, endpoints, PREVIEW_TOPICS, rcvhwm=cfg.preview_rcvhwm)
-        self.frames = Subscriber(ctx, endpoints, FRAME_TOPICS, rcvhwm=cfg.frame_rcvhwm)
+        self.events = Subscriber(ctx, endpoints, EVENT_TOPICS, rcvhwm=cfg.event_rcvhwm, keys=keys)
+        self.preview = Subscriber(ctx, endpoints, PREVIEW_TOPICS, rcvhwm=cfg.preview_rcvhwm, keys=keys)
+        self.frames = Subscriber(ctx, endpoints, FRAME_TOPICS, rcvhwm=cfg.frame_rcvhwm, keys=keys)
         self._subs = (self.events, self.preview, self.frames)
         self.received = 0
         self.budget_exhausted = 0  # pumps that stopped on the time budget with input still waiting

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from rig.core.auth import CurveKeys
 from rig.core.client import CommandClient, RigUnreachable
 from rig.core.operator import Snapshot, reply_from_json
 
@@ -37,8 +38,10 @@ class CommandReply:
 class CommandWorker:
     """A request queue served by one thread that talks to the supervisor's command socket."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 1.0, retries: int = 3, issued_by: str = "console") -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 1.0, retries: int = 3, issued_by: str = "console",
+                 keys: CurveKeys | None = None) -> None:
         self.endpoint = endpoint
+        self.keys = keys  # CURVE client keys when the rig has keys (then the rig names us by our key)
         self.issued_by = issued_by
         self._timeout_s = timeout_s
         self._retries = retries
@@ -74,7 +77,7 @@ class CommandWorker:
 
     def _serve(self) -> None:
         ctx = zmq.Context()
-        client = CommandClient(self.endpoint, timeout_s=self._timeout_s, retries=self._retries, ctx=ctx)
+        client = CommandClient(self.endpoint, timeout_s=self._timeout_s, retries=self._retries, ctx=ctx, keys=self.keys)
         try:
             while True:
                 item = self._requests.get()

@@ -24,7 +24,8 @@ class ConsoleProcess(RigProcess):
         self.app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([sys.argv[0] or "rig-console"])
         if self.config.gui.low_priority:
             self.events.write("priority", set=lower_own_priority())  # the rig gets the CPU first
-        self.session = ConsoleSession(self.config.gui, self.spec.endpoints["command"], issued_by="console")
+        self.session = ConsoleSession(self.config.gui, self.spec.endpoints["command"], issued_by="console",
+                                      keys=self.keys)  # the rig's own pair, when it has keys
         self.window = MainWindow(self.session, title=f"bci-rig console — {self.config.rig.name}")
         self.window.closed.connect(self._on_window_closed)
         self.window.show()

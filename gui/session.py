@@ -34,6 +34,7 @@ from gui.config import GuiConfig
 from gui.labels import decoder_code_names
 from gui.model import ConsoleModel
 from gui.progress import session_end
+from rig.core.auth import CurveKeys
 from rig.core.operator import Snapshot
 
 
@@ -48,17 +49,22 @@ def lower_own_priority() -> str:
 
 
 class ConsoleSession:
-    """Model + command worker + (after the first snapshot) bus reader for the rig at ``command_endpoint``."""
+    """Model + command worker + (after the first snapshot) bus reader for the rig at ``command_endpoint``.
+
+    ``keys``: this console's CURVE keys for a rig with keys (``rig console --keys``); the rig then names this
+    console's commands after its key, whatever ``issued_by`` says.
+    """
 
     def __init__(self, cfg: GuiConfig, command_endpoint: str, *, issued_by: str = "console",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, keys: CurveKeys | None = None) -> None:
         self.cfg = cfg
+        self.keys = keys
         self.command_endpoint = command_endpoint
         self.clock = clock
         modes, states = decoder_code_names()
         self.model = ConsoleModel(cfg, modes, states, clock=clock)
         self.ctx = zmq.Context()
-        self.commands = CommandWorker(command_endpoint, cfg.command_timeout_s, cfg.command_retries, issued_by)
+        self.commands = CommandWorker(command_endpoint, cfg.command_timeout_s, cfg.command_retries, issued_by, keys)
         self.reader: BusReader | None = None
         self.connected = False
         self.unreachable = ""
@@ -146,7 +152,7 @@ class ConsoleSession:
         if self.reader is None:
             endpoints = [resolve_endpoint(ep, self.command_endpoint)
                          for name, ep in sorted(snap.endpoints.items()) if name != "command"]
-            self.reader = BusReader(self.ctx, endpoints, self.cfg)
+            self.reader = BusReader(self.ctx, endpoints, self.cfg, self.keys)
             self.connected = True
 
     def close(self) -> None:

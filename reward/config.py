@@ -38,9 +38,11 @@ class RewardConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     volume_ul: float = 5.0
     """Default reward volume when a request does not name one."""
     min_interval_s: float = 1.0
-    """Reward requests closer than this to the previous reward are refused."""
+    """Valve openings (rewards, test pulses, flushes) closer than this to the previous one are refused, unless
+    an operator overrides it explicitly."""
     max_volume_ul: float = 1500.0
-    """Per-session cap on the volume sent to the valve; requests beyond it are refused."""
+    """Per-session cap on the volume through the valve (rewards, test pulses, flushes); requests beyond it are
+    refused, unless an operator overrides it explicitly."""
     max_open_ms: float = 500.0
     """Longest valve opening a reward or test pulse may ask for (the firmware's hard limit is 2000 ms)."""
     test_pulse_ms: float = 50.0
@@ -49,7 +51,10 @@ class RewardConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retries: int = 2
     """Re-sends of an unacknowledged command, with the same sequence number (never re-executed)."""
     done_margin_s: float = 0.25
-    """How long past its open time a pulse's completion may take before it is declared failed."""
+    """How long past its open time a pulse's completion may take before the board's pulse log is asked."""
+    reconcile_timeout_s: float = 10.0
+    """How long a pulse whose completion was not read waits for the board's pulse log (through a reconnect)
+    before it is reported failed with its volume unknown; the valve takes no other pulse meanwhile."""
     heartbeat_interval_s: float = 0.1
     watchdog_ms: int = 500
     """Board closes the valve and refuses pulses after this long without hearing the host."""
@@ -86,6 +91,7 @@ class RewardConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.retries < 0:
             raise ValueError("`retries`: must be >= 0")
         _positive_finite("done_margin_s", self.done_margin_s)
+        _positive_finite("reconcile_timeout_s", self.reconcile_timeout_s)
         if not WATCHDOG_MIN_MS <= self.watchdog_ms <= WATCHDOG_MAX_MS:
             raise ValueError(f"`watchdog_ms`: must be in {WATCHDOG_MIN_MS}..{WATCHDOG_MAX_MS}")
         _positive_finite("heartbeat_interval_s", self.heartbeat_interval_s)

@@ -3,8 +3,9 @@
 :class:`EmulatorServer` runs a :class:`reward.board_model.FirmwareEmulator` (the sketch's logic)
 on a :mod:`reward.transports` port (a pty on POSIX, or a TCP port reachable with pyserial's
 ``socket://127.0.0.1:PORT`` on any OS), with the board clock taken from ``time.perf_counter_ns``,
-an optional seeded :class:`reward.licks.LickGenerator`, a valve event log, and the test faults of
-:mod:`reward.faults` (drop or delay lines, inject garbage, disconnect, reset).
+an optional seeded :class:`reward.licks.LickGenerator`, a valve event log, the test faults of
+:mod:`reward.faults` (drop or delay lines, inject garbage, disconnect, reset) and a stalled firmware loop
+with the AVR hardware watchdog that ends it (:meth:`EmulatorServer.stall`).
 
 :func:`run_emulator` is the blocking entry point a supervised process calls.
 
@@ -36,6 +37,28 @@ from reward.licks import LickGenerator
 from reward.transports import open_transport, resolve_transport, windows_timer_period
 
 SelectFn = Callable[[Sequence[object], Sequence[object], Sequence[object], float], tuple[list, list, list]]
+
+SERIAL_RX_BUFFER = 63
+"""Bytes the Uno's UART receive ring holds (64, one kept free) while loop() is not reading: the rest is lost."""
+
+
+class _Stall:
+    """A hung firmware loop from ``start_us`` to ``end_us`` (board times) and what the UART received meanwhile."""
+
+    def __init__(self, start_us: int, end_us: int) -> None:
+        self.start_us = start_us
+        self.end_us = end_us
+        self.held = b""
+
+    @property
+    def reset_us(self) -> int:
+        """When the AVR watchdog resets the chip: ``AVR_WATCHDOG_MS`` after the last loop() pass."""
+        return self.start_us + p.AVR_WATCHDOG_MS * 1000
+
+    @property
+    def resolves_us(self) -> int:
+        """When the stall ends: the loop resumes, or the watchdog resets the chip first."""
+        return min(self.end_us, self.reset_us)
 
 
 class StopFlag(Protocol):
@@ -138,9 +161,11 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
+        self._stall: _Stall | None = None
         self.lines_sent = 0
         self.lines_dropped = 0
         self.connections = 0
+        self.watchdog_resets = 0
         self._port = open_transport(transport, port)
         self.url = self._port.url
         with self._lock:
@@ -198,6 +223,29 @@ class EmulatorServer:
         with self._lock:
             self._faults.request_reset()
         self._wake()
+
+    def stall(self, seconds: float) -> int:
+        """Fault: the firmware's loop() hangs for ``seconds`` from now; returns the board time it hung at.
+
+        Nothing runs meanwhile: no valve timer, no heartbeat watchdog, no reply; the UART still receives into
+        its 63-byte ring. As on the board, the AVR hardware watchdog resets the chip ``AVR_WATCHDOG_MS`` after
+        the hang began if it lasts that long (valve closed, BOOT sent, the reset's RAM kept); a shorter hang
+        ends with loop() running late (a pulse that fell due meanwhile closes late).
+        """
+        if not seconds > 0:
+            raise ValueError(f"a stall lasts > 0 s, got {seconds!r}")
+        with self._lock:
+            now_us = max(self.board_us(), self.emulator.now_us)
+            self._advance(now_us)  # what fell due before the hang still ran
+            if self._stall is None:
+                self._stall = _Stall(now_us, now_us + round(seconds * 1e6))
+            start = self._stall.start_us
+        self._wake()
+        return start
+
+    def is_stalled(self) -> bool:
+        with self._lock:
+            return self._stall is not None
 
     def set_lick(self, active: bool) -> None:
         """Drive the lick sensor by hand (tests)."""
@@ -264,7 +312,7 @@ class EmulatorServer:
             self.emulator.reset_input()  # a new host starts at a fresh line
             self._faults.forget_partial_input()
             if self.reset_on_connect:
-                self.emulator.boot(self.board_us())
+                self._boot(self.board_us())
 
     def _write_log(self) -> None:
         """Append valve events not yet logged (caller holds the lock)."""
@@ -282,7 +330,8 @@ class EmulatorServer:
         timeout = 0.05  # bounds how long a stop request waits
         now_us = self.board_us()
         with self._lock:
-            deadline = self.emulator.next_deadline_us()
+            stall = self._stall
+            deadline = stall.resolves_us if stall is not None else self.emulator.next_deadline_us()
             if self.licks is not None:
                 lick_due = self.licks.next_change_us(now_us)
                 if lick_due is not None:
@@ -307,35 +356,66 @@ class EmulatorServer:
         if self.licks is not None:
             for t_us, level in self.licks.pop_due(now_us):
                 self._catch_up(t_us)
-                emu.set_lick_input(level)
-                emu.step(max(t_us, emu.now_us))
+                emu.set_lick_input(level)  # the pin changes even while loop() hangs; it reads it later
+                if self._stall is None:
+                    emu.step(max(t_us, emu.now_us))
         self._catch_up(now_us)
 
     def _catch_up(self, now_us: int) -> None:
-        """Run the firmware's timers due before ``now_us`` at their due board time."""
+        """Run the firmware's timers due before ``now_us`` at their due board time (none while loop() hangs)."""
         emu = self.emulator
         for _ in range(8):  # each step resolves the deadline it runs at; a few can be due at once
+            if self._stall is not None:
+                if not self._end_stall(now_us):
+                    return
+                continue
             due = emu.next_deadline_us()
             if due is None or due >= now_us:
                 return
             emu.step(max(due, emu.now_us))
 
-    def _run_firmware(self, data: bytes) -> None:
+    def _end_stall(self, now_us: int) -> bool:
+        """End the hang if it is over by ``now_us``: the watchdog's reset, or loop() running again (late)."""
+        stall = self._stall
+        assert stall is not None
+        if now_us < stall.resolves_us:
+            return False
+        if stall.reset_us <= stall.end_us:
+            self.watchdog_resets += 1
+            self._boot(stall.reset_us)  # the received bytes were in RAM: gone with the reset
+        else:
+            self._stall = None
+            self._step(stall.end_us, stall.held)  # timers that fell due meanwhile run now, late, as on the board
+        return True
+
+    def _boot(self, now_us: int) -> None:
+        """The board resets (a reset ends any hang)."""
+        self._stall = None
+        self.emulator.boot(max(now_us, self.emulator.now_us))
+
+    def _step(self, now_us: int, data: bytes) -> None:
         emu = self.emulator
-        now_us = max(self.board_us(), emu.now_us)
-        self._advance(now_us)
         opened_before = len(emu.events)
-        data, dropped = self._faults.filter_input(data)
-        self.lines_dropped += dropped
         emu.step(now_us, data)
         if self.licks is not None:
             for event in emu.events[opened_before:]:
                 if event.kind == "open":
                     self.licks.on_reward(event.board_us)
 
+    def _run_firmware(self, data: bytes) -> None:
+        now_us = max(self.board_us(), self.emulator.now_us)
+        self._advance(now_us)
+        data, dropped = self._faults.filter_input(data)
+        self.lines_dropped += dropped
+        stall = self._stall
+        if stall is not None:  # loop() hangs: the UART ring fills, what does not fit is lost
+            stall.held += data[: SERIAL_RX_BUFFER - len(stall.held)]
+            return
+        self._step(now_us, data)
+
     def _apply_faults(self) -> None:
         if self._faults.take_reset():
-            self.emulator.boot(self.board_us())
+            self._boot(self.board_us())
         if self._faults.take_disconnect():
             self._hang_up()
         for chunk in self._faults.take_garbage():

@@ -3,7 +3,8 @@
 Tests use these faults to prove the host link survives a bad cable or a rebooting board. They are
 kept out of the firmware model (a real board has no such knobs) and out of the transports (a fault
 is the same on a pty as on a socket). :class:`FaultInjector` holds what test threads asked for and
-filters the traffic; :class:`reward.emulator.EmulatorServer` calls it under its lock.
+filters the traffic; :class:`reward.emulator.EmulatorServer` calls it under its lock. A hung firmware
+loop is not traffic: :meth:`reward.emulator.EmulatorServer.stall` stops running the firmware instead.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import secrets
 import select
 import socket
 import threading
@@ -151,7 +152,14 @@ class _PortReader:
 
 
 class ValveLink:
-    """Serial link to the reward board. Drive it with :meth:`poll`; write with :meth:`send`."""
+    """Serial link to the reward board. Drive it with :meth:`poll`; write with :meth:`send`.
+
+    ``link_id`` (random unless given) goes in every HELLO: a board that still holds the pulse log of this id
+    (it was not power-cycled and no other host linked meanwhile) says so, and :attr:`resumed` is True after
+    the handshake; :class:`reward.controller.RewardController` then asks the log about a pulse whose
+    completion it never read. A HELLO with another id clears the log, so a pulse of an earlier host (whose
+    sequence numbers this link may reuse) is never taken for one of this link's.
+    """
 
     def __init__(
         self,
@@ -169,7 +177,10 @@ class ValveLink:
         port_factory: Callable[..., serial.SerialBase] = serial.serial_for_url,
         select_fn: Callable[..., tuple[list, list, list]] = select.select,
         sleep_fn: Callable[[float], None] = time.sleep,
+        link_id: int | None = None,
     ) -> None:
+        if link_id is not None and not 1 <= link_id <= p.MAX_U32:
+            raise ValueError(f"link_id must be in 1..{p.MAX_U32}, got {link_id}")
         if not p.WATCHDOG_MIN_MS <= watchdog_ms <= p.WATCHDOG_MAX_MS:
             raise ValueError(f"watchdog_ms must be in {p.WATCHDOG_MIN_MS}..{p.WATCHDOG_MAX_MS}, got {watchdog_ms}")
         if heartbeat_interval_s * 1000 > watchdog_ms / 2:
@@ -194,6 +205,8 @@ class ValveLink:
         self._wake: tuple[socket.socket, socket.socket] | None = None  # (loop end, reader end), while open
         self.state = CLOSED
         self.board: p.HelloInfo | None = None
+        self.link_id = link_id if link_id is not None else 1 + secrets.randbelow(p.MAX_U32)
+        self.resumed = False
         self.last_error = ""
         self._events: list[LinkEvent | Received] = []
         self._seq = 0
@@ -389,7 +402,7 @@ class ValveLink:
         self._hello_seq = self.next_seq()
         # The leading newline ends any partial line the board holds, so the HELLO parses cleanly.
         try:
-            self._hello_sent = self._write(b"\n" + p.encode_hello(self._hello_seq, self.watchdog_ms))
+            self._hello_sent = self._write(b"\n" + p.encode_hello(self._hello_seq, self.watchdog_ms, self.link_id))
         except LinkDown:
             self._hello_sent = self._clock()
 
@@ -498,6 +511,7 @@ class ValveLink:
 
     def _linked(self, info: p.HelloInfo, t: int) -> None:
         self.board = info
+        self.resumed = info.resumed
         self.state = CONNECTED
         self.connects += 1
         self._last_rx_ns = t
@@ -506,7 +520,8 @@ class ValveLink:
         self._announce(
             CONNECTED,
             f"{self.url}: firmware {info.firmware}, protocol {info.protocol}, max open {info.max_open_ms} ms, "
-            f"watchdog {info.watchdog_ms} ms",
+            f"duty limit {info.duty_max_ms} ms per {info.duty_window_ms} ms, watchdog {info.watchdog_ms} ms, "
+            + ("pulse log resumed" if info.resumed else "new pulse log"),
         )
 
     def _lose(self, event_state: str, detail: str, *, reopen: bool) -> None:

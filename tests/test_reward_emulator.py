@@ -25,10 +25,15 @@ def booted(max_open_ms: int = 2000) -> FirmwareEmulator:
     return emu
 
 
-def linked(watchdog_ms: int = 500) -> FirmwareEmulator:
+def hello_ack(seq: int, us: int, watchdog_ms: int = 500, resumed: bool = False) -> bytes:
+    return p.encode_ack(seq, us, "HELLO", p.PROTOCOL_VERSION, p.FIRMWARE_VERSION, 2000, watchdog_ms, int(resumed),
+                        p.DUTY_MAX_OPEN_MS, p.DUTY_WINDOW_MS)
+
+
+def linked(watchdog_ms: int = 500, link_id: int = 77) -> FirmwareEmulator:
     emu = booted()
-    emu.step(100, p.encode_hello(1, watchdog_ms))
-    assert emu.take_output() == [p.encode_ack(1, 100, "HELLO", 1, p.FIRMWARE_VERSION, 2000, watchdog_ms)]
+    emu.step(100, p.encode_hello(1, watchdog_ms, link_id))
+    assert emu.take_output() == [hello_ack(1, 100, watchdog_ms)]
     return emu
 
 
@@ -89,19 +94,16 @@ def test_busy_range_args_and_unknown_commands_are_refused():
 
 def test_hello_checks_version_and_watchdog_range_and_closes_a_running_pulse():
     emu = booted()
-    emu.step(1, p.encode_hello(1, 500, protocol=2) + p.encode_hello(2, 20) + p.frame("HELLO 3 1"))
+    emu.step(1, p.encode_hello(1, 500, protocol=1) + p.encode_hello(2, 20) + p.frame("HELLO 3 2 500"))
     assert emu.take_output() == [
-        p.encode_nak(1, 1, p.NAK_VERSION, 1),
+        p.encode_nak(1, 1, p.NAK_VERSION, p.PROTOCOL_VERSION),
         p.encode_nak(2, 1, p.NAK_RANGE, p.WATCHDOG_MAX_MS),
         p.encode_nak(3, 1, p.NAK_ARGS),
     ]
     emu.step(2, p.encode_hello(4, 500) + p.encode_open(5, 100_000))
     emu.take_output()
     emu.step(10, p.encode_hello(6, 500))
-    assert emu.take_output() == [
-        p.encode_ack(6, 10, "HELLO", 1, p.FIRMWARE_VERSION, 2000, 500),
-        p.encode_done(5, 10, 8, p.CAUSE_HELLO),
-    ]
+    assert emu.take_output() == [hello_ack(6, 10), p.encode_done(5, 10, 8, p.CAUSE_HELLO)]
 
 
 def test_close_and_status():
@@ -317,12 +319,15 @@ def random_script(rng: random.Random, t0: int) -> list[tuple]:
         seq = rng.randint(1, 12)
         choice = rng.random()
         if choice < 0.15:
-            pieces.append(p.encode_hello(seq, rng.choice([50, 100, 500, 10, 20000]), protocol=rng.choice([1, 1, 1, 2])))
+            pieces.append(p.encode_hello(seq, rng.choice([50, 100, 500, 10, 20000]), rng.choice([0, 5, 9, 9]),
+                                         protocol=rng.choice([2, 2, 2, 1])))
         elif choice < 0.45:
             encode = rng.choice([p.encode_open, p.encode_test])
-            pieces.append(encode(seq, rng.choice([1, 500, 3_000, 40_000, 150_000, 2_000_000, 2_000_001, 0])))
-        elif choice < 0.6:
+            pieces.append(encode(seq, rng.choice([1, 500, 3_000, 40_000, 150_000, 900_000, 2_000_000, 2_000_001, 0])))
+        elif choice < 0.55:
             pieces.append(rng.choice([p.encode_heartbeat, p.encode_close, p.encode_status])(seq))
+        elif choice < 0.6:
+            pieces.append(p.encode_log(seq, rng.randint(1, 12)))
         elif choice < 0.7:
             line = bytearray(p.encode_open(seq, 1_000))
             line[rng.randrange(len(line) - 1)] ^= 1 << rng.randrange(8)
@@ -332,7 +337,8 @@ def random_script(rng: random.Random, t0: int) -> list[tuple]:
         elif choice < 0.85:
             pieces.append(b"Z" * rng.randint(60, 100) + b"\n")
         elif choice < 0.9:
-            line = p.frame(rng.choice(["FLY 3", "OPEN 4", "HB 5 6", "OPEN 7 x", "STATUS", "HB 8"]))
+            line = p.frame(rng.choice(["FLY 3", "OPEN 4", "HB 5 6", "OPEN 7 x", "STATUS", "HB 8", "LOG 9",
+                                       "HELLO 10 2 500"]))
             pieces.append(line[:-1] + rng.choice([b"\n", b"\r\n"]))
         else:
             pieces.append(b"\n")
@@ -341,14 +347,70 @@ def random_script(rng: random.Random, t0: int) -> list[tuple]:
     t = t0
     pos = 0
     while pos < len(stream) or rng.random() < 0.3:
-        t += rng.choice([0, 1, 7, 50, 400, 1_000, 5_000, 30_000, 200_000])
+        t += rng.choice([0, 1, 7, 50, 400, 1_000, 5_000, 30_000, 200_000, 1_500_000])
         if rng.random() < 0.1:
             script.append(("P", rng.randint(0, 1)))
+        if rng.random() < 0.02:
+            script.append(("B", t))  # a reset: the kept block (pulse log, duty carry) goes on
         size = rng.randint(0, 48)
         script.append(("S", t, stream[pos : pos + size]))
         pos += size
     for _ in range(5):
         t += 700_000
+        script.append(("S", t, b""))
+    return script
+
+
+def session_script(rng: random.Random, t0: int) -> list[tuple]:
+    """Host-like traffic: one link id (sometimes another), unique seqs, pulses long enough to reach the duty-cycle
+    limit, LOG queries about recent pulses, CLOSEs, and resets followed by a HELLO that resumes the pulse log."""
+    script: list[tuple] = [("B", t0)]
+    t = t0
+    seq = 0
+    pulses: list[int] = []
+    link_id = 7
+
+    def send(line: bytes) -> None:
+        nonlocal t
+        t += rng.choice([0, 1, 100, 2_000])
+        script.append(("S", t, line))
+
+    def nxt() -> int:
+        nonlocal seq
+        seq += 1
+        return seq
+
+    send(p.encode_hello(nxt(), 10_000, link_id))
+    for _ in range(rng.randint(30, 70)):
+        choice = rng.random()
+        if choice < 0.4:
+            encode = rng.choice([p.encode_open, p.encode_open, p.encode_test])
+            pulses.append(nxt())
+            send(encode(pulses[-1], rng.choice([40_000, 150_000, 150_000, 500_000, 900_000, 2_000_000])))
+            cut = rng.random()
+            if cut < 0.3:  # cut short while open, by a CLOSE or a new handshake, then asked about
+                t += 10_000
+                send(p.encode_close(nxt()) if cut < 0.15 else p.encode_hello(nxt(), 10_000, link_id))
+                send(p.encode_log(nxt(), pulses[-1]))
+        elif choice < 0.6 and pulses:
+            send(p.encode_log(nxt(), rng.choice(pulses[-3:] + [pulses[0], 999])))
+        elif choice < 0.65:
+            send(p.encode_close(nxt()))
+            if pulses and rng.random() < 0.5:
+                send(p.encode_log(nxt(), pulses[-1]))  # what a host asks after cutting a pulse short
+        elif choice < 0.7:
+            script.append(("B", t))  # reset: the log and the duty carry survive, the link does not
+            send(p.encode_hello(nxt(), 10_000, link_id))
+        elif choice < 0.73:
+            link_id = rng.choice([7, 8, 0])  # another host (or one without an id) starts a new log
+            send(p.encode_hello(nxt(), 10_000, link_id))
+        else:
+            send(p.encode_heartbeat(nxt()))
+        for _ in range(rng.randint(0, 3)):
+            t += rng.choice([1_000, 50_000, 300_000, 1_000_000, 2_500_000])
+            script.append(("S", t, b""))
+    for _ in range(3):
+        t += 4_000_000
         script.append(("S", t, b""))
     return script
 
@@ -386,11 +448,19 @@ def run_emulator_script(script: list[tuple]) -> tuple[bytes, list[tuple[int, int
     return b"".join(out), valve
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_sketch_and_emulator_emit_the_same_bytes(sketch_binary, seed):
+GENERATORS = {"random": random_script, "session": session_script}
+SCRIPTS = [("random", seed) for seed in range(40)] + [("session", seed) for seed in range(20)]
+
+
+def make_script(kind: str, seed: int) -> list[tuple]:
     rng = random.Random(seed)
     t0 = rng.choice([0, 1_000_000, 2**32 - 300_000])  # the last one crosses the 32-bit micros() wrap
-    script = random_script(rng, t0)
+    return GENERATORS[kind](rng, t0)
+
+
+@pytest.mark.parametrize(("kind", "seed"), SCRIPTS)
+def test_sketch_and_emulator_emit_the_same_bytes(sketch_binary, kind, seed):
+    script = make_script(kind, seed)
     sketch_out, sketch_valve, dropped = run_sketch(sketch_binary, script)
     emu_out, emu_valve = run_emulator_script(script)
     assert dropped == 0, "the script overflowed the sketch's transmit buffer: the comparison would be unfair"
@@ -402,14 +472,16 @@ def test_sketch_and_emulator_emit_the_same_bytes(sketch_binary, seed):
 def test_conformance_scripts_exercise_the_interesting_paths(sketch_binary):
     """Guards the test above against silently testing nothing."""
     seen: set[str] = set()
-    for seed in range(40):
-        rng = random.Random(seed)
-        script = random_script(rng, rng.choice([0, 1_000_000, 2**32 - 300_000]))
-        out, _ = run_emulator_script(script)
+    for kind, seed in SCRIPTS:
+        out, _ = run_emulator_script(make_script(kind, seed))
         for line in out.splitlines():
             item = p.parse_board_line(line)
             if isinstance(item, p.Ack):
                 seen.add(f"ACK {item.command}")
+                if item.command == "LOG":
+                    seen.add(f"LOG {p.log_info(item).state}")
+                elif item.command == "HELLO":
+                    seen.add("resumed" if p.hello_info(item).resumed else "new log")
             elif isinstance(item, (p.Nak, p.BoardError)):
                 seen.add(item.code)
             elif isinstance(item, p.Done):
@@ -417,8 +489,9 @@ def test_conformance_scripts_exercise_the_interesting_paths(sketch_binary):
             elif item is not None:
                 seen.add(type(item).__name__)
     expected = {
-        "ACK HELLO", "ACK OPEN", "ACK TEST", "ACK HB", "ACK CLOSE", "ACK STATUS", "NOLINK", "BUSY", "RANGE",
-        "SEQ", "ARGS", "UNKNOWN", "VERSION", "LONG", "CSUM", "CHAR", "SYNTAX", "DONE T", "DONE C", "DONE H",
-        "DONE W", "WatchdogTrip", "LickEdge", "Boot",
+        "ACK HELLO", "ACK OPEN", "ACK TEST", "ACK HB", "ACK CLOSE", "ACK STATUS", "ACK LOG", "NOLINK", "BUSY",
+        "RANGE", "SEQ", "ARGS", "UNKNOWN", "VERSION", "DUTY", "LONG", "CSUM", "CHAR", "SYNTAX", "DONE T", "DONE C",
+        "DONE H", "DONE W", "WatchdogTrip", "LickEdge", "Boot", "LOG -", "LOG O", "LOG R", "LOG T", "LOG C", "LOG H",
+        "resumed", "new log",
     }
     assert expected <= seen, f"never exercised: {sorted(expected - seen)}"

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from reward import protocol as p
+from reward.board_model import CAUSE_RESET, FirmwareEmulator
 from reward.calibration import ValveCalibration
 from reward.config import RewardConfig
 from reward.controller import DELIVERED, FAILED, REFUSED, BoardNotice, LickEvent, RewardController, RewardOutcome
@@ -123,6 +124,26 @@ def board(request):
     server.stop()
 
 
+@pytest.fixture
+def socket_board():
+    """make(emulator=None, **cfg) -> (server, controller): a board (any firmware twin) on socket://, connected."""
+    made: list[tuple[EmulatorServer, RewardController]] = []
+
+    def make(emulator: FirmwareEmulator | None = None, **overrides) -> tuple[EmulatorServer, RewardController]:
+        server = EmulatorServer(emulator, transport="socket").start()
+        cfg = fast_cfg(**overrides)
+        controller = RewardController(cfg, CAL, ValveLink.from_config(cfg, server.url))
+        made.append((server, controller))
+        controller.start()
+        pump(controller, connected_after())
+        return server, controller
+
+    yield make
+    for server, controller in made:
+        controller.close()
+        server.stop()
+
+
 # ---------------------------------------------------------------- the normal path
 
 
@@ -191,20 +212,24 @@ def test_delayed_ack_and_retry_still_deliver_once(board):
     assert len(opens(server)) == 1
 
 
-def test_no_ack_at_all_fails_closes_the_valve_and_reports_the_late_completion(board):
+def closes(server: EmulatorServer) -> dict[int, int]:
+    """seq -> open time (µs) of every opening the emulated valve closed again."""
+    return {e.seq: e.open_us for e in server.events() if e.kind == "close"}
+
+
+def test_no_ack_at_all_closes_the_valve_and_reports_what_it_dispensed(board):
     server, make = board
     controller = make()
     server.drop_next("ACK", 10, command="OPEN")
     controller.request("r1", 150.0, "decoder")  # 1.5 s, far longer than 3 attempts x 100 ms
-    events = pump(
-        controller,
-        lambda ev: outcome_for("r1")(ev) and any(n.code == "late_completion" for n in notices(ev)),
-    )
-    [o] = outcomes(events)
-    assert o.status == FAILED and "no acknowledgement after 3 attempts" in o.reason
+    [o] = outcomes(pump(controller, outcome_for("r1")))
+    assert o.status == FAILED and "no acknowledgement after 3 attempts" in o.reason and "partial delivery" in o.reason
     assert len(opens(server)) == 1
     wait_until(lambda: not server.valve_is_open())
     assert server.events()[-1].cause == p.CAUSE_CLOSE
+    assert o.open_us == closes(server)[o.seq] and 0 < o.open_us < 1_500_000
+    assert o.dispensed_ul == pytest.approx(o.open_us / 10_000)  # CAL: 10 ms per uL
+    assert controller.committed_ul == pytest.approx(o.dispensed_ul) and controller.reward_ul == o.dispensed_ul
 
 
 # ---------------------------------------------------------------- fail closed
@@ -227,21 +252,56 @@ def test_watchdog_closes_the_valve_when_heartbeats_stop_then_the_link_recovers(b
     assert outcomes(pump(controller, outcome_for("after")))[0].status == DELIVERED
 
 
-def test_serial_loss_fails_the_pending_reward_at_once_and_reconnects(board):
+def test_serial_loss_mid_pulse_is_reconciled_with_the_board_log_after_the_reconnect(board):
     server, make = board
     controller = make()
     controller.request("r1", 80.0, "decoder")
     pump(controller, lambda _: controller.busy and server.valve_is_open())
     server.disconnect()
-    events = pump(controller, lambda ev: outcome_for("r1")(ev) and "lost" in link_states(ev))
+    events = pump(controller, outcome_for("r1"))
+    assert link_states(events)[:3] == ["lost", "reconnecting", "connected"]  # the outcome waited for the log
+    assert controller.link.resumed
     [o] = outcomes(events)
-    assert o.status == FAILED and "lost" in o.reason and "valve was open" in o.reason
-    events = pump(controller, connected_after())
-    wait_until(lambda: not server.valve_is_open())
+    # Exact whichever answers first on the new connection: the board's log, or a DONE (of the watchdog, or of the
+    # handshake that closed the valve).
+    assert o.status == FAILED
+    assert "lost" in o.reason and "valve was open" in o.reason and "partial delivery" in o.reason
+    assert not server.valve_is_open()
     assert server.events()[-1].cause in (p.CAUSE_HELLO, p.CAUSE_WATCHDOG)
+    assert o.open_us == closes(server)[o.seq] < 800_000  # what the valve really did, not what was asked
+    assert o.dispensed_ul == pytest.approx(o.open_us / 10_000)
     controller.request("r2", 1.0, "decoder")
     assert outcomes(pump(controller, outcome_for("r2")))[0].status == DELIVERED
     assert controller.counts["link_losses"] == 1
+    assert controller.reward_ul == pytest.approx(o.dispensed_ul + 1.0)
+
+
+def test_a_lost_done_is_reconciled_from_the_board_log_as_delivered(board):
+    server, make = board
+    controller = make()
+    server.drop_next("DONE", 1)
+    controller.request("r1", 5.0, "decoder")  # 50 ms
+    events = pump(controller, outcome_for("r1"))
+    [o] = outcomes(events)
+    assert o.status == DELIVERED and o.reconciled and "no completion message" in o.reason
+    assert o.open_us == 50_000 == closes(server)[o.seq]
+    assert o.dispensed_ul == 5.0 and o.t_done > o.t_ack > 0
+    assert controller.delivered_ul == controller.reward_ul == controller.committed_ul == 5.0
+    assert len(opens(server)) == 1  # asked about, never re-sent
+
+
+def test_a_pulse_that_completes_while_the_link_is_down_is_counted_as_delivered(board):
+    server, make = board
+    controller = make()
+    server.drop_next("DONE", 1)  # the host never reads this pulse's DONE...
+    controller.request("r1", 2.0, "decoder")  # 20 ms
+    pump(controller, lambda _: opens(server))
+    wait_until(lambda: closes(server))  # ...it completes while the host is not reading...
+    server.disconnect()  # ...and the link goes down
+    events = pump(controller, outcome_for("r1"))
+    [o] = outcomes(events)
+    assert o.status == DELIVERED and o.reconciled and o.open_us == 20_000 and o.dispensed_ul == 2.0
+    assert controller.delivered_ul == 2.0
 
 
 def test_board_reset_is_a_link_loss_and_is_recovered(board):
@@ -317,6 +377,14 @@ def test_every_request_ends_in_exactly_one_outcome_under_random_faults(board, se
     assert len(open_seqs) == len(set(open_seqs))  # no seq ever opened the valve twice
     assert set(delivered_seqs) <= set(open_seqs)
     assert len(open_seqs) <= len(ids)
+    # Exact accounting: every outcome says what the valve did for it, and the totals are what flowed.
+    flowed = closes(server)
+    for o in seen:
+        assert o.dispensed_ul == pytest.approx(flowed.get(o.seq, 0) / 10_000), o
+        if o.seq in flowed:
+            assert o.open_us == flowed[o.seq], o
+    assert controller.reward_ul == pytest.approx(sum(flowed.values()) / 10_000)
+    assert controller.committed_ul == pytest.approx(controller.reward_ul)
 
 
 # ---------------------------------------------------------------- policy
@@ -331,6 +399,96 @@ def test_minimum_interval_refuses_early_requests(board):
     controller.request("r3", 1.0, "decoder")
     [o3] = outcomes(pump(controller, outcome_for("r3")))
     assert o3.status == REFUSED and "minimum interval" in o3.reason
+
+
+def test_test_pulses_share_the_minimum_interval_with_rewards_unless_overridden(board):
+    server, make = board
+    controller = make(min_interval_s=60.0)
+    for i in range(20):  # an operator (or a script) hammering "test pulse": one opening, then refusals
+        controller.test_pulse(f"t{i}")
+    events = pump(controller, lambda ev: len(outcomes(ev)) == 20)
+    assert [o.status for o in outcomes(events)].count(DELIVERED) == 1
+    assert all("minimum interval" in o.reason or "busy" in o.reason for o in outcomes(events) if o.status == REFUSED)
+    controller.request("r1", 1.0, "decoder")  # a reward right after a test pulse: the same valve budget
+    [r1] = outcomes(pump(controller, outcome_for("r1")))
+    assert r1.status == REFUSED and "minimum interval" in r1.reason
+    controller.test_pulse("t-override", override=True, issued_by="console@rig1")
+    events = pump(controller, outcome_for("t-override"))
+    [o] = outcomes(events)
+    assert (o.status, o.override, o.issued_by, o.volume_kind) == (DELIVERED, True, "console@rig1", "other")
+    [notice] = [n for n in notices(events) if n.code == "operator_override"]
+    assert "console@rig1" in notice.message and "minimum interval" in notice.message
+    assert len(opens(server)) == 2
+
+
+def test_test_pulses_and_flushes_count_against_the_volume_cap_apart_from_rewards(board):
+    server, make = board
+    controller = make(max_volume_ul=5.0)
+    controller.test_pulse("t1", 20.0)  # 2 uL with CAL
+    pump(controller, outcome_for("t1"))
+    controller.pulse("f1", 20.0, "flush")
+    pump(controller, outcome_for("f1"))
+    controller.test_pulse("t2", 20.0)
+    [t2] = outcomes(pump(controller, outcome_for("t2")))
+    assert t2.status == REFUSED and "volume cap" in t2.reason
+    controller.request("r1", 1.0, "decoder")
+    [r1] = outcomes(pump(controller, outcome_for("r1")))
+    assert r1.status == DELIVERED and r1.volume_kind == "reward" and r1.dispensed_ul == 1.0
+    assert (controller.other_ul, controller.reward_ul, controller.committed_ul) == (4.0, 1.0, 5.0)
+    controller.pulse("f2", 20.0, "flush", override=True, issued_by="bench")
+    [f2] = outcomes(pump(controller, outcome_for("f2")))
+    assert f2.status == DELIVERED and f2.override and controller.other_ul == 6.0  # counted, not capped
+    assert len(opens(server)) == 4
+
+
+def test_the_board_duty_cycle_limit_refuses_whatever_the_host_allows(socket_board):
+    # A board with a 100 ms per 1 s limit (the real one: 2 s per 10 s), so the test need not wait 10 s.
+    server, controller = socket_board(FirmwareEmulator(duty_max_ms=100, duty_window_ms=1000), max_volume_ul=1e6)
+    assert (controller.link.board.duty_max_ms, controller.link.board.duty_window_ms) == (100, 1000)
+    controller.test_pulse("t1", 60.0)
+    assert outcomes(pump(controller, outcome_for("t1")))[0].status == DELIVERED
+    controller.test_pulse("t2", 60.0, override=True, issued_by="console@rig1")  # no host override passes it
+    [o] = outcomes(pump(controller, outcome_for("t2")))
+    assert (o.status, o.board_nak, o.dispensed_ul) == (REFUSED, p.NAK_DUTY, 0.0)
+    assert "duty-cycle limit (at most 100 ms open per 1 s): 40.0 ms of open time left, 60 ms asked" in o.reason
+    assert [e.seq for e in opens(server)] == [controller.counts[DELIVERED] + 1]  # t1 only (seq 1 was HELLO)
+    assert controller.other_ul == controller.committed_ul == 6.0  # the refused pulse is not counted
+    controller.test_pulse("t3", 40.0)  # what is left still goes
+    assert outcomes(pump(controller, outcome_for("t3")))[0].status == DELIVERED
+
+
+def test_a_stalled_board_is_reset_by_its_avr_watchdog_within_500_ms(socket_board):
+    server, controller = socket_board(watchdog_ms=2000, heartbeat_interval_s=0.1, link_timeout_s=5.0)
+    controller.request("r1", 150.0, "decoder")  # 1.5 s
+    pump(controller, lambda _: server.valve_is_open())
+    hung_at = server.stall(4.0)  # the firmware's loop() hangs: no timer, no heartbeat watchdog, no reply
+    wait_until(lambda: not server.valve_is_open(), timeout=3.0)
+    [closed] = [e for e in server.events() if e.kind == "close"]
+    assert closed.cause == CAUSE_RESET and closed.board_us - hung_at == p.AVR_WATCHDOG_MS * 1000
+    assert server.watchdog_resets == 1 and not server.is_stalled()
+    # The host sees the BOOT, re-links (the log survived the reset) and asks what the valve did.
+    events = pump(controller, outcome_for("r1"))
+    assert "lost" in link_states(events) and controller.link.resumed
+    [o] = outcomes(events)
+    assert o.status == FAILED and o.reconciled and "reset while the valve was open" in o.reason
+    assert o.dispensed_ul == 150.0  # the upper bound: the board cannot tell how long it was open
+    controller.request("r2", 1.0, "decoder")
+    assert outcomes(pump(controller, outcome_for("r2")))[0].status == DELIVERED
+
+
+def test_a_short_stall_closes_the_valve_late_as_the_board_would(socket_board):
+    server, controller = socket_board(done_margin_s=1.0)
+    controller.request("r1", 30.0, "decoder")  # 300 ms
+    pump(controller, lambda _: server.valve_is_open())
+    hung_at = server.stall(0.45)  # spans the pulse's end, shorter than the AVR watchdog: loop() resumes, late
+    [o] = outcomes(pump(controller, outcome_for("r1")))
+    [opened] = opens(server)
+    [closed] = [e for e in server.events() if e.kind == "close"]
+    assert opened.board_us + 300_000 > hung_at, "the hang began after the pulse's end: the test proves nothing"
+    assert closed.cause == p.CAUSE_TIMER and closed.board_us == hung_at + 450_000
+    assert server.watchdog_resets == 0
+    assert o.status == DELIVERED and o.open_us == closed.open_us > 300_000
+    assert o.dispensed_ul == pytest.approx(o.open_us / 10_000)  # what really flowed: more than asked
 
 
 def test_busy_requests_are_refused(board):
@@ -422,25 +580,27 @@ def test_close_before_the_ack_abandons_the_pulse_and_no_retry_opens_the_valve(bo
     events += board_output_read(server, controller)
     [o] = outcomes(events)
     assert o.status == FAILED and o.reason.startswith("abandoned:") and "before the board acknowledged" in o.reason
+    assert o.reconciled and "did not open" in o.reason and o.dispensed_ul == 0.0  # the board's log says so
     assert o.attempts == 1 and controller.counts["retries"] == 0
     assert opens(server) == []  # the valve never opened, not even after the CLOSE
     assert not server.valve_is_open()
     assert close_sent is True
 
 
-def test_close_before_a_lost_ack_abandons_and_reports_the_late_completion(board):
+def test_close_before_a_lost_ack_abandons_and_reports_what_the_valve_dispensed(board):
     server, make = board
     controller = make()
     server.drop_next("ACK", 3, command="OPEN")  # the board opens, but the host never hears so (nor on retries)
     controller.request("r1", 30.0, "decoder")
     pump(controller, lambda _: server.valve_is_open())
     assert controller.close_valve() is True
-    events = pump(controller, lambda ev: any(n.code == "late_completion" for n in notices(ev)))
+    events = pump(controller, outcome_for("r1"))
     events += board_output_read(server, controller)
     [o] = outcomes(events)
-    assert o.status == FAILED and o.reason.startswith("abandoned:")
+    assert o.status == FAILED and o.reason.startswith("abandoned:") and "partial delivery" in o.reason
     assert [e.seq for e in opens(server)] == [o.seq]  # opened once, by the original OPEN only
     assert server.events()[-1].cause == p.CAUSE_CLOSE
+    assert o.open_us == closes(server)[o.seq] and o.dispensed_ul == pytest.approx(o.open_us / 10_000)
 
 
 def test_close_reports_whether_the_close_was_sent(board):

@@ -32,7 +32,7 @@ def test_enabled_if_follows_the_config_and_headless():
 
 
 def test_only_the_console_is_not_critical_and_keeps_its_endpoint_when_not_started():
-    assert [e.name for e in PROCESSES if not e.critical] == ["gui"]
+    assert [e.name for e in PROCESSES if not e.critical] == ["gui", "feedback"]  # feedback: see below
     planned = plan(config_from_dict({"reward": {"port": "COM3"}}), headless=True)
     # Same order as before the table existed, so bus.base_port gives every process the same port.
     assert endpoint_names(planned) == ["supervisor", "command", "acquisition", "reward", "decoder", "gui"]
@@ -68,3 +68,26 @@ def test_a_new_process_is_one_table_line():
     check_table(table)
     planned = plan(config_from_dict({}), headless=True, table=table)
     assert names(planned)[-1] == "camera" and names(stop_order(planned))[0] == "camera"
+
+
+def test_feedback_runs_when_enabled_and_its_criticality_comes_from_the_config():
+    assert "feedback" not in names(plan(config_from_dict({}), headless=True))
+    for critical in (False, True):
+        cfg = config_from_dict({"feedback": {"enabled": True, "critical": critical}})
+        planned = plan(cfg, headless=True)
+        assert names(planned)[-1] == "feedback"
+        entry = planned[-1]
+        assert entry.critical is critical
+        assert entry.preflight is not None and entry.preflight() == ""  # the sim twins need no hardware
+        assert stop_order(planned)[-1].name == "feedback"  # stopped last: it hears the decoder's last decisions
+
+
+def test_feedback_hardware_problems_stop_the_session_before_it_starts():
+    cfg = config_from_dict({"feedback": {"enabled": True, "audio": "default"}})
+    problem = plan(cfg, headless=True)[-1].preflight()
+    try:
+        import sounddevice  # noqa: F401, PLC0415
+    except (ImportError, OSError):
+        assert "sounddevice" in problem and "bci-rig[feedback]" in problem
+    else:
+        assert problem == "" or "no usable output device" in problem

@@ -467,6 +467,25 @@ def test_report_is_one_html_page_with_every_plot(session_dir: Path, tmp_path: Pa
     assert "m42" in page and "2 dropped at the source" in page
 
 
+def test_report_header_and_caption_agree_on_the_hit_rate_and_round_the_threshold(
+        session_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rig.offline.numbers import hit_rate_text
+
+    out = tmp_path / "report.html"
+    code, stdout, err = run_cli(["report", str(session_dir), "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    page = out.read_text()
+    rows = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", page))
+    caption = re.search(r'<figure id="hit_rate">.*?<figcaption>([^<]*)</figcaption>', page).group(1)
+    events = read_events(session_dir / "decoder" / "events.jsonl", {"trial"})
+    hits = sum(1 for e in events if e["event"] == "hit")
+    misses = sum(1 for e in events if e["event"] == "miss")
+    assert rows["hit rate"] == hit_rate_text(hits, misses) and caption.startswith(rows["hit rate"] + ";")
+    assert rows["trials"].endswith(f"{hits + misses} completed")
+    threshold = re.search(r"threshold (\S+),", rows["calibration"]).group(1)
+    assert len(threshold.lstrip("-0.").replace(".", "")) <= 4, threshold  # 4 significant digits, not 17
+
+
 def test_summary_is_recomputed_from_the_files(session_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(["summary", str(session_dir)], capsys)
     summary = last_json(out)

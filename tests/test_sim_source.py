@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from acquisition.sim.source import SimSource
 from acquisition.sources.registry import make_source, registration
 from acquisition.validate import FrameFlag
 from rig.core.clock import now_ns
-from rig.core.schema import Codec, Decision, RewardOutcome, TrialEvent
+from rig.core.schema import Codec, Decision, FeedbackUpdate, RewardOutcome, TrialEvent
 
 
 def small(**kw) -> SimConfig:
@@ -108,18 +110,38 @@ def test_delivered_rewards_reach_the_mouse():
     src.close()
 
 
+def presented(perceived: float) -> FeedbackUpdate:
+    return FeedbackUpdate(frame=0, t_decided=0, t_flip=0, tone_hz=math.nan, orientation_deg=math.nan,
+                          perceived=perceived)
+
+
 def test_cursor_feedback_only_when_enabled():
+    """The mouse learns from what the feedback process presented (fbk.update), only with use_feedback."""
     for use in (False, True):
         cfg = small(realtime=False, mouse=MouseConfig(use_feedback=use, feedback_gain=50.0))
         src = SimSource(cfg, 30.0, up=[0], down=[1])
         src.open()
-        src.on_bus_message(decision(0.0))
+        src.on_bus_message(presented(0.0))
         src.read(1.0)
         for _ in range(10):
-            src.on_bus_message(decision(1.0))
+            src.on_bus_message(presented(1.0))
             src.read(1.0)
         assert (src.scope.mouse.drive_hz[0] > 0) == use
+        assert src.stats()["feedback_heard"] == 11
         src.close()
+
+
+def test_decisions_alone_are_no_feedback():
+    """With no feedback process running the mouse perceives nothing of the cursor (learning without feedback)."""
+    cfg = small(realtime=False, mouse=MouseConfig(use_feedback=True, feedback_gain=50.0))
+    src = SimSource(cfg, 30.0, up=[0], down=[1])
+    src.open()
+    for value in (0.0, *[1.0] * 10):
+        src.on_bus_message(decision(value))
+        src.read(1.0)
+    assert not src.scope.mouse.drive_hz[0] > 0
+    assert src.stats()["feedback_heard"] == 0
+    src.close()
 
 
 def roles(src: SimSource) -> tuple[list[int], list[int]]:

@@ -52,7 +52,7 @@ class MouseConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     eligibility_tau_s: float = 1.0
     attempt_exploration_hz: float = 1.5  # sd of each attempt's random variation of a cell's drive
     reward_mean_tau_s: float = 120.0  # running mean R-bar of the reward rate
-    use_feedback: bool = False  # also learn from the decoder's cursor feedback
+    use_feedback: bool = False  # also learn from the feedback it perceives (fbk.update: needs [feedback] enabled)
     feedback_gain: float = 0.2  # pseudo-reward per second per unit of cursor_norm above its mean
     forgetting_tau_s: float = 0.0  # 0 = learned drive does not decay
 

@@ -22,7 +22,7 @@ from acquisition.sim.scope import FrameInfo, SimScope
 from acquisition.sources.base import Frame, FrameSource
 from acquisition.validate import FrameFlag
 from rig.core.clock import now_ns
-from rig.core.schema import Decision, RewardOutcome
+from rig.core.schema import FeedbackUpdate, RewardOutcome
 
 if TYPE_CHECKING:
     from acquisition.config import AcquisitionConfig
@@ -61,6 +61,7 @@ class SimSource(FrameSource):
         self._frames = 0
         self._dropped = 0
         self._rewards = 0
+        self._feedback_heard = 0
         self._render_ns_total = 0
         self._render_ns_max = 0
 
@@ -135,19 +136,25 @@ class SimSource(FrameSource):
             "render_ms_mean": self._render_ns_total / n / 1e6,
             "render_ms_max": self._render_ns_max / 1e6,
             "rewards_heard": float(self._rewards),
+            "feedback_heard": float(self._feedback_heard),
             "mouse_drive_up_hz": mouse["drive_up_hz"],
             "mouse_drive_down_hz": mouse["drive_down_hz"],
         }
 
     def on_bus_message(self, msg: Any) -> None:
-        """Rewards teach the mouse; the cursor is its feedback."""
+        """Rewards teach the mouse; what the feedback process presented (``fbk.update``) is its feedback.
+
+        The decoder's decisions are not: with no feedback process (``[feedback] enabled = false``) the mouse
+        perceives nothing of the cursor, so learning without feedback can be simulated."""
         mouse = self.scope.mouse
         if isinstance(msg, RewardOutcome):
             if msg.status == "delivered":
                 self._rewards += 1
                 mouse.on_reward()
-        elif isinstance(msg, Decision) and self.cfg.mouse.use_feedback:
-            mouse.on_feedback(msg.cursor_norm)
+        elif isinstance(msg, FeedbackUpdate):
+            self._feedback_heard += 1
+            if self.cfg.mouse.use_feedback:
+                mouse.on_feedback(msg.perceived)
 
     # ------------------------------------------------------------ capabilities (see the registry)
 

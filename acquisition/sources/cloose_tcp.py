@@ -9,18 +9,25 @@ recorded (stats ``reconnects``, ``gap_s_total``, ``gap_frames_estimated``; a ``l
 first frame after it carries AFTER_GAP). Bytes of a frame cut short by the drop are discarded and counted as
 a truncated (bad) frame. A new connection while one is open replaces it (a restarted scope script).
 Frame numbers are a local count of frames received: the protocol has no counter.
+
+Who may send frames: the listener binds 127.0.0.1 by default (a scope on this PC). On another interface
+``allow`` lists the scope PCs' IP addresses (the config refuses a non-loopback host without it); a connection
+from any other address is closed at once, before it can replace the scope's, and counted (stats
+``refused_connections``) and warned about.
 """
 
 from __future__ import annotations
 
 import select
 import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from acquisition.sources.base import Frame, FrameSource
 from acquisition.validate import FrameFlag
+from rig.core.addresses import check_addresses, normalize_address
 from rig.core.clock import now_ns
 
 if TYPE_CHECKING:
@@ -28,6 +35,8 @@ if TYPE_CHECKING:
     from acquisition.sources.registry import SourceContext
 
 _RCVBUF_BYTES = 8 * 1024 * 1024  # a few frames of slack if we are briefly late
+#: a refused connection is warned about the first time, then every this many times
+_WARN_REFUSED_EVERY = 100
 
 
 class ClooseTcpSource(FrameSource):
@@ -35,11 +44,16 @@ class ClooseTcpSource(FrameSource):
     def from_config(cls, cfg: AcquisitionConfig, ctx: SourceContext) -> ClooseTcpSource:
         """The registry's factory: ``[acquisition.cloose_tcp]``."""
         c = cfg.cloose_tcp
-        return cls(c.host, c.port, c.height_px, c.width_px, frame_rate_hz=cfg.frame_rate_hz, byte_order=c.byte_order)
+        return cls(c.host, c.port, c.height_px, c.width_px, frame_rate_hz=cfg.frame_rate_hz, byte_order=c.byte_order,
+                   allow=c.allow)
 
     def __init__(self, host: str, port: int, height: int, width: int, *, frame_rate_hz: float = 30.0,
-                 byte_order: str = "little") -> None:
+                 byte_order: str = "little", allow: Sequence[str] = ()) -> None:
+        """``allow``: the only peer IP addresses accepted (empty: any that can reach ``host``, i.e. this PC's
+        programs when ``host`` is loopback)."""
         super().__init__()
+        self._allow = frozenset(check_addresses(allow))
+        self._refused = 0
         if height < 1 or width < 1:
             raise ValueError(f"`height_px`/`width_px`: must be > 0 (got {height}x{width})")
         if byte_order not in ("little", "big"):
@@ -102,7 +116,8 @@ class ClooseTcpSource(FrameSource):
         return {"frames": float(self._frames), "bad_frames": float(self._bad),
                 "truncated_frames": float(self._truncated), "connections": float(self._connections),
                 "reconnects": float(self._reconnects), "gap_s_total": self._gap_ns_total / 1e9,
-                "gap_frames_estimated": float(self._gap_frames), "bytes": float(self._bytes)}
+                "gap_frames_estimated": float(self._gap_frames), "bytes": float(self._bytes),
+                "refused_connections": float(self._refused)}
 
     # ------------------------------------------------------------------ connection handling
     def _accept(self) -> None:
@@ -110,6 +125,14 @@ class ClooseTcpSource(FrameSource):
         try:
             conn, addr = self._listener.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        if self._allow and normalize_address(str(addr[0])) not in self._allow:
+            conn.close()  # before anything else: a stranger must not replace the scope's connection
+            self._refused += 1
+            if self._refused == 1 or self._refused % _WARN_REFUSED_EVERY == 0:
+                self.warn("connection_refused", f"cloose_tcp: connection from {addr[0]} refused: only "
+                                                f"{', '.join(sorted(self._allow))} may send frames "
+                                                f"([acquisition.cloose_tcp] allow; {self._refused} refused so far)")
             return
         if self._conn is not None:
             self._drop_connection(f"replaced by a new connection from {addr[0]}:{addr[1]}", count_gap=False)

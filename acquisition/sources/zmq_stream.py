@@ -20,6 +20,7 @@ jump the following frame confirms (it continues from the new number) is taken as
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -29,6 +30,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from acquisition.sources.base import Frame, FrameSource
 from acquisition.validate import FrameFlag
+from rig.core.addresses import check_addresses
+from rig.core.auth import ZapHandler, ZapPolicy
 from rig.core.clock import now_ns
 
 if TYPE_CHECKING:
@@ -43,6 +46,8 @@ _RCVHWM = 64  # frames queued before ZeroMQ drops (a 512x512 uint16 frame is 0.5
 MAX_FRAME_NUMBER = 2**53 - 1
 #: a repeated warning (every frame with a bad number...) goes out the first time, then every this many times
 WARN_EVERY = 100
+#: The ZAP domain of a bound stream socket with an allow-list (checked on the peer's IP address alone).
+SCOPE_DOMAIN = "scope"
 
 
 class FrameHeader(msgspec.Struct, kw_only=True):
@@ -67,17 +72,25 @@ class ZmqStreamSource(FrameSource):
         z = cfg.zmq_stream
         expected = (z.height_px, z.width_px) if z.height_px else None
         return cls(z.endpoint, bind=z.bind, topic=z.topic, plane=z.plane, channel=z.channel,
-                   frame_rate_hz=cfg.frame_rate_hz, expected_shape=expected, stale_after_s=z.stale_after_s)
+                   frame_rate_hz=cfg.frame_rate_hz, expected_shape=expected, stale_after_s=z.stale_after_s,
+                   allow=z.allow)
 
     def __init__(self, endpoint: str, *, bind: bool = False, topic: str = "frame", plane: int = -1,
                  channel: int = -1, frame_rate_hz: float = 30.0, expected_shape: tuple[int, int] | None = None,
-                 stale_after_s: float = 2.0, max_jump_s: float = 3600.0, context: zmq.Context | None = None) -> None:
+                 stale_after_s: float = 2.0, max_jump_s: float = 3600.0, context: zmq.Context | None = None,
+                 allow: Sequence[str] = ()) -> None:
         """``expected_shape``: the configured frame size (None: not configured; the acquisition checks frames
         against its ROI set either way). ``max_jump_s``: the largest forward jump in the publisher's frame
-        numbers taken as frames lost (beyond it the counter is broken; the decoder refuses a day)."""
+        numbers taken as frames lost (beyond it the counter is broken; the decoder refuses a day). ``allow``:
+        with ``bind``, the IP addresses of the only publishers let in (a ZAP handler on ``context`` refuses the
+        rest at the handshake; they are counted and warned about)."""
         super().__init__()
         self.endpoint = endpoint
         self._bind = bind
+        self._allow = frozenset(check_addresses(allow)) if bind else frozenset()
+        self._zap: ZapHandler | None = None
+        self._refused = 0
+        self._refused_pending = 0  # refused handshakes whose disconnect is not a lost publisher
         self._topic = topic.encode()
         self._plane, self._channel = plane, channel
         self._rate = float(frame_rate_hz)
@@ -117,15 +130,26 @@ class ZmqStreamSource(FrameSource):
         sock.setsockopt(zmq.RCVHWM, _RCVHWM)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, self._topic)
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
-                                                | zmq.EVENT_ACCEPTED)
+        events = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED
+        if self._allow:  # a publisher counts as connected once the ZAP handler let it in
+            sock.setsockopt(zmq.ZAP_DOMAIN, SCOPE_DOMAIN.encode())
+            events |= zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        self._monitor = sock.get_monitor_socket(events)
         try:
+            if self._allow:
+                self._zap = ZapHandler(self._ctx, {SCOPE_DOMAIN: ZapPolicy(addresses=self._allow)})
             if self._bind:
                 sock.bind(self.endpoint)
             else:
                 sock.connect(self.endpoint)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, OSError) as exc:
+            sock.disable_monitor()
             sock.close(0)
+            self._monitor.close(0)
+            self._monitor = None
+            if self._zap is not None:
+                self._zap.stop()
+                self._zap = None
             raise OSError(f"zmq_stream: cannot {'bind' if self._bind else 'connect'} {self.endpoint}: {exc}") from exc
         self._sock = sock
         self._poller.register(sock, zmq.POLLIN)
@@ -140,6 +164,9 @@ class ZmqStreamSource(FrameSource):
         if self._monitor is not None:
             self._monitor.close(0)
             self._monitor = None
+        if self._zap is not None:
+            self._zap.stop()
+            self._zap = None
 
     @property
     def bound_endpoint(self) -> str:
@@ -161,13 +188,22 @@ class ZmqStreamSource(FrameSource):
                 "frame_number_jumps": float(self._jumps), "wrong_shape_frames": float(self._wrong_shape),
                 "connects": float(self._connects),
                 "disconnects": float(self._disconnects),
-                "reconnects": float(max(self._connects - 1, 0))}
+                "reconnects": float(max(self._connects - 1, 0)),
+                "refused_connections": float(self._refused)}
 
     def _poll_monitor(self) -> None:
         mon = self._monitor
         while mon is not None and mon.poll(0):
             event = recv_monitor_message(mon)["event"]
-            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._refuse()
+                continue
+            if event == zmq.EVENT_DISCONNECTED and self._refused_pending:
+                self._refused_pending -= 1  # the refused publisher's connection closing, not a lost link
+                continue
+            if self._allow and event == zmq.EVENT_ACCEPTED:
+                continue  # not yet let in: counted at EVENT_HANDSHAKE_SUCCEEDED
+            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
                 self._connects += 1
                 if self._disconnected:
                     self.warn("link_restored", f"zmq_stream: publisher at {self.endpoint} is back")
@@ -176,6 +212,16 @@ class ZmqStreamSource(FrameSource):
                 self._disconnects += 1
                 self._disconnected = True
                 self.warn("link_lost", f"zmq_stream: publisher at {self.endpoint} disconnected; reconnecting")
+
+    def _refuse(self) -> None:
+        """A publisher at an address not in ``allow`` was refused: counted, and warned about (not every time)."""
+        self._refused += 1
+        self._refused_pending += 1
+        why = self._zap.refusals(SCOPE_DOMAIN)[1] if self._zap is not None else ""
+        if self._refused == 1 or self._refused % WARN_EVERY == 0:
+            self.warn("connection_refused", f"zmq_stream: a publisher was refused at {self.endpoint}: {why}; only "
+                                            f"{', '.join(sorted(self._allow))} may send frames ({self._refused} "
+                                            "refused so far)")
 
     def read(self, timeout_s: float) -> Frame | None:
         if self._sock is None:

@@ -8,8 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import msgspec
-
 from rig.app.config import ConfigError
 
 DESCRIPTION = """\
@@ -36,11 +34,12 @@ PLUGIN_MODULES = (
     "rig.offline.session_cli",
     "rig.offline.bench",
     "rig.app.console_cli",
+    "rig.app.keys_cli",
 )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rig.app.supervisor import SessionFailed, Supervisor, has_display  # noqa: PLC0415
+    from rig.app.supervisor import SessionFailed, StartRefused, Supervisor, has_display  # noqa: PLC0415
 
     if not args.headless and not has_display():
         print("[rig] no display found: running headless (baseline -> calibration -> BCI run by themselves)",
@@ -49,7 +48,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         sup = Supervisor(args.config, headless=args.headless, duration_s=args.duration,
                          sessions_root=args.sessions_dir, overrides=args.set)
-    except (ConfigError, SessionFailed) as exc:
+    except StartRefused as exc:
+        for reason in exc.reasons:
+            print(f"rig run: refused: {args.config}: {reason}", file=sys.stderr)
+        return 2
+    except (ConfigError, SessionFailed, OSError) as exc:
         print(f"rig run: {exc}", file=sys.stderr)
         return 2
     print(f"[rig] session folder: {sup.session_dir}", file=sys.stderr, flush=True)
@@ -59,6 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from rig.app.checks import check_config  # noqa: PLC0415
     from rig.app.config import load_config  # noqa: PLC0415
 
     try:
@@ -66,64 +70,43 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    problems = missing_files(cfg, Path(args.config).resolve().parent) + platform_problems(cfg, sys.platform)
-    for problem in problems:
-        print(f"{args.config}: {problem}", file=sys.stderr)
-    if problems:
+    checked = check_config(cfg, Path(args.config).resolve().parent, platform=sys.platform)
+    findings = list(checked.findings)
+    if args.probe:
+        from rig.app.probe import probe_findings, probe_line, probe_source  # noqa: PLC0415
+
+        print(f"{args.config}: probing the scope link for up to {args.probe_s:g} s...", file=sys.stderr, flush=True)
+        try:
+            result = probe_source(cfg, args.probe_s)
+        except (OSError, ValueError) as exc:
+            findings.append(_finding(f"acquisition.{cfg.acquisition.source}", f"cannot open the link: {exc}"))
+        else:
+            print(f"{args.config}: {probe_line(cfg, result)}", file=sys.stderr)
+            for warning in result.warnings:
+                print(f"{args.config}: probe: {warning}", file=sys.stderr)
+            findings += probe_findings(cfg, checked, result, args.probe_s)
+    for finding in findings:
+        print(f"{args.config}: {'' if finding.error else 'warning: '}{finding}", file=sys.stderr)
+    if any(f.error for f in findings):
         return 1
-    print(f"{args.config}: OK (rig {cfg.rig.name!r}, source {cfg.acquisition.source!r}, "
+    rois = checked.rois
+    seen = f", {rois.n_rois} ROIs for {rois.height}x{rois.width} frames" if rois else ""
+    print(f"{args.config}: OK (rig {cfg.rig.name!r}, source {cfg.acquisition.source!r}{seen}, "
           f"reward port {cfg.reward.port!r})")
     return 0
 
 
-def missing_files(cfg, config_dir: Path) -> list[str]:  # noqa: ANN001 - RigConfig, imported lazily
-    """Files the config names that a session would need and that are not there (checked before a session)."""
-    problems = []
-    acq = cfg.acquisition
-    if acq.rois.suite2p_dir and not Path(acq.rois.suite2p_dir).exists():
-        problems.append(f"[acquisition.rois.suite2p_dir]: {acq.rois.suite2p_dir} does not exist")
-    if acq.source == "replay" and not Path(acq.replay.path).exists():
-        problems.append(f"[acquisition.replay.path]: {acq.replay.path or '(empty)'} does not exist")
-    if acq.registration.ref_path and not Path(acq.registration.ref_path).exists():
-        problems.append(f"[acquisition.registration.ref_path]: {acq.registration.ref_path} does not exist")
-    if cfg.reward.calibration_file:
-        cal = Path(cfg.reward.calibration_file)
-        cal = cal if cal.is_absolute() else config_dir / cal
-        if not cal.exists():
-            problems.append(f"[reward.calibration_file]: {cal} does not exist (run: rig valve calibrate CONFIG)")
-    elif cfg.reward.port != "emulator":
-        problems.append("[reward.calibration_file]: not set; a live session does not start without a valve "
-                        "calibration (run: rig valve calibrate CONFIG)")
-    return problems
+def _finding(key: str, message: str):  # noqa: ANN202 - rig.app.checks.Finding, imported lazily
+    from rig.app.checks import Finding  # noqa: PLC0415
+
+    return Finding(key, message)
 
 
 def platform_problems(cfg, platform: str) -> list[str]:  # noqa: ANN001 - RigConfig, imported lazily
-    """What the config asks for that cannot work on ``platform`` (a ``sys.platform`` value).
+    """:func:`rig.app.checks.platform_problems` (kept importable from here)."""
+    from rig.app.checks import platform_problems as problems  # noqa: PLC0415
 
-    A parameter, not read here, so that the Windows verdicts are tested on the Linux CI: most scope PCs run
-    Windows, and a config written on a Linux analysis machine must be refused by ``rig check`` there, not
-    fail halfway through starting a session.
-    """
-    problems = []
-    if platform == "win32":
-        if cfg.reward.emulator_transport == "pty":
-            problems.append('[reward.emulator_transport]: "pty" does not exist on Windows (pseudo-terminals are '
-                            'POSIX); use "socket" or "auto"')
-        for key, value in _string_values(msgspec.to_builtins(cfg)):
-            if value.lower().startswith("ipc://"):
-                problems.append(f"[{key}]: {value}: ipc:// endpoints do not work on Windows; use tcp://127.0.0.1:PORT")
-    return problems
-
-
-def _string_values(node: object, key: str = "") -> list[tuple[str, str]]:
-    """Every string in a config document with its dotted key (list items as ``key[i]``)."""
-    if isinstance(node, str):
-        return [(key, node)]
-    if isinstance(node, dict):
-        return [kv for name, value in node.items() for kv in _string_values(value, f"{key}.{name}" if key else name)]
-    if isinstance(node, list):
-        return [kv for i, value in enumerate(node) for kv in _string_values(value, f"{key}[{i}]")]
-    return []
+    return problems(cfg, platform)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,29 +115,49 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a closed-loop session (simulated, replayed or live)",
-                         description="Start every process of the rig, run the session, save it, print a JSON summary "
-                                     "as the last stdout line. Ctrl-C ends the session cleanly with data saved, as do "
-                                     "SIGTERM, Ctrl-Break and closing the console window (Windows).")
+                         description="Check the config as `rig check` does (a refused start says why in one line "
+                                     "and exits 2), start every process of the rig, run the session, save it, print "
+                                     "a JSON summary as the last stdout line. Warnings and errors of every process "
+                                     "are printed on stderr as they happen. Ctrl-C ends the session cleanly with "
+                                     "data saved, as do SIGTERM, Ctrl-Break and closing the console window "
+                                     "(Windows). Exit 0 only when the summary says ok: a failed process, no frame, "
+                                     "every frame bad, a failed calibration or a session with no trial exits 1 "
+                                     "(the reasons are in the summary's problems). A session on a real scope needs "
+                                     "[session] mouse_id (or --set session.mouse_id=M123).")
     run.add_argument("config", help="rig description, e.g. hardware_configs/sim.toml")
     run.add_argument("--headless", action="store_true",
                      help="no console window; the protocol runs by itself (baseline -> calibrate -> BCI). "
                           "Without a display this is the default.")
     run.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                      help="end the session this many seconds after every process is running (default: until "
-                          "Ctrl-C or the task ends)")
+                          "Ctrl-C or the task ends); shorter than the baseline and two trials is warned at start")
     run.add_argument("--sessions-dir", default=None, metavar="DIR",
                      help="where to create the session folder (default: [rig] sessions_dir of the config)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one config value for this session, e.g. --set task.baseline_s=30 "
-                          "(repeatable; values are TOML, bare words are strings)")
+                     help="override one config value for this session, e.g. --set task.baseline_s=30 or --set "
+                          "session.mouse_id=M123 (repeatable; values are TOML, bare words are strings). PATHS GIVEN "
+                          "WITH --set ARE RELATIVE TO THE CURRENT DIRECTORY, like any path typed on a command line "
+                          "(paths written in the config file are relative to the file's folder)")
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check", help="validate a rig config and say what is wrong",
                            description="Load and validate a rig TOML (errors name the file, key, value and what "
-                                       "is expected), then check that the files it names exist and that what it "
-                                       "asks for works on this OS (e.g. no pty or ipc:// on Windows).")
+                                       "is expected), then load what it points at and cross-check it: the files "
+                                       "exist; the frame size is the suite2p folder's (ops Ly x Lx); the ensemble "
+                                       "indices address its ROIs (iscell-filtered with only_cells); the baseline "
+                                       "lasts the trial lengths calibration needs; buffers fit in memory; "
+                                       "heartbeats leave room for a stall; the valve calibration loads and the "
+                                       "serial port exists; it works on this OS. `rig run` refuses what this "
+                                       "reports as an error. Exit 0: OK (warnings allowed), 1: errors, 2: the file "
+                                       "is not a valid config. --probe also opens the scope link.")
     check.add_argument("config", help="rig description, e.g. hardware_configs/sim.toml")
-    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for rig run")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="as for rig run (paths relative to the current directory)")
+    check.add_argument("--probe", action="store_true",
+                       help="open the scope link as a session would (listen, bind or connect) and wait for frames: "
+                            "reports frames/s and frame size seen; no frame within --probe-s is an error")
+    check.add_argument("--probe-s", type=float, default=5.0, metavar="SECONDS",
+                       help="how long --probe waits for a first frame (default 5)")
     check.set_defaults(func=_cmd_check)
 
     for module_name in PLUGIN_MODULES:

@@ -19,6 +19,7 @@ from acquisition.config import AcquisitionConfig
 from decoder.config import DecoderConfig, TaskConfig
 from gui.config import GuiConfig
 from reward.config import RewardConfig
+from reward.feedback.config import FeedbackConfig
 from rig.core.settings import (
     BusSection,
     ConfigError,
@@ -38,6 +39,7 @@ class RigConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reward: RewardConfig = msgspec.field(default_factory=RewardConfig)
     session: SessionSection = msgspec.field(default_factory=SessionSection)
     gui: GuiConfig = msgspec.field(default_factory=GuiConfig)
+    feedback: FeedbackConfig = msgspec.field(default_factory=FeedbackConfig)
 
 
 #: How a process started by the supervisor turns the document into a :class:`RigConfig` (see ``ProcessSpec``).

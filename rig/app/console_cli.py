@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gui.config import GuiConfig
+from rig.core.auth import CurveKeys, load_client_keys
 from rig.core.platform_signals import install_stop_handlers
 
 FINISHED = {"ok", "failed"}
@@ -77,14 +78,23 @@ def _settings(config_path: str | None) -> tuple[GuiConfig, str]:
     return cfg.gui, cfg.rig.sessions_dir
 
 
+def _keys(keys_dir: str | None, config_path: str | None) -> CurveKeys | None:
+    """This console's CURVE keys: from ``--keys``, else the rig's own when ``--config`` has ``[bus] keys_dir``."""
+    if keys_dir is None and config_path is not None:
+        from rig.app.config import load_config  # noqa: PLC0415 - only when a config is given
+
+        keys_dir = load_config(config_path).bus.keys_dir or None
+    return load_client_keys(keys_dir) if keys_dir else None
+
+
 def _display_available() -> bool:
     if os.environ.get("QT_QPA_PLATFORM") or sys.platform in ("win32", "darwin"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run_console(endpoint: str, cfg: GuiConfig) -> int:
-    """Open the window on the rig at ``endpoint`` and run until it is closed."""
+def run_console(endpoint: str, cfg: GuiConfig, keys: CurveKeys | None = None) -> int:
+    """Open the window on the rig at ``endpoint`` and run until it is closed (``keys``: for a rig with keys)."""
     from PyQt6 import QtWidgets  # noqa: PLC0415 - keep `rig --help` fast
 
     from gui.main_window import MainWindow  # noqa: PLC0415
@@ -93,7 +103,7 @@ def run_console(endpoint: str, cfg: GuiConfig) -> int:
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([sys.argv[0] or "rig-console"])
     if cfg.low_priority:
         lower_own_priority()  # the rig's processes get the CPU first; only the display slows down
-    session = ConsoleSession(cfg, endpoint, issued_by=f"console@{socket.gethostname()}")
+    session = ConsoleSession(cfg, endpoint, issued_by=f"console@{socket.gethostname()}", keys=keys)
     window = MainWindow(session, title=f"bci-rig console — {endpoint}")
     window.show()
     try:
@@ -159,12 +169,14 @@ def _cmd_console(args: argparse.Namespace) -> int:
         return run_review(args.session_folder)
     try:
         cfg, sessions_dir = _settings(args.config)
+        keys = _keys(args.keys, args.config)
         endpoint = args.connect or find_command_endpoint(args.session, args.sessions_dir or sessions_dir)
-    except (LookupError, ValueError) as exc:
+    except (LookupError, ValueError) as exc:  # KeysProblem and ConfigError are ValueErrors
         print(f"rig console: {exc}", file=sys.stderr)
         return 2
-    print(f"[rig console] attaching to {endpoint}", file=sys.stderr, flush=True)
-    return run_console(endpoint, cfg)
+    print(f"[rig console] attaching to {endpoint}" + (f" as {keys.name!r}" if keys else ""), file=sys.stderr,
+          flush=True)
+    return run_console(endpoint, cfg, keys)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -180,6 +192,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                          help="a session folder to review (read-only) instead of attaching to a running rig")
     console.add_argument("--connect", metavar="tcp://HOST:PORT", default=None,
                          help="the rig's command endpoint (session.json: endpoints.command)")
+    console.add_argument("--keys", metavar="DIR", default=None,
+                         help="this console's keys, for a rig with keys: the folder `rig keys add-console` made "
+                              "(default: the rig's own, when --config sets [bus] keys_dir)")
     console.add_argument("--session", metavar="DIR", default=None, help="read the endpoint from DIR/session.json")
     console.add_argument("--sessions-dir", metavar="DIR", default=None,
                          help="where to look for running sessions (default: [rig] sessions_dir of --config, "

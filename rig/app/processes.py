@@ -10,11 +10,12 @@ request gets its outcome; the emulated board last).
 
 from __future__ import annotations
 
+import functools
 import multiprocessing.process
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rig.app.config import RigConfig
 
@@ -35,8 +36,14 @@ class ProcessEntry:
     preflight: Callable[[], str] | None = None
     #: Allocate its endpoint even when it is not started (a console attached later publishes there).
     reserve_endpoint: bool = False
-    #: (ready info) -> a line for the operator once it is ready ("" for none).
+    #: (ready info) -> what the operator should know once it is ready, said after "NAME ready in N s: " ("" none).
     ready_note: Callable[[dict[str, str]], str] | None = None
+    #: (config) -> critical, for a process whose criticality the config decides (``[feedback] critical``);
+    #: :func:`plan` resolves it into ``critical``.
+    critical_if: Callable[[RigConfig], bool] | None = None
+    #: (config, headless) -> why the configured hardware cannot run here ("" when it can); :func:`plan` binds it
+    #: into ``preflight``, so the supervisor refuses the session before anything is started.
+    config_preflight: Callable[[RigConfig, bool], str] | None = None
 
 
 @dataclass
@@ -81,6 +88,21 @@ def _console_wanted(cfg: RigConfig, headless: bool) -> bool:
     return not headless and cfg.gui.enabled
 
 
+def _feedback_wanted(cfg: RigConfig, headless: bool) -> bool:
+    return cfg.feedback.enabled
+
+
+def _feedback_critical(cfg: RigConfig) -> bool:
+    return cfg.feedback.critical
+
+
+def _feedback_problem(cfg: RigConfig, headless: bool) -> str:
+    from reward.feedback.audio import audio_device_problem  # noqa: PLC0415 - only when feedback is planned
+    from reward.feedback.grating import monitor_problem  # noqa: PLC0415
+
+    return audio_device_problem(cfg.feedback) or monitor_problem(cfg.feedback, has_display())
+
+
 def _display_problem() -> str:
     return "" if has_display() else "no display found: run with --headless, or set DISPLAY"
 
@@ -88,7 +110,7 @@ def _display_problem() -> str:
 def _acquisition_note(info: dict[str, str]) -> str:
     if "frame_rate_hz" not in info:
         return ""
-    return (f"acquisition ready: {info.get('n_rois', '?')} ROIs, {info.get('height', '?')}x{info.get('width', '?')}"
+    return (f"{info.get('n_rois', '?')} ROIs, {info.get('height', '?')}x{info.get('width', '?')}"
             f" frames at {float(info['frame_rate_hz']):g} Hz (from {info.get('frame_rate_source', '?')})")
 
 
@@ -103,6 +125,8 @@ PROCESSES: tuple[ProcessEntry, ...] = (
                  enabled_if=_always),
     ProcessEntry("gui", "gui.process:ConsoleProcess", critical=False, start_rank=4, stop_rank=0,
                  enabled_if=_console_wanted, preflight=_display_problem, reserve_endpoint=True),
+    ProcessEntry("feedback", "reward.feedback.process:FeedbackProcess", critical=False, start_rank=6, stop_rank=5,
+                 enabled_if=_feedback_wanted, critical_if=_feedback_critical, config_preflight=_feedback_problem),
 )
 
 #: Endpoint names that are not processes of the table.
@@ -128,8 +152,24 @@ check_table(PROCESSES)  # a bad new line fails at import, not halfway through st
 
 
 def plan(cfg: RigConfig, headless: bool, table: Sequence[ProcessEntry] = PROCESSES) -> list[ProcessEntry]:
-    """The processes this session runs, in start order."""
-    return sorted((e for e in table if e.enabled_if(cfg, headless)), key=lambda e: e.start_rank)
+    """The processes this session runs, in start order, with their config-dependent columns resolved."""
+    return sorted((_resolve(e, cfg, headless) for e in table if e.enabled_if(cfg, headless)),
+                  key=lambda e: e.start_rank)
+
+
+def _resolve(entry: ProcessEntry, cfg: RigConfig, headless: bool) -> ProcessEntry:
+    """``critical_if`` -> ``critical``; ``config_preflight`` bound to this config -> ``preflight``."""
+    if entry.critical_if is not None:
+        entry = replace(entry, critical=entry.critical_if(cfg))
+    if entry.config_preflight is not None:
+        entry = replace(entry, preflight=functools.partial(_both_preflights, entry.preflight,
+                                                           entry.config_preflight, cfg, headless))
+    return entry
+
+
+def _both_preflights(plain: Callable[[], str] | None, with_config: Callable[[RigConfig, bool], str],
+                     cfg: RigConfig, headless: bool) -> str:
+    return (plain() if plain is not None else "") or with_config(cfg, headless)
 
 
 def stop_order(entries: Sequence[ProcessEntry]) -> list[ProcessEntry]:

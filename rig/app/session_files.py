@@ -31,16 +31,26 @@ def git_hash() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def session_dir_name(stamp: str, mouse_id: str, rig_name: str) -> str:
+    """``<stamp>_<mouse>_<rig>``; without a mouse ID ``<stamp>_<rig>`` (never an empty part, so never ``__``).
+
+    Characters other than letters, digits, ``-`` and ``_`` in the mouse ID become ``-`` (a ``/`` would make
+    a sub-folder); ``_`` stays the separator of the parts.
+    """
+    mouse = "".join(c if c.isalnum() or c in "-_" else "-" for c in mouse_id.strip()).strip("-_")
+    return "_".join(part for part in (stamp, mouse, rig_name) if part)
+
+
 def new_session_dir(cfg: RigConfig, root: str | None) -> Path:
-    """``<root>/<YYYYmmdd-HHMMSS>_<mouse>_<rig>``, made unique with a suffix when two start in one second."""
+    """``<root>/<YYYYmmdd-HHMMSS>_<mouse>_<rig>`` (:func:`session_dir_name`), made unique with a suffix when two
+    start in one second."""
     base = Path(root or cfg.rig.sessions_dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    mouse = "".join(c if c.isalnum() or c in "-_" else "_" for c in cfg.session.mouse_id)
-    path = base / f"{stamp}_{mouse}_{cfg.rig.name}"
+    name = session_dir_name(datetime.now().strftime("%Y%m%d-%H%M%S"), cfg.session.mouse_id, cfg.rig.name)
+    path = base / name
     suffix = 1
     while path.exists():
         suffix += 1
-        path = base / f"{stamp}_{mouse}_{cfg.rig.name}_{suffix}"
+        path = base / f"{name}_{suffix}"
     path.mkdir(parents=True)
     return path
 

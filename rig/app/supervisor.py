@@ -27,11 +27,15 @@ from typing import Any
 import msgspec
 import zmq
 
+from rig.app.checks import check_config
 from rig.app.command_server import CommandServer
 from rig.app.config import CONFIG_LOADER, config_from_dict, load_config_dict
 from rig.app.processes import Child, endpoint_names, has_display, plan, stop_order
 from rig.app.session_files import SessionRecord, git_hash, new_session_dir
 from rig.app.snapshot import SessionTally
+from rig.app.startup import StartupLog
+from rig.app.watch import SessionWatch
+from rig.core.auth import BUS_DOMAIN, CurveKeys, KeysProblem, ZapHandler, ZapPolicy, load_rig_keys
 from rig.core.bus import Publisher, Subscriber, free_tcp_ports
 from rig.core.clock import now_ns
 from rig.core.operator import CommandRequest, Snapshot
@@ -60,6 +64,14 @@ class SessionFailed(RuntimeError):
     """The session could not start or had to end early (the message says which process and why)."""
 
 
+class StartRefused(SessionFailed):
+    """The checks of :mod:`rig.app.checks` refused the session before anything started; one line per reason."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(reasons))
+
+
 class Supervisor:
     """One session: construct it (plans processes, makes the session folder, binds sockets), then :meth:`run`."""
 
@@ -86,26 +98,42 @@ class Supervisor:
         self.auto_start = (headless or self.cfg.session.auto_start) if auto_start is None else auto_start
         self.duration_s = duration_s
         self.quiet = quiet
+        self.startup = StartupLog(self._log)
+        self._check_before_start()  # nothing started and no folder made yet: a refusal leaves nothing behind
         self.children = self._plan_children()
+        self.keys = self._load_keys()  # before the session folder: bad keys leave nothing behind
         self.session_dir = new_session_dir(self.cfg, sessions_root)
         self.events = EventLog(self.session_dir / "supervisor.events.jsonl")
         self.extra = extra or {}
         self.endpoints = self._allocate_endpoints()
         self.ctx = zmq.Context()
-        self.pub = Publisher(self.ctx, bind_endpoint(self.endpoints["supervisor"], self.cfg.bus.host),
-                             sender="supervisor")
+        # With keys, the ZAP handler answers every handshake on the command socket and the PUB (docs/SECURITY.md).
+        self.zap = ZapHandler(self.ctx, {BUS_DOMAIN: ZapPolicy(keys=self.keys.allowed)}) if self.keys else None
+        self._refusals_reported = 0
+        try:
+            self.pub = Publisher(self.ctx, bind_endpoint(self.endpoints["supervisor"], self.cfg.bus.host),
+                                 sender="supervisor", keys=self.keys)
+        except OSError:
+            if self.zap is not None:
+                self.zap.stop()
+            self.ctx.term()
+            self.events.close()
+            raise
         self.sub = Subscriber(
             self.ctx,
             [self.endpoints[c.name] for c in self.children],
             [b"sys.", TrialEvent.topic, CalibrationResult.topic, RewardOutcome.topic, LinkState.topic,
              AcqStatus.topic],
+            keys=self.keys,
         )
         try:
             self.commands = CommandServer(self.ctx, bind_endpoint(self.endpoints["command"], self.cfg.bus.host),
-                                          self)
+                                          self, keys=self.keys, n_rois=self.roi_count, on_error=self._command_error)
         except zmq.ZMQError as exc:
             self.sub.close()
             self.pub.close()
+            if self.zap is not None:
+                self.zap.stop()
             self.ctx.term()  # an unterminated context would hang whoever garbage-collects it
             self.events.close()
             raise SessionFailed(f"cannot bind the command socket at {self.endpoints['command']}: {exc}") from exc
@@ -117,6 +145,19 @@ class Supervisor:
         self.record = SessionRecord(self.session_dir, self.cfg, self.config_path, self.overrides)
 
     # ------------------------------------------------------------------ planning
+    def _check_before_start(self) -> None:
+        """What ``rig check`` checks (:mod:`rig.app.checks`): errors refuse the start, warnings are said now."""
+        checked = check_config(self.cfg, Path(self.config_path).resolve().parent, run=True, duration_s=self.duration_s)
+        if checked.errors:
+            raise StartRefused([str(finding) for finding in checked.errors])
+        rois = f", {checked.rois.n_rois} ROIs" if checked.rois else ""
+        self.startup.config_loaded(f"{self.config_path} (rig {self.cfg.rig.name!r}, "
+                                   f"source {self.cfg.acquisition.source}{rois})")
+        for finding in checked.warnings:
+            self._log(f"WARNING: {finding}")
+        self.watch = SessionWatch.for_config(self.cfg, checked, headless=self.headless, log=self._log,
+                                             warn=self._warn)
+
     def _plan_children(self) -> list[Child]:
         """The table's processes this session runs, in start order (checked before any folder is made)."""
         entries = plan(self.cfg, self.headless)
@@ -135,6 +176,15 @@ class Supervisor:
         base = self.cfg.bus.base_port
         ports = [base + i for i in range(len(names))] if base else free_tcp_ports(len(names), host)
         return {name: f"tcp://{host}:{port}" for name, port in zip(names, ports, strict=True)}
+
+    def _load_keys(self) -> CurveKeys | None:
+        """The rig's CURVE keys when ``[bus] keys_dir`` is set (read here, so a bad folder stops nothing running)."""
+        if not self.cfg.bus.keys_dir:
+            return None
+        try:
+            return load_rig_keys(self.cfg.bus.keys_dir)
+        except KeysProblem as exc:
+            raise SessionFailed(f"[bus] keys_dir: {exc}") from exc
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> dict[str, Any]:
@@ -163,6 +213,8 @@ class Supervisor:
             self._send(Control(command="start"))
             self._wait_all_state("running", self.cfg.bus.ready_timeout_s, resend=Control(command="start"))
             self._mode = "running"
+            self.startup.running(self.duration_s)
+            self.watch.running(time.monotonic())
             started_ns = now_ns()  # --duration counts from here: a first start may spend seconds compiling kernels
             self.events.write("session_start")
             self._write_session_json(status="running")
@@ -182,15 +234,18 @@ class Supervisor:
             self._close()
 
     def _finish(self) -> dict[str, Any]:
-        from rig.offline.summary import summarize_session  # noqa: PLC0415 - reads the files the children wrote
+        """summary.json: ``ok`` only without a failure and without a problem (rig.offline.problems)."""
+        from rig.offline.problems import session_problems, with_outcome  # noqa: PLC0415 - read the children's files
+        from rig.offline.summary import summarize_session  # noqa: PLC0415
 
         summary = summarize_session(self.session_dir)
-        summary["ok"] = self._failure is None
-        summary["stop_reason"] = self._stop_reason or ("failure" if self._failure else "")
+        outcome: dict[str, Any] = {"stop_reason": self._stop_reason or ("failure" if self._failure else "")}
         if self._failure is not None:
-            summary["failed_process"], summary["failure"] = self._failure
+            outcome["failed_process"], outcome["failure"] = self._failure
+        summary = with_outcome(summary, outcome, session_problems(self.session_dir, summary, outcome["stop_reason"]))
         write_json_atomic(self.session_dir / "summary.json", summary)
-        self._write_session_json(status="ok" if self._failure is None else "failed")
+        self._write_session_json(status="ok" if summary["ok"] else "failed")
+        self.watch.finish(summary)
         return summary
 
     def _on_os_stop(self, reason: str) -> None:
@@ -217,14 +272,12 @@ class Supervisor:
             child.proc.start()
             child.last_seen_ns = now_ns()
             self.events.write("spawned", process=child.name, pid=child.proc.pid)
-            self._log(f"started {child.name} (pid {child.proc.pid})")
+            self.startup.starting(child.name, child.proc.pid)
             # Wait for each in order: later processes need earlier ones (reward needs the emulator's port).
             self._wait_state(child, "ready", self.cfg.bus.ready_timeout_s)
             if child.state == "failed_reported":
                 continue  # a non-critical process that failed to start: already reported as a warning
-            note = child.entry.ready_note(child.info) if child.entry.ready_note is not None else ""
-            if note:
-                self._log(note)
+            self.startup.ready(child.name, child.entry.ready_note(child.info) if child.entry.ready_note else "")
             for key in child.entry.wait_for_info:
                 self._wait_info(child, key)
 
@@ -245,6 +298,7 @@ class Supervisor:
                 raise SessionFailed(f"stopped ({self._stop_reason}) while waiting for {child.name}")
             self._pump(20)
             self._check_children()
+            self.startup.waiting(child.name, child.state)
             if self._failure:
                 raise SessionFailed(self._failure[1])
             if time.monotonic() > deadline:
@@ -264,6 +318,7 @@ class Supervisor:
         while not self._stop_reason:
             self._pump(20)
             self._check_children()
+            self.watch.poll(time.monotonic())
             if self._failure:
                 raise SessionFailed(self._failure[1])
             if end_ns is not None and now_ns() >= end_ns:
@@ -322,6 +377,8 @@ class Supervisor:
                 self._on_message(msg)
         if self.commands.socket in ready:
             self.commands.serve()
+        if self.zap is not None:
+            self._warn_refusals()
         now = now_ns()
         if now >= self._next_hb:
             self._next_hb = now + int(self.cfg.bus.heartbeat_interval_s * 1e9)
@@ -357,6 +414,7 @@ class Supervisor:
         elif isinstance(msg, TrialEvent) and msg.kind == "session_done":
             self._mode = "done"
         self.tally.ingest(msg)
+        self.watch.on_message(msg, time.monotonic())
 
     def _send(self, msg: Control) -> None:
         msg.t_ns = now_ns()
@@ -370,6 +428,30 @@ class Supervisor:
             self._write_session_json(status="running")
         self.events.write("operator", command=request.command, args=request.args, issued_by=request.issued_by)
         self._send(Control(command=request.command, args=request.args, issued_by=request.issued_by))
+
+    def roi_count(self) -> int | None:
+        """The ROI count acquisition reported when ready (None before): ROI indices in commands stay below it."""
+        child = self._child("acquisition")
+        value = child.info.get("n_rois", "") if child is not None else ""
+        return int(value) if value.isdigit() else None
+
+    def _command_error(self, request: CommandRequest | None, exc: Exception) -> None:
+        """Answering a command raised: the client got an error reply; the record and the consoles get this."""
+        command = request.command if request is not None else "?"
+        why = f"command {command} failed: {type(exc).__name__}: {exc}"[:500]
+        self.events.write("command_error", command=command, issued_by=request.issued_by if request else "",
+                          error_type=type(exc).__name__, message=str(exc)[:2000])
+        self.tally.warn("supervisor", why)
+        self._log(f"warning: {why}")
+
+    def _warn_refusals(self) -> None:
+        """Connections with keys that are not allowed: recorded, and shown to the consoles."""
+        assert self.zap is not None
+        count, why = self.zap.refusals(BUS_DOMAIN)
+        if count > self._refusals_reported:
+            self._refusals_reported = count
+            self.events.write("connection_refused", count=count, last=why)
+            self.tally.warn("supervisor", f"{count} connection(s) with a key that is not allowed refused; last: {why}")
 
     def snapshot(self) -> Snapshot:
         """What a console that joins late needs: where to listen, process states, counters, calibration."""
@@ -409,6 +491,8 @@ class Supervisor:
         self.sub.close()
         self.pub.close()
         self.commands.close()
+        if self.zap is not None:
+            self.zap.stop()
         self.ctx.term()
 
     def _write_session_json(self, status: str) -> None:
@@ -427,6 +511,13 @@ class Supervisor:
             self.events.write("warning", process="supervisor", code="session_json_not_written", message=why)
             self.tally.warn("supervisor", why)
             self._log(f"warning: {why}")
+
+    def _warn(self, code: str, message: str) -> None:
+        """The supervisor's own warning: stderr, the event log, consoles attached now (bus) and later (snapshot)."""
+        self.events.write("warning", process="supervisor", code=code, message=message)
+        self.tally.warn("supervisor", message, code)
+        self.pub.send(RigWarning(process="supervisor", code=code, message=message, t_ns=now_ns()))
+        self._log(f"WARNING supervisor: {code}: {message}")
 
     def _log(self, text: str) -> None:
         if not self.quiet:

@@ -1,7 +1,8 @@
 """Talking to a running rig's command socket: Lazy-Pirate request/reply (zguide ch. 4).
 
 A REQ socket that gets no reply in time is closed and reopened before the retry, so a supervisor
-that restarted or a lost message never wedges the caller.
+that restarted or a lost message never wedges the caller. With keys (:class:`~rig.core.auth.CurveKeys`) the
+socket is a CURVE client: a rig that does not list its key never answers (:class:`RigUnreachable`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import zmq
 
+from rig.core.auth import CurveKeys
 from rig.core.operator import CommandRequest, encode
 
 
@@ -20,8 +22,10 @@ class RigUnreachable(ConnectionError):
 
 
 class CommandClient:
-    def __init__(self, endpoint: str, timeout_s: float = 1.0, retries: int = 3, ctx: zmq.Context | None = None):
+    def __init__(self, endpoint: str, timeout_s: float = 1.0, retries: int = 3, ctx: zmq.Context | None = None,
+                 keys: CurveKeys | None = None) -> None:
         self.endpoint = endpoint
+        self.keys = keys
         self.timeout_ms = int(timeout_s * 1000)
         self.retries = retries
         self._ctx = ctx or zmq.Context.instance()
@@ -30,6 +34,8 @@ class CommandClient:
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self.keys.make_client(sock)
         sock.connect(self.endpoint)
         return sock
 

@@ -42,6 +42,9 @@ from rig.core.schema import Control, Heartbeat, Message, ProcessError, RigWarnin
 from rig.core.store import EventLog
 
 STATES = ("configuring", "ready", "running", "stopping", "stopped", "failed")
+#: Exceptions from ``configure()`` that are a device, file or setting the rig refused (a port in use, a
+#: damaged ROI file, a missing calibration): reported on the terminal in one line, not as a traceback.
+STARTUP_ERRORS = (OSError, ValueError)
 
 
 @dataclass
@@ -298,6 +301,9 @@ class RigProcess:
 
     def _report_failure(self, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(exc))
+        # A device, file or setting refused while starting is the operator's to fix: one line on the terminal (the
+        # traceback is in the event log). Anything else, or later, is a bug: its traceback is printed in full.
+        one_line = self.state == "configuring" and isinstance(exc, STARTUP_ERRORS)
         try:
             self.events.write("error", error_type=type(exc).__name__, message=str(exc), traceback=tb)
             self.pub.send(
@@ -306,7 +312,11 @@ class RigProcess:
             )
             self._set_state("failed", f"{type(exc).__name__}: {exc}")
         finally:
-            print(f"[{self.name}] FAILED: {tb}", file=sys.stderr, flush=True)
+            if one_line:
+                print(f"[{self.name}] FAILED while starting: {type(exc).__name__}: {exc} (traceback in "
+                      f"{self.name}/events.jsonl)", file=sys.stderr, flush=True)
+            else:
+                print(f"[{self.name}] FAILED: {tb}", file=sys.stderr, flush=True)
             try:
                 self.on_stop()
             except Exception as cleanup_exc:  # noqa: BLE001 - already failing; record the second error too

@@ -246,6 +246,18 @@ class LinkState(Message, tag="link", kw_only=True):
     t_ns: int = 0
 
 
+class FeedbackUpdate(Message, tag="fbk", kw_only=True):
+    """What the feedback process presented for one decision (the simulated mouse perceives ``perceived``)."""
+
+    topic: ClassVar[bytes] = b"fbk.update"
+    frame: int
+    t_decided: int
+    t_flip: int  # when the grating update was drawn (0: no display)
+    tone_hz: float  # NaN: silent
+    orientation_deg: float  # NaN: grey screen
+    perceived: float  # the normalised cursor readable from the stimulus (NaN: none)
+
+
 AnyMessage = (
     StateChange
     | Heartbeat
@@ -262,6 +274,7 @@ AnyMessage = (
     | RewardOutcome
     | Lick
     | LinkState
+    | FeedbackUpdate
 )
 
 ALL_MESSAGE_TYPES: tuple[type[Message], ...] = AnyMessage.__args__  # type: ignore[attr-defined]

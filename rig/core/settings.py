@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from rig.core.auth import is_loopback
+from rig.core.addresses import is_loopback
 
 
 class ConfigError(ValueError):
@@ -122,7 +122,7 @@ class SessionSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # headless session always does). With task.auto_protocol the whole session then runs by itself.
     auto_start: bool = False
     save_frames: bool = True
-    mouse_id: str = "sim-mouse"
+    mouse_id: str = ""  # required by `rig run` for a real scope (rig.app.checks); part of the folder name
     experimenter: str = ""
     notes: str = ""
     flush_interval_s: float = 0.05

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rig.core.store import read_events, read_records
+from rig.offline.feedback import bench_stages as feedback_bench_stages
 from rig.offline.summary import percentiles_ms
 
 BENCH_HELP = """\
@@ -114,6 +115,7 @@ def stage_latencies(session: Path) -> dict[str, Any]:
         np.array([o["t_ack"] - o["t_written"] for o in outcomes if o.get("t_ack", 0) > 0], dtype=np.int64))
     stages["END TO END frame ready->board ack"] = percentiles_ms(
         np.array([o["t_ack"] - o["t_ready"] for o in outcomes if o.get("t_ack", 0) > 0], dtype=np.int64))
+    stages.update(feedback_bench_stages(session))  # with [feedback] enabled: decision->flip, ->audio block
     return stages
 
 
@@ -162,6 +164,8 @@ def build_overrides(args: argparse.Namespace, workdir: Path) -> list[str]:
         overrides += ["acquisition.source=replay", f"acquisition.replay.path={json.dumps(str(movie))}",
                       "acquisition.replay.speed=fast", f"acquisition.rois.suite2p_dir={json.dumps(str(rois))}",
                       "task.baseline_s=5", "decoder.f0_window_s=5"]
+    if getattr(args, "feedback", False):  # the feedback process and its twins: its latencies become stages
+        overrides.append("feedback.enabled=true")
     return overrides + list(args.set)
 
 
@@ -265,6 +269,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--movie", help="throughput mode: replay this movie instead of a generated one")
     p.add_argument("--movie-rois", metavar="SUITE2P_DIR", help="throughput mode: the ROIs of --movie")
     p.add_argument("--console", action="store_true", help="attach the operator console (offscreen without a display)")
+    p.add_argument("--feedback", action="store_true",
+                   help="run the feedback process ([feedback] enabled; its sim twins unless --set says otherwise)")
     p.add_argument("--json", metavar="FILE", help="where to write the JSON result (default bench_results/...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--verbose", action="store_true", help="show the supervisor's log")

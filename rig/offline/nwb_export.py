@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from rig.offline.feedback import add_feedback_stimulus
 from rig.offline.session_data import SessionData, SessionError
 
 #: HDF5 chunk size aimed at when streaming large series (F, Fneu, dF/F, movie) into the file, and the
@@ -297,6 +298,7 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
 
     # ---------------------------------------------------------------- rewards and licks
     _add_reward_events(nwbfile, session, seconds)
+    add_feedback_stimulus(nwbfile, session.path, seconds)  # tone and grating presented, when feedback ran
 
     # ---------------------------------------------------------------- raw frames (optional)
     if movie is not None:

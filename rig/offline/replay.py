@@ -413,6 +413,10 @@ def check(session: SessionData, run: ReplayRun, max_details: int = 20) -> Replay
         for i in extra_flags[: max(0, max_details - len(details))]:
             details.append(Mismatch("trace", int(recorded_traces["frame"][i]), "flags",
                                     int(recorded_traces["flags"][i]), int(run.traces["flags"][i])))
+    from rig.offline.feedback import check_feedback  # noqa: PLC0415 - the animal's feedback, recomputed
+    flips_checked, bad = check_feedback(session.path, session.config.feedback, recorded, session.dec_events)
+    events_checked, mismatches = events_checked + flips_checked, mismatches + len(bad)
+    details += [Mismatch("feedback", *m) for m in bad][: max(0, max_details - len(details))]
     return ReplayReport(source=run.source, frames=len(run.rows), decisions_checked=len(run.rows),
                         events_checked=events_checked, traces_checked=traces_checked, mismatches=mismatches,
                         first_mismatches=details, notes=notes, frames_registered=run.frames_registered,
@@ -484,6 +488,9 @@ def write_whatif_session(session: SessionData, run: ReplayRun, cfg: RigConfig, c
     log.close()
     if run.calibration is not None:
         write_json_atomic(dec_dir / "calibration.json", run.calibration)
+    if cfg.feedback.enabled:  # the feedback the what-if decisions would have given (reward.feedback.plan)
+        from rig.offline.feedback import write_feedback_plan  # noqa: PLC0415
+        write_feedback_plan(out_dir, cfg.feedback, rows, run.events)
 
     from rig.offline.summary import summarize_session  # noqa: PLC0415
 

@@ -24,6 +24,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from rig.core.codes import Mode  # noqa: E402
+from rig.offline.numbers import hit_rate_text, percent, sig  # noqa: E402
+from rig.offline.problems import recorded_outcome, session_problems, with_outcome  # noqa: E402
 from rig.offline.session_data import SessionData  # noqa: E402
 from rig.offline.summary import summarize_session  # noqa: E402
 
@@ -84,8 +86,8 @@ def draw_hit_rate(session: SessionData, fig: Figure) -> str:
     ax.set_ylabel("hit rate (%)")
     ax.set_ylim(-6, 106)
     ax.legend(loc="lower right", fontsize=8, frameon=False)
-    return (f"{int(hits.sum())} hits in {len(trials)} completed trials ({hits.mean() * 100:.0f} %); "
-            f"last {window}: {rolling[-1] * 100:.0f} %.")
+    n_hits = int(hits.sum())
+    return f"{hit_rate_text(n_hits, len(trials) - n_hits)}; last {window}: {rolling[-1] * 100:.0f} %."
 
 
 def draw_time_to_hit(session: SessionData, fig: Figure) -> str:
@@ -135,7 +137,7 @@ def draw_cursor_distribution(session: SessionData, fig: Figure) -> str:
         if sel.size:
             ax.hist(sel, bins=bins, density=True, histtype="stepfilled", alpha=0.45, color=color,
                     label=f"{label} ({sel.size} frames)")
-            parts.append(f"{label}: median {np.median(sel):.3f} over {sel.size} frames")
+            parts.append(f"{label}: median {sig(float(np.median(sel)))} over {sel.size} frames")
     cal = session.calibration or {}
     if "threshold" in cal:
         ax.axvline(float(cal["threshold"]), color=HIT_COLOR, lw=1.5, label="threshold")
@@ -332,7 +334,7 @@ def _kv_table(rows: list[tuple[str, Any]]) -> str:
 def _fmt_latency(value: dict[str, Any]) -> str:
     if not value or not value.get("n"):
         return "—"
-    return f"p50 {value['p50']} / p99 {value['p99']} / max {value['max']} ms (n={value['n']})"
+    return f"p50 {sig(value['p50'], 3)} / p99 {sig(value['p99'], 3)} / max {sig(value['max'], 3)} ms (n={value['n']})"
 
 
 def build_report(session: SessionData, out_path: str | Path, progress: bool = True,
@@ -340,6 +342,9 @@ def build_report(session: SessionData, out_path: str | Path, progress: bool = Tr
     """Write the report; with ``images_dir`` the PNGs are also saved there as files (for checking by eye)."""
     out_path = Path(out_path)
     summary = summarize_session(session.path)
+    outcome = recorded_outcome(session.path)
+    summary = with_outcome(summary, outcome,
+                           session_problems(session.path, summary, str(outcome.get("stop_reason", ""))))
     info = session.info
     meta = info.get("metadata", {})
     figures = []
@@ -351,12 +356,13 @@ def build_report(session: SessionData, out_path: str | Path, progress: bool = Tr
         data = base64.b64encode(png).decode("ascii")
         figures.append(f'<figure id="{plot.key}"><img alt="{html.escape(plot.title)}" '
                        f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
-    hits, trials = summary.get("hits", 0), summary.get("trials", 0)
+    hits, misses, trials = summary.get("hits", 0), summary.get("misses", 0), summary.get("trials", 0)
     left = _kv_table([
         ("mouse", meta.get("mouse_id", session.config.session.mouse_id)),
         ("experimenter", meta.get("experimenter", "") or "—"),
         ("rig", info.get("rig", session.config.rig.name)),
         ("status", info.get("status", "unknown (no session.json)")),
+        ("ended", f"{'ok' if summary['ok'] else 'NOT ok'}: {summary['stop_reason'] or 'stop not recorded'}"),
         ("software", f"{info.get('software', {}).get('version', '?')} "
                      f"(git {str(info.get('software', {}).get('git', 'unknown'))[:10]})"),
         ("replay of", session.is_replay_of or "—"),
@@ -365,15 +371,19 @@ def build_report(session: SessionData, out_path: str | Path, progress: bool = Tr
     right = _kv_table([
         ("frames decided / acquired", f"{summary.get('frames', 0)} / {summary.get('frames_acquired', 0)}"),
         ("frames dropped / bad", f"{summary.get('frames_dropped', 0)} / {summary.get('bad_frames', 0)}"),
-        ("trials / hits", f"{trials} / {hits}" + (f" ({hits / trials * 100:.0f} %)" if trials else "")),
+        ("trials", f"{trials} started, {hits + misses} completed"),
+        ("hit rate", hit_rate_text(hits, misses)),  # the caption of the hit-rate plot says the same
         ("rewards delivered / failed", f"{summary.get('rewards_delivered', 0)} / {summary.get('rewards_failed', 0)}"
                                        f" ({summary.get('volume_ul', 0)} µL)"),
         ("latency ready → decision", _fmt_latency(summary.get("latency_ms", {}))),
         ("latency ready → reward command", _fmt_latency(summary.get("reward_latency_ms", {}))),
-        ("calibration", f"threshold {cal.get('threshold', '—')}, predicted hit rate "
-                        f"{cal.get('predicted_hit_rate', '—')} ({cal.get('method', '—')})" if cal else "—"),
+        ("calibration", f"threshold {sig(cal.get('threshold'))}, predicted hit rate "
+                        f"{percent(cal.get('predicted_hit_rate'))} ({cal.get('method', '—')})" if cal else "—"),
     ])
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in session.notes)
+    problems = [f"problem: {p}" for p in summary["problems"]]
+    if "failure" in summary:
+        problems.insert(0, f"failure in {summary.get('failed_process', '?')}: {summary['failure']}")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in [*problems, *session.notes])
     started = html.escape(str(info.get("started", "?")))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>bci-rig report: {html.escape(session.path.name)}</title>

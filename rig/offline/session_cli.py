@@ -107,7 +107,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from rig.core.store import write_json_atomic  # noqa: PLC0415
-    from rig.offline.session_checks import read_json_object  # noqa: PLC0415
+    from rig.offline.problems import recorded_outcome, session_problems, with_outcome  # noqa: PLC0415
     from rig.offline.summary import summarize_session  # noqa: PLC0415
 
     path = Path(args.session)
@@ -116,19 +116,20 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     notes: list[str] = []
     try:
         summary = summarize_session(path, notes)
+        # how it ended (ok, stop_reason, failure) as recorded; the problems judged again from the files
+        outcome = recorded_outcome(path)
+        summary = with_outcome(summary, outcome, session_problems(path, summary, str(outcome.get("stop_reason", ""))))
     except (ValueError, OSError) as exc:
         return _fail("summary", exc)
     for note in notes:
         print(f"rig summary: note: {note}", file=sys.stderr)
+    for problem in summary["problems"]:
+        print(f"rig summary: problem: {problem}", file=sys.stderr)
+    print(f"rig summary: {'ok' if summary['ok'] else 'NOT ok'} (stop reason: {summary['stop_reason'] or 'not recorded'}"
+          + (f"; failure in {summary.get('failed_process')}: {summary['failure']}" if "failure" in summary else "")
+          + ")", file=sys.stderr)
     if args.write:
-        previous = path / "summary.json"
-        try:
-            old = read_json_object(previous) or {}
-        except SessionError as exc:
-            return _fail("summary", exc)
-        summary = {**{k: v for k, v in old.items() if k in ("ok", "stop_reason", "failed_process", "failure")},
-                   **summary}
-        write_json_atomic(previous, summary)
+        write_json_atomic(path / "summary.json", summary)
     print(json.dumps(summary), flush=True)
     return 0
 
@@ -187,7 +188,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
     summary = sub.add_parser(
         "summary", help="recompute a session's JSON summary from its files (e.g. after a crash)",
-        description="Read the session folder and print the summary `rig run` prints at exit.")
+        description="Read the session folder and print the summary `rig run` prints at exit: the numbers, how "
+                    "the session ended (ok, stop_reason, failure, as recorded) and its problems (no frame, every "
+                    "frame bad, no calibration, no trial), judged again from the files. ok is true only without "
+                    "a failure and without a problem.")
     summary.add_argument("session", help="session folder")
     summary.add_argument("--write", action="store_true", help="also (re)write SESSION/summary.json")
     summary.set_defaults(func=_cmd_summary)
