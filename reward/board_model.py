@@ -158,19 +158,6 @@ class FirmwareEmulator:
         self._power_cut(now_us, CAUSE_SHUTDOWN)
         self._kept = None
 
-    @property
-    def link_id(self) -> int:
-        """The host link the pulse log belongs to (0 = none)."""
-        return self._kept.link_id if self._kept is not None else 0
-
-    def duty_used_us(self, now_us: int) -> int:
-        """Open time the duty-cycle limit counts at ``now_us`` (booked openings; not a running one). Read-only."""
-        first = now_us // self._duty_bucket_us - (p.DUTY_BUCKETS - 1)
-        if first > self._duty_bucket:
-            return 0
-        return sum(self._duty_open_us[b % p.DUTY_BUCKETS] for b in range(max(first, 0), self._duty_bucket + 1)
-                   if self._duty_bucket - b < p.DUTY_BUCKETS)
-
     def _power_cut(self, now_us: int, cause: str) -> None:
         active = self._active
         if self.valve_open and active is not None:

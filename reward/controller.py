@@ -456,11 +456,8 @@ class RewardController:
         pending.attempts += 1
         try:
             t = self.link.send(pending.line)
-        except LinkDown as exc:
-            if pending.attempts == 1:
-                self._finish(pending, FAILED, f"could not write the command: {exc}", dispensed=0.0)
-            else:  # an earlier attempt may have reached the board
-                self._reconcile(pending, f"could not write attempt {pending.attempts}: {exc}")
+        except LinkDown as exc:  # part of it, or an earlier attempt, may have reached the board: the log says
+            self._reconcile(pending, f"could not write attempt {pending.attempts} of the command: {exc}")
             return
         if pending.attempts == 1:
             pending.t_written = t
@@ -506,13 +503,15 @@ class RewardController:
 
     def _abandon(self, pending: _Pending, why: str) -> None:
         """A pulse whose fate is unknown on a live link: close the valve, then ask the board's log."""
-        if not self._send_close():  # no caller sees a return value here: tell the operator
+        if self._send_close():
+            why += "; valve closed by command"
+        else:  # no caller sees a return value here: tell the operator
             self._notice(
                 "close_not_sent",
                 f"could not send CLOSE for request {pending.request_id!r} (reward board link "
                 f"{self.link.state}); the board's watchdog closes the valve within {self.cfg.watchdog_ms} ms",
             )
-        self._reconcile(pending, f"{why}; valve closed by command")
+        self._reconcile(pending, why)
 
     def _reconcile(self, pending: _Pending, why: str) -> None:
         """Stop sending and waiting: what the valve did for this pulse comes from the board's pulse log.

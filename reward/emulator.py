@@ -166,6 +166,7 @@ class EmulatorServer:
         self.lines_dropped = 0
         self.connections = 0
         self.watchdog_resets = 0
+        self.rx_bytes_lost = 0  # received while loop() hung, beyond the UART ring
         self._port = open_transport(transport, port)
         self.url = self._port.url
         with self._lock:
@@ -409,7 +410,9 @@ class EmulatorServer:
         self.lines_dropped += dropped
         stall = self._stall
         if stall is not None:  # loop() hangs: the UART ring fills, what does not fit is lost
-            stall.held += data[: SERIAL_RX_BUFFER - len(stall.held)]
+            room = SERIAL_RX_BUFFER - len(stall.held)
+            stall.held += data[:room]
+            self.rx_bytes_lost += max(0, len(data) - room)
             return
         self._step(now_us, data)
 
@@ -466,6 +469,8 @@ def run_emulator(
     *,
     cfg: RewardConfig | None = None,
     max_open_ms: int = p.FIRMWARE_MAX_OPEN_MS,
+    duty_max_ms: int = p.DUTY_MAX_OPEN_MS,
+    duty_window_ms: int = p.DUTY_WINDOW_MS,
     select_fn: SelectFn = select.select,
 ) -> None:
     """Serve a simulated reward board until ``stop_event`` is set (blocking).
@@ -473,8 +478,10 @@ def run_emulator(
     ``transport``: "auto", "pty" or "socket". ``on_ready`` receives the serial URL to open (a pty
     path or ``socket://127.0.0.1:PORT``) once the port exists. ``cfg`` supplies the ``emulator_*``
     settings (TCP port, seeded lick generator: spontaneous bouts and licks after rewards); defaults
-    if None. Valve opens/closes are appended to ``log_path`` as JSON lines. ``select_fn``: see
-    :class:`EmulatorServer`. On Windows the process asks for a 1 ms timer tick while serving.
+    if None. Valve opens/closes are appended to ``log_path`` as JSON lines. ``max_open_ms``, ``duty_max_ms``,
+    ``duty_window_ms``: the firmware's limits (defaults: the sketch's; a benchmark that pulses faster than the
+    real board allows raises the duty limit). ``select_fn``: see :class:`EmulatorServer`. On Windows the
+    process asks for a 1 ms timer tick while serving.
     """
     cfg = cfg if cfg is not None else RewardConfig()
     licks = None
@@ -485,8 +492,8 @@ def run_emulator(
             reward_bout_probability=0.9 if cfg.emulator_reward_licks else 0.0,
         )
     server = EmulatorServer(
-        FirmwareEmulator(max_open_ms=max_open_ms), transport, port=cfg.emulator_tcp_port, log_path=log_path,
-        licks=licks, select_fn=select_fn,
+        FirmwareEmulator(max_open_ms=max_open_ms, duty_max_ms=duty_max_ms, duty_window_ms=duty_window_ms), transport,
+        port=cfg.emulator_tcp_port, log_path=log_path, licks=licks, select_fn=select_fn,
     )
     try:
         on_ready(server.url)

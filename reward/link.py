@@ -487,6 +487,11 @@ class ValveLink:
                         f"reward board at {self.url} speaks protocol {item.detail}, this host speaks "
                         f"{p.PROTOCOL_VERSION}: flash reward/firmware/bci_reward/bci_reward.ino"
                     )
+                if item.code == p.NAK_ARGS:  # protocol 1 boards take two HELLO arguments, not three
+                    raise ProtocolMismatch(
+                        f"reward board at {self.url} refused the arguments of a protocol {p.PROTOCOL_VERSION} HELLO: "
+                        "it runs older firmware; flash reward/firmware/bci_reward/bci_reward.ino"
+                    )
                 raise ValueError(f"reward board at {self.url} refused HELLO: {item.code} {item.detail}")
             if item.code == p.NAK_NOLINK and self.state == CONNECTED and item.seq > self._hello_seq:
                 self._events.append(Received(item, t_read))

@@ -1,20 +1,34 @@
 """The reward process (the only one that touches the animal) and the valve-board emulator process.
 
 RewardProcess files (``reward/``): ``events.jsonl`` with one ``reward_outcome`` per request (delivered,
-failed or refused, with host and board stamps), licks, link changes; ``valve_calibration.json`` (the
-calibration this session used). EmulatorProcess files (``valve_emulator/``): ``valve.jsonl``, the
-simulated board's own log of every valve open/close.
+failed or refused, with host and board stamps), licks, link changes, operator overrides;
+``valve_calibration.json`` (the calibration this session used). EmulatorProcess files (``valve_emulator/``):
+``valve.jsonl``, the simulated board's own log of every valve open/close.
+
+A ``reward_outcome`` line carries, besides the fields of ``rig.core.schema.RewardOutcome`` (``volume_ul`` is
+what was asked): ``dispensed_ul`` (what the valve dispensed, from the board-measured open time; see
+``reward.controller.RewardOutcome``), ``volume_kind`` ("reward" for decoder and manual rewards, "other" for
+test pulses and flushes), the session's running totals of what the valve dispensed, ``session_reward_ul`` and
+``session_other_ul`` (the last line has the session's), ``reconciled``, ``override``, ``issued_by``,
+``open_us``, ``seq``, ``attempts`` and ``board_nak``.
+
+Operator commands (Control): ``test_pulse`` (args: ``override``), ``flush`` (args: ``ms``, ``override``),
+``close_valve``; ``manual_reward`` reaches this process as a RewardRequest from the decoder. ``override: true``
+lets a pulse pass the minimum interval and the session volume cap (never the board's duty-cycle limit); it is
+logged with the Control's ``issued_by``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
+from typing import Any
 
 import zmq
 
 from reward.calibration import ValveCalibration
-from reward.controller import RewardController
+from reward.controller import SOURCE_FLUSH, RewardController
 from reward.link import ValveLink
 from reward.transports import windows_timer_period
 from rig.core.bus import SpinWaiter
@@ -71,8 +85,15 @@ class RewardProcess(RigProcess):
         msg = self.requests.recv(0)
         while msg is not None:
             if isinstance(msg, RewardRequest):
+                # override/issued_by: read if the request carries them (a manual reward relayed by the decoder)
+                override = getattr(msg, "override", False) is True
+                issued_by = getattr(msg, "issued_by", "")
+                if override:
+                    self.events.write("operator_override", command="reward_request", request_id=msg.request_id,
+                                      issued_by=issued_by)
                 self.controller.request(msg.request_id, msg.volume_ul, msg.source,
-                                        {"frame": msg.frame, "t_ready": msg.t_ready, "t_requested": msg.t_requested})
+                                        {"frame": msg.frame, "t_ready": msg.t_ready, "t_requested": msg.t_requested},
+                                        override=override, issued_by=issued_by)
             else:
                 self._waiter.arrived()
             msg = self.requests.recv(0)
@@ -108,7 +129,15 @@ class RewardProcess(RigProcess):
                 "t_requested": meta.get("t_requested", 0), "t_written": event.t_written, "t_ack": event.t_ack,
                 "t_done": event.t_done, "board_us_ack": event.board_us_ack, "board_us_done": event.board_us_done,
             }
-            self.events.write("reward_outcome", **fields)
+            # What the valve dispensed, by kind, and how it is known: in the session record (the bus message
+            # keeps the schema's fields).
+            accounting = {
+                "dispensed_ul": event.dispensed_ul, "volume_kind": event.volume_kind,
+                "session_reward_ul": self.controller.reward_ul, "session_other_ul": self.controller.other_ul,
+                "reconciled": event.reconciled, "override": event.override, "issued_by": event.issued_by,
+                "open_us": event.open_us, "seq": event.seq, "attempts": event.attempts, "board_nak": event.board_nak,
+            }
+            self.events.write("reward_outcome", **fields, **accounting)
             self.publish(RewardOutcome(**fields))
             if event.status != "delivered":
                 self.warn("reward_" + event.status, f"reward {event.request_id} {event.status}: {event.reason}")
@@ -128,12 +157,40 @@ class RewardProcess(RigProcess):
 
     def on_control(self, msg: Control) -> None:
         if msg.command == "test_pulse":
-            self.controller.test_pulse(request_id=f"test-{msg.seq}")
+            override = self._override(msg)
+            self.controller.test_pulse(request_id=f"test-{msg.seq}", override=override, issued_by=msg.issued_by)
+        elif msg.command == "flush":
+            override = self._override(msg)
+            ms = msg.args.get("ms")
+            if not (isinstance(ms, int | float) and not isinstance(ms, bool) and math.isfinite(ms)):
+                self.warn("bad_flush", f"flush from {msg.issued_by} not done: args.ms must be the open time in ms, "
+                          f"got {ms!r}")
+                return
+            self.controller.pulse(f"flush-{msg.seq}", float(ms), SOURCE_FLUSH, override=override,
+                                  issued_by=msg.issued_by)
+        elif msg.command == "manual_reward":
+            # The decoder turns it into the RewardRequest this process delivers; only the override is noted here.
+            if self._override(msg) and "override" not in RewardRequest.__struct_fields__:
+                self.warn("override_not_relayed", f"manual_reward override from {msg.issued_by} cannot reach the "
+                          "reward process (RewardRequest has no override field): the reward goes through the "
+                          "minimum interval and the session volume cap")
         elif msg.command == "close_valve":
             sent = self.controller.close_valve()
             if not sent:
                 self.warn("close_not_sent", "CLOSE could not be sent (serial link down): the board's watchdog "
                           f"closes the valve within {self.config.reward.watchdog_ms} ms")
+
+    def _override(self, msg: Control) -> bool:
+        """Whether an operator command overrides the valve budget (``override: true`` only); logged with who."""
+        value: Any = msg.args.get("override", False)
+        if value is not True and value is not False:
+            self.warn("bad_override", f"{msg.command} from {msg.issued_by}: override must be true or false, got "
+                      f"{value!r}: not applied")
+            return False
+        if value:
+            self.events.write("operator_override", command=msg.command, args=msg.args, issued_by=msg.issued_by,
+                              control_seq=msg.seq)
+        return value
 
     def on_safe_state(self, reason: str) -> None:
         if self.controller.enter_safe_state(reason):
@@ -144,7 +201,8 @@ class RewardProcess(RigProcess):
 
     def heartbeat_stats(self) -> dict[str, float]:
         return {"delivered": float(self.delivered), "failed": float(self.failed),
-                "requests_lost": float(self.requests.gaps.gaps), "bad_messages": float(self.requests.bad_messages)}
+                "requests_lost": float(self.requests.gaps.gaps), "bad_messages": float(self.requests.bad_messages),
+                "reward_ul": self.controller.reward_ul, "other_ul": self.controller.other_ul}
 
     def on_stop(self) -> None:
         controller = getattr(self, "controller", None)

@@ -387,3 +387,16 @@ def test_the_full_screen_window_opens_on_the_chosen_monitor_offscreen(monkeypatc
     display.close()
     with pytest.raises(RuntimeError, match="no such monitor"):
         ScreenDisplay(FeedbackConfig(display="screen", monitor=9))
+
+
+def test_a_whatif_replay_writes_the_feedback_its_decisions_would_have_given(tmp_path, played):
+    from rig.core.store import read_events, read_records
+    from rig.offline.feedback import feedback_latency, write_feedback_plan
+
+    feeder, _, _, rows, events = played
+    assert write_feedback_plan(tmp_path, feeder.cfg, rows, events) == len(rows)
+    plan = read_records(tmp_path / "feedback" / "plan.rec")
+    np.testing.assert_array_equal(plan["frame"], rows["frame"])
+    np.testing.assert_array_equal(plan["orientation_deg"], np.float32([s.orientation_deg for s in feeder.stimuli]))
+    assert [e["cue"] for e in read_events(tmp_path / "feedback" / "events.jsonl")] == [c[0] for c in feeder.cues]
+    assert feedback_latency(tmp_path / "no-feedback-here") == {}

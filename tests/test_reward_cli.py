@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import threading
 from pathlib import Path
 
 import pytest
 
+from reward.board_model import FirmwareEmulator
 from reward.calibration import ValveCalibration
 from reward.config import RewardConfig
 from rig.app import valve_cli as cli
@@ -104,18 +106,51 @@ def test_calibrate_keeps_heartbeats_going_while_the_operator_types(tmp_path):
 def test_pulse(tmp_path, monkeypatch, capsys):
     config = write_config(tmp_path, test_pulse_ms=30.0)
     assert run(["valve", "pulse", str(config)], monkeypatch) == 0
-    assert "test-pulse: delivered" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test-pulse: delivered" in out and "operator override by rig valve pulse (" in out
     assert run(["valve", "pulse", str(config), "--ms", "5000"], monkeypatch) == 1
     assert "above the 2000 ms limit" in capsys.readouterr().err
 
 
+def test_bench_pulses_override_the_session_budget_and_say_who(tmp_path):
+    """Back-to-back calibration pulses pass a 60 s minimum interval and a 1 uL cap: the bench operator overrides them,
+    and every outcome records it."""
+    cfg = RewardConfig(min_interval_s=60.0, max_volume_ul=1.0, calibration_file="cal.toml")
+    answers = iter(["", "50", "", "90"])
+    outcomes: list = []
+    original = cli._pulse_once
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - _pulse_once's own
+        outcomes.append(original(*args, **kwargs))
+        return outcomes[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "_pulse_once", recording)
+        cli.calibrate(cfg, tmp_path, open_ms=[5.0, 10.0], pulses=2, interval_ms=1.0, plot=False,
+                      read=lambda _: next(answers), out=io.StringIO())
+    assert [o.status for o in outcomes] == ["delivered"] * 4
+    assert all(o.override and o.issued_by.startswith("rig valve calibrate (") for o in outcomes)
+
+
 def test_flush_splits_into_bounded_pulses(tmp_path, monkeypatch, capsys):
     config = write_config(tmp_path)
-    outcomes = cli.flush(cli.load_reward_config(config)[0], 2100.0, out=io.StringIO())
-    assert [o.open_ms for o in outcomes] == [2000.0, 100.0]
-    assert all(o.status == "delivered" for o in outcomes)
+    monkeypatch.setattr(cli, "FirmwareEmulator", functools.partial(FirmwareEmulator, max_open_ms=500))
+    outcomes = cli.flush(cli.load_reward_config(config)[0], 1200.0, out=io.StringIO())
+    assert [o.open_ms for o in outcomes] == [500.0, 500.0, 200.0]
+    assert all(o.status == "delivered" and o.source == "flush" and o.override for o in outcomes)
     assert run(["valve", "flush", str(config), "--ms", "0"], monkeypatch) == 1
     assert "--ms must be in" in capsys.readouterr().err
+
+
+def test_flush_is_paced_by_the_board_duty_cycle_limit(tmp_path, monkeypatch):
+    # A board allowing 100 ms per 0.5 s (the real one: 2 s per 10 s), so the test waits about a second, not minutes.
+    config = write_config(tmp_path)
+    monkeypatch.setattr(cli, "FirmwareEmulator",
+                        functools.partial(FirmwareEmulator, duty_max_ms=100, duty_window_ms=500))
+    out = io.StringIO()
+    outcomes = cli.flush(cli.load_reward_config(config)[0], 250.0, out=out)
+    assert [o.open_ms for o in outcomes] == [100.0, 100.0, 50.0] and {o.status for o in outcomes} == {"delivered"}
+    assert "duty-cycle limit" in out.getvalue() and "waiting for the board's budget" in out.getvalue()
 
 
 def test_unreachable_board_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from reward import protocol as p
-from reward.board_model import FirmwareEmulator
+from reward.board_model import CAUSE_RESET, FirmwareEmulator
 from reward.licks import LickGenerator
 
 SKETCH = Path(__file__).resolve().parents[1] / "reward" / "firmware" / "bci_reward" / "bci_reward.ino"
@@ -191,6 +193,140 @@ def test_lick_generator_is_deterministic_and_licks_after_rewards():
     assert first[0][0] > 1_000_000 and first[0][1] is True
     assert all(a[0] <= b[0] for a, b in zip(first, first[1:], strict=False))
     assert [level for _, level in first] == [i % 2 == 0 for i in range(len(first))]
+
+
+# ---------------------------------------------------------------- duty-cycle limit, pulse log, reset
+
+
+def test_duty_cycle_limit_refuses_what_the_window_cannot_take_and_says_what_is_left():
+    emu = linked(watchdog_ms=10_000)
+    emu.step(1_000, p.encode_open(2, 1_500_000))
+    emu.step(1_501_000)  # closed: 1.5 s of the 2 s allowed per 10 s used (0.999 s in bucket 0, 0.501 s in bucket 1)
+    emu.take_output()
+    emu.step(1_600_000, p.encode_test(3, 600_000) + p.encode_open(4, 500_000))
+    assert emu.take_output() == [
+        p.encode_nak(3, 1_600_000, p.NAK_DUTY, 500_000),
+        p.encode_ack(4, 1_600_000, "OPEN", 500_000),
+    ]
+    emu.step(2_100_000)
+    emu.step(2_200_000, p.encode_open(5, 1))  # nothing left at all
+    assert emu.take_output()[-1] == p.encode_nak(5, 2_200_000, p.NAK_DUTY, 0)
+    # Open time leaves the count with its 1-s bucket, 10 to 11 s after it happened.
+    emu.step(10_999_999, p.encode_open(6, 1))
+    assert emu.take_output() == [p.encode_nak(6, 10_999_999, p.NAK_DUTY, 0)]
+    emu.step(11_000_000, p.encode_open(7, 1_000_000))  # bucket 0's 0.999 s has left
+    assert emu.take_output() == [p.encode_nak(7, 11_000_000, p.NAK_DUTY, 999_000)]
+    emu.step(13_000_000, p.encode_open(8, 2_000_000))  # everything has left
+    assert emu.take_output() == [p.encode_ack(8, 13_000_000, "OPEN", 2_000_000)]
+
+
+def advance(emu: FirmwareEmulator, to_us: int, data: bytes = b"") -> None:
+    """Step the board at each of its deadlines up to ``to_us`` (as its loop() would), then at ``to_us``."""
+    while (due := emu.next_deadline_us()) is not None and due < to_us:
+        emu.step(max(due, emu.now_us))
+    emu.step(to_us, data)
+
+
+def test_duty_cycle_guard_closes_an_opening_that_reaches_its_allowance():
+    emu = linked(watchdog_ms=10_000)
+    emu.step(1_000, p.encode_open(2, 1_500_000))
+    emu.step(1_501_000, p.encode_open(3, 400_000))  # 0.5 s left: allowed, with 0.5 s of allowance
+    emu._pulse_us = 10**9  # simulate a corrupted duration: the duty guard (before the 2 s guard) closes it
+    emu.step(2_001_000)
+    assert emu.events[-1].cause == p.CAUSE_DUTY and emu.events[-1].open_us == 500_000
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pulses=st.lists(st.tuples(st.integers(0, 3_000_000), st.integers(1, 2_000_000)), min_size=1, max_size=40))
+def test_no_ten_second_window_ever_holds_more_than_the_duty_limit(pulses):
+    """Whatever the host asks, at any moment: open time over the last 10 s <= 2 s (checked at every open and close,
+    where the sliding sum peaks)."""
+    emu = linked(watchdog_ms=10_000)
+    t = 1_000
+    for seq, (gap, duration) in enumerate(pulses, start=2):
+        t += gap
+        advance(emu, t, p.encode_open(seq, duration))
+    advance(emu, emu.now_us + 2_000_001)
+    intervals = []
+    for event in emu.events:
+        if event.kind == "open":
+            start = event.board_us
+        else:
+            intervals.append((start, event.board_us))
+    window = p.DUTY_WINDOW_MS * 1000
+    for edge in [a for a, _ in intervals] + [b for _, b in intervals]:
+        for lo, hi in ((edge - window, edge), (edge, edge + window)):
+            inside = sum(max(0, min(b, hi) - max(a, lo)) for a, b in intervals)
+            assert inside <= p.DUTY_MAX_OPEN_MS * 1000
+
+
+def test_the_pulse_log_says_what_each_opening_did():
+    emu = linked(watchdog_ms=10_000)
+    emu.step(1_000, p.encode_open(2, 40_000))
+    emu.step(41_000)
+    emu.step(50_000, p.encode_test(3, 100_000))
+    emu.step(60_000, p.encode_log(4, 3) + p.encode_close(5) + p.encode_log(6, 3) + p.encode_log(7, 2))
+    emu.step(61_000, p.encode_log(8, 99) + p.encode_log(9, 4))  # never a pulse; a LOG is not one
+    assert emu.take_output()[-7:] == [
+        p.encode_ack(4, 60_000, "LOG", 3, 100_000, 10_000, p.LOG_OPEN),
+        p.encode_ack(5, 60_000, "CLOSE", 1),
+        p.encode_done(3, 60_000, 10_000, p.CAUSE_CLOSE),
+        p.encode_ack(6, 60_000, "LOG", 3, 100_000, 10_000, p.CAUSE_CLOSE),
+        p.encode_ack(7, 60_000, "LOG", 2, 40_000, 40_000, p.CAUSE_TIMER),
+        p.encode_ack(8, 61_000, "LOG", 99, 0, 0, p.LOG_UNKNOWN),
+        p.encode_ack(9, 61_000, "LOG", 4, 0, 0, p.LOG_UNKNOWN),
+    ]
+
+
+def test_the_pulse_log_holds_the_last_16_openings():
+    emu = linked(watchdog_ms=10_000)
+    for seq in range(2, 2 + p.LOG_SLOTS + 1):  # 17 openings of 1 us
+        emu.step(seq * 1_000, p.encode_open(seq, 1))
+        emu.step(seq * 1_000 + 1)
+    emu.take_output()
+    emu.step(100_000, p.encode_log(50, 2) + p.encode_log(51, 3))
+    assert emu.take_output() == [
+        p.encode_ack(50, 100_000, "LOG", 2, 0, 0, p.LOG_UNKNOWN),  # the oldest was pushed out
+        p.encode_ack(51, 100_000, "LOG", 3, 1, 1, p.CAUSE_TIMER),
+    ]
+
+
+def test_the_same_link_id_resumes_the_log_another_one_clears_it():
+    emu = linked(watchdog_ms=10_000, link_id=77)
+    emu.step(1_000, p.encode_open(2, 50_000))
+    emu.step(2_000, p.encode_hello(3, 10_000, 77) + p.encode_log(4, 2))  # re-link mid-pulse: closed, log kept
+    assert emu.take_output() == [
+        p.encode_ack(2, 1_000, "OPEN", 50_000),
+        hello_ack(3, 2_000, 10_000, resumed=True),
+        p.encode_done(2, 2_000, 1_000, p.CAUSE_HELLO),
+        p.encode_ack(4, 2_000, "LOG", 2, 50_000, 1_000, p.CAUSE_HELLO),
+    ]
+    emu.step(3_000, p.encode_hello(5, 10_000, 78) + p.encode_log(6, 2))  # another host: its log starts empty
+    assert emu.take_output() == [hello_ack(5, 3_000, 10_000), p.encode_ack(6, 3_000, "LOG", 2, 0, 0, p.LOG_UNKNOWN)]
+    emu.step(4_000, p.encode_hello(7, 10_000, 0))  # id 0 never resumes
+    emu.step(5_000, p.encode_hello(8, 10_000, 0))
+    assert emu.take_output() == [hello_ack(7, 4_000, 10_000), hello_ack(8, 5_000, 10_000)]
+
+
+def test_a_reset_keeps_the_log_and_the_duty_count_a_power_cycle_does_not():
+    emu = linked(watchdog_ms=10_000, link_id=77)
+    emu.step(1_000, p.encode_open(2, 300_000))
+    emu.step(301_000, p.encode_open(3, 1_500_000))
+    emu.step(500_000)
+    emu.boot(600_000)  # reset while pulse 3 holds the valve open: it drops closed, no DONE
+    assert emu.events[-1].cause == CAUSE_RESET and not emu.valve_open
+    emu.step(600_100, p.encode_hello(4, 10_000, 77) + p.encode_log(5, 2) + p.encode_log(6, 3)
+             + p.encode_open(7, 250_000))
+    assert emu.take_output()[1:] == [
+        hello_ack(4, 600_100, 10_000, resumed=True),
+        p.encode_ack(5, 600_100, "LOG", 2, 300_000, 300_000, p.CAUSE_TIMER),
+        p.encode_ack(6, 600_100, "LOG", 3, 1_500_000, 0, p.LOG_RESET),
+        p.encode_nak(7, 600_100, p.NAK_DUTY, 200_000),  # 0.3 s done + all 1.5 s of pulse 3 counted again
+    ]
+    emu.power_off(700_000)
+    emu.boot(800_000)  # power-on: nothing kept
+    emu.step(800_100, p.encode_hello(8, 10_000, 77) + p.encode_open(9, 2_000_000))
+    assert emu.take_output()[1:] == [hello_ack(8, 800_100, 10_000), p.encode_ack(9, 800_100, "OPEN", 2_000_000)]
 
 
 def test_board_time_cannot_go_backwards():

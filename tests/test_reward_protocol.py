@@ -58,12 +58,14 @@ def test_command_syntax_errors(body):
 
 def test_command_parse_keeps_name_seq_and_raw_args():
     assert p.parse_command_line(p.encode_open(7, 40000)[:-1]) == p.Command("OPEN", 7, ("40000",))
-    assert p.parse_command_line(p.encode_hello(4294967295, 500)[:-1]) == p.Command("HELLO", 4294967295, ("1", "500"))
+    assert p.parse_command_line(p.encode_hello(4294967295, 500, 77)[:-1]) == p.Command(
+        "HELLO", 4294967295, (str(p.PROTOCOL_VERSION), "500", "77"))
+    assert p.parse_command_line(p.encode_log(8, 7)[:-1]) == p.Command("LOG", 8, ("7",))
 
 
 def test_board_messages_round_trip():
     lines = [
-        p.encode_ack(1, 2**40, "HELLO", 1, "1.0.0", 2000, 500),
+        p.encode_ack(1, 2**40, "HELLO", 2, "2.0.0", 2000, 500, 1, 2000, 10000),
         p.encode_ack(2, 5, "OPEN", 1000),
         p.encode_ack(3, 6, "STATUS", 1, 0, 0, 4, 2, 0),
         p.encode_nak(4, 7, p.NAK_BUSY, 2),
@@ -72,10 +74,14 @@ def test_board_messages_round_trip():
         p.encode_boot(0),
         p.encode_watchdog(99),
         p.encode_error(100, p.ERR_LONG),
+        p.encode_ack(7, 101, "LOG", 2, 1000, 1000, p.CAUSE_TIMER),
+        p.encode_ack(8, 102, "LOG", 9, 0, 0, p.LOG_UNKNOWN),
+        p.encode_nak(10, 103, p.NAK_DUTY, 250000),
+        p.encode_done(11, 104, 3, p.CAUSE_DUTY),
     ]
     parsed = p.BoardParser().feed(b"".join(lines))
     assert parsed == [
-        p.Ack(1, 2**40, "HELLO", ("1", "1.0.0", "2000", "500")),
+        p.Ack(1, 2**40, "HELLO", ("2", "2.0.0", "2000", "500", "1", "2000", "10000")),
         p.Ack(2, 5, "OPEN", ("1000",)),
         p.Ack(3, 6, "STATUS", ("1", "0", "0", "4", "2", "0")),
         p.Nak(4, 7, p.NAK_BUSY, 2),
@@ -84,14 +90,23 @@ def test_board_messages_round_trip():
         p.Boot(0, p.PROTOCOL_VERSION, p.FIRMWARE_VERSION),
         p.WatchdogTrip(99),
         p.BoardError(100, p.ERR_LONG),
+        p.Ack(7, 101, "LOG", ("2", "1000", "1000", "T")),
+        p.Ack(8, 102, "LOG", ("9", "0", "0", "-")),
+        p.Nak(10, 103, p.NAK_DUTY, 250000),
+        p.Done(11, 104, 3, p.CAUSE_DUTY),
     ]
-    assert p.hello_info(parsed[0]) == p.HelloInfo(1, "1.0.0", 2000, 500)
+    assert p.hello_info(parsed[0]) == p.HelloInfo(2, "2.0.0", 2000, 500, True, 2000, 10000)
+    assert p.log_info(parsed[9]) == p.LogInfo(2, 1000, 1000, p.CAUSE_TIMER)
 
 
 @pytest.mark.parametrize(
     ("body", "code"),
     [
         ("ACK 1 2 OPEN", p.ERR_ARGS),  # missing duration
+        ("ACK 1 2 HELLO 1 1.0.0 2000 500", p.ERR_ARGS),  # a protocol 1 board's HELLO
+        ("ACK 1 2 HELLO 2 2.0.0 2000 500 2 2000 10000", p.ERR_ARGS),  # resumed is 0 or 1
+        ("ACK 1 2 LOG 5 10 10 Q", p.ERR_ARGS),  # unknown log state
+        ("ACK 1 2 LOG 5 x 10 T", p.ERR_ARGS),
         ("ACK 1 2 FLY 3", p.ERR_ARGS),  # unknown command
         ("NAK 1 2 NOPE 0", p.ERR_ARGS),
         ("DONE 1 2 3 Q", p.ERR_ARGS),
@@ -124,6 +139,30 @@ def test_protocol_md_examples_have_valid_checksums():
         assert isinstance(p.parse_command_line(line.encode()), p.Command), line
     for line in set(examples) - set(host):
         assert not isinstance(p.parse_board_line(line.encode()), p.LineError), line
+
+
+def test_protocol_md_example_session_is_what_the_board_says():
+    """Each host line is fed at the board time of its reply; other board lines (BOOT, DONE) at their own time."""
+    block = PROTOCOL_MD.read_text(encoding="utf-8").split("## Example session", 1)[1]
+    lines = re.findall(r"^(host|board) +(\S.*\*[0-9A-F]{2})$", block, re.M)
+    emu = FirmwareEmulator()
+    said: list[str] = []
+    host_line: bytes | None = None
+    for who, line in lines:
+        if who == "host":
+            host_line = line.encode() + b"\n"
+            continue
+        msg = p.parse_board_line(line.encode())
+        assert not isinstance(msg, p.LineError) and msg is not None, line
+        if isinstance(msg, p.Boot):
+            emu.boot(msg.board_us)
+        elif host_line is not None:
+            emu.step(msg.board_us, host_line)
+            host_line = None
+        elif emu.now_us < msg.board_us:
+            emu.step(msg.board_us)
+        said += [out.decode("ascii").rstrip("\n") for out in emu.take_output()]
+    assert said == [line for who, line in lines if who == "board"]
 
 
 # ---------------------------------------------------------------- randomized streams: host parser

@@ -230,3 +230,26 @@ def test_the_pattern_configs_fail_only_on_what_the_user_must_provide(path):
 def test_config_from_dict_defaults_pass_the_run_checks():
     cfg = config_from_dict(apply_overrides({}, ["task.baseline_s=300", "task.trial_s=30"]))
     assert [f for f in check_config(cfg, Path.cwd(), run=True).findings if f.error] == []
+
+
+BROKEN_CHILD = """
+import sys
+from rig.app.config import CONFIG_LOADER
+from rig.core.process import ProcessSpec, process_main
+ports = sys.argv[2].split(",")
+process_main(ProcessSpec(name="child", target="tests.procs:BrokenConfigureProcess", config={}, config_file="t.toml",
+                         config_loader=CONFIG_LOADER, session_dir=sys.argv[1], critical=True, watch_parent=False,
+                         endpoints={"supervisor": f"tcp://127.0.0.1:{ports[0]}", "child": f"tcp://127.0.0.1:{ports[1]}"}))
+"""
+
+
+def test_a_device_refused_while_starting_is_one_line_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    ports = f"{free_tcp_port()},{free_tcp_port()}"
+    proc = subprocess.run([sys.executable, "-c", BROKEN_CHILD, str(tmp_path), ports], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("[child] FAILED while starting: FileNotFoundError: no such scope: /dev/nothing "
+                                   "(traceback in child/events.jsonl)")

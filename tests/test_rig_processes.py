@@ -70,14 +70,15 @@ def test_a_new_process_is_one_table_line():
     assert names(planned)[-1] == "camera" and names(stop_order(planned))[0] == "camera"
 
 
-def test_feedback_runs_when_enabled_and_its_criticality_comes_from_the_config():
+def test_feedback_runs_when_enabled_and_pausing_on_its_loss_comes_from_the_config():
     assert "feedback" not in names(plan(config_from_dict({}), headless=True))
     for critical in (False, True):
         cfg = config_from_dict({"feedback": {"enabled": True, "critical": critical}})
         planned = plan(cfg, headless=True)
         assert names(planned)[-1] == "feedback"
         entry = planned[-1]
-        assert entry.critical is critical
+        assert entry.critical is False  # its death never ends the session or closes the valve
+        assert entry.pause_trials_on_loss is critical
         assert entry.preflight is not None and entry.preflight() == ""  # the sim twins need no hardware
         assert stop_order(planned)[-1].name == "feedback"  # stopped last: it hears the decoder's last decisions
 
@@ -91,3 +92,28 @@ def test_feedback_hardware_problems_stop_the_session_before_it_starts():
         assert "sounddevice" in problem and "bci-rig[feedback]" in problem
     else:
         assert problem == "" or "no usable output device" in problem
+
+
+def test_losing_a_process_that_pauses_trials_sends_pause_to_the_decoder():
+    """The supervisor's reaction to a lost non-critical process, on the supervisor's own method."""
+    from types import SimpleNamespace
+
+    from rig.app.processes import Child
+    from rig.app.supervisor import Supervisor
+
+    cfg = config_from_dict({"feedback": {"enabled": True, "critical": True}})
+    entry = next(e for e in plan(cfg, headless=True) if e.name == "feedback")
+    sent, events, warned = [], [], []
+    fake = SimpleNamespace(_failure=None, _send=sent.append, _log=lambda text: None,
+                           tally=SimpleNamespace(warn=lambda name, why: warned.append((name, why))),
+                           events=SimpleNamespace(write=lambda kind, **fields: events.append(kind)))
+    Supervisor._child_failed(fake, Child(entry), "exited with code -9")
+    assert fake._failure is None and warned == [("feedback", "exited with code -9")]
+    assert [(m.command, m.target) for m in sent] == [("pause", "decoder")]
+    assert events == ["warning", "trials_paused"]
+
+    sent.clear()
+    quiet = next(e for e in plan(config_from_dict({"feedback": {"enabled": True}}), headless=True)
+                 if e.name == "feedback")
+    Supervisor._child_failed(fake, Child(quiet), "exited with code -9")
+    assert sent == []  # not asked to: the session goes on without feedback

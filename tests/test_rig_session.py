@@ -183,7 +183,8 @@ def delivered_rewards(session: Path) -> int:
 
 def test_a_session_on_the_windows_serial_path_delivers_rewards(tmp_path):
     """What a Windows rig runs: the emulated board over TCP, and a serial port without ``fileno()`` (pyserial's
-    COM ports), so the reward link cannot select() on the port and takes its fallback (reward/link.py)."""
+    COM ports), so the reward link cannot select() on the port: it reads it on a reader thread whose wake-up socket
+    wakes the reward process's poller (reward/link.py)."""
     from tests.serial_nofileno import REFUSED
 
     def after_two_rewards(session: Path, proc: subprocess.Popen) -> None:

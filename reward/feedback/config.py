@@ -26,8 +26,8 @@ class FeedbackConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = False
     """Start the feedback process (``rig run ... --set feedback.enabled=true``)."""
     critical: bool = False
-    """A dead feedback process ends the session in safe state instead of running trials blind (a warning when
-    false)."""
+    """A dead feedback process pauses the trials (the supervisor sends ``pause`` to the decoder) instead of
+    letting them run blind; false: a warning and the session goes on without feedback."""
     during_baseline: bool = False
     """Present feedback while the baseline is recorded (off: silence and a grey screen, the usual protocol)."""
 

@@ -128,6 +128,9 @@ def missing_files(cfg: RigConfig) -> list[tuple[str, str]]:
         problems.append(("acquisition.replay.path", f"{acq.replay.path or '(empty)'} does not exist"))
     if acq.registration.ref_path and not Path(acq.registration.ref_path).exists():
         problems.append(("acquisition.registration.ref_path", f"{acq.registration.ref_path} does not exist"))
+    if cfg.bus.keys_dir and not (Path(cfg.bus.keys_dir) / "rig.key_secret").is_file():
+        problems.append(("bus.keys_dir", f"{cfg.bus.keys_dir} holds no rig key pair (run: rig keys init "
+                                         f"{cfg.bus.keys_dir})"))
     return problems
 
 

@@ -45,6 +45,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("[rig] no display found: running headless (baseline -> calibration -> BCI run by themselves)",
               file=sys.stderr, flush=True)
         args.headless = True
+    if not _mouse_id_given(args):
+        return 2
     try:
         sup = Supervisor(args.config, headless=args.headless, duration_s=args.duration,
                          sessions_root=args.sessions_dir, overrides=args.set)
@@ -59,6 +61,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = sup.run()
     print(json.dumps(summary), flush=True)
     return 0 if summary.get("ok") else 1
+
+
+def _mouse_id_given(args: argparse.Namespace) -> bool:
+    """A live session names its mouse before its folder exists: ask (console dialog, or the terminal) when the
+    config leaves it empty; headless without a terminal the start check refuses it with the way to set it."""
+    from rig.app.checks import mouse_id_findings  # noqa: PLC0415
+    from rig.app.config import load_config  # noqa: PLC0415
+
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError:
+        return True  # the supervisor reports the config error itself, in its own words
+    if not mouse_id_findings(cfg, error=True):
+        return True
+    if not args.headless:
+        from gui.mouse_id import ask_mouse_id  # noqa: PLC0415
+
+        answer = ask_mouse_id(cfg.rig.name)
+    elif sys.stdin is not None and sys.stdin.isatty():
+        from gui.mouse_id import VALID_MOUSE_ID  # noqa: PLC0415
+
+        answer = input(f"Mouse ID for this session on {cfg.rig.name}: ").strip()
+        if answer and not VALID_MOUSE_ID.fullmatch(answer):
+            print(f"rig run: {answer!r} cannot name a session folder (letters, digits, '_', '.', '-')", file=sys.stderr)
+            return False
+    else:
+        return True  # nobody to ask: the start check refuses with its one line
+    if not answer:
+        print("rig run: no mouse ID given: the session was not started", file=sys.stderr)
+        return False
+    args.set = [*args.set, f'session.mouse_id="{answer}"']  # quoted: "0042" stays a string
+    return True
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

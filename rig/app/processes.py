@@ -38,9 +38,11 @@ class ProcessEntry:
     reserve_endpoint: bool = False
     #: (ready info) -> what the operator should know once it is ready, said after "NAME ready in N s: " ("" none).
     ready_note: Callable[[dict[str, str]], str] | None = None
-    #: (config) -> critical, for a process whose criticality the config decides (``[feedback] critical``);
-    #: :func:`plan` resolves it into ``critical``.
-    critical_if: Callable[[RigConfig], bool] | None = None
+    #: A non-critical process whose loss must pause the trials (the animal's feedback: trials never run blind).
+    pause_trials_on_loss: bool = False
+    #: (config) -> ``pause_trials_on_loss``, when the config decides it (``[feedback] critical``); :func:`plan`
+    #: resolves it.
+    pause_trials_on_loss_if: Callable[[RigConfig], bool] | None = None
     #: (config, headless) -> why the configured hardware cannot run here ("" when it can); :func:`plan` binds it
     #: into ``preflight``, so the supervisor refuses the session before anything is started.
     config_preflight: Callable[[RigConfig, bool], str] | None = None
@@ -126,7 +128,8 @@ PROCESSES: tuple[ProcessEntry, ...] = (
     ProcessEntry("gui", "gui.process:ConsoleProcess", critical=False, start_rank=4, stop_rank=0,
                  enabled_if=_console_wanted, preflight=_display_problem, reserve_endpoint=True),
     ProcessEntry("feedback", "reward.feedback.process:FeedbackProcess", critical=False, start_rank=6, stop_rank=5,
-                 enabled_if=_feedback_wanted, critical_if=_feedback_critical, config_preflight=_feedback_problem),
+                 enabled_if=_feedback_wanted, pause_trials_on_loss_if=_feedback_critical,
+                 config_preflight=_feedback_problem),
 )
 
 #: Endpoint names that are not processes of the table.
@@ -158,9 +161,10 @@ def plan(cfg: RigConfig, headless: bool, table: Sequence[ProcessEntry] = PROCESS
 
 
 def _resolve(entry: ProcessEntry, cfg: RigConfig, headless: bool) -> ProcessEntry:
-    """``critical_if`` -> ``critical``; ``config_preflight`` bound to this config -> ``preflight``."""
-    if entry.critical_if is not None:
-        entry = replace(entry, critical=entry.critical_if(cfg))
+    """``pause_trials_on_loss_if`` -> ``pause_trials_on_loss``; ``config_preflight`` bound to this config ->
+    ``preflight``."""
+    if entry.pause_trials_on_loss_if is not None:
+        entry = replace(entry, pause_trials_on_loss=entry.pause_trials_on_loss_if(cfg))
     if entry.config_preflight is not None:
         entry = replace(entry, preflight=functools.partial(_both_preflights, entry.preflight,
                                                            entry.config_preflight, cfg, headless))

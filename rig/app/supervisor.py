@@ -365,6 +365,11 @@ class Supervisor:
             self.tally.warn(child.name, why)
             self.events.write("warning", process=child.name, code="process_lost", message=why)
             self._log(f"warning: {child.name} lost ({why}); the session continues")
+            if child.entry.pause_trials_on_loss:  # e.g. the animal's feedback: trials must not run blind
+                self._send(Control(command="pause", issued_by="supervisor", target="decoder",
+                                   args={"reason": f"{child.name} lost"}))
+                self.events.write("trials_paused", process=child.name, reason=why)
+                self._log(f"warning: trials paused because {child.name} was lost; resume from the console")
 
     # ------------------------------------------------------------------ bus traffic
     def _pump(self, timeout_ms: int) -> None:

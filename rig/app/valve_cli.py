@@ -4,6 +4,11 @@ Each command reaches the board named by the config's [reward] port; with ``port 
 starts the simulated board on a thread for the duration of the command. Every opening is a single
 acknowledged, time-bounded pulse, the host drives them one by one (a crashed host cannot leave the
 valve pulsing: the board's watchdog closes it), and the valve is closed on every exit path.
+
+The operator at the bench runs these on purpose: their pulses carry an explicit operator override of the
+session's minimum interval and volume cap (a calibration pours litres in 300 ms steps), recorded in every
+outcome with the user's name and said on the terminal. The board's own duty-cycle limit still applies:
+a pulse it refuses is retried once the board's budget allows it.
 """
 
 from __future__ import annotations
@@ -11,16 +16,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import getpass
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from reward import protocol as p
 from reward.board_model import FirmwareEmulator
 from reward.calibration import CalibrationError, CalibrationPoint, ValveCalibration, calibration_path, fit
 from reward.config import RewardConfig
-from reward.controller import DELIVERED, RewardController, RewardOutcome
+from reward.controller import DELIVERED, REFUSED, RewardController, RewardOutcome
 from reward.emulator import EmulatorServer
 from reward.link import ValveLink
 from rig.core.clock import now_ns
@@ -78,15 +85,45 @@ def _wait_connected(controller: RewardController, timeout_s: float) -> None:
         controller.poll(0.05)
 
 
-def dispense(controller: RewardController, request_id: str, open_ms: float, source: str) -> RewardOutcome:
-    """One acknowledged pulse; blocks until its outcome."""
-    controller.pulse(request_id, open_ms, source)
-    limit = now_ns() + int((open_ms / 1000 + 10.0) * 1e9)  # the controller's own timeouts end it sooner
+def bench_operator(command: str) -> str:
+    """Who issues a bench command's pulses (the outcome's ``issued_by``)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name in the environment nor the password database
+        user = "unknown user"
+    return f"rig valve {command} ({user})"
+
+
+def _pulse_once(controller: RewardController, request_id: str, open_ms: float, source: str,
+                issued_by: str) -> RewardOutcome:
+    controller.pulse(request_id, open_ms, source, override=True, issued_by=issued_by)
+    wait_s = open_ms / 1000 + controller.cfg.reconcile_timeout_s + 10.0  # the controller's own timeouts end it sooner
+    limit = now_ns() + int(wait_s * 1e9)
     while now_ns() < limit:
         for event in controller.poll(0.05):
             if isinstance(event, RewardOutcome) and event.request_id == request_id:
                 return event
-    raise ValveToolError(f"pulse {request_id} produced no outcome within {open_ms / 1000 + 10.0:.0f} s")
+    raise ValveToolError(f"pulse {request_id} produced no outcome within {wait_s:.0f} s")
+
+
+def dispense(controller: RewardController, request_id: str, open_ms: float, source: str, issued_by: str,
+             out: TextIO | None = None) -> RewardOutcome:
+    """One acknowledged pulse; blocks until its outcome. A refusal by the board's duty-cycle limit is waited out
+    (the pulse is asked again, under a new request id, each tenth of the board's window, for up to two windows)."""
+    outcome = _pulse_once(controller, request_id, open_ms, source, issued_by)
+    if not (outcome.status == REFUSED and outcome.board_nak == p.NAK_DUTY):
+        return outcome
+    board = controller.link.board
+    window_s = (board.duty_window_ms if board is not None else p.DUTY_WINDOW_MS) / 1000
+    if out is not None:
+        print(f"  {outcome.reason}: waiting for the board's budget", file=out)
+    deadline = now_ns() + int(2 * window_s * 1e9)
+    attempt = 1
+    while outcome.status == REFUSED and outcome.board_nak == p.NAK_DUTY and now_ns() < deadline:
+        _idle(controller, window_s / 10)
+        attempt += 1
+        outcome = _pulse_once(controller, f"{request_id}-try{attempt}", open_ms, source, issued_by)
+    return outcome
 
 
 def _idle(controller: RewardController, seconds: float) -> None:
@@ -174,7 +211,9 @@ def calibrate(
     if target is None:
         raise ValveToolError("nowhere to save: set [reward] calibration_file in the config or pass --out")
     points: list[CalibrationPoint] = []
+    issued_by = bench_operator("calibrate")
     with board_session(cfg) as controller:
+        _say_override(issued_by, out)
         for index, ms in enumerate(open_ms, 1):
             _ask(
                 f"[{index}/{len(open_ms)}] Put an empty, tared container under valve {cfg.valve}, "
@@ -183,7 +222,7 @@ def calibrate(
             )
             _wait_connected(controller, cfg.handshake_timeout_s + 0.5)
             for k in range(pulses):
-                outcome = dispense(controller, f"calibration-{ms:g}ms-{k + 1}", ms, "calibration")
+                outcome = dispense(controller, f"calibration-{ms:g}ms-{k + 1}", ms, "calibration", issued_by, out)
                 if outcome.status != DELIVERED:
                     raise ValveToolError(
                         f"pulse {k + 1}/{pulses} of {ms:g} ms was {outcome.status}: {outcome.reason}; "
@@ -253,8 +292,10 @@ def pulse(cfg: RewardConfig, open_ms: float | None = None, out: TextIO | None = 
     """One test pulse (default ``test_pulse_ms``)."""
     out = out if out is not None else sys.stdout
     ms = cfg.test_pulse_ms if open_ms is None else open_ms
+    issued_by = bench_operator("pulse")
     with board_session(cfg) as controller:
-        outcome = dispense(controller, "test-pulse", ms, "test_pulse")
+        _say_override(issued_by, out)
+        outcome = dispense(controller, "test-pulse", ms, "test_pulse", issued_by, out)
     print(_describe(outcome), file=out)
     if outcome.status != DELIVERED:
         raise ValveToolError(f"test pulse {outcome.status}: {outcome.reason}")
@@ -262,25 +303,33 @@ def pulse(cfg: RewardConfig, open_ms: float | None = None, out: TextIO | None = 
 
 
 def flush(cfg: RewardConfig, total_ms: float, out: TextIO | None = None) -> list[RewardOutcome]:
-    """Open the valve for ``total_ms`` in back-to-back pulses no longer than the board's maximum."""
+    """Open the valve for ``total_ms`` in pulses no longer than the board's maximum open time or its duty-cycle
+    budget, paced by that budget (with the real board's 2 s per 10 s, a 60 s flush takes about 5 minutes)."""
     out = out if out is not None else sys.stdout
     if not 0 < total_ms <= 60_000:
         raise ValveToolError("--ms must be in (0, 60000]")
     outcomes: list[RewardOutcome] = []
+    issued_by = bench_operator("flush")
     with board_session(cfg) as controller:
+        _say_override(issued_by, out)
         board = controller.link.board
-        step = float(board.max_open_ms if board is not None else 1000)
+        step = float(min(board.max_open_ms, board.duty_max_ms) if board is not None else 1000)
         remaining, n = total_ms, 0
         while remaining > 0:
             n += 1
             ms = min(step, remaining)
-            outcome = dispense(controller, f"flush-{n}", ms, "flush")
+            outcome = dispense(controller, f"flush-{n}", ms, "flush", issued_by, out)
             outcomes.append(outcome)
             print(_describe(outcome), file=out)
             if outcome.status != DELIVERED:
                 raise ValveToolError(f"flush stopped: pulse {n} {outcome.status}: {outcome.reason}")
             remaining -= ms
     return outcomes
+
+
+def _say_override(issued_by: str, out: TextIO) -> None:
+    print(f"operator override by {issued_by}: the session's minimum interval and volume cap do not apply here; "
+          "the board's duty-cycle limit does", file=out)
 
 
 def _describe(o: RewardOutcome) -> str:
@@ -344,6 +393,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                     "With [reward] port = \"emulator\" they talk to an in-process emulated board.\n\n"
                     "  rig valve pulse CONFIG            one test drop: is the line primed?\n"
                     "  rig valve flush CONFIG --ms 3000  open for 3 s in bounded pulses to flush the line\n"
+                    "Their pulses override the session's minimum interval and volume cap (logged with your user "
+                    "name); the board's duty-cycle limit (20 % of any 10 s) paces them.\n"
                     "  rig valve calibrate CONFIG        weigh drops at several open times, fit, save",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = valve.add_subparsers(dest="valve_command", required=True, metavar="{calibrate,pulse,flush}")
@@ -371,8 +422,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     pls.set_defaults(func=_run(_cmd_pulse))
 
     fl = commands.add_parser("flush", help="open the valve for a bounded time to flush the line",
-                             description="Open the valve for --ms in total, as back-to-back pulses no longer "
-                                         "than the board's hard maximum; at most 60 s.")
+                             description="Open the valve for --ms in total, as pulses no longer than the board's "
+                                         "hard maximum, paced by its duty-cycle limit (2 s per 10 s: a 60 s flush "
+                                         "takes about 5 minutes); at most 60 s.")
     fl.add_argument("config", help="rig config TOML ([reward] section)")
     fl.add_argument("--ms", type=float, required=True, help="total open time, split into pulses <= the board's max")
     fl.set_defaults(func=_run(_cmd_flush))

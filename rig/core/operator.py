@@ -32,7 +32,7 @@ SUPERVISOR_COMMANDS = frozenset({"ping", "snapshot", "stop"})
 #: Operator commands the supervisor validates, logs and relays to the processes as ``Control`` messages.
 OPERATOR_COMMANDS = frozenset({
     "start_baseline", "calibrate", "start_bci", "pause", "resume", "manual_reward",
-    "test_pulse", "close_valve", "set_ensembles", "set_metadata",
+    "test_pulse", "flush", "close_valve", "set_ensembles", "set_metadata",
 })
 
 #: Every command name the command socket accepts.
@@ -50,6 +50,8 @@ MAX_METADATA_VALUE = 4096
 MAX_METADATA_TOTAL_KEYS = 32
 #: The largest manual reward (µl) a request may ask for; the valve budget bounds what is delivered.
 MAX_MANUAL_VOLUME_UL = 100.0
+#: The longest flush (ms) a request may ask for; the reward process and the board bound each opening further.
+MAX_FLUSH_MS = 10_000.0
 
 _Short = Annotated[str, msgspec.Meta(max_length=128)]
 _Scalar = str | int | float | bool | None
@@ -81,6 +83,16 @@ class _CalibrateArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class _ManualRewardArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     volume_ul: Annotated[float, msgspec.Meta(gt=0, le=MAX_MANUAL_VOLUME_UL)] | msgspec.UnsetType = msgspec.UNSET
+    override: bool = False  # the operator's explicit override of the valve budget (reward/process.py)
+
+
+class _TestPulseArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    override: bool = False
+
+
+class _FlushArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    ms: Annotated[float, msgspec.Meta(gt=0, le=MAX_FLUSH_MS)]
+    override: bool = False
 
 
 _RoiList = Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=MAX_ROI_INDEX)]],
@@ -100,7 +112,7 @@ _MetadataArgs = Annotated[
 #: Each command's argument schema.
 ARG_SCHEMAS: dict[str, Any] = {
     "ping": _NoArgs, "snapshot": _NoArgs, "stop": _NoArgs, "start_baseline": _NoArgs, "start_bci": _NoArgs,
-    "pause": _NoArgs, "resume": _NoArgs, "test_pulse": _NoArgs, "close_valve": _NoArgs,
+    "pause": _NoArgs, "resume": _NoArgs, "test_pulse": _TestPulseArgs, "flush": _FlushArgs, "close_valve": _NoArgs,
     "calibrate": _CalibrateArgs, "manual_reward": _ManualRewardArgs, "set_ensembles": _SetEnsemblesArgs,
     "set_metadata": _MetadataArgs,
 }
@@ -111,6 +123,8 @@ _ARG_HELP = {
     "down": f"down must be a list of ROI indices (integers >= 0, at most {MAX_ENSEMBLE_ROIS})",
     "volume_ul": f"volume_ul must be a number of microlitres in (0, {MAX_MANUAL_VOLUME_UL:g}]",
     "target_hit_rate": "target_hit_rate must be a number between 0 and 1",
+    "ms": f"ms must be the open time in ms, in (0, {MAX_FLUSH_MS:g}]",
+    "override": "override must be true or false",
 }
 _METADATA_HELP = (f"metadata is at most {MAX_METADATA_KEYS} keys (letters, digits, '_', '.', '-') with text values "
                   f"of at most {MAX_METADATA_VALUE} characters")
@@ -135,7 +149,7 @@ def check_args(command: str, args: dict[str, Any], n_rois: int | None = None) ->
         if unknown:
             takes = ", ".join(schema.__struct_fields__) or "no arguments"
             return f"unknown argument {unknown[1]!r} (takes {takes})"
-        match = _PATH.search(text)
+        match = _PATH.search(text) or re.search(r"missing required field `([^`]*)`", text)
         return f"{_ARG_HELP.get(match[1] if match else '', 'bad argument')} ({text})"
     if isinstance(typed, _SetEnsemblesArgs) and n_rois is not None:
         for key, rois in (("up", typed.up), ("down", typed.down)):

@@ -15,7 +15,6 @@ from reward.feedback.config import FeedbackConfig
 from reward.feedback.plan import plan_session
 from rig.core.store import EventLog, RecordWriter
 from rig.offline.session_checks import read_checked_records
-from rig.offline.summary import percentiles_ms
 
 PLAN_DTYPE = np.dtype([("frame", "i8"), ("t_ns", "i8"), ("tone_hz", "f4"), ("orientation_deg", "f4"),
                        ("phase", "f4"), ("perceived", "f4")])
@@ -33,6 +32,8 @@ def feedback_records(session_dir: str | Path, notes: list[str] | None = None) ->
 def feedback_latency(session_dir: str | Path, notes: list[str] | None = None) -> dict[str, Any]:
     """Decision → grating flip and decision → first audio block with the new pitch (ms percentiles); {} without
     feedback. The summary adds these keys; ``rig bench`` prints them as stages."""
+    from rig.offline.summary import percentiles_ms  # noqa: PLC0415 - summary.py may import this module
+
     flips, audio = feedback_records(session_dir, notes)
     if flips is None and audio is None:
         return {}

@@ -20,23 +20,18 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import platform
-import shutil
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-import rig
 from decoder.core import STAMP_FIELDS, DecoderCore, decision_record_dtype
 from rig.app.config import RigConfig
-from rig.core.store import EventLog, RecordWriter, json_default, write_json_atomic
+from rig.core.store import json_default
 from rig.offline.session_data import SessionData, SessionError
 
 #: Pipeline outputs compared with ``frames.rec`` when the frames are re-registered from the movie.
@@ -423,110 +418,7 @@ def check(session: SessionData, run: ReplayRun, max_details: int = 20) -> Replay
                         decisions_unchecked=run.unreplayable, unchecked_reason=unchecked_reason)
 
 
-# ---------------------------------------------------------------------------- what-if sessions
-
-
-def whatif_config(session: SessionData, config_file: str | Path | None, overrides: list[str]) -> RigConfig:
-    """The config of a what-if replay: ``config_file`` (else the session's own), with ``--set`` overrides."""
-    import msgspec  # noqa: PLC0415
-
-    from rig.app.config import apply_overrides, config_from_dict, load_config_dict  # noqa: PLC0415
-
-    if config_file is not None:
-        return config_from_dict(load_config_dict(config_file, overrides), str(config_file))
-    doc = apply_overrides(msgspec.to_builtins(session.config), overrides)
-    return config_from_dict(doc, f"{session.path / 'config.resolved.json'} with --set")
-
-
-def write_whatif_session(session: SessionData, run: ReplayRun, cfg: RigConfig, config_text: str,
-                         config_file: str, out_dir: Path, overrides: list[str] | None = None) -> Path:
-    """Write a replay made with another config as a new session folder, marked ``replay_of`` the original."""
-    if out_dir.exists():
-        raise SessionError(f"{out_dir}: already exists; a what-if replay writes a new session folder")
-    out_dir.mkdir(parents=True)
-    write_json_atomic(out_dir / "session.json", {
-        "format": "bci-rig session v1",
-        "status": "ok",
-        "replay_of": str(session.path.resolve()),
-        "replay": {"source": run.source, "config_file": config_file, "overrides": list(overrides or []),
-                   "movie": str(session.movie_path.resolve()) if run.source == "movie" else "",
-                   "stamps": "t_* stamps are copied from the original session (a replay measures no latency)",
-                   "reward": "no reward process ran: rewards were requested, not delivered"},
-        "software": {"name": "bci-rig", "version": rig.__version__, "python": platform.python_version(),
-                     "platform": platform.platform()},
-        "rig": session.info.get("rig", cfg.rig.name),
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "metadata": session.info.get("metadata", {}),
-        "processes": ["acquisition", "decoder"],
-    })
-    (out_dir / "config.toml").write_text(config_text, encoding="utf-8")
-    import msgspec  # noqa: PLC0415
-
-    write_json_atomic(out_dir / "config.resolved.json", msgspec.to_builtins(cfg))
-
-    acq_dir = out_dir / "acquisition"
-    acq_dir.mkdir()
-    src_acq = session.path / "acquisition"
-    if (src_acq / "rois").is_dir():
-        shutil.copytree(src_acq / "rois", acq_dir / "rois")
-    if (src_acq / "events.jsonl").exists():
-        shutil.copyfile(src_acq / "events.jsonl", acq_dir / "events.jsonl")
-    traces = run.traces if run.traces is not None else session.frames
-    if traces is not None:
-        _write_records(acq_dir / "frames.rec", traces)
-
-    dec_dir = out_dir / "decoder"
-    dtype = decision_record_dtype(session.n_rois)
-    rows = run.rows if run.rows.dtype == dtype else _convert(run.rows, dtype)
-    _write_records(dec_dir / "decisions.rec", rows)
-    log = EventLog(dec_dir / "events.jsonl")
-    for event in session.dec_events:
-        if event.get("kind") == "state":
-            log.write("state", **{k: v for k, v in event.items() if k != "kind"})
-    for event in run.events:
-        log.write(event["kind"], **{k: v for k, v in event.items() if k != "kind"})
-    log.close()
-    if run.calibration is not None:
-        write_json_atomic(dec_dir / "calibration.json", run.calibration)
-    if cfg.feedback.enabled:  # the feedback the what-if decisions would have given (reward.feedback.plan)
-        from rig.offline.feedback import write_feedback_plan  # noqa: PLC0415
-        write_feedback_plan(out_dir, cfg.feedback, rows, run.events)
-
-    from rig.offline.summary import summarize_session  # noqa: PLC0415
-
-    summary = summarize_session(out_dir)
-    summary["ok"] = True
-    summary["replay_of"] = str(session.path.resolve())
-    write_json_atomic(out_dir / "summary.json", summary)
-    return out_dir
-
-
-def default_whatif_dir(session: SessionData) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = session.path.parent / f"{session.path.name}.replay-{stamp}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = session.path.parent / f"{session.path.name}.replay-{stamp}_{suffix}"
-    return path
-
-
 # ---------------------------------------------------------------------------- helpers
-
-
-def _write_records(path: Path, rows: np.ndarray) -> None:
-    """A whole ``.rec`` file at once: the RecordWriter layout (its sidecar, then the raw rows)."""
-    RecordWriter(path, rows.dtype).close()
-    with open(path, "ab") as f:
-        f.write(np.ascontiguousarray(rows).tobytes())
-
-
-def _convert(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    out = np.zeros(len(rows), dtype=dtype)
-    for name in dtype.names or ():
-        if name in (rows.dtype.names or ()):
-            out[name] = rows[name]
-    return out
 
 
 def _brief(value: Any, limit: int = 200) -> Any:

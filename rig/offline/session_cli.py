@@ -21,7 +21,8 @@ def _fail(command: str, exc: Exception) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from rig.offline.replay import check, default_whatif_dir, replay, whatif_config, write_whatif_session  # noqa: PLC0415
+    from rig.offline.replay import check, replay  # noqa: PLC0415
+    from rig.offline.whatif import default_whatif_dir, whatif_config, write_whatif_session  # noqa: PLC0415
 
     whatif = bool(args.config or args.set)
     try:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rig.offline.feedback import feedback_latency
 from rig.offline.numbers import hit_rate
 from rig.offline.session_checks import read_checked_events, read_checked_records
 
@@ -82,4 +83,5 @@ def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -
     summary["reward_ack_latency_ms"] = percentiles_ms(
         np.array([o["t_ack"] - o["t_ready"] for o in acked], dtype=np.int64)
     )
+    summary.update(feedback_latency(session_dir, notes))  # decision -> flip / audio block; nothing without feedback
     return summary
