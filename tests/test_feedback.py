@@ -7,7 +7,12 @@ the trial events that asked for them.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from reward.feedback.plan import FeedbackPlanner, plan_session
 from rig.app.config import config_from_dict
 from rig.core.codes import Mode, TrialState
 from rig.core.settings import ConfigError
+from tests.conftest import REPO
 
 FRAME_NS = 33_333_333
 
@@ -380,6 +386,8 @@ def test_the_full_screen_window_opens_on_the_chosen_monitor_offscreen(monkeypatc
     from reward.feedback.grating import ScreenDisplay
 
     display = ScreenDisplay(FeedbackConfig(display="screen", monitor=0))
+    # Qt's offscreen platform has no OpenGL: the window says so and paints with the raster engine instead
+    assert display.presented_by == "raster" and "no OpenGL context" in display.problem
     t = display.show(15.0, 0.2, True)
     display.pump()
     assert t > 0 and display.window.isVisible()
@@ -400,3 +408,38 @@ def test_a_whatif_replay_writes_the_feedback_its_decisions_would_have_given(tmp_
     np.testing.assert_array_equal(plan["orientation_deg"], np.float32([s.orientation_deg for s in feeder.stimuli]))
     assert [e["cue"] for e in read_events(tmp_path / "feedback" / "events.jsonl")] == [c[0] for c in feeder.cues]
     assert feedback_latency(tmp_path / "no-feedback-here") == {}
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="needs Debian's xvfb and Mesa (installed by .ci/run)")
+def test_the_grating_is_presented_with_opengl_and_stamped_at_the_buffer_swap(tmp_path):
+    """On an X display with OpenGL (Xvfb + Mesa's software renderer here) the window is a vsync'd OpenGL surface
+    and every flip is stamped when its swap is done, after the flip was asked for."""
+    script = tmp_path / "flips.py"
+    script.write_text(
+        "import json\n"
+        "from reward.feedback.config import FeedbackConfig\n"
+        "from reward.feedback.grating import ScreenDisplay\n"
+        "from rig.core.clock import now_ns\n"
+        "d = ScreenDisplay(FeedbackConfig(display='screen', monitor=0))\n"
+        "pairs = [(now_ns(), d.show(15.0 * i, 0.1 * i, bool(i % 2))) for i in range(8)]\n"
+        "d.close()\n"
+        "print(json.dumps({'presented_by': d.presented_by, 'pairs': pairs}))\n", encoding="utf-8")
+    display = f":{90 + os.getpid() % 100}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+        for _attempt in range(50):  # Xvfb takes a moment to accept clients
+            done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                                  cwd=REPO, timeout=60)
+            if done.returncode == 0 or "could not connect to display" not in done.stderr:
+                break
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        xvfb.kill()
+        xvfb.wait()
+    assert result["presented_by"] == "opengl"
+    asked, flipped = zip(*result["pairs"], strict=True)
+    assert all(f >= a for a, f in zip(asked, flipped, strict=True))
+    assert list(flipped) == sorted(flipped)

@@ -96,15 +96,24 @@ def monitor_problem(cfg: FeedbackConfig, display_available: bool) -> str:
 
 
 class ScreenDisplay:
-    """The grating full screen on monitor ``cfg.monitor``, painted from a downscaled numpy image (Qt scales it
-    up smoothly) by a synchronous ``repaint``; the flip stamp is taken when the paint returned (the
-    compositor presents it on the next vsync where it syncs to vblank)."""
+    """The grating full screen on monitor ``cfg.monitor``, drawn from a downscaled numpy image (Qt scales it up
+    smoothly).
+
+    Presented with OpenGL on vsync (a ``QOpenGLWidget`` with swap interval 1): the flip stamp is taken when the
+    buffer swap is done (``frameSwapped``), the closest the PC can tell to the frame reaching the monitor (the
+    photodiode patch measures the rest). Where no OpenGL context can be made (a remote desktop, a headless
+    test) the window paints with the raster engine instead and says so: ``presented_by`` is ``"raster"``, a
+    ``display_no_opengl`` warning is given, and the stamp is when the paint returned, not a vsync swap.
+    """
 
     DOWNSCALE = 4
+    #: The longest a flip waits for its swap before it is stamped anyway (a 30 Hz monitor swaps within 34 ms).
+    SWAP_WAIT_S = 0.05
 
     def __init__(self, cfg: FeedbackConfig) -> None:
         from PyQt6.QtCore import Qt  # noqa: PLC0415
-        from PyQt6.QtGui import QImage, QPainter  # noqa: PLC0415
+        from PyQt6.QtGui import QImage, QPainter, QSurfaceFormat  # noqa: PLC0415
+        from PyQt6.QtOpenGLWidgets import QOpenGLWidget  # noqa: PLC0415
         from PyQt6.QtWidgets import QApplication, QWidget  # noqa: PLC0415
 
         self.app = QApplication.instance() or QApplication([])
@@ -119,25 +128,63 @@ class ScreenDisplay:
                                         max(1, cfg.photodiode_px // self.DOWNSCALE))
         image = QImage(self.renderer.image.data, w, h, w, QImage.Format.Format_Grayscale8)
 
-        class _Window(QWidget):
-            def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
-                painter = QPainter(self)
-                painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
-                painter.drawImage(self.rect(), image)
-                painter.end()
+        def paint(widget: QWidget) -> None:
+            painter = QPainter(widget)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+            painter.drawImage(widget.rect(), image)
+            painter.end()
 
-        self.window = _Window()
-        self.window.setWindowFlag(Qt.WindowType.FramelessWindowHint)
-        self.window.setCursor(Qt.CursorShape.BlankCursor)
-        self.window.setGeometry(geo)
-        self.window.showFullScreen()
-        self.window.windowHandle().setScreen(screen)
+        class _GlWindow(QOpenGLWidget):
+            def paintGL(self) -> None:  # noqa: N802 - Qt's name
+                paint(self)
+
+        class _RasterWindow(QWidget):
+            def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+                paint(self)
+
+        self._swapped_ns = 0
+        gl = _GlWindow()
+        fmt = QSurfaceFormat()
+        fmt.setSwapInterval(1)  # swap on vertical blank: no tearing, and the swap marks the refresh it shows in
+        gl.setFormat(fmt)
+        gl.frameSwapped.connect(self._on_swapped)
+        self.window: QWidget = gl
+        self._show(self.window, geo, screen, Qt)
+        self.presented_by = "opengl"
+        self.problem = ""
+        context = gl.context()
+        if context is None or not context.isValid():
+            gl.close()
+            self.window = _RasterWindow()
+            self._show(self.window, geo, screen, Qt)
+            self.presented_by = "raster"
+            self.problem = ("no OpenGL context on this display: the grating is painted without vsync and flip "
+                            "stamps are paint times, not buffer swaps")
         self._image = image  # the QImage shares the renderer's buffer: keep both alive
 
+    @staticmethod
+    def _show(window: Any, geo: Any, screen: Any, qt: Any) -> None:
+        window.setWindowFlag(qt.WindowType.FramelessWindowHint)
+        window.setCursor(qt.CursorShape.BlankCursor)
+        window.setGeometry(geo)
+        window.showFullScreen()
+        window.windowHandle().setScreen(screen)
+
+    def _on_swapped(self) -> None:
+        self._swapped_ns = now_ns()
+
     def show(self, orientation_deg: float, phase: float, photodiode: bool) -> int:
+        """Draw the new frame; returns its flip stamp (the swap's, or the paint's on the raster fallback)."""
         self.renderer.render(orientation_deg, phase, photodiode)
-        self.window.repaint()
-        return now_ns()
+        if self.presented_by == "raster":
+            self.window.repaint()
+            return now_ns()
+        self._swapped_ns = 0
+        self.window.update()
+        deadline = now_ns() + int(self.SWAP_WAIT_S * 1e9)
+        while not self._swapped_ns and now_ns() < deadline:
+            self.app.processEvents()
+        return self._swapped_ns or now_ns()
 
     def pump(self) -> None:
         self.app.processEvents()

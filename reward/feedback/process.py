@@ -63,7 +63,11 @@ class FeedbackProcess(RigProcess):
         if cfg.display == SIM:
             self.display = SimDisplay(cfg)
         elif cfg.display != OFF:
-            self.display = ScreenDisplay(cfg)
+            screen = ScreenDisplay(cfg)
+            self.display = screen
+            self.events.write("display", monitor=cfg.monitor, presented_by=screen.presented_by)
+            if screen.problem:
+                self.warn("display_no_opengl", screen.problem)
         self.sub = self.subscribe(["decoder"], [Decision.topic, TrialEvent.topic])
         self._pending: dict[int, tuple[int, int, int, float]] = {}  # update id -> frame, t_decided, t_recv, hz
         self._update_id = 0
