@@ -60,7 +60,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"[rig] session folder: {sup.session_dir}", file=sys.stderr, flush=True)
     summary = sup.run()
     print(json.dumps(summary), flush=True)
-    return 0 if summary.get("ok") else 1
+    code = 0 if summary.get("ok") else 1
+    if not args.headless and not args.no_review and "gui" in {c.name for c in sup.children}:
+        # The live console closed with the session; the same session stays on screen, read from its files.
+        from rig.app.console_cli import run_review  # noqa: PLC0415
+
+        print("[rig] session saved; it stays open in the console for review: close the window to exit",
+              file=sys.stderr, flush=True)
+        run_review(str(sup.session_dir))
+    return code
 
 
 def _mouse_id_given(args: argparse.Namespace) -> bool:
@@ -162,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--headless", action="store_true",
                      help="no console window; the protocol runs by itself (baseline -> calibrate -> BCI). "
                           "Without a display this is the default.")
+    run.add_argument("--no-review", action="store_true",
+                     help="with the console: exit when the session ends instead of keeping the finished session "
+                          "open for review (click any ROI for its F, dF/F and trial events)")
     run.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                      help="end the session this many seconds after every process is running (default: until "
                           "Ctrl-C or the task ends); shorter than the baseline and two trials is warned at start")

@@ -1,4 +1,4 @@
-"""A live session asks for its mouse ID before its folder exists (the folder is named after the mouse)."""
+"""`rig run` around the supervisor: the mouse ID asked before a live session, the session kept open for review."""
 
 from __future__ import annotations
 
@@ -76,3 +76,34 @@ def test_the_dialog_accepts_an_id_and_refuses_one_that_cannot_name_a_folder(qtbo
     monkeypatch.setattr(QtWidgets.QInputDialog, "getText", staticmethod(fake_get_text))
     assert ask_mouse_id("left") == "M7"
     assert "cannot name a session folder" in prompts[1]
+
+
+class _FakeSupervisor:
+    """Stands in for the supervisor: a finished session with (or without) the console."""
+
+    def __init__(self, config, *, headless, duration_s, sessions_root, overrides, console=True):
+        from types import SimpleNamespace
+
+        self.session_dir = "/sessions/x"
+        self.children = [SimpleNamespace(name=n) for n in ("acquisition", "decoder") + (("gui",) if not headless
+                                                                                          else ())]
+
+    def run(self):
+        return {"ok": True}
+
+
+@pytest.mark.parametrize(("argv", "reviewed"), [
+    ([], ["/sessions/x"]),  # the console's session stays on screen, read from its files
+    (["--no-review"], []),
+    (["--headless"], []),
+])
+def test_after_a_session_with_the_console_the_finished_session_stays_open_for_review(argv, reviewed, monkeypatch,
+                                                                                      capsys):
+    from tests.conftest import REPO
+
+    reviews = []
+    monkeypatch.setattr("rig.app.supervisor.Supervisor", _FakeSupervisor)
+    monkeypatch.setattr("rig.app.supervisor.has_display", lambda: True)
+    monkeypatch.setattr("rig.app.console_cli.run_review", lambda folder: reviews.append(folder) or 0)
+    assert cli.main(["run", str(REPO / "hardware_configs" / "sim.toml"), *argv]) == 0
+    assert reviews == reviewed
