@@ -168,6 +168,79 @@ class ZmqStreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("`stale_after_s`: must be > 0")
 
 
+class ScanboxMmapConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Scanbox's memory-mapped frames, the rig on the scope PC (docs/SCOPES.md)."""
+
+    path: str = "scanbox.mmap"  # Scanbox's memory-mapped file (in its mmap folder)
+    tagname: str = ""  # Windows only: a named mapping instead of the file (then map_bytes is needed)
+    map_bytes: int = 0  # 0: the whole file
+    height_px: int = 512  # lines per frame
+    width_px: int = 796  # pixels per line
+    stale_after_s: float = 2.0  # no frame for this long without a stop from Scanbox: a stall is warned about
+    poll_s: float = 0.0005  # how often the semaphore word is looked at
+
+    def __post_init__(self) -> None:
+        if self.height_px < 1 or self.width_px < 1:
+            raise ValueError("`height_px`: height_px and width_px must be > 0")
+        if self.map_bytes < 0:
+            raise ValueError("`map_bytes`: must be >= 0 (0 = the whole file)")
+        if not self.stale_after_s > 0:
+            raise ValueError("`stale_after_s`: must be > 0")
+        if not 0 <= self.poll_s <= 0.05:
+            raise ValueError("`poll_s`: must be within 0..0.05 s")
+
+
+class ScanImageTcpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Frames from the bciRigStream ScanImage user function over TCP (docs/FRAME_STREAM.md, "framed TCP")."""
+
+    host: str = "127.0.0.1"  # listen: interface to listen on; connect: the scope PC
+    port: int = 30002
+    connect: bool = False  # False: we listen and MATLAB connects (the usual); True: we connect to MATLAB's server
+    height_px: int = 0  # expected frame size; 0 = not set here: the ROI set's size applies
+    width_px: int = 0
+    channel: int = -1  # keep only this channel (as numbered in the header); -1 = all
+    stale_after_s: float = 2.0
+    allow: list[str] = []  # listening off loopback: the scope PCs' addresses (docs/SECURITY.md)
+
+    def __post_init__(self) -> None:
+        _check_port("port", self.port)
+        self.allow = _allow_list(self.allow)
+        if self.allow and self.connect:
+            raise ValueError("`allow`: only when listening (connecting, the rig chooses whom it listens to)")
+        if not self.connect and not self.allow and not is_loopback(self.host):
+            raise ValueError(f"`allow`: listening on {self.host!r} lets any machine on the network send frames: "
+                             'list the scope PC\'s address, allow = ["10.0.0.5"]')
+        if self.height_px < 0 or self.width_px < 0 or (self.height_px == 0) != (self.width_px == 0):
+            raise ValueError("`height_px`: height_px and width_px must both be > 0, or both 0")
+        if not self.stale_after_s > 0:
+            raise ValueError("`stale_after_s`: must be > 0")
+
+
+class PrairieViewConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Bruker PrairieView's raw data stream (PrairieLink ``-srd``), assembled into frames here."""
+
+    transport: str = "tcp"  # tcp: int16 samples from a relay on the PrairieView PC | prairielink: COM (Windows)
+    host: str = "127.0.0.1"  # tcp: the relay's address
+    port: int = 30003
+    height_px: int = 512  # lines per frame
+    width_px: int = 512  # pixels per line
+    samples_per_pixel: int = 1  # PrairieView's "samples per pixel" (averaged here)
+    bidirectional: bool = True  # resonant scans: every other line arrives reversed
+    offset: int = 8192  # subtracted from every sample
+    max_queued_frames: int = 8  # frames assembled but not yet read beyond this: the oldest are dropped
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("tcp", "prairielink"):
+            raise ValueError(f"`transport`: must be 'tcp' or 'prairielink' (got {self.transport!r})")
+        _check_port("port", self.port)
+        if self.height_px < 1 or self.width_px < 1:
+            raise ValueError("`height_px`: height_px and width_px must be > 0")
+        if self.samples_per_pixel < 1:
+            raise ValueError("`samples_per_pixel`: must be >= 1")
+        if self.max_queued_frames < 1:
+            raise ValueError("`max_queued_frames`: must be >= 1")
+
+
 class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     source: str = "sim"  # a name in acquisition.sources.registry: sim | replay | cloose_tcp | zmq_stream
     frame_rate_hz: float = 30.0
@@ -178,6 +251,9 @@ class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     replay: ReplayConfig = msgspec.field(default_factory=ReplayConfig)
     cloose_tcp: ClooseTcpConfig = msgspec.field(default_factory=ClooseTcpConfig)
     zmq_stream: ZmqStreamConfig = msgspec.field(default_factory=ZmqStreamConfig)
+    scanbox_mmap: ScanboxMmapConfig = msgspec.field(default_factory=ScanboxMmapConfig)
+    scanimage_tcp: ScanImageTcpConfig = msgspec.field(default_factory=ScanImageTcpConfig)
+    prairieview: PrairieViewConfig = msgspec.field(default_factory=PrairieViewConfig)
     sim: SimConfig = msgspec.field(default_factory=SimConfig)
 
     def __post_init__(self) -> None:

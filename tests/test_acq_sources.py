@@ -359,11 +359,12 @@ def test_make_source_builds_each_kind(tmp_path, stack):
 
 
 def test_the_registry_is_the_configs_list_of_sources():
-    assert SOURCE_NAMES == tuple(SOURCES) == ("sim", "replay", "cloose_tcp", "zmq_stream")
+    assert SOURCE_NAMES == tuple(SOURCES) == ("sim", "replay", "cloose_tcp", "zmq_stream", "scanbox_mmap",
+                                              "scanimage_tcp", "prairieview")
     for name in SOURCE_NAMES:
         assert AcquisitionConfig(source=name).source == name
         assert registration(name).name == name
-    with pytest.raises(ValueError, match=r"^`source`: must be one of sim, replay, cloose_tcp, zmq_stream"):
+    with pytest.raises(ValueError, match=r"^`source`: must be one of sim, replay, cloose_tcp, zmq_stream, scanbox"):
         AcquisitionConfig(source="scanimage")
     with pytest.raises(ValueError, match="`source`"):
         registration("scanimage")

@@ -95,6 +95,9 @@ _REGISTRATIONS: tuple[SourceRegistration, ...] = (
     SourceRegistration("replay", Lazy("acquisition.sources.replay:ReplaySource.from_config")),
     SourceRegistration("cloose_tcp", Lazy("acquisition.sources.cloose_tcp:ClooseTcpSource.from_config")),
     SourceRegistration("zmq_stream", Lazy("acquisition.sources.zmq_stream:ZmqStreamSource.from_config")),
+    SourceRegistration("scanbox_mmap", Lazy("acquisition.sources.scanbox_mmap:ScanboxMmapSource.from_config")),
+    SourceRegistration("scanimage_tcp", Lazy("acquisition.sources.scanimage_tcp:ScanImageTcpSource.from_config")),
+    SourceRegistration("prairieview", Lazy("acquisition.sources.prairieview:PrairieViewSource.from_config")),
 )
 
 #: name -> registration, in registration order (read-only)

@@ -109,7 +109,6 @@ class Supervisor:
         self.ctx = zmq.Context()
         # With keys, the ZAP handler answers every handshake on the command socket and the PUB (docs/SECURITY.md).
         self.zap = ZapHandler(self.ctx, {BUS_DOMAIN: ZapPolicy(keys=self.keys.allowed)}) if self.keys else None
-        self._refusals_reported = 0
         try:
             self.pub = Publisher(self.ctx, bind_endpoint(self.endpoints["supervisor"], self.cfg.bus.host),
                                  sender="supervisor", keys=self.keys)
@@ -382,8 +381,11 @@ class Supervisor:
                 self._on_message(msg)
         if self.commands.socket in ready:
             self.commands.serve()
-        if self.zap is not None:
-            self._warn_refusals()
+        refused = self.zap.unreported_refusals(BUS_DOMAIN) if self.zap is not None else None
+        if refused is not None:  # connections with keys that are not allowed: recorded, shown to the consoles
+            self.events.write("connection_refused", count=refused[0], last=refused[1])
+            self.tally.warn("supervisor", f"{refused[0]} connection(s) with a key not allowed refused; last: "
+                                          f"{refused[1]}")
         now = now_ns()
         if now >= self._next_hb:
             self._next_hb = now + int(self.cfg.bus.heartbeat_interval_s * 1e9)
@@ -448,15 +450,6 @@ class Supervisor:
                           error_type=type(exc).__name__, message=str(exc)[:2000])
         self.tally.warn("supervisor", why)
         self._log(f"warning: {why}")
-
-    def _warn_refusals(self) -> None:
-        """Connections with keys that are not allowed: recorded, and shown to the consoles."""
-        assert self.zap is not None
-        count, why = self.zap.refusals(BUS_DOMAIN)
-        if count > self._refusals_reported:
-            self._refusals_reported = count
-            self.events.write("connection_refused", count=count, last=why)
-            self.tally.warn("supervisor", f"{count} connection(s) with a key that is not allowed refused; last: {why}")
 
     def snapshot(self) -> Snapshot:
         """What a console that joins late needs: where to listen, process states, counters, calibration."""

@@ -174,6 +174,7 @@ class ZapHandler:
         self._lock = threading.Lock()
         self._refused: dict[str, int] = {}
         self._last_refused: dict[str, str] = {}
+        self._reported: dict[str, int] = {}
         self._zap = ctx.socket(zmq.REP)
         self._zap.setsockopt(zmq.LINGER, 0)
         try:
@@ -196,6 +197,15 @@ class ZapHandler:
         """(connections refused so far in ``domain``, why the last one was refused)."""
         with self._lock:
             return self._refused.get(domain, 0), self._last_refused.get(domain, "")
+
+    def unreported_refusals(self, domain: str) -> tuple[int, str] | None:
+        """(count, why of the last) when connections were refused in ``domain`` since the last call, else None:
+        the owner warns from its own thread, once per batch."""
+        count, why = self.refusals(domain)
+        if count <= self._reported.get(domain, 0):
+            return None
+        self._reported[domain] = count
+        return count, why
 
     def stop(self) -> None:
         if self._thread.is_alive():

@@ -87,7 +87,6 @@ class RigProcess:
         # connects with the rig's own pair (docs/SECURITY.md).
         self.keys: CurveKeys | None = load_rig_keys(self.config.bus.keys_dir) if self.config.bus.keys_dir else None
         self._zap = ZapHandler(self.ctx, {BUS_DOMAIN: ZapPolicy(keys=self.keys.allowed)}) if self.keys else None
-        self._refusals_reported = 0
         try:
             self.pub = Publisher(self.ctx, bind_endpoint(spec.endpoints[self.name], spec.bind_host), sender=self.name,
                                  keys=self.keys)
@@ -197,12 +196,10 @@ class RigProcess:
 
     def _warn_refusals(self) -> None:
         """Connections with keys that are not allowed: a warning per heartbeat that saw new ones."""
-        if self._zap is None:
-            return
-        count, why = self._zap.refusals(BUS_DOMAIN)
-        if count > self._refusals_reported:
-            self._refusals_reported = count
-            self.warn("connection_refused", f"{self.name}: {count} connection(s) refused so far; last: {why}")
+        refused = self._zap.unreported_refusals(BUS_DOMAIN) if self._zap is not None else None
+        if refused is not None:
+            self.warn("connection_refused", f"{self.name}: {refused[0]} connection(s) refused so far; last: "
+                                            f"{refused[1]}")
 
     def _service_control(self, timeout_ms: int = 0) -> None:
         msg = self._control.recv(timeout_ms)

@@ -3,7 +3,8 @@
 // Protocol: see ../PROTOCOL.md (version 2). The Python twin is reward/board_model.py (FirmwareEmulator);
 // the two must produce the same bytes for the same input at the same board times:
 // tests/test_reward_emulator.py compiles this sketch with g++ against a stub Arduino core and compares
-// both on random traffic. Keep them in step when changing either.
+// both on random traffic. Keep them in step when changing either. tests/test_reward_firmware_build.py builds
+// it for the Uno with avr-gcc and the Arduino core and keeps RAM under 75 % (the stack needs the rest).
 //
 // Target: Arduino Uno/Nano (ATmega328P, Optiboot bootloader, which copes with the hardware watchdog
 // below); any core with Serial.availableForWrite() works.
