@@ -115,20 +115,35 @@ class ReplayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ClooseTcpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """CLOOSE-compatible raw TCP: the scope connects and writes headerless uint16 column-major frames."""
+    """CLOOSE-compatible raw TCP: headerless uint16 column-major frames (docs/FRAME_STREAM.md)."""
 
-    host: str = "127.0.0.1"  # interface to listen on (the scope connects to us); another one needs ``allow``
+    mode: str = "listen"  # listen: the scope connects to us (CLOOSE's MATLAB sender) | connect: we dial the scope
+    host: str = "127.0.0.1"  # listen: interface to listen on (another one needs ``allow``); connect: the scope PC
     port: int = 30001
     height_px: int = 512
     width_px: int = 512
     byte_order: str = "little"  # little | big
+    invert: bool = False  # 65535 - value (Scanbox stores data inverted; CLOOSE complements every frame)
+    replace_connections: bool = False  # a second connection replaces the live one instead of being refused
+    handshake_port: int = 0  # 0: none; else serve CLOOSE's frame count (one uint16) here, as its GUI does (50000)
+    handshake_frames: int = 65535  # the frame count the handshake sends
     allow: list[str] = []  # IP addresses of the scope PCs that may connect (needed off loopback; docs/SECURITY.md)
 
     def __post_init__(self) -> None:
+        if self.mode not in ("listen", "connect"):
+            raise ValueError(f"`mode`: must be 'listen' or 'connect' (got {self.mode!r})")
         _check_port("port", self.port)
+        if self.handshake_port:
+            _check_port("handshake_port", self.handshake_port)
+            if self.mode == "listen" and self.handshake_port == self.port:
+                raise ValueError("`handshake_port`: must differ from `port`")
+        if not 0 <= self.handshake_frames <= 65535:
+            raise ValueError("`handshake_frames`: must fit a uint16 (0..65535)")
         self.allow = _allow_list(self.allow)
-        if not self.allow and not is_loopback(self.host):
-            raise ValueError(f"`allow`: listening on {self.host!r} lets any machine on the network send frames: list "
+        listens_off_loopback = (self.mode == "listen" or self.handshake_port) and not is_loopback(self.host)
+        if not self.allow and listens_off_loopback:
+            what = "listening on" if self.mode == "listen" else "serving the handshake for"
+            raise ValueError(f"`allow`: {what} {self.host!r} lets any machine on the network connect: list "
                              'the scope PC\'s address, allow = ["10.0.0.5"] (or host = "127.0.0.1" for a scope on '
                              "this PC)")
         if self.height_px < 1:

@@ -60,8 +60,10 @@ class DecoderOutput(Protocol):
     def calibration_in_force(self, cal: dict[str, Any]) -> None:
         """A calibration came into force (``decoder/calibration.json``, ``dec.calib``)."""
 
-    def reward_request(self, request_id: str, volume_ul: float, source: str, frame: int) -> None:
-        """Ask for a reward (``rwd.req``): called before the decision is published, the fastest path."""
+    def reward_request(self, request_id: str, volume_ul: float, source: str, frame: int, *, override: bool = False,
+                       issued_by: str = "") -> None:
+        """Ask for a reward (``rwd.req``): called before the decision is published, the fastest path.
+        ``override``/``issued_by``: a manual reward's operator override of the valve budget, and who asked."""
 
     def decision(self, res: StepResult) -> None:
         """The frame's decision is made (``dec.decision``); the record row is filled after this."""
@@ -114,7 +116,7 @@ class DecoderCore:
         return res
 
     # ------------------------------------------------------------------ operator commands
-    def apply_control(self, command: str, args: dict[str, Any], **note: Any) -> bool:
+    def apply_control(self, command: str, args: dict[str, Any], *, issued_by: str = "", **note: Any) -> bool:
         """Apply one operator command between frames; ``note`` goes into its ``applied`` line.
 
         The ``applied`` line records the frame it took effect after, which is where replay applies it
@@ -123,7 +125,7 @@ class DecoderCore:
         """
         self.output.event("applied", command=command, args=args, after_frame=self.last_frame, **note)
         try:
-            self._apply(command, args)
+            self._apply(command, args, issued_by)
         except COMMAND_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}"
             self.output.event("command_failed", command=command, error=error)
@@ -131,7 +133,7 @@ class DecoderCore:
             return False
         return True
 
-    def _apply(self, command: str, args: dict[str, Any]) -> None:
+    def _apply(self, command: str, args: dict[str, Any], issued_by: str) -> None:
         engine = self.engine
         if command == "start_baseline":
             engine.start_baseline()
@@ -150,7 +152,8 @@ class DecoderCore:
             volume = float(args.get("volume_ul", self.reward_volume_ul))
             engine.manual_reward()
             self.requests += 1
-            self.output.reward_request(f"man-{self.requests}", volume, "manual", -1)
+            self.output.reward_request(f"man-{self.requests}", volume, "manual", -1,
+                                       override=args.get("override") is True, issued_by=issued_by)
         elif command == "set_ensembles":
             engine.set_ensembles([int(i) for i in args.get("up", [])], [int(i) for i in args.get("down", [])])
 

@@ -80,10 +80,11 @@ class DecoderProcess(RigProcess):
             reward_requested=bool(res.reward_request),
         ))
 
-    def reward_request(self, request_id: str, volume_ul: float, source: str, frame: int) -> None:
+    def reward_request(self, request_id: str, volume_ul: float, source: str, frame: int, *, override: bool = False,
+                       issued_by: str = "") -> None:
         t_ready = self._msg.t_ready if source == "decoder" and self._msg is not None else 0
         self.publish(RewardRequest(request_id=request_id, volume_ul=volume_ul, source=source, frame=frame,
-                                   t_ready=t_ready, t_requested=now_ns()))
+                                   t_ready=t_ready, t_requested=now_ns(), override=override, issued_by=issued_by))
 
     def event(self, kind: str, **fields: Any) -> None:
         self.events.write(kind, **fields)
@@ -120,7 +121,7 @@ class DecoderProcess(RigProcess):
     # ------------------------------------------------------------------ the process contract
     def on_control(self, msg: Control) -> None:
         # Applied between frames; the "applied" line records after which frame, where `rig replay` applies it.
-        self.core.apply_control(msg.command, msg.args)
+        self.core.apply_control(msg.command, msg.args, issued_by=msg.issued_by)
 
     def heartbeat_stats(self) -> dict[str, float]:
         core = self.core

@@ -85,9 +85,9 @@ class RewardProcess(RigProcess):
         msg = self.requests.recv(0)
         while msg is not None:
             if isinstance(msg, RewardRequest):
-                # override/issued_by: read if the request carries them (a manual reward relayed by the decoder)
-                override = getattr(msg, "override", False) is True
-                issued_by = getattr(msg, "issued_by", "")
+                # a manual reward relayed by the decoder carries the operator's override and who asked
+                override = msg.override is True
+                issued_by = msg.issued_by
                 if override:
                     self.events.write("operator_override", command="reward_request", request_id=msg.request_id,
                                       issued_by=issued_by)
@@ -168,12 +168,6 @@ class RewardProcess(RigProcess):
                 return
             self.controller.pulse(f"flush-{msg.seq}", float(ms), SOURCE_FLUSH, override=override,
                                   issued_by=msg.issued_by)
-        elif msg.command == "manual_reward":
-            # The decoder turns it into the RewardRequest this process delivers; only the override is noted here.
-            if self._override(msg) and "override" not in RewardRequest.__struct_fields__:
-                self.warn("override_not_relayed", f"manual_reward override from {msg.issued_by} cannot reach the "
-                          "reward process (RewardRequest has no override field): the reward goes through the "
-                          "minimum interval and the session volume cap")
         elif msg.command == "close_valve":
             sent = self.controller.close_valve()
             if not sent:

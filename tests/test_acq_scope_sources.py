@@ -99,7 +99,12 @@ def test_scanbox_stop_restart_and_int16_wrap(scanbox, stack):
     writer.write_frame(0, stack[4])  # imaging again: numbers continue, after a gap
     f = src.read(1.0)
     assert f.number == 32770 and f.flags & FrameFlag.AFTER_GAP
-    assert src.stats()["stops"] == 1 and src.stats()["restarts"] == 1
+    writer.write_frame(1, stack[0])
+    assert src.read(1.0).number == 32771
+    writer.write_frame(0, stack[1])  # restarted without a -2 seen: back, not 32767 frames ahead
+    f = src.read(1.0)
+    assert f.number == 32772 and f.flags & FrameFlag.AFTER_GAP
+    assert src.stats()["stops"] == 1 and src.stats()["restarts"] == 2 and src.stats()["frames_missed"] == 0
 
 
 def test_scanbox_wrong_sizes_are_counted_never_raised(scanbox, stack):
@@ -412,3 +417,76 @@ def test_header_words_match_the_documented_layout(tmp_path, stack):
     assert struct.unpack_from("<H", writer.mm, 32)[0] == 65535 - int(stack[0][0, 0])
     assert struct.unpack_from("<H", writer.mm, 34)[0] == 65535 - int(stack[0][1, 0])  # column-major
     writer.close()
+
+
+def test_the_probe_reports_scanimage_frames(stack):
+    from rig.app.config import load_config
+    from rig.app.probe import probe_source
+    from rig.core.bus import free_tcp_port
+
+    port = free_tcp_port()
+    cfg = load_config(REPO / "hardware_configs" / "sim.toml", [
+        "acquisition.source=scanimage_tcp", f"acquisition.scanimage_tcp.port={port}",
+        f"acquisition.scanimage_tcp.height_px={LY}", f"acquisition.scanimage_tcp.width_px={LX}"])
+    done = threading.Event()
+
+    def matlab() -> None:
+        conn = wait_for(lambda: _try_connect(port), what="the probe to listen")
+        with conn:
+            for i in range(4):
+                conn.sendall(scanimage_frame_bytes(stack[i].astype(np.int16), i, i / 30))
+            done.wait(5)
+
+    thread = threading.Thread(target=matlab, daemon=True)
+    thread.start()
+    try:
+        result = probe_source(cfg, wait_s=5, measure_s=0.2)
+    finally:
+        done.set()
+        thread.join(5)
+    assert result.frames == 4 and result.shape == (LY, LX)
+
+
+def _try_connect(port: int) -> socket.socket | None:
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=1)
+    except OSError:
+        return None
+
+
+def test_a_flood_of_garbage_is_skipped_with_few_warnings(stack):
+    src = ScanImageTcpSource("127.0.0.1", 0)
+    src.open()
+    try:
+        scope = _scanimage(src)
+        junk = np.random.default_rng(3).integers(0, 256, 300_000, dtype=np.uint8).tobytes().replace(b"BCIF", b"xxxx")
+        frame = scanimage_frame_bytes(stack[0], 0, 0.0)
+        scope.sendall(junk + frame + junk[:999] + frame.replace(b"\0\0\0\0\0\0\0\0", b"\1\0\0\0\0\0\0\0", 1))
+        assert _read(src).number == 0 and _read(src).number == 1
+        assert src.stats()["garbage_bytes"] >= 300_000 + 999
+        assert len(src.pop_warnings()) <= 3
+        scope.close()
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("kind", ["scanimage_listen", "scanimage_connect", "prairie_tcp"])
+def test_read_returns_within_its_timeout_when_nothing_comes(kind):
+    from rig.core.clock import now_ns
+
+    port = socket.create_server(("127.0.0.1", 0))  # held, never accepting: a scope side that is silent
+    if kind == "scanimage_listen":
+        src = ScanImageTcpSource("127.0.0.1", 0)
+    elif kind == "scanimage_connect":
+        src = ScanImageTcpSource("127.0.0.1", port.getsockname()[1], connect=True)
+    else:
+        src = PrairieViewSource(RawFrameAssembler(4, 4), TcpSampleTransport("127.0.0.1", port.getsockname()[1]))
+    src.open()
+    try:
+        for _ in range(3):
+            t0 = now_ns()
+            assert src.read(0.05) is None
+            assert (now_ns() - t0) / 1e9 < 0.5
+    finally:
+        src.close()
+        port.close()

@@ -13,7 +13,7 @@ from reward.controller import DELIVERED, REFUSED, RewardController, RewardOutcom
 from reward.emulator import EmulatorServer
 from reward.link import ValveLink
 from reward.process import RewardProcess
-from rig.core.schema import Control, RewardRequest
+from rig.core.schema import Control
 from rig.core.schema import RewardOutcome as BusOutcome
 from tests.test_reward_link import CAL, connected_after, fast_cfg, pump
 
@@ -89,11 +89,3 @@ def test_a_malformed_override_or_flush_is_not_applied_and_says_why(process):
     process.on_control(Control(command="flush", args={"override": True}, issued_by="x", seq=3))
     assert [code for code, _ in process.warnings if code.startswith("bad_")] == ["bad_override", "bad_flush"]
     assert not process.controller.busy
-
-
-def test_a_manual_reward_override_that_cannot_reach_this_process_is_reported(process):
-    process.on_control(Control(command="manual_reward", args={"volume_ul": 2.0, "override": True}, issued_by="x"))
-    if "override" in RewardRequest.__struct_fields__:  # the decoder relays it: nothing to report
-        assert process.warnings == []
-    else:
-        assert [code for code, _ in process.warnings] == ["override_not_relayed"]

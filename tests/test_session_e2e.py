@@ -17,7 +17,7 @@ SIM_CONFIG = REPO / "hardware_configs" / "sim.toml"
 #: A small, quick session: small frames, few cells, a short baseline and short trials.
 OVERRIDES = [
     "acquisition.sim.height_px=128", "acquisition.sim.width_px=128", "acquisition.sim.n_cells=30",
-    "task.baseline_s=6", "task.trial_s=1.5", "task.iti_s=0.3", "task.hold_s=0.3", "task.timeout_s=0.3",
+    "task.baseline_s=9", "task.trial_s=1.0", "task.iti_s=0.3", "task.hold_s=0.3", "task.timeout_s=0.3",
     "session.save_frames=true",
 ]
 
@@ -31,7 +31,7 @@ def _rig(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(not SIM_CONFIG.exists(), reason="hardware_configs/sim.toml is not there yet")
 def test_a_real_simulated_session_replays_with_no_mismatch(tmp_path: Path) -> None:
     sets = [arg for item in OVERRIDES for arg in ("--set", item)]
-    run = _rig("run", str(SIM_CONFIG), "--headless", "--duration", "15", "--sessions-dir", str(tmp_path), *sets,
+    run = _rig("run", str(SIM_CONFIG), "--headless", "--duration", "18", "--sessions-dir", str(tmp_path), *sets,
                timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])

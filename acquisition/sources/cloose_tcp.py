@@ -1,42 +1,60 @@
 """CLOOSE-compatible raw TCP frames: a scope already set up for the Harnett lab's CLOOSE works unchanged.
 
-The scope side connects to us and writes each frame as ``height * width`` unsigned 16-bit pixels in column-
-major (MATLAB ``reshape(img, [], 1)``) order, little-endian, with no header. Frame size comes from config, so
-nothing on the wire can tell a wrong size: it shows up as garbage frames (low registration correlation).
+Each frame is ``height * width`` unsigned 16-bit pixels in column-major (MATLAB ``reshape(img, [], 1)``) order,
+little-endian, with no header, frames back to back. Frame size comes from config only; a wrong one is
+diagnosed by :mod:`acquisition.diagnose` from the byte rate and the frames themselves.
 
-A dropped connection is not an error: the source listens again, the scope reconnects, and the gap is
-recorded (stats ``reconnects``, ``gap_s_total``, ``gap_frames_estimated``; a ``link_restored`` warning; the
-first frame after it carries AFTER_GAP). Bytes of a frame cut short by the drop are discarded and counted as
-a truncated (bad) frame. A new connection while one is open replaces it (a restarted scope script).
-Frame numbers are a local count of frames received: the protocol has no counter.
+Who connects: ``mode = "listen"`` (CLOOSE's MATLAB sender connects to us) or ``mode = "connect"`` (we dial the
+scope PC as CLOOSE's GUI does; its Python sender template listens), retrying with backoff and redialling after
+a drop. ``handshake_port`` serves CLOOSE's frame-count handshake: a connection there gets the frame count as
+one little-endian uint16 and is closed. ``invert`` gives ``65535 - value`` (Scanbox stores data inverted,
+CLOOSE complements every frame).
 
-Who may send frames: the listener binds 127.0.0.1 by default (a scope on this PC). On another interface
-``allow`` lists the scope PCs' IP addresses (the config refuses a non-loopback host without it); a connection
-from any other address is closed at once, before it can replace the scope's, and counted (stats
-``refused_connections``) and warned about.
+Why a reader thread: the scope connects while the rig starts, seconds before the session runs. Unread, its
+writes block (a sender with a write timeout dies) and the frames that do arrive are seconds old. So from the
+moment a connection exists a thread owned by this source reads whole frames into a small preallocated ring
+(:mod:`acquisition.sources.frame_ring`); until :meth:`ClooseTcpSource.start_keeping` (the session runs) they
+are counted (``frames_before_start``) and discarded; frame numbers count from the first frame kept.
+
+A dropped connection is not an error: the gap is recorded (``reconnects``, ``gap_s_total``,
+``gap_frames_estimated``, a ``link_restored`` warning, AFTER_GAP on the next frame); a frame cut short is
+counted as truncated (bad). A second connection while one is live is refused (``replace_connections = true``:
+it replaces the first, a restarted scope script). Listening off loopback, ``allow`` lists the scope PCs;
+another address is closed at once. Every connect, refusal and drop is a warning, so an acquisition event.
 """
 
 from __future__ import annotations
 
 import select
 import socket
+import struct
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from acquisition.sources.base import Frame, FrameSource
+from acquisition.sources.frame_ring import FrameRing
 from acquisition.validate import FrameFlag
-from rig.core.addresses import check_addresses, normalize_address
+from rig.core.addresses import check_addresses, is_loopback, normalize_address
 from rig.core.clock import now_ns
 
 if TYPE_CHECKING:
     from acquisition.config import AcquisitionConfig
     from acquisition.sources.registry import SourceContext
 
-_RCVBUF_BYTES = 8 * 1024 * 1024  # a few frames of slack if we are briefly late
-#: a refused connection is warned about the first time, then every this many times
-_WARN_REFUSED_EVERY = 100
+_RCVBUF_BYTES = 8 * 1024 * 1024  # a few frames of slack in the kernel too
+#: frames the ring holds: one filling, one being read, the rest waiting (~0.25 s at 30 Hz)
+RING_SLOTS = 8
+#: repeated warnings (refusals, failed dials, overwritten frames) go out the first time, then every this many
+_WARN_EVERY = 100
+#: how often the reader thread looks at its stop flag when nothing arrives (seconds)
+_POLL_S = 0.1
+#: connect mode: the first redial waits this long, doubling up to _RETRY_MAX_S
+_RETRY_MIN_S = 0.05
+_RETRY_MAX_S = 2.0
+MODES = ("listen", "connect")
 
 
 class ClooseTcpSource(FrameSource):
@@ -45,67 +63,102 @@ class ClooseTcpSource(FrameSource):
         """The registry's factory: ``[acquisition.cloose_tcp]``."""
         c = cfg.cloose_tcp
         return cls(c.host, c.port, c.height_px, c.width_px, frame_rate_hz=cfg.frame_rate_hz, byte_order=c.byte_order,
-                   allow=c.allow)
+                   allow=c.allow, mode=c.mode, handshake_port=c.handshake_port or -1, handshake_frames=c.handshake_frames,
+                   invert=c.invert, replace_connections=c.replace_connections)
 
     def __init__(self, host: str, port: int, height: int, width: int, *, frame_rate_hz: float = 30.0,
-                 byte_order: str = "little", allow: Sequence[str] = ()) -> None:
-        """``allow``: the only peer IP addresses accepted (empty: any that can reach ``host``, i.e. this PC's
-        programs when ``host`` is loopback)."""
+                 byte_order: str = "little", allow: Sequence[str] = (), mode: str = "listen",
+                 handshake_port: int = -1, handshake_frames: int = 65535, invert: bool = False,
+                 replace_connections: bool = False) -> None:
+        """``allow``: the only peer IP addresses accepted (empty: any that can reach ``host``). ``handshake_port``:
+        -1 none, 0 any free port (tests), else CLOOSE's frame-count port (its GUI uses 50000)."""
         super().__init__()
-        self._allow = frozenset(check_addresses(allow))
-        self._refused = 0
         if height < 1 or width < 1:
             raise ValueError(f"`height_px`/`width_px`: must be > 0 (got {height}x{width})")
         if byte_order not in ("little", "big"):
             raise ValueError("`byte_order`: must be 'little' or 'big'")
-        self.host, self._port = host, port
+        if mode not in MODES:
+            raise ValueError(f"`mode`: must be 'listen' or 'connect' (got {mode!r})")
+        if not 0 <= handshake_frames <= 65535:
+            raise ValueError("`handshake_frames`: must fit a uint16 (0..65535)")
+        self._allow = frozenset(check_addresses(allow))
+        self.host, self._port, self.mode = host, port, mode
+        self._handshake_port = handshake_port
+        self._handshake_bytes = struct.pack("<H", handshake_frames)
+        self._invert = invert
+        self._replace = replace_connections
         self._shape = (int(height), int(width))
         self._wire_dtype = np.dtype("<u2" if byte_order == "little" else ">u2")
         self._rate = float(frame_rate_hz)
         self._dtype = np.dtype(np.uint16)
         self._frame_bytes = height * width * 2
-        self._raw = bytearray(self._frame_bytes)
-        self._view = memoryview(self._raw)
-        self._pixels = np.frombuffer(self._raw, dtype=self._wire_dtype).reshape(width, height).T  # (Ly, Lx) view
-        # handed-out frames are C-ordered native uint16: one transposing copy here (~0.3 ms) is cheaper than
-        # every later stage walking a transposed view, and lets the frame be written to disk as is
+        self._ring = FrameRing(RING_SLOTS, self._frame_bytes)
+        # (Ly, Lx) views of each slot's column-major pixels; handed-out frames are C-ordered native uint16:
+        # one transposing copy (~0.3 ms) is cheaper than every later stage walking a transposed view
+        self._pixels = [np.frombuffer(b, dtype=self._wire_dtype).reshape(width, height).T for b in self._ring.buffers]
         self._frame = np.empty((height, width), np.uint16)
-        self._filled = 0
+        self._warn_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
         self._listener: socket.socket | None = None
+        self._handshake: socket.socket | None = None
         self._conn: socket.socket | None = None
         self._peer = ""
+        self._keeping = False
+        self._filled = 0
         self._had_connection = False
         self._t_drop_ns = 0
         self._after_gap = False
-        self._frames = 0
-        self._bad = 0
-        self._truncated = 0
-        self._connections = 0
-        self._reconnects = 0
+        self._next_dial_ns = 0
+        self._retry_s = _RETRY_MIN_S
+        self._dial_failures = 0
+        self._counts = dict.fromkeys(("frames", "bad_frames", "truncated_frames", "connections", "reconnects",
+                                      "gap_frames_estimated", "bytes", "refused_connections", "frames_before_start",
+                                      "frames_overwritten", "connect_failures", "handshakes"), 0)
         self._gap_ns_total = 0
-        self._gap_frames = 0
-        self._bytes = 0
 
+    # ------------------------------------------------------------------ FrameSource
     @property
     def port(self) -> int:
-        """The port actually listened on (useful when configured as 0 = any free port)."""
+        """The port listened on or dialled (listening on 0: the free port the OS chose)."""
         if self._listener is not None:
             return int(self._listener.getsockname()[1])
         return self._port
 
+    @property
+    def handshake_port(self) -> int:
+        """The port the frame-count handshake is served on (-1: none)."""
+        if self._handshake is not None:
+            return int(self._handshake.getsockname()[1])
+        return self._handshake_port
+
     def open(self) -> None:
-        try:
-            listener = socket.create_server((self.host, self._port), backlog=2)
-        except OSError as exc:
-            raise OSError(f"cloose_tcp: cannot listen on {self.host}:{self._port}: {exc}") from exc
-        listener.setblocking(False)
-        self._listener = listener
+        """Listen (or get ready to dial) and start the reader thread; errors here are configuration errors."""
+        if self.mode == "listen":
+            self._listener = self._server(self.host, self._port, "listen")
+        if self._handshake_port >= 0:
+            host = self.host if self.mode == "listen" else ("127.0.0.1" if is_loopback(self.host) else "0.0.0.0")
+            self._handshake = self._server(host, self._handshake_port, "serve the frame-count handshake")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cloose-tcp-reader", daemon=True)
+        self._thread.start()
+
+    def start_keeping(self) -> None:
+        """The session runs: frames from now on are kept and numbered from 0 (those before were drained)."""
+        self._after_gap = False
+        self._keeping = True
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         self._drop_connection("closed by the rig", count_gap=False)
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        for sock in (self._listener, self._handshake):
+            if sock is not None:
+                sock.close()
+        self._listener = self._handshake = None
 
     def link_state(self) -> str:
         if self._conn is not None:
@@ -113,103 +166,209 @@ class ClooseTcpSource(FrameSource):
         return "reconnecting" if self._had_connection else "waiting"
 
     def stats(self) -> dict[str, float]:
-        return {"frames": float(self._frames), "bad_frames": float(self._bad),
-                "truncated_frames": float(self._truncated), "connections": float(self._connections),
-                "reconnects": float(self._reconnects), "gap_s_total": self._gap_ns_total / 1e9,
-                "gap_frames_estimated": float(self._gap_frames), "bytes": float(self._bytes),
-                "refused_connections": float(self._refused)}
+        out = {k: float(v) for k, v in self._counts.items()}
+        out["gap_s_total"] = self._gap_ns_total / 1e9
+        return out
 
-    # ------------------------------------------------------------------ connection handling
+    def warn(self, code: str, message: str) -> None:
+        """Thread-safe: the reader thread warns too."""
+        with self._warn_lock:
+            super().warn(code, message)
+
+    def pop_warnings(self) -> list[tuple[str, str]]:
+        with self._warn_lock:
+            return super().pop_warnings()
+
+    def read(self, timeout_s: float) -> Frame | None:
+        if self._thread is None:
+            raise RuntimeError("ClooseTcpSource.read() called before open() or after close()")
+        if self._failure is not None:
+            raise RuntimeError(f"cloose_tcp: the reader thread failed: {self._failure!r}") from self._failure
+        item = self._ring.take(timeout_s)
+        if item is None:
+            return None
+        slot, number, t_ready_ns, flags = item
+        try:
+            np.copyto(self._frame, self._pixels[slot])
+        finally:
+            self._ring.release(slot)
+        if self._invert:
+            np.invert(self._frame, out=self._frame)  # 65535 - value for uint16, in place
+        return Frame(data=self._frame, number=number, t_ready_ns=t_ready_ns, flags=flags)
+
+    # ------------------------------------------------------------------ the reader thread
+    def _server(self, host: str, port: int, what: str) -> socket.socket:
+        try:
+            server = socket.create_server((host, port), backlog=4)
+        except OSError as exc:
+            raise OSError(f"cloose_tcp: cannot {what} on {host}:{port}: {exc}") from exc
+        server.setblocking(False)
+        return server
+
+    def _run(self) -> None:
+        """Read until closed. An unexpected error is kept and raised by the next :meth:`read`, never lost."""
+        try:
+            while not self._stop.is_set():
+                self._poll(_POLL_S)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread, which raises it
+            self._failure = exc
+            self.warn("reader_failed", f"cloose_tcp: the frame reader stopped: {type(exc).__name__}: {exc}")
+
+    def _poll(self, timeout_s: float) -> None:
+        if self.mode == "connect" and self._conn is None and now_ns() >= self._next_dial_ns:
+            self._dial()
+        waiting = [s for s in (self._listener, self._handshake, self._conn) if s is not None]
+        if not waiting:  # connect mode between dials, no handshake: nothing to select on (Windows refuses that)
+            self._stop.wait(min(timeout_s, max(self._next_dial_ns - now_ns(), 0) / 1e9))
+            return
+        if self.mode == "connect" and self._conn is None:
+            timeout_s = min(timeout_s, max(self._next_dial_ns - now_ns(), 0) / 1e9)
+        readable, _, _ = select.select(waiting, [], [], timeout_s)
+        if self._handshake is not None and self._handshake in readable:
+            self._serve_handshake()
+        if self._listener is not None and self._listener in readable:
+            self._accept()
+        if self._conn is not None and self._conn in readable:
+            self._receive()
+
+    def _allowed(self, address: str) -> bool:
+        return not self._allow or normalize_address(address) in self._allow
+
+    def _refuse(self, conn: socket.socket, why: str) -> None:
+        conn.close()
+        self._counts["refused_connections"] += 1
+        n = self._counts["refused_connections"]
+        if n == 1 or n % _WARN_EVERY == 0:
+            self.warn("connection_refused", f"cloose_tcp: {why} ({n} refused so far)")
+
+    def _serve_handshake(self) -> None:
+        """CLOOSE's handshake: the scope side learns the number of frames to acquire, one uint16."""
+        assert self._handshake is not None
+        try:
+            conn, addr = self._handshake.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if not self._allowed(str(addr[0])):
+            self._refuse(conn, f"handshake connection from {addr[0]} refused: only {', '.join(sorted(self._allow))} "
+                               f"may connect ([acquisition.cloose_tcp] allow)")
+            return
+        try:
+            conn.settimeout(1.0)
+            conn.sendall(self._handshake_bytes)
+            self._counts["handshakes"] += 1
+            self.warn("handshake_served", f"cloose_tcp: frame count {struct.unpack('<H', self._handshake_bytes)[0]} "
+                                          f"sent to {addr[0]}:{addr[1]} (handshake port {self.handshake_port})")
+        except OSError as exc:
+            self.warn("handshake_failed", f"cloose_tcp: the frame-count handshake with {addr[0]} failed: {exc}")
+        finally:
+            conn.close()
+
     def _accept(self) -> None:
         assert self._listener is not None
         try:
             conn, addr = self._listener.accept()
         except (BlockingIOError, InterruptedError):
             return
-        if self._allow and normalize_address(str(addr[0])) not in self._allow:
-            conn.close()  # before anything else: a stranger must not replace the scope's connection
-            self._refused += 1
-            if self._refused == 1 or self._refused % _WARN_REFUSED_EVERY == 0:
-                self.warn("connection_refused", f"cloose_tcp: connection from {addr[0]} refused: only "
-                                                f"{', '.join(sorted(self._allow))} may send frames "
-                                                f"([acquisition.cloose_tcp] allow; {self._refused} refused so far)")
+        if not self._allowed(str(addr[0])):  # before anything else: a stranger must not replace the scope's link
+            self._refuse(conn, f"connection from {addr[0]} refused: only {', '.join(sorted(self._allow))} may send "
+                               f"frames ([acquisition.cloose_tcp] allow)")
             return
         if self._conn is not None:
+            if not self._replace:
+                self._refuse(conn, f"second connection from {addr[0]}:{addr[1]} refused: {self._peer} is streaming "
+                                   f"(replace_connections = true lets a new connection replace it)")
+                return
             self._drop_connection(f"replaced by a new connection from {addr[0]}:{addr[1]}", count_gap=False)
+        self._connected(conn, f"{addr[0]}:{addr[1]}", "scope connected from")
+
+    def _dial(self) -> None:
+        try:
+            conn = socket.create_connection((self.host, self._port), timeout=1.0)
+        except OSError as exc:
+            self._counts["connect_failures"] += 1
+            self._dial_failures += 1
+            if self._dial_failures == 1 or self._dial_failures % _WARN_EVERY == 0:
+                self.warn("connect_failed", f"cloose_tcp: cannot connect to the scope at {self.host}:{self._port} "
+                                            f"({exc}); retrying every {_RETRY_MAX_S:g} s at most "
+                                            f"({self._dial_failures} attempt(s) failed)")
+            self._next_dial_ns = now_ns() + int(self._retry_s * 1e9)
+            self._retry_s = min(self._retry_s * 2, _RETRY_MAX_S)
+            return
+        self._dial_failures = 0
+        self._retry_s = _RETRY_MIN_S
+        self._connected(conn, f"{self.host}:{self._port}", "connected to the scope at")
+
+    def _connected(self, conn: socket.socket, peer: str, how: str) -> None:
         conn.setblocking(False)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF_BYTES)
-        self._conn = conn
-        self._peer = f"{addr[0]}:{addr[1]}"
-        self._connections += 1
-        if self._had_connection:
-            self._reconnects += 1
-            if self._t_drop_ns:
-                gap_ns = now_ns() - self._t_drop_ns
-                missed = round(gap_ns / 1e9 * self._rate)
-                self._gap_ns_total += gap_ns
-                self._gap_frames += missed
-                self.warn("link_restored", f"cloose_tcp: scope reconnected from {self._peer} after "
-                                           f"{gap_ns / 1e9:.2f} s (~{missed} frames at {self._rate:g} Hz lost)")
-                self._t_drop_ns = 0
-            self._after_gap = True
+        self._conn, self._peer = conn, peer
+        self._counts["connections"] += 1
+        if not self._had_connection:
+            self.warn("link_connected", f"cloose_tcp: {how} {peer}")
+        else:
+            self._counts["reconnects"] += 1
+            gap_ns = now_ns() - self._t_drop_ns if self._t_drop_ns else 0
+            missed = round(gap_ns / 1e9 * self._rate)
+            self._gap_ns_total += gap_ns
+            self._counts["gap_frames_estimated"] += missed
+            self.warn("link_restored", f"cloose_tcp: {how} {peer} after {gap_ns / 1e9:.2f} s "
+                                       f"(~{missed} frames at {self._rate:g} Hz lost)")
+            self._t_drop_ns = 0
+            self._after_gap = self._keeping
         self._had_connection = True
 
     def _drop_connection(self, why: str, *, count_gap: bool = True) -> None:
         if self._conn is None:
             return
         if self._filled:
-            self._bad += 1
-            self._truncated += 1
-            self.warn("truncated_frame", f"cloose_tcp: connection from {self._peer} {why} after "
-                                         f"{self._filled} of {self._frame_bytes} bytes of a frame; frame discarded")
+            self._counts["bad_frames"] += 1
+            self._counts["truncated_frames"] += 1
+            self.warn("truncated_frame", f"cloose_tcp: connection with {self._peer} {why} after {self._filled} of "
+                                         f"{self._frame_bytes} bytes of a frame; frame discarded")
             self._filled = 0
         self._conn.close()
         self._conn = None
         if count_gap:
             self._t_drop_ns = now_ns()
-            self.warn("link_lost", f"cloose_tcp: connection from {self._peer} {why}; waiting for the scope "
-                                   f"to reconnect on port {self.port}")
-        self._after_gap = True
+            again = (f"waiting for the scope to reconnect on port {self.port}" if self.mode == "listen"
+                     else f"redialling {self.host}:{self._port}")
+            self.warn("link_lost", f"cloose_tcp: connection with {self._peer} {why}; {again}")
+            self._next_dial_ns = 0
+        self._after_gap = self._keeping
 
-    def read(self, timeout_s: float) -> Frame | None:
-        if self._listener is None:
-            raise RuntimeError("ClooseTcpSource.read() called before open() or after close()")
-        deadline = now_ns() + int(max(timeout_s, 0.0) * 1e9)
-        while True:
-            waiting_on = [self._listener] if self._conn is None else [self._listener, self._conn]
-            remaining = max(deadline - now_ns(), 0) / 1e9
-            readable, _, _ = select.select(waiting_on, [], [], remaining)
-            if self._listener in readable:
-                self._accept()
-            if self._conn is not None and (self._conn in readable or self._listener in readable):
-                frame = self._receive()
-                if frame is not None:
-                    return frame
-            if now_ns() >= deadline:
-                return None
-
-    def _receive(self) -> Frame | None:
-        """Read what the socket has (never more than the rest of the current frame)."""
+    def _receive(self) -> None:
+        """Read everything the socket has now, frame by frame, into the ring."""
         conn = self._conn
         assert conn is not None
+        ring = self._ring
         while True:
             try:
-                n = conn.recv_into(self._view[self._filled:], self._frame_bytes - self._filled)
+                n = conn.recv_into(ring.views[ring.filling][self._filled:], self._frame_bytes - self._filled)
             except (BlockingIOError, InterruptedError):
-                return None
+                return
             except OSError as exc:  # connection reset / aborted
                 self._drop_connection(f"failed ({type(exc).__name__}: {exc})")
-                return None
+                return
             if n == 0:
                 self._drop_connection("closed by the scope")
-                return None
-            self._bytes += n
+                return
+            self._counts["bytes"] += n
             self._filled += n
             if self._filled == self._frame_bytes:
                 self._filled = 0
-                flags = int(FrameFlag.AFTER_GAP) if self._after_gap else 0
-                self._after_gap = False
-                number = self._frames
-                self._frames += 1
-                np.copyto(self._frame, self._pixels)
-                return Frame(data=self._frame, number=number, t_ready_ns=now_ns(), flags=flags)
+                self._complete()
+
+    def _complete(self) -> None:
+        if not self._keeping:
+            self._counts["frames_before_start"] += 1  # drained: the slot is simply filled again
+            return
+        flags = int(FrameFlag.AFTER_GAP) if self._after_gap else 0
+        self._after_gap = False
+        number = self._counts["frames"]
+        self._counts["frames"] += 1
+        if not self._ring.commit(number, now_ns(), flags):
+            n = self._ring.overwritten
+            self._counts["frames_overwritten"] = n
+            if n == 1 or n % _WARN_EVERY == 0:
+                self.warn("falling_behind", f"cloose_tcp: frames arrive faster than they are processed: the oldest "
+                                            f"waiting frame was dropped ({n} so far; a gap in the frame numbers)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import select
 import socket
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -117,7 +118,7 @@ class TcpSampleTransport:
     def read_chunk(self, timeout_s: float) -> np.ndarray:
         if self._sock is None:
             if now_ns() < self._next_dial_ns:
-                select.select([], [], [], min(timeout_s, (self._next_dial_ns - now_ns()) / 1e9))
+                time.sleep(max(min(timeout_s, (self._next_dial_ns - now_ns()) / 1e9), 0.0))  # no select([]) on Windows
                 return np.empty(0, np.int16)
             self._next_dial_ns = now_ns() + _REDIAL_NS
             try:
@@ -170,7 +171,7 @@ class PrairieLinkTransport:
         except Exception as exc:  # noqa: BLE001 - COM raises pywintypes.com_error, not an OSError
             raise ConnectionError(f"PrairieLink ReadRawDataStream failed: {exc}") from exc
         if not count:
-            select.select([], [], [], min(timeout_s, 0.002))
+            time.sleep(max(min(timeout_s, 0.002), 0.0))
             return np.empty(0, np.int16)
         return np.asarray(samples[:count], dtype=np.int16)
 

@@ -212,16 +212,16 @@ class ScanboxMmapSource(FrameSource):
         """Our number (increasing, unwrapped) for Scanbox's int16 ``scope_number``, and AFTER_GAP on a gap."""
         last, delivered = self._last_scope, self._delivered
         self._last_scope = scope_number
-        if last < 0:
+        step = (scope_number - last) % FRAME_NUMBER_MODULUS
+        if last < 0 or step > FRAME_NUMBER_MODULUS // 2:  # a wrap is a small step; a big one went back
             if delivered < 0:  # the first frame: Scanbox's own number, so it matches the .sbx file
                 self._delivered = scope_number
                 return scope_number, 0
-            self._c["restarts"] += 1  # imaging started again after a stop: numbers go on after ours
+            self._c["restarts"] += 1  # imaging started again (a stop we may not have seen): numbers go on
             self.warn("acquisition_restarted", f"scanbox_mmap: Scanbox imaging again (its frame {scope_number}); "
                                                f"frames continue from {delivered + 1}")
             self._delivered = delivered + 1
             return self._delivered, int(FrameFlag.AFTER_GAP)
-        step = (scope_number - last) % FRAME_NUMBER_MODULUS
         if step == 0:
             self._c["repeated_frame_numbers"] += 1
             self._warn_every("repeated_frame_number", self._c["repeated_frame_numbers"],

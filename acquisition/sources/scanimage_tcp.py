@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import select
 import socket
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -190,7 +191,7 @@ class ScanImageTcpSource(FrameSource):
                 readable, _, _ = select.select(waiting_on, [], [], remaining)
             else:
                 readable = []
-                select.select([], [], [], min(remaining, max(self._next_dial_ns - now_ns(), 0) / 1e9))
+                time.sleep(min(remaining, max(self._next_dial_ns - now_ns(), 0) / 1e9))  # select([]) fails on Windows
             if self._listener is not None and self._listener in readable:
                 self._accept()
             if self._conn is not None and (self._conn in readable or self._listener in readable):

@@ -201,6 +201,8 @@ class RewardRequest(Message, tag="rwdreq", kw_only=True):
     frame: int = -1
     t_ready: int = 0
     t_requested: int = 0
+    override: bool = False  # an operator's explicit override of the valve budget (manual rewards only)
+    issued_by: str = ""  # who asked, for a manual reward (the authenticated console, see rig.core.auth)
 
 
 # ---------------------------------------------------------------- reward

@@ -180,7 +180,8 @@ class _ReplayOutput:
     def calibration_in_force(self, cal: dict[str, Any]) -> None:
         self.calibration = _normalise(cal)
 
-    def reward_request(self, request_id: str, volume_ul: float, source: str, frame: int) -> None:
+    def reward_request(self, request_id: str, volume_ul: float, source: str, frame: int, *, override: bool = False,
+                       issued_by: str = "") -> None:
         pass  # recorded by the core as a "reward_request" line; no reward process runs offline
 
     def decision(self, res: Any) -> None:

@@ -28,6 +28,10 @@ def percentiles_ms(values_ns: np.ndarray) -> dict[str, float | None]:
             "max": round(float(ms.max()), 4), "n": int(ms.size)}
 
 
+def _dispensed(outcome: dict[str, Any]) -> float:
+    return float(outcome.get("dispensed_ul", outcome.get("volume_ul", 0.0)))
+
+
 def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -> dict[str, Any]:
     """The summary of the session in ``session_dir``. A damaged file raises ValueError naming it (record layouts,
     frame order and the event fields used here are checked), never a wrong number or a bare TypeError; what a
@@ -68,7 +72,10 @@ def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -
     summary["rewards_failed"] = len(outcomes) - len(delivered)  # failed or refused: never silent
     summary["rewards_refused"] = sum(1 for o in outcomes if o.get("status") == "refused")
     summary["other_pulses"] = len(all_outcomes) - len(outcomes)  # test pulses, calibration, flush
-    summary["volume_ul"] = round(sum(float(o.get("volume_ul", 0.0)) for o in delivered), 3)
+    # What the valve dispensed (the board's measured open time, reconciled after a lost reply), else the request's.
+    summary["volume_ul"] = round(sum(_dispensed(o) for o in delivered), 3)
+    others = [o for o in all_outcomes if o.get("source") not in REWARD_SOURCES and o.get("status") == "delivered"]
+    summary["other_volume_ul"] = round(sum(_dispensed(o) for o in others), 3)  # test pulses, flushes: not rewards
 
     if decisions is not None and n_dec:
         summary["latency_ms"] = percentiles_ms(decisions["t_decided"] - decisions["t_ready"])
