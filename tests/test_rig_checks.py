@@ -253,3 +253,18 @@ def test_a_device_refused_while_starting_is_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("[child] FAILED while starting: FileNotFoundError: no such scope: /dev/nothing "
                                    "(traceback in child/events.jsonl)")
+
+
+def test_the_scope_sources_frame_size_is_checked_against_the_rois_and_their_path_resolves(tmp_path):
+    """The memory-mapped Scanbox, ScanImage and Bruker sources: frame size known from the config, and the mmap
+    file's path relative to the config file."""
+    from rig.app.checks import source_facts
+    from rig.app.config import config_from_dict, load_config
+
+    for source in ("scanbox_mmap", "scanimage_tcp", "prairieview"):
+        cfg = config_from_dict({"acquisition": {"source": source, source: {"height_px": 256, "width_px": 300}}})
+        assert source_facts(cfg)[0] == (256, 300)
+    toml = tmp_path / "rig.toml"
+    toml.write_text('[acquisition]\nsource = "scanbox_mmap"\n[acquisition.scanbox_mmap]\npath = "mm/scanbox.mmap"\n',
+                    encoding="utf-8")
+    assert load_config(toml).acquisition.scanbox_mmap.path == str((tmp_path / "mm" / "scanbox.mmap").resolve())

@@ -297,6 +297,9 @@ def source_facts(cfg: RigConfig) -> tuple[tuple[int, int] | None, float, list[Fi
     if acq.source == "zmq_stream":
         z = acq.zmq_stream
         return ((z.height_px, z.width_px) if z.height_px else None), rate, []
+    if acq.source in ("scanbox_mmap", "scanimage_tcp", "prairieview"):
+        section = getattr(acq, acq.source)
+        return ((section.height_px, section.width_px) if section.height_px else None), rate, []
     if acq.source == "replay" and Path(acq.replay.path).exists():
         from acquisition.sources.registry import make_source  # noqa: PLC0415 - reads the movie's header
 
@@ -310,7 +313,8 @@ def source_facts(cfg: RigConfig) -> tuple[tuple[int, int] | None, float, list[Fi
 
 #: The key that sets the frame size of each source (for messages).
 SIZE_KEYS = {"sim": "acquisition.sim", "cloose_tcp": "acquisition.cloose_tcp", "zmq_stream": "acquisition.zmq_stream",
-             "replay": "acquisition.replay.path"}
+             "replay": "acquisition.replay.path", "scanbox_mmap": "acquisition.scanbox_mmap",
+             "scanimage_tcp": "acquisition.scanimage_tcp", "prairieview": "acquisition.prairieview"}
 
 
 def frame_size_findings(cfg: RigConfig, rois: RoiFacts, size: tuple[int, int] | None) -> list[Finding]:

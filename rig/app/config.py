@@ -57,6 +57,7 @@ PATH_KEYS = (
     ("acquisition", "rois", "suite2p_dir"),
     ("acquisition", "replay", "path"),
     ("acquisition", "registration", "ref_path"),
+    ("acquisition", "scanbox_mmap", "path"),
     ("reward", "calibration_file"),
     ("bus", "keys_dir"),
 )

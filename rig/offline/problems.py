@@ -43,6 +43,9 @@ def describe_source(acquisition: dict[str, Any]) -> str:
     source = acquisition.get("source", "?")
     if source == "cloose_tcp":
         c = acquisition.get("cloose_tcp", {})
+        if c.get("mode") == "connect":
+            return (f"the rig dialled the scope at {c.get('host', '?')}:{c.get('port', '?')} for its raw TCP frames "
+                    f"([acquisition.cloose_tcp] mode = \"connect\"): is the scope's sender listening there?")
         return (f"the rig listened on {c.get('host', '?')}:{c.get('port', '?')} for the scope's raw TCP frames "
                 f"([acquisition.cloose_tcp]): is the scope streaming to this PC and port?")
     if source == "zmq_stream":
@@ -50,6 +53,18 @@ def describe_source(acquisition: dict[str, Any]) -> str:
         how = "bound" if z.get("bind") else "connected to"
         return (f"the rig {how} {z.get('endpoint', '?')} (topic {z.get('topic', 'frame')!r}) for the frame stream "
                 f"([acquisition.zmq_stream]): is the publisher running, at that address, with that topic?")
+    if source == "scanbox_mmap":
+        path = acquisition.get("scanbox_mmap", {}).get("path", "?")
+        return (f"no frame appeared in Scanbox's memory-mapped file {path} ([acquisition.scanbox_mmap]): is Scanbox "
+                "imaging with memory-mapped sharing on, into that file?")
+    if source == "scanimage_tcp":
+        c = acquisition.get("scanimage_tcp", {})
+        return (f"no frame from ScanImage's user function on {c.get('host', '?')}:{c.get('port', '?')} "
+                "([acquisition.scanimage_tcp]): is bciRigStream enabled in ScanImage's User Functions and acquiring?")
+    if source == "prairieview":
+        c = acquisition.get("prairieview", {})
+        return (f"no raw samples from PrairieView ({c.get('transport', '?')} at {c.get('host', '?')}:"
+                f"{c.get('port', '?')}, [acquisition.prairieview]): is the relay running and the raw stream (-srd) on?")
     if source == "replay":
         return f"the replayed movie {acquisition.get('replay', {}).get('path', '?')} gave no frame"
     return f"the {source} source gave no frame"
