@@ -21,10 +21,12 @@ from typing import cast
 
 import numpy as np
 
+from acquisition.diagnose import BadRunWatch
 from acquisition.pipeline import FramePipeline
 from acquisition.rois import RoiSet, load_suite2p
 from acquisition.sources.base import EndOfStream, FrameSource
 from acquisition.sources.registry import FollowsEnsembles, HasGroundTruth, SourceRegistration, make_source, registration
+from acquisition.validate import FrameFlag
 from rig.core.bus import Subscriber
 from rig.core.clock import now_ns
 from rig.core.process import RigProcess
@@ -44,6 +46,8 @@ PREVIEW_INTERVAL_NS = 250_000_000  # 4 Hz is plenty for the eye
 STATUS_INTERVAL_NS = 1_000_000_000
 MOVIE_BUFFER_S = 2.0  # seconds of frames the movie writer holds while the disk is slow
 MOVIE_BUFFER_BYTES = 256 * 2**20
+#: a run of frames with these flags is diagnosed (acquisition.diagnose): a size, order or sign set wrong
+DIAGNOSED_FLAGS = int(FrameFlag.WRONG_SHAPE | FrameFlag.LOW_CORR)
 
 
 #: the ``TrialEvent.kind`` the decoder publishes when it applied new ensembles (``detail``: ``up``, ``down``)
@@ -121,6 +125,11 @@ class AcquisitionProcess(RigProcess):
         self._next_status = 0
         self._t_first = 0
         self._ended = False
+        self._bad_run = BadRunWatch()
+
+    def on_start(self) -> None:
+        """Frames are the session's from now on: a source that streamed before drained and counted them."""
+        self.source.start_keeping()
 
     def _save_reference(self) -> None:
         """Save the registration reference once it exists (given at start, or built from the first frames)."""
@@ -233,6 +242,11 @@ class AcquisitionProcess(RigProcess):
         self.records.commit()
         if frame.data.shape != self.pipeline.shape:
             self._wrong_shape(frame.number, frame.data.shape)
+        diagnosis = self._bad_run.observe(bool(flags & DIAGNOSED_FLAGS), frame.number, frame.t_ready_ns, frame.data,
+                                          self.pipeline.reference, shape=self.source.shape,
+                                          frame_rate_hz=self.source.frame_rate_hz, byte_stream=self.source.byte_stream)
+        if diagnosis is not None:
+            self.warn(f"bad_frames_{diagnosis.cause}", diagnosis.message)
         if self.config.session.save_frames:
             self._save_frame(frame.data)
         self.frames += 1

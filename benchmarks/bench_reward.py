@@ -44,9 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reward.calibration import ValveCalibration  # noqa: E402
 from reward.config import RewardConfig  # noqa: E402
-from reward.controller import DELIVERED, RewardController, RewardOutcome  # noqa: E402
+from reward.controller import RewardController  # noqa: E402
 from reward.emulator import run_emulator  # noqa: E402
 from reward.link import ValveLink  # noqa: E402
+from reward.outcome import DELIVERED, RewardOutcome  # noqa: E402
 from reward.transports import (  # noqa: E402
     WindowsLikeSocketSerial,
     windows_like_serial_for_url,

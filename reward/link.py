@@ -8,11 +8,9 @@ caller's poll timeout (except inside pyserial's own open/close, e.g. the socket 
 close) and never raises for link trouble: trouble becomes :class:`LinkEvent` items.
 
 Waiting for the board: a port with a file descriptor (POSIX serial devices, ``socket://``) is
-select()ed directly. A port without one (Windows COM ports) is read by a :class:`_PortReader` thread
-doing blocking reads, which queues what it reads and wakes the loop through a socketpair; the loop
-(or the reward process's zmq poller, via :meth:`ValveLink.fileno`) waits on that. Timed reads are
-never used: Windows ends every timed wait on its ~15.6 ms timer tick, which left replies unread for
-up to a tick, and pyserial's win32 backend reconfigures the port on every ``timeout`` change.
+select()ed directly. A port without one (Windows COM ports) is read by a reader thread
+(:mod:`reward.serial_reader`), and the loop (or the reward process's zmq poller, via
+:meth:`ValveLink.fileno`) waits on the socket it wakes. Timed reads are never used.
 
 What it does not do is decide anything about rewards: :class:`reward.controller.RewardController`
 sends the commands and reads the board's messages through :meth:`ValveLink.send` /
@@ -21,13 +19,9 @@ sends the commands and reads the board's messages through :meth:`ValveLink.send`
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import secrets
 import select
-import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +32,7 @@ import serial
 
 from reward import protocol as p
 from reward.config import RewardConfig
+from reward.serial_reader import READER_TIMEOUT_S, PortReader, ThreadedReads
 from rig.core.clock import now_ns
 
 # Link states (``ValveLink.state``) and the LinkEvent states announcing transitions.
@@ -47,12 +42,6 @@ RECONNECTING = "reconnecting"  # same, after a loss
 CONNECTED = "connected"
 LOST = "lost"  # event only: the link went down (serial error, silence, board reset, NOLINK)
 WATCHDOG_TRIPPED = "watchdog_tripped"  # event only: the board's heartbeat watchdog fired
-
-
-# The reader thread's read timeout, set once per open: it only bounds how long stopping the thread
-# takes where pyserial cannot cancel a blocked read (socket://); data ends a read at once.
-READER_TIMEOUT_S = 0.05
-READER_JOIN_S = 2.0  # how long closing the port waits for the reader before giving up on it (a daemon)
 
 
 class LinkEvent(msgspec.Struct, frozen=True):
@@ -77,78 +66,6 @@ class LinkDown(RuntimeError):
 
 class ProtocolMismatch(RuntimeError):
     """The board speaks another protocol version: a firmware/software mismatch, not a glitch."""
-
-
-class _PortReader:
-    """Blocking reads of a port that has no file descriptor, on a daemon thread.
-
-    Why a thread: without a descriptor the loop could only wait with timed reads, which Windows ends on
-    its timer tick. A blocked ``read`` returns as soon as a byte arrives. Each chunk is stamped with the
-    host clock right after the read, queued, and announced by one byte on ``wake`` (a socketpair the
-    loop selects on). A read error ends the thread and is queued after the data read before it, so the
-    loop reports the loss in order; any other exception is queued too and re-raised by the loop.
-    The thread is a daemon (it never keeps the process alive) and :meth:`stop` joins it.
-    """
-
-    def __init__(self, ser: serial.SerialBase, wake: socket.socket, clock: Callable[[], int], name: str) -> None:
-        self._ser = ser
-        self._wake = wake
-        self._clock = clock
-        self._queue: queue.SimpleQueue[tuple[int, bytes] | BaseException] = queue.SimpleQueue()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        ser = self._ser
-        try:
-            while not self._stopping.is_set():
-                data = ser.read(ser.in_waiting or 1)  # timeout set once at open: returns at the first byte
-                if data:
-                    waiting = ser.in_waiting  # the rest of the line, if it is already here
-                    if waiting:
-                        data += ser.read(waiting)
-                    self._queue.put((self._clock(), data))
-                    self._signal()
-        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which reports or re-raises it
-            self._queue.put(exc)
-            self._signal()
-
-    def _signal(self) -> None:
-        try:
-            self._wake.send(b"\0")
-        except BlockingIOError:
-            pass  # the pair is full of wake-ups already: the loop will wake
-        except OSError:
-            if not self._stopping.is_set():
-                raise
-
-    def empty(self) -> bool:
-        return self._queue.empty()
-
-    def take(self) -> list[tuple[int, bytes] | BaseException]:
-        """Everything queued so far, oldest first."""
-        items: list[tuple[int, bytes] | BaseException] = []
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                return items
-
-    def stop(self, timeout_s: float) -> str:
-        """Stop and join the thread before the port is closed under it; "" or what went wrong."""
-        self._stopping.set()
-        problem = ""
-        cancel = getattr(self._ser, "cancel_read", None)  # win32 and POSIX ports: the read returns now
-        if cancel is not None:
-            try:
-                cancel()
-            except (serial.SerialException, OSError) as exc:
-                problem = f"cancel_read failed: {exc}; "
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            problem += f"the reader thread did not stop within {timeout_s:g} s (it is a daemon)"
-        return problem
 
 
 class ValveLink:
@@ -201,8 +118,7 @@ class ValveLink:
         self._parser = p.BoardParser()
         self._ser: serial.SerialBase | None = None
         self._fileno: int | None = None
-        self._reader: _PortReader | None = None
-        self._wake: tuple[socket.socket, socket.socket] | None = None  # (loop end, reader end), while open
+        self._reads = ThreadedReads(clock, select_fn)  # for a port without a descriptor
         self.state = CLOSED
         self.board: p.HelloInfo | None = None
         self.link_id = link_id if link_id is not None else 1 + secrets.randbelow(p.MAX_U32)
@@ -265,10 +181,7 @@ class ValveLink:
         finally:
             self.state = CLOSED
             self._announce(CLOSED, "closed by the host")
-            if self._wake is not None:
-                for end in self._wake:
-                    end.close()
-                self._wake = None
+            self._reads.close()
 
     def next_seq(self) -> int:
         """A fresh sequence number (monotonic across reconnects, so a stale reply never matches)."""
@@ -387,13 +300,7 @@ class ValveLink:
                 self.last_error = f"cannot configure {self.url}: {exc}"
                 self._next_open_ns = now + self._reconnect_ns
                 return
-            if self._wake is None:
-                loop_end, reader_end = socket.socketpair()
-                loop_end.setblocking(False)
-                reader_end.setblocking(False)
-                self._wake = (loop_end, reader_end)
-            self._reader = _PortReader(ser, self._wake[1], self._clock, f"valve-reader {self.url}")
-            self._fileno = self._wake[0].fileno()
+            self._fileno = self._reads.start(ser, f"valve-reader {self.url}")
         self._parser.reset()
         self._handshake_started = now
         self._send_hello()
@@ -421,8 +328,8 @@ class ValveLink:
 
     def _read(self, wait_s: float) -> None:
         """Wait up to ``wait_s`` for bytes from the board and handle whatever arrived."""
-        if self._reader is not None:
-            self._take_from_reader(self._reader, wait_s)
+        if self._reads.reader is not None:
+            self._take_from_reader(self._reads.reader, wait_s)
             return
         ser = self._ser
         assert ser is not None and self._fileno is not None
@@ -438,22 +345,14 @@ class ValveLink:
         if data:
             self._feed(data, self._clock())
 
-    def _take_from_reader(self, reader: _PortReader, wait_s: float) -> None:
-        assert self._wake is not None
-        loop_end = self._wake[0]
-        if wait_s > 0 and reader.empty():
-            self._select([loop_end], [], [], wait_s)
-        # Drain the wake-ups before the queue: a chunk queued after this drain leaves a wake-up behind.
-        with contextlib.suppress(BlockingIOError):
-            while loop_end.recv(4096):
-                pass
-        for item in reader.take():
+    def _take_from_reader(self, reader: PortReader, wait_s: float) -> None:
+        for item in self._reads.wait(reader, wait_s):
             if isinstance(item, BaseException):
                 if isinstance(item, serial.SerialException | OSError):
                     self._lose(LOST, f"read from {self.url} failed: {item}", reopen=True)
                     return
                 raise item  # a bug, not link trouble: never swallowed
-            if self._reader is not reader:
+            if self._reads.reader is not reader:
                 return  # the port was closed meanwhile: what it still held is gone with it
             t_read, data = item
             if t_read <= self._last_write_ns:
@@ -552,17 +451,11 @@ class ValveLink:
     def _close_port(self) -> None:
         """Stop the reader (if any) before closing the port under it; re-raise a bug it hit."""
         ser, self._ser, self._fileno = self._ser, None, None
-        reader, self._reader = self._reader, None
+        problem, bug = self._reads.stop()  # unread bytes go with the port
         if ser is None:
             return
-        bug: BaseException | None = None
-        if reader is not None:
-            problem = reader.stop(READER_JOIN_S)
-            if problem:
-                self.last_error = f"closing {self.url}: {problem}"
-            # Unread bytes go with the port; a serial error now is the port going away, already handled.
-            bug = next((x for x in reader.take() if isinstance(x, BaseException)
-                        and not isinstance(x, serial.SerialException | OSError)), None)
+        if problem:
+            self.last_error = f"closing {self.url}: {problem}"
         try:
             ser.close()
         except (serial.SerialException, OSError) as exc:

@@ -7,7 +7,7 @@ failed or refused, with host and board stamps), licks, link changes, operator ov
 
 A ``reward_outcome`` line carries, besides the fields of ``rig.core.schema.RewardOutcome`` (``volume_ul`` is
 what was asked): ``dispensed_ul`` (what the valve dispensed, from the board-measured open time; see
-``reward.controller.RewardOutcome``), ``volume_kind`` ("reward" for decoder and manual rewards, "other" for
+``reward.outcome.RewardOutcome``), ``volume_kind`` ("reward" for decoder and manual rewards, "other" for
 test pulses and flushes), the session's running totals of what the valve dispensed, ``session_reward_ul`` and
 ``session_other_ul`` (the last line has the session's), ``reconciled``, ``override``, ``issued_by``,
 ``open_us``, ``seq``, ``attempts`` and ``board_nak``.
@@ -28,8 +28,9 @@ from typing import Any
 import zmq
 
 from reward.calibration import ValveCalibration
-from reward.controller import SOURCE_FLUSH, RewardController
+from reward.controller import RewardController
 from reward.link import ValveLink
+from reward.outcome import SOURCE_FLUSH
 from reward.transports import windows_timer_period
 from rig.core.bus import SpinWaiter
 from rig.core.clock import now_ns
@@ -131,9 +132,10 @@ class RewardProcess(RigProcess):
             }
             # What the valve dispensed, by kind, and how it is known: in the session record (the bus message
             # keeps the schema's fields).
+            budget = self.controller.budget
             accounting = {
                 "dispensed_ul": event.dispensed_ul, "volume_kind": event.volume_kind,
-                "session_reward_ul": self.controller.reward_ul, "session_other_ul": self.controller.other_ul,
+                "session_reward_ul": budget.reward_ul, "session_other_ul": budget.other_ul,
                 "reconciled": event.reconciled, "override": event.override, "issued_by": event.issued_by,
                 "open_us": event.open_us, "seq": event.seq, "attempts": event.attempts, "board_nak": event.board_nak,
             }
@@ -196,7 +198,7 @@ class RewardProcess(RigProcess):
     def heartbeat_stats(self) -> dict[str, float]:
         return {"delivered": float(self.delivered), "failed": float(self.failed),
                 "requests_lost": float(self.requests.gaps.gaps), "bad_messages": float(self.requests.bad_messages),
-                "reward_ul": self.controller.reward_ul, "other_ul": self.controller.other_ul}
+                "reward_ul": self.controller.budget.reward_ul, "other_ul": self.controller.budget.other_ul}
 
     def on_stop(self) -> None:
         controller = getattr(self, "controller", None)

@@ -57,6 +57,7 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 @pytest.mark.parametrize("allow", [["10.9.9.9"], ["127.0.0.1"]])
 def test_cloose_tcp_closes_connections_from_addresses_not_listed(allow):
     src = ClooseTcpSource("127.0.0.1", 0, LY, LX, allow=allow)
+    src.start_keeping()
     src.open()
     scope = socket.create_connection(("127.0.0.1", src.port))
     try:

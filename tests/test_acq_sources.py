@@ -182,7 +182,8 @@ def _read_frame(src, timeout_s: float = 5.0) -> Frame:
 
 
 def test_cloose_tcp_frames_reconnect_and_truncation(stack):
-    src = ClooseTcpSource("127.0.0.1", 0, LY, LX, frame_rate_hz=30.0)
+    src = ClooseTcpSource("127.0.0.1", 0, LY, LX, frame_rate_hz=30.0, replace_connections=True)
+    src.start_keeping()  # as the acquisition process does when the session runs (earlier frames are drained)
     src.open()
     try:
         assert src.link_state() == "waiting"
@@ -213,7 +214,7 @@ def test_cloose_tcp_frames_reconnect_and_truncation(stack):
         stats = src.stats()
         assert stats["reconnects"] == 1 and stats["bad_frames"] == 1 and stats["gap_s_total"] > 0
         assert "link_restored" in [c for c, _ in src.pop_warnings()]
-        # a second connection (restarted scope script) replaces the first
+        # a second connection (restarted scope script) replaces the first (with replace_connections)
         scope2 = socket.create_connection(("127.0.0.1", src.port))
         scope2.sendall(_column_major_bytes(stack[4]))
         f4 = _read_frame(src)

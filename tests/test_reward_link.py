@@ -15,9 +15,10 @@ from reward import protocol as p
 from reward.board_model import CAUSE_RESET, FirmwareEmulator
 from reward.calibration import ValveCalibration
 from reward.config import RewardConfig
-from reward.controller import DELIVERED, FAILED, REFUSED, BoardNotice, LickEvent, RewardController, RewardOutcome
+from reward.controller import RewardController
 from reward.emulator import EmulatorServer
 from reward.link import LinkEvent, ProtocolMismatch, ValveLink
+from reward.outcome import DELIVERED, FAILED, REFUSED, BoardNotice, LickEvent, RewardOutcome
 from reward.transports import windows_like_serial_for_url, windows_tick_select, windows_tick_sleep
 from rig.core.clock import now_ns
 
@@ -161,7 +162,7 @@ def test_reward_round_trip_with_host_and_board_stamps(board):
     [opened] = opens(server)
     assert (opened.seq, opened.command, opened.duration_us, opened.board_us) == (o.seq, "OPEN", 20_000, o.board_us_ack)
     assert not server.valve_is_open()
-    assert controller.delivered_ul == controller.committed_ul == 2.0
+    assert controller.budget.delivered_ul == controller.budget.committed_ul == 2.0
 
 
 def test_test_pulse_uses_the_test_command(board):
@@ -229,7 +230,8 @@ def test_no_ack_at_all_closes_the_valve_and_reports_what_it_dispensed(board):
     assert server.events()[-1].cause == p.CAUSE_CLOSE
     assert o.open_us == closes(server)[o.seq] and 0 < o.open_us < 1_500_000
     assert o.dispensed_ul == pytest.approx(o.open_us / 10_000)  # CAL: 10 ms per uL
-    assert controller.committed_ul == pytest.approx(o.dispensed_ul) and controller.reward_ul == o.dispensed_ul
+    assert controller.budget.committed_ul == pytest.approx(o.dispensed_ul)
+    assert controller.budget.reward_ul == o.dispensed_ul
 
 
 # ---------------------------------------------------------------- fail closed
@@ -275,7 +277,7 @@ def test_serial_loss_mid_pulse_is_reconciled_with_the_board_log_after_the_reconn
     controller.request("r2", 1.0, "decoder")
     assert outcomes(pump(controller, outcome_for("r2")))[0].status == DELIVERED
     assert controller.counts["link_losses"] == 1
-    assert controller.reward_ul == pytest.approx(o.dispensed_ul + 1.0)
+    assert controller.budget.reward_ul == pytest.approx(o.dispensed_ul + 1.0)
 
 
 def test_a_lost_done_is_reconciled_from_the_board_log_as_delivered(board):
@@ -288,7 +290,7 @@ def test_a_lost_done_is_reconciled_from_the_board_log_as_delivered(board):
     assert o.status == DELIVERED and o.reconciled and "no completion message" in o.reason
     assert o.open_us == 50_000 == closes(server)[o.seq]
     assert o.dispensed_ul == 5.0 and o.t_done > o.t_ack > 0
-    assert controller.delivered_ul == controller.reward_ul == controller.committed_ul == 5.0
+    assert controller.budget.delivered_ul == controller.budget.reward_ul == controller.budget.committed_ul == 5.0
     assert len(opens(server)) == 1  # asked about, never re-sent
 
 
@@ -303,7 +305,7 @@ def test_a_pulse_that_completes_while_the_link_is_down_is_counted_as_delivered(b
     events = pump(controller, outcome_for("r1"))
     [o] = outcomes(events)
     assert o.status == DELIVERED and o.reconciled and o.open_us == 20_000 and o.dispensed_ul == 2.0
-    assert controller.delivered_ul == 2.0
+    assert controller.budget.delivered_ul == 2.0
 
 
 def test_board_reset_is_a_link_loss_and_is_recovered(board):
@@ -385,8 +387,8 @@ def test_every_request_ends_in_exactly_one_outcome_under_random_faults(board, se
         assert o.dispensed_ul == pytest.approx(flowed.get(o.seq, 0) / 10_000), o
         if o.seq in flowed:
             assert o.open_us == flowed[o.seq], o
-    assert controller.reward_ul == pytest.approx(sum(flowed.values()) / 10_000)
-    assert controller.committed_ul == pytest.approx(controller.reward_ul)
+    assert controller.budget.reward_ul == pytest.approx(sum(flowed.values()) / 10_000)
+    assert controller.budget.committed_ul == pytest.approx(controller.budget.reward_ul)
 
 
 # ---------------------------------------------------------------- policy
@@ -436,10 +438,10 @@ def test_test_pulses_and_flushes_count_against_the_volume_cap_apart_from_rewards
     controller.request("r1", 1.0, "decoder")
     [r1] = outcomes(pump(controller, outcome_for("r1")))
     assert r1.status == DELIVERED and r1.volume_kind == "reward" and r1.dispensed_ul == 1.0
-    assert (controller.other_ul, controller.reward_ul, controller.committed_ul) == (4.0, 1.0, 5.0)
+    assert (controller.budget.other_ul, controller.budget.reward_ul, controller.budget.committed_ul) == (4.0, 1.0, 5.0)
     controller.pulse("f2", 20.0, "flush", override=True, issued_by="bench")
     [f2] = outcomes(pump(controller, outcome_for("f2")))
-    assert f2.status == DELIVERED and f2.override and controller.other_ul == 6.0  # counted, not capped
+    assert f2.status == DELIVERED and f2.override and controller.budget.other_ul == 6.0  # counted, not capped
     assert len(opens(server)) == 4
 
 
@@ -454,7 +456,7 @@ def test_the_board_duty_cycle_limit_refuses_whatever_the_host_allows(socket_boar
     assert (o.status, o.board_nak, o.dispensed_ul) == (REFUSED, p.NAK_DUTY, 0.0)
     assert "duty-cycle limit (at most 100 ms open per 5 s): 40.0 ms of open time left, 60 ms asked" in o.reason
     assert len(opens(server)) == 1
-    assert controller.other_ul == controller.committed_ul == 6.0  # the refused pulse is not counted
+    assert controller.budget.other_ul == controller.budget.committed_ul == 6.0  # the refused pulse is not counted
     controller.test_pulse("t3", 40.0)  # what is left still goes
     assert outcomes(pump(controller, outcome_for("t3")))[0].status == DELIVERED
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from reward.controller import DELIVERED, REFUSED, RewardController, RewardOutcome
+from reward.controller import RewardController
 from reward.emulator import EmulatorServer
 from reward.link import ValveLink
+from reward.outcome import DELIVERED, REFUSED, RewardOutcome
 from reward.process import RewardProcess
 from rig.core.schema import Control
 from rig.core.schema import RewardOutcome as BusOutcome

@@ -20,9 +20,11 @@ import pytest
 import zmq
 
 from reward import protocol as p
-from reward.controller import DELIVERED, RewardController
+from reward.controller import RewardController
 from reward.emulator import DeadlineWaiter, EmulatorServer
-from reward.link import READER_TIMEOUT_S, LinkEvent, Received, ValveLink
+from reward.link import LinkEvent, Received, ValveLink
+from reward.outcome import DELIVERED
+from reward.serial_reader import READER_TIMEOUT_S
 from reward.transports import (
     WindowsLikeSocketSerial,
     windows_like_serial_for_url,

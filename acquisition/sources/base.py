@@ -54,6 +54,9 @@ class FrameSource(abc.ABC):
     _shape: tuple[int, int] = (0, 0)
     _dtype: np.dtype = np.dtype(np.uint16)
     _rate: float = 0.0
+    #: frames are cut from a header-less byte stream by the configured size (raw TCP): the rate at which they
+    #: arrive tells the stream's real frame size (:mod:`acquisition.diagnose`)
+    byte_stream: ClassVar[bool] = False
     #: where ``frame_rate_hz`` comes from, for the session record (a replay may take it from the file)
     rate_source: str = "acquisition.frame_rate_hz"
 
@@ -88,6 +91,11 @@ class FrameSource(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> dict[str, float]:
         """Counters: at least ``frames`` and ``bad_frames``; sources with links add ``reconnects`` etc."""
+
+    def start_keeping(self) -> None:  # noqa: B027 - deliberately a no-op by default
+        """The session runs: frames from now on are the session's. A source whose scope may stream before that
+        (a TCP link accepted at start-up) drains and counts the earlier ones instead of leaving them queued.
+        May be called before :meth:`open` (a probe keeps every frame)."""
 
     def on_bus_message(self, msg: Any) -> None:  # noqa: B027 - deliberately a no-op by default
         """A reward outcome or decision the process relays, only to sources registered with ``hears_outcomes``

@@ -18,9 +18,11 @@ are counted (``frames_before_start``) and discarded; frame numbers count from th
 
 A dropped connection is not an error: the gap is recorded (``reconnects``, ``gap_s_total``,
 ``gap_frames_estimated``, a ``link_restored`` warning, AFTER_GAP on the next frame); a frame cut short is
-counted as truncated (bad). A second connection while one is live is refused (``replace_connections = true``:
-it replaces the first, a restarted scope script). Listening off loopback, ``allow`` lists the scope PCs;
-another address is closed at once. Every connect, refusal and drop is a warning, so an acquisition event.
+counted as truncated (bad). A second connection while one is live (data within :data:`STALE_AFTER_S`) is
+refused (``replace_connections = true``: it replaces the first, a restarted scope script); one that went silent
+is replaced (a rebooted scope PC leaves a dead connection that may never report its end). Listening off
+loopback, ``allow`` lists the scope PCs; another address is closed at once. Every connect, refusal and drop is
+a warning, so an acquisition event.
 """
 
 from __future__ import annotations
@@ -54,22 +56,29 @@ _POLL_S = 0.1
 #: connect mode: the first redial waits this long, doubling up to _RETRY_MAX_S
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
+#: a live connection silent this long no longer blocks a new one (a scope PC that rebooted leaves a dead
+#: connection that may never report its end)
+STALE_AFTER_S = 2.0
+#: the reader services its other sockets and its stop flag at least every this many frames of a flood
+_FRAMES_PER_POLL = 4
 MODES = ("listen", "connect")
 
 
 class ClooseTcpSource(FrameSource):
+    byte_stream = True
+
     @classmethod
     def from_config(cls, cfg: AcquisitionConfig, ctx: SourceContext) -> ClooseTcpSource:
         """The registry's factory: ``[acquisition.cloose_tcp]``."""
         c = cfg.cloose_tcp
         return cls(c.host, c.port, c.height_px, c.width_px, frame_rate_hz=cfg.frame_rate_hz, byte_order=c.byte_order,
-                   allow=c.allow, mode=c.mode, handshake_port=c.handshake_port or -1, handshake_frames=c.handshake_frames,
-                   invert=c.invert, replace_connections=c.replace_connections)
+                   allow=c.allow, mode=c.mode, handshake_port=c.handshake_port or -1,
+                   handshake_frames=c.handshake_frames, invert=c.invert, replace_connections=c.replace_connections)
 
     def __init__(self, host: str, port: int, height: int, width: int, *, frame_rate_hz: float = 30.0,
                  byte_order: str = "little", allow: Sequence[str] = (), mode: str = "listen",
                  handshake_port: int = -1, handshake_frames: int = 65535, invert: bool = False,
-                 replace_connections: bool = False) -> None:
+                 replace_connections: bool = False, stale_after_s: float = STALE_AFTER_S) -> None:
         """``allow``: the only peer IP addresses accepted (empty: any that can reach ``host``). ``handshake_port``:
         -1 none, 0 any free port (tests), else CLOOSE's frame-count port (its GUI uses 50000)."""
         super().__init__()
@@ -87,6 +96,8 @@ class ClooseTcpSource(FrameSource):
         self._handshake_bytes = struct.pack("<H", handshake_frames)
         self._invert = invert
         self._replace = replace_connections
+        self._stale_ns = int(stale_after_s * 1e9)
+        self._last_data_ns = 0
         self._shape = (int(height), int(width))
         self._wire_dtype = np.dtype("<u2" if byte_order == "little" else ">u2")
         self._rate = float(frame_rate_hz)
@@ -115,7 +126,7 @@ class ClooseTcpSource(FrameSource):
         self._dial_failures = 0
         self._counts = dict.fromkeys(("frames", "bad_frames", "truncated_frames", "connections", "reconnects",
                                       "gap_frames_estimated", "bytes", "refused_connections", "frames_before_start",
-                                      "frames_overwritten", "connect_failures", "handshakes"), 0)
+                                      "connect_failures", "handshakes"), 0)
         self._gap_ns_total = 0
 
     # ------------------------------------------------------------------ FrameSource
@@ -139,7 +150,11 @@ class ClooseTcpSource(FrameSource):
             self._listener = self._server(self.host, self._port, "listen")
         if self._handshake_port >= 0:
             host = self.host if self.mode == "listen" else ("127.0.0.1" if is_loopback(self.host) else "0.0.0.0")
-            self._handshake = self._server(host, self._handshake_port, "serve the frame-count handshake")
+            try:
+                self._handshake = self._server(host, self._handshake_port, "serve the frame-count handshake")
+            except OSError:
+                self.close()  # the data listener must not outlive a failed open
+                raise
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="cloose-tcp-reader", daemon=True)
         self._thread.start()
@@ -168,6 +183,7 @@ class ClooseTcpSource(FrameSource):
     def stats(self) -> dict[str, float]:
         out = {k: float(v) for k, v in self._counts.items()}
         out["gap_s_total"] = self._gap_ns_total / 1e9
+        out["frames_overwritten"] = float(self._ring.overwritten)
         return out
 
     def warn(self, code: str, message: str) -> None:
@@ -274,11 +290,13 @@ class ClooseTcpSource(FrameSource):
                                f"frames ([acquisition.cloose_tcp] allow)")
             return
         if self._conn is not None:
-            if not self._replace:
+            silent_ns = now_ns() - self._last_data_ns
+            if not self._replace and silent_ns < self._stale_ns:
                 self._refuse(conn, f"second connection from {addr[0]}:{addr[1]} refused: {self._peer} is streaming "
                                    f"(replace_connections = true lets a new connection replace it)")
                 return
-            self._drop_connection(f"replaced by a new connection from {addr[0]}:{addr[1]}", count_gap=False)
+            why = "replaced by" if self._replace else f"silent for {silent_ns / 1e9:.1f} s, replaced by"
+            self._drop_connection(f"{why} a new connection from {addr[0]}:{addr[1]}", count_gap=False)
         self._connected(conn, f"{addr[0]}:{addr[1]}", "scope connected from")
 
     def _dial(self) -> None:
@@ -302,6 +320,7 @@ class ClooseTcpSource(FrameSource):
         conn.setblocking(False)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF_BYTES)
         self._conn, self._peer = conn, peer
+        self._last_data_ns = now_ns()
         self._counts["connections"] += 1
         if not self._had_connection:
             self.warn("link_connected", f"cloose_tcp: {how} {peer}")
@@ -341,7 +360,8 @@ class ClooseTcpSource(FrameSource):
         conn = self._conn
         assert conn is not None
         ring = self._ring
-        while True:
+        budget = _FRAMES_PER_POLL * self._frame_bytes  # a flood must not starve accept, handshake and close()
+        while budget > 0:
             try:
                 n = conn.recv_into(ring.views[ring.filling][self._filled:], self._frame_bytes - self._filled)
             except (BlockingIOError, InterruptedError):
@@ -353,6 +373,8 @@ class ClooseTcpSource(FrameSource):
                 self._drop_connection("closed by the scope")
                 return
             self._counts["bytes"] += n
+            self._last_data_ns = now_ns()
+            budget -= n
             self._filled += n
             if self._filled == self._frame_bytes:
                 self._filled = 0
@@ -368,7 +390,6 @@ class ClooseTcpSource(FrameSource):
         self._counts["frames"] += 1
         if not self._ring.commit(number, now_ns(), flags):
             n = self._ring.overwritten
-            self._counts["frames_overwritten"] = n
             if n == 1 or n % _WARN_EVERY == 0:
                 self.warn("falling_behind", f"cloose_tcp: frames arrive faster than they are processed: the oldest "
                                             f"waiting frame was dropped ({n} so far; a gap in the frame numbers)")

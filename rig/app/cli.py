@@ -115,7 +115,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     checked = check_config(cfg, Path(args.config).resolve().parent, platform=sys.platform)
     findings = list(checked.findings)
     if args.probe:
-        from rig.app.probe import probe_findings, probe_line, probe_source  # noqa: PLC0415
+        from rig.app.probe import probe_findings, probe_line, probe_preview, probe_source  # noqa: PLC0415
 
         print(f"{args.config}: probing the scope link for up to {args.probe_s:g} s...", file=sys.stderr, flush=True)
         try:
@@ -124,6 +124,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             findings.append(_finding(f"acquisition.{cfg.acquisition.source}", f"cannot open the link: {exc}"))
         else:
             print(f"{args.config}: {probe_line(cfg, result)}", file=sys.stderr)
+            for line in probe_preview(result):
+                print(f"    |{line}|", file=sys.stderr)
             for warning in result.warnings:
                 print(f"{args.config}: probe: {warning}", file=sys.stderr)
             findings += probe_findings(cfg, checked, result, args.probe_s)

@@ -27,9 +27,10 @@ from reward import protocol as p
 from reward.board_model import FirmwareEmulator
 from reward.calibration import CalibrationError, CalibrationPoint, ValveCalibration, calibration_path, fit
 from reward.config import RewardConfig
-from reward.controller import DELIVERED, REFUSED, RewardController, RewardOutcome
+from reward.controller import RewardController
 from reward.emulator import EmulatorServer
 from reward.link import ValveLink
+from reward.outcome import DELIVERED, REFUSED, RewardOutcome
 from rig.core.clock import now_ns
 
 

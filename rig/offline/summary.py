@@ -56,6 +56,10 @@ def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -
     summary["frames_acquired"] = n_acq
     summary["frames_dropped"] = max(source_dropped, 0) + max(n_acq - n_dec, 0)
     summary["bad_frames"] = bad_frames
+    # frames a scope streamed before the session ran, drained and discarded (a TCP source's reader)
+    source_stats = acq_final[-1].get("source_stats") if acq_final else None
+    before = source_stats.get("frames_before_start", 0) if isinstance(source_stats, dict) else 0
+    summary["frames_before_start"] = int(before) if isinstance(before, (int, float)) else 0
 
     trial_events = read_checked_events(session_dir / "decoder" / "events.jsonl", {"trial"})
     summary["trials"] = sum(1 for e in trial_events if e.get("event") == "trial_start")
