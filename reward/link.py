@@ -73,8 +73,8 @@ class ValveLink:
 
     ``link_id`` (random unless given) goes in every HELLO: a board that still holds the pulse log of this id
     (it was not power-cycled and no other host linked meanwhile) says so, and :attr:`resumed` is True after
-    the handshake; :class:`reward.controller.RewardController` then asks the log about a pulse whose
-    completion it never read. A HELLO with another id clears the log, so a pulse of an earlier host (whose
+    the handshake; the reward controller then asks the log about a pulse whose completion it never read
+    (:mod:`reward.reconcile`). A HELLO with another id clears the log, so a pulse of an earlier host (whose
     sequence numbers this link may reuse) is never taken for one of this link's.
     """
 

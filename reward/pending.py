@@ -1,7 +1,8 @@
 """The one pulse in flight: what the reward controller knows about it while it is sent, runs, or is reconciled.
 
-Its own module because two modules work on it: :mod:`reward.controller` (sending, acknowledgement, DONE,
-timeouts) and :mod:`reward.reconcile` (asking the board's pulse log when its fate is unknown).
+Its own module because three modules work on it: :mod:`reward.controller` makes it, :mod:`reward.delivery`
+drives it (sending, acknowledgement, DONE, timeouts) and :mod:`reward.reconcile` reads the board's pulse log
+about it when its fate is unknown.
 """
 
 from __future__ import annotations

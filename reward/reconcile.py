@@ -6,9 +6,9 @@ deliver twice, and guessing could count water that never flowed. So the pulse is
 answer is the outcome (``reconciled``). Only when the log cannot be read (the board was power-cycled, or
 stays unreachable for ``reconcile_timeout_s``) is the volume unknown.
 
-Apart from :mod:`reward.controller` because it is its own protocol: the LOG query and its deadlines
+Apart from :mod:`reward.delivery` because it is its own protocol: the LOG query and its deadlines
 (:class:`Reconciler`), and what an entry of the log means for the pulse (:func:`read_log_entry`, no I/O).
-The controller turns the reading into the outcome.
+:class:`reward.delivery.PulseDelivery` turns the reading into the outcome.
 """
 
 from __future__ import annotations
