@@ -186,6 +186,12 @@ class FirmwareEmulator:
         out, self._out = self._out, []
         return out
 
+    def valve_close_due_us(self) -> int | None:
+        """When the open valve closes by itself (its pulse, the hard limit or the duty allowance), else None."""
+        if not self.valve_open:
+            return None
+        return self._opened_at + min(self._pulse_us, self.max_open_us, self._duty_allow_us)
+
     def next_deadline_us(self) -> int | None:
         """Earliest board time at which :meth:`step` has something to do without new input."""
         deadlines: list[int] = []
