@@ -26,7 +26,7 @@ from gui.labels import CodeNames
 from gui.rings import ColumnRing
 from gui.roles import RoleEdit
 from rig.core.codes import Mode
-from rig.core.operator import BaselineProgress, Calibration, Snapshot
+from rig.core.operator import BaselineProgress, Calibration, Snapshot, follow_protocol
 from rig.core.schema import (
     AcqStatus,
     CalibrationResult,
@@ -252,15 +252,8 @@ class ConsoleModel:
         if msg.kind.endswith("_failed") or "error" in msg.detail:
             # e.g. calibration_failed: the auto protocol stopped and waits for the operator.
             self.add_warning("warning", msg.sender or "decoder", msg.kind, str(msg.detail.get("error", msg.detail)))
-        if msg.kind == "baseline_start":
-            self.baseline = BaselineProgress(start_frame=msg.frame, frames=int(msg.detail.get("frames", 0)))
-            self.calibration_failure = ""
-        elif msg.kind in ("baseline_done", "baseline_loaded"):
-            self.baseline = None
-        elif msg.kind == "calibration_failed":
-            self.calibration_failure = str(msg.detail.get("error", "no reason given"))
-        elif msg.kind == "calibrated":
-            self.calibration_failure = ""
+        self.baseline, self.calibration_failure = follow_protocol(msg.kind, msg.frame, msg.detail, self.baseline,
+                                                                  self.calibration_failure)
 
     def _on_calibration(self, msg: CalibrationResult) -> None:
         # The same fields whether it arrives on the bus or in a snapshot (rig.core.operator.Calibration).

@@ -23,6 +23,7 @@ from rig.core.operator import (
     ProcessStatus,
     Snapshot,
     SnapshotWarning,
+    follow_protocol,
 )
 from rig.core.schema import CalibrationResult, LinkState, Message, RewardOutcome, RigWarning, TrialEvent
 from rig.offline.summary import REWARD_SOURCES
@@ -68,15 +69,8 @@ class SessionTally:
         if msg.kind == "ensembles":  # the decoder accepted new ensembles
             self.ensembles = Ensembles(up=[int(i) for i in msg.detail.get("up", [])],
                                        down=[int(i) for i in msg.detail.get("down", [])])
-        elif msg.kind == "baseline_start":
-            self.baseline = BaselineProgress(start_frame=msg.frame, frames=int(msg.detail.get("frames", 0)))
-            self.calibration_failure = ""
-        elif msg.kind in ("baseline_done", "baseline_loaded"):
-            self.baseline = None
-        elif msg.kind == "calibration_failed":
-            self.calibration_failure = str(msg.detail.get("error", "no reason given"))
-        elif msg.kind == "calibrated":
-            self.calibration_failure = ""
+        self.baseline, self.calibration_failure = follow_protocol(msg.kind, msg.frame, msg.detail, self.baseline,
+                                                                  self.calibration_failure)
 
     def _reward(self, msg: RewardOutcome) -> None:
         """Rewards for the mouse apart from test pulses and flushes, as ``summary.json`` counts them."""

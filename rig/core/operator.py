@@ -220,6 +220,24 @@ class BaselineProgress(msgspec.Struct, kw_only=True):
     frames: int
 
 
+def follow_protocol(kind: str, frame: int, detail: dict[str, Any], baseline: BaselineProgress | None,
+                    calibration_failure: str) -> tuple[BaselineProgress | None, str]:
+    """(the baseline being recorded, why the last calibration failed) after one decoder trial event.
+
+    One rule for the supervisor's snapshot and the console, so that a console joining late shows what one
+    that watched from the start shows: a new baseline or a calibration clears the failure.
+    """
+    if kind == "baseline_start":
+        return BaselineProgress(start_frame=frame, frames=int(detail.get("frames", 0))), ""
+    if kind in ("baseline_done", "baseline_loaded"):
+        return None, calibration_failure
+    if kind == "calibration_failed":
+        return baseline, str(detail.get("error", "no reason given"))
+    if kind == "calibrated":
+        return baseline, ""
+    return baseline, calibration_failure
+
+
 class SnapshotWarning(msgspec.Struct, kw_only=True):
     """A recent warning. ``code`` is "" for the supervisor's own (a lost process), which only snapshots carry;
     warnings with a code were also published on the bus."""
