@@ -290,17 +290,9 @@ def source_facts(cfg: RigConfig) -> tuple[tuple[int, int] | None, float, list[Fi
     """
     acq = cfg.acquisition
     rate = acq.frame_rate_hz
-    if acq.source == "sim":
-        return (acq.sim.height_px, acq.sim.width_px), rate, []
-    if acq.source == "cloose_tcp":
-        return (acq.cloose_tcp.height_px, acq.cloose_tcp.width_px), rate, []
-    if acq.source == "zmq_stream":
-        z = acq.zmq_stream
-        return ((z.height_px, z.width_px) if z.height_px else None), rate, []
-    if acq.source in ("scanbox_mmap", "scanimage_tcp", "prairieview"):
-        section = getattr(acq, acq.source)
-        return ((section.height_px, section.width_px) if section.height_px else None), rate, []
-    if acq.source == "replay" and Path(acq.replay.path).exists():
+    if acq.source == "replay":  # the one source whose size is in a file, not in its section
+        if not Path(acq.replay.path).exists():
+            return None, rate, []
         from acquisition.sources.registry import make_source  # noqa: PLC0415 - reads the movie's header
 
         try:
@@ -308,13 +300,15 @@ def source_facts(cfg: RigConfig) -> tuple[tuple[int, int] | None, float, list[Fi
         except (OSError, ValueError) as exc:
             return None, rate, [Finding("acquisition.replay.path", f"cannot read the movie: {exc}")]
         return source.shape, source.frame_rate_hz or rate, []
-    return None, rate, []
+    # Every other source's section is named after it and sets height_px x width_px (0 x 0: only the stream knows).
+    section = getattr(acq, acq.source, None)
+    height, width = getattr(section, "height_px", 0), getattr(section, "width_px", 0)
+    return ((height, width) if height and width else None), rate, []
 
 
-#: The key that sets the frame size of each source (for messages).
-SIZE_KEYS = {"sim": "acquisition.sim", "cloose_tcp": "acquisition.cloose_tcp", "zmq_stream": "acquisition.zmq_stream",
-             "replay": "acquisition.replay.path", "scanbox_mmap": "acquisition.scanbox_mmap",
-             "scanimage_tcp": "acquisition.scanimage_tcp", "prairieview": "acquisition.prairieview"}
+def _size_key(source: str) -> str:
+    """The config key that sets the frame size of ``source`` (for messages)."""
+    return "acquisition.replay.path" if source == "replay" else f"acquisition.{source}"
 
 
 def frame_size_findings(cfg: RigConfig, rois: RoiFacts, size: tuple[int, int] | None) -> list[Finding]:
@@ -325,7 +319,7 @@ def frame_size_findings(cfg: RigConfig, rois: RoiFacts, size: tuple[int, int] | 
     what = "the movie's frames are" if source == "replay" else "the source is set to deliver"
     fix = ("replay the movie of this field of view" if source == "replay" else
            f"set height_px = {rois.height} and width_px = {rois.width}")
-    key = SIZE_KEYS.get(source, "acquisition")
+    key = _size_key(source)
     if source != "replay":
         key += ".height_px" if size[0] != rois.height else ".width_px"
     return [Finding(key, f"{what} {size[0]}x{size[1]} pixels (height x width), but the ROIs ({rois.origin}) are for "
