@@ -16,14 +16,17 @@ bci-rig: real-time closed-loop BCI for two-photon rigs.
 Typical morning:
   rig check hardware_configs/my_scope.toml      validate the rig description
   rig valve pulse hardware_configs/my_scope.toml one test drop: is the line primed?
-  rig run hardware_configs/my_scope.toml         run the session with the console
+  rig check --probe hardware_configs/my_scope.toml   is the scope link up? frames/s, size, a preview
+  rig run hardware_configs/my_scope.toml         run the session with the console (it asks for the mouse ID)
 After the session (SESSION is the folder rig run printed):
+  rig console SESSION                            review it: click any ROI for its F, dF/F and trial events
   rig report SESSION                             one-page HTML report with plots
   rig replay SESSION                             re-decide every frame offline and compare
   rig export SESSION --nwb session.nwb           NWB for sharing and analysis
 Try everything without a microscope:
   rig run hardware_configs/sim.toml --headless --duration 60
   rig bench                                      how fast is this PC?
+A console on another PC, or a bus off this PC: rig keys --help and docs/SECURITY.md.
 """
 
 #: Packages that add their own subcommands with ``register_cli(subparsers)``.
