@@ -181,7 +181,7 @@ def _cmd_console(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     console = subparsers.add_parser(
-        "console", help="open the operator console on a running rig (also from another machine), or review a finished session",
+        "console", help="open the console on a running rig (also from another PC), or review a finished session",
         description="Attach the console to a rig that is already running. Without --connect, the command "
                     "endpoint is read from the newest unfinished session.json under --sessions-dir. From "
                     "another machine give --connect tcp://RIG-PC:PORT (the rig's bus.host must then be an "
