@@ -32,17 +32,28 @@ class RoiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Online rigid registration (see docs/REGISTRATION.md). Defaults are suite2p's."""
+    """Online rigid registration (see docs/REGISTRATION.md for why these differ from suite2p's defaults)."""
 
     enabled: bool = True
     ref_path: str = ""  # .npy/.tif reference image; empty: refImg from the suite2p folder, else built live
     reference_frames: int = 300  # frames collected to build a reference when none is given
     maxregshift: float = 0.1  # max shift, fraction of min(height, width)
-    smooth_sigma: float = 1.15  # Gaussian smoothing of the phase correlation, pixels
+    smooth_sigma: float = 1.3  # Gaussian smoothing of the phase correlation, pixels (suite2p: 1.15)
+    whitening: str = "matched"  # "matched": reference half-whitened, frame not; "phase": suite2p's phase corr
     spatial_taper: float = 3.45  # slope of the sigmoid edge taper, pixels
-    min_corr: float = 0.05  # peak phase correlation (1 = identical to reference) below this: LOW_CORR
-    norm_frames: bool = True  # clip to the reference's 1st-99th percentile before correlating
-    bin_factor: int = 0  # 0: automatic (4 for frames >= 512 px, 2 for >= 256 px, else 1)
+    min_corr: float = 0.05  # absolute floor: peak phase correlation (1 = identical to reference) below it: LOW_CORR
+    quality_frames: int = 100  # first registered frames that set the session's own corr distribution
+    quality_z: float = 5.0  # LOW_CORR also when corr's robust z-score against those frames is below -quality_z
+    norm_frames: bool = False  # suite2p's clip to the reference's 1-99th percentile: wrong on another scale
+    bin_factor: int = 0  # coarse stage: 0 automatic (4 for frames >= 512 px, 2 for >= 384 px, else 1)
+    fine_size: int = 0  # full-resolution crop refining a binned estimate; 0: automatic (<= 384 px), -1: none
+    # a given reference (ref_path or the suite2p refImg) replaced by an aligned average of the first good frames
+    # registered against it, in its coordinates: "auto" when it looks motion-blurred (blur ratio below
+    # refine_blur_ratio) or noisy (refine_agree_px), "always", or "never" (acquisition/reg_refine.py)
+    refine_reference: str = "auto"
+    refine_frames: int = 60  # good frames averaged for the refined reference
+    refine_blur_ratio: float = 0.9  # auto: refine when the reference keeps less of the detail than this
+    refine_agree_px: float = 0.1  # ... or when shifts against it and against the frames' average differ more (RMS)
 
     def __post_init__(self) -> None:
         if self.reference_frames < 2:
@@ -57,6 +68,22 @@ class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
             raise ValueError("`min_corr`: must be within [0, 1)")
         if self.bin_factor not in (0, 1, 2, 4):
             raise ValueError("`bin_factor`: must be 0 (automatic), 1, 2 or 4")
+        if self.whitening not in ("matched", "phase"):
+            raise ValueError(f"`whitening`: must be 'matched' or 'phase', not {self.whitening!r}")
+        if self.fine_size not in (0, -1) and self.fine_size < 32:
+            raise ValueError("`fine_size`: must be 0 (automatic), -1 (none) or >= 32")
+        if self.quality_frames < 10:
+            raise ValueError("`quality_frames`: must be >= 10")
+        if not self.quality_z > 0:
+            raise ValueError("`quality_z`: must be > 0")
+        if self.refine_reference not in ("auto", "always", "never"):
+            raise ValueError(f"`refine_reference`: must be 'auto', 'always' or 'never', not {self.refine_reference!r}")
+        if self.refine_frames < 10:
+            raise ValueError("`refine_frames`: must be >= 10")
+        if not 0 < self.refine_blur_ratio <= 1:
+            raise ValueError("`refine_blur_ratio`: must be within (0, 1]")
+        if not self.refine_agree_px > 0:
+            raise ValueError("`refine_agree_px`: must be > 0")
 
 
 class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -66,13 +93,16 @@ class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     min_neuropil_pixels: int = 350
     allow_overlap: bool = False
     lam_percentile: float = 50.0
-    subpixel: bool = False  # bilinear mask shift (4x the cost) instead of the nearest pixel
+    subpixel: bool = True  # cell masks read bilinearly at the subpixel shift; false: nearest pixel (suite2p)
+    mask_sigma: float = 0.0  # Gaussian spread of cell mask weights, pixels (0: suite2p's masks as they are)
 
     def __post_init__(self) -> None:
         if self.inner_neuropil_radius < 0:
             raise ValueError("`inner_neuropil_radius`: must be >= 0")
         if self.min_neuropil_pixels < 0:
             raise ValueError("`min_neuropil_pixels`: must be >= 0")
+        if not self.mask_sigma >= 0:
+            raise ValueError("`mask_sigma`: must be >= 0")
         if not 0 <= self.lam_percentile < 100:
             raise ValueError("`lam_percentile`: must be within [0, 100)")
 
@@ -256,9 +286,28 @@ class PrairieViewConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             raise ValueError("`max_queued_frames`: must be >= 1")
 
 
+class ZTrackConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Live z-tracking against a z-stack (acquisition.ztrack; docs/ZTRACKING.md). Off while ``stack_path`` is empty."""
+
+    stack_path: str = ""  # multi-page TIFF centred on the imaging plane
+    step_um: float = 0.0  # plane step; 0 = the TIFF's ImageJ spacing
+    every: int = 1  # estimate every Nth frame
+    window: int = 10  # running mean of this many registered frames
+    warn_um: float = 3.0  # warn when |z| exceeds this
+    min_corr: float = 0.5  # the stack must match the reference at least this well
+
+    def __post_init__(self) -> None:
+        if self.step_um < 0 or not self.warn_um > 0 or not 0 < self.min_corr < 1:
+            raise ValueError(f"`step_um` >= 0, `warn_um` > 0 and 0 < `min_corr` < 1 are needed (got {self.step_um}, "
+                             f"{self.warn_um}, {self.min_corr})")
+        if self.every < 1 or self.window < 1:
+            raise ValueError(f"`every` and `window` must be >= 1 (got {self.every}, {self.window})")
+
+
 class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     source: str = "sim"  # a name in acquisition.sources.registry: sim | replay | cloose_tcp | zmq_stream
     frame_rate_hz: float = 30.0
+    pixel_size_um: float = 0.0  # field-of-view pixel size; 0 = not given (rig align's stage move, z-stack check)
     rois: RoiConfig = msgspec.field(default_factory=RoiConfig)
     registration: RegistrationConfig = msgspec.field(default_factory=RegistrationConfig)
     extraction: ExtractionConfig = msgspec.field(default_factory=ExtractionConfig)
@@ -270,9 +319,12 @@ class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     scanimage_tcp: ScanImageTcpConfig = msgspec.field(default_factory=ScanImageTcpConfig)
     prairieview: PrairieViewConfig = msgspec.field(default_factory=PrairieViewConfig)
     sim: SimConfig = msgspec.field(default_factory=SimConfig)
+    ztrack: ZTrackConfig = msgspec.field(default_factory=ZTrackConfig)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCE_NAMES:
             raise ValueError(f"`source`: must be one of {', '.join(SOURCE_NAMES)} (got {self.source!r})")
         if not self.frame_rate_hz > 0:
             raise ValueError("`frame_rate_hz`: must be > 0")
+        if not self.pixel_size_um >= 0:
+            raise ValueError(f"`pixel_size_um`: must be >= 0, 0 meaning not given (got {self.pixel_size_um})")

@@ -13,9 +13,13 @@ Motion: we shift the masks, not the frame. With the shift convention of :mod:`ac
 (content of the frame displaced by +(dy, dx)), mask pixel (y, x) is read at (y + dy, x + dx). Shifting
 masks costs nothing per frame: the frame is copied once into a zero-padded float32 buffer and a rigid shift
 is a constant offset into its flat index space, so one sparse product over a *slice* of that buffer gives
-F and Fneu for every ROI. The shift is rounded to the nearest pixel (as suite2p applies rigid shifts);
-``subpixel=True`` reads bilinearly instead (four products). Pixels shifted outside the frame are left out of
-the mean (the weights are renormalised); an ROI wholly outside reads NaN.
+F and Fneu for every ROI. By default (``subpixel=True``) cell masks are read bilinearly at the subpixel
+shift (four products over the cell rows only: a cell is a few pixels across, and rounding the shift to the
+nearest pixel loses correlation with the true fluorescence at real noise levels) while neuropil masks, plain
+means over hundreds of pixels, are read at the nearest pixel; ``subpixel=False`` rounds both (suite2p's
+rigid way). ``mask_sigma`` > 0 spreads each cell's weights with a Gaussian of that many pixels (built once,
+then renormalised to sum 1). Pixels shifted outside the frame are left out of the mean (the weights are
+renormalised); an ROI wholly outside reads NaN.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.ndimage import binary_dilation, percentile_filter
+from scipy.ndimage import binary_dilation, gaussian_filter, percentile_filter
 
 # the C++ kernel behind ``csr_matrix @ vector``, called directly: it adds A @ x into a preallocated output
 # instead of allocating a result per frame (tests/test_acq_extraction.py checks it against ``@``)
@@ -69,6 +73,23 @@ def cell_mask(stat: dict, Ly: int, Lx: int, allow_overlap: bool = False) -> tupl
     idx = ypix * Lx + xpix
     total = lam.sum()
     return idx, (lam / total if lam.size and total > 0 else np.zeros(0))
+
+
+def smooth_cell_mask(idx: np.ndarray, w: np.ndarray, Ly: int, Lx: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, w) spread by a Gaussian of ``sigma`` pixels (cut at 1e-3 of the peak weight), summing to 1."""
+    if sigma <= 0 or idx.size == 0:
+        return idx, w
+    ys, xs = np.divmod(idx, Lx)
+    r = int(math.ceil(3 * sigma)) + 1
+    y0, x0 = max(int(ys.min()) - r, 0), max(int(xs.min()) - r, 0)
+    y1, x1 = min(int(ys.max()) + r + 1, Ly), min(int(xs.max()) + r + 1, Lx)
+    box = np.zeros((y1 - y0, x1 - x0))
+    box[ys - y0, xs - x0] = w
+    box = gaussian_filter(box, sigma, mode="constant")
+    box[box < 1e-3 * box.max()] = 0.0
+    my, mx = np.nonzero(box)
+    vals = box[my, mx]
+    return (my + y0) * Lx + (mx + x0), vals / vals.sum()
 
 
 def neuropil_mask(stat: dict, valid: np.ndarray, valid_sat: np.ndarray, inner_neuropil_radius: int = 2,
@@ -120,12 +141,14 @@ class Extractor:
     """
 
     def __init__(self, roi_set: RoiSet, inner_neuropil_radius: int = 2, min_neuropil_pixels: int = 350,
-                 allow_overlap: bool = False, *, lam_percentile: float = 50.0, subpixel: bool = False,
-                 max_shift_px: int | None = None) -> None:
+                 allow_overlap: bool = False, *, lam_percentile: float = 50.0, subpixel: bool = True,
+                 mask_sigma: float = 0.0, max_shift_px: int | None = None) -> None:
         if inner_neuropil_radius < 0:
             raise ValueError("`inner_neuropil_radius`: must be >= 0")
         if min_neuropil_pixels < 0:
             raise ValueError("`min_neuropil_pixels`: must be >= 0")
+        if not mask_sigma >= 0:
+            raise ValueError("`mask_sigma`: must be >= 0")
         Ly, Lx = roi_set.Ly, roi_set.Lx
         self.Ly, self.Lx = Ly, Lx
         self.n_rois = n = roi_set.n_rois
@@ -153,7 +176,7 @@ class Extractor:
         self.npix_neuropil = np.zeros(n, np.int64)
         bbox = np.zeros((n, 4), np.int64)  # ymin, ymax, xmin, xmax over cell + neuropil pixels
         for i, stat in enumerate(roi_set.stat):
-            idx, w = cell_mask(stat, Ly, Lx, allow_overlap)
+            idx, w = smooth_cell_mask(*cell_mask(stat, Ly, Lx, allow_overlap), Ly, Lx, mask_sigma)
             nidx = neuropil_mask(stat, valid, valid_sat, inner_neuropil_radius, min_neuropil_pixels)
             self.npix_cell[i], self.npix_neuropil[i] = idx.size, nidx.size
             rows += [np.full(idx.size, i), np.full(nidx.size, n + i)]
@@ -170,6 +193,8 @@ class Extractor:
         padded_col = ys * Wp + xs  # flat index in the padded buffer, relative to frame pixel (0, 0)
         self._matrix = sp.csr_matrix((val.astype(np.float32), (row, padded_col)), shape=(2 * n, self._ncols))
         self._matrix.sum_duplicates()
+        self._cells = self._matrix[:n]  # row slices: the bilinear path reads cell rows at four offsets
+        self._neuropil = self._matrix[n:]
         self._bbox = bbox
         # extent of all masks: a shift that keeps it inside the frame needs no renormalisation
         used = bbox[(self.npix_cell + self.npix_neuropil) > 0]
@@ -200,16 +225,34 @@ class Extractor:
         ys, xs = np.divmod(m.indices[lo:hi], self.Wp)
         return ys * self.Lx + xs, m.data[lo:hi].copy()
 
-    def _product(self, vector: np.ndarray, iy: int, ix: int, out: np.ndarray | None = None) -> np.ndarray:
+    def _product(self, vector: np.ndarray, iy: int, ix: int, out: np.ndarray | None = None,
+                 matrix: sp.csr_matrix | None = None) -> np.ndarray:
         """Mask weights times ``vector`` read at integer shift (iy, ix), written into ``out`` (new if None)."""
         start = self._origin + iy * self.Wp + ix
-        m = self._matrix
+        m = self._matrix if matrix is None else matrix
         if out is None:
             out = np.zeros(m.shape[0], np.float32)
         else:
             out.fill(0.0)
         _csr_matvec(m.shape[0], m.shape[1], m.indptr, m.indices, m.data, vector[start:start + self._ncols], out)
         return out
+
+    @staticmethod
+    def _corners(dy: float, dx: float) -> tuple[int, int, tuple[tuple[int, int, float], ...]]:
+        iy, ix = math.floor(dy), math.floor(dx)
+        fy, fx = dy - iy, dx - ix
+        return iy, ix, ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 1, fy * fx))
+
+    def _bilinear_cells(self, vector: np.ndarray, dy: float, dx: float, out: np.ndarray) -> None:
+        """Cell rows of ``vector`` read bilinearly at (dy, dx), into ``out`` (n_rois)."""
+        iy, ix, corners = self._corners(dy, dx)
+        out.fill(0.0)
+        term = self._term[: self.n_rois]
+        for oy, ox, w in corners:
+            if w > 1e-6:
+                self._product(vector, iy + oy, ix + ox, term, self._cells)
+                term *= np.float32(w)
+                out += term
 
     def extract(self, frame: np.ndarray, dy: float, dx: float, out_F: np.ndarray, out_Fneu: np.ndarray) -> None:
         """Write F and Fneu (float32, n_rois each) of ``frame`` whose content is displaced by (dy, dx)."""
@@ -223,22 +266,15 @@ class Extractor:
         dx = min(max(dx, -lim), lim)
         n = self.n_rois
         out = self._out
+        ry, rx = round(dy), round(dx)
         if self.subpixel:
             iy, ix = math.floor(dy), math.floor(dx)
-            fy, fx = dy - iy, dx - ix
-            out.fill(0.0)
-            term = self._term
-            corners = ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 1, fy * fx))
-            for oy, ox, w in corners:
-                if w > 1e-6:
-                    self._product(self._flat, iy + oy, ix + ox, term)
-                    term *= np.float32(w)
-                    out += term
-            edge_shift = (iy, ix, iy + 1, ix + 1)
+            self._bilinear_cells(self._flat, dy, dx, out[:n])
+            self._product(self._flat, ry, rx, out[n:], self._neuropil)
+            edge_shift = (min(iy, ry), min(ix, rx), max(iy + 1, ry), max(ix + 1, rx))
         else:
-            iy, ix = round(dy), round(dx)
-            self._product(self._flat, iy, ix, out)
-            edge_shift = (iy, ix, iy, ix)
+            self._product(self._flat, ry, rx, out)
+            edge_shift = (ry, rx, ry, rx)
         if self._leaves_frame(*edge_shift):
             self._renormalise(out, dy, dx)
         if self._nan_rows.size:
@@ -264,19 +300,17 @@ class Extractor:
 
     def _renormalise(self, out: np.ndarray, dy: float, dx: float) -> None:
         """Divide by the in-frame share of each mask's weight; NaN where nothing is left in the frame."""
-        if self.subpixel:
-            iy, ix = math.floor(dy), math.floor(dx)
-            fy, fx = dy - iy, dx - ix
-            weight = self._weight
-            weight.fill(0.0)
-            term = self._term
-            for oy, ox, w in ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)), (0, 1, (1 - fy) * fx),
-                              (1, 1, fy * fx)):
+        n = self.n_rois
+        weight = self._weight
+        np.copyto(weight, self._inside_weight(round(dy), round(dx)))
+        if self.subpixel:  # cell rows were read bilinearly: their in-frame share is bilinear too
+            iy, ix, corners = self._corners(dy, dx)
+            weight[:n] = 0.0
+            term = self._term[:n]
+            for oy, ox, w in corners:
                 if w > 1e-6:
-                    np.multiply(self._inside_weight(iy + oy, ix + ox), np.float32(w), out=term)
-                    weight += term
-        else:
-            weight = self._inside_weight(round(dy), round(dx))
+                    np.multiply(self._inside_weight(iy + oy, ix + ox)[:n], np.float32(w), out=term)
+                    weight[:n] += term
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(out, weight, out=out)
         np.less(weight, 1e-6, out=self._no_weight)

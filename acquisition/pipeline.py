@@ -10,6 +10,14 @@ blocking call, so results are reproducible; with ``background_reference=True`` (
 which must keep sending heartbeats) it runs in a background thread (numpy/scipy release the GIL) while frames
 go on being extracted unshifted with NOT_REGISTERED, and the finished reference is installed on the calling
 thread at the start of a later :meth:`FramePipeline.process` call.
+
+A *given* reference (``reference``, ``registration.ref_path`` or the suite2p ``refImg``) may be a plain mean
+of frames taken while the field moved, and motion-blurred: with ``registration.refine_reference`` "auto" or
+"always" the first ``refine_frames`` good frames registered against it are averaged aligned, in its
+coordinates (acquisition.reg_refine), the same way (blocking offline, in the background live) while frames go
+on being registered against the given one; "auto" switches only when the given one looks blurred. The frame
+index of the switch and both references are kept (:attr:`FramePipeline.reference_switch_frame`,
+:attr:`FramePipeline.reference_original`, :meth:`FramePipeline.pop_reference_events`).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import numpy as np
 
 from acquisition.config import AcquisitionConfig, ExtractionConfig, RegistrationConfig, ValidationConfig
 from acquisition.extraction import Extractor
+from acquisition.reg_refine import RefinedReference, refine_reference
 from acquisition.registration import RigidRegistrar, build_reference, compile_kernels
 from acquisition.rois import RoiSet
 from acquisition.sources.base import Frame
@@ -106,6 +115,41 @@ class _ReferenceBuild:
             self.error = exc
 
 
+class _Refinement:
+    """A given reference being refined from the first good frames (acquisition.reg_refine), blocking or not."""
+
+    def __init__(self, original: np.ndarray, frames: list[np.ndarray], cfg: RegistrationConfig,
+                 shape: tuple[int, int], background: bool) -> None:
+        self.n_frames = len(frames)
+        self.result: RefinedReference | None = None
+        self.registrar: RigidRegistrar | None = None
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        if background:
+            self.thread = threading.Thread(target=self._run, args=(original, frames, cfg, shape),
+                                           name="reference-refine", daemon=True)
+            self.thread.start()
+        else:
+            self._run(original, frames, cfg, shape)
+
+    @property
+    def done(self) -> bool:
+        return self.thread is None or not self.thread.is_alive()
+
+    def _run(self, original: np.ndarray, frames: list[np.ndarray], cfg: RegistrationConfig,
+             shape: tuple[int, int]) -> None:
+        try:
+            keep = cfg.refine_blur_ratio if cfg.refine_reference == "auto" else None  # auto: stop early if sharp
+            result = refine_reference(original, frames, lambda image: _make_registrar(image, cfg, shape),
+                                      keep_sharp=keep, keep_agree_px=cfg.refine_agree_px)
+            if (cfg.refine_reference == "always" or result.blur_ratio < cfg.refine_blur_ratio
+                    or result.disagreement_px > cfg.refine_agree_px):
+                self.registrar = _make_registrar(result.image, cfg, shape)
+            self.result = result
+        except Exception as exc:  # noqa: BLE001 - handed to the pipeline's thread, which raises it
+            self.error = exc
+
+
 def _build_reference_image(frames: list[np.ndarray], cfg: RegistrationConfig) -> np.ndarray:
     return build_reference(np.stack(frames), maxregshift=cfg.maxregshift, smooth_sigma=cfg.smooth_sigma,
                            spatial_taper=cfg.spatial_taper)
@@ -115,7 +159,9 @@ def _make_registrar(reference: np.ndarray, cfg: RegistrationConfig, shape: tuple
     if reference.shape != shape:
         raise ValueError(f"reference shape {reference.shape} differs from the ROI set's frame {shape}")
     return RigidRegistrar(reference, cfg.maxregshift, cfg.smooth_sigma, cfg.spatial_taper, cfg.min_corr,
-                          bin_factor=cfg.bin_factor or None, norm_frames=cfg.norm_frames)
+                          bin_factor=cfg.bin_factor or None, norm_frames=cfg.norm_frames,
+                          fine_size=None if cfg.fine_size == 0 else max(cfg.fine_size, 0), whitening=cfg.whitening,
+                          quality_frames=cfg.quality_frames, quality_z=cfg.quality_z)
 
 
 class FramePipeline:
@@ -143,7 +189,7 @@ class FramePipeline:
         max_shift = int(min(round(self.reg_cfg.maxregshift * min(self.shape)), min(self.shape) // 2))
         self.extractor = Extractor(roi_set, ext.inner_neuropil_radius, ext.min_neuropil_pixels, ext.allow_overlap,
                                    lam_percentile=ext.lam_percentile, subpixel=ext.subpixel,
-                                   max_shift_px=max_shift)
+                                   mask_sigma=ext.mask_sigma, max_shift_px=max_shift)
         self.n_rois = roi_set.n_rois
         self.result = PipelineResult(F=np.full(self.n_rois, np.nan, np.float32),
                                      Fneu=np.full(self.n_rois, np.nan, np.float32))
@@ -151,6 +197,12 @@ class FramePipeline:
         self._warmup: list[np.ndarray] = []
         self.background_reference = background_reference
         self._build: _ReferenceBuild | None = None
+        self._refine_frames: list[np.ndarray] | None = None  # good frames kept while a refinement is pending
+        self._refinement: _Refinement | None = None
+        self.reference_original: np.ndarray | None = None  # the given reference, when it was refined
+        self.refinement: RefinedReference | None = None
+        self.reference_switch_frame: int | None = None  # first frame registered against the refined reference
+        self._reference_events: list[dict[str, Any]] = []
         self.frames = 0
         self.flag_counts: dict[str, int] = {f.name: 0 for f in FrameFlag if f and f.name}
         self.flagged_frames = 0
@@ -185,10 +237,69 @@ class FramePipeline:
         """True while a background reference build is under way (or finished but not yet installed)."""
         return self._build is not None
 
-    def set_reference(self, reference: np.ndarray) -> None:
-        """Register against ``reference`` from now on (a background build still running is discarded)."""
+    def set_reference(self, reference: np.ndarray, *, refine: bool = True) -> None:
+        """Register against ``reference`` from now on (a background build still running is discarded); with
+        ``refine`` and ``registration.refine_reference`` not "never", refine it from the next good frames."""
         reference = np.asarray(reference, dtype=np.float32)
         self._install(reference, _make_registrar(reference, self.reg_cfg, self.shape))
+        self._refinement = None
+        self._refine_frames = [] if refine and self.reg_cfg.refine_reference != "never" else None
+
+    def pop_reference_events(self) -> list[dict[str, Any]]:
+        """What happened to the reference since the last call (for the session's events): refinement
+        finished, switched or kept the given reference, with the frame index and the numbers."""
+        events, self._reference_events = self._reference_events, []
+        return events
+
+    def _keep_for_refinement(self, data: np.ndarray) -> None:
+        frames = self._refine_frames
+        assert frames is not None and self._reference is not None
+        frames.append(np.array(data))  # a copy: the source may reuse its buffer
+        if len(frames) >= self.reg_cfg.refine_frames:
+            self._refine_frames = None
+            self._refinement = _Refinement(self._reference, frames, self.reg_cfg, self.shape,
+                                           self.background_reference)  # installed by the next process()
+
+    def _finish_refinement(self) -> None:
+        """Switch to the refined reference once it is ready (or record why not); raise what the refinement raised."""
+        job = self._refinement
+        if job is None or not job.done:
+            return
+        if job.thread is not None:
+            job.thread.join()
+        self._refinement = None
+        if job.error is not None:
+            raise RuntimeError(f"refining the registration reference from {job.n_frames} frames failed: "
+                               f"{job.error}") from job.error
+        result = job.result
+        assert result is not None
+        self.refinement = result
+        info: dict[str, Any] = {"frame": self.frames, "mode": self.reg_cfg.refine_reference,
+                                "blur_ratio": round(result.blur_ratio, 4), "frames_used": result.frames_used,
+                                "disagreement_px": round(result.disagreement_px, 4), "rounds": result.rounds,
+                                "recentre_px": [round(v, 4) for v in result.recentre],
+                                "mean_shift_original_px": [round(v, 4) for v in result.mean_shift_original],
+                                "mean_shift_refined_px": [round(v, 4) for v in result.mean_shift_refined]}
+        if job.registrar is None:
+            self._reference_events.append({"event": "reference_kept", **info})
+            return
+        self._switch(result.image, job.registrar)
+        self._reference_events.append({"event": "reference_refined", **info})
+
+    def switch_reference(self, reference: np.ndarray) -> None:
+        """Register against ``reference`` from the next frame on exactly as a finished refinement switches
+        (the current reference kept as :attr:`reference_original`, no refinement started): a replay installs
+        the refined reference a live session saved at the frame it switched, instead of refining again."""
+        if self.registrar is None:
+            raise RuntimeError("switch_reference: the pipeline has no reference to switch from")
+        reference = np.asarray(reference, dtype=np.float32)
+        self._switch(reference, _make_registrar(reference, self.reg_cfg, self.shape))
+
+    def _switch(self, reference: np.ndarray, registrar: RigidRegistrar) -> None:
+        self.reference_original = self._reference
+        self.registrar = registrar
+        self._reference = reference
+        self.reference_switch_frame = self.frames
 
     def _install(self, reference: np.ndarray, registrar: RigidRegistrar) -> None:
         self.registrar = registrar
@@ -220,6 +331,8 @@ class FramePipeline:
         res = self.result
         if self._build is not None:
             self._finish_background_build()
+        if self._refinement is not None:
+            self._finish_refinement()
         flags = self.validator.check(data)
         if flags & UNUSABLE:
             res.F.fill(np.nan)
@@ -236,6 +349,8 @@ class FramePipeline:
                 else:
                     dy, dx, corr, reg_flags = self.registrar.register(data)
                     flags |= reg_flags
+                    if self._refine_frames is not None and not flags:
+                        self._keep_for_refinement(data)
             res.dy, res.dx, res.corr = dy, dx, corr
             res.t_registered = now_ns()
             self.extractor.extract(data, dy, dx, res.F, res.Fneu)
@@ -258,7 +373,7 @@ class FramePipeline:
             if self.background_reference:
                 self._build = _ReferenceBuild(frames, self.reg_cfg, self.shape)
             else:
-                self.set_reference(_build_reference_image(frames, self.reg_cfg))
+                self.set_reference(_build_reference_image(frames, self.reg_cfg), refine=False)
 
     def preview_image(self, data: np.ndarray, max_size: int = 256) -> np.ndarray:
         """A decimated copy of ``data`` moved by the last shift so it looks registered (for the console)."""

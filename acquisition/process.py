@@ -2,8 +2,11 @@
 
 Files it owns in the session folder (``acquisition/``):
   ``frames.rec``      one row per frame: frame number, stage stamps, shift, correlation, flags, F, Fneu
-  ``movie.raw``       the raw frames as the source gave them (C order) when ``session.save_frames``;
-                      ``movie.json`` has their dtype and shape
+  ``movie.zchunks``   the raw frames as the source gave them, compressed losslessly in chunks
+                      (``movie.raw`` uncompressed with ``session.movie_codec = "raw"``) when
+                      ``session.save_frames``; ``movie.json`` has their dtype, shape and codec
+  ``movie_gaps.rec``  one row per movie frame kept as zeros: its index in the movie, its frame number and why
+                      (:data:`GAP_LOST`: the writer was a full buffer behind; :data:`GAP_WRONG_SHAPE`)
   ``rois/``           the ROI set used (suite2p layout) and ``reference.npy``
   ``sim_truth/``      a source with ground truth (the sim): its ROIs and the truth of every frame
   ``events.jsonl``    lifecycle, warnings (bad frames, link drops), ``final_stats``
@@ -15,18 +18,20 @@ and decisions, or follows the decoder's ensembles.
 
 from __future__ import annotations
 
-import json
 import math
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
 from acquisition.diagnose import BadRunWatch
+from acquisition.movie_saver import MovieSaver, MovieSettings
 from acquisition.pipeline import FramePipeline
+from acquisition.recording import record_frame
 from acquisition.rois import RoiSet, load_suite2p
 from acquisition.sources.base import EndOfStream, FrameSource
 from acquisition.sources.registry import FollowsEnsembles, HasGroundTruth, SourceRegistration, make_source, registration
 from acquisition.validate import FrameFlag
+from acquisition.ztrack import Z_RECORD_DTYPE, LiveZ
 from rig.core.bus import Subscriber
 from rig.core.clock import now_ns
 from rig.core.process import RigProcess
@@ -40,12 +45,10 @@ from rig.core.schema import (
     RewardOutcome,
     TrialEvent,
 )
-from rig.core.store import FrameFileWriter, RecordWriter
+from rig.core.store import RecordWriter
 
 PREVIEW_INTERVAL_NS = 250_000_000  # 4 Hz is plenty for the eye
 STATUS_INTERVAL_NS = 1_000_000_000
-MOVIE_BUFFER_S = 2.0  # seconds of frames the movie writer holds while the disk is slow
-MOVIE_BUFFER_BYTES = 256 * 2**20
 #: a run of frames with these flags is diagnosed (acquisition.diagnose): a size, order or sign set wrong
 DIAGNOSED_FLAGS = int(FrameFlag.WRONG_SHAPE | FrameFlag.LOW_CORR)
 
@@ -100,22 +103,24 @@ class AcquisitionProcess(RigProcess):
         self.caps = registration(cfg.source)
         self.source: FrameSource = make_source(cfg, up=self.config.decoder.up, down=self.config.decoder.down)
         self.source.open()
-        self.roi_set = self._load_rois()
-        self.roi_set.save_suite2p(self.dir / "rois")
-        # the reference, when it must be built from the first frames, is built without stalling the loop
-        self.pipeline = FramePipeline.from_config(self.roi_set, cfg, background_reference=True)
-        self._reference_saved = False
-        self._save_reference()
-        self.n_rois = self.pipeline.n_rois
+        self.z: LiveZ | None = None
+        self.z_records: RecordWriter | None = None
+        # a recording (session.record_only, acquisition.recording) has no ROIs: no pipeline, frames of the source's size
+        self.pipeline: FramePipeline | None = None if self.config.session.record_only else self._configure_pipeline()
+        self.n_rois = self.pipeline.n_rois if self.pipeline is not None else 0
         self.records = RecordWriter(self.dir / "frames.rec", frame_record_dtype(self.n_rois),
                                     self.config.session.flush_interval_s)
         # The movie's frame size is the ROI set's (suite2p Ly x Lx, what the pipeline extracts from), never the
         # first frame's: a stream's first frame may be any size. It opens at the first frame of that size, which
         # gives its pixel type; frames of another size are written as zeros, so movie frame i is frames.rec row i.
-        self._movie: FrameFileWriter | None = None
-        self._movie_blanks = 0  # frames of another size that came before the movie opened
+        shape = self.pipeline.shape if self.pipeline is not None else tuple(self.source.shape)
+        self.movie = MovieSaver(self.dir, shape, self._movie_settings(), self.source.frame_rate_hz,
+                                self.source.rate_source, self.warn, self.events) \
+            if self.config.session.save_frames else None
         self.wrong_shape_frames = 0
         processes, topics = source_subscriptions(self.caps)
+        if self.pipeline is None:  # nothing it could hear from runs in a recording
+            topics = []
         self.feedback: Subscriber | None = self.subscribe(processes, topics) if topics else None
         self.frames = 0
         self.frames_dropped = 0
@@ -127,6 +132,22 @@ class AcquisitionProcess(RigProcess):
         self._ended = False
         self._bad_run = BadRunWatch()
 
+    def _configure_pipeline(self) -> FramePipeline:
+        """The ROI set (saved with the session), the registration + extraction pipeline, z-tracking."""
+        cfg = self.config.acquisition
+        self.roi_set = self._load_rois()
+        self.roi_set.save_suite2p(self.dir / "rois")
+        # the reference, when it must be built from the first frames, is built without stalling the loop
+        self.pipeline = pipeline = FramePipeline.from_config(self.roi_set, cfg, background_reference=True)
+        self._reference_saved = False
+        self._save_reference()
+        # z-tracking (acquisition.ztrack): a stack that does not fit the reference fails the start, with the numbers
+        self.z = LiveZ(cfg.ztrack, cfg.pixel_size_um or None) if cfg.ztrack.stack_path else None
+        if self.z is not None:
+            self.z.start(pipeline.reference, self._max_shift_px())
+            self.z_records = RecordWriter(self.dir / "z.rec", Z_RECORD_DTYPE, self.config.session.flush_interval_s)
+        return pipeline
+
     def on_start(self) -> None:
         """Frames are the session's from now on: a source that streamed before drained and counted them."""
         self.source.start_keeping()
@@ -137,6 +158,18 @@ class AcquisitionProcess(RigProcess):
             np.save(self.dir / "rois" / "reference.npy", self.pipeline.reference)
             self._reference_saved = True
 
+    def _record_reference_event(self, number: int, event: dict[str, Any]) -> None:
+        """A refinement of the given reference finished (acquisition.reg_refine): an event naming the first
+        frame registered against the new one (this frame); when it switched, ``rois/reference.npy`` becomes
+        the refined reference and the given one is kept as ``rois/reference_given.npy``."""
+        kind = event.pop("event")
+        event["pipeline_frame"] = event.pop("frame")
+        if kind == "reference_refined":
+            assert self.pipeline.reference_original is not None and self.pipeline.reference is not None
+            np.save(self.dir / "rois" / "reference_given.npy", self.pipeline.reference_original)
+            np.save(self.dir / "rois" / "reference.npy", self.pipeline.reference)
+        self.events.write(kind, frame=number, **event)
+
     def _load_rois(self) -> RoiSet:
         cfg = self.config.acquisition
         if self.caps.has_ground_truth and not cfg.rois.suite2p_dir:
@@ -145,44 +178,22 @@ class AcquisitionProcess(RigProcess):
             roi_set = load_suite2p(cfg.rois.suite2p_dir)
         return roi_set.cells_only() if cfg.rois.only_cells else roi_set
 
-    def _save_frame(self, data: np.ndarray) -> None:
-        """Append one frame to the movie (zeros for a frame that is not of the ROI set's size)."""
-        shape = self.pipeline.shape
-        if self._movie is None:
-            if data.shape != shape:
-                self._movie_blanks += 1
-                return
-            self._open_movie(shape, data.dtype)
-            for _ in range(self._movie_blanks):
-                self._movie.put(None)  # type: ignore[union-attr]
-        self._movie.put(data if data.shape == shape else None)  # type: ignore[union-attr]
-
-    def _open_movie(self, shape: tuple[int, int], dtype: np.dtype) -> None:
-        dtype = np.dtype(dtype).newbyteorder("=")  # sources deliver native pixels; the file says which order
-        (self.dir / "movie.json").write_text(json.dumps(
-            {"dtype": dtype.str, "shape": [-1, shape[0], shape[1]], "order": "C",
-             "frame_rate_hz": self.source.frame_rate_hz, "frame_rate_source": self.source.rate_source}
-        ))
-        # the disk gets MOVIE_BUFFER_S of slack (at most MOVIE_BUFFER_BYTES) before frames are written as zeros
-        rate = self.source.frame_rate_hz or 30.0  # a stream may not know its rate yet: size for 30 Hz
-        frame_bytes = shape[0] * shape[1] * dtype.itemsize
-        frames = max(8, min(math.ceil(MOVIE_BUFFER_S * rate), MOVIE_BUFFER_BYTES // max(1, frame_bytes)))
-        self._movie = FrameFileWriter(self.dir / "movie.raw", shape, dtype, frames, on_lost=self._movie_frames_lost)
+    def _movie_settings(self) -> MovieSettings:
+        session, rig = self.config.session, self.config.rig
+        return MovieSettings(session.movie_codec, session.movie_chunk_s, session.flush_interval_s,
+                             lower_thread=rig.background_priority == "low",
+                             keep_off_cpus=tuple(rig.cpu_affinity.get("decoder", [])))
 
     def _wrong_shape(self, number: int, shape: tuple[int, ...]) -> None:
         """Count and warn (the first, then every 100th) a frame not of the ROI set's size; the pipeline flags it."""
         self.wrong_shape_frames += 1
         n = self.wrong_shape_frames
         if n == 1 or n % 100 == 0:
-            Ly, Lx = self.pipeline.shape
-            self.warn("wrong_shape", f"frame {number} is {'x'.join(map(str, shape))} pixels, the ROI set's frames "
+            Ly, Lx = self.pipeline.shape if self.pipeline is not None else self.source.shape
+            whose = "the ROI set's frames" if self.pipeline is not None else "the source's frames (as configured)"
+            self.warn("wrong_shape", f"frame {number} is {'x'.join(map(str, shape))} pixels, {whose} "
                                      f"are {Ly}x{Lx}: flagged WRONG_SHAPE, not extracted, kept as zeros in the movie "
                                      f"({n} such frame(s) so far)")
-
-    def _movie_frames_lost(self, total: int) -> None:
-        if total == 1 or total % 100 == 0:  # the first, then every 100th: a stalled disk must not flood the bus
-            self.warn("movie_frames_lost", f"the disk is more than {MOVIE_BUFFER_S:g} s behind: {total} movie "
-                                           f"frame(s) written as zeros so far ({self.dir / 'movie.raw'})")
 
     def ready_info(self) -> dict[str, str]:
         return {"n_rois": str(self.n_rois), "frame_rate_hz": repr(self.source.frame_rate_hz),
@@ -215,9 +226,15 @@ class AcquisitionProcess(RigProcess):
             self.frames_dropped += missed
             self.events.write("frames_dropped", after=self._last_number, missed=missed)
         self._last_number = frame.number
+        if self.pipeline is None:
+            record_frame(self, frame, PREVIEW_INTERVAL_NS)
+            self._maybe_status()
+            return
         result = self.pipeline.process(frame.data)
         if not self._reference_saved:
             self._save_reference()
+        for event in self.pipeline.pop_reference_events():
+            self._record_reference_event(frame.number, event)
         flags = int(result.flags) | int(frame.flags)
         if flags:
             self.bad_frames += 1
@@ -240,6 +257,8 @@ class AcquisitionProcess(RigProcess):
         row["F"] = result.F
         row["Fneu"] = result.Fneu
         self.records.commit()
+        if self.z is not None:
+            self._track_z(frame.number, frame.data, result.dy, result.dx)
         if frame.data.shape != self.pipeline.shape:
             self._wrong_shape(frame.number, frame.data.shape)
         diagnosis = self._bad_run.observe(bool(flags & DIAGNOSED_FLAGS), frame.number, frame.t_ready_ns, frame.data,
@@ -247,16 +266,40 @@ class AcquisitionProcess(RigProcess):
                                           frame_rate_hz=self.source.frame_rate_hz, byte_stream=self.source.byte_stream)
         if diagnosis is not None:
             self.warn(f"bad_frames_{diagnosis.cause}", diagnosis.message)
-        if self.config.session.save_frames:
-            self._save_frame(frame.data)
+        if self.movie is not None:
+            self.movie.save(frame.number, frame.data)
         self.frames += 1
         if not self._t_first:
             self._t_first = t_sent
         if t_sent >= self._next_preview:
             self._next_preview = t_sent + PREVIEW_INTERVAL_NS
             self.publish(Preview(frame=frame.number, dy=result.dy, dx=result.dx, corr=result.corr,
-                                 image=self.pipeline.preview_image(frame.data), t_ns=t_sent))
+                                 image=self.pipeline.preview_image(frame.data), t_ns=t_sent,
+                                 z_um=self.z.last_z if self.z is not None else math.nan))
         self._maybe_status()
+
+    def _max_shift_px(self) -> int:
+        return int(self.config.acquisition.registration.maxregshift * min(self.pipeline.shape))
+
+    def _track_z(self, number: int, data: np.ndarray, dy: float, dx: float) -> None:
+        """Estimate the frame's depth once a reference exists; one z.rec row per estimate; warn on a drift."""
+        assert self.z is not None and self.z_records is not None
+        if self.z.tracker is None:  # the reference is being built live: the tracker is built off the loop too
+            if self.pipeline.reference is not None:
+                self.z.start_in_background(self.pipeline.reference, self._max_shift_px())
+            refused = self.z.poll_build()
+            if refused is not None:
+                self.warn("ztrack_refused", f"z-tracking is OFF for the rest of this session: {refused}")
+                self.z = None
+                return
+            if self.z.tracker is None:
+                return
+        z = self.z.update(data, dy, dx) if data.shape == self.pipeline.shape else math.nan
+        if math.isfinite(z):
+            self.z_records.append(frame=number, z_um=z, corr=self.z.tracker.last_corr)  # type: ignore[union-attr]
+            message = self.z.warning(number)
+            if message is not None:
+                self.warn("z_drift", message)
 
     def _maybe_status(self) -> None:
         now = now_ns()
@@ -275,17 +318,13 @@ class AcquisitionProcess(RigProcess):
     def on_stop(self) -> None:
         if hasattr(self, "records"):
             self.records.close()
-        movie = getattr(self, "_movie", None)
-        self._movie = None
+        if getattr(self, "z_records", None) is not None:
+            self.z_records.close()  # type: ignore[union-attr]
         try:
             self._stop_source()
         finally:
-            if movie is not None:
-                try:
-                    movie.close()  # raises a disk error the writer met: after the rest is saved
-                finally:
-                    if movie.frames_lost:
-                        self.events.write("movie_frames_lost", frames=movie.frames_lost)
+            if getattr(self, "movie", None) is not None:
+                self.movie.close()  # type: ignore[union-attr]  # a disk error the writer met: after the rest
 
     def _stop_source(self) -> None:
         if hasattr(self, "source"):

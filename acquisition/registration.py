@@ -5,11 +5,15 @@ Shift convention (used everywhere in bci-rig, and the same as suite2p's ``yoff``
 ``frame[y, x] ~= ref[y - dy, x - dx]``. A structure that sits at ``(y, x)`` in the reference is found at
 ``(y + dy, x + dx)`` in the frame; to align the frame to the reference, move it by ``(-dy, -dx)``.
 
-How (see docs/REGISTRATION.md): a full-resolution 512x512 phase correlation costs ~4-6 ms here, over the
-real-time budget. So the whole frame is downsampled with an anti-aliasing filter (4x for 512 px frames), the
-phase correlation (whitened, tapered, smoothed as suite2p does) runs on that, and the subpixel peak is then
-evaluated directly from the cross-power spectrum with a small matrix DFT around the integer peak, so the
-coarse grid costs little accuracy (~0.08 px RMS at 4x, ~0.04 px at 2x on synthetic movies).
+How (see docs/REGISTRATION.md, which has the measurements): a full-resolution 512x512 phase correlation
+costs more than the real-time budget, and a binned one alone is not accurate enough on real references
+(0.2-1.5 px on suite2p ``refImg``s at 2-6 photons/px). So two stages: a coarse phase correlation
+(whitened, tapered, smoothed as suite2p does) of the whole frame downsampled with an anti-aliasing filter
+(4x for 512 px frames) finds the shift to a pixel or two; then a full-resolution phase correlation of a
+central crop of the frame, taken at that shift, against the same crop of the reference gives the subpixel
+shift, its peak evaluated directly from the cross-power spectrum with a small matrix DFT. Frames and
+reference are not clipped to the reference's percentiles (suite2p's ``norm_frames``), which breaks on a
+reference on another intensity scale, and a constant (zero-filled) reference border is filled in.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from numba import njit
 # ``np.fft.rfft2(out=)`` is slower than either). tests/test_acq_registration.py checks it against scipy.fft.
 from scipy.fft._pocketfft import pypocketfft as _pocketfft
 
+from acquisition.reg_quality import CorrBaseline, fill_constant_border
 from acquisition.validate import FrameFlag
 
 _EPS = 1e-5
@@ -70,21 +75,37 @@ class _PhaseCorrelator:
     _GRID = np.arange(-4, 5) * 0.25  # refinement grid: +-1 sample around the integer peak, 0.25 steps
 
     def __init__(self, ref: np.ndarray, taper: float, sigma: float, clip: tuple[float, float] | None,
-                 workers: int) -> None:
+                 workers: int, matched: bool = False) -> None:
         self.Ly, self.Lx = ref.shape
+        self.matched = matched
         self._workers = workers
         self._clip = clip
         ref = ref.astype(np.float32)
         if clip is not None:
             ref = np.clip(ref, clip[0], clip[1])
-        self.mean = np.float32(ref.mean())
         self.mask = spatial_taper_mask(taper, self.Ly, self.Lx)
+        # each image loses its own taper-weighted mean (zero DC after tapering): subtracting the reference's
+        # mean from frames, as suite2p does, leaves a taper-shaped pedestal when the scales differ
+        self.mean = np.float32((ref * self.mask).sum() / self.mask.sum())
         ref_tapered = (ref - self.mean) * self.mask
         spec = sfft.rfft2(ref_tapered.astype(np.float64))
         smooth = _gaussian_rfft(sigma, self.Ly, self.Lx)
         # normalise so that correlating the reference with itself peaks at 1
         peak_norm = float(sfft.irfft2(smooth, s=(self.Ly, self.Lx))[0, 0])
-        self._ref_spec = (np.conj(spec) / (_EPS + np.abs(spec)) * smooth / peak_norm).astype(np.complex64)
+        if matched:
+            # the reference whitened by the square root of its amplitude and smoothed, the frame not at all:
+            # the frame's own 1/|F| would amplify frequencies where shot noise dominates (see the docs)
+            weight = smooth / np.sqrt(_EPS + np.abs(spec))
+            herm = np.full(spec.shape[1], 2.0)
+            herm[0] = 1.0
+            if self.Lx % 2 == 0:
+                herm[-1] = 1.0
+            self._energy_weight = (weight * herm[None, :]).astype(np.float32)
+            ref_energy = float((np.abs(spec) ** 2 * self._energy_weight).sum())
+            self._norm = float(self.Ly * self.Lx) / math.sqrt(max(ref_energy, 1e-30))
+            self._ref_spec = (np.conj(spec) * weight).astype(np.complex64)
+        else:
+            self._ref_spec = (np.conj(spec) / (_EPS + np.abs(spec)) * smooth / peak_norm).astype(np.complex64)
         self._buf = np.empty((self.Ly, self.Lx), np.float32)
         # whitening multiplies by 1 / |spec| held in the real part of a complex buffer (imaginary part stays 0):
         # dividing complex64 by float32 directly makes numpy allocate a 64 KB cast buffer per frame, and is slower
@@ -113,14 +134,23 @@ class _PhaseCorrelator:
     def correlate(self, image: np.ndarray) -> np.ndarray:
         """Return the circular correlation map; index (i, j) holds shift (i, j) modulo the size."""
         buf = self._buf
-        if self._clip is not None:
+        if self._clip is not None:  # suite2p's norm_frames: frames share the reference's scale and mean
             np.clip(image, self._clip[0], self._clip[1], out=buf, casting="unsafe")
             buf -= self.mean
+            buf *= self.mask
         else:
-            np.subtract(image, self.mean, out=buf, casting="unsafe")
-        buf *= self.mask
+            _load_crop(image, 0, 0, self.mask, buf)
+        _pocketfft.r2c(buf, (0, 1), True, 0, self._spec, self._workers)  # = scipy.fft.rfft2(buf)
+        return self._whiten_and_invert()
+
+    def _whiten_and_invert(self) -> np.ndarray:
         spec = self._spec
-        _pocketfft.r2c(buf, (0, 1), True, 0, spec, self._workers)  # = scipy.fft.rfft2(buf)
+        if self.matched:
+            # normalised so that a frame equal to the reference peaks at 1 (Cauchy-Schwarz bound), any scale
+            energy = _weighted_energy(spec, self._energy_weight)
+            spec *= np.float32(self._norm / math.sqrt(energy) if energy > 0 else 0.0)
+            spec *= self._ref_spec
+            return _pocketfft.c2r(spec, (0, 1), self.Lx, False, 2, self._cc, self._workers)
         np.abs(spec, out=self._abs)
         self._abs += _EPS
         np.reciprocal(self._abs, out=self._abs)
@@ -128,6 +158,12 @@ class _PhaseCorrelator:
         spec *= self._ref_spec
         # = scipy.fft.irfft2(spec, s=(Ly, Lx)) (inorm 2: divide by Ly * Lx); spec is left intact for refine()
         return _pocketfft.c2r(spec, (0, 1), self.Lx, False, 2, self._cc, self._workers)
+
+    def correlate_crop(self, image: np.ndarray, y0: int, x0: int) -> np.ndarray:
+        """:meth:`correlate` of ``image[y0:y0 + Ly, x0:x0 + Lx]`` (no clipping), without a cast buffer."""
+        _load_crop(image, y0, x0, self.mask, self._buf)
+        _pocketfft.r2c(self._buf, (0, 1), True, 0, self._spec, self._workers)
+        return self._whiten_and_invert()
 
     def refine(self, py: int, px: int) -> tuple[float, float, float]:
         """Subpixel peak near signed integer shift (py, px) of the last :meth:`correlate` call.
@@ -213,28 +249,67 @@ def _halve(image: np.ndarray, t: np.ndarray, out: np.ndarray) -> None:
             out[i, j] = v + t[i, cn]
 
 
+@njit(cache=True, nogil=True)
+def _weighted_energy(spec: np.ndarray, weight: np.ndarray) -> float:
+    """sum(weight * |spec|^2) without a temporary array."""
+    total = 0.0
+    Ly, Lx = spec.shape
+    for i in range(Ly):
+        for j in range(Lx):
+            v = spec[i, j]
+            total += weight[i, j] * (v.real * v.real + v.imag * v.imag)
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _load_crop(image: np.ndarray, y0: int, x0: int, mask: np.ndarray, out: np.ndarray) -> None:
+    """out = (crop - m) * mask, crop = image[y0:, x0:] over out's shape, m = the crop's mask-weighted mean;
+    in float32, one compiled pass each (a strided numpy cast would allocate a buffer per frame)."""
+    Ly, Lx = out.shape
+    total = 0.0
+    weight = 0.0
+    for i in range(Ly):
+        for j in range(Lx):
+            w = mask[i, j]
+            total += np.float64(image[y0 + i, x0 + j]) * w
+            weight += w
+    m = np.float32(total / weight)
+    for i in range(Ly):
+        for j in range(Lx):
+            out[i, j] = (np.float32(image[y0 + i, x0 + j]) - m) * mask[i, j]
+
+
 def compile_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.float32)) -> None:
     """Compile (or load from numba's cache) the downsampler for the frame dtypes scopes deliver, ahead of
     the first frame."""
+    mask = np.ones((4, 4), np.float32)
     for dtype in dtypes:
         _Downsampler((8, 8), 2)(np.zeros((8, 8), dtype))
+        _load_crop(np.zeros((8, 8), dtype), 2, 2, mask, np.empty((4, 4), np.float32))
+    _weighted_energy(np.zeros((4, 3), np.complex64), np.ones((4, 3), np.float32))
 
 
 class RigidRegistrar:
     """Estimate the rigid shift of each frame against ``ref_img``; see the module docstring.
 
     ``register`` returns ``(dy, dx, corr, flags)``: subpixel shift in pixels (convention above), the peak
-    phase correlation (1.0 for a frame identical to the reference, ~0 for an unrelated image) and
-    :class:`FrameFlag` bits SHIFT_OUT_OF_BOUNDS / LOW_CORR. A frame whose best match lies beyond
-    ``maxregshift`` is flagged and its shift clamped to the bound; it is never reported as good.
+    phase correlation at full resolution (1.0 for a frame identical to the reference, ~0 for an unrelated
+    image) and :class:`FrameFlag` bits SHIFT_OUT_OF_BOUNDS / LOW_CORR. A frame whose best match lies beyond
+    ``maxregshift`` is flagged and its shift clamped to the bound; it is never reported as good. LOW_CORR:
+    ``corr`` below ``min_corr``, or (after the first ``quality_frames`` good frames) a robust z-score below
+    ``-quality_z`` against the recent good frames (:class:`CorrBaseline`); ``last_z`` holds the last score.
 
-    ``bin_factor`` (default: 4 for frames of 512 px or more, 2 from 256 px, else 1) sets the resolution the
-    correlation runs at; ``smooth_sigma`` stays in full-resolution pixels.
+    Two stages: ``bin_factor`` (default: 4 for frames of 512 px or more, 2 from 256 px, else 1) sets the
+    resolution of the coarse whole-frame correlation; when it is > 1 a full-resolution correlation of a
+    central ``fine_size`` crop (default: 384 px, less when the frame leaves no room; 0: none, the coarse
+    estimate is final) placed at the coarse shift gives the final subpixel shift. ``smooth_sigma`` stays in
+    full-resolution pixels.
     """
 
-    def __init__(self, ref_img: np.ndarray, maxregshift: float = 0.1, smooth_sigma: float = 1.15,
+    def __init__(self, ref_img: np.ndarray, maxregshift: float = 0.1, smooth_sigma: float = 1.3,
                  spatial_taper: float = 3.45, min_corr: float = 0.05, *, bin_factor: int | None = None,
-                 norm_frames: bool = True, workers: int = 1) -> None:
+                 norm_frames: bool = False, fine_size: int | None = None, whitening: str = "matched",
+                 quality_frames: int = 100, quality_z: float = 5.0, workers: int = 1) -> None:
         ref = np.asarray(ref_img)
         if ref.ndim != 2 or min(ref.shape) < 16:
             raise ValueError(f"`ref_img`: must be a 2-D image of at least 16x16 pixels, got shape {ref.shape}")
@@ -246,29 +321,45 @@ class RigidRegistrar:
             raise ValueError("`smooth_sigma`: must be > 0")
         if spatial_taper < 0:
             raise ValueError("`spatial_taper`: must be >= 0")
+        if whitening not in ("matched", "phase"):
+            raise ValueError(f"`whitening`: must be 'matched' or 'phase', not {whitening!r}")
+        matched = whitening == "matched"
         self.Ly, self.Lx = ref.shape
         min_dim = min(self.Ly, self.Lx)
         self.maxregshift = float(maxregshift)
         #: search half-window in pixels, as suite2p computes it
         self.max_shift_px = int(min(round(maxregshift * min_dim), min_dim // 2))
         self.min_corr = float(min_corr)
+        self.baseline = CorrBaseline(quality_frames, quality_z)
+        self.last_z = math.nan
         if bin_factor is None:
-            bin_factor = 4 if min_dim >= 512 else 2 if min_dim >= 256 else 1
+            bin_factor = 4 if min_dim >= 512 else 2 if min_dim >= 384 else 1
         if bin_factor not in (1, 2, 4):
             raise ValueError("`bin_factor`: must be 1, 2 or 4")
-        self.bin = bin_factor
-        ref = ref.astype(np.float32)
+        self.bin = b = bin_factor
+        ref, _ = fill_constant_border(ref)
         clip = None
-        if norm_frames:
+        if norm_frames:  # suite2p's clipping: only right when frames and reference share one intensity scale
             lo, hi = np.percentile(ref, [1, 99])
             clip = (float(lo), float(hi))
             ref = np.clip(ref, lo, hi)
-        b = self.bin
         self._downsample = _Downsampler((self.Ly, self.Lx), b)
         ref_b = self._downsample(ref).copy()
         gain = self._downsample.gain
         clip_b = None if clip is None else (clip[0] * gain, clip[1] * gain)
-        self._corr = _PhaseCorrelator(ref_b, spatial_taper / b, smooth_sigma / b, clip_b, workers)
+        self._corr = _PhaseCorrelator(ref_b, spatial_taper / b, smooth_sigma / b, clip_b, workers, matched)
+        self._fine: _PhaseCorrelator | None = None
+        self.fine_size = 0
+        if b > 1 and fine_size != 0:
+            room = min_dim - 2 * (self.max_shift_px + b + 2)
+            size = min(384 if fine_size is None else int(fine_size), room) // 16 * 16
+            if size < 32:
+                raise ValueError(f"`fine_size`: {fine_size} leaves no full-resolution crop of >= 32 px within "
+                                 f"{ref.shape} at maxregshift {maxregshift}")
+            self.fine_size = size
+            self._cy, self._cx = (self.Ly - size) // 2, (self.Lx - size) // 2
+            crop = ref[self._cy:self._cy + size, self._cx:self._cx + size]
+            self._fine = _PhaseCorrelator(crop, spatial_taper, smooth_sigma, clip, workers, matched)
 
     @staticmethod
     def _signed(i: int, L: int) -> int:
@@ -294,15 +385,44 @@ class RigidRegistrar:
             window = cc[np.ix_(ys % Lyb, ys % Lxb)]
             ky, kx = np.unravel_index(int(np.argmax(window)), window.shape)
             py, px = int(ys[ky]), int(ys[kx])
-        sy, sx, corr = self._corr.refine(py, px)
-        dy, dx = sy * b, sx * b
+        if self._fine is None:
+            sy, sx, corr = self._corr.refine(py, px)
+            dy, dx = sy * b, sx * b
+        else:
+            dy, dx, corr = self._refine_full_resolution(frame, py * b, px * b)
         if abs(dy) > max_shift or abs(dx) > max_shift:
             flags |= FrameFlag.SHIFT_OUT_OF_BOUNDS
             dy = min(max(dy, -max_shift), max_shift)
             dx = min(max(dx, -max_shift), max_shift)
-        if not corr >= self.min_corr:  # also catches NaN
+        z = self.baseline.score(corr)
+        self.last_z = z
+        if not corr >= self.min_corr or z < -self.baseline.z:  # the first comparison also catches NaN
             flags |= FrameFlag.LOW_CORR
+        elif not flags:
+            self.baseline.add(corr)
         return float(dy), float(dx), float(corr), int(flags)
+
+    def _refine_full_resolution(self, frame: np.ndarray, oy: int, ox: int) -> tuple[float, float, float]:
+        """Full-resolution shift near (oy, ox): the central crop of the frame, displaced by (oy, ox),
+        correlated with the reference's central crop; the residual is searched within one coarse bin."""
+        fine = self._fine
+        assert fine is not None
+        size, b = self.fine_size, self.bin
+        # the crop must stay inside the frame; whatever it cannot follow is left to the residual search
+        y0 = min(max(self._cy + oy, 0), self.Ly - size)
+        x0 = min(max(self._cx + ox, 0), self.Lx - size)
+        cc = fine.correlate_crop(frame, y0, x0)
+        ry, rx = oy - (y0 - self._cy), ox - (x0 - self._cx)  # expected residual (0 unless clamped)
+        w = b + 1
+        best, by, bx = -math.inf, 0, 0
+        for y in range(ry - w, ry + w + 1):
+            row = cc[y % size]
+            for x in range(rx - w, rx + w + 1):
+                v = float(row[x % size])
+                if v > best:
+                    best, by, bx = v, y, x
+        sy, sx, corr = fine.refine(by, bx)
+        return sy + (y0 - self._cy), sx + (x0 - self._cx), corr
 
 
 def shift_image_integer(image: np.ndarray, dy: int, dx: int, fill: float = 0.0) -> np.ndarray:
@@ -325,7 +445,7 @@ def shift_image_subpixel(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
     return sfft.irfft2(spec, s=(Ly, Lx))
 
 
-def build_reference(frames: np.ndarray, *, maxregshift: float = 0.1, smooth_sigma: float = 1.15,
+def build_reference(frames: np.ndarray, *, maxregshift: float = 0.1, smooth_sigma: float = 1.3,
                     spatial_taper: float = 3.45, niter: int = 8, n_seed: int = 20) -> np.ndarray:
     """Reference image from a stack of frames (n, Ly, Lx), the way suite2p builds ``refImg``.
 

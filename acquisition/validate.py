@@ -8,26 +8,9 @@ but should be treated with suspicion (e.g. the decoder may hold its last value).
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
-
-class FrameFlag(enum.IntFlag):
-    """Why a frame is suspect. Bit values are part of the wire format (``FluorFrame.flags``): never renumber."""
-
-    NONE = 0
-    WRONG_SHAPE = 1 << 0  # frame shape differs from the ROI set / configured shape
-    WRONG_DTYPE = 1 << 1  # pixel type we cannot interpret (not an integer or float image)
-    ALL_ZERO = 1 << 2  # every pixel is zero: scope blanked, shutter closed or a dead link
-    SATURATED = 1 << 3  # more than the allowed fraction of pixels at the saturation level
-    NAN = 1 << 4  # NaN or infinite pixel values
-    SHIFT_OUT_OF_BOUNDS = 1 << 5  # best motion estimate lies beyond maxregshift; shift was clamped
-    LOW_CORR = 1 << 6  # peak phase correlation below the quality floor
-    TRUNCATED = 1 << 7  # the transport delivered fewer bytes than a frame (counted by the source)
-    AFTER_GAP = 1 << 8  # first frame after a link drop or a jump in the scope's frame counter
-    NOT_REGISTERED = 1 << 9  # registration skipped (no reference yet); shifts are 0
-
+from rig.core.codes import FrameFlag  # the wire contract (decoder reads it too); re-exported here
 
 #: Flags for which the pixels are not turned into fluorescence (F = Fneu = NaN).
 UNUSABLE = FrameFlag.WRONG_SHAPE | FrameFlag.WRONG_DTYPE | FrameFlag.ALL_ZERO | FrameFlag.NAN

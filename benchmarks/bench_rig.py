@@ -1,7 +1,10 @@
 """End-to-end benchmark of the real multi-process rig: prints per-stage latency percentiles.
 
-Same as ``rig bench`` (see ``rig bench --help``); kept here beside the per-component benchmarks:
+Same as ``rig bench`` (see ``rig bench --help``); kept here beside the per-component benchmarks. Frames come
+from the scope twin by default (rendered before the run, sent by a separate process over the CLOOSE raw TCP
+link; ``--scope zmq`` over our ZeroMQ stream; ``--scope sim`` the simulator inside the acquisition process):
     python benchmarks/bench_rig.py --mode realtime --duration 60
+    python benchmarks/bench_rig.py --mode realtime --duration 60 --scope zmq --console
     python benchmarks/bench_rig.py --mode throughput
     python benchmarks/bench_rig.py --mode fast --duration 20
 """

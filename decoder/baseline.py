@@ -16,6 +16,7 @@ from decoder.decoders import RunningMean
 from decoder.dff import baseline_dff_stats, baseline_f0, corrected_f, dff_from
 from decoder.percentile import RunningPercentile
 from decoder.registry import Decoder
+from decoder.safeguards import diff_noise, roi_problems
 from decoder.trial import TrialTiming
 
 #: Percentile levels of the baseline F0-window summary stored in a calibration (for warm starts).
@@ -41,6 +42,7 @@ class Baseline:
         self.f0 = np.empty((0, n_rois))
         self.count = 0  # frames recorded (or loaded)
         self.gap_frames = 0  # frames missing from the recording
+        self.bad_frames = 0  # frames left out by the bad-frame rule
 
     def start(self, frames: int) -> None:
         """Drop the previous baseline; make room for a recording of ``frames`` frames."""
@@ -48,6 +50,7 @@ class Baseline:
         self.f0 = np.empty((frames, self.n_rois))
         self.count = 0
         self.gap_frames = 0
+        self.bad_frames = 0
 
     def record(self, corrected: np.ndarray, f0: np.ndarray) -> None:
         """Append one frame (its corrected F and live F0)."""
@@ -84,9 +87,14 @@ class Baseline:
         self.f0 = live_f0
         self.count = corrected.shape[0]
         self.gap_frames = 0
+        self.bad_frames = 0
 
-    def calibrate(self, decoder: Decoder, cal_cfg: CalibrationConfig) -> Calibration:
-        """Calibrate ``decoder`` (not modified) on this baseline; CalibrationError says why it cannot."""
+    def calibrate(self, decoder: Decoder, cal_cfg: CalibrationConfig, allow_rois: list[int] | None = None
+                  ) -> Calibration:
+        """Calibrate ``decoder`` (not modified) on this baseline; CalibrationError says why it cannot.
+
+        ``allow_rois``: the operator's override of the F0 safeguards for these ROIs (besides the config's).
+        """
         n = self.count
         if n == 0:
             raise CalibrationError("no baseline: record one (start_baseline) or load one (load_baseline) first")
@@ -106,6 +114,17 @@ class Baseline:
                 f"ROIs {dim}: baseline F0 falls to or below f0_floor ({cfg.f0_floor:g}), so their dF/F is not "
                 f"meaningful (neuropil-corrected F near zero); pick other cells or lower neuropil_coef")
         dff = dff_from(corrected[:, rois], f0, cfg.f0_floor)
+        allowed = sorted(set(cfg.safeguards.allow_rois) | set(allow_rois or []))
+        dff_noise = diff_noise(dff)
+        problems = roi_problems([int(r) for r in rois], low, diff_noise(corrected[:, rois]), dff_noise,
+                                cfg.safeguards, set(allowed))
+        if problems and cfg.rules_version >= 2:  # rules_version 1: sessions recorded before the safeguards
+            named = sorted({int(p.split(":")[0].removeprefix("ROI ")) for p in problems})
+            raise CalibrationError(
+                f"{'; '.join(problems)}. These ROIs cannot enter an ensemble: pick other cells, or override with "
+                f"calibrate allow_rois={named} (or decoder.safeguards.allow_rois)")
+        noise_all = np.full(self.n_rois, np.nan)
+        noise_all[rois] = dff_noise
         mean, std, last_f0 = baseline_dff_stats(corrected, live_f0, self.f0_window, cfg.f0_percentile, cfg.f0_floor)
         if cfg.zscore:
             flat = [int(r) for r in rois if not std[r] > 0.0]
@@ -116,7 +135,8 @@ class Baseline:
         up, down = probe.decode_frames(dff, rois_only=True)
         up_s, down_s = RunningMean(cfg.smoothing_frames).smooth_frames(up, down)
         cursor = up_s - down_s
-        part = calibrate_cursor(cursor, cal_cfg, self.timing, self.frame_rate_hz, task.rtb_fraction)
+        part = calibrate_cursor(cursor, cal_cfg, self.timing, self.frame_rate_hz, task.rtb_fraction,
+                                legacy=cfg.rules_version < 2)
         return Calibration(
             threshold=part.threshold, feedback_min=part.feedback_min, feedback_max=part.feedback_max,
             predicted_hit_rate=part.predicted_hit_rate, method=cal_cfg.method,
@@ -131,4 +151,7 @@ class Baseline:
             dff_mean=[float(v) for v in mean], dff_std=[float(v) for v in std],
             f0_levels=[float(v) for v in F0_LEVELS],
             f0_quantiles=np.percentile(corrected[-self.f0_window :], F0_LEVELS, axis=0).tolist(),
+            predicted_hit_rate_ci95=part.predicted_hit_rate_ci95, warnings=part.warnings,
+            needed_baseline_s=part.needed_baseline_s, dff_noise=[float(v) for v in noise_all],
+            allowed_rois=[r for r in allowed if r in set(int(x) for x in rois)],
         )

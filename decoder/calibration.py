@@ -2,21 +2,30 @@
 
 Two methods (``[decoder.calibration] method``):
 
-* ``hit_rate`` (CLOOSE): draw ``n_trials`` trials of trial length at random start frames of the
-  baseline cursor (seeded RNG), take each trial's maximum; a threshold ``T`` would give the hit rate
-  "fraction of maxima >= T". The threshold is the lowest value that at most ``target_hit_rate`` of the
-  trials reach: midway between the (j+1)-th and j-th largest maxima, j = floor(target · n_trials).
+* ``hit_rate``: the threshold is the lowest at which at most ``target_hit_rate`` of the trials would be
+  hits. With ``predict = "task"`` (default) a threshold's rate is the task's own: the trial machine
+  (:class:`~decoder.trial.TrialMachine`: ITI, trial, hold, timeout, one crossing one reward,
+  return-to-baseline) run over the baseline cursor from :data:`SIM_STARTS` start frames spread over one
+  trial cycle, hits / (hits + misses); the threshold is searched among the baseline's values from the
+  median up and set midway to the next lower one. With ``predict = "windows"`` (CLOOSE) draw ``n_trials``
+  trial-length windows at random start frames (seeded RNG): "fraction of maxima >= T", the threshold
+  midway between the (j+1)-th and j-th largest maxima, j = floor(target · n_trials). Windows ignore what
+  the task does between trials (after a hit the next trial starts while a slow fluctuation is still up),
+  so on activity with slow fluctuations the task's real chance rate is above their prediction
+  (docs/TASK_RULES.md: 0.62 for a 0.5 target).
 * ``reward_interval`` (HoloBMI): run the task itself (:class:`~decoder.trial.TrialMachine`, with ITI,
   hold, timeout and return-to-baseline) over the baseline cursor and pick the lowest threshold at which
   it would give at most one hit per ``target_reward_interval_s``.
 
-Both report the curve threshold -> predicted hit rate (from the resampled trials) and the feedback range
-(baseline minimum, or a low percentile, -> threshold). A baseline that is too short, flat, or cannot
+Both report the curve threshold -> predicted hit rate (by the same prediction), the predicted hit rate's
+95 % interval with warnings when it is too wide or misses the target (:mod:`decoder.uncertainty`) and the
+feedback range (baseline minimum, or a low percentile, -> threshold). A baseline that is too short, flat, or cannot
 reach the target gives a :class:`CalibrationError` that says which, never a threshold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
@@ -26,6 +35,16 @@ from scipy.ndimage import maximum_filter1d
 
 from decoder.config import CalibrationConfig, DecoderConfig
 from decoder.trial import TrialMachine, TrialTiming
+from decoder.uncertainty import (
+    block_frames_for,
+    calibration_warnings,
+    hit_rate_interval,
+    outcome_interval,
+)
+
+#: Start frames of the task simulation over the baseline (spread over one trial cycle): pooling them takes
+#: out the luck of where the first trial happens to fall.
+SIM_STARTS = 2
 
 
 class CalibrationError(Exception):
@@ -70,6 +89,11 @@ class Calibration:
     dff_std: list[float] = field(default_factory=list)
     f0_levels: list[float] = field(default_factory=list)  # percentile levels of f0_quantiles
     f0_quantiles: list[list[float]] = field(default_factory=list)  # per level: corrected F of every ROI
+    predicted_hit_rate_ci95: list[float] = field(default_factory=list)  # [lo, hi] (decoder.uncertainty)
+    warnings: list[str] = field(default_factory=list)  # what the operator is told about this calibration
+    needed_baseline_s: float = 0.0  # baseline length the warnings ask for (0: none needed)
+    dff_noise: list[float] = field(default_factory=list)  # baseline dF/F noise per ROI (NaN: not a decoder ROI)
+    allowed_rois: list[int] = field(default_factory=list)  # decoder ROIs let in by the operator's override
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: non-finite floats become None (JSON has no NaN/inf)."""
@@ -111,6 +135,8 @@ class Calibration:
                 values[name] = [math.nan if v is None else float(v) for v in value]
             elif kind == "rows":
                 values[name] = [[math.nan if v is None else float(v) for v in row] for row in value]
+            elif kind == "strs":
+                values[name] = [str(v) for v in value]
             elif kind == "ints":
                 values[name] = [int(v) for v in value]
             elif kind == "int":
@@ -132,6 +158,8 @@ _FIELD_KINDS = {
     "rtb_level": "float", "trial_frames": "int", "n_trials": "int", "seed": "int", "frame_rate_hz": "float",
     "decoder": "str", "up": "ints", "down": "ints", "weights": "floats", "zscore": "bool", "n_rois": "int",
     "f0": "floats", "dff_mean": "floats", "dff_std": "floats", "f0_levels": "floats", "f0_quantiles": "rows",
+    "predicted_hit_rate_ci95": "floats", "warnings": "strs", "needed_baseline_s": "float", "dff_noise": "floats",
+    "allowed_rois": "ints",
 }
 
 
@@ -158,6 +186,9 @@ class CursorCalibration:
     rtb_level: float
     target: float
     predicted_reward_interval_s: float = math.nan
+    predicted_hit_rate_ci95: list[float] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    needed_baseline_s: float = 0.0
 
 
 def trial_maxima(cursor: np.ndarray, trial_frames: int, n_trials: int, seed: int) -> np.ndarray:
@@ -191,18 +222,47 @@ def threshold_for_hit_rate(maxima: np.ndarray, target: float) -> float:
     return float(np.nextafter(below, np.inf))  # ties: just above the tied value
 
 
+def _free_timing(timing: TrialTiming) -> TrialTiming:
+    """The task's timing without the session limits (the baseline is not a session)."""
+    return dataclasses.replace(timing, max_trials=0, session_frames=0)
+
+
+def run_task(values: list[float], timing: TrialTiming, threshold: float, rtb_level: float,
+             outcomes: list[tuple[int, bool]] | None = None) -> TrialMachine:
+    """The trial machine run over a cursor (a list: every value a valid frame); ``outcomes`` gets (frame,
+    hit?) of each trial that ended. Returns the machine (its ``hits``, ``misses``, ``task_frames``)."""
+    machine = TrialMachine(_free_timing(timing), threshold, rtb_level)
+    sink: list = []
+    step = machine.step
+    for t, value in enumerate(values):
+        step(t, value, True, sink)
+        if sink:
+            if outcomes is not None:
+                outcomes.extend((e.frame, e.kind == "hit") for e in sink if e.kind in ("hit", "miss"))
+            sink.clear()
+    return machine
+
+
 def count_task_hits(cursor: np.ndarray, timing: TrialTiming, threshold: float, rtb_level: float) -> int:
     """Hits the task would give if the baseline cursor were replayed through it (no session limits)."""
-    machine = TrialMachine(
-        TrialTiming(trial_frames=timing.trial_frames, iti_frames=timing.iti_frames, hold_frames=timing.hold_frames,
-                    timeout_frames=timing.timeout_frames, rtb_frames=timing.rtb_frames),
-        threshold, rtb_level,
-    )
-    sink: list = []
-    for t, value in enumerate(cursor.tolist()):
-        machine.step(t, value, True, sink)
-        sink.clear()
-    return machine.hits
+    return run_task(np.asarray(cursor, dtype=np.float64).tolist(), timing, threshold, rtb_level).hits
+
+
+def sim_starts(timing: TrialTiming, n: int) -> list[int]:
+    """The :data:`SIM_STARTS` start frames of the task simulation (spread over one trial cycle)."""
+    cycle = timing.iti_frames + timing.trial_frames
+    return sorted({min(round(k * cycle / SIM_STARTS), max(n - timing.trial_frames, 0)) for k in range(SIM_STARTS)})
+
+
+def task_hit_rate(values: list[float], timing: TrialTiming, threshold: float, rtb_level: float) -> float:
+    """The task's chance hit rate at ``threshold`` on a baseline cursor: hits / trials of the trial machine run
+    from each of :func:`sim_starts`, pooled (NaN if no trial ended)."""
+    hits = trials = 0
+    for start in sim_starts(timing, len(values)):
+        machine = run_task(values[start:], timing, threshold, rtb_level)
+        hits += machine.hits
+        trials += machine.hits + machine.misses
+    return hits / trials if trials else math.nan
 
 
 def rtb_level_for(threshold: float, median: float, fraction: float, enabled: bool) -> float:
@@ -218,8 +278,14 @@ def calibrate_cursor(
     timing: TrialTiming,
     frame_rate_hz: float,
     rtb_fraction: float,
+    *,
+    legacy: bool = False,
 ) -> CursorCalibration:
-    """Choose the threshold on a baseline cursor (one value per baseline frame, smoothed as live)."""
+    """Choose the threshold on a baseline cursor (one value per baseline frame, smoothed as live).
+
+    ``legacy``: the rule of sessions recorded before ``decoder.rules_version`` (the reward_interval search
+    from the lowest baseline value; with ``predict = "windows"``, which rules_version 1 requires).
+    """
     cursor = np.asarray(cursor, dtype=np.float64)
     n = len(cursor)
     trial_frames = timing.trial_frames
@@ -241,39 +307,100 @@ def calibrate_cursor(
     if not float(np.ptp(maxima)) > 0.0:
         raise CalibrationError("every resampled baseline trial has the same maximum: the cursor is flat at its peaks")
     enabled = timing.rtb_frames > 0
+    values = cursor.tolist()
+    windows = cfg.predict == "windows"
+
+    def predict(threshold: float) -> float:
+        if windows:
+            return float(hit_rate_at(maxima, np.array([threshold]))[0])
+        return task_hit_rate(values, timing, threshold, rtb_level_for(threshold, median, rtb_fraction, enabled))
+
     interval = math.nan
     if cfg.method == "hit_rate":
         target = cfg.target_hit_rate
-        threshold = threshold_for_hit_rate(maxima, target)
-        predicted = float(hit_rate_at(maxima, np.array([threshold]))[0])
-        if abs(predicted - target) > cfg.max_rate_error:
+        if windows:
+            threshold = threshold_for_hit_rate(maxima, target)
+        else:
+            threshold = _threshold_for_task_rate(cursor, values, timing, target, median, rtb_fraction)
+        predicted = predict(threshold)
+        if not abs(predicted - target) <= cfg.max_rate_error:
             repeats = len(maxima) - len(np.unique(maxima))
+            why = (f"{repeats} of {len(maxima)} resampled trials repeat another's maximum" if windows else
+                   f"the task ran only {_sim_trials(values, timing, threshold, median, rtb_fraction)} trials "
+                   f"on it")
             raise CalibrationError(
                 f"cannot reach the target hit rate {target:.2f}: the closest threshold gives {predicted:.2f} on the "
-                f"baseline, because {repeats} of {len(maxima)} resampled trials repeat another's maximum (a baseline "
-                f"of only {n / trial_frames:.1f} trial lengths, or a cursor with few distinct peaks); record a "
-                f"longer baseline or check the ensembles")
+                f"baseline, because {why} (a baseline of only {n / trial_frames:.1f} trial lengths, or a cursor "
+                f"with few distinct peaks); record a longer baseline or check the ensembles")
     else:
         target = cfg.target_reward_interval_s
-        threshold, interval = _threshold_for_interval(cursor, cfg, timing, frame_rate_hz, median, rtb_fraction)
-        predicted = float(hit_rate_at(maxima, np.array([threshold]))[0])
+        threshold, interval = _threshold_for_interval(cursor, cfg, timing, frame_rate_hz, median, rtb_fraction,
+                                                      legacy)
+        predicted = predict(threshold)
     feedback_min = float(np.percentile(cursor, cfg.feedback_min_percentile))
     if not feedback_min < threshold:
         raise CalibrationError(
             f"the feedback range is empty: baseline low {feedback_min:.4g} is not below the threshold {threshold:.4g}")
-    lo, hi = float(maxima.min()), float(maxima.max())
+    lo, hi = (float(maxima.min()), float(maxima.max())) if windows else (median, float(cursor.max()))
     curve_t = np.linspace(lo, hi, cfg.curve_points)
-    curve_r = hit_rate_at(maxima, curve_t)
+    curve_r = hit_rate_at(maxima, curve_t) if windows else np.array([predict(float(t)) for t in curve_t])
+    block = block_frames_for(cursor, trial_frames)
+    if windows:
+        ci95 = hit_rate_interval(cursor, trial_frames, threshold, cfg.n_trials, cfg.ci_resamples, cfg.seed, block)
+    else:
+        outcomes: list[tuple[int, bool]] = []
+        run_task(values, timing, threshold, rtb_level_for(threshold, median, rtb_fraction, enabled), outcomes)
+        ci95 = outcome_interval(outcomes, block)
+    warnings, needed_s = calibration_warnings(
+        predicted, ci95, cfg.target_hit_rate if cfg.method == "hit_rate" else math.nan, n / frame_rate_hz,
+        trial_frames / frame_rate_hz, cfg.max_ci_width, cfg.rate_tolerance)
     return CursorCalibration(
         threshold=threshold, feedback_min=feedback_min, feedback_max=threshold, predicted_hit_rate=predicted,
         curve_thresholds=[float(v) for v in curve_t], curve_hit_rates=[float(v) for v in curve_r],
         cursor_median=median, cursor_std=std, rtb_level=rtb_level_for(threshold, median, rtb_fraction, enabled),
-        target=target, predicted_reward_interval_s=interval,
+        target=target, predicted_reward_interval_s=interval, predicted_hit_rate_ci95=list(ci95), warnings=warnings,
+        needed_baseline_s=needed_s,
     )
 
 
+def _sim_trials(values: list[float], timing: TrialTiming, threshold: float, median: float,
+                rtb_fraction: float) -> int:
+    machine = run_task(values, timing, threshold, rtb_level_for(threshold, median, rtb_fraction,
+                                                                 timing.rtb_frames > 0))
+    return machine.hits + machine.misses
+
+
+def _threshold_for_task_rate(cursor: np.ndarray, values: list[float], timing: TrialTiming, target: float,
+                             median: float, rtb_fraction: float) -> float:
+    """Lowest threshold (among the baseline's values from the median up, then midway to the next lower one)
+    at which the task run over the baseline gives at most ``target`` hits per trial (bisection: the rate
+    falls as the threshold rises)."""
+    enabled = timing.rtb_frames > 0
+    candidates = np.unique(cursor)
+
+    def rate(i: int) -> float:
+        threshold = float(candidates[i])
+        value = task_hit_rate(values, timing, threshold, rtb_level_for(threshold, median, rtb_fraction, enabled))
+        return value if value == value else 0.0  # no trial ended: none was a hit
+
+    lo, hi = int(np.searchsorted(candidates, median)), len(candidates) - 1
+    if rate(lo) <= target:
+        hi = lo
+    else:
+        while hi - lo > 1:  # invariant: rate(lo) > target >= rate(hi) (hi: the highest value, about 0)
+            mid = (lo + hi) // 2
+            if rate(mid) <= target:
+                hi = mid
+            else:
+                lo = mid
+    if hi == 0:
+        return float(candidates[0])
+    below, above = float(candidates[hi - 1]), float(candidates[hi])
+    return below + (above - below) / 2.0
+
+
 def _threshold_for_interval(cursor: np.ndarray, cfg: CalibrationConfig, timing: TrialTiming, frame_rate_hz: float,
-                            median: float, rtb_fraction: float) -> tuple[float, float]:
+                            median: float, rtb_fraction: float, legacy: bool) -> tuple[float, float]:
     """Lowest cursor value (as threshold) at which the task gives <= one hit per target interval."""
     n = len(cursor)
     duration_s = n / frame_rate_hz
@@ -289,11 +416,14 @@ def _threshold_for_interval(cursor: np.ndarray, cfg: CalibrationConfig, timing: 
         threshold = float(candidates[i])
         return count_task_hits(cursor, timing, threshold, rtb_level_for(threshold, median, rtb_fraction, enabled))
 
+    # From the median up: below it the cursor seldom falls back under the threshold, which one crossing,
+    # one reward requires between hits, so there the hit count no longer grows as the threshold falls.
     candidates = np.unique(cursor)
-    lo, hi = 0, len(candidates) - 1
+    lo, hi = 0 if legacy else int(np.searchsorted(candidates, median)), len(candidates) - 1
     if hits_at(lo) <= allowed:
         raise CalibrationError(
-            f"even the lowest threshold gives at most one hit per {duration_s / max(hits_at(lo), 1):.1f} s on the "
+            f"even {'the lowest threshold' if legacy else 'a threshold at the baseline median'} gives at most one "
+            f"hit per {duration_s / max(hits_at(lo), 1):.1f} s on the "
             f"baseline, longer than the target {target_s:g} s: the trial timing does not allow that many hits; "
             f"lengthen target_reward_interval_s or shorten iti_s/hold_s/timeout_s")
     if hits_at(hi) > allowed:

@@ -11,8 +11,20 @@ import math
 import msgspec
 
 from decoder.registry import DECODERS
+from rig.core.codes import FrameFlag
 
 CALIBRATION_METHODS = ("hit_rate", "reward_interval")
+PREDICTIONS = ("task", "windows")
+#: ``decoder.rules_version``: 2 = the rules of docs/TASK_RULES.md; 1 = the rules sessions were recorded with
+#: before that key existed (replay only; docs/SESSION_FORMAT.md "Sessions recorded before ...").
+RULES_VERSIONS = (1, 2)
+F0_MODES = ("running", "frozen", "slow")
+
+#: Frame flags (``rig.core.codes.FrameFlag``) the decoder treats as bad by default: every flag except the
+#: informational ones (AFTER_GAP: the first frame after a link drop is a good frame; NOT_REGISTERED: no
+#: reference yet, the frame is not shifted, which the baseline tolerates).
+DEFAULT_BAD_FRAME_FLAGS = ("WRONG_SHAPE", "WRONG_DTYPE", "ALL_ZERO", "SATURATED", "NAN", "SHIFT_OUT_OF_BOUNDS",
+                           "LOW_CORR", "TRUNCATED")
 
 
 def _finite(name: str, value: float) -> None:
@@ -44,6 +56,16 @@ class CalibrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     min_cursor_std: float = 1e-6  # a baseline cursor with less spread than this is "flat"
     feedback_min_percentile: float = 0.0  # feedback range starts at this percentile of the baseline cursor
     curve_points: int = 50  # points of the threshold -> predicted hit-rate curve
+    # hit_rate method: how a threshold's chance hit rate is predicted. "task": the trial machine itself
+    # (decoder/trial.py: ITI, trial, hold, timeout, one crossing one reward, return-to-baseline) run over the
+    # baseline cursor, so the prediction is the task's own rate; "windows" (CLOOSE, and sessions recorded
+    # before this key): the fraction of n_trials random trial-length windows whose maximum reaches it
+    predict: str = "task"
+    # The predicted hit rate's 95 % interval (blocks adapted to the cursor's autocorrelation, decoder/uncertainty.py)
+    # and when to warn the operator; defaults measured in benchmarks/bench_calibration.py (docs/TASK_RULES.md)
+    ci_resamples: int = 200  # resampled baselines (predict = "windows"; the task's interval is batch means)
+    max_ci_width: float = 0.7  # warn when the interval is wider than this (a 15-min baseline: ~0.5-0.65)
+    rate_tolerance: float = 0.05  # warn when the prediction misses target_hit_rate by more than this
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -69,6 +91,43 @@ class CalibrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             raise ValueError("`feedback_min_percentile`: must be within [0, 50)")
         if self.curve_points < 2:
             raise ValueError("`curve_points`: must be >= 2")
+        if self.predict not in PREDICTIONS:
+            raise ValueError(f"`predict`: must be one of {', '.join(PREDICTIONS)}")
+        if self.ci_resamples < 40:
+            raise ValueError("`ci_resamples`: must be >= 40 (a 95 % interval from fewer is noise)")
+        if not 0.0 < self.max_ci_width <= 1.0:
+            raise ValueError("`max_ci_width`: must be within (0, 1]")
+        if not 0.0 < self.rate_tolerance <= self.max_rate_error:
+            raise ValueError("`rate_tolerance`: must be within (0, max_rate_error]: it warns before max_rate_error "
+                             "refuses")
+
+
+class SafeguardConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[decoder.safeguards]: which ROIs may enter an ensemble, and the BCI drift / noise warnings
+    (decoder/safeguards.py)."""
+
+    min_f0_snr: float = 3.0  # a ROI's lowest baseline F0 must be at least this many F noise widths
+    max_noise_ratio: float = 3.0  # a ROI's dF/F noise at most this times its ensemble's median (>= 3 ROIs)
+    allow_rois: list[int] = []  # the operator's override: these ROIs may enter despite the checks above
+    max_f0_drift: float = 0.3  # during BCI: warn when a decoder ROI's F0 moves this fraction from baseline
+    max_noise_growth: float = 2.0  # during BCI: warn when its dF/F noise grows (or shrinks) by this factor
+    check_every_s: float = 30.0  # how often the BCI checks run (each on the frames since the last: shorter is noisier)
+
+    def __post_init__(self) -> None:
+        for name in ("min_f0_snr", "max_noise_ratio", "max_f0_drift", "max_noise_growth", "check_every_s"):
+            _finite(name, getattr(self, name))
+        if self.min_f0_snr < 0:
+            raise ValueError("`min_f0_snr`: must be >= 0 (0 switches the check off)")
+        if self.max_noise_ratio <= 1.0:
+            raise ValueError("`max_noise_ratio`: must be > 1")
+        if self.max_f0_drift <= 0:
+            raise ValueError("`max_f0_drift`: must be > 0")
+        if self.max_noise_growth <= 1.0:
+            raise ValueError("`max_noise_growth`: must be > 1")
+        if self.check_every_s <= 0:
+            raise ValueError("`check_every_s`: must be > 0")
+        if any(i < 0 for i in self.allow_rois):
+            raise ValueError("`allow_rois`: ROI indices must be >= 0")
 
 
 class DecoderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -82,13 +141,25 @@ class DecoderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     f0_percentile: float = 10.0  # F0 = this percentile of F_corrected over the running window
     f0_window_s: float = 60.0  # running window of F0 (CLOOSE: 4 trial lengths; HoloBMI: 1-2 min)
     f0_floor: float = 1.0  # dF/F divides by max(F0, f0_floor) (F units); calibration rejects ROIs below it
+    # F0 during BCI (docs/TASK_RULES.md): "running" (the window goes on, as in the baseline), "frozen" (F0 stays
+    # as it was at the start of BCI) or "slow" (the window takes one frame in f0_slow_factor, so it spans
+    # f0_window_s × f0_slow_factor and follows slow drift, not learning). Outside BCI F0 always runs.
+    f0_mode: str = "running"
+    f0_slow_factor: int = 10
     zscore: bool = False  # decode z-scored dF/F, using the baseline mean and standard deviation
     smoothing_frames: int = 3  # running mean of the cursor over this many frames (CLOOSE: 3)
     cell_cap: float = 0.0  # > 0: clip each cell's signal to [-cap, cap] (HoloBMI style); 0: no cap
     # "all": dF/F of every ROI every frame. "decoder": during BCI only the decoder's ROIs (the others are NaN
     # in the per-frame output until BCI ends): the decode step then costs a fraction (see bench_decoder.py)
     dff_rois: str = "all"
+    # The bad-frame rule: a frame carrying any of these flags updates neither F0 nor the cursor (the cursor
+    # holds its last value, the frame takes its time in the trial and cannot be a hit). Names of FrameFlag.
+    bad_frame_flags: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_BAD_FRAME_FLAGS))
+    # 1: the older rules, for replaying sessions recorded before this key (a crossing is paid again after the
+    # hold, no F0-safeguard refusal, no BCI drift watch, calibration.predict "windows"); `rig run` refuses it
+    rules_version: int = 2
     calibration: CalibrationConfig = msgspec.field(default_factory=CalibrationConfig)
+    safeguards: SafeguardConfig = msgspec.field(default_factory=SafeguardConfig)
 
     def __post_init__(self) -> None:
         kind = DECODERS.get(self.decoder)
@@ -120,8 +191,29 @@ class DecoderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _finite("cell_cap", self.cell_cap)
         if self.cell_cap < 0:
             raise ValueError("`cell_cap`: must be >= 0 (0 switches the cap off)")
+        if self.f0_mode not in F0_MODES:
+            raise ValueError(f"`f0_mode`: must be one of {', '.join(F0_MODES)}")
+        if not 2 <= self.f0_slow_factor <= 1000:
+            raise ValueError("`f0_slow_factor`: must be between 2 and 1000")
         if self.dff_rois not in ("all", "decoder"):
             raise ValueError('`dff_rois`: must be "all" or "decoder"')
+        if self.rules_version not in RULES_VERSIONS:
+            raise ValueError(f"`rules_version`: must be one of {RULES_VERSIONS}")
+        if self.rules_version == 1 and self.calibration.predict != "windows":
+            raise ValueError('`rules_version` 1 (sessions recorded before it) predicted chance on random trial '
+                             'windows: set decoder.calibration.predict = "windows"')
+        known = [f.name for f in FrameFlag if f and f.name is not None]
+        unknown = [name for name in self.bad_frame_flags if name not in known]
+        if unknown:
+            raise ValueError(f"`bad_frame_flags`: unknown flag(s) {unknown}; known: {', '.join(known)}")
+
+    @property
+    def bad_frame_mask(self) -> int:
+        """The bad-frame flags as one bit mask."""
+        mask = 0
+        for name in self.bad_frame_flags:
+            mask |= int(FrameFlag[name])
+        return mask
 
 
 class FeedbackConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -149,7 +241,9 @@ class FeedbackConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class TaskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """[task]: the baseline, the trial structure and the session limits."""
 
-    baseline_s: float = 300.0  # baseline recorded before BCI (CLOOSE: 15,000 frames; HoloBMI: 15 min)
+    # baseline recorded before BCI (CLOOSE: 15,000 frames; HoloBMI: 15 min). 15 min: shorter baselines give a
+    # predicted chance rate whose 95 % interval is wider than 0.4 (docs/TASK_RULES.md, bench_calibration.py)
+    baseline_s: float = 900.0
     auto_protocol: bool = True  # after start_baseline: collect, calibrate and start BCI without the operator
     trial_s: float = 30.0  # longest trial (CLOOSE: 870 frames; HoloBMI: 30 s)
     iti_s: float = 5.0  # inter-trial interval before each trial (CLOOSE: 150 frames)
@@ -160,6 +254,7 @@ class TaskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     return_to_baseline: bool = False  # HoloBMI: after a hit the cursor must fall back before the next hit
     rtb_fraction: float = 0.5  # ... below baseline median + fraction * (threshold - baseline median)
     rtb_frames: int = 2  # ... for this many consecutive frames
+    rtb_holds_trials: bool = True  # HoloBMI: no new trial starts until re-armed (false: trials run, cannot be hit)
     feedback: FeedbackConfig = msgspec.field(default_factory=FeedbackConfig)
 
     def __post_init__(self) -> None:
@@ -174,6 +269,10 @@ class TaskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise ValueError(f"`{name}`: must be >= 0")
         if self.max_trials < 0:
             raise ValueError("`max_trials`: must be >= 0 (0: no limit)")
+        if self.hold_s == 0 and self.iti_s == 0:
+            raise ValueError("`hold_s`/`iti_s`: both are 0, so a crossing that flickers across the threshold "
+                             "would be paid again every other frame (one crossing, one reward); give the hold "
+                             "or the ITI some time")
         if not 0.0 <= self.rtb_fraction < 1.0:
             raise ValueError("`rtb_fraction`: must be within [0, 1)")
         if self.rtb_frames < 1:

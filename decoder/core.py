@@ -31,6 +31,10 @@ def decision_record_dtype(n_rois: int) -> np.dtype:
     ])
 
 
+#: The fields of a calibration its "calibrated" event records (the whole one goes to ``calibration.json``).
+CALIBRATION_SUMMARY = ("threshold", "predicted_hit_rate", "predicted_hit_rate_ci95", "method", "target",
+                       "baseline_frames", "up", "down", "warnings", "allowed_rois", "needed_baseline_s")
+
 #: Decision-record fields that are measurements of the run (stamps), not decisions.
 STAMP_FIELDS = ("t_ready", "t_registered", "t_extracted", "t_received", "t_decided")
 
@@ -97,9 +101,9 @@ class DecoderCore:
         if (self.auto_protocol and engine.mode == Mode.BASELINE
                 and engine.baseline_frames + 1 >= engine.baseline_target):
             with self.output.busy("calibrating"):  # this frame ends the baseline: calibration may take a while
-                res = engine.step(frame, F, Fneu)
+                res = engine.step(frame, F, Fneu, flags)
         else:
-            res = engine.step(frame, F, Fneu)
+            res = engine.step(frame, F, Fneu, flags)
         if res.reward_request:
             self.requests += 1
             self.output.reward_request(f"dec-{self.requests}", self.reward_volume_ul, "decoder", frame)
@@ -140,12 +144,14 @@ class DecoderCore:
         elif command == "calibrate":
             if "target_hit_rate" in args:
                 engine.set_target_hit_rate(float(args["target_hit_rate"]))
-            with self.output.busy("calibrating"):
-                engine.calibrate()  # its "calibrated" event goes out with the next frame
+            with self.output.busy("calibrating"):  # its "calibrated" event goes out with the next frame
+                engine.calibrate(args.get("allow_rois"))
         elif command == "start_bci":
             engine.start_bci()
         elif command == "pause":
             engine.pause()
+        elif command == "end_block":
+            engine.end_block()
         elif command == "resume":
             engine.resume()
         elif command == "manual_reward":
@@ -171,8 +177,11 @@ class DecoderCore:
         elif kind == "hit":
             self.hits += 1
         if kind == "calibrated":
-            self.output.calibration_in_force(detail.get("calibration", {}))
+            cal = detail.get("calibration", {})
+            self.output.calibration_in_force(cal)
+            # calibration.json holds the one in force; the event keeps what each block ran on (blocks, replay)
             detail = {k: v for k, v in detail.items() if k != "calibration"}
+            detail["calibration"] = {key: cal[key] for key in CALIBRATION_SUMMARY if key in cal}
         self.output.event("trial", **trial_event_record(kind, trial, frame, self.hits, self.trials, detail))
         self.output.trial_event(kind, trial, frame, self.hits, self.trials, detail)
 

@@ -81,6 +81,11 @@ class DffTracker:
         self._dff_from_f0()
         return self.dff
 
+    def hold(self) -> np.ndarray:
+        """dF/F of ``corrected`` against the current F0, without pushing the frame into the F0 window."""
+        self._dff_from_f0()
+        return self.dff
+
     def invalidate(self) -> None:
         """This frame has no usable dF/F."""
         self.dff.fill(np.nan)

@@ -11,19 +11,30 @@ Modes (:class:`Mode`)::
       |  calibrate() / set_calibration() / load_baseline() + calibrate()
       |                            v                                   v
       +--set_ensembles()------ READY (calibrated) --start_bci()--> BCI <--pause()/resume()--> PAUSED
-                                                                   |
+                                 ^                                 |
+                                 +------------ end_block() --------+  (from BCI or PAUSED)
                                              stop(), max trials, session length --> STOPPED
+
+Blocks: ``end_block()`` ends a BCI block without ending the session ("block_end"); from READY the
+operator may start another block on the same calibration, or record a new baseline, choose new
+ensembles and recalibrate first. Blocks are numbered from 1 ("bci_start" and "block_end" carry
+``block``); trial numbers go on across blocks, so every trial of a session has its own number.
 
 With ``task.auto_protocol`` the engine goes on by itself from the end of the baseline: it calibrates
 and starts BCI ("baseline_done", "calibrated", "bci_start" on that frame). If calibration fails it
 says so ("calibration_failed") and waits in IDLE for the operator.
 
-Per frame: F_corr = F - c·Fneu -> F0 (running percentile) -> dF/F for every ROI -> decoder -> running
+Per frame: F_corr = F - c·Fneu -> F0 (running percentile; during BCI per ``decoder.f0_mode``: running,
+frozen at the start of BCI, or a slow window) -> dF/F for every ROI -> decoder -> running
 mean -> cursor -> trial machine (in BCI) -> feedback. Frames are expected in increasing frame-number
 order; a jump is a gap: a "gap" event, the smoothing window skips the missing frames, and in BCI the
 trial clock advances through them (they consume trial time, cannot be hits; see :mod:`decoder.trial`).
 A frame whose F/Fneu is not all finite is treated like a missing frame ("bad_input") and does not
-enter F0. With ``decoder.dff_rois = "decoder"`` only the decoder's ROIs get F0 and dF/F during BCI
+enter F0. The bad-frame rule: a frame whose acquisition flags include one of ``decoder.bad_frame_flags``
+(low registration correlation, saturation, a clamped shift, ...) updates neither F0 nor the cursor: the
+cursor (and the smoothing window) holds its last value, the frame is counted (``bad_frames``; a "bad_frame"
+event opens each run of them), it takes its time in a trial and cannot be a hit, and it is not recorded
+into a baseline. With ``decoder.dff_rois = "decoder"`` only the decoder's ROIs get F0 and dF/F during BCI
 (several times cheaper; see :mod:`decoder.subset_f0`). The pieces live in their own modules: dF/F in
 :mod:`decoder.dff` and :mod:`decoder.subset_f0`, the decoders behind :mod:`decoder.registry`, the
 baseline and calibration assembly in :mod:`decoder.baseline`; the engine sequences them.
@@ -48,6 +59,7 @@ from decoder.decoders import RunningMean
 from decoder.dff import compile_kernels as compile_dff_kernels
 from decoder.feedback import NO_BIN, FeedbackMapper
 from decoder.registry import check_ensembles, make_decoder
+from decoder.safeguards import DriftMonitor
 from decoder.subset_f0 import SubsetDffTracker
 from decoder.trial import Event, TrialMachine, TrialTiming, frames_for
 from rig.core.codes import COMMAND_MODES, Mode, TrialState
@@ -106,7 +118,7 @@ class DecoderEngine:
         self.task_cfg = task_cfg
         self.n_rois = n_rois
         self.frame_rate_hz = float(frame_rate_hz)
-        self.timing = TrialTiming.from_config(task_cfg, frame_rate_hz)
+        self.timing = TrialTiming.from_config(task_cfg, frame_rate_hz, one_crossing=decoder_cfg.rules_version >= 2)
         self.f0_window = max(1, frames_for(decoder_cfg.f0_window_s, frame_rate_hz))
         self.baseline_target = max(1, frames_for(task_cfg.baseline_s, frame_rate_hz))
         self.max_gap_frames = frames_for(86_400.0, frame_rate_hz)  # a day: anything longer is a broken counter
@@ -129,6 +141,19 @@ class DecoderEngine:
         self._machine: TrialMachine | None = None
         self._last_frame: int | None = None
         self._frames_seen = 0  # frames whose F/Fneu entered the F0 window
+        self._bad_mask = decoder_cfg.bad_frame_mask
+        self.bad_frames = 0  # frames held by the bad-frame rule
+        self._bad_run = False  # the previous frame was a bad frame
+        self._held = (math.nan, math.nan, math.nan)  # the last (up, down, cursor): a bad frame shows it again
+        # F0 during BCI: _f0_task says it is not "running"; _f0_slow: push one valid frame in this many (0: none)
+        self._f0_task = decoder_cfg.f0_mode != "running"
+        self._f0_slow = decoder_cfg.f0_slow_factor if decoder_cfg.f0_mode == "slow" else 0
+        self._task_frames = 0  # valid frames since BCI started (the slow F0's count)
+        self._block = 0  # BCI blocks started
+        self._monitor: DriftMonitor | None = None  # F0 drift and dF/F noise of the decoder's ROIs during BCI
+        self._monitor_rois = np.zeros(0, dtype=np.intp)
+        self._monitor_dff = np.empty(0)
+        self._monitor_f0 = np.empty(0)
         self._baseline = Baseline(n_rois, self.f0_window, decoder_cfg, task_cfg, self.timing, self.frame_rate_hz)
         self._pending: list[Event] = []
         self._events: list[Event] = []
@@ -202,13 +227,15 @@ class DecoderEngine:
         self._calibration_cfg = msgspec.structs.replace(self._calibration_cfg, method="hit_rate",
                                                         target_hit_rate=rate)
 
-    def calibrate(self) -> Calibration:
+    def calibrate(self, allow_rois: Sequence[int] | None = None) -> Calibration:
         """Calibrate on the baseline recorded so far (ending the recording) or loaded; -> READY.
 
-        Raises CalibrationError (mode unchanged, baseline recording goes on) when it cannot.
+        ``allow_rois``: the operator's explicit override of the F0 safeguards (:mod:`decoder.safeguards`) for
+        these ROIs. Raises CalibrationError (mode unchanged, baseline recording goes on) when it cannot.
         """
         self._require("calibrate", "calibrate")
-        cal = self._baseline.calibrate(self._decoder, self._calibration_cfg)
+        cal = self._baseline.calibrate(self._decoder, self._calibration_cfg,
+                                       [int(r) for r in allow_rois] if allow_rois else None)
         if self._mode == Mode.BASELINE:
             self._end_baseline(None)
         self._apply_calibration(cal)
@@ -248,6 +275,23 @@ class DecoderEngine:
         self._require("resume", "resume")
         self._mode = Mode.BCI
         self._queue("resume", {"state": self._trial_state().name.lower()})
+
+    def end_block(self) -> None:
+        """BCI or PAUSED -> READY: this BCI block ends (a running trial is aborted), the session goes on."""
+        self._require("end_block", "end a BCI block")
+        machine = self._machine
+        assert machine is not None
+        finished: list[Event] = []
+        machine.finish(-1, "block_ended", finished, block=self._block)
+        self._pending.extend(finished)
+        self._dff.widen()
+        self._monitor = None
+        self._mode = Mode.READY if self._calibration is not None else Mode.IDLE
+
+    @property
+    def block(self) -> int:
+        """The number of the last BCI block started (0: none yet)."""
+        return self._block
 
     def stop(self) -> None:
         """End the task (a running trial is aborted). Frames are still decoded for display. Idempotent."""
@@ -295,8 +339,9 @@ class DecoderEngine:
 
     # ------------------------------------------------------------------ the frame
 
-    def step(self, frame_number: int, F: np.ndarray, Fneu: np.ndarray) -> StepResult:
-        """Decode one frame; see the module docstring. The result object is reused every call."""
+    def step(self, frame_number: int, F: np.ndarray, Fneu: np.ndarray, flags: int = 0) -> StepResult:
+        """Decode one frame (``flags``: its acquisition FrameFlag word); see the module docstring. The result
+        object is reused every call."""
         frame = int(frame_number)
         last = self._last_frame
         if last is not None and frame <= last:
@@ -332,22 +377,38 @@ class DecoderEngine:
                 machine.skip(last + 1, missing, events)  # type: ignore[operator]
 
         tracker = self._dff
-        valid = tracker.correct(F, Fneu)
-        if valid:
-            tracker.update()
-            self._frames_seen += 1
-        else:
+        bad = flags & self._bad_mask
+        if bad:  # the bad-frame rule: F0, the smoothing window and the cursor hold
+            valid = False
             tracker.invalidate()
-            events.append(Event("bad_input", self.trials, frame, {}))
-
-        decoder = self._decoder
-        if valid and decoder.ready:
-            up, down = self._smoother.push(*decoder.decode(tracker.dff))
-            cursor = up - down
+            self.bad_frames += 1
+            if not self._bad_run:
+                events.append(Event("bad_frame", self.trials, frame, {"flags": int(flags)}))
+            self._bad_run = True
+            up, down, cursor = self._held
+            usable = False
         else:
-            self._smoother.push_missing(1)
-            up = down = cursor = math.nan
-        usable = cursor == cursor  # not NaN
+            self._bad_run = False
+            valid = tracker.correct(F, Fneu)
+            if valid:
+                if self._f0_task and mode in (Mode.BCI, Mode.PAUSED):  # the F0 mode applies during the task
+                    self._task_frames += 1
+                    tracker.update(self._f0_slow > 0 and self._task_frames % self._f0_slow == 0)
+                else:
+                    tracker.update()
+                self._frames_seen += 1
+            else:
+                tracker.invalidate()
+                events.append(Event("bad_input", self.trials, frame, {}))
+            decoder = self._decoder
+            if valid and decoder.ready:
+                up, down = self._smoother.push(*decoder.decode(tracker.dff))
+                cursor = up - down
+            else:
+                self._smoother.push_missing(1)
+                up = down = cursor = math.nan
+            self._held = (up, down, cursor)
+            usable = cursor == cursor  # not NaN
 
         trial_state = TrialState.NONE
         if mode == Mode.BASELINE:
@@ -356,10 +417,17 @@ class DecoderEngine:
                 baseline.record(tracker.corrected, tracker.f0)
                 if baseline.count >= self.baseline_target:
                     self._end_baseline(frame)
+            elif bad:
+                self._baseline.bad_frames += 1
         elif mode == Mode.BCI and machine is not None:
             if machine.state != TrialState.DONE:
                 trial_state = machine.state
                 res.reward_request = machine.step(frame, cursor, usable, events)
+            monitor = self._monitor
+            if valid and monitor is not None:
+                np.take(tracker.dff, self._monitor_rois, out=self._monitor_dff)
+                tracker.take_f0(self._monitor_rois, self._monitor_f0)
+                monitor.push(self._monitor_dff, self._monitor_f0, frame, machine.trial, events)
             if machine.state == TrialState.DONE:
                 self._mode = Mode.STOPPED
                 tracker.widen()
@@ -398,7 +466,8 @@ class DecoderEngine:
     def _end_baseline(self, frame: int | None) -> None:
         """The recording ends (target reached, at ``frame``, or calibrate() called early, frame None)."""
         self._mode = Mode.IDLE
-        detail = {"frames": self._baseline.count, "gap_frames": self._baseline.gap_frames}
+        detail = {"frames": self._baseline.count, "gap_frames": self._baseline.gap_frames,
+                  "bad_frames": self._baseline.bad_frames}
         if frame is None:
             self._queue("baseline_done", detail)
             return
@@ -417,14 +486,33 @@ class DecoderEngine:
     def _start_bci(self, frame: int | None) -> None:
         cal = self._calibration
         assert cal is not None
-        self._machine = TrialMachine(self.timing, cal.threshold, self._rtb_level)
+        self._machine = TrialMachine(self.timing, cal.threshold, self._rtb_level, first_trial=self.trials)
+        self._block += 1
         self._mode = Mode.BCI
         self._dff.narrow_to(self._decoder.rois)
-        detail = {"threshold": cal.threshold, "trial_frames": self.timing.trial_frames}
+        self._start_monitor(cal)
+        self._task_frames = 0
+        detail = {"threshold": cal.threshold, "trial_frames": self.timing.trial_frames,
+                  "f0_mode": self.decoder_cfg.f0_mode, "block": self._block}
         if frame is None:
             self._queue("bci_start", detail)
         else:
-            self._events.append(Event("bci_start", 0, frame, detail))
+            self._events.append(Event("bci_start", self.trials, frame, detail))
+
+    def _start_monitor(self, cal: Calibration) -> None:
+        """Watch the decoder's ROIs against this calibration's baseline (not possible for one stored without
+        its baseline noise)."""
+        rois = np.asarray(self._decoder.rois, dtype=np.intp)
+        self._monitor = None
+        if (len(cal.dff_noise) != self.n_rois or len(cal.f0) != self.n_rois or not len(rois)
+                or self.decoder_cfg.rules_version < 2):  # sessions recorded before the watch existed
+            return
+        self._monitor_rois = rois
+        self._monitor_dff = np.empty(len(rois))
+        self._monitor_f0 = np.empty(len(rois))
+        cfg = self.decoder_cfg.safeguards
+        self._monitor = DriftMonitor([int(r) for r in rois], np.asarray(cal.f0)[rois], np.asarray(cal.dff_noise)[rois],
+                                     cfg, frames_for(cfg.check_every_s, self.frame_rate_hz))
 
     def _clear_calibration(self) -> None:
         if self._calibration is not None:

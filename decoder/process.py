@@ -10,15 +10,20 @@ commands, publishes what the core decides and writes the files it owns (``decode
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from decoder.core import DecoderCore, decision_record_dtype
 from decoder.engine import StepResult
+from decoder.lateness import LateWatch
+from decoder.safeguards import describe
 from rig.core.bus import SpinWaiter
 from rig.core.clock import now_ns
 from rig.core.process import RigProcess
+from rig.core.realtime import IdleCollector
 from rig.core.schema import CalibrationResult, Control, Decision, FluorFrame, RewardRequest, TrialEvent
 from rig.core.store import RecordWriter, json_default, write_json_atomic
 
@@ -32,6 +37,9 @@ class DecoderProcess(RigProcess):
         if "frame_rate_hz" not in acq:
             raise RuntimeError("the acquisition process did not report its frame rate when ready")
         self.frame_rate_hz = float(acq["frame_rate_hz"])
+        if self.config.decoder.rules_version != 2:
+            raise ValueError(f"`decoder.rules_version`: {self.config.decoder.rules_version} only replays sessions "
+                             "recorded before the key (rig replay); a live session runs the current rules")
         self.core = DecoderCore(self.config.decoder, self.config.task, self.config.reward.volume_ul, self.n_rois,
                                 self.frame_rate_hz, self)
         self.fluor = self.subscribe(["acquisition"], [FluorFrame.topic])
@@ -39,6 +47,8 @@ class DecoderProcess(RigProcess):
         self.records = RecordWriter(self.dir / "decisions.rec", decision_record_dtype(self.n_rois),
                                     self.config.session.flush_interval_s)
         self._msg: FluorFrame | None = None  # the frame being decided
+        self.late = LateWatch(self.frame_rate_hz, self.events.write, self.warn)  # decisions > a frame period late
+        self._idle_gc: IdleCollector | None = None
         self._t_received = 0
         self._t_decided = 0
 
@@ -48,7 +58,9 @@ class DecoderProcess(RigProcess):
     def step(self) -> None:
         msg = self.fluor.recv(0) if self._waiter.wait(self.fluor.socket.poll, 10) else None
         if msg is None:
+            t0 = now_ns()
             self.records.flush_if_due()  # no frames coming: still nothing older than the flush interval in memory
+            self.late.flushed((now_ns() - t0) / 1e6)
         else:
             self._waiter.arrived()
         while msg is not None:
@@ -65,7 +77,13 @@ class DecoderProcess(RigProcess):
         row["t_extracted"] = msg.t_extracted
         row["t_received"] = self._t_received
         row["t_decided"] = self._t_decided
+        t0 = now_ns()
         self.records.commit()
+        self.late.observe(msg.frame, (msg.t_ready, msg.t_registered, msg.t_extracted, msg.t_sent), self._t_received,
+                          self._t_decided)
+        self.late.flushed((now_ns() - t0) / 1e6)  # a slow write delays the next frame, not this one
+        if self._idle_gc is not None:
+            self._idle_gc.collect_if_due()  # right after a decision: the next frame is a frame period away
 
     # ------------------------------------------------------------------ DecoderOutput: the bus and the files
     def decision(self, res: StepResult) -> None:
@@ -90,6 +108,8 @@ class DecoderProcess(RigProcess):
         self.events.write(kind, **fields)
 
     def trial_event(self, kind: str, trial: int, frame: int, hits: int, trials: int, detail: dict) -> None:
+        if kind in ("f0_drift", "noise_change"):  # the F0 safeguards during BCI: the operator must hear of it
+            self.warn(kind, describe(kind, detail))
         self.publish(TrialEvent(kind=kind, trial=trial, frame=frame, t_ns=now_ns(), hits=hits, trials=trials,
                                 detail=_jsonable(detail)))
 
@@ -113,19 +133,36 @@ class DecoderProcess(RigProcess):
             method=str(cal["method"]), curve_thresholds=[float(x) for x in cal.get("curve_thresholds", [])],
             curve_hit_rates=[float(x) for x in cal.get("curve_hit_rates", [])],
             baseline_frames=int(cal.get("baseline_frames", 0)), t_ns=now_ns(),
+            predicted_hit_rate_ci95=[float(x) for x in cal.get("predicted_hit_rate_ci95") or []],
+            warnings=[str(w) for w in cal.get("warnings") or []],
         ))
+        for warning in cal.get("warnings") or []:  # on stderr in a headless run, in the console's log
+            self.warn("calibration_uncertain", str(warning))
 
     def refused(self, command: str, error: str) -> None:
         self.warn("command_refused", f"{command}: {error}")
 
     # ------------------------------------------------------------------ the process contract
+    @contextlib.contextmanager
+    def busy(self, what: str) -> Iterator[None]:
+        """The base class's busy heartbeat, and the time it took for the late-decision count's causes."""
+        t0 = now_ns()
+        with super().busy(what):
+            yield
+        self.late.was_busy(what, (now_ns() - t0) / 1e6)
+
+    def on_start(self) -> None:
+        if self.config.rig.decoder_gc == "idle":  # after the base class set the thresholds and froze startup objects
+            self._idle_gc = IdleCollector()
+
     def on_control(self, msg: Control) -> None:
         # Applied between frames; the "applied" line records after which frame, where `rig replay` applies it.
         self.core.apply_control(msg.command, msg.args, issued_by=msg.issued_by)
 
     def heartbeat_stats(self) -> dict[str, float]:
         core = self.core
-        return {"frames": float(core.frames), "trials": float(core.trials), "hits": float(core.hits),
+        return {"frames": float(core.frames), "late_decisions": float(self.late.late),
+                "trials": float(core.trials), "hits": float(core.hits), "bad_frames": float(core.engine.bad_frames),
                 "gaps": float(self.fluor.gaps.gaps), "bad_messages": float(self.fluor.bad_messages)}
 
     def on_stop(self) -> None:
@@ -134,6 +171,13 @@ class DecoderProcess(RigProcess):
             self.core.finish()
         if hasattr(self, "records"):
             self.records.close()
+        if hasattr(self, "late"):
+            self.events.write("late_decisions", period_ms=self.late.period_ns / 1e6, **self.late.stats())
+            self.late.close()
+        idle_gc = getattr(self, "_idle_gc", None)
+        if idle_gc is not None:
+            self.events.write("idle_gc", collections=idle_gc.collections)
+            idle_gc.close()
 
 
 def _jsonable(detail: dict) -> dict:

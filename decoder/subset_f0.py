@@ -36,8 +36,11 @@ class SubsetDffTracker:
         self._narrow: DffTracker | None = None
         self._narrow_rois = np.zeros(0, dtype=np.intp)
         self._narrow_fresh = False
-        # ring of corrected F of every ROI (only when narrowing is configured)
-        self._history = np.empty((window, n_rois)) if cfg.dff_rois == "decoder" else None
+        # ring of corrected F of every ROI: when narrowing is configured, or F0 is held during BCI (f0_mode), so
+        # that after BCI F0 resumes from the frames it did not take
+        self._narrowing = cfg.dff_rois == "decoder"
+        self._held_f0 = cfg.f0_mode != "running"
+        self._history = np.empty((window, n_rois)) if self._narrowing or self._held_f0 else None
         self._history_next = 0
         self._history_count = 0
 
@@ -46,17 +49,25 @@ class SubsetDffTracker:
         """The full tracker's F0 window (a warm start pushes into it, then calls :meth:`seed_history`)."""
         return self.full.running
 
-    def update(self) -> None:
-        """Push this frame's ``corrected`` (from ``correct``) into the F0 window(s) and compute dF/F."""
+    def update(self, push: bool = True) -> None:
+        """Push this frame's ``corrected`` (from ``correct``) into the F0 window(s) and compute dF/F; with
+        ``push`` False (F0 frozen, or a frame the slow F0 skips) only the dF/F, against the current F0. The
+        history ring takes every frame either way: after BCI, F0 resumes as if it had run all along."""
         full = self.full
         if self._history is not None:
             self._remember(full.corrected)
         narrow = self._narrow
         if narrow is None:
-            full.update()
+            if push:
+                full.update()
+            else:
+                full.hold()
             return
         np.take(full.corrected, self._narrow_rois, out=narrow.corrected)
-        narrow.update()
+        if push:
+            narrow.update()
+        else:
+            narrow.hold()
         if self._narrow_fresh:  # the other ROIs' dF/F is not computed from now on
             full.dff.fill(np.nan)
             self._narrow_fresh = False
@@ -82,7 +93,7 @@ class SubsetDffTracker:
 
         Does nothing unless ``dff_rois = "decoder"``.
         """
-        if self._history is None:
+        if not self._narrowing:
             return
         cfg = self._cfg
         narrow = DffTracker(len(rois), cfg.neuropil_coef, self._window, cfg.f0_percentile, cfg.f0_floor)
@@ -92,9 +103,24 @@ class SubsetDffTracker:
         self._narrow_rois = np.asarray(rois, dtype=np.intp)
         self._narrow_fresh = True
 
+    def take_f0(self, rois: np.ndarray, out: np.ndarray) -> None:
+        """F0 of ``rois`` into ``out`` (while narrowed, ``rois`` must be among the ROIs narrowed to)."""
+        narrow = self._narrow
+        if narrow is None:
+            np.take(self.full.f0, rois, out=out)
+        elif len(rois) == len(self._narrow_rois) and np.array_equal(rois, self._narrow_rois):
+            out[:] = narrow.f0
+        else:
+            where = {int(r): i for i, r in enumerate(self._narrow_rois)}
+            missing = [int(r) for r in rois if int(r) not in where]
+            if missing:
+                raise ValueError(f"`rois`: {missing} are not tracked while F0 is narrowed to the decoder's ROIs")
+            np.take(narrow.f0, [where[int(r)] for r in rois], out=out)
+
     def widen(self) -> None:
-        """Back to every ROI (after BCI): refill the full tracker's window from the history ring."""
-        if self._narrow is None or self._history is None:
+        """Back to every ROI (after BCI): refill the full tracker's window from the history ring (also when
+        not narrowed but F0 was held during BCI)."""
+        if self._history is None or (self._narrow is None and not self._held_f0):
             return
         self._narrow = None
         count, nxt = self._history_count, self._history_next

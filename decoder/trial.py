@@ -12,6 +12,13 @@ frame it would have ended on. Pausing is the caller not stepping the machine: th
 
 Events are stamped with the frame they happened on. A period that starts after another ends (a trial
 after the ITI, the ITI after a hold) is announced on its first frame ("trial_start", "iti").
+
+One crossing, one reward: after a hit, the next hit needs the cursor to have been below the threshold on
+at least one valid frame since (a cursor that stays up through the hold and the ITI earns nothing more).
+With return-to-baseline (``rtb_frames`` > 0) it must also have stayed below ``rtb_level`` for
+``rtb_frames`` consecutive valid frames ("rearmed"), and with ``rtb_holds_trials`` (HoloBMI's rule) the
+ITI does not end into a new trial until then ("rearm_wait" when it starts waiting): no trial is run that
+could not be hit.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ class TrialTiming:
     max_trials: int = 0
     session_frames: int = 0
     rtb_frames: int = 0
+    rtb_holds_trials: bool = True  # with rtb_frames > 0: no new trial starts until re-armed
+    one_crossing: bool = True  # a hit needs the cursor below the threshold since the last (False: rules_version 1)
 
     def __post_init__(self) -> None:
         if self.trial_frames < 1:
@@ -61,10 +70,14 @@ class TrialTiming:
                 raise ValueError(f"`{name}`: must be >= 0, got {getattr(self, name)}")
 
     @classmethod
-    def from_config(cls, task: TaskConfig, frame_rate_hz: float) -> TrialTiming:
+    def from_config(cls, task: TaskConfig, frame_rate_hz: float, one_crossing: bool = True) -> TrialTiming:
         trial_frames = frames_for(task.trial_s, frame_rate_hz)
         if trial_frames < 1:
             raise ValueError(f"`trial_s`: {task.trial_s} s is less than one frame at {frame_rate_hz} Hz")
+        if frames_for(task.iti_s, frame_rate_hz) + frames_for(task.hold_s, frame_rate_hz) < 1:
+            raise ValueError(f"`hold_s`/`iti_s`: {task.hold_s} s + {task.iti_s} s is less than one frame at "
+                             f"{frame_rate_hz} Hz: a crossing flickering across the threshold would be paid "
+                             f"again every other frame; lengthen the hold or the ITI")
         return cls(
             trial_frames=trial_frames,
             iti_frames=frames_for(task.iti_s, frame_rate_hz),
@@ -73,6 +86,8 @@ class TrialTiming:
             max_trials=task.max_trials,
             session_frames=frames_for(task.session_max_s, frame_rate_hz) if task.session_max_s > 0 else 0,
             rtb_frames=task.rtb_frames if task.return_to_baseline else 0,
+            rtb_holds_trials=task.rtb_holds_trials,
+            one_crossing=one_crossing,
         )
 
 
@@ -84,18 +99,24 @@ class TrialMachine:
     return-to-baseline rule); the count runs in every state, and an invalid frame restarts it.
     """
 
-    def __init__(self, timing: TrialTiming, threshold: float, rtb_level: float = -math.inf) -> None:
+    def __init__(self, timing: TrialTiming, threshold: float, rtb_level: float = -math.inf,
+                 first_trial: int = 0) -> None:
         if not math.isfinite(threshold):
             raise ValueError(f"`threshold`: must be finite, got {threshold}")
         self.timing = timing
         self.threshold = float(threshold)
         self.rtb_level = float(rtb_level)
-        self.trial = 0  # number of the last trial started (1-based)
+        # number of the last trial started (1-based; a later block of a session goes on from the trials before)
+        self.trial = first_trial
+        self.first_trial = first_trial
         self.hits = 0
         self.misses = 0
         self.aborted = 0
         self.task_frames = 0  # frames stepped (valid or not)
         self.armed = True  # return-to-baseline satisfied
+        self.below = True  # the cursor has been below the threshold since the last hit (one crossing, one reward)
+        self._always_below = not timing.one_crossing  # the older rule: any crossing in a trial is a hit
+        self.waiting = False  # the ITI is over but the trial waits to be re-armed (rtb_holds_trials)
         self._rtb_count = 0
         self._remaining = 0  # frames left in ITI / HOLD / TIMEOUT
         self._elapsed = 0  # frames of the running trial so far
@@ -128,9 +149,10 @@ class TrialMachine:
         hit = False
         if state == TrialState.TRIAL:
             self._elapsed += 1
-            if valid and self.armed and cursor >= self.threshold:
+            if valid and self.armed and (self.below or self._always_below) and cursor >= self.threshold:
                 hit = True
                 self.hits += 1
+                self.below = False
                 events.append(Event("hit", self.trial, frame, {
                     "cursor": cursor, "threshold": self.threshold, "trial_frame": self._elapsed - 1,
                 }))
@@ -146,12 +168,18 @@ class TrialMachine:
             self._remaining -= 1
             if self._remaining <= 0:
                 self._period_over(state, frame, events)
+        if valid and cursor < self.threshold:
+            self.below = True
         if not self.armed and not hit:
             if valid and cursor < self.rtb_level:
                 self._rtb_count += 1
                 if self._rtb_count >= self.timing.rtb_frames:
                     self.armed = True
                     events.append(Event("rearmed", self.trial, frame))
+                    if self.waiting:  # the trial that waited for this starts on the next frame
+                        self.waiting = False
+                        self.state = TrialState.TRIAL
+                        self._announce = True
             else:
                 self._rtb_count = 0
         if (self.timing.session_frames and self.task_frames >= self.timing.session_frames
@@ -171,14 +199,16 @@ class TrialMachine:
                 frame += 1
                 continue
             left = timing.trial_frames - self._elapsed if self.state == TrialState.TRIAL else self._remaining
-            quiet = min(left - 1, end - frame)  # frames before the period's last: only counters move
+            # frames before the period's last, or (waiting to re-arm, which frames without data cannot do) every
+            # frame of the gap: only counters move
+            quiet = end - frame if self.waiting else min(left - 1, end - frame)
             if timing.session_frames:
                 quiet = min(quiet, timing.session_frames - self.task_frames - 1)
             if quiet > 0:
                 self.task_frames += quiet
                 if self.state == TrialState.TRIAL:
                     self._elapsed += quiet
-                else:
+                elif not self.waiting:
                     self._remaining -= quiet
                 self._rtb_count = 0
                 frame += quiet
@@ -186,17 +216,22 @@ class TrialMachine:
             self.step(frame, math.nan, False, events)
             frame += 1
 
-    def finish(self, frame: int, reason: str, events: list[Event]) -> None:
-        """End the task now; a trial still running is aborted (neither hit nor miss)."""
+    def finish(self, frame: int, reason: str, events: list[Event], block: int = 0) -> None:
+        """End the task now; a trial still running is aborted (neither hit nor miss).
+
+        ``block`` > 0: only this block of the session ends ("block_end" instead of "session_done").
+        """
         if self.state == TrialState.DONE:
             return
         if self.state == TrialState.TRIAL and not self._announce:
             self.aborted += 1
             events.append(Event("trial_aborted", self.trial, frame, {"reason": reason, "trial_frames": self._elapsed}))
         self.state = TrialState.DONE
-        events.append(Event("session_done", self.trial, frame, {
-            "reason": reason, "hits": self.hits, "misses": self.misses, "aborted": self.aborted,
-        }))
+        detail: dict = {"reason": reason, "hits": self.hits, "misses": self.misses, "aborted": self.aborted}
+        if block:
+            detail["block"] = block
+            detail["block_trials"] = self.trial - self.first_trial
+        events.append(Event("block_end" if block else "session_done", self.trial, frame, detail))
 
     def _enter(self, state: TrialState, frames: int, frame: int, events: list[Event]) -> None:
         if frames > 0:
@@ -208,8 +243,7 @@ class TrialMachine:
     def _period_over(self, state: TrialState, frame: int, events: list[Event]) -> None:
         """ITI, HOLD or TIMEOUT ended with this frame: decide what the next frame is."""
         if state == TrialState.ITI:
-            self.state = TrialState.TRIAL
-            self._announce = True
+            self._to_trial(frame, events)
         elif self.timing.max_trials and self.trial >= self.timing.max_trials:
             self.state = TrialState.TRIAL  # so finish() sees no running trial to abort
             self._announce = True
@@ -219,5 +253,16 @@ class TrialMachine:
             self._remaining = self.timing.iti_frames
             self._announce = True
         else:
-            self.state = TrialState.TRIAL
-            self._announce = True
+            self._to_trial(frame, events)
+
+    def _to_trial(self, frame: int, events: list[Event]) -> None:
+        """A trial starts on the next frame, unless it must wait (in the ITI) to be re-armed."""
+        if not self.armed and self.timing.rtb_frames and self.timing.rtb_holds_trials:
+            if not self.waiting:
+                events.append(Event("rearm_wait", self.trial, frame))
+            self.waiting = True
+            self.state = TrialState.ITI
+            self._remaining = 0
+            return
+        self.state = TrialState.TRIAL
+        self._announce = True

@@ -29,6 +29,7 @@ from gui.widgets.fov import FovWidget
 from gui.widgets.health import HealthPanel
 from gui.widgets.plots import LivePlots
 from gui.widgets.style import ERROR_COLOUR, INFO_COLOUR, WARN_COLOUR
+from gui.widgets.zplot import ZPlotWidget
 
 HEALTH_REFRESH_S = 0.5
 #: The window opens at most this large (and at most as large as the screen), and never gets smaller than
@@ -72,6 +73,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setWindowTitle(title)
         self.fov = FovWidget()
         self.plots = LivePlots(self.model)
+        self.zplot = ZPlotWidget()  # hidden until z-tracking sends a depth
         self.health = HealthPanel(self.model)
         self.controls = ControlPanel(session.cfg.default_target_hit_rate)
 
@@ -92,6 +94,13 @@ class MainWindow(QtWidgets.QMainWindow):
         header = QtWidgets.QHBoxLayout()
         header.addWidget(self.mode_label, 1)
         header.addWidget(self.baseline_bar)
+        self.pick_button = QtWidgets.QPushButton("Pick ensembles…")
+        self.pick_button.setToolTip("the ROI picker on this session's ROIs (its rig detect folder, else the ROIs it "
+                                    "runs with): rank cells, pick up/down, draw ROIs; saved into the session's "
+                                    "config file for the next session")
+        self.pick_button.clicked.connect(lambda: self.open_picker())
+        self.picker_window: QtWidgets.QWidget | None = None
+        header.addWidget(self.pick_button)
         header.addWidget(self.controls.close_valve)  # the emergency button: always in sight
 
         # Columns: field of view over the controls | plots | health; each scrolls rather than being cut off.
@@ -102,7 +111,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.left.setChildrenCollapsible(False)
         self.left.setStretchFactor(0, 1)  # a taller window gives the image the height, not the buttons
         self.left.setStretchFactor(1, 0)
-        self.plots_scroll = scrolling(self.plots, 320)
+        plots_column = QtWidgets.QWidget()
+        plots_layout = QtWidgets.QVBoxLayout(plots_column)
+        plots_layout.setContentsMargins(0, 0, 0, 0)
+        plots_layout.addWidget(self.plots, 1)
+        plots_layout.addWidget(self.zplot)
+        self.plots_scroll = scrolling(plots_column, 320)
         self.health_scroll = scrolling(self.health, 280)
         self.splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
         for column in (self.left, self.plots_scroll, self.health_scroll):
@@ -169,6 +183,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self._preview_seen = m.preview_count
             p = m.preview
             self.fov.set_live(p.image, p.dy, p.dx, p.corr, p.frame)
+            self.zplot.add(p.frame, p.z_um)
         if m.roles.version != self._roles_drawn:
             self._roles_drawn = m.roles.version
             self.fov.update_roles(m.roles, m.selected_roi)
@@ -240,11 +255,14 @@ class MainWindow(QtWidgets.QMainWindow):
         self.banner.setText(text)
         self.banner.setVisible(bool(text))
         failure = m.calibration_failure
-        self.calibration_banner.setVisible(bool(failure))
+        doubts = list((m.calibration or {}).get("warnings") or []) if not failure else []
+        self.calibration_banner.setVisible(bool(failure or doubts))
         if failure:
             self.calibration_banner.setText(
                 f"CALIBRATION FAILED: {failure} — the decoder waits in idle: record a new baseline or calibrate "
                 "again")
+        elif doubts:
+            self.calibration_banner.setText("CALIBRATION UNCERTAIN: " + "; ".join(doubts))
 
     def _session_over(self, why: str) -> None:
         """The session ended: controls off, ROI clicks only select, the window stays for review."""
@@ -262,6 +280,9 @@ class MainWindow(QtWidgets.QMainWindow):
             if volume is not None:
                 self.controls.volume.setValue(float(volume))
             self._volume_set = True
+        warn_um = ((m.config.get("acquisition") or {}).get("ztrack") or {}).get("warn_um")
+        if warn_um is not None:  # the z plot's band is the rig's z-drift warning threshold
+            self.zplot.set_warn_um(float(warn_um))
         target = ((m.config.get("decoder") or {}).get("calibration") or {}).get("target_hit_rate")
         if target is not None and m.snapshots == 1:
             self.controls.target_hit_rate.setValue(float(target))
@@ -318,6 +339,22 @@ class MainWindow(QtWidgets.QMainWindow):
         folder = QtWidgets.QFileDialog.getExistingDirectory(self, "suite2p plane folder (with stat.npy)")
         if folder:
             self.load_rois_from(folder)
+
+    def open_picker(self, folder: str | Path | None = None, config: str | Path | None = None) -> bool:
+        """The ROI picker in its own window, before or after a BCI block (:func:`gui.roi_picker.session_picker`:
+        this session's ``detect/``, else its ROI folder; saved into the config file it was started from).
+        False and a message in the status bar when there is nothing to open."""
+        from gui.roi_folder import RoiFolderError  # noqa: PLC0415 - the picker's modules only when it is opened
+        from gui.roi_picker import session_picker  # noqa: PLC0415
+
+        try:
+            self.picker_window = session_picker(self.model.session_dir or None, self.model.config, folder, config)
+        except RoiFolderError as exc:
+            self.statusBar().showMessage(f"ROI picker: {exc}", 10_000)
+            return False
+        self.picker_window.resize(1200, 700)
+        self.picker_window.show()
+        return True
 
     def _on_roi_clicked(self, roi: int) -> None:
         if self.fov.editing:

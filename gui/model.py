@@ -95,6 +95,7 @@ class PreviewState:
     dy: float
     dx: float
     corr: float
+    z_um: float = float("nan")  # z-tracking's latest depth estimate (NaN without it)
 
 
 class ConsoleModel:
@@ -228,7 +229,8 @@ class ConsoleModel:
 
     def _on_preview(self, msg: Preview) -> None:
         # The image is a read-only view of the received frame; keeping only the newest bounds memory.
-        self.preview = PreviewState(image=msg.image, frame=msg.frame, dy=msg.dy, dx=msg.dx, corr=msg.corr)
+        self.preview = PreviewState(image=msg.image, frame=msg.frame, dy=msg.dy, dx=msg.dx, corr=msg.corr,
+                                    z_um=msg.z_um)
         self.preview_count += 1
         self._stamp(msg.t_ns)
 
@@ -259,8 +261,11 @@ class ConsoleModel:
         # The same fields whether it arrives on the bus or in a snapshot (rig.core.operator.Calibration).
         self.calibration = msgspec.structs.asdict(Calibration.from_result(msg))
         self.calibration_count += 1
+        ci = msg.predicted_hit_rate_ci95
+        interval = f" [95 %: {ci[0]:.0%}–{ci[1]:.0%}]" if len(ci) == 2 else ""
         self._event_line(f"calibrated: threshold {msg.threshold:.3g}, predicted hit rate "
-                         f"{msg.predicted_hit_rate:.0%} ({msg.method}, {msg.baseline_frames} baseline frames)")
+                         f"{msg.predicted_hit_rate:.0%}{interval} ({msg.method}, {msg.baseline_frames} baseline "
+                         "frames)")
 
     def _on_reward(self, msg: RewardOutcome) -> None:
         delivered = msg.status == "delivered"
@@ -504,13 +509,22 @@ class ConsoleModel:
         return self.clock() - proc.last_seen
 
     def registration_quality(self, frames: int = 300) -> dict[str, float] | None:
-        """Correlation with the reference (last, mean, min) and the last shift over recent frames."""
+        """Correlation with the reference (last, mean, min), the last frame's robust z-score against the recent
+        frames (``corr_z``: the rig's LOW_CORR rule judges corr against the session's own distribution, since
+        its absolute level depends on photons and reference) and the last shift over recent frames."""
         n = len(self.fluor)
         if not n:
             return None
         corr = self.fluor.ordered("corr", frames)
         flags = self.fluor.ordered("flags", frames)
+        finite = corr[np.isfinite(corr)]
+        corr_z = float("nan")
+        if finite.size >= 10:
+            med = float(np.median(finite))
+            spread = max(1.4826 * float(np.median(np.abs(finite - med))), 1e-6)
+            corr_z = (float(self.fluor.last("corr")) - med) / spread
         return {"corr": self.fluor.last("corr"), "corr_mean": float(corr.mean()), "corr_min": float(corr.min()),
+                "corr_z": corr_z,
                 "dy": self.fluor.last("dy"), "dx": self.fluor.last("dx"),
                 "bad_fraction": float(np.count_nonzero(flags)) / len(flags)}
 

@@ -24,7 +24,7 @@ from rig.core.store import read_events, read_records
 
 #: Decoder trial events drawn as a labelled line across the traces (the protocol's steps and stops).
 PROTOCOL_EVENTS = ("baseline_start", "baseline_done", "baseline_loaded", "calibrated", "calibration_failed",
-                   "bci_start", "pause", "resume", "stopped", "session_done")
+                   "bci_start", "pause", "resume", "block_end", "stopped", "session_done")
 
 
 class ReviewError(ValueError):

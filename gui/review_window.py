@@ -171,6 +171,14 @@ class ReviewWindow(QtWidgets.QMainWindow):
         picker.addWidget(QtWidgets.QLabel(f"ROI (0–{review.n_rois - 1}):"))
         picker.addWidget(self.roi_spin)
         picker.addStretch(1)
+        # a baseline detected with `rig detect SESSION`: choose the next session's ROIs and ensembles from it
+        self.pick_button = QtWidgets.QPushButton("Pick ensembles from detection…")
+        self.pick_button.setToolTip("rank the cells rig detect found in this session's baseline (SESSION/detect), "
+                                    "pick up/down, draw ROIs; saved into the rig config you choose")
+        self.pick_button.setVisible((review.folder / "detect").is_dir())
+        self.pick_button.clicked.connect(self.open_picker)
+        picker.addWidget(self.pick_button)
+        self.picker_window: QtWidgets.QWidget | None = None
         left = QtWidgets.QWidget()
         left_layout = QtWidgets.QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
@@ -209,6 +217,20 @@ class ReviewWindow(QtWidgets.QMainWindow):
         self.roi_spin.valueChanged.connect(self.select_roi)
         if review.n_rois:
             self.select_roi(0)
+
+    def open_picker(self) -> None:
+        """The ROI picker (:mod:`gui.roi_picker`) on this session's detection, in its own window."""
+        from gui.roi_folder import RoiFolderError  # noqa: PLC0415
+        from gui.roi_picker import session_picker  # noqa: PLC0415
+
+        try:  # the session's own settings; saved into the config file it was started from
+            self.picker_window = session_picker(self.review.folder, self.review.config, self.review.folder / "detect")
+        except RoiFolderError as exc:
+            self.notes.setText(str(exc))
+            self.notes.setVisible(True)
+            return
+        self.picker_window.resize(1200, 700)
+        self.picker_window.show()
 
     def select_roi(self, roi: int) -> None:
         """Show ROI ``roi``: outline highlighted, its traces plotted."""

@@ -48,7 +48,7 @@ def test_extracted_F_follows_ground_truth_for_isolated_cells(movie):
 
 
 def test_shifting_masks_equals_shifting_the_frame(movie):
-    ex = Extractor(_roi_set(movie))
+    ex = Extractor(_roi_set(movie), subpixel=False)
     frame = movie.frames[0].astype(np.float32)
     n = len(movie.stat)
     F_ref, Fn_ref = np.zeros(n, np.float32), np.zeros(n, np.float32)
@@ -74,6 +74,35 @@ def test_subpixel_extraction_interpolates_between_pixels(movie):
     ex.extract(frame, 2.0, 2.0, b, junk)
     ex.extract(frame, 1.25, 2.0, c, junk)
     np.testing.assert_allclose(c, 0.75 * a + 0.25 * b, rtol=1e-4)
+
+
+def test_bilinear_default_reads_cells_between_pixels_and_neuropil_at_the_nearest(movie):
+    """The default reads cell masks bilinearly, neuropil at the nearest pixel; at whole-pixel shifts both
+    paths give the same numbers."""
+    rois = _roi_set(movie)
+    bilinear, nearest = Extractor(rois), Extractor(rois, subpixel=False)
+    assert bilinear.subpixel
+    n = len(movie.stat)
+    frame = movie.frames[2]
+    F_b, Fn_b, F_n, Fn_n = (np.zeros(n, np.float32) for _ in range(4))
+    bilinear.extract(frame, 2.0, -1.0, F_b, Fn_b)
+    nearest.extract(frame, 2.0, -1.0, F_n, Fn_n)
+    np.testing.assert_allclose(F_b, F_n, rtol=1e-5)
+    np.testing.assert_allclose(Fn_b, Fn_n, rtol=1e-5)
+    bilinear.extract(frame, 2.4, -1.0, F_b, Fn_b)
+    nearest.extract(frame, 2.4, -1.0, F_n, Fn_n)
+    np.testing.assert_allclose(Fn_b, Fn_n, rtol=1e-5)  # neuropil: nearest pixel (2, -1) in both
+    assert not np.allclose(F_b, F_n, rtol=1e-4)  # cells: 40 % of the way to the next row
+
+
+def test_mask_sigma_spreads_cell_weights_that_still_sum_to_one(movie):
+    rois = _roi_set(movie)
+    plain, spread = Extractor(rois), Extractor(rois, mask_sigma=0.7)
+    for (idx, _), (idx_s, w_s) in zip(plain.cell_masks, spread.cell_masks, strict=True):
+        assert w_s.sum() == pytest.approx(1.0, abs=1e-5)
+        assert idx_s.size > idx.size and set(idx) <= set(idx_s)
+    with pytest.raises(ValueError, match="`mask_sigma`"):
+        Extractor(rois, mask_sigma=-1.0)
 
 
 def test_masks_follow_suite2p_rules():

@@ -64,3 +64,23 @@ def test_process_reports_bad_inputs(tmp_path, capsys, movie):
     assert main([str(tmp_path / "small.npy"), "--rois", str(tmp_path / "nowhere"),
                  "--out", str(tmp_path / "x.npz")]) == 2
     assert "folder not found" in capsys.readouterr().err
+
+
+def test_process_refines_a_plain_mean_reference_and_says_from_which_frame(tmp_path, capsys, movie):
+    np.save(tmp_path / "movie.npy", movie.frames)
+    plain = movie.frames.astype(np.float32).mean(axis=0)  # unaligned: motion-blurred
+    np.save(tmp_path / "plain.npy", plain)
+    folder = _suite2p_folder(tmp_path, movie, with_ref=False)
+    out = tmp_path / "r.npz"
+    assert main([str(tmp_path / "movie.npy"), "--rois", str(folder), "--out", str(out), "--no-progress",
+                 "--ref", str(tmp_path / "plain.npy"), "--refine-reference", "always", "--refine-frames", "15"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = np.load(out)
+    assert summary["reference_switch_frame"] == int(res["reference_switch_frame"]) == 15
+    assert np.array_equal(res["refImg_given"], plain) and not np.array_equal(res["refImg"], plain)
+    est = np.stack([res["yoff"], res["xoff"]], axis=1)
+    err = est - movie.shifts
+    before, after = err[:15], err[15:]
+    # the refined reference keeps the given one's coordinates: no jump in the shifts at the switch
+    assert np.all(np.abs(before.mean(axis=0) - after.mean(axis=0)) <= 0.3)
+    assert np.sqrt(((after - after.mean(axis=0)) ** 2).sum(axis=1).mean()) <= 0.25

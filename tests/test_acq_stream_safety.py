@@ -20,6 +20,7 @@ from acquisition.sources.zmq_stream import MAX_FRAME_NUMBER, ZmqStreamSource
 from acquisition.validate import FrameFlag
 from rig.app.config import CONFIG_LOADER, config_from_dict
 from rig.core.bus import free_tcp_port
+from rig.core.movie_file import ChunkedMovie
 from rig.core.process import ProcessSpec
 from rig.core.store import read_events, read_records
 from tests.conftest import wait_for
@@ -199,7 +200,7 @@ def test_the_movie_keeps_the_roi_sets_shape_and_the_decoder_takes_every_number(t
     folder = tmp_path / "session" / "acquisition"
     meta = json.loads((folder / "movie.json").read_text())
     assert meta["shape"] == [-1, LY, LX] and np.dtype(meta["dtype"]) == np.dtype("<u2")
-    movie = np.fromfile(folder / "movie.raw", dtype=meta["dtype"]).reshape(-1, LY, LX)
+    movie = ChunkedMovie(folder / meta["file"], np.dtype(meta["dtype"]), LY, LX)  # compressed by default
     rows = read_records(folder / "frames.rec")
     assert len(movie) == len(rows) == len(sends)  # movie frame i is frames.rec row i
     for i, (_, shape, _) in enumerate(sends):

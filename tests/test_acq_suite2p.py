@@ -11,7 +11,7 @@ import pytest
 from acquisition.extraction import Extractor
 from acquisition.registration import RigidRegistrar
 from acquisition.rois import RoiSet
-from tests.test_acq_synth import make_movie
+from tests.test_acq_synth import make_movie, make_pmt_movie
 
 pytestmark = pytest.mark.suite2p
 
@@ -76,3 +76,89 @@ def test_masks_equal_suite2p_masks(suite2p):
         np.testing.assert_allclose(w[order], s2p_w[s2p_order], rtol=1e-5, err_msg=f"cell weights {i}")
     for i, (ours, theirs) in enumerate(zip(ex.neuropil_masks, neuropil_masks, strict=True)):
         np.testing.assert_array_equal(np.sort(ours), np.sort(theirs), err_msg=f"neuropil mask {i}")
+
+
+# ---------------------------------------------------------------- a genuine suite2p run on an independent movie
+
+
+@pytest.fixture(scope="session")
+def pmt_suite2p(tmp_path_factory: pytest.TempPathFactory):
+    """suite2p 1.x run end to end (registration, detection, extraction) on a movie from the independent
+    generator (4 photons/px, PMT gain noise, bleaching): (movie, suite2p plane folder). One run per session."""
+    suite2p = pytest.importorskip("suite2p")
+    tifffile = pytest.importorskip("tifffile")
+    movie = make_pmt_movie(T=300, Ly=256, Lx=256, n_cells=60, photons=4.0, seed=1)
+    root = tmp_path_factory.mktemp("suite2p_pmt")
+    (root / "data").mkdir()
+    tifffile.imwrite(root / "data" / "movie.tif", movie.frames)
+    settings = suite2p.default_settings()
+    settings.update({"torch_device": "cpu", "fs": 30.0, "diameter": [8.0, 8.0]})
+    settings["run"]["do_deconvolution"] = False
+    settings["registration"]["nonrigid"] = False
+    settings["detection"]["threshold_scaling"] = 0.6
+    suite2p.run_s2p(db={"data_path": [str(root / "data")], "save_path0": str(root / "out"), "nplanes": 1,
+                        "nchannels": 1}, settings=settings)
+    return movie, root / "out" / "suite2p" / "plane0"
+
+
+def _rms_2d(est: np.ndarray, truth: np.ndarray) -> float:
+    """sqrt(mean(ey^2 + ex^2)) with the constant offset removed (a reference sits wherever it was built)."""
+    err = est - truth
+    err -= err.mean(axis=0)
+    return float(np.sqrt((err**2).sum(axis=1).mean()))
+
+
+def _suite2p_references(plane) -> dict[str, np.ndarray]:
+    """suite2p's refImg as written (int16) and as other rigs hand it over: rescaled, offset, zero-bordered."""
+    from rig.core.safe_npy import load_npy
+
+    ops = load_npy(plane / "ops.npy").item()
+    ref = np.asarray(ops["refImg"])
+    assert ref.dtype == np.int16
+    (y0, y1), (x0, x1) = ops["yrange"], ops["xrange"]
+    bordered = np.zeros_like(ref)  # a registered mean's valid region only, zero outside (suite2p 0.x meanImg)
+    bordered[y0:y1, x0:x1] = ref[y0:y1, x0:x1]
+    if (y0, y1, x0, x1) == (0, ref.shape[0], 0, ref.shape[1]):  # suite2p saw no motion: crop anyway
+        bordered[:8], bordered[-8:], bordered[:, :8], bordered[:, -8:] = 0, 0, 0, 0
+    return {"refImg int16": ref, "scaled x0.3 + 1000": ref * 0.3 + 1000.0, "offset -5000": ref - 5000.0,
+            "zero border outside yrange/xrange": bordered}
+
+
+def test_registration_on_genuine_suite2p_references(pmt_suite2p):
+    movie, plane = pmt_suite2p
+    for name, ref in _suite2p_references(plane).items():
+        reg = RigidRegistrar(ref)
+        out = np.array([reg.register(f) for f in movie.frames])
+        rms = _rms_2d(out[:, :2], movie.shifts)
+        assert rms <= 0.1, f"{name}: {rms:.3f} px RMS"
+        assert np.mean(out[:, 3] != 0) <= 0.02, f"{name}: {np.mean(out[:, 3] != 0):.1%} of good frames flagged"
+
+
+def test_pipeline_fluorescence_matches_truth_and_suite2p(pmt_suite2p):
+    """The live pipeline with suite2p's ROIs and refImg: F vs the true (noiseless) fluorescence and suite2p's F."""
+    from acquisition.pipeline import FramePipeline
+    from acquisition.registration import shift_image_subpixel
+    from acquisition.rois import load_suite2p
+
+    movie, plane = pmt_suite2p
+    rois = load_suite2p(plane)
+    assert rois.n_rois >= 10
+    pipe = FramePipeline(rois)
+    T, n = movie.frames.shape[0], rois.n_rois
+    F, est = np.empty((T, n)), np.empty((T, 2))
+    for t, frame in enumerate(movie.frames):
+        res = pipe.process(frame)
+        F[t], est[t] = res.F, (res.dy, res.dx)
+    # the truth: the same masks on the noiseless frames moved into the reference's coordinates
+    offset = (est - movie.shifts).mean(axis=0)
+    truth_ex = Extractor(rois, subpixel=False)
+    truth, junk = np.empty((T, n), np.float32), np.empty(n, np.float32)
+    for t in range(T):
+        truth_ex.extract(shift_image_subpixel(movie.clean[t], -offset[0], -offset[1]), 0.0, 0.0, truth[t], junk)
+    F_s2p = np.load(plane / "F.npy").T
+
+    def median_r(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.median([np.corrcoef(a[:, i], b[:, i])[0, 1] for i in range(n)]))
+
+    assert median_r(F, truth) >= 0.78
+    assert median_r(F, F_s2p) >= 0.93

@@ -143,6 +143,82 @@ def _cell_stat(centres: np.ndarray, sigma: float, Ly: int, Lx: int) -> tuple[lis
     return stat, d.min(axis=1) > 5 * sigma
 
 
+@dataclass
+class PmtMovie:
+    """A movie made unlike :func:`make_movie`: dense tissue, few photons, PMT gain noise, bleaching."""
+
+    frames: np.ndarray  # (T, Ly, Lx) int16, as suite2p writes and most scopes deliver
+    shifts: np.ndarray  # (T, 2) true (dy, dx), content displacement relative to ``clean_reference``
+    traces: np.ndarray  # (n_cells, T) true cell amplitudes (relative brightness)
+    centres: np.ndarray  # (n_cells, 2)
+    clean_reference: np.ndarray  # (Ly, Lx) float32 noiseless mean image at zero shift, in counts
+    clean: np.ndarray  # (T, Ly, Lx) float32 noiseless frames *before* motion, in counts
+    photons: float
+    gain: float  # counts per photon
+
+
+def make_pmt_movie(T: int = 300, Ly: int = 256, Lx: int = 256, n_cells: int = 60, *, photons: float = 4.0,
+                   max_shift: float = 6.0, neuropil: float = 1.0, texture: float = 0.1, cell_brightness: float = 1.0,
+                   gain: float = 60.0, offset: float = 50.0, bleach: float = 0.2, seed: int = 0) -> PmtMovie:
+    """An independent generator (not :func:`make_movie`'s statistics): a band-limited random tissue field
+    (periodic, so a Fourier shift moves it exactly), ring-shaped cells with GCaMP-like transients, a slowly
+    varying neuropil whose brightness ``neuropil`` scales, bleaching, and per-pixel photon counts
+    (``photons`` at baseline) multiplied by an exponentially distributed PMT gain per photon plus a read
+    offset. Motion: a slow subpixel drift with tremor and rare jumps, bounded by ``max_shift``. ``texture``
+    sets the fine tissue contrast, ``cell_brightness`` the cells' resting brightness against the tissue.
+    """
+    rng = np.random.default_rng(seed)
+    ky, kx = np.fft.fftfreq(Ly)[:, None], np.fft.rfftfreq(Lx)[None, :]
+    k2 = ky**2 + kx**2
+
+    def field(scale: float) -> np.ndarray:  # periodic band-limited random field, unit std
+        spec = np.fft.rfft2(rng.standard_normal((Ly, Lx))) * np.exp(-k2 * (np.pi * scale) ** 2 * 2)
+        out = np.fft.irfft2(spec, s=(Ly, Lx))
+        return (out - out.mean()) / out.std()
+
+    tissue = np.clip(1.0 + texture * field(1.2) + 0.2 * field(4.0), 0.05, None)  # fine + coarse texture
+    glow = np.clip(1.0 + 0.5 * field(25.0), 0.1, None)  # neuropil, brighter in places
+    margin = 4 * 3.0 + 2
+    centres = rng.uniform(margin, [Ly - margin, Lx - margin], (n_cells, 2))
+    yy, xx = np.mgrid[:Ly, :Lx]
+    masks = np.zeros((n_cells, Ly, Lx), np.float32)
+    for k, (cy, cx) in enumerate(centres):
+        r = np.hypot(yy - cy, xx - cx)
+        masks[k] = np.exp(-((r - 3.0) ** 2) / (2 * 1.3**2)) * (r < 7)  # a ring: cytosolic GCaMP, dark nucleus
+    tt = np.arange(T)
+    traces = np.ones((n_cells, T))
+    for k in range(n_cells):
+        for onset in rng.choice(T, size=max(1, T // 25), replace=False):
+            traces[k, onset:] += rng.uniform(0.5, 2.0) * np.exp(-(tt[onset:] - onset) / 15.0)
+    np_trace = 1.0 + 0.3 * np.sin(tt / 40.0 + rng.uniform(0, 6)) + 0.05 * rng.standard_normal(T)
+    bleaching = 1.0 - bleach * tt / max(T - 1, 1)
+    shifts = np.zeros((T, 2))
+    slow = rng.uniform(-max_shift / 3, max_shift / 3, 2)
+    for i in range(T):
+        slow = slow + rng.normal(0, 0.25, 2)
+        if rng.random() < 0.01:
+            slow = rng.uniform(-max_shift, max_shift, 2)
+        slow = np.clip(slow, -max_shift * 0.9, max_shift * 0.9)
+        shifts[i] = np.clip(slow + rng.normal(0, 0.3, 2), -max_shift, max_shift)
+    cell_img = masks.reshape(n_cells, -1)
+    clean = np.empty((T, Ly, Lx), np.float32)
+    frames = np.empty((T, Ly, Lx), np.int16)
+    scale = photons / 1.6  # the tissue + glow mean is ~1.6 at baseline
+    for i in range(T):
+        img = tissue + neuropil * np_trace[i] * glow * 0.6
+        img = img + (traces[:, i] @ cell_img).reshape(Ly, Lx) * cell_brightness
+        img = img * bleaching[i]
+        clean[i] = img * scale * gain
+        spec = np.fft.rfft2(img) * np.exp(-2j * np.pi * (ky * shifts[i, 0] + kx * shifts[i, 1]))
+        lam = np.clip(np.fft.irfft2(spec, s=(Ly, Lx)) * scale, 0, None)
+        n_ph = rng.poisson(lam)
+        counts = np.where(n_ph > 0, rng.gamma(np.maximum(n_ph, 1), gain), 0.0)  # exponential gain per photon
+        counts += offset + rng.normal(0, 0.3 * gain, (Ly, Lx))
+        frames[i] = np.clip(counts, -32768, 32767).astype(np.int16)
+    clean_reference = clean.mean(axis=0)
+    return PmtMovie(frames, shifts, traces, centres, clean_reference.astype(np.float32), clean, photons, gain)
+
+
 # ---------------------------------------------------------------- tests of the generator itself
 
 
@@ -165,3 +241,15 @@ def test_movie_shifts_move_the_content():
     inner = (slice(10, 86), slice(10, 86))
     moved = np.roll(ref, (dy, dx), axis=(0, 1))
     assert np.abs(frame[inner] - moved[inner]).mean() < np.abs(frame[inner] - ref[inner]).mean()
+
+
+def test_pmt_movie_counts_photons_times_gain():
+    """Mean = offset + photons x gain x brightness; the variance is compound Poisson with exponential gain
+    (2 x gain x signal), far above the simulator's Gaussian shot noise: a different noise model."""
+    movie = make_pmt_movie(T=4, Ly=64, Lx=64, n_cells=4, photons=4.0, max_shift=0.0, bleach=0.0, seed=2)
+    signal = movie.clean.astype(np.float64)  # no motion: the noiseless frames are what was sampled
+    frames = movie.frames.astype(np.float64) - 50.0
+    assert abs(frames.mean() / signal.mean() - 1) < 0.03
+    read_var = (0.3 * movie.gain) ** 2
+    ratio = ((frames - signal) ** 2).mean() / (2 * movie.gain * signal.mean() + read_var)
+    assert 0.85 < ratio < 1.15

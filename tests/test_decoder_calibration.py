@@ -14,6 +14,9 @@ from decoder.calibration import (
     calibrate_cursor,
     count_task_hits,
     hit_rate_at,
+    run_task,
+    sim_starts,
+    task_hit_rate,
     threshold_for_hit_rate,
     trial_maxima,
 )
@@ -38,7 +41,7 @@ def test_chance_hit_rate_on_held_out_baseline_is_within_5_points(seed, target):
     # is well inside +-5; see test_default_200_resamples_spread for the CLOOSE default
     cursor = ar1_cursor(100_000 + 150_000, seed=seed)
     baseline, held_out = cursor[:100_000], cursor[100_000:]
-    cfg = CalibrationConfig(target_hit_rate=target, n_trials=2000, seed=seed)
+    cfg = CalibrationConfig(target_hit_rate=target, n_trials=2000, seed=seed, predict="windows")
     cal = calibrate_cursor(baseline, cfg, TIMING, 30.0, 0.5)
     assert abs(cal.predicted_hit_rate - target) <= 0.01
     assert abs(held_out_hit_rate(held_out, cal.threshold) - target) <= 0.05
@@ -49,7 +52,7 @@ def test_default_200_resamples_spread():
     errors = []
     for seed in range(8):
         cursor = ar1_cursor(30_000 + 120_000, seed=100 + seed)
-        cal = calibrate_cursor(cursor[:30_000], CalibrationConfig(seed=seed), TIMING, 30.0, 0.5)
+        cal = calibrate_cursor(cursor[:30_000], CalibrationConfig(seed=seed, predict="windows"), TIMING, 30.0, 0.5)
         errors.append(held_out_hit_rate(cursor[30_000:], cal.threshold) - 0.5)
     errors = np.array(errors)
     assert abs(errors.mean()) < 0.04  # unbiased
@@ -85,13 +88,14 @@ def test_trial_maxima_are_the_max_over_each_resampled_trial(trial_frames):
 
 def test_curve_and_feedback_range():
     cursor = ar1_cursor(20_000, seed=4)
-    cfg = CalibrationConfig(curve_points=30)
+    cfg = CalibrationConfig(curve_points=30, predict="windows")
     cal = calibrate_cursor(cursor, cfg, TIMING, 30.0, 0.5)
     assert len(cal.curve_thresholds) == len(cal.curve_hit_rates) == 30
     assert np.all(np.diff(cal.curve_thresholds) > 0) and np.all(np.diff(cal.curve_hit_rates) <= 0)
     assert cal.curve_hit_rates[0] == 1.0
     assert cal.feedback_min == cursor.min() and cal.feedback_max == cal.threshold
-    pct = calibrate_cursor(cursor, CalibrationConfig(feedback_min_percentile=5.0), TIMING, 30.0, 0.5)
+    pct = calibrate_cursor(cursor, CalibrationConfig(feedback_min_percentile=5.0, predict="windows"), TIMING, 30.0,
+                           0.5)
     assert pct.feedback_min == np.percentile(cursor, 5.0)
     assert cal.rtb_level == -math.inf  # rule off in TIMING
     on = calibrate_cursor(cursor, cfg, TrialTiming(trial_frames=TRIAL, iti_frames=0, hold_frames=0,
@@ -102,7 +106,7 @@ def test_curve_and_feedback_range():
 def test_reward_interval_method_gives_about_one_hit_per_interval():
     fps = 30.0
     cursor = ar1_cursor(60 * 60 * 30, seed=5)  # one hour
-    cfg = CalibrationConfig(method="reward_interval", target_reward_interval_s=60.0)
+    cfg = CalibrationConfig(method="reward_interval", target_reward_interval_s=60.0, curve_points=5)
     timing = TrialTiming(trial_frames=900, iti_frames=150, hold_frames=30, timeout_frames=90, rtb_frames=2)
     cal = calibrate_cursor(cursor, cfg, timing, fps, 0.5)
     hits = count_task_hits(cursor, timing, cal.threshold, cal.rtb_level)
@@ -156,3 +160,42 @@ def test_calibration_round_trips_through_json():
     del data["threshold"]
     with pytest.raises(ValueError, match="missing keys.*threshold"):
         Calibration.from_dict(data)
+
+
+def _slow_cursor(n: int, seed: int) -> np.ndarray:
+    """A cursor whose activity comes in bouts slower than a trial (as spontaneous activity does): fast AR(1)
+    noise plus a slow fluctuation of ~4 trial lengths."""
+    return ar1_cursor(n, seed) + 1.5 * ar1_cursor(n, seed + 1000, tau_frames=4 * TRIAL)
+
+
+def test_the_task_prediction_is_the_rate_the_task_gives_on_held_out_activity():
+    """On activity that fluctuates more slowly than a trial, hits cluster (the next trial starts while a bout is
+    still up): random trial windows then under-predict the task's chance rate, the task simulation does not.
+    Held out: 6 seeds × 80,000 frames run through the trial machine at each calibration's threshold. One
+    20,000-frame baseline's chance rate has a spread of ~0.08 on such activity, so the mean of 6 is loose;
+    the windows' bias shows on the same baselines (paired)."""
+    task_err, window_err = [], []
+    for seed in range(6):
+        cursor = _slow_cursor(20_000 + 80_000, seed=20 + seed)
+        base, held = cursor[:20_000], cursor[20_000:]
+        for predict, errors in (("task", task_err), ("windows", window_err)):
+            cal = calibrate_cursor(base, CalibrationConfig(predict=predict, curve_points=2), TIMING, 30.0, 0.5)
+            machine = run_task(held.tolist(), TIMING, cal.threshold, cal.rtb_level)
+            errors.append(machine.hits / (machine.hits + machine.misses) - 0.5)
+    assert abs(np.mean(task_err)) < 0.07, task_err
+    # the bias the task prediction removes: on the same baselines the windows' thresholds hit more often
+    assert np.mean(np.subtract(window_err, task_err)) > 0.04, (window_err, task_err)
+    assert min(np.subtract(window_err, task_err)) >= 0.0, (window_err, task_err)
+
+
+def test_the_task_prediction_is_the_trial_machine_run_over_the_baseline():
+    cursor = ar1_cursor(6_000, seed=11)
+    cal = calibrate_cursor(cursor, CalibrationConfig(curve_points=3), TIMING, 30.0, 0.5)
+    hits = trials = 0
+    for start in sim_starts(TIMING, len(cursor)):
+        machine = run_task(cursor[start:].tolist(), TIMING, cal.threshold, cal.rtb_level)
+        hits, trials = hits + machine.hits, trials + machine.hits + machine.misses
+    assert cal.predicted_hit_rate == hits / trials and cal.predicted_hit_rate <= 0.5
+    lower = float(np.max(cursor[cursor < cal.threshold]))  # the next lower baseline value gives more than 0.5
+    assert task_hit_rate(cursor.tolist(), TIMING, lower, cal.rtb_level) > 0.5
+    assert len(cal.curve_hit_rates) == 3 and cal.curve_thresholds[0] == pytest.approx(np.median(cursor))

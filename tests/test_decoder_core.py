@@ -75,9 +75,11 @@ def test_each_frame_is_decided_before_its_row_is_filled_and_rows_carry_the_decis
     core, out = make_core()
     rows = np.zeros(5, dtype=decision_record_dtype(N_ROIS))
     rng = np.random.default_rng(0)
+    informational = [0, 256, 512, 768, 0]  # AFTER_GAP, NOT_REGISTERED: recorded, not bad frames
     for i in range(5):
-        core.decide(i, 100 + rng.normal(size=N_ROIS), 10 + rng.normal(size=N_ROIS), flags=i, row=rows[i])
+        core.decide(i, 100 + rng.normal(size=N_ROIS), 10 + rng.normal(size=N_ROIS), flags=informational[i],
+                    row=rows[i])
     assert out.of("decision") == [0, 1, 2, 3, 4]
-    assert rows["frame"].tolist() == [0, 1, 2, 3, 4] and rows["flags"].tolist() == [0, 1, 2, 3, 4]
+    assert rows["frame"].tolist() == [0, 1, 2, 3, 4] and rows["flags"].tolist() == informational
     assert core.frames == 5 and core.last_frame == 4
     assert np.isfinite(rows["dff"]).all()

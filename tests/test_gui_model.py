@@ -180,6 +180,20 @@ def test_selected_roi_trace_and_registration_quality():
     assert reg["corr"] == pytest.approx(0.84) and reg["corr_min"] == pytest.approx(0.8)
     assert reg["bad_fraction"] == pytest.approx(0.2)
     assert model.n_rois_seen == 10
+    assert np.isnan(reg["corr_z"])  # too few frames for a robust spread
+
+
+def test_registration_quality_z_score_against_recent_frames():
+    """corr is judged against the session's own frames: 0.30 is fine among 0.3s, an outlier among 0.5s."""
+    model = ConsoleModel(GuiConfig())
+    F = np.ones(3, dtype=np.float32)
+    for i in range(40):
+        model.ingest(FluorFrame(frame=i, t_ready=1, t_registered=2, t_extracted=3, dy=0.0, dx=0.0,
+                                corr=0.5 + 0.01 * (i % 3), flags=0, F=F, Fneu=F, t_sent=10**9 + i))
+    assert abs(model.registration_quality()["corr_z"]) < 2
+    model.ingest(FluorFrame(frame=40, t_ready=1, t_registered=2, t_extracted=3, dy=0.0, dx=0.0, corr=0.3,
+                            flags=0, F=F, Fneu=F, t_sent=10**9 + 40))
+    assert model.registration_quality()["corr_z"] < -5
 
 
 def test_calibration_message_and_mode_names():

@@ -177,6 +177,18 @@ def test_pause_and_resume_change_the_decoder_mode_on_the_bus(qtbot, rig, console
     qtbot.waitUntil(lambda: f"mode: {m.mode_names.name(MODE_BCI)}" in console.mode_label.text(), timeout=WAIT_MS)
 
 
+def test_end_block_ends_the_block_not_the_session(qtbot, rig, console):
+    c, m = console.controls, console.model
+    qtbot.waitUntil(lambda: m.mode_code == MODE_BCI and c.end_block.isEnabled(), timeout=WAIT_MS)
+    assert not c.start_baseline.isEnabled()
+    click(qtbot, c.end_block)
+    qtbot.waitUntil(lambda: m.mode_code == int(Mode.READY), timeout=WAIT_MS)
+    assert rig.command_names()[-1] == "end_block"
+    qtbot.waitUntil(lambda: c.start_baseline.isEnabled() and c.start_bci.isEnabled() and not c.end_block.isEnabled(),
+                    timeout=WAIT_MS)
+    assert c.stop.isEnabled() and not console.session.ended  # the session goes on: another block can start
+
+
 def test_reward_and_valve_controls(qtbot, rig, console):
     c = console.controls
     qtbot.waitUntil(lambda: c.volume.value() == pytest.approx(3.0), timeout=WAIT_MS)  # from the rig's config
@@ -452,6 +464,40 @@ def test_a_failed_calibration_is_a_banner_with_its_reason(qtbot, rig, console):
     assert not console.banner.isVisible()  # not mixed up with the rig's own state
     rig.emit("decoder", TrialEvent(kind="calibrated", trial=0, frame=400, t_ns=now_ns()))
     qtbot.waitUntil(lambda: not console.calibration_banner.isVisible(), timeout=WAIT_MS)
+
+
+def test_calibrate_carries_the_operators_roi_override(qtbot, tmp_path):
+    with FakeRig(tmp_path / "s", mode=Mode.IDLE) as rig:
+        rig.start_stream()
+        window = open_console(qtbot, rig.endpoints["command"])
+        try:
+            c = window.controls
+            qtbot.waitUntil(lambda: c.calibrate.isEnabled(), timeout=WAIT_MS)
+            c.allow_rois.setText("12 x")
+            click(qtbot, c.calibrate)
+            assert "not a list of ROI numbers" in c.status.text() and "calibrate" not in rig.command_names()
+            c.allow_rois.setText("12, 40")
+            c.target_hit_rate.setValue(0.4)
+            click(qtbot, c.calibrate)
+            qtbot.waitUntil(lambda: "calibrate" in rig.command_names(), timeout=WAIT_MS)
+            assert rig.last_command("calibrate").args == {"target_hit_rate": 0.4, "allow_rois": [12, 40]}
+        finally:
+            window.close()
+            window.session.close()
+
+
+def test_an_uncertain_calibration_is_a_banner_and_its_interval_is_drawn(qtbot, rig, console):
+    warning = "the predicted chance hit rate 50 % is uncertain: ... record a baseline of about 25 min (1500 s)"
+    rig.emit("decoder", CalibrationResult(
+        threshold=0.8, feedback_min=-0.4, feedback_max=0.8, predicted_hit_rate=0.5, method="hit_rate",
+        curve_thresholds=list(np.linspace(-1, 2, 20)), curve_hit_rates=list(np.linspace(1, 0, 20)),
+        baseline_frames=900, t_ns=now_ns(), predicted_hit_rate_ci95=[0.25, 0.8], warnings=[warning]))
+    qtbot.waitUntil(lambda: console.calibration_banner.isVisible(), timeout=WAIT_MS)
+    assert console.calibration_banner.text() == f"CALIBRATION UNCERTAIN: {warning}"
+    qtbot.waitUntil(lambda: console.plots.calib_ci.isVisible(), timeout=WAIT_MS)
+    assert "(95 %: 25%–80%)" in console.plots.calib.titleLabel.text
+    opts = console.plots.calib_ci.opts
+    assert (opts["y"][0] - opts["bottom"][0], opts["y"][0] + opts["top"][0]) == pytest.approx((0.25, 0.8))
 
 
 # ---------------------------------------------------------------------- the end of the session

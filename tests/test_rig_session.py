@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
+from rig.core.movie_file import ChunkedMovie
 from rig.core.store import read_events, read_records
 from tests.conftest import CTRL_C_POPEN, CTRL_C_REASON, REPO, send_ctrl_c, wait_for
 
@@ -90,7 +91,7 @@ def test_headless_sim_session_closes_the_loop(tmp_path):
         assert summary["latency_ms"][stat] > 0
     # the session folder holds what every process owns
     for rel in ("session.json", "config.toml", "config.resolved.json", "summary.json", "acquisition/frames.rec",
-                "acquisition/movie.raw", "acquisition/rois/stat.npy", "decoder/decisions.rec",
+                "acquisition/movie.zchunks", "acquisition/rois/stat.npy", "decoder/decisions.rec",
                 "decoder/calibration.json", "reward/events.jsonl", "reward/valve_calibration.json"):
         assert (session / rel).exists(), rel
     decisions = read_records(session / "decoder" / "decisions.rec")
@@ -98,7 +99,11 @@ def test_headless_sim_session_closes_the_loop(tmp_path):
     assert np.all(decisions["t_decided"] >= decisions["t_ready"])
     assert np.all(np.diff(decisions["frame"]) > 0)
     movie = json.loads((session / "acquisition" / "movie.json").read_text())
-    assert (session / "acquisition" / "movie.raw").stat().st_size == summary["frames_acquired"] * 128 * 128 * 2
+    saved = ChunkedMovie(session / "acquisition" / "movie.zchunks", np.dtype(movie["dtype"]), 128, 128)
+    assert len(saved) == summary["frames_acquired"] and movie["codec"] == "zstd"  # compressed by default
+    assert summary["movie_bytes"] == (session / "acquisition" / "movie.zchunks").stat().st_size
+    assert summary["movie_bytes_per_min"] > 0 and summary["movie_compression"] > 1
+    assert summary["late_decisions"] >= 0 and "late_decision_causes" in summary
     assert movie["shape"][1:] == [128, 128]
     meta = json.loads((session / "session.json").read_text())
     assert meta["status"] == "ok" and meta["software"]["version"]

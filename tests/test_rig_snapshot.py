@@ -47,7 +47,8 @@ def test_the_tally_folds_counters_calibration_ensembles_and_warnings():
 def test_a_console_joining_after_calibration_gets_the_calibration():
     tally = SessionTally(config_from_dict({}))
     tally.ingest(CalibrationResult(threshold=1.5, feedback_min=0.0, feedback_max=1.5, predicted_hit_rate=0.4,
-                                   method="resample", curve_thresholds=[1.0, 1.5], curve_hit_rates=[0.6, 0.4]))
+                                   method="resample", curve_thresholds=[1.0, 1.5], curve_hit_rates=[0.6, 0.4],
+                                   predicted_hit_rate_ci95=[0.2, 0.7], warnings=["the interval is wide"]))
     tally.ingest(outcome("delivered"))
     snap = tally.snapshot(session_dir="/s", endpoints={}, mode="running", children=[], config={})
     wire = encode(CommandReply(ok=True, snapshot=snap))  # what the command socket sends
@@ -55,10 +56,12 @@ def test_a_console_joining_after_calibration_gets_the_calibration():
     model.apply_snapshot(decode_reply(wire).snapshot)
     assert model.calibration == {"threshold": 1.5, "feedback_min": 0.0, "feedback_max": 1.5,
                                  "predicted_hit_rate": 0.4, "method": "resample", "curve_thresholds": [1.0, 1.5],
-                                 "curve_hit_rates": [0.6, 0.4], "baseline_frames": 0}
+                                 "curve_hit_rates": [0.6, 0.4], "baseline_frames": 0,
+                                 "predicted_hit_rate_ci95": [0.2, 0.7], "warnings": ["the interval is wide"]}
     assert model.rewards_before_join == 1
     # The bus path gives the console the very same dict.
     bus = ConsoleModel(GuiConfig())
     bus.ingest(CalibrationResult(threshold=1.5, feedback_min=0.0, feedback_max=1.5, predicted_hit_rate=0.4,
-                                 method="resample", curve_thresholds=[1.0, 1.5], curve_hit_rates=[0.6, 0.4]))
+                                 method="resample", curve_thresholds=[1.0, 1.5], curve_hit_rates=[0.6, 0.4],
+                                 predicted_hit_rate_ci95=[0.2, 0.7], warnings=["the interval is wide"]))
     assert bus.calibration == model.calibration

@@ -20,6 +20,7 @@ from rig.app.config import NO_CONTROL_CHARACTER_KEYS, ConfigError, apply_overrid
 from rig.app.session_files import SessionRecord
 from rig.app.snapshot import SessionTally
 from rig.app.supervisor import Supervisor
+from rig.core import process as process_module
 from rig.core import store
 from rig.core.operator import CommandRequest
 from rig.core.process import ProcessSpec, RigProcess, priority_decision
@@ -168,6 +169,8 @@ def test_an_unwritable_calibration_json_is_a_warning_and_goes_to_the_event_log(t
     ("high", False, "keep_non_critical"),
     ("normal", True, "keep"),
     ("normal", False, "keep"),
+    ("realtime", True, "raise"),
+    ("realtime", False, "keep_non_critical"),
 ])
 def test_priority_decision(priority, critical, decision):
     assert priority_decision(priority, critical) == decision
@@ -192,12 +195,14 @@ class _FakeProcess:
         _FakeProcess.calls.append(("cpu_affinity", cpus))
 
 
-def _tune(tmp_path, monkeypatch, *, critical: bool, priority: str, cpus: list[int] | None = None):
+def _tune(tmp_path, monkeypatch, *, critical: bool, priority: str, cpus: list[int] | None = None,
+          background: str = "normal", affinity: dict[str, list[int]] | None = None):
     """Run RigProcess._tune_for_realtime on a stand-in process; returns (OS calls, events, warnings)."""
     _FakeProcess.calls = []
     monkeypatch.setattr(psutil, "Process", _FakeProcess)
     rig = SimpleNamespace(gc_freeze=False, gc_gen0_threshold=gc.get_threshold()[0], priority=priority,
-                          cpu_affinity={"gui": cpus} if cpus else {})
+                          cpu_affinity=affinity if affinity is not None else ({"gui": cpus} if cpus else {}),
+                          background_priority=background)
     warned: list[tuple[str, str]] = []
     proc = SimpleNamespace(name="gui", config=SimpleNamespace(rig=rig), spec=SimpleNamespace(critical=critical),
                            events=EventLog(tmp_path / "events.jsonl"),
@@ -217,6 +222,23 @@ def test_a_non_critical_process_is_never_raised(tmp_path, monkeypatch):
     calls, events, warned = _tune(tmp_path, monkeypatch, critical=False, priority="high", cpus=[0])
     assert calls == [("cpu_affinity", [0])]  # pinned as asked, but the priority is left as the process set it
     assert [e["kind"] for e in events] == ["priority_not_raised"] and warned == []
+
+
+@pytest.mark.parametrize("refusal", ["", "SCHED_FIFO refused (Operation not permitted)"])
+def test_realtime_priority_asks_for_fifo_and_reports_a_refusal(tmp_path, monkeypatch, refusal):
+    monkeypatch.setattr(process_module, "set_realtime_scheduling", lambda: refusal)
+    calls, events, warned = _tune(tmp_path, monkeypatch, critical=True, priority="realtime")
+    assert calls == [] and [e["kind"] for e in events] == ["scheduling"] and events[0]["refused"] == refusal
+    assert warned == ([("priority_refused", f"gui: {refusal}; running at normal priority")] if refusal else [])
+
+
+def test_low_background_keeps_the_console_off_the_decoders_cpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(process_module, "background_cpus", lambda avoid: [c for c in (0, 1) if c not in avoid])
+    calls, _, _ = _tune(tmp_path, monkeypatch, critical=False, priority="normal", background="low",
+                        affinity={"decoder": [1]})
+    assert calls == [("cpu_affinity", [0])]
+    calls, _, _ = _tune(tmp_path, monkeypatch, critical=False, priority="normal", affinity={"decoder": [1]})
+    assert calls == []  # the switch off: nothing moved
 
 
 def test_normal_priority_touches_nothing(tmp_path, monkeypatch):

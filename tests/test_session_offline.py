@@ -36,6 +36,7 @@ HEIGHT = WIDTH = 48
 N_ROIS = 8
 N_FRAMES = 1500
 DROPPED = (1200, 1201)  # lost at the source: never acquired, never decided
+BAD = (700, 701, 702, 1100)  # frames of noise during BCI: flagged by registration, held by the bad-frame rule
 #: (command, args, after_frame): what the operator did, applied by the decoder after that frame
 OPERATOR = [
     ("start_baseline", {}, -1),
@@ -44,6 +45,11 @@ OPERATOR = [
     ("pause", {}, 900),
     ("resume", {}, 960),
     ("manual_reward", {"volume_ul": 3.0}, 1000),
+    # a second BCI block: new ensembles, calibrated again on the session's baseline
+    ("end_block", {}, 1050),
+    ("set_ensembles", {"up": [0, 1, 4], "down": [2, 3]}, 1052),
+    ("calibrate", {}, 1055),
+    ("start_bci", {}, 1060),
 ]
 
 CONFIG = {
@@ -95,6 +101,8 @@ def _movie(rng: np.random.Generator, traces: np.ndarray, roi_set: RoiSet) -> np.
             img[roi["ypix"], roi["xpix"]] += 150 + traces[t, i]
         shift = (t // 200) % 3 - 1  # slow motion of up to one pixel
         frames[t] = np.clip(np.roll(img, shift, axis=1), 0, 65535).astype(np.uint16)
+    for t in BAD:
+        frames[t] = rng.integers(0, 600, (HEIGHT, WIDTH)).astype(np.uint16)
     return frames
 
 
@@ -235,6 +243,26 @@ def test_the_session_has_trials_hits_and_operator_actions(session_dir: Path) -> 
     decisions = read_records(session_dir / "decoder" / "decisions.rec")
     assert len(decisions) == N_FRAMES - len(DROPPED)
     assert np.isfinite(decisions["cursor"]).sum() > 1000
+    # the bad-frame rule: a flagged frame holds the cursor, has no dF/F, opens one event per run, never hits
+    from decoder.config import DecoderConfig
+
+    bad = (decisions["flags"] & DecoderConfig().bad_frame_mask) != 0
+    assert bad[np.isin(decisions["frame"], BAD)].all() and bad.sum() < 20  # the noise frames (and few others)
+    for i in np.flatnonzero(bad):
+        assert decisions["cursor"][i] == decisions["cursor"][i - 1] and np.isnan(decisions["dff"][i]).all()
+        assert not decisions["reward_requested"][i]
+    runs = decisions["frame"][bad & ~np.concatenate([[False], bad[:-1]])]
+    assert [e["frame"] for e in events if e.get("event") == "bad_frame"] == runs.tolist()
+    assert {700, 1100} <= set(runs.tolist())
+    # two blocks, each recorded with its calibration; trial numbers go on across them
+    session = load_session(session_dir)
+    blocks = session.blocks()
+    assert [(b["block"], b["up"]) for b in blocks] == [(1, [0, 1]), (2, [0, 1, 4])]
+    assert blocks[0]["end_frame"] == 1051 and blocks[1]["start_frame"] == 1061 and blocks[1]["trials"] >= 3
+    assert blocks[0]["threshold"] != blocks[1]["threshold"]
+    numbers = [t.number for t in session.trials()]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert [c["up"] for c in session.calibrations()] == [[0, 1], [0, 1, 4]]
 
 
 # ---------------------------------------------------------------------------- replay
@@ -252,6 +280,26 @@ def test_replay_of_an_untouched_session_matches_byte_for_byte(session_dir: Path,
     assert result["source"] == ("traces" if source_args else "movie")
     if not source_args:
         assert result["traces_checked"] == N_FRAMES - len(DROPPED)
+
+
+def test_replay_reads_the_compressed_movie(session_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The session's movie as the acquisition now saves it (movie.zchunks): the replay re-registers the same frames."""
+    from rig.core.movie_file import ChunkedMovieWriter
+
+    acq = session_copy / "acquisition"
+    raw = np.fromfile(acq / "movie.raw", np.uint16).reshape(-1, HEIGHT, WIDTH)
+    writer = ChunkedMovieWriter(acq / "movie.zchunks", (HEIGHT, WIDTH), np.uint16, buffer_frames=len(raw),
+                                chunk_frames=7)
+    for frame in raw:
+        writer.put(frame)
+    writer.close()
+    (acq / "movie.raw").unlink()
+    meta = json.loads((acq / "movie.json").read_text())
+    write_json_atomic(acq / "movie.json", {**meta, "codec": "zstd", "file": "movie.zchunks"})
+    code, out, err = run_cli(["replay", str(session_copy), "--no-progress"], capsys)
+    result = last_json(out)
+    assert result["mismatches"] == 0 and code == 0, err
+    assert result["source"] == "movie" and result["traces_checked"] == N_FRAMES - len(DROPPED)
 
 
 def _alter_record(path: Path, row: int, field: str, value: float) -> None:
@@ -323,6 +371,23 @@ def test_what_if_replay_writes_a_new_session_marked_as_a_replay(session_dir: Pat
     code, out, err = run_cli(["replay", str(out_dir), "--no-progress"], capsys)
     assert last_json(out)["mismatches"] == 0, err
     assert last_json(out)["source"] == "traces"
+
+
+def test_a_what_if_replay_with_frozen_f0_is_itself_replayed_bit_exactly(session_dir: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "frozen"
+    code, out, err = run_cli(["replay", str(session_dir), "--no-progress", "--set", "decoder.f0_mode=frozen",
+                              "--out", str(out_dir)], capsys)
+    assert code == 0, err
+    from rig.core.codes import Mode
+
+    original = read_records(session_dir / "decoder" / "decisions.rec")
+    frozen = read_records(out_dir / "decoder" / "decisions.rec")
+    start = int(np.argmax(original["mode"] == int(Mode.BCI)))
+    assert np.array_equal(original["dff"][:start], frozen["dff"][:start], equal_nan=True)  # the same until BCI
+    assert not np.array_equal(original["dff"][start:], frozen["dff"][start:], equal_nan=True)
+    code, out, err = run_cli(["replay", str(out_dir), "--no-progress"], capsys)
+    assert code == 0 and last_json(out)["mismatches"] == 0, err
 
 
 def test_what_if_replay_with_another_config_file(session_dir: Path, tmp_path: Path,
@@ -436,6 +501,8 @@ def test_nwb_export_holds_the_session_and_passes_nwbinspector(session_dir: Path,
         np.testing.assert_array_equal(nwb.processing["behavior"]["BCI"]["cursor"].data[:], decisions["cursor"])
         trials = nwb.trials.to_dataframe()
         assert len(trials) == sum(1 for e in events if e["event"] == "trial_start")
+        assert sorted(set(trials["block"])) == [1, 2] and trials["block"].is_monotonic_increasing
+        assert '"bci_blocks"' in nwb.notes and '"decoder_calibrations_in_order"' in nwb.notes
         assert int(trials["hit"].sum()) == sum(1 for e in events if e["event"] == "hit")
         rewards = nwb.get_events_table("reward_outcomes").to_dataframe()
         assert len(rewards) == len(read_events(session_dir / "reward" / "events.jsonl", {"reward_outcome"}))
@@ -465,6 +532,19 @@ def test_report_is_one_html_page_with_every_plot(session_dir: Path, tmp_path: Pa
         assert (tmp_path / "png" / f"{key}.png").read_bytes() == png
     assert "No hits" not in page and "no completed trials" not in page
     assert "m42" in page and "2 dropped at the source" in page
+    # the calibration's 95 % interval and its warning (a 15-s baseline of 1-s trials is too short to trust)
+    cal = json.loads((session_dir / "decoder" / "calibration.json").read_text())
+    lo, hi = cal["predicted_hit_rate_ci95"]
+    assert lo <= cal["predicted_hit_rate"] <= hi and hi - lo > 0.4 and cal["needed_baseline_s"] > 15.0
+    assert f"(95 %: {lo * 100:.0f} %–{hi * 100:.0f} %)" in page
+    assert "calibration: the predicted chance hit rate" in page and "record a baseline of about" in page
+    warned = [e for e in read_events(session_dir / "decoder" / "events.jsonl") if e.get("kind") == "warning"
+              and e.get("code") == "calibration_uncertain"]
+    # every calibration's warnings, in order: each block's calibration (its "calibrated" event) has its own
+    calibrations = load_session(session_dir).calibrations()
+    assert len(calibrations) == 2 and calibrations[-1]["warnings"] == cal["warnings"]
+    assert [w["message"] for w in warned] == [w for c in calibrations for w in c["warnings"]]
+    assert len(warned) >= 2
 
 
 def test_report_header_and_caption_agree_on_the_hit_rate_and_round_the_threshold(
@@ -506,3 +586,91 @@ def test_realtime_replay_gives_the_same_decisions(session_copy: Path, capsys: py
     code, out, err = run_cli(["replay", str(session_copy), "--no-progress", "--realtime", "--from-traces"], capsys)
     result = last_json(out)
     assert (code, result["mismatches"], result["decisions_checked"]) == (0, 0, 30), err
+
+
+# ---------------------------------------------------------------------------- sessions recorded before the rules
+
+
+def _strip_to_the_old_layout(folder: Path) -> None:
+    """Rewrite a session as the decoder before rules_version wrote it: no new config keys, no new fields."""
+    from rig.offline.legacy import ADDED_CALIBRATION_FIELDS, LEGACY_VALUES, without_added_fields
+
+    resolved = json.loads((folder / "config.resolved.json").read_text(encoding="utf-8"))
+    for path in LEGACY_VALUES:
+        section = resolved
+        for name in path[:-1]:
+            section = section[name]
+        del section[path[-1]]
+    write_json_atomic(folder / "config.resolved.json", resolved)
+    events = folder / "decoder" / "events.jsonl"
+    lines = [without_added_fields(json.loads(line)) for line in events.read_text(encoding="utf-8").splitlines()]
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines), encoding="utf-8")
+    cal = json.loads((folder / "decoder" / "calibration.json").read_text(encoding="utf-8"))
+    write_json_atomic(folder / "decoder" / "calibration.json",
+                      {k: v for k, v in cal.items() if k not in ADDED_CALIBRATION_FIELDS})
+
+
+@pytest.fixture(scope="module")
+def old_session(session_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test session as the older decoder would have decided and written it: re-decided with the older rules
+    (a what-if replay), then stripped of every key and field that decoder did not write."""
+    out_dir = tmp_path_factory.mktemp("old") / "old_layout"
+    parser = argparse.ArgumentParser(prog="rig")
+    session_cli.register_cli(parser.add_subparsers())
+    args = parser.parse_args(["replay", str(session_dir), "--no-progress", "--out", str(out_dir),
+                              "--set", "decoder.rules_version=1", "--set", 'decoder.calibration.predict="windows"',
+                              "--set", "decoder.bad_frame_flags=[]", "--set", "task.rtb_holds_trials=false"])
+    assert args.func(args) == 0
+    _strip_to_the_old_layout(out_dir)
+    return out_dir
+
+
+def test_a_session_in_the_old_layout_replays_with_the_rules_it_was_recorded_with(
+        old_session: Path, session_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    resolved = json.loads((old_session / "config.resolved.json").read_text(encoding="utf-8"))
+    assert "bad_frame_flags" not in resolved["decoder"] and "rules_version" not in resolved["decoder"]
+    assert "rtb_holds_trials" not in resolved["task"]
+    # the older rules decided it: the flagged noise frames moved the cursor (the newer rule holds them)
+    old = read_records(old_session / "decoder" / "decisions.rec")
+    new = read_records(session_dir / "decoder" / "decisions.rec")
+    bad_rows = np.isin(old["frame"], BAD)
+    assert np.isfinite(old["dff"][bad_rows]).any() and np.isnan(new["dff"][np.isin(new["frame"], BAD)]).all()
+    session = load_session(old_session)
+    assert any("rules_version" in note and "older rules" in note for note in session.notes)
+    assert session.config.decoder.rules_version == 1 and session.config.decoder.bad_frame_flags == []
+    code, out, err = run_cli(["replay", str(old_session), "--no-progress"], capsys)
+    result = last_json(out)
+    assert code == 0 and result["mismatches"] == 0, err
+    assert result["decisions_checked"] == len(old) and result["events_checked"] > 10
+
+
+def test_without_the_compatibility_path_the_old_session_would_not_replay(old_session: Path) -> None:
+    """What replay would do if it read an old session's config with today's defaults: flagged frames are held,
+    so the decisions differ from the record there (the test above passes only through rig.offline.legacy)."""
+    from rig.offline.replay import check, replay
+
+    session = load_session(old_session)
+    raw = json.loads((old_session / "config.resolved.json").read_text(encoding="utf-8"))
+    today = config_from_dict(raw, "config.resolved.json without the legacy keys")
+    assert today.decoder.rules_version == 2
+    report = check(session, replay(session, today, from_traces=True, progress=False))
+    assert report.mismatches > 0
+    # the first difference is a flagged frame: today's bad-frame rule holds it, the older decoder did not
+    first = min(m.frame for m in report.first_mismatches if m.what == "decision")
+    recorded = session.decisions
+    assert recorded is not None
+    flags = int(recorded["flags"][np.flatnonzero(recorded["frame"] == first)[0]])
+    assert flags & today.decoder.bad_frame_mask, report.first_mismatches[:3]
+
+
+def test_the_older_rules_are_for_replay_only(tmp_path: Path) -> None:
+    from rig.app.checks import check_config
+    from rig.core.settings import ConfigError
+
+    doc = json.loads(json.dumps(CONFIG))
+    doc["decoder"].update(rules_version=1, calibration={"predict": "windows"})
+    findings = check_config(config_from_dict(doc, "test"), tmp_path).findings
+    assert any(f.key == "decoder.rules_version" and f.error for f in findings)
+    doc["decoder"]["calibration"] = {}  # rules_version 1 predicted on windows: the task prediction is refused
+    with pytest.raises(ConfigError, match="rules_version"):
+        config_from_dict(doc, "test")

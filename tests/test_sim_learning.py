@@ -1,101 +1,132 @@
-"""The simulated mouse learns the task through the real decoder: vectorized > scalar > none (= chance).
+"""The simulated mouse learns the task through the real decoder only from what it perceives.
 
-Trace level (no images): TraceSim gives every ROI's F/Fneu, ``decoder.engine.DecoderEngine`` runs the
-whole protocol (baseline -> calibration -> BCI trials) and its reward requests are delivered back to the
-mouse, like the rig does over the bus. Ten frames a second keeps one simulated 50-minute session to a
-few seconds. The decoder and task settings are pinned here so the test measures the mouse, not a
-change of the decoder's defaults.
+Trace level (no images): ``rig sim learn``'s runner (rig.app.sim_learn) feeds TraceSim's F/Fneu to the
+decoder's own engine (baseline -> calibration -> BCI trials), turns each decision into the tone the feedback
+process would present, and delivers rewards back to the mouse - the decoder's (contingent) or random ones at
+the chance rate (yoked). The mouse explores 100 cells and is never told which 8 the decoder reads; learned
+drive decays and its sum is capped (homeostasis), so pushing cells at random costs. Short sessions and one
+seed keep this to seconds: seed 0, the first one, not chosen for its result (the benchmark's seeds 0-2 show
+the same ordering, docs/SIMULATOR.md). Except for the 60-min gain, the contrasts are read from the
+cursor-relevant drive (mean learned drive of the up cells minus that of the down cells) at equal time, which is
+far less noisy than the hit rates of ~15 trials per quarter. The contrasts over seeds and learning rates are
+measured by benchmarks/bench_sim_learning.py and reported in docs/SIMULATOR.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
 
-import numpy as np
 import pytest
 
-from acquisition.sim.config import MouseConfig, SimConfig
-from acquisition.sim.traces import TraceSim
-from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
-from decoder.engine import DecoderEngine
+from acquisition.sim.config import LEARNING_RULES
+from rig.app import sim_learn_cli
+from rig.app.sim_learn import REWARD_MODES, LearnSpec, run_learning
 
-FPS = 10.0
-BASELINE_S = 600.0
-BCI_S = 2400.0
-UP, DOWN = [0, 1, 2, 3], [4, 5, 6, 7]
-N_ROIS = 20
-SEED = 8
+SHORT = 35.0  # minutes, 25 of them trials: enough for the learned drives, too few trials for hit-rate contrasts
+LONG = 60.0
+SEEDS = (0, 1)  # the first two seeds, not picked for their result; the equal-time contrasts average them
+SEED = SEEDS[0]
 
 
-@dataclass
-class Session:
-    predicted_hit_rate: float
-    outcomes: np.ndarray  # 1 = hit, 0 = miss, in trial order
-    drive_up_hz: float
-    drive_down_hz: float
-
-    @property
-    def hit_rate(self) -> float:
-        return float(self.outcomes.mean())
-
-    def quarter(self, i: int) -> float:
-        q = len(self.outcomes) // 4
-        return float(self.outcomes[i * q : (i + 1) * q].mean())
-
-
-def run_session(rule: str, seed: int = SEED) -> Session:
-    sim = TraceSim(SimConfig(seed=seed, n_cells=N_ROIS, mouse=MouseConfig(learning_rule=rule)), FPS, UP, DOWN)
-    decoder_cfg = DecoderConfig(
-        decoder="two_population", up=UP, down=DOWN, neuropil_coef=0.7, f0_percentile=10.0, f0_window_s=60.0,
-        smoothing_frames=3, calibration=CalibrationConfig(method="hit_rate", target_hit_rate=0.5, seed=0),
-    )
-    task_cfg = TaskConfig(baseline_s=BASELINE_S, auto_protocol=True, trial_s=30.0, iti_s=5.0, hold_s=1.0,
-                          timeout_s=3.0)
-    engine = DecoderEngine(decoder_cfg, task_cfg, N_ROIS, FPS)
-    engine.start_baseline()
-    outcomes: list[int] = []
-    predicted = float("nan")
-    for frame in range(int((BASELINE_S + BCI_S) * FPS)):
-        F, Fneu = sim.step()
-        result = engine.step(frame, F, Fneu)
-        if result.reward_request:
-            sim.mouse.on_reward()  # the reward process delivers; RewardOutcome("delivered") reaches the mouse
-        for event in result.events:
-            if event.kind == "hit":
-                outcomes.append(1)
-            elif event.kind == "miss":
-                outcomes.append(0)
-            elif event.kind == "calibrated":
-                predicted = event.detail["calibration"]["predicted_hit_rate"]
-            elif event.kind == "calibration_failed":
-                raise AssertionError(f"calibration failed: {event.detail}")
-    state = sim.mouse.state()
-    return Session(predicted, np.array(outcomes), state["drive_up_hz"], state["drive_down_hz"])
+def contrast(run: dict) -> float:
+    """The cursor-relevant learned drive (Hz): up cells' mean drive minus down cells'."""
+    return run["drive_up_hz"] - run["drive_down_hz"]
 
 
 @pytest.fixture(scope="module")
-def sessions() -> dict[str, Session]:
-    return {rule: run_session(rule) for rule in ("vectorized", "scalar", "none")}
+def runs() -> dict:
+    specs = {
+        "vectorized": LearnSpec(rule="vectorized", minutes=LONG, seed=SEED),
+        "vectorized_yoked": LearnSpec(rule="vectorized", rewards="yoked", minutes=SHORT, seed=SEED),
+        "scalar_yoked": LearnSpec(rule="scalar", rewards="yoked", minutes=SHORT, seed=SEED),
+        "none": LearnSpec(rule="none", minutes=SHORT, seed=SEED),
+    }
+    out: dict = {name: run_learning(spec) for name, spec in specs.items()}
+    short = {"vectorized_short": {"rule": "vectorized"}, "vectorized_no_feedback": {"rule": "vectorized",
+             "feedback": False}, "scalar": {"rule": "scalar"}}
+    for name, kw in short.items():
+        out[name] = [run_learning(LearnSpec(minutes=SHORT, seed=seed, **kw)) for seed in SEEDS]
+    return out
 
 
-def test_without_learning_the_hit_rate_stays_at_calibrated_chance(sessions):
-    none = sessions["none"]
-    assert 0.3 < none.predicted_hit_rate < 0.7
-    assert abs(none.hit_rate - none.predicted_hit_rate) < 0.2
-    assert none.drive_up_hz == 0.0
-    assert len(none.outcomes) > 60
+def mean_contrast(runs_of_seeds: list[dict]) -> float:
+    return sum(contrast(r) for r in runs_of_seeds) / len(runs_of_seeds)
 
 
-def test_vectorized_credit_climbs_from_chance_to_80_percent(sessions):
-    vec = sessions["vectorized"]
-    first_trials = float(vec.outcomes[:20].mean())
-    assert first_trials < 0.75  # starts near chance...
-    assert vec.quarter(3) >= 0.8  # ...and ends above 80 % within the session
-    assert vec.drive_up_hz > 0 > vec.drive_down_hz  # up cells pushed up, down cells down
+def test_without_learning_the_hit_rate_stays_at_calibrated_chance(runs):
+    none = runs["none"]
+    assert 0.3 < none["chance"] < 0.7
+    assert abs(none["hit_rate"] - none["chance"]) < 0.2
+    assert none["drive_up_hz"] == 0.0 and none["drive_down_hz"] == 0.0
+    assert none["trials"] > 30
 
 
-def test_learning_rules_order_vectorized_scalar_none(sessions):
-    vec, scalar, none = sessions["vectorized"], sessions["scalar"], sessions["none"]
-    assert vec.hit_rate > scalar.hit_rate + 0.1
-    assert scalar.hit_rate > none.hit_rate + 0.1
-    assert scalar.drive_up_hz > 0  # the global reward signal found the up cells, slowly
+def test_contingent_vectorized_credit_learns_both_ensembles_untold(runs):
+    vec = runs["vectorized"]
+    assert vec["hit_rate_first_quarter"] < 0.75  # starts near chance...
+    assert vec["hit_rate_last_quarter"] >= 0.8  # ...and ends well above it
+    assert vec["gain"] >= 0.3
+    # the cursor-relevant drive: with homeostasis the down ensemble's drive may decay back once the up
+    # ensemble alone wins nearly every trial, so the contrast, not each ensemble, is asserted here
+    assert vec["drive_up_hz"] > 0.5 and contrast(vec) > 1.0
+    assert all(r["drive_down_hz"] < 0 < r["drive_up_hz"] for r in runs["vectorized_short"])  # both, mid-session
+    assert vec["tone_value"] > 0  # it learned that a high tone predicts reward
+
+
+def test_scalar_reinforcement_also_learns(runs):
+    for scalar in runs["scalar"]:
+        assert scalar["drive_up_hz"] > 0
+        assert contrast(scalar) > 0.3
+
+
+def test_yoked_rewards_teach_no_rule(runs):
+    """Random rewards make nothing worth pursuing: no learned drive, no gain beyond trial-sampling noise
+    (the hit rates of 12-15 trials per quarter differ by up to ~0.25 without any learning)."""
+    for name in ("vectorized_yoked", "scalar_yoked"):
+        run = runs[name]
+        assert run["rewards_delivered"] > 10, name
+        assert abs(contrast(run)) < 0.1 * mean_contrast(runs["vectorized_short"]), name
+        assert run["gain"] < 0.25, name
+    assert runs["vectorized_yoked"]["tone_value"] == 0.0
+    assert runs["vectorized_yoked"]["drive_up_hz"] == 0.0  # the tone never gained a value: no update at all
+
+
+def test_vectorized_credit_beats_scalar_credit_at_equal_time(runs):
+    """100 explored cells, 8 of them read: one global reinforcement signal spreads drive over cells that do not
+    matter (and the drive budget is shared), per-cell credit concentrates it on the ensembles."""
+    assert mean_contrast(runs["vectorized_short"]) > 1.25 * mean_contrast(runs["scalar"])
+
+
+def test_without_feedback_vectorized_learns_slower(runs):
+    """Without the tone only the reward's coincidence with each cell's own exploration is left: after the
+    same time the ensembles' drive is well below what the tone taught."""
+    assert mean_contrast(runs["vectorized_short"]) > 1.25 * mean_contrast(runs["vectorized_no_feedback"])
+
+
+def test_without_feedback_only_reward_coincidence_teaches(runs):
+    """Nothing presented: no tone value, no forward model; eligibility x reward error still learns."""
+    for off in runs["vectorized_no_feedback"]:
+        assert off["tone_value"] == 0.0
+        assert off["drive_up_hz"] > 0 > off["drive_down_hz"]
+
+
+def test_cli_prints_the_json_and_refuses_bad_arguments(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="rig")
+    sub = parser.add_subparsers()
+    sim = sub.add_parser("sim")
+    sim_learn_cli.register_learn(sim.add_subparsers())
+    assert sim_learn_cli.LEARNING_RULES == LEARNING_RULES and sim_learn_cli.REWARD_MODES == REWARD_MODES
+    args = parser.parse_args(["sim", "learn", "--rule", "none", "--minutes", "12", "--baseline-minutes", "5",
+                              "--seed", "2"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["ok"] and out["rule"] == "none" and out["rewards"] == "contingent" and out["feedback"] == "on"
+    for key in ("hit_rate_first_quarter", "hit_rate_last_quarter", "chance"):
+        assert 0.0 <= out[key] <= 1.0
+    args = parser.parse_args(["sim", "learn", "--minutes", "5"])  # shorter than the baseline
+    assert args.func(args) == 2
+    captured = capsys.readouterr()
+    assert "must outlast the baseline" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["ok"] is False

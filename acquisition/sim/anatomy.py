@@ -10,12 +10,13 @@ on every side so that motion brings real tissue in at the edges.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 from scipy.special import expit
 
+from acquisition.align import Similarity, warp_image, warp_roi
 from acquisition.sim.config import SimConfig
 
 
@@ -198,3 +199,21 @@ def build_anatomy(cfg: SimConfig, rng: np.random.Generator) -> Anatomy:
         )
     return Anatomy(cells=cells, neuropil=neuropil.astype(np.float32), margin=margin, shape=(Ly, Lx))
 
+
+
+def move_anatomy(anatomy: Anatomy, tf: Similarity) -> Anatomy:
+    """The same tissue seen on another day: every cell and the neuropil moved by ``tf`` (field-of-view pixels).
+
+    Cells keep their index (ROI i == cell i); a cell moved partly out of the field keeps only its pixels inside.
+    """
+    Ly, Lx = anatomy.shape
+    cells: list[Cell] = []
+    for c in anatomy.cells:
+        moved = warp_roi(c.ypix, c.xpix, c.lam, tf, (Ly, Lx), soma=c.soma)
+        cy, cx = tf.forward(np.array([c.center[0]]), np.array([c.center[1]]))
+        assert moved.soma is not None
+        cells.append(replace(c, ypix=moved.ypix, xpix=moved.xpix, lam=moved.lam, soma=moved.soma,
+                             center=(float(cy[0]), float(cx[0])), radius=c.radius * tf.scale))
+    canvas_tf = tf.shifted_origin(anatomy.margin)
+    neuropil = warp_image(anatomy.neuropil, canvas_tf, mode="reflect").astype(np.float32)
+    return Anatomy(cells=cells, neuropil=neuropil, margin=anatomy.margin, shape=anatomy.shape)

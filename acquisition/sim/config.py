@@ -45,16 +45,29 @@ class MouseConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     exploration_tau_s: float = 0.4
     bout_rate_hz: float = 0.25  # attempts per second
     bout_duration_s: float = 1.5
-    learning_rule: str = "vectorized"  # vectorized | scalar | none
-    learning_rate_vectorized: float = 0.05  # Hz of attempt drive per reward (soft-bounded)
-    learning_rate_scalar: float = 0.05  # per (reward - R_bar) x eligibility (Hz)
+    learning_rule: str = "vectorized"  # vectorized | scalar | none (docs/SIMULATOR.md)
+    # vectorized with feedback: Hz of drive per second of attempt at tone value 1; without: as scalar
+    learning_rate_vectorized: float = 0.3
+    learning_rate_scalar: float = 0.3  # per (reinforcement - R_bar) x eligibility (Hz)
     drive_max_hz: float = 12.0
     eligibility_tau_s: float = 1.0
     attempt_exploration_hz: float = 1.5  # sd of each attempt's random variation of a cell's drive
     reward_mean_tau_s: float = 120.0  # running mean R-bar of the reward rate
-    use_feedback: bool = False  # also learn from the feedback it perceives (fbk.update: needs [feedback] enabled)
-    feedback_gain: float = 0.2  # pseudo-reward per second per unit of cursor_norm above its mean
-    forgetting_tau_s: float = 0.0  # 0 = learned drive does not decay
+    use_feedback: bool = True  # learn from the feedback it is presented (fbk.update: needs [feedback] enabled)
+    feedback_gain: float = 0.2  # scalar rule: pseudo-reward per second per unit of valued tone deviation
+    feedback_tau_s: float = 20.0  # running mean of the perceived tone (its deviation is what moves)
+    model_tau_s: float = 120.0  # vectorized: memory of the forward model (cell exploration -> tone)
+    value_tau_s: float = 300.0  # memory of the tone-reward association
+    value_z: float = 2.0  # the association counts only beyond this many standard errors
+    # homeostasis: learned drive decays toward 0 with this time constant (0 = never) ...
+    forgetting_tau_s: float = 1200.0
+    # ... and the summed |drive| over all cells is capped here (0 = no cap): recruiting cells costs
+    drive_budget_hz: float = 60.0
+    # licking (moves the brain: SimConfig.lick_motion_px)
+    lick_latency_s: float = 0.15  # from a reward to the first lick
+    lick_bout_s: float = 2.5  # a reward's lick bout
+    lick_rate_hz: float = 7.0  # licks per second within a bout
+    spontaneous_lick_rate_hz: float = 0.01  # bouts per second without a reward
 
     def __post_init__(self) -> None:
         for name in (
@@ -66,6 +79,11 @@ class MouseConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "eligibility_tau_s",
             "reward_mean_tau_s",
             "drive_max_hz",
+            "feedback_tau_s",
+            "model_tau_s",
+            "value_tau_s",
+            "lick_bout_s",
+            "lick_rate_hz",
         ):
             _positive(name, getattr(self, name))
         for name in (
@@ -78,6 +96,10 @@ class MouseConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "learning_rate_scalar",
             "feedback_gain",
             "forgetting_tau_s",
+            "drive_budget_hz",
+            "value_z",
+            "lick_latency_s",
+            "spontaneous_lick_rate_hz",
         ):
             _non_negative(name, getattr(self, name))
         if self.n_latents < 0:
@@ -107,7 +129,8 @@ class SimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # photons (per pixel per frame) and detection
     cell_photons: float = 3.0  # baseline cytoplasm brightness above neuropil
     neuropil_photons: float = 1.5
-    neuropil_coupling: float = 0.5  # neuropil follows the population's mean dF/F by this factor
+    neuropil_coupling: float = 0.5  # neuropil follows the local population's mean dF/F by this factor
+    neuropil_sigma_px: float = 150.0  # ... the cells within about this distance (0: one global level)
     dark_photons: float = 0.05
     pmt_gain: float = 100.0  # mean ADC counts per photon
     pmt_gain_var: float = 2300.0  # per-photon variance of the PMT gain (counts^2)
@@ -122,12 +145,27 @@ class SimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     jump_sd_px: float = 2.0
     jump_tau_s: float = 3.0  # a jump relaxes back over this time
     drift_px_per_min: float = 0.3
+    lick_motion_px: float = 1.0  # peak brain displacement per lick (licks follow rewards: MouseConfig)
     # slow processes and scanning
     bleach_fraction: float = 0.15  # fraction of brightness lost as t -> infinity
     bleach_tau_s: float = 1800.0
     bidi_offset_px: float = 0.0  # odd lines shifted in x by this much (bidirectional scanning)
     timestamp_jitter_s: float = 0.0003
     history_max_frames: int = 108_000  # ground truth kept in memory (1 h at 30 Hz)
+    # depth (acquisition.sim.depth): cells in 3-D seen through an axial point-spread function, z motion
+    pixel_size_um: float = 1.0  # field-of-view pixel size (a 16x objective at ~500 um across 512 px)
+    axial_fwhm_um: float = 5.0  # axial PSF FWHM (16x/0.8 NA, 920 nm: ~4-6 um)
+    cell_depth_sd_um: float = 4.0  # spread of the cells' centres about the focal plane
+    z_drift_um: float = 0.0  # peak-to-peak slow z drift over z_drift_period_s (a half cosine, centred on 0)
+    z_drift_period_s: float = 600.0
+    z_jump_rate_hz: float = 0.0  # occasional z jumps (licks, grooming) that relax back
+    z_jump_sd_um: float = 2.0
+    z_jump_tau_s: float = 2.0
+    # day-to-day: where today's field lies relative to the tissue's (ROI i still == cell i)
+    day: int = 0  # another number: the same tissue with new activity, noise and motion (another session)
+    day_dy_px: float = 0.0
+    day_dx_px: float = 0.0
+    day_rotation_deg: float = 0.0
     mouse: MouseConfig = msgspec.field(default_factory=MouseConfig)
 
     def __post_init__(self) -> None:
@@ -163,9 +201,19 @@ class SimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "jump_rate_hz",
             "jump_sd_px",
             "drift_px_per_min",
+            "neuropil_sigma_px",
+            "lick_motion_px",
             "timestamp_jitter_s",
         ):
             _non_negative(name, getattr(self, name))
+        for name in ("pixel_size_um", "axial_fwhm_um", "z_drift_period_s", "z_jump_tau_s"):
+            _positive(name, getattr(self, name))
+        for name in ("cell_depth_sd_um", "z_drift_um", "z_jump_rate_hz", "z_jump_sd_um"):
+            _non_negative(name, getattr(self, name))
+        if self.day < 0:
+            raise ValueError(f"`day`: must be >= 0 (got {self.day})")
+        if abs(self.day_rotation_deg) > 20:
+            raise ValueError(f"`day_rotation_deg`: must be within [-20, 20] degrees (got {self.day_rotation_deg})")
         for name in ("nucleus_radius_fraction", "nucleus_brightness", "dendrite_fraction", "bleach_fraction"):
             _fraction(name, getattr(self, name))
         if self.max_lag_frames < 0:

@@ -11,7 +11,9 @@ Layout of an export folder (``write_ground_truth`` writes the last two lines, ``
     movie.tif                        multi-page uint16 TIFF, one page per frame
     suite2p/plane0/data.bin          the same frames as int16 (suite2p binary layout, unregistered)
     suite2p/plane0/{stat,iscell,ops}.npy   the true ROIs (ROI i == cell i), ops in suite2p 1.x layout
-    ground_truth.npz                 true shifts, F, dF/F, spikes, bleaching per frame
+    ground_truth.npz                 true shifts, F, dF/F, spikes, bleaching, focal depth z_um per frame;
+                                     day_transform (dy, dx, rotation_deg, scale), pixel_size_um
+    zstack.tif                       (with --zstack) ImageJ z-stack centred on the focal plane, spacing in um
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from acquisition.sim.anatomy import Anatomy
 from acquisition.sim.calcium import indicator_preset
 from acquisition.sim.config import SimConfig
+from acquisition.sim.depth import DepthModel
 from acquisition.sim.scope import SimScope
 from rig.core.safe_npy import load_npy
 
@@ -42,7 +45,10 @@ def suite2p_stat(anatomy: Anatomy) -> list[dict]:
     stat = []
     for c in anatomy.cells:
         ys, xs = c.ypix[c.soma], c.xpix[c.soma]
-        med = [int(np.median(ys)), int(np.median(xs))]
+        if ys.size:
+            med = [int(np.median(ys)), int(np.median(xs))]
+        else:  # moved out of the field on another simulated day: the centre, clipped into it
+            med = [int(np.clip(round(c.center[0]), 0, Ly - 1)), int(np.clip(round(c.center[1]), 0, Lx - 1))]
         npix_soma = int(c.soma.sum())
         dist = np.hypot(ys - med[0], xs - med[1])
         disk_mean = (2.0 / 3.0) * math.sqrt(max(npix_soma, 1) / math.pi)  # mean distance in a disk
@@ -147,7 +153,11 @@ def write_ground_truth(
         up=np.flatnonzero(scope.mouse.role > 0),
         down=np.flatnonzero(scope.mouse.role < 0),
         base_rate_hz=scope.mouse.base_rate_hz.astype(np.float32),
-        **truth,
+        # day-to-day: tissue (day 0) -> this field, about the field's centre; see acquisition.align.Similarity
+        day_transform=np.array([scope.day_transform.dy, scope.day_transform.dx, scope.day_transform.rotation_deg,
+                                scope.day_transform.scale], np.float64),
+        pixel_size_um=np.float64(scope.cfg.pixel_size_um),
+        **truth,  # includes z_um: the focal plane's depth per frame (0 without z motion)
     )
     return plane
 
@@ -160,8 +170,15 @@ def export_movie(
     up: list[int] | tuple[int, ...] = (),
     down: list[int] | tuple[int, ...] = (),
     progress: bool = True,
+    zstack: bool = False,
+    zstack_range_um: float = 30.0,
+    zstack_step_um: float = 1.0,
 ) -> dict:
-    """Render ``n_frames`` frames as fast as possible into ``out_dir``; return a summary dict."""
+    """Render ``n_frames`` frames as fast as possible into ``out_dir``; return a summary dict.
+
+    ``zstack``: also write ``zstack.tif``, planes from ``-zstack_range_um`` to ``+zstack_range_um`` around the
+    focal plane (see :func:`write_zstack`).
+    """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1 (got {n_frames})")
     out = Path(out_dir)
@@ -201,8 +218,11 @@ def export_movie(
     ops["save_path"] = str(plane.resolve())
     ops["tiff"] = str(tif_path.resolve())
     np.save(plane / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
+    stack_path = write_zstack(scope, out / "zstack.tif", zstack_range_um, zstack_step_um) if zstack else None
     elapsed = time.perf_counter() - t_start
     return {
+        "zstack": str(stack_path) if stack_path else None,
+        "z_drift_um": cfg.z_drift_um,
         "ok": True,
         "dir": str(out.resolve()),
         "frames": n_frames,
@@ -218,3 +238,30 @@ def export_movie(
         "render_ms_per_frame": 1e3 * render_s / n_frames,
         "seconds": elapsed,
     }
+
+
+def write_zstack(scope: SimScope, path: str | Path, range_um: float = 30.0, step_um: float = 1.0,
+                 frames_averaged: int = 60) -> Path:
+    """An ImageJ TIFF z-stack of today's field at zero motion, centred on the focal plane (plane k is at
+    ``-range_um + k * step_um``), each plane as the mean of ``frames_averaged`` noisy frames would be.
+
+    The ImageJ ``spacing`` is the step in um and the resolution is ``1 / pixel_size_um`` per um, as Fiji writes.
+    """
+    if step_um <= 0 or range_um < step_um:
+        raise ValueError(f"z-stack: need step > 0 and range >= step (got range {range_um}, step {step_um} um)")
+    depth = scope.depth if scope.depth is not None else DepthModel(scope)
+    n_half = int(round(range_um / step_um))
+    cfg = scope.cfg
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(6,)))
+    enf = 1.0 + cfg.pmt_gain_var / cfg.pmt_gain**2
+    planes = []
+    for k in range(-n_half, n_half + 1):
+        mean = depth.expected_image(scope, k * step_um).astype(np.float64)
+        photons = np.maximum((mean - cfg.adc_offset) / cfg.pmt_gain, 0.0)
+        sd = np.sqrt(cfg.pmt_gain**2 * enf * photons + cfg.electronics_noise**2) / math.sqrt(frames_averaged)
+        planes.append(np.clip(mean + sd * rng.standard_normal(mean.shape), 0, 65535).astype(np.uint16))
+    path = Path(path)
+    tifffile.imwrite(path, np.stack(planes), imagej=True,
+                     resolution=(1.0 / cfg.pixel_size_um, 1.0 / cfg.pixel_size_um),
+                     metadata={"spacing": step_um, "unit": "um", "axes": "ZYX"})
+    return path

@@ -7,7 +7,7 @@ benchmarks need only this.
 
 What a frame is made of (DOMAIN.md section 4)::
 
-    expected photons  = bleach(t) * [neuropil * level(t) + sum_i F0_i * (1 + dF/F_i(t)) * footprint_i]
+    expected photons  = bleach(t) * [neuropil * level(x, y, t) + sum_i F0_i * (1 + dF/F_i(t)) * footprint_i]
                         moved by the brain's motion (subpixel) + dark counts
     ADC counts        = PMT gain * (photon count with PMT excess noise) + read noise + offset  -> uint16
 
@@ -36,10 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 
-from acquisition.sim.anatomy import build_anatomy
+from acquisition.align import Similarity
+from acquisition.sim.anatomy import build_anatomy, move_anatomy
 from acquisition.sim.calcium import CalciumModel, indicator_preset
 from acquisition.sim.config import SimConfig
+from acquisition.sim.depth import DepthModel
 from acquisition.sim.mouse import SimMouse
+from acquisition.sim.neuropil import NeuropilField
 
 _NOISE_PAD = 32  # noise bank frames are this much larger than the field of view (random offsets)
 _MOTION_BLOCK = 512  # frames of motion/timing random numbers drawn at once
@@ -79,7 +82,12 @@ class SimScope:
         root = np.random.SeedSequence(cfg.seed)
         # same spawn order as TraceSim: geometry, mouse, noise; then motion and timing
         geometry_seq, mouse_seq, noise_seq, motion_seq = root.spawn(4)
+        if cfg.day:  # another day of the same tissue: new activity, noise and motion
+            _, mouse_seq, noise_seq, motion_seq = np.random.SeedSequence([cfg.seed, cfg.day]).spawn(4)
         self.anatomy = build_anatomy(cfg, np.random.default_rng(geometry_seq))
+        self.day_transform = Similarity.about_center(self.shape, cfg.day_dy_px, cfg.day_dx_px, cfg.day_rotation_deg)
+        if self.day_transform != Similarity.about_center(self.shape):  # another day: the same tissue, moved
+            self.anatomy = move_anatomy(self.anatomy, self.day_transform)
         n = cfg.n_cells
         self.n_cells = n
         self.mouse = SimMouse(cfg.mouse, n, frame_rate_hz, seed=mouse_seq, up=up, down=down)
@@ -87,6 +95,12 @@ class SimScope:
         self._noise_rng = np.random.default_rng(noise_seq)
         self._motion_rng = np.random.default_rng(motion_seq)
         self._build_static()
+        # neuropil follows the cells near each place (acquisition.sim.neuropil), on the canvas
+        self.neuropil_field = NeuropilField(np.array([c.center for c in self.anatomy.cells]).reshape(-1, 2),
+                                            self._canvas_shape, cfg.neuropil_coupling, cfg.neuropil_sigma_px,
+                                            origin=self.anatomy.margin)
+        # focal-plane (z) motion: only when asked for, so a 2-D session renders exactly as before
+        self.depth = DepthModel(self) if cfg.z_drift_um > 0 or cfg.z_jump_rate_hz > 0 else None
         self._build_noise_banks()
         self._init_motion()
         self.frames_generated = 0
@@ -161,6 +175,9 @@ class SimScope:
         self._a_walk = math.exp(-dt / cfg.motion_walk_tau_s)
         self._a_jump = math.exp(-dt / cfg.jump_tau_s)
         self._p_jump = 1.0 - math.exp(-cfg.jump_rate_hz * dt)
+        # the direction licks push the brain (its own stream: the other motion draws stay as they were)
+        lick_angle = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(8,))).uniform(0, 2 * math.pi)
+        self._lick_dir = np.array([math.cos(lick_angle), math.sin(lick_angle)])
         self._walk = cfg.motion_walk_sd_px * rng.standard_normal(2)
         self._jump = np.zeros(2)
         self._drift = np.zeros(2)
@@ -202,6 +219,8 @@ class SimScope:
                 self._drift_v[d] = -self._drift_v[d]
         np.add(self._walk, self._jump, out=self._shift)
         self._shift += self._drift
+        # licks (after rewards) push the brain along one direction, once per lick
+        self._shift += (cfg.lick_motion_px * self.mouse.lick_displacement) * self._lick_dir
         np.clip(self._shift, -cfg.motion_max_px, cfg.motion_max_px, out=self._shift)
 
     def bleach_factor(self, frame: int) -> float:
@@ -215,9 +234,11 @@ class SimScope:
             self._refill_random()
         spikes = self.mouse.step()
         dff = self.calcium.step(spikes)
-        level = 1.0 + self.cfg.neuropil_coupling * float(dff.mean())
+        level = self.neuropil_field.step(dff)  # the field's mean level; render() uses it per pixel
         b = self.bleach_factor(self.frames_generated)
         self._step_motion(self._z_motion[self._block_i])
+        if self.depth is not None:
+            self.depth.step()
         np.multiply(dff, self.brightness, out=self._F_true)
         self._F_true += self.brightness
         self._F_true *= b
@@ -238,9 +259,11 @@ class SimScope:
             self._apply_bleach(b)
         work = self._work
         # neuropil modulation + static scene, then the cells' changing part on their pixels only
-        np.multiply(self._np_scaled, np.float32(level - 1.0), out=work)
+        self.neuropil_field.modulate(self._np_scaled, out=work)
         work += self._static
         np.multiply(dff, self.brightness * b, out=self._amp, casting="unsafe")
+        if self.depth is not None:
+            self.depth.apply(work, self._amp, dff, self.brightness * b, self._np_scaled, level)
         self._work_flat[self._active] += self._W @ self._amp
         self._shift_into(work, self._lam)
         self._add_noise(self._lam, out)
@@ -330,6 +353,7 @@ class SimScope:
                 "spikes": np.zeros((cap, self.n_cells), np.uint8),
                 "bout": np.zeros(cap, np.uint8),
                 "bleach": np.zeros(cap, np.float32),
+                "z_um": np.zeros(cap, np.float32),
             }
             for key, arr in h.items():
                 new[key][:n] = arr[:n]
@@ -339,6 +363,7 @@ class SimScope:
         np.minimum(spikes, 255, out=h["spikes"][n], casting="unsafe")
         h["bout"][n] = self.mouse.bout
         h["bleach"][n] = bleach
+        h["z_um"][n] = self.depth.z_um if self.depth is not None else 0.0
         self._history_len = n + 1
 
     @property
@@ -351,7 +376,7 @@ class SimScope:
 
         ``shifts`` (n, 2) true (dy, dx); ``F_true`` (n, cells) photons/pixel where lam == 1, bleached;
         ``dff_true`` the indicator's dF/F; ``spikes`` counts per frame; ``bout`` 1 while the mouse makes
-        an attempt; ``bleach`` the brightness factor.
+        an attempt; ``bleach`` the brightness factor; ``z_um`` the focal plane's depth (0 without z motion).
         """
         have = self._history_len
         n = have if n_frames is None else int(n_frames)
@@ -369,6 +394,7 @@ class SimScope:
                 "spikes": np.zeros((0, self.n_cells), np.uint8),
                 "bout": np.zeros(0, np.uint8),
                 "bleach": np.zeros(0, np.float32),
+                "z_um": np.zeros(0, np.float32),
             }
         out = {key: arr[:n].copy() for key, arr in h.items()}
         # dF/F is not stored (memory): F_true = brightness * bleach * (1 + dF/F)

@@ -4,6 +4,11 @@ Far faster than rendering frames (microseconds per frame), for closed-loop tests
 learning mouse. The numbers follow what suite2p-style extraction of :class:`SimScope` frames gives:
 F is the lam-weighted mean of a soma's pixels (cell + neuropil under it, in ADC counts, with the ADC
 offset), Fneu the mean of a neuropil ring, both with shot noise scaled to their pixel counts.
+
+Realism that changes what the decoder sees: the neuropil under each ROI follows the cells near it
+(:class:`acquisition.sim.neuropil.NeuropilField`, not one global level), and when the mouse licks (after
+a reward) the brain moves by up to ``lick_motion_px``, which slides part of each soma out of its fixed
+ROI and neuropil in: ``F`` keeps a fraction ``1 - (d / r)^2 / 2`` of the soma at a displacement ``d``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 from acquisition.sim.calcium import CalciumModel, indicator_preset
 from acquisition.sim.config import SimConfig
 from acquisition.sim.mouse import SimMouse
+from acquisition.sim.neuropil import NeuropilField
 
 _SOMA_PIXELS = 90.0  # effective pixel count of a lam-weighted soma mean
 _NEUROPIL_PIXELS = 350.0  # suite2p's minimum neuropil ring
@@ -43,13 +49,21 @@ class TraceSim:
         self._rng = np.random.default_rng(noise_seq)
         self.brightness = cfg.cell_photons * np.exp(cfg.brightness_log_sd * geo.standard_normal(n))
         self.neuropil = cfg.neuropil_photons * np.exp(0.2 * geo.standard_normal(n))
+        self.centers = geo.uniform((0.0, 0.0), (cfg.height_px - 1.0, cfg.width_px - 1.0), (n, 2))
+        self.radius = cfg.cell_radius_px * np.exp(cfg.cell_radius_cv * geo.standard_normal(n))
+        self.neuropil_field = NeuropilField(self.centers, (cfg.height_px, cfg.width_px), cfg.neuropil_coupling,
+                                            cfg.neuropil_sigma_px)
         self._enf = 1.0 + cfg.pmt_gain_var / cfg.pmt_gain**2
         self._bleach_rate = 1.0 / (cfg.bleach_tau_s * frame_rate_hz)
+        self._inv_r2 = 0.5 / self.radius**2
         self.frame = 0
+        self.displacement_px = 0.0
         self.F = np.zeros(n)
         self.Fneu = np.zeros(n)
         self._lam_soma = np.zeros(n)
         self._lam_np = np.zeros(n)
+        self._level = np.ones(n)
+        self._kept = np.ones(n)
         self._z = np.zeros((2, n))
 
     def bleach(self) -> float:
@@ -61,13 +75,20 @@ class TraceSim:
         cfg = self.cfg
         spikes = self.mouse.step()
         dff = self.calcium.step(spikes)
-        level = 1.0 + cfg.neuropil_coupling * float(dff.mean())
+        self.neuropil_field.cell_levels(dff, self._level)
         b = self.bleach()
         # expected photons per pixel, then shot noise of the pixel average (Gaussian: many photons)
         np.multiply(dff, self.brightness, out=self._lam_soma)
         self._lam_soma += self.brightness
         self._lam_soma *= _SOMA_MEAN_WEIGHT
-        np.multiply(self.neuropil, level, out=self._lam_np)
+        np.multiply(self.neuropil, self._level, out=self._lam_np)
+        self.displacement_px = cfg.lick_motion_px * self.mouse.lick_displacement
+        if self.displacement_px > 0.0:
+            # a lick moves the soma partly out of its ROI; the neuropil around it slides in
+            np.multiply(self._inv_r2, -(self.displacement_px**2), out=self._kept)
+            self._kept += 1.0
+            np.clip(self._kept, 0.0, 1.0, out=self._kept)
+            self._lam_soma *= self._kept
         self._lam_soma += self._lam_np
         self._lam_soma *= b
         self._lam_np *= b

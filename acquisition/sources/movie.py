@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-MOVIE_SUFFIXES = (".tif", ".tiff", ".bin", ".npy", ".h5", ".hdf5")
+MOVIE_SUFFIXES = (".tif", ".tiff", ".bin", ".npy", ".h5", ".hdf5", ".zchunks")
 
 
 class MovieError(ValueError):
@@ -211,6 +211,25 @@ def _suite2p_bin(path: Path) -> ArrayMovie:
     return ArrayMovie(path, mm, float(rate) if rate else None, rate_source="suite2p ops.npy 'fs'")
 
 
+def _session_movie(path: Path) -> ArrayMovie:
+    """A session's compressed ``movie.zchunks`` (layout and rate in the ``movie.json`` beside it)."""
+    import json  # noqa: PLC0415
+
+    from rig.core.movie_file import ChunkedMovie  # noqa: PLC0415
+    from rig.core.store import CorruptFileError  # noqa: PLC0415
+
+    meta_path = path.with_name("movie.json")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        _, height, width = meta["shape"]
+        movie = ChunkedMovie(path, np.dtype(meta["dtype"]), int(height), int(width))
+    except (OSError, ValueError, KeyError, TypeError, CorruptFileError) as exc:
+        raise MovieError(f"{path}: cannot read the session movie ({type(exc).__name__}: {exc}; its layout is in "
+                         f"{meta_path})") from exc
+    rate = meta.get("frame_rate_hz")
+    return ArrayMovie(path, movie, float(rate) if rate else None, rate_source="movie.json 'frame_rate_hz'")  # type: ignore[arg-type]
+
+
 def open_movie(path: str | Path, *, h5_key: str = "") -> MovieReader:
     """Open ``path`` with the reader its suffix calls for."""
     path = Path(path)
@@ -229,4 +248,6 @@ def open_movie(path: str | Path, *, h5_key: str = "") -> MovieReader:
         return ArrayMovie(path, arr)
     if suffix in (".h5", ".hdf5"):
         return H5Movie(path, h5_key)
+    if suffix == ".zchunks":
+        return _session_movie(path)
     raise MovieError(f"{path}: unknown movie type {suffix!r}; expected one of {', '.join(MOVIE_SUFFIXES)}")

@@ -60,28 +60,38 @@ class ControlPanel(QtWidgets.QWidget):
         self.target_hit_rate.setDecimals(2)
         self.target_hit_rate.setValue(default_target_hit_rate)
         self.target_hit_rate.setToolTip("fraction of baseline trials that would have been hits")
+        self.allow_rois = QtWidgets.QLineEdit()
+        self.allow_rois.setPlaceholderText("e.g. 12, 40")
+        self.allow_rois.setToolTip("the F0 safeguards' override: ROIs calibration may use although their F0 is near "
+                                   "their noise or their dF/F noise is an outlier (the refusal names them)")
         self.calibrate = QtWidgets.QPushButton("2. Calibrate")
         self.start_bci = QtWidgets.QPushButton("3. Start BCI")
         self.pause = QtWidgets.QPushButton("Pause")
         self.resume = QtWidgets.QPushButton("Resume")
+        self.end_block = QtWidgets.QPushButton("End block")
+        self.end_block.setToolTip("end this BCI block, not the session: then start another block, or record a new "
+                                  "baseline, choose ensembles and calibrate first")
         self.stop = QtWidgets.QPushButton("Stop session")
         self.stop.setToolTip("end the session; every process stops and the data are saved")
         self.start_baseline.clicked.connect(self._on_start_baseline)
-        self.calibrate.clicked.connect(
-            lambda: self._emit("calibrate", target_hit_rate=round(self.target_hit_rate.value(), 4)))
+        self.calibrate.clicked.connect(self._on_calibrate)
         self.start_bci.clicked.connect(lambda: self._emit("start_bci"))
         self.pause.clicked.connect(lambda: self._emit("pause"))
         self.resume.clicked.connect(lambda: self._emit("resume"))
+        self.end_block.clicked.connect(lambda: self._emit("end_block"))
         self.stop.clicked.connect(self._on_stop)
         proto = QtWidgets.QGridLayout()
         proto.addWidget(self.start_baseline, 0, 0, 1, 2)
         proto.addWidget(QtWidgets.QLabel("target hit rate"), 1, 0)
         proto.addWidget(self.target_hit_rate, 1, 1)
-        proto.addWidget(self.calibrate, 2, 0)
-        proto.addWidget(self.start_bci, 2, 1)
-        proto.addWidget(self.pause, 3, 0)
-        proto.addWidget(self.resume, 3, 1)
-        proto.addWidget(self.stop, 4, 0, 1, 2)
+        proto.addWidget(QtWidgets.QLabel("override ROIs"), 2, 0)
+        proto.addWidget(self.allow_rois, 2, 1)
+        proto.addWidget(self.calibrate, 3, 0)
+        proto.addWidget(self.start_bci, 3, 1)
+        proto.addWidget(self.pause, 4, 0)
+        proto.addWidget(self.resume, 4, 1)
+        proto.addWidget(self.end_block, 5, 0, 1, 2)
+        proto.addWidget(self.stop, 6, 0, 1, 2)
         proto_box = QtWidgets.QGroupBox("protocol")
         proto_box.setLayout(proto)
 
@@ -184,6 +194,16 @@ class ControlPanel(QtWidgets.QWidget):
         if self.confirm("Stop the session? Every process stops and the data are saved."):
             self._emit("stop")
 
+    def _on_calibrate(self) -> None:
+        args: dict = {"target_hit_rate": round(self.target_hit_rate.value(), 4)}
+        text = self.allow_rois.text().replace(",", " ").split()
+        if text:
+            if not all(t.isdigit() for t in text):
+                self.show_status(f"override ROIs: {self.allow_rois.text()!r} is not a list of ROI numbers", error=True)
+                return
+            args["allow_rois"] = [int(t) for t in text]
+        self._emit("calibrate", **args)
+
     def _confirm_dialog(self, text: str) -> bool:
         answer = QtWidgets.QMessageBox.question(self, "bci-rig", text)
         return answer == QtWidgets.QMessageBox.StandardButton.Yes
@@ -193,7 +213,7 @@ class ControlPanel(QtWidgets.QWidget):
         if self.session_over:
             return
         buttons = {"start_baseline": self.start_baseline, "calibrate": self.calibrate, "start_bci": self.start_bci,
-                   "pause": self.pause, "resume": self.resume}
+                   "pause": self.pause, "resume": self.resume, "end_block": self.end_block}
         for name, button in buttons.items():
             allowed = ALLOWED_MODES[name]
             enabled = mode is None or mode in allowed
@@ -204,7 +224,8 @@ class ControlPanel(QtWidgets.QWidget):
         """The session ended: nothing can be sent any more, the fields stay readable."""
         self.session_over = why
         for widget in (self.mouse_id, self.experimenter, self.save_metadata, self.start_baseline,
-                       self.target_hit_rate, self.calibrate, self.start_bci, self.pause, self.resume, self.stop,
+                       self.target_hit_rate, self.allow_rois, self.calibrate, self.start_bci, self.pause,
+                       self.resume, self.end_block, self.stop,
                        self.volume, self.manual_reward, self.test_pulse, self.close_valve):
             widget.setEnabled(False)
             widget.setToolTip(f"the session ended: {why}")

@@ -95,10 +95,12 @@ class HealthPanel(QtWidgets.QWidget):
                 f"</span> · bad (registration/flags) <b>{st.bad_frames}</b>")
         reg = m.registration_quality()
         if reg is not None:
-            colour = OK_COLOUR if reg["corr_mean"] >= 0.5 and reg["bad_fraction"] < 0.05 else WARN_COLOUR
+            ok = not reg["corr_z"] < -5.0 and reg["bad_fraction"] < 0.05  # NaN z (too few frames yet) is ok
+            colour = OK_COLOUR if ok else WARN_COLOUR
             self.registration_label.setText(
                 f'registration: corr <span style="color:{colour}"><b>{reg["corr"]:.3f}</b></span> '
-                f'(mean {reg["corr_mean"]:.3f}, min {reg["corr_min"]:.3f}) · shift dy {reg["dy"]:+.2f} '
+                f'(z {reg["corr_z"]:+.1f} vs recent frames; mean {reg["corr_mean"]:.3f}, min {reg["corr_min"]:.3f}) '
+                f'· shift dy {reg["dy"]:+.2f} '
                 f'dx {reg["dx"]:+.2f} px · flagged {reg["bad_fraction"]:.1%}')
         link_colour = OK_COLOUR if m.link_state == "connected" else (
             "#888" if m.link_state == "unknown" else ERROR_COLOUR)

@@ -119,6 +119,11 @@ class LivePlots(QtWidgets.QWidget):
         self.calib_vline = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen(THRESHOLD_RGB, width=1))
         self.calib_vline.setVisible(False)
         self.calib.addItem(self.calib_vline)
+        # the predicted hit rate's 95 % interval, a vertical bar at the threshold
+        self.calib_ci = pg.ErrorBarItem(x=np.zeros(1), y=np.zeros(1), top=np.zeros(1), bottom=np.zeros(1),
+                                        beam=0.0, pen=pg.mkPen(THRESHOLD_RGB, width=2))
+        self.calib_ci.setVisible(False)
+        self.calib.addItem(self.calib_ci)
         for plot in (self.ensembles, self.cursor):
             # Draw at most about one point per pixel column (peak-preserving): the cost stays flat however
             # long the history or high the frame rate.
@@ -260,8 +265,18 @@ class LivePlots(QtWidgets.QWidget):
         self.calib_point.setData([threshold], [float(cal.get("predicted_hit_rate", np.nan))])
         self.calib_vline.setPos(threshold)
         self.calib_vline.setVisible(True)
+        predicted = float(cal.get("predicted_hit_rate", np.nan))
+        ci95 = cal.get("predicted_hit_rate_ci95") or []
+        interval = ""
+        if len(ci95) == 2 and np.isfinite(ci95).all() and np.isfinite(predicted):
+            lo_ci, hi_ci = float(ci95[0]), float(ci95[1])
+            self.calib_ci.setData(x=np.array([threshold]), y=np.array([predicted]),
+                                  top=np.array([max(hi_ci - predicted, 0.0)]),
+                                  bottom=np.array([max(predicted - lo_ci, 0.0)]))
+            interval = f" (95 %: {lo_ci:.0%}–{hi_ci:.0%})"
+        self.calib_ci.setVisible(bool(interval))
         self.calib.setTitle(f"calibration ({cal.get('method', '?')}): threshold {threshold:.3g} → "
-                            f"{float(cal.get('predicted_hit_rate', np.nan)):.0%} predicted")
+                            f"{predicted:.0%} predicted{interval}")
         self.threshold_line.setPos(threshold)
         self.threshold_line.setVisible(True)
         lo, hi = float(cal.get("feedback_min", np.nan)), float(cal.get("feedback_max", np.nan))

@@ -88,13 +88,19 @@ def check_config(cfg: RigConfig, config_dir: Path, *, platform: str = sys.platfo
     """
     result = CheckResult()
     add = result.findings.extend
-    add(Finding(key, message) for key, message in missing_files(cfg))
+    recording = cfg.session.record_only  # frames only: no ROIs, valve, ensembles or task to check
+    add(Finding(key, message) for key, message in missing_files(cfg)
+        if not (recording and key == "acquisition.rois.suite2p_dir"))
     add(Finding(key, message) for key, message in _platform_findings(cfg, platform))
-    add(valve_calibration_findings(cfg, config_dir))
-    add(serial_port_findings(cfg, port_present or serial_port_present))
+    if not recording:
+        add(valve_calibration_findings(cfg, config_dir))
+        add(serial_port_findings(cfg, port_present or serial_port_present))
     add(heartbeat_findings(cfg))
+    if cfg.decoder.rules_version != 2:  # replay only: a what-if of a session recorded before the key (legacy.py)
+        add([Finding("decoder.rules_version", f"{cfg.decoder.rules_version} reproduces sessions recorded before "
+                     "this key (rig replay); a live session runs the current task rules: remove it")])
     add(mouse_id_findings(cfg, error=run))
-    rois = roi_facts(cfg)
+    rois = None if recording else roi_facts(cfg)
     if isinstance(rois, Finding):
         result.findings.append(rois)
         rois = None
@@ -102,12 +108,13 @@ def check_config(cfg: RigConfig, config_dir: Path, *, platform: str = sys.platfo
     size, rate, source_findings = source_facts(cfg)
     result.frame_size, result.frame_rate_hz = size, rate
     add(source_findings)
-    add(baseline_findings(cfg, rate))
+    if not recording:
+        add(baseline_findings(cfg, rate))
     if rois is not None:
         add(frame_size_findings(cfg, rois, size))
         add(ensemble_findings(cfg, rois))
         add(memory_findings(cfg, rois, rate))
-    if duration_s is not None:
+    if duration_s is not None and not recording:
         add(duration_findings(cfg, duration_s))
     return result
 
@@ -128,6 +135,8 @@ def missing_files(cfg: RigConfig) -> list[tuple[str, str]]:
         problems.append(("acquisition.replay.path", f"{acq.replay.path or '(empty)'} does not exist"))
     if acq.registration.ref_path and not Path(acq.registration.ref_path).exists():
         problems.append(("acquisition.registration.ref_path", f"{acq.registration.ref_path} does not exist"))
+    if acq.ztrack.stack_path and not Path(acq.ztrack.stack_path).is_file():
+        problems.append(("acquisition.ztrack.stack_path", f"{acq.ztrack.stack_path} does not exist"))
     if cfg.bus.keys_dir and not (Path(cfg.bus.keys_dir) / "rig.key_secret").is_file():
         problems.append(("bus.keys_dir", f"{cfg.bus.keys_dir} holds no rig key pair (run: rig keys init "
                                          f"{cfg.bus.keys_dir})"))

@@ -35,9 +35,12 @@ PLUGIN_MODULES = (
     "rig.app.sim_cli",
     "rig.app.valve_cli",
     "rig.offline.session_cli",
+    "rig.offline.align",
     "rig.offline.bench",
     "rig.app.console_cli",
     "rig.app.keys_cli",
+    "rig.offline.detect",
+    "rig.offline.rank_cli",
 )
 
 
@@ -50,9 +53,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.headless = True
     if not _mouse_id_given(args):
         return 2
+    # a recording is its frames: --record-only keeps them whatever the config's save_frames says
+    overrides = [*args.set, "session.record_only=true", "session.save_frames=true"] if args.record_only else args.set
     try:
         sup = Supervisor(args.config, headless=args.headless, duration_s=args.duration,
-                         sessions_root=args.sessions_dir, overrides=args.set)
+                         sessions_root=args.sessions_dir, overrides=overrides)
     except StartRefused as exc:
         for reason in exc.reasons:
             print(f"rig run: refused: {args.config}: {reason}", file=sys.stderr)
@@ -181,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                      help="end the session this many seconds after every process is running (default: until "
                           "Ctrl-C or the task ends); shorter than the baseline and two trials is warned at start")
+    run.add_argument("--record-only", action="store_true",
+                     help="record frames only (session.record_only, with save_frames on): the movie, and "
+                          "previews on the bus for `rig console`; no ROIs, decoder, reward, feedback, calibration "
+                          "or console window. The first "
+                          "baseline on a new field, for `rig detect SESSION`; the summary says \"kind\": "
+                          "\"recording\" (docs/DETECT.md)")
     run.add_argument("--sessions-dir", default=None, metavar="DIR",
                      help="where to create the session folder (default: [rig] sessions_dir of the config)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

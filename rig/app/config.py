@@ -28,6 +28,7 @@ from rig.core.settings import (
     control_character_problem,
     validate_section,
 )
+from rig.offline.detect_config import DetectConfig
 
 
 class RigConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -40,6 +41,7 @@ class RigConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     session: SessionSection = msgspec.field(default_factory=SessionSection)
     gui: GuiConfig = msgspec.field(default_factory=GuiConfig)
     feedback: FeedbackConfig = msgspec.field(default_factory=FeedbackConfig)
+    detect: DetectConfig = msgspec.field(default_factory=DetectConfig)
 
 
 #: How a process started by the supervisor turns the document into a :class:`RigConfig` (see ``ProcessSpec``).
@@ -57,6 +59,7 @@ PATH_KEYS = (
     ("acquisition", "rois", "suite2p_dir"),
     ("acquisition", "replay", "path"),
     ("acquisition", "registration", "ref_path"),
+    ("acquisition", "ztrack", "stack_path"),
     ("acquisition", "scanbox_mmap", "path"),
     ("reward", "calibration_file"),
     ("bus", "keys_dir"),

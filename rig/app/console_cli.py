@@ -164,6 +164,19 @@ def _cmd_console(args: argparse.Namespace) -> int:
         print("rig console: no display found (set DISPLAY, use ssh -X, or QT_QPA_PLATFORM=offscreen)",
               file=sys.stderr)
         return 2
+    if getattr(args, "align", None) is not None:  # before a session: yesterday over today (rig align's folder)
+        from gui.align_view import AlignFolderError, open_align_window  # noqa: PLC0415
+        from rig.offline.align import config_pixel_size  # noqa: PLC0415
+
+        try:
+            return open_align_window(args.align, config_pixel_size(args.config or ""))
+        except (AlignFolderError, ValueError, OSError) as exc:
+            print(f"rig console: {exc}", file=sys.stderr)
+            return 2
+    if args.pick is not None:  # before a session: choose ROIs and ensembles from a detection (rig detect)
+        from rig.offline.rank_cli import run_picker  # noqa: PLC0415
+
+        return run_picker(args.pick, args.config)
     if args.session_folder is not None:
         print(f"[rig console] reviewing {args.session_folder}", file=sys.stderr, flush=True)
         return run_review(args.session_folder)
@@ -201,4 +214,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                               "else ./sessions)")
     console.add_argument("--config", metavar="TOML", default=None,
                          help="the rig config: its [gui] settings (refresh rate, history...) and sessions_dir")
+    console.add_argument("--align", metavar="DIR", default=None,
+                         help="before a session: yesterday's field over today's (blend / flicker) and the stage move "
+                              "in um (pixel size from --config), from the folder rig align wrote")
+    console.add_argument("--pick", metavar="SUITE2P_DIR", default=None,
+                         help="before a session: open the ROI picker on rig detect's folder (or a session folder "
+                              "with detect/): rank cells, pick up/down, draw ROIs; saved into --config")
     console.set_defaults(func=_cmd_console)

@@ -82,16 +82,21 @@ def _always(cfg: RigConfig, headless: bool) -> bool:
     return True
 
 
+def _closed_loop(cfg: RigConfig, headless: bool) -> bool:
+    """Not a recording (``session.record_only``: frames only, no decoder, reward, feedback or console)."""
+    return not cfg.session.record_only
+
+
 def _emulated_valve(cfg: RigConfig, headless: bool) -> bool:
-    return cfg.reward.port == "emulator"
+    return cfg.reward.port == "emulator" and _closed_loop(cfg, headless)
 
 
 def _console_wanted(cfg: RigConfig, headless: bool) -> bool:
-    return not headless and cfg.gui.enabled
+    return not headless and cfg.gui.enabled and _closed_loop(cfg, headless)
 
 
 def _feedback_wanted(cfg: RigConfig, headless: bool) -> bool:
-    return cfg.feedback.enabled
+    return cfg.feedback.enabled and _closed_loop(cfg, headless)
 
 
 def _feedback_critical(cfg: RigConfig) -> bool:
@@ -122,9 +127,9 @@ PROCESSES: tuple[ProcessEntry, ...] = (
     ProcessEntry("acquisition", "acquisition.process:AcquisitionProcess", critical=True, start_rank=1, stop_rank=1,
                  enabled_if=_always, ready_note=_acquisition_note),
     ProcessEntry("reward", "reward.process:RewardProcess", critical=True, start_rank=2, stop_rank=3,
-                 enabled_if=_always),
+                 enabled_if=_closed_loop),
     ProcessEntry("decoder", "decoder.process:DecoderProcess", critical=True, start_rank=3, stop_rank=2,
-                 enabled_if=_always),
+                 enabled_if=_closed_loop),
     ProcessEntry("gui", "gui.process:ConsoleProcess", critical=False, start_rank=4, stop_rank=0,
                  enabled_if=_console_wanted, preflight=_display_problem, reserve_endpoint=True),
     ProcessEntry("feedback", "reward.feedback.process:FeedbackProcess", critical=False, start_rank=6, stop_rank=5,

@@ -10,6 +10,7 @@ import msgspec
 
 from acquisition.sim.config import SimConfig
 from acquisition.sim.export import export_movie
+from rig.app.sim_learn_cli import register_learn
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -21,8 +22,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "suite2p/plane0/data.bin with the true ROIs (stat/iscell/ops.npy) and ground_truth.npz "
         "(true shifts, fluorescence, spikes). The last stdout line is a JSON summary.",
     )
-    p.add_argument("--export", metavar="DIR", required=True, help="output folder (created if missing)")
-    p.add_argument("--frames", metavar="N", type=int, required=True, help="number of frames to render")
+    p.add_argument("--export", metavar="DIR", help="output folder (created if missing); required")
+    p.add_argument("--frames", metavar="N", type=int, help="number of frames to render; required")
     p.add_argument(
         "--config",
         metavar="TOML",
@@ -40,7 +41,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--up", type=int, nargs="*", default=[], help="cells the simulated mouse treats as 'up'")
     p.add_argument("--down", type=int, nargs="*", default=[], help="cells the simulated mouse treats as 'down'")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--z-drift-um", type=float, metavar="D",
+                   help="slow focal-plane drift, peak-to-peak um over the movie (ground_truth.npz z_um per frame)")
+    p.add_argument("--zstack", action="store_true",
+                   help="also write zstack.tif: planes every --zstack-step-um um within +-30 um of the focal plane")
+    p.add_argument("--zstack-step-um", type=float, default=1.0, metavar="UM", help="z-stack plane spacing (1 um)")
     p.set_defaults(func=run_cli)
+    register_learn(p.add_subparsers(dest="sim_command", title="other simulations", metavar="learn"))
 
 
 def _load(args: argparse.Namespace) -> tuple[SimConfig, float]:
@@ -56,12 +63,18 @@ def _load(args: argparse.Namespace) -> tuple[SimConfig, float]:
         cfg = msgspec.structs.replace(cfg, seed=args.seed)
     if args.fps is not None:
         fps = args.fps
+    if args.z_drift_um is not None:  # D is peak-to-peak over this movie: one half-cosine sweep of its length
+        cfg = msgspec.structs.replace(cfg, z_drift_um=args.z_drift_um, z_drift_period_s=args.frames / fps)
+        cfg.__post_init__()
     return cfg, fps
 
 
 def run_cli(args: argparse.Namespace) -> int:
     from rig.app.config import ConfigError  # noqa: PLC0415
 
+    if args.export is None or args.frames is None:
+        print("rig sim: --export DIR and --frames N are required (or: rig sim learn --help)", file=sys.stderr)
+        return 2
     if args.frames < 1:
         print(f"rig sim: --frames must be >= 1 (got {args.frames})", file=sys.stderr)
         return 2
@@ -71,7 +84,8 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         cfg, fps = _load(args)
         summary = export_movie(
-            cfg, args.export, args.frames, fps, up=args.up, down=args.down, progress=not args.no_progress
+            cfg, args.export, args.frames, fps, up=args.up, down=args.down, progress=not args.no_progress,
+            zstack=args.zstack, zstack_step_um=args.zstack_step_um,
         )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"rig sim: {exc}", file=sys.stderr)

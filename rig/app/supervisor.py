@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -174,7 +176,17 @@ class Supervisor:
         names = endpoint_names([c.entry for c in self.children])
         base = self.cfg.bus.base_port
         ports = [base + i for i in range(len(names))] if base else free_tcp_ports(len(names), host)
-        return {name: f"tcp://{host}:{port}" for name, port in zip(names, ports, strict=True)}
+        endpoints = {name: f"tcp://{host}:{port}" for name, port in zip(names, ports, strict=True)}
+        if self.cfg.bus.transport == "ipc":  # the processes' streams over Unix sockets; the command socket stays tcp
+            if zmq.has("ipc"):
+                folder = Path(tempfile.mkdtemp(prefix="bci-rig-ipc-"))  # short: a socket path has <= 107 bytes
+                self._ipc_dir = folder
+                endpoints.update({n: f"ipc://{(folder / n).as_posix()}" for n in names if n != "command"})
+                self.events.write("transport", transport="ipc", folder=str(folder))
+            else:
+                self.events.write("transport", transport="tcp", refused="ipc: this libzmq has no ipc transport")
+                self._log("WARNING: [bus] transport = \"ipc\": this libzmq has no ipc transport here; using tcp")
+        return endpoints
 
     def _load_keys(self) -> CurveKeys | None:
         """The rig's CURVE keys when ``[bus] keys_dir`` is set (read here, so a bad folder stops nothing running)."""
@@ -217,7 +229,7 @@ class Supervisor:
             started_ns = now_ns()  # --duration counts from here: a first start may spend seconds compiling kernels
             self.events.write("session_start")
             self._write_session_json(status="running")
-            if self.auto_start:
+            if self.auto_start and any(c.name == "decoder" for c in self.children):  # none in a recording
                 self._send(Control(command="start_baseline", issued_by="supervisor", target="decoder"))
             self._monitor(started_ns)
         except SessionFailed as exc:
@@ -243,6 +255,8 @@ class Supervisor:
             outcome["failed_process"], outcome["failure"] = self._failure
         summary = with_outcome(summary, outcome, session_problems(self.session_dir, summary, outcome["stop_reason"]))
         write_json_atomic(self.session_dir / "summary.json", summary)
+        if getattr(self, "_ipc_dir", None) is not None:
+            shutil.rmtree(self._ipc_dir)  # every socket is closed: their files (if left) go with the folder
         self._write_session_json(status="ok" if summary["ok"] else "failed")
         self.watch.finish(summary)
         return summary

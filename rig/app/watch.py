@@ -107,8 +107,11 @@ class SessionWatch:
             self._frames(int(msg.stats["frames"]), int(msg.stats.get("bad_frames", self.bad)))
         elif isinstance(msg, CalibrationResult):
             self.calibrated = True
+            ci = msg.predicted_hit_rate_ci95
+            interval = f" [95 %: {percent(ci[0])}–{percent(ci[1])}]" if len(ci) == 2 else ""
             self._log(f"calibrated: threshold {sig(msg.threshold)}, predicted hit rate "
-                      f"{percent(msg.predicted_hit_rate)} ({msg.method}, {msg.baseline_frames} baseline frames)")
+                      f"{percent(msg.predicted_hit_rate)}{interval} ({msg.method}, {msg.baseline_frames} baseline "
+                      "frames)")
         elif isinstance(msg, TrialEvent) and msg.kind == "calibration_failed" and not self.calibrated:
             then = ("this headless session will idle to its end" if self.headless else
                     "record a new baseline or change the ensembles, then calibrate from the console")
@@ -129,6 +132,11 @@ class SessionWatch:
         for problem in summary.get("problems", []):
             self._log(f"PROBLEM: {problem}")
         bad = f", {summary.get('bad_frames', 0)} flagged bad" if summary.get("bad_frames") else ""
+        if summary.get("kind") == "recording":
+            self._log(f"recording {'ok' if summary.get('ok') else 'NOT ok'} ({summary.get('stop_reason') or 'ended'}):"
+                      f" {summary.get('frames_acquired', 0)} frames recorded{bad}, {summary.get('frames_dropped', 0)} "
+                      f"dropped by the source, {summary.get('movie_frames_lost', 0)} lost from the movie")
+            return
         self._log(f"session {'ok' if summary.get('ok') else 'NOT ok'} ({summary.get('stop_reason') or 'ended'}): "
                   f"{summary.get('frames', 0)} frames decided{bad}, {summary.get('trials', 0)} trials, "
                   f"{hit_rate_text(int(summary.get('hits', 0)), int(summary.get('misses', 0)))}, "

@@ -8,6 +8,7 @@ report and the test fakes. The integer values are written into per-frame binary 
 
 from __future__ import annotations
 
+import enum
 from enum import IntEnum
 
 
@@ -20,6 +21,25 @@ class Mode(IntEnum):
     BCI = 3  # trials running
     PAUSED = 4  # BCI paused: the task clock is frozen
     STOPPED = 5  # task over; frames still decoded for display
+
+
+class FrameFlag(enum.IntFlag):
+    """Why a frame is suspect: set by acquisition, read by the decoder (its bad-frame rule).
+
+    Bit values are part of the wire format (``FluorFrame.flags``) and of ``decisions.rec``: never renumber.
+    """
+
+    NONE = 0
+    WRONG_SHAPE = 1 << 0  # frame shape differs from the ROI set / configured shape
+    WRONG_DTYPE = 1 << 1  # pixel type we cannot interpret (not an integer or float image)
+    ALL_ZERO = 1 << 2  # every pixel is zero: scope blanked, shutter closed or a dead link
+    SATURATED = 1 << 3  # more than the allowed fraction of pixels at the saturation level
+    NAN = 1 << 4  # NaN or infinite pixel values
+    SHIFT_OUT_OF_BOUNDS = 1 << 5  # best motion estimate lies beyond maxregshift; shift was clamped
+    LOW_CORR = 1 << 6  # peak phase correlation below the quality floor
+    TRUNCATED = 1 << 7  # the transport delivered fewer bytes than a frame (counted by the source)
+    AFTER_GAP = 1 << 8  # first frame after a link drop or a jump in the scope's frame counter
+    NOT_REGISTERED = 1 << 9  # registration skipped (no reference yet); shifts are 0
 
 
 class TrialState(IntEnum):
@@ -38,6 +58,7 @@ EVENT_KINDS = (
     "baseline_start", "baseline_done", "calibrated", "calibration_failed", "calibration_cleared",
     "baseline_loaded", "bci_start", "iti", "trial_start", "hit", "miss", "trial_aborted", "rearmed",
     "session_done", "pause", "resume", "stopped", "manual_reward", "gap", "bad_input", "ensembles",
+    "bad_frame", "rearm_wait", "f0_drift", "noise_change", "block_end",
 )
 
 _CHOOSING = (Mode.IDLE, Mode.BASELINE, Mode.READY, Mode.STOPPED)
@@ -52,6 +73,7 @@ COMMAND_MODES: dict[str, tuple[Mode, ...]] = {
     "start_bci": (Mode.READY,),
     "pause": (Mode.BCI,),
     "resume": (Mode.PAUSED,),
+    "end_block": (Mode.BCI, Mode.PAUSED),
     "set_ensembles": _CHOOSING,
     "set_weights": _CHOOSING,
 }
@@ -64,6 +86,7 @@ COMMAND_RESULT_MODE: dict[str, Mode] = {
     "start_bci": Mode.BCI,
     "pause": Mode.PAUSED,
     "resume": Mode.BCI,
+    "end_block": Mode.READY,
 }
 
 

@@ -31,7 +31,7 @@ SUPERVISOR_COMMANDS = frozenset({"ping", "snapshot", "stop"})
 
 #: Operator commands the supervisor validates, logs and relays to the processes as ``Control`` messages.
 OPERATOR_COMMANDS = frozenset({
-    "start_baseline", "calibrate", "start_bci", "pause", "resume", "manual_reward",
+    "start_baseline", "calibrate", "start_bci", "pause", "resume", "end_block", "manual_reward",
     "test_pulse", "flush", "close_valve", "set_ensembles", "set_metadata",
 })
 
@@ -77,8 +77,13 @@ class _NoArgs(msgspec.Struct, forbid_unknown_fields=True):
     """Commands that take no arguments."""
 
 
+_RoiList = Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=MAX_ROI_INDEX)]],
+                     msgspec.Meta(max_length=MAX_ENSEMBLE_ROIS)]
+
+
 class _CalibrateArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     target_hit_rate: Annotated[float, msgspec.Meta(gt=0, lt=1)] | msgspec.UnsetType = msgspec.UNSET
+    allow_rois: _RoiList = []  # the operator's explicit override of the F0 safeguards for these ROIs
 
 
 class _ManualRewardArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -95,10 +100,6 @@ class _FlushArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     override: bool = False
 
 
-_RoiList = Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=MAX_ROI_INDEX)]],
-                     msgspec.Meta(max_length=MAX_ENSEMBLE_ROIS)]
-
-
 class _SetEnsemblesArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     up: _RoiList = []
     down: _RoiList = []
@@ -112,7 +113,8 @@ _MetadataArgs = Annotated[
 #: Each command's argument schema.
 ARG_SCHEMAS: dict[str, Any] = {
     "ping": _NoArgs, "snapshot": _NoArgs, "stop": _NoArgs, "start_baseline": _NoArgs, "start_bci": _NoArgs,
-    "pause": _NoArgs, "resume": _NoArgs, "test_pulse": _TestPulseArgs, "flush": _FlushArgs, "close_valve": _NoArgs,
+    "pause": _NoArgs, "resume": _NoArgs, "end_block": _NoArgs, "test_pulse": _TestPulseArgs, "flush": _FlushArgs,
+    "close_valve": _NoArgs,
     "calibrate": _CalibrateArgs, "manual_reward": _ManualRewardArgs, "set_ensembles": _SetEnsemblesArgs,
     "set_metadata": _MetadataArgs,
 }
@@ -125,6 +127,7 @@ _ARG_HELP = {
     "target_hit_rate": "target_hit_rate must be a number between 0 and 1",
     "ms": f"ms must be the open time in ms, in (0, {MAX_FLUSH_MS:g}]",
     "override": "override must be true or false",
+    "allow_rois": f"allow_rois must be a list of ROI indices (integers >= 0, at most {MAX_ENSEMBLE_ROIS})",
 }
 _METADATA_HELP = (f"metadata is at most {MAX_METADATA_KEYS} keys (letters, digits, '_', '.', '-') with text values "
                   f"of at most {MAX_METADATA_VALUE} characters")
@@ -190,6 +193,8 @@ class Calibration(msgspec.Struct, kw_only=True):
     curve_thresholds: list[float] = []
     curve_hit_rates: list[float] = []
     baseline_frames: int = 0
+    predicted_hit_rate_ci95: list[float] = []  # [lo, hi]
+    warnings: list[str] = []  # calibration warnings (shown as a banner by the console)
 
     @classmethod
     def from_result(cls, msg: CalibrationResult) -> Calibration:

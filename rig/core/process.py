@@ -38,6 +38,7 @@ from rig.core.auth import BUS_DOMAIN, CurveKeys, ZapHandler, ZapPolicy, load_rig
 from rig.core.bus import Publisher, Subscriber
 from rig.core.clock import now_ns
 from rig.core.platform_signals import StopHandlers, install_stop_handlers
+from rig.core.realtime import background_cpus, scheduling_policy, set_realtime_scheduling
 from rig.core.schema import Control, Heartbeat, Message, ProcessError, RigWarning, StateChange
 from rig.core.store import EventLog
 
@@ -268,6 +269,17 @@ class RigProcess:
         if decision == "keep_non_critical":
             self.events.write("priority_not_raised", priority=rig_cfg.priority,
                               reason="not critical: never raised above normal, the closed loop gets the CPU first")
+        if rig_cfg.background_priority == "low" and not self.spec.critical:
+            avoid = rig_cfg.cpu_affinity.get("decoder", [])
+            allowed = background_cpus(avoid)
+            if avoid and allowed and not cpus:
+                cpus = allowed  # a non-critical process (the console) never runs on the decoder's CPUs
+        if decision == "raise" and rig_cfg.priority == "realtime":
+            refused = set_realtime_scheduling()
+            self.events.write("scheduling", policy=scheduling_policy(), refused=refused)
+            if refused:
+                self.warn("priority_refused", f"{self.name}: {refused}; running at normal priority")
+            decision = "keep"
         if not cpus and decision != "raise":
             return
         import psutil  # noqa: PLC0415 - only when tuning is asked for
@@ -343,11 +355,11 @@ class RigProcess:
 def priority_decision(priority: str, critical: bool) -> str:
     """What :meth:`RigProcess._tune_for_realtime` does with the OS priority of a process.
 
-    ``"raise"`` (``[rig] priority = "high"`` on a critical process), ``"keep"`` (priority "normal"), or
+    ``"raise"`` (``[rig] priority = "high"`` or ``"realtime"`` on a critical process), ``"keep"`` ("normal"), or
     ``"keep_non_critical"``: a non-critical process (the console) is never raised above normal, or it would
     compete with the loop it only watches; the console lowers its own priority, and this leaves that alone.
     """
-    if priority != "high":
+    if priority not in ("high", "realtime"):
         return "keep"
     return "raise" if critical else "keep_non_critical"
 
@@ -358,6 +370,8 @@ def bind_endpoint(connect_endpoint: str, bind_host: str) -> str:
     Processes bind on ``bus.host`` (``0.0.0.0`` lets a console on another PC attach) but connect to each
     other through loopback: Windows refuses connections to 0.0.0.0.
     """
+    if connect_endpoint.startswith("ipc://"):
+        return connect_endpoint  # a socket file: the same name to bind and to connect
     port = connect_endpoint.rsplit(":", 1)[1]
     return f"tcp://{bind_host}:{port}"
 

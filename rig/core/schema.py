@@ -124,6 +124,7 @@ class Preview(Message, tag="preview", kw_only=True):
     corr: float
     image: np.ndarray
     t_ns: int = 0
+    z_um: float = float("nan")  # the focal plane's latest depth estimate (acquisition.ztrack); NaN without z-tracking
 
 
 class AcqStatus(Message, tag="acqstat", kw_only=True):
@@ -189,6 +190,8 @@ class CalibrationResult(Message, tag="calib", kw_only=True):
     curve_hit_rates: list[float] = []
     baseline_frames: int = 0
     t_ns: int = 0
+    predicted_hit_rate_ci95: list[float] = []  # [lo, hi]: the prediction's 95 % interval (empty: not computed)
+    warnings: list[str] = []  # why the prediction should not be trusted as is (too short a baseline, ...)
 
 
 class RewardRequest(Message, tag="rwdreq", kw_only=True):

@@ -29,7 +29,11 @@ class ConfigError(ValueError):
         super().__init__(f"{where}{problem}{got}")
 
 
-PRIORITIES = ("normal", "high")
+PRIORITIES = ("normal", "high", "realtime")
+BACKGROUND_PRIORITIES = ("normal", "low")
+DECODER_GC = ("default", "idle")
+TRANSPORTS = ("tcp", "ipc")
+MOVIE_CODECS = ("zstd", "raw")  # rig.core.movie_file
 
 #: The control characters TOML escapes produce, back to the escape the author typed (``\e`` is TOML 1.1).
 _TOML_ESCAPES = {"\b": r"\b", "\t": r"\t", "\n": r"\n", "\f": r"\f", "\r": r"\r", "\x1b": r"\e"}
@@ -72,12 +76,24 @@ class RigSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Busy-poll this long before each expected frame instead of sleeping (decoder, reward): saves the OS
     # wake-up latency (0.1-1 ms on VMs and power-saving CPUs) for ~3x this much CPU per frame. 0: off.
     spin_wait_ms: float = 0.0
+    # Levers measured in docs/PERFORMANCE.md ("Levers"). "realtime" priority: SCHED_FIFO on Linux (needs root or
+    # CAP_SYS_NICE; refused -> a warning and normal priority), HIGH_PRIORITY_CLASS on Windows; critical processes only.
+    # background_priority "low" (the default: it helped in every paired run): the console and the movie writer
+    # thread at a lower priority and, when cpu_affinity pins the decoder, kept off its CPUs. decoder_gc "idle": no
+    # automatic GC in the decoder; its young generations are collected right after a decision, where a pause
+    # delays nothing.
+    background_priority: str = "low"
+    decoder_gc: str = "default"
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ValueError("`name`: must be letters, digits, '_', '.' or '-' (it goes into folder names)")
         if self.priority not in PRIORITIES:
             raise ValueError(f"`priority`: must be one of {', '.join(PRIORITIES)}")
+        if self.background_priority not in BACKGROUND_PRIORITIES:
+            raise ValueError(f"`background_priority`: must be one of {', '.join(BACKGROUND_PRIORITIES)}")
+        if self.decoder_gc not in DECODER_GC:
+            raise ValueError(f"`decoder_gc`: must be one of {', '.join(DECODER_GC)}")
         if not 0 <= self.spin_wait_ms <= 10:
             raise ValueError("`spin_wait_ms`: must be within [0, 10] ms")
         if self.gc_gen0_threshold < 100:
@@ -105,8 +121,9 @@ class BusSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(f"`host`: {self.host!r} opens the command socket (valve, stop) and every stream to the "
                              "network, so it needs keys: run `rig keys init KEYS_DIR` and `rig keys add-console "
                              "KEYS_DIR NAME`, then set [bus] keys_dir = \"KEYS_DIR\" (or keep host = \"127.0.0.1\")")
-        if self.transport != "tcp":
-            raise ValueError("`transport`: must be \"tcp\" (the only transport that works on Windows rigs)")
+        if self.transport not in TRANSPORTS:
+            raise ValueError("`transport`: must be \"tcp\" or \"ipc\" (Unix domain sockets between the rig's own "
+                             "processes where the OS has them; the command socket stays tcp)")
         if not (self.base_port == 0 or 1024 <= self.base_port <= 65000):
             raise ValueError("`base_port`: must be 0 (pick free ports) or between 1024 and 65000")
         if not 0.01 <= self.heartbeat_interval_s <= 5:
@@ -126,8 +143,21 @@ class SessionSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     experimenter: str = ""
     notes: str = ""
     flush_interval_s: float = 0.05
+    # "zstd": the movie byte-shuffled and zstd-compressed in self-contained chunks of movie_chunk_s (movie.zchunks,
+    # ~1.6x smaller, lossless); "raw": uncompressed (movie.raw). docs/SESSION_FORMAT.md.
+    movie_codec: str = "zstd"
+    movie_chunk_s: float = 0.25
+    # Record frames only (`rig run --record-only`): acquisition saves the movie and shows previews; no ROIs,
+    # decoder, reward, feedback or calibration (a first baseline for `rig detect`). docs/DETECT.md.
+    record_only: bool = False
 
     def __post_init__(self) -> None:
+        if self.record_only and not self.save_frames:
+            raise ValueError("`record_only`: a recording keeps frames only, so it needs save_frames = true")
+        if self.movie_codec not in MOVIE_CODECS:
+            raise ValueError(f"`movie_codec`: must be one of {', '.join(MOVIE_CODECS)}")
+        if not 0.01 <= self.movie_chunk_s <= 1.0:
+            raise ValueError("`movie_chunk_s`: must be between 0.01 and 1 s (a crash loses at most about this)")
         if not 0.001 <= self.flush_interval_s <= 0.1:
             raise ValueError("`flush_interval_s`: must be between 0.001 and 0.1 s (a crash loses at most this)")
 

@@ -4,10 +4,15 @@ It runs a real session (every process, real sockets, the serial stack against th
 then reads the stamps the processes wrote and reports per-stage and end-to-end percentiles, frames
 processed and dropped, CPU and peak memory per process. Three modes:
 
-* ``realtime``   — the simulated scope at its frame rate (default 512x512, 500 ROIs, 30 Hz): latency.
+* ``realtime``   — a scope at its frame rate (default 512x512, 500 ROIs, 30 Hz): latency.
 * ``throughput`` — a movie replayed as fast as it can be read: frames per second through the rig.
 * ``fast``       — small frames at a high rate (default 64x256 at 1 kHz, the voltage-imaging regime):
                    does the rig keep up, and with what latency?
+
+In ``realtime`` and ``fast`` the scope is by default a twin (``--scope cloose`` or ``zmq``,
+:mod:`rig.offline.scope_twin`): simulated frames rendered before the run and pushed by a separate
+process over the CLOOSE raw TCP link or our ZeroMQ stream, so the figures are the rig's own, not the
+simulator's rendering (``--scope sim`` renders in the acquisition process, as ``rig run`` does).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 
 from rig.core.store import read_events, read_records
 from rig.offline.feedback import bench_stages as feedback_bench_stages
+from rig.offline.scope_twin import TWIN_SCOPES, TwinSender, free_port, render_twin_movie, rig_overrides
 from rig.offline.summary import percentiles_ms
 
 BENCH_HELP = """\
@@ -34,7 +40,9 @@ from the stamps the processes wrote: latency per stage and end to end (frame rea
 command bytes written, -> board ack) as p50/p90/p99/max, frames processed and dropped, CPU and peak memory
 per process. A table on screen, the full result as JSON.
 
-  rig bench                           512x512, 500 ROIs, 30 Hz, 60 s: latency
+  rig bench                           512x512, 500 ROIs, 30 Hz, 60 s: latency; frames from the scope twin
+                                      over CLOOSE raw TCP (--scope zmq: our ZeroMQ stream; --scope sim:
+                                      the simulator rendering in the acquisition process)
   rig bench --console                 the same with the operator console attached (offscreen if no display)
   rig bench --mode throughput         a generated movie replayed as fast as possible: frames/s
   rig bench --mode fast               64x256 frames at 1 kHz (voltage-imaging regime; --size is ignored,
@@ -151,14 +159,17 @@ def _prepare_movie(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]
 def build_overrides(args: argparse.Namespace, workdir: Path) -> list[str]:
     overrides = list(TASK_FOR_BENCH) + ["session.save_frames=false"]
     if args.mode == "realtime":
-        overrides += [f"acquisition.sim.height_px={args.size}", f"acquisition.sim.width_px={args.size}",
-                      f"acquisition.sim.n_cells={args.rois}", f"acquisition.frame_rate_hz={args.rate}"]
+        sim = [f"acquisition.sim.height_px={args.size}", f"acquisition.sim.width_px={args.size}",
+               f"acquisition.sim.n_cells={args.rois}"]
+        overrides += sim + [f"acquisition.frame_rate_hz={args.rate}"]
+        overrides += _twin(args, workdir, sim, args.size, args.size)
     elif args.mode == "fast":
-        overrides += ["acquisition.sim.height_px=64", "acquisition.sim.width_px=256",
-                      f"acquisition.sim.n_cells={min(args.rois, 50)}", f"acquisition.frame_rate_hz={args.rate}",
-                      "acquisition.sim.cell_radius_px=4.0", "acquisition.registration.reference_frames=200",
-                      "acquisition.extraction.min_neuropil_pixels=100", "decoder.f0_window_s=5",
-                      "acquisition.sim.max_lag_frames=50"]
+        sim = ["acquisition.sim.height_px=64", "acquisition.sim.width_px=256",
+               f"acquisition.sim.n_cells={min(args.rois, 50)}", "acquisition.sim.cell_radius_px=4.0",
+               "acquisition.sim.max_lag_frames=50"]
+        overrides += sim + [f"acquisition.frame_rate_hz={args.rate}", "acquisition.registration.reference_frames=200",
+                            "acquisition.extraction.min_neuropil_pixels=100", "decoder.f0_window_s=5"]
+        overrides += _twin(args, workdir, sim, 64, 256)
     else:
         movie, rois = _prepare_movie(args, workdir)
         overrides += ["acquisition.source=replay", f"acquisition.replay.path={json.dumps(str(movie))}",
@@ -169,12 +180,25 @@ def build_overrides(args: argparse.Namespace, workdir: Path) -> list[str]:
     return overrides + list(args.set)
 
 
+def _twin(args: argparse.Namespace, workdir: Path, sim: list[str], height: int, width: int) -> list[str]:
+    """With a scope twin: render its frames now and point the rig at its link (none for ``--scope sim``)."""
+    if args.scope == "sim":
+        return []
+    frames = args.twin_frames or (2000 if args.mode == "fast" else 300)
+    movie = render_twin_movie(sim, frames, args.rate, workdir, progress=not args.no_progress)
+    port = free_port()
+    args.twin = TwinSender(args.scope, port, movie, args.rate)
+    return [*rig_overrides(args.scope, port, height, width),
+            f"acquisition.rois.suite2p_dir={json.dumps(str(movie.rois))}"]
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from rig.app.supervisor import Supervisor  # noqa: PLC0415
 
     if args.console and not os.environ.get("DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the console still renders, off screen
     workdir = Path(tempfile.mkdtemp(prefix="rig-bench-"))
+    load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     overrides = build_overrides(args, workdir)
     sup = Supervisor(args.config, headless=not args.console, duration_s=args.duration,
                      sessions_root=str(workdir / "sessions"), overrides=overrides, quiet=not args.verbose,
@@ -183,17 +207,26 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     sampler.start()
     watcher_stop = threading.Event()
 
-    def watch_children() -> None:  # register child pids as they are spawned
-        while not watcher_stop.wait(0.2):
+    twin: TwinSender | None = getattr(args, "twin", None)
+
+    def watch_children() -> None:  # register child pids as they are spawned; start the twin once all run
+        while not watcher_stop.wait(0.05):
             for child in sup.children:
                 if child.proc is not None and child.proc.pid:
                     sampler.add(child.proc.pid, child.name)
+            if twin is not None and not twin.started and all(c.state == "running" for c in sup.children):
+                twin.start()  # as a scope the operator starts once the rig runs: no frame waits in a queue
+                sampler.add(twin.pid, "scope_twin")
 
     watcher = threading.Thread(target=watch_children, daemon=True)
     watcher.start()
     print(f"[bench] mode {args.mode}: running the rig for {args.duration:g} s ...", flush=True)
-    summary = sup.run()
-    watcher_stop.set()
+    try:
+        summary = sup.run()
+    finally:
+        watcher_stop.set()
+        watcher.join(1.0)
+        sent = twin.finish() if twin is not None else None
     sampler.stop_event.set()
     sampler.join(2)
     session = Path(summary["session"])
@@ -204,7 +237,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"size": "64x256" if args.mode == "fast" else args.size,
                      "rois": min(args.rois, 50) if args.mode == "fast" else args.rois,
                      "rate_hz": args.rate, "duration_s": args.duration,
-                     "console": bool(args.console), "overrides": overrides},
+                     "console": bool(args.console), "scope": args.scope if args.mode != "throughput" else "replay",
+                     "overrides": overrides},
+        "load_avg_1min_at_start_end": [load_at_start, round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg")
+                                       else None],
+        "scope_twin": sent,
+        "late_decisions": summary.get("late_decisions"),
+        "late_decision_causes": summary.get("late_decision_causes"),
         "ok": summary.get("ok"),
         "frames": summary.get("frames"),
         "frames_acquired": summary.get("frames_acquired"),
@@ -216,10 +255,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "processes": sampler.report(),
         "session": str(session),
     }
+    result["keeps_up"] = bool(summary.get("frames_dropped", 0) == 0)
     if args.mode == "fast":
-        expected = args.rate * args.duration
-        result["keeps_up"] = bool(summary.get("frames_dropped", 0) == 0)
-        result["frames_expected_approx"] = int(expected)
+        result["frames_expected_approx"] = int(args.rate * args.duration)
     return result
 
 
@@ -268,6 +306,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=3000, help="throughput mode: frames in the generated movie")
     p.add_argument("--movie", help="throughput mode: replay this movie instead of a generated one")
     p.add_argument("--movie-rois", metavar="SUITE2P_DIR", help="throughput mode: the ROIs of --movie")
+    p.add_argument("--scope", choices=("sim", *TWIN_SCOPES), default="cloose",
+                   help="realtime/fast: where frames come from: cloose (default) or zmq, the scope twin (frames "
+                        "rendered before the run, sent by a separate process over that link); sim: rendered by the "
+                        "simulator inside the acquisition process")
+    p.add_argument("--twin-frames", type=int, default=0, metavar="N",
+                   help="frames the twin renders before the run and loops (default 300; 2000 in fast mode)")
     p.add_argument("--console", action="store_true", help="attach the operator console (offscreen without a display)")
     p.add_argument("--feedback", action="store_true",
                    help="run the feedback process ([feedback] enabled; its sim twins unless --set says otherwise)")

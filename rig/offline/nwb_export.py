@@ -6,7 +6,8 @@ What goes where:
   * ``/processing/ophys``: ``ImageSegmentation/PlaneSegmentation`` from the session's suite2p ``stat.npy``
     (weighted pixel masks, plus each ROI's ensemble role), ``Fluorescence`` (F, Fneu), ``DfOverF`` (the
     decoder's dF/F), ``SummaryImages/reference``.
-  * ``/processing/ophys/Registration``: per-frame rigid shift, correlation and bad-frame flags.
+  * ``/processing/ophys/Registration``: per-frame rigid shift, correlation and bad-frame flags (and ``z``,
+    z-tracking's depth estimates, when the session has acquisition/z.rec).
   * ``/processing/behavior/BCI``: the decoder's per-frame output (cursor, normalised cursor, up/down
     ensembles, tone, grating bin, trial state, mode, reward requested).
   * ``/events``: EventsTables ``reward_outcomes`` (every request: status, volume, valve time, host and
@@ -164,7 +165,8 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
     metadata = session.info.get("metadata", {})
     mouse = str(metadata.get("mouse_id") or cfg.session.mouse_id)
     experimenter = str(metadata.get("experimenter") or cfg.session.experimenter)
-    calibrations = {"decoder_calibration": session.calibration, "valve_calibration": session.valve_calibration}
+    calibrations = {"decoder_calibration": session.calibration, "valve_calibration": session.valve_calibration,
+                    "decoder_calibrations_in_order": session.calibrations(), "bci_blocks": session.blocks()}
     config_text = session.config_text or "(no config.toml snapshot)"
     nwbfile = NWBFile(
         session_description=(f"bci-rig closed-loop BCI session on rig {session.info.get('rig', cfg.rig.name)!r}: "
@@ -260,6 +262,12 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
     registration.add_timeseries(TimeSeries(
         name="flags", data=frames["flags"], unit="n/a", timestamps=frame_t,
         description="bad-frame flag bits (0: a good frame)"))
+    z_rows = session.z_estimates()
+    if z_rows is not None and len(z_rows):  # z-tracking's estimates (acquisition/z.rec), at their frames' times
+        registration.add_timeseries(TimeSeries(
+            name="z", data=np.ascontiguousarray(z_rows["z_um"]), unit="um",
+            timestamps=seconds(session.frame_time_ns(z_rows["frame"])),
+            description="focal plane depth relative to the z-stack's centre plane (z-tracking, acquisition.ztrack)"))
 
     decisions = session.decisions
     behavior = nwbfile.create_processing_module("behavior", "BCI cursor and feedback, from the decoder")
@@ -287,6 +295,7 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
         nwbfile.add_trial_column("start_frame", "frame number at trial start")
         nwbfile.add_trial_column("stop_frame", "frame number at trial end")
         nwbfile.add_trial_column("outcome_time", "time of the hit or miss event, s (NaN: the trial stayed open)")
+        nwbfile.add_trial_column("block", "the BCI block of the session the trial belongs to (from 1)")
         starts = seconds(session.frame_time_ns([t.start_frame for t in trials]))
         stops = seconds(session.frame_time_ns([t.end_frame for t in trials]))
         outcome_t = seconds(session.frame_time_ns([max(t.outcome_frame, 0) for t in trials]))
@@ -294,7 +303,8 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
             nwbfile.add_trial(start_time=float(starts[k]), stop_time=max(float(stops[k]), float(starts[k])),
                               outcome=trial.outcome, hit=trial.hit, trial_number=trial.number,
                               start_frame=trial.start_frame, stop_frame=trial.end_frame,
-                              outcome_time=float(outcome_t[k]) if trial.outcome_frame >= 0 else float("nan"))
+                              outcome_time=float(outcome_t[k]) if trial.outcome_frame >= 0 else float("nan"),
+                              block=trial.block)
 
     # ---------------------------------------------------------------- rewards and licks
     _add_reward_events(nwbfile, session, seconds)

@@ -7,6 +7,9 @@ sentence per problem that carries the numbers, so neither the exit code of ``rig
 say "ok" about it. Everything is read from the session folder, so ``rig summary`` finds the same problems
 later (also in a session that crashed).
 
+A recording (``rig run --record-only``, summary ``kind: "recording"``) is judged on its frames only (none
+acquired, every one bad, too many lost from the movie); it has no calibration, trial or reward to miss.
+
 An operator who stops the session (Ctrl-C, the console's stop) before any trial is not a problem by itself: a
 baseline-only recording is a legitimate session. A session that ends on its own (``--duration``, the task's
 end, the end of a replayed movie) without a trial is.
@@ -27,6 +30,9 @@ ALL_BAD_FRACTION = 0.95
 #: Flags that say something about a frame without making it bad here: the frames before a live-built
 #: registration reference (NOT_REGISTERED) and the first frame after a gap (AFTER_GAP) are still decoded.
 INFORMATIONAL_FLAGS = int(FrameFlag.NOT_REGISTERED | FrameFlag.AFTER_GAP)
+#: More than this fraction of the movie's frames lost by its writer (kept as zeros, listed in movie_gaps.rec) is
+#: a problem: a baseline for ROI detection or an offline re-analysis then misses whole stretches of the session.
+MOVIE_LOST_FRACTION = 0.01
 #: Beginnings of the stop reasons with which the rig ended the session by itself (rig.app.supervisor).
 AUTOMATIC_STOPS = ("duration of ", "task finished", "the frame source ended", "failure")
 #: The keys of summary.json that say how the session ended (not recomputable from the processes' files alone).
@@ -149,6 +155,13 @@ def session_problems(session_dir: str | Path, summary: dict[str, Any], stop_reas
         hint = _first_warning(session_dir, "acquisition", ("wrong_shape",))
         problems.append(f"{bad} of {acquired} frames ({bad / acquired * 100:.0f} %) were flagged bad"
                         + (f" ({flags})" if flags else "") + (f"; first warning: {hint}" if hint else ""))
+    lost = int(summary.get("movie_frames_lost", 0))
+    if acquired and lost > MOVIE_LOST_FRACTION * acquired:
+        problems.append(f"{lost} of {acquired} movie frames ({lost / acquired * 100:.1f} %, more than "
+                        f"{MOVIE_LOST_FRACTION * 100:g} %) were lost by the movie writer (kept as zeros, listed in "
+                        "acquisition/movie_gaps.rec): the disk or the CPU could not keep up with saving the frames")
+    if summary.get("kind") == "recording":  # frames only: no calibration, trial or reward to judge
+        return problems
     calibrated, failure = _calibration(session_dir)
     if failure and not calibrated:
         problems.append(f"the calibration failed and the session was never calibrated, so no trial could run: "

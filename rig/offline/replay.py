@@ -24,14 +24,20 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from tqdm import tqdm
 
 from decoder.core import STAMP_FIELDS, DecoderCore, decision_record_dtype
 from rig.app.config import RigConfig
+from rig.core.movie_file import GAPS_FILE
+from rig.core.safe_npy import NpyFileError, load_npy
 from rig.core.store import json_default
+from rig.offline.legacy import without_added_fields
+from rig.offline.session_checks import read_checked_records
 from rig.offline.session_data import SessionData, SessionError
 
 #: Pipeline outputs compared with ``frames.rec`` when the frames are re-registered from the movie.
@@ -109,18 +115,58 @@ def _frame_index(session: SessionData) -> dict[int, int]:
     return index
 
 
-def _make_pipeline(session: SessionData, cfg: RigConfig) -> Any:
-    """The FramePipeline the acquisition process ran: its saved ROI set and reference, ``cfg``'s settings.
+def _make_pipeline(session: SessionData, cfg: RigConfig) -> tuple[Any, tuple[int, np.ndarray] | None]:
+    """The FramePipeline the acquisition process ran (its saved ROI set and reference, ``cfg``'s settings), and
+    the switch to a refined reference it made: (first frame number registered against it, that image) or None.
 
     The acquisition process saves the reference it was given (``rois/reference.npy``); without one it
     built its reference from the first good frames, which the pipeline does again from the same frames.
+    A given reference that the live session refined (event ``reference_refined``) was replaced at a frame
+    that depended on a background thread's timing: the replay registers against the given one
+    (``rois/reference_given.npy``) up to that frame and against the saved refined one from it, and never
+    refines by itself. Only a what-if that changes ``[acquisition.registration]`` refines again, as
+    ``rig process`` does (blocking, from the given reference, with the what-if's settings).
     """
     from acquisition.pipeline import FramePipeline  # noqa: PLC0415 - only the movie replay needs it
 
     roi_set, reference = session.registration_inputs()
     acq = cfg.acquisition
-    return FramePipeline(roi_set, reference=reference if acq.registration.enabled else None,
-                         registration=acq.registration, extraction=acq.extraction, validation=acq.validation)
+    given_path = session.path / "acquisition" / "rois" / "reference_given.npy"
+    switches = [e for e in session.acq_events if e.get("kind") == "reference_refined"]
+    if len(switches) > 1:
+        raise SessionError(f"{session.path / 'acquisition' / 'events.jsonl'}: {len(switches)} reference_refined "
+                           "events; a session refines its given reference at most once")
+    if switches != [] and not given_path.exists():
+        raise SessionError(f"{given_path}: missing, but acquisition/events.jsonl says the given reference was "
+                           f"refined at frame {switches[0].get('frame')}: the early frames cannot be re-registered")
+    if not switches and given_path.exists():
+        raise SessionError(f"{given_path}: present, but acquisition/events.jsonl has no reference_refined event "
+                           "saying from which frame rois/reference.npy (the refined reference) was used")
+    switch: tuple[int, np.ndarray] | None = None
+    if switches:
+        refined, reference = reference, _load_image(given_path, (roi_set.Ly, roi_set.Lx))
+        assert refined is not None
+        switch = (int(switches[0]["frame"]), refined)
+    registration = acq.registration
+    if registration == session.config.acquisition.registration:  # reproduce the live run: no refinement of its own
+        registration = msgspec.structs.replace(registration, refine_reference="never")
+        if not acq.registration.enabled:
+            switch = None
+    else:
+        switch = None  # a what-if with other registration settings refines (or not) the given reference itself
+    pipeline = FramePipeline(roi_set, reference=reference if acq.registration.enabled else None,
+                             registration=registration, extraction=acq.extraction, validation=acq.validation)
+    return pipeline, switch
+
+
+def _load_image(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        image = load_npy(path, allow_objects=False)
+    except NpyFileError as exc:
+        raise SessionError(str(exc)) from exc
+    if image.shape != shape or image.dtype.kind not in "biuf":
+        raise SessionError(f"{path}: expected a {shape} image, got {image.dtype} of shape {image.shape}")
+    return image
 
 
 def _inputs_from_traces(session: SessionData, decided: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -137,13 +183,28 @@ def _inputs_from_traces(session: SessionData, decided: np.ndarray) -> Iterator[t
 
 def _inputs_from_movie(session: SessionData, cfg: RigConfig, decided: np.ndarray,
                        traces: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Register and extract every kept frame in order (the pipeline may carry state across frames)."""
+    """Register and extract every kept frame in order (the pipeline may carry state across frames).
+
+    A frame the movie kept as zeros (listed in ``acquisition/movie_gaps.rec``: lost by the writer, or of the
+    wrong size) has no pixels to re-run: its live row of ``frames.rec`` is taken as it is.
+    """
     movie = session.movie()
     frames = session.frames
     assert movie is not None and frames is not None
-    pipeline = _make_pipeline(session, cfg)
+    pipeline, switch = _make_pipeline(session, cfg)
     wanted = set(int(n) for n in decided)
+    gaps = read_checked_records(session.path / "acquisition" / GAPS_FILE)
+    kept_as_zeros = set() if gaps is None else {int(i) for i in gaps["index"]}
     for i in range(len(traces)):
+        if i in kept_as_zeros:
+            traces[i] = frames[i]
+            number = int(frames["frame"][i])
+            if number in wanted:
+                yield number, traces[i]["F"], traces[i]["Fneu"]
+            continue
+        if switch is not None and int(frames["frame"][i]) >= switch[0]:
+            pipeline.switch_reference(switch[1])  # where the live session switched (see _make_pipeline)
+            switch = None
         result = pipeline.process(movie[i])
         row = traces[i]
         row["frame"] = frames["frame"][i]
@@ -355,6 +416,12 @@ def check(session: SessionData, run: ReplayRun, max_details: int = 20) -> Replay
     rec_events = [_normalise(e) for e in session.dec_events
                   if e.get("kind") in kinds and int(e.get("frame", -1)) <= last]
     rep_events = [e for e in run.events if e.get("kind") in kinds]
+    run_calibration = run.calibration
+    if session.config.decoder.rules_version == 1:  # recorded by the older decoder: without the fields it lacked
+        rec_events = [without_added_fields(e) for e in rec_events]
+        rep_events = [without_added_fields(e) for e in rep_events]
+        if run_calibration is not None:
+            run_calibration = without_added_fields(run_calibration, calibration=True)
     events_checked = max(len(rec_events), len(rep_events))
     rec_keys = [_event_key(e) for e in rec_events]
     rep_keys = [_event_key(e) for e in rep_events]
@@ -384,19 +451,21 @@ def check(session: SessionData, run: ReplayRun, max_details: int = 20) -> Replay
                      "and were not replayed")
     if run.controls_skipped or run.unreplayable:
         notes.append("the final calibration was not compared (the replay stopped before the record did)")
-    elif session.calibration is not None or run.calibration is not None:
+    elif session.calibration is not None or run_calibration is not None:
         events_checked += 1
         rec_cal = _normalise(session.calibration) if session.calibration is not None else None
-        if (rec_cal is None or run.calibration is None
-                or _event_key(rec_cal) != _event_key(run.calibration)):
+        if rec_cal is not None and session.config.decoder.rules_version == 1:
+            rec_cal = without_added_fields(rec_cal, calibration=True)
+        if (rec_cal is None or run_calibration is None
+                or _event_key(rec_cal) != _event_key(run_calibration)):
             mismatches += 1
             if len(details) < max_details:
-                differing = "" if rec_cal is None or run.calibration is None else ", ".join(sorted(
-                    key for key in set(rec_cal) | set(run.calibration) if rec_cal.get(key) != run.calibration.get(key)))
+                differing = "" if rec_cal is None or run_calibration is None else ", ".join(sorted(
+                    key for key in set(rec_cal) | set(run_calibration) if rec_cal.get(key) != run_calibration.get(key)))
                 where = f"decoder/calibration.json ({differing} differ)" if differing else "decoder/calibration.json"
                 details.append(Mismatch("calibration", -1, where,
                                         None if rec_cal is None else _event_key(rec_cal),
-                                        None if run.calibration is None else _event_key(run.calibration)))
+                                        None if run_calibration is None else _event_key(run_calibration)))
 
     traces_checked = 0
     if run.traces is not None:

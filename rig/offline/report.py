@@ -82,12 +82,24 @@ def draw_hit_rate(session: SessionData, fig: Figure) -> str:
     cal = session.calibration or {}
     if "predicted_hit_rate" in cal:
         ax.axhline(float(cal["predicted_hit_rate"]) * 100, color="0.5", lw=1, ls=":", label="calibrated chance")
+    ci95 = cal.get("predicted_hit_rate_ci95") or []
+    if len(ci95) == 2 and None not in ci95:
+        ax.axhspan(float(ci95[0]) * 100, float(ci95[1]) * 100, color="0.5", alpha=0.15, lw=0,
+                   label="chance, 95 % interval")
     ax.set_xlabel("completed trial")
     ax.set_ylabel("hit rate (%)")
     ax.set_ylim(-6, 106)
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     n_hits = int(hits.sum())
     return f"{hit_rate_text(n_hits, len(trials) - n_hits)}; last {window}: {rolling[-1] * 100:.0f} %."
+
+
+def _interval_text(cal: dict) -> str:
+    """" (95 %: 30 %–70 %)" from a calibration's predicted_hit_rate_ci95, "" when it has none (older sessions)."""
+    ci95 = cal.get("predicted_hit_rate_ci95") or []
+    if len(ci95) != 2 or None in ci95:
+        return ""
+    return f" (95 %: {percent(float(ci95[0]))}–{percent(float(ci95[1]))})"
 
 
 def draw_time_to_hit(session: SessionData, fig: Figure) -> str:
@@ -288,6 +300,34 @@ def draw_dropped_frames(session: SessionData, fig: Figure) -> str:
             f"{int(bad[-1])} flagged bad, out of {len(numbers)} acquired.")
 
 
+def draw_z(session: SessionData, fig: Figure) -> str:
+    """z-tracking's depth estimates (acquisition/z.rec) over time, with the warning band."""
+    ax = fig.subplots()
+    rows = session.z_estimates()
+    warn_um = float(session.config.acquisition.ztrack.warn_um)
+    warned = [e for e in session.acq_events if e.get("kind") == "warning" and e.get("code") == "z_drift"]
+    refused = [e for e in session.acq_events if e.get("kind") == "warning" and e.get("code") == "ztrack_refused"]
+    if rows is None or not len(rows):
+        _empty(ax, "z-tracking made no estimate")
+        return "No depth estimate." + (f" {refused[0].get('message', '')}" if refused else "")
+    z = rows["z_um"].astype(np.float64)
+    t = _times_min(session, session.frame_time_ns(rows["frame"]))
+    ax.plot(t, z, color=UP_COLOR, lw=1.2)
+    for sign in (1, -1):
+        ax.axhline(sign * warn_um, color=DOWN_COLOR, ls="--", lw=1)
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_xlabel("time (min)")
+    ax.set_ylabel("z from the stack's centre (µm)")
+    finite = z[np.isfinite(z)]
+    worst = float(np.max(np.abs(finite))) if finite.size else float("nan")
+    return (f"{len(rows)} depth estimates (frames {int(rows['frame'][0])}–{int(rows['frame'][-1])}); |z| up to "
+            f"{worst:.1f} µm, median {float(np.median(finite)):+.1f} µm; {len(warned)} z-drift warning(s) beyond "
+            f"±{warn_um:g} µm (dashed)." if finite.size else f"{len(rows)} depth estimates, none finite.")
+
+
+#: shown only for sessions that ran with z-tracking (acquisition/z.rec exists)
+Z_PLOT = Plot("z", "Focal plane depth (z-tracking)", draw_z)
+
 PLOTS = (
     Plot("hit_rate", "Hit rate over trials", draw_hit_rate),
     Plot("time_to_hit", "Time to hit", draw_time_to_hit),
@@ -348,7 +388,8 @@ def build_report(session: SessionData, out_path: str | Path, progress: bool = Tr
     info = session.info
     meta = info.get("metadata", {})
     figures = []
-    for plot in tqdm(PLOTS, desc="report", unit="plot", disable=not progress, file=sys.stderr):
+    plots = PLOTS + ((Z_PLOT,) if session.z_estimates() is not None else ())
+    for plot in tqdm(plots, desc="report", unit="plot", disable=not progress, file=sys.stderr):
         png, caption = render_png(plot, session)
         if images_dir is not None:
             Path(images_dir).mkdir(parents=True, exist_ok=True)
@@ -378,9 +419,14 @@ def build_report(session: SessionData, out_path: str | Path, progress: bool = Tr
         ("latency ready → decision", _fmt_latency(summary.get("latency_ms", {}))),
         ("latency ready → reward command", _fmt_latency(summary.get("reward_latency_ms", {}))),
         ("calibration", f"threshold {sig(cal.get('threshold'))}, predicted hit rate "
-                        f"{percent(cal.get('predicted_hit_rate'))} ({cal.get('method', '—')})" if cal else "—"),
+                        f"{percent(cal.get('predicted_hit_rate'))}{_interval_text(cal)} ({cal.get('method', '—')})"
+                        if cal else "—"),
     ])
     problems = [f"problem: {p}" for p in summary["problems"]]
+    problems += [f"calibration: {w}" for w in cal.get("warnings") or []]
+    blocks = session.blocks()
+    if len(blocks) > 1:
+        problems += [f"BCI block {b['block']}: {hit_rate_text(b['hits'], b['misses'])}" for b in blocks]
     if "failure" in summary:
         problems.insert(0, f"failure in {summary.get('failed_process', '?')}: {summary['failure']}")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in [*problems, *session.notes])

@@ -84,6 +84,7 @@ RECORD_FIELDS: dict[str, dict[str, str]] = {
                    "dy": "f", "dx": "f", "corr": "f", "flags": "i", "F": "f", "Fneu": "f"},
     "decisions.rec": {"frame": "i", "t_ready": "i", "t_decided": "i", "mode": "i", "trial": "i",
                       "trial_state": "i", "cursor": "f", "dff": "f"},
+    "z.rec": {"frame": "i", "z_um": "f", "corr": "f"},
 }
 
 

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 
 from rig.app.config import RigConfig, config_from_dict, load_config
+from rig.core.movie_file import MOVIE_FILES, ChunkedMovie
 from rig.core.safe_npy import NpyFileError, load_npy
+from rig.core.store import CorruptFileError
+from rig.offline.legacy import fill_legacy
 from rig.offline.session_checks import (
     SessionError,
     check_same_rois,
@@ -83,14 +86,30 @@ class SessionData:
         return str(self.info.get("replay_of", ""))
 
     @property
-    def movie_path(self) -> Path:
-        return self.path / "acquisition" / "movie.raw"
+    def movie_codec(self) -> str:
+        """How the movie is stored: ``movie.json``'s ``codec`` ("raw" for sessions from before it was written)."""
+        codec = (self.movie_meta or {}).get("codec", "raw")
+        if codec not in MOVIE_FILES:
+            raise SessionError(f"{self.path / 'acquisition' / 'movie.json'}: codec {codec!r} is not one of "
+                               f"{', '.join(MOVIE_FILES)}")
+        return str(codec)
 
-    def movie(self) -> np.ndarray | None:
-        """The raw frames as a read-only (frames, height, width) memory map, whole frames only."""
+    @property
+    def movie_path(self) -> Path:
+        return self.path / "acquisition" / MOVIE_FILES[self.movie_codec]
+
+    def movie(self) -> Any:
+        """The raw frames as a read-only (frames, height, width) array, whole frames only: a memory map of
+        ``movie.raw``, or a :class:`~rig.core.movie_file.ChunkedMovie` decoding ``movie.zchunks`` on demand."""
         if self.movie_meta is None or not self.movie_path.exists():
             return None
         dtype, height, width = movie_layout(self.path / "acquisition" / "movie.json", self.movie_meta)
+        if self.movie_codec == "zstd":
+            try:
+                chunked = ChunkedMovie(self.movie_path, dtype, height, width)
+            except CorruptFileError as exc:
+                raise SessionError(str(exc)) from exc
+            return chunked if len(chunked) else None
         n_frames = self.movie_path.stat().st_size // (height * width * dtype.itemsize)
         if n_frames == 0:
             return None
@@ -108,6 +127,11 @@ class SessionData:
         if reference.ndim != 2 or reference.dtype.kind not in "biuf" or reference.dtype.names:
             raise SessionError(f"{path}: expected a 2-D image, got {reference.dtype} of shape {reference.shape}")
         return reference
+
+    def z_estimates(self) -> np.ndarray | None:
+        """``acquisition/z.rec``: z-tracking's depth estimates (``frame``, ``z_um`` relative to the z-stack's
+        centre plane, ``corr``; docs/ZTRACKING.md), checked like frames.rec; None: the session ran without it."""
+        return read_checked_records(self.path / "acquisition" / "z.rec", self.notes)
 
     def registration_inputs(self) -> tuple[Any, np.ndarray | None]:
         """The ROI set and reference (if saved) that registered the movie, checked against each other and it."""
@@ -177,6 +201,38 @@ class SessionData:
         out = np.where(wanted < numbers[0], stamps[0] - (numbers[0] - wanted) * period, out)
         return np.rint(out).astype(np.int64)
 
+    def calibrations(self) -> list[dict[str, Any]]:
+        """Every calibration that came into force, in order: the summary its "calibrated" event recorded (older
+        sessions: without fields), with the ``frame`` it applied at. One per block when each block recalibrated."""
+        return [{**(e.get("calibration") or {}), "frame": int(e.get("frame", -1))} for e in self.dec_events
+                if e.get("kind") == "trial" and e.get("event") == "calibrated"]
+
+    def blocks(self) -> list[dict[str, Any]]:
+        """The BCI blocks: ``block``, ``start_frame`` (its "bci_start"), ``end_frame`` (its "block_end", -1:
+        the session's end), ``trials``, ``hits``, ``misses``, and the ``up``/``down`` ensembles and
+        ``threshold`` of the calibration it ran on (when recorded)."""
+        out: dict[int, dict[str, Any]] = {}
+        cal: dict[str, Any] = {}
+        for e in self.dec_events:
+            if e.get("kind") != "trial":
+                continue
+            if e.get("event") == "calibrated":
+                cal = e.get("calibration") or {}
+            elif e.get("event") == "bci_start":
+                number = int(e.get("block", len(out) + 1))
+                out[number] = {"block": number, "start_frame": int(e.get("frame", -1)), "end_frame": -1, "trials": 0,
+                               "hits": 0, "misses": 0, "up": cal.get("up"), "down": cal.get("down"),
+                               "threshold": cal.get("threshold")}
+            elif e.get("event") == "block_end" and int(e.get("block", 0)) in out:
+                out[int(e["block"])]["end_frame"] = int(e.get("frame", -1))
+        for trial in self.trials():
+            block = out.setdefault(trial.block, {"block": trial.block, "start_frame": -1, "end_frame": -1,
+                                                 "trials": 0, "hits": 0, "misses": 0})
+            block["trials"] += 1
+            block["hits"] += trial.outcome == "hit"
+            block["misses"] += trial.outcome == "miss"
+        return [out[k] for k in sorted(out)]
+
     def trials(self) -> list[Trial]:
         """Trials from the decoder's trial events: start, outcome and end (the outcome's frame).
 
@@ -184,17 +240,21 @@ class SessionData:
         decided frame (outcome "open").
         """
         events = [e for e in self.dec_events if e.get("kind") == "trial"]
+        block = 1
         last_frame = int(self.decisions["frame"][-1]) if self.decisions is not None and len(self.decisions) else -1
         trials: list[Trial] = []
         current: Trial | None = None
         for event in events:
             kind = str(event.get("event", ""))
             frame = int(event.get("frame", -1))
+            if kind == "bci_start":
+                block = int(event.get("block", block))
             if kind == "trial_start":
                 if current is not None:
                     current.end_frame = frame
                     trials.append(current)
-                current = Trial(number=int(event.get("trial", len(trials) + 1)), start_frame=frame, end_frame=-1)
+                current = Trial(number=int(event.get("trial", len(trials) + 1)), start_frame=frame, end_frame=-1,
+                                block=block)
             elif current is not None and kind in OUTCOME_EVENTS and current.outcome == "open":
                 current.outcome = OUTCOME_EVENTS[kind]
                 current.outcome_frame = frame
@@ -214,7 +274,7 @@ class SessionData:
 #: Trial events (rig.core.codes.EVENT_KINDS) that decide a trial's outcome, and the outcome each stands for.
 OUTCOME_EVENTS = {"hit": "hit", "miss": "miss", "trial_aborted": "aborted"}
 #: Trial events that end the task, closing a trial that is still open.
-END_EVENTS = {"session_done", "stopped"}
+END_EVENTS = {"session_done", "stopped", "block_end"}
 
 
 @dataclass
@@ -224,6 +284,7 @@ class Trial:
     end_frame: int
     outcome: str = "open"  # hit | miss | aborted | open (the session ended first)
     outcome_frame: int = -1
+    block: int = 1  # the BCI block (decoder "bci_start" events number them from 1)
 
     @property
     def hit(self) -> bool:
@@ -259,6 +320,10 @@ def load_session(path: str | Path) -> SessionData:
     if resolved_file.exists():
         resolved = read_json_object(resolved_file)
         assert resolved is not None
+        filled = fill_legacy(resolved)  # a session recorded before these keys: the rules it ran under
+        if filled:
+            notes.append(f"config.resolved.json lacks {', '.join(filled)}: recorded before them, so read with the "
+                         "older rules it ran under (docs/SESSION_FORMAT.md)")
         config = config_from_dict(resolved, str(resolved_file))
     elif toml_file.exists():
         config = load_config(toml_file)

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from rig.core.movie_file import GAP_LOST, GAPS_FILE
 from rig.offline.feedback import feedback_latency
 from rig.offline.numbers import hit_rate
-from rig.offline.session_checks import read_checked_events, read_checked_records
+from rig.offline.session_checks import movie_layout, read_checked_events, read_checked_records, read_json_object
 
 #: Requests that are rewards for the mouse (test pulses, calibration and flushes are not counted as rewards).
 REWARD_SOURCES = ("decoder", "manual")
@@ -28,8 +29,78 @@ def percentiles_ms(values_ns: np.ndarray) -> dict[str, float | None]:
             "max": round(float(ms.max()), 4), "n": int(ms.size)}
 
 
+def _frame_rate_hz(session_dir: Path) -> float:
+    """The rate the acquisition reported when ready (its ``state: ready`` event), 0.0 when it never was."""
+    for event in read_checked_events(session_dir / "acquisition" / "events.jsonl", {"state"}):
+        if event.get("state") == "ready":
+            try:
+                return float(event.get("frame_rate_hz", 0.0))
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
+
+
+def late_decisions(session_dir: Path, decisions: np.ndarray | None) -> dict[str, Any]:
+    """Decisions made more than one frame period after their frame was ready, and what the decoder said of why.
+
+    Counted from ``decisions.rec`` (so a crashed session's are counted too); the causes are the decoder's
+    ``late_decision`` events (``cause_kind``: gc, flush, acquisition, bus hop, decoder).
+    """
+    rate = _frame_rate_hz(session_dir)
+    if decisions is None or not len(decisions) or rate <= 0:
+        return {"late_decisions": 0, "late_decision_causes": {}}
+    latency = decisions["t_decided"] - decisions["t_ready"]
+    late = int(np.count_nonzero((latency > int(1e9 / rate)) & (decisions["t_ready"] > 0)))
+    causes: dict[str, int] = {}
+    for event in read_checked_events(session_dir / "decoder" / "events.jsonl", {"late_decision"}):
+        kind = str(event.get("cause_kind", "unknown"))
+        causes[kind] = causes.get(kind, 0) + 1
+    return {"late_decisions": late, "late_decision_causes": causes}
+
+
+def movie_size(session_dir: Path, acq: np.ndarray | None) -> dict[str, Any]:
+    """Bytes the saved movie takes on disk per minute of session, and how much the codec saved."""
+    meta_path = session_dir / "acquisition" / "movie.json"
+    meta = read_json_object(meta_path)
+    if meta is None:
+        return {}
+    dtype, height, width = movie_layout(meta_path, meta)
+    codec = meta.get("codec", "raw")
+    movie = session_dir / "acquisition" / ("movie.zchunks" if codec == "zstd" else "movie.raw")
+    size = movie.stat().st_size if movie.exists() else 0
+    out: dict[str, Any] = {"movie_codec": codec, "movie_bytes": size, **movie_frames_lost(session_dir)}
+    rate = _frame_rate_hz(session_dir)
+    if acq is not None and len(acq) and rate > 0:
+        minutes = len(acq) / rate / 60.0
+        out["movie_bytes_per_min"] = int(size / minutes)
+        raw = len(acq) * height * width * dtype.itemsize
+        out["movie_compression"] = round(raw / size, 3) if size else None
+    return out
+
+
+def movie_frames_lost(session_dir: Path) -> dict[str, Any]:
+    """Movie frames the writer lost (kept as zeros) because it fell a full buffer behind, and the chunks it stored
+    uncompressed to keep up: from ``movie_gaps.rec`` (reason 1), else the acquisition's ``movie_frames_lost``
+    event (sessions from before the record; a crash before the stop leaves no event)."""
+    gaps = read_checked_records(session_dir / "acquisition" / GAPS_FILE)
+    written = read_checked_events(session_dir / "acquisition" / "events.jsonl", {"movie_frames_lost", "movie_written"})
+    raw_chunks = sum(int(e.get("raw_chunks", 0)) for e in written if e["kind"] == "movie_written")
+    if gaps is not None:
+        lost = int(np.count_nonzero(gaps["reason"] == GAP_LOST))
+    else:
+        lost = sum(int(e.get("frames", 0)) for e in written if e["kind"] == "movie_frames_lost")
+    return {"movie_frames_lost": lost, "movie_raw_chunks": raw_chunks}
+
+
 def _dispensed(outcome: dict[str, Any]) -> float:
     return float(outcome.get("dispensed_ul", outcome.get("volume_ul", 0.0)))
+
+
+def session_kind(session_dir: Path) -> str:
+    """"recording" for frames only (``rig run --record-only``: no decoder, reward or trials), else "bci"."""
+    cfg = read_json_object(session_dir / "config.resolved.json") or {}
+    session = cfg.get("session", {})
+    return "recording" if isinstance(session, dict) and session.get("record_only") is True else "bci"
 
 
 def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -> dict[str, Any]:
@@ -37,7 +108,8 @@ def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -
     frame order and the event fields used here are checked), never a wrong number or a bare TypeError; what a
     crash left (a torn final record) is ignored and, when ``notes`` is given, noted there."""
     session_dir = Path(session_dir)
-    summary: dict[str, Any] = {"session": str(session_dir.resolve())}
+    kind = session_kind(session_dir)
+    summary: dict[str, Any] = {"session": str(session_dir.resolve()), "kind": kind}
     decisions_path = session_dir / "decoder" / "decisions.rec"
     decisions = read_checked_records(decisions_path, notes) if decisions_path.exists() else None
     acq_path = session_dir / "acquisition" / "frames.rec"
@@ -52,9 +124,10 @@ def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -
         source_dropped = int(acq_final[-1].get("frames_dropped", 0))
     elif acq is not None and n_acq:  # crashed before final_stats: count the holes in the frame numbers
         source_dropped = int(acq["frame"][-1] - acq["frame"][0] + 1 - n_acq)
-    summary["frames"] = n_dec
+    summary["frames"] = n_dec if kind == "bci" else n_acq  # decided; in a recording, recorded
     summary["frames_acquired"] = n_acq
-    summary["frames_dropped"] = max(source_dropped, 0) + max(n_acq - n_dec, 0)
+    # a recording has no decoder: its frames are the acquired ones, none lost between acquisition and decoder
+    summary["frames_dropped"] = max(source_dropped, 0) + (max(n_acq - n_dec, 0) if kind == "bci" else 0)
     summary["bad_frames"] = bad_frames
     # frames a scope streamed before the session ran, drained and discarded (a TCP source's reader)
     source_stats = acq_final[-1].get("source_stats") if acq_final else None
@@ -94,5 +167,7 @@ def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -
     summary["reward_ack_latency_ms"] = percentiles_ms(
         np.array([o["t_ack"] - o["t_ready"] for o in acked], dtype=np.int64)
     )
+    summary.update(late_decisions(session_dir, decisions))
+    summary.update(movie_size(session_dir, acq))
     summary.update(feedback_latency(session_dir, notes))  # decision -> flip / audio block; nothing without feedback
     return summary

@@ -1,0 +1,168 @@
+"""The bench's scope twin: frames rendered before the run, pushed by a separate process over a real scope link.
+
+The simulated scope renders each 512x512 frame on the rig's own cores (~1.6 ms), which a real scope never
+costs the rig PC. For ``rig bench`` the frames are rendered once, before the session, into a ``.npy`` file;
+a sender process (:func:`send_frames`, started with ``spawn``) loads them into memory and streams them at the
+frame rate — looping the movie, frame numbers counting on — over one of the links a real scope uses:
+
+* ``cloose`` — CLOOSE-compatible raw TCP (headerless uint16, column-major): the sender connects to the rig's
+  ``cloose_tcp`` source, which listens, as CLOOSE's MATLAB sender does;
+* ``zmq`` — our framed ZeroMQ stream (docs/FRAME_STREAM.md): the sender binds a PUB, the rig's
+  ``zmq_stream`` source connects.
+
+What the rig pays is what it pays with a real scope: receiving the bytes. The sender costs a few percent of
+a core for the copy into the socket (``rig bench`` lists it as ``scope_twin``).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TWIN_SCOPES = ("cloose", "zmq")
+
+
+@dataclass
+class TwinMovie:
+    frames: Path  # (T, H, W) uint16 .npy
+    rois: Path  # the suite2p plane0 folder of the simulated cells
+
+
+def render_twin_movie(sim_overrides: list[str], n_frames: int, rate_hz: float, workdir: Path,
+                      progress: bool = True) -> TwinMovie:
+    """Render ``n_frames`` simulated frames (and their ROIs) once, before the run."""
+    from acquisition.sim.export import export_movie  # noqa: PLC0415
+    from acquisition.sources.movie import open_movie  # noqa: PLC0415
+    from rig.app.config import apply_overrides, config_from_dict  # noqa: PLC0415
+
+    cfg = config_from_dict(apply_overrides({}, sim_overrides), "bench")
+    out = workdir / "twin"
+    print(f"[bench] rendering {n_frames} frames of {cfg.acquisition.sim.height_px}x{cfg.acquisition.sim.width_px} "
+          "for the scope twin (before the run)...", flush=True)
+    export_movie(cfg.acquisition.sim, out, n_frames, rate_hz, progress=progress)
+    with open_movie(out / "movie.tif") as movie:  # uint16 as the scope gave them (data.bin is int16)
+        frames = np.empty((movie.n_frames, *movie.shape), np.uint16)
+        for i in range(movie.n_frames):
+            movie.read_into(i, frames[i])
+    path = out / "frames.npy"
+    np.save(path, frames)
+    (out / "movie.tif").unlink()  # only the .npy is streamed
+    return TwinMovie(frames=path, rois=out / "suite2p" / "plane0")
+
+
+def rig_overrides(scope: str, port: int, height: int, width: int) -> list[str]:
+    """The rig config that reads the twin's link."""
+    if scope == "cloose":
+        return ["acquisition.source=cloose_tcp", "acquisition.cloose_tcp.mode=listen",
+                f"acquisition.cloose_tcp.port={port}", f"acquisition.cloose_tcp.height_px={height}",
+                f"acquisition.cloose_tcp.width_px={width}"]
+    if scope == "zmq":
+        return ["acquisition.source=zmq_stream", f'acquisition.zmq_stream.endpoint="tcp://127.0.0.1:{port}"',
+                f"acquisition.zmq_stream.height_px={height}", f"acquisition.zmq_stream.width_px={width}"]
+    raise ValueError(f"scope twin {scope!r}: expected one of {', '.join(TWIN_SCOPES)}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def send_frames(scope: str, port: int, frames_path: str, rate_hz: float, stop: Any, result_path: str) -> None:
+    """The sender process: frames from memory at ``rate_hz`` until ``stop`` is set; writes what it sent as JSON."""
+    frames = np.load(frames_path)  # into memory before the first frame: nothing is rendered or read while sending
+    period = 1.0 / rate_hz
+    sent = late_sends = 0
+    if scope == "cloose":
+        wire = [np.asfortranarray(f.astype("<u2", copy=False)).tobytes(order="F") for f in frames]
+        sock = _connect(port, deadline=time.monotonic() + 120.0)
+        send = sock.sendall
+    else:
+        import zmq  # noqa: PLC0415
+
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.PUB)
+        sock.setsockopt(zmq.SNDHWM, 64)
+        sock.bind(f"tcp://127.0.0.1:{port}")
+        shape = list(frames.shape[1:])
+        wire = [np.ascontiguousarray(f.astype("<u2", copy=False)).tobytes() for f in frames]
+
+        def send(payload: bytes) -> None:
+            header = {"v": 1, "frame": sent, "t": sent * period, "shape": shape, "dtype": "uint16", "order": "C"}
+            sock.send_multipart([b"frame", json.dumps(header).encode(), payload], copy=False)
+    t0 = time.monotonic()
+    try:
+        while not stop.is_set():
+            due = t0 + sent * period
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            elif now - due > period:
+                late_sends += 1
+            send(wire[sent % len(wire)])
+            sent += 1
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the rig closed the link at the end of its session: the sender is done
+    finally:
+        sock.close()
+    Path(result_path).write_text(json.dumps({"frames_sent": sent, "late_sends": late_sends,
+                                             "seconds": round(time.monotonic() - t0, 3)}))
+
+
+def _connect(port: int, deadline: float) -> socket.socket:
+    """Dial the rig's listening CLOOSE source until it listens (it opens while the rig starts)."""
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class TwinSender:
+    """Starts :func:`send_frames` in its own process (``spawn``) and collects what it sent."""
+
+    def __init__(self, scope: str, port: int, movie: TwinMovie, rate_hz: float) -> None:
+        self.result = movie.frames.with_name(f"sent-{scope}.json")
+        self.frames = movie.frames
+        ctx = multiprocessing.get_context("spawn")
+        self.stop = ctx.Event()
+        self.proc = ctx.Process(target=send_frames, name="scope_twin", daemon=True,
+                                args=(scope, port, str(movie.frames), rate_hz, self.stop, str(self.result)))
+
+    @property
+    def started(self) -> bool:
+        return self.proc.pid is not None
+
+    def start(self) -> None:
+        self.proc.start()
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid or 0)
+
+    def finish(self) -> dict[str, Any]:
+        """Stop the sender (the session has ended) and return its counts."""
+        if not self.started:
+            self.frames.unlink(missing_ok=True)
+            return {"frames_sent": 0, "exit_code": None}
+        self.stop.set()
+        self.proc.join(10.0)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5.0)
+        self.frames.unlink(missing_ok=True)  # hundreds of MB of rendered frames: the session keeps what matters
+        if not self.result.exists():
+            return {"frames_sent": None, "exit_code": self.proc.exitcode}
+        return {**json.loads(self.result.read_text()), "exit_code": self.proc.exitcode}
