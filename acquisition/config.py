@@ -52,7 +52,7 @@ class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # refine_blur_ratio) or noisy (refine_agree_px), "always", or "never" (acquisition/reg_refine.py)
     refine_reference: str = "auto"
     refine_frames: int = 60  # good frames averaged for the refined reference
-    refine_blur_ratio: float = 0.9  # auto: refine when the reference keeps less of the detail than this
+    refine_blur_ratio: float = 0.75  # auto: refine when the reference keeps less of the detail than this
     refine_agree_px: float = 0.1  # ... or when shifts against it and against the frames' average differ more (RMS)
 
     def __post_init__(self) -> None:

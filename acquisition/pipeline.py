@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,12 +120,14 @@ class _Refinement:
     """A given reference being refined from the first good frames (acquisition.reg_refine), blocking or not."""
 
     def __init__(self, original: np.ndarray, frames: list[np.ndarray], cfg: RegistrationConfig,
-                 shape: tuple[int, int], background: bool) -> None:
+                 shape: tuple[int, int], background: bool, on_thread_start: Callable[[], str] | None = None) -> None:
         self.n_frames = len(frames)
         self.result: RefinedReference | None = None
         self.registrar: RigidRegistrar | None = None
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
+        self.on_thread_start = on_thread_start
+        self.thread_refused = ""  # what the OS refused of on_thread_start (e.g. an affinity), for the event
         if background:
             self.thread = threading.Thread(target=self._run, args=(original, frames, cfg, shape),
                                            name="reference-refine", daemon=True)
@@ -139,6 +142,8 @@ class _Refinement:
     def _run(self, original: np.ndarray, frames: list[np.ndarray], cfg: RegistrationConfig,
              shape: tuple[int, int]) -> None:
         try:
+            if self.on_thread_start is not None and self.thread is not None:
+                self.thread_refused = self.on_thread_start()  # e.g. a lower priority: the frame loop goes first
             keep = cfg.refine_blur_ratio if cfg.refine_reference == "auto" else None  # auto: stop early if sharp
             result = refine_reference(original, frames, lambda image: _make_registrar(image, cfg, shape),
                                       keep_sharp=keep, keep_agree_px=cfg.refine_agree_px)
@@ -175,7 +180,7 @@ class FramePipeline:
     def __init__(self, roi_set: RoiSet, *, reference: np.ndarray | None = None,
                  registration: RegistrationConfig | None = None, extraction: ExtractionConfig | None = None,
                  validation: ValidationConfig | None = None, blas_threads: int | None = 1,
-                 background_reference: bool = False) -> None:
+                 background_reference: bool = False, on_thread_start: Callable[[], str] | None = None) -> None:
         self.reg_cfg = registration or RegistrationConfig()
         if self.reg_cfg.enabled:
             compile_kernels()  # now, not on the first frame: a first compile takes seconds
@@ -196,6 +201,7 @@ class FramePipeline:
         self.registrar: RigidRegistrar | None = None
         self._warmup: list[np.ndarray] = []
         self.background_reference = background_reference
+        self.on_thread_start = on_thread_start  # run first in the refinement thread; returns what was refused
         self._build: _ReferenceBuild | None = None
         self._refine_frames: list[np.ndarray] | None = None  # good frames kept while a refinement is pending
         self._refinement: _Refinement | None = None
@@ -213,14 +219,16 @@ class FramePipeline:
 
     @classmethod
     def from_config(cls, roi_set: RoiSet, cfg: AcquisitionConfig, *, blas_threads: int | None = 1,
-                    background_reference: bool = False) -> FramePipeline:
+                    background_reference: bool = False,
+                    on_thread_start: Callable[[], str] | None = None) -> FramePipeline:
         """Reference: ``registration.ref_path`` if set, else the suite2p ``refImg``, else built from live frames
         (in a background thread if ``background_reference``: what the live acquisition process wants)."""
         reference = None
         if cfg.registration.enabled and cfg.registration.ref_path:
             reference = load_reference_image(cfg.registration.ref_path)
         return cls(roi_set, reference=reference, registration=cfg.registration, extraction=cfg.extraction,
-                   validation=cfg.validation, blas_threads=blas_threads, background_reference=background_reference)
+                   validation=cfg.validation, blas_threads=blas_threads, background_reference=background_reference,
+                   on_thread_start=on_thread_start)
 
     def close(self) -> None:
         """Give BLAS its thread count back (only matters when the process goes on doing other work)."""
@@ -258,7 +266,7 @@ class FramePipeline:
         if len(frames) >= self.reg_cfg.refine_frames:
             self._refine_frames = None
             self._refinement = _Refinement(self._reference, frames, self.reg_cfg, self.shape,
-                                           self.background_reference)  # installed by the next process()
+                                           self.background_reference, self.on_thread_start)  # installed later
 
     def _finish_refinement(self) -> None:
         """Switch to the refined reference once it is ready (or record why not); raise what the refinement raised."""
@@ -280,6 +288,8 @@ class FramePipeline:
                                 "recentre_px": [round(v, 4) for v in result.recentre],
                                 "mean_shift_original_px": [round(v, 4) for v in result.mean_shift_original],
                                 "mean_shift_refined_px": [round(v, 4) for v in result.mean_shift_refined]}
+        if job.thread_refused:
+            info["thread_refused"] = job.thread_refused
         if job.registrar is None:
             self._reference_events.append({"event": "reference_kept", **info})
             return

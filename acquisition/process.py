@@ -35,6 +35,7 @@ from acquisition.ztrack import Z_RECORD_DTYPE, LiveZ
 from rig.core.bus import Subscriber
 from rig.core.clock import now_ns
 from rig.core.process import RigProcess
+from rig.core.realtime import lower_this_thread
 from rig.core.schema import (
     AcqStatus,
     Decision,
@@ -138,7 +139,9 @@ class AcquisitionProcess(RigProcess):
         self.roi_set = self._load_rois()
         self.roi_set.save_suite2p(self.dir / "rois")
         # the reference, when it must be built from the first frames, is built without stalling the loop
-        self.pipeline = pipeline = FramePipeline.from_config(self.roi_set, cfg, background_reference=True)
+        low = self.config.rig.background_priority == "low"  # a given reference's refinement thread runs below the loop
+        self.pipeline = pipeline = FramePipeline.from_config(self.roi_set, cfg, background_reference=True,
+                                                             on_thread_start=self._lower_thread if low else None)
         self._reference_saved = False
         self._save_reference()
         # z-tracking (acquisition.ztrack): a stack that does not fit the reference fails the start, with the numbers
@@ -157,6 +160,11 @@ class AcquisitionProcess(RigProcess):
         if not self._reference_saved and self.pipeline.reference is not None:
             np.save(self.dir / "rois" / "reference.npy", self.pipeline.reference)
             self._reference_saved = True
+
+    def _lower_thread(self) -> str:
+        """Runs in the refinement thread (acquisition.reg_refine): a lower priority and off the decoder's CPUs,
+        so that on a busy machine the frame loop gets the CPU first (docs/REGISTRATION.md, the cost)."""
+        return lower_this_thread(list(self.config.rig.cpu_affinity.get("decoder", [])))
 
     def _record_reference_event(self, number: int, event: dict[str, Any]) -> None:
         """A refinement of the given reference finished (acquisition.reg_refine): an event naming the first

@@ -37,8 +37,11 @@ def refined_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = subprocess.run([sys.executable, "-m", "rig.app.cli", "run", str(SIM), "--headless", "--duration", "4",
                           "--sessions-dir", str(out), *sets], cwd=REPO, capture_output=True, text=True, timeout=120,
                          check=False)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return Path(json.loads(run.stdout.strip().splitlines()[-1])["session"])
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    # 4 s is all baseline: "no trial ran" is the one problem expected (exit code 1), anything else fails
+    assert [p.split(":")[0] for p in summary["problems"]] == ["no trial ran"], run.stderr[-3000:]
+    assert run.returncode == 1 and summary["frames"] > 100
+    return Path(summary["session"])
 
 
 def _switch_frame(session: Path) -> int:
@@ -56,7 +59,15 @@ def test_the_live_session_records_the_switch_and_both_references(refined_session
     assert frames is not None and REFINE_FRAMES <= switch < int(frames["frame"][-1]) - 30
 
 
-def test_replay_switches_where_the_live_session_did_and_matches(refined_session: Path) -> None:
+def test_replay_switches_where_the_live_session_did_and_matches(refined_session: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit-exact, with the saved references only: refining again in the replay would be an error."""
+    import acquisition.pipeline
+
+    def no_refinement(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the replay refined the reference itself instead of loading the saved one")
+
+    monkeypatch.setattr(acquisition.pipeline, "refine_reference", no_refinement)
     session = load_session(refined_session)
     run = replay(session, progress=False)
     report = check(session, run)
@@ -78,3 +89,21 @@ def test_a_replay_that_ignored_the_switch_would_not_match(refined_session: Path,
     report = check(session, replay(session, progress=False), max_details=1000)
     traces = [m.frame for m in report.first_mismatches if m.what == "trace"]
     assert report.mismatches > 0 and traces and min(traces) < switch
+
+
+def test_a_what_if_with_other_registration_settings_decides_the_reference_itself(refined_session: Path) -> None:
+    """``refine_reference = "never"`` in a what-if: the given reference throughout, so the frames up to the
+    live switch are registered as live and the later ones are not (a what-if with the same registration
+    settings reproduces the live switch: the bit-exact replay above)."""
+    from rig.offline.whatif import whatif_config
+
+    switch = _switch_frame(refined_session)
+    session = load_session(refined_session)
+    cfg = whatif_config(session, None, ["acquisition.registration.refine_reference=never"])
+    traces = replay(session, cfg, progress=False).traces
+    recorded = session.frames
+    assert traces is not None and recorded is not None
+    before = recorded["frame"] < switch
+    for name in ("dy", "dx", "corr"):
+        np.testing.assert_array_equal(traces[name][before], recorded[name][before])
+    assert not np.array_equal(traces["dy"][~before], recorded["dy"][~before])
