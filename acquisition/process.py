@@ -26,7 +26,7 @@ import numpy as np
 from acquisition.diagnose import BadRunWatch
 from acquisition.movie_saver import MovieSaver, MovieSettings
 from acquisition.pipeline import FramePipeline
-from acquisition.recording import record_frame
+from acquisition.recording import keep_frame, record_frame
 from acquisition.rois import RoiSet, load_suite2p
 from acquisition.sources.base import EndOfStream, FrameSource
 from acquisition.sources.registry import FollowsEnsembles, HasGroundTruth, SourceRegistration, make_source, registration
@@ -274,16 +274,11 @@ class AcquisitionProcess(RigProcess):
                                           frame_rate_hz=self.source.frame_rate_hz, byte_stream=self.source.byte_stream)
         if diagnosis is not None:
             self.warn(f"bad_frames_{diagnosis.cause}", diagnosis.message)
-        if self.movie is not None:
-            self.movie.save(frame.number, frame.data)
-        self.frames += 1
-        if not self._t_first:
-            self._t_first = t_sent
-        if t_sent >= self._next_preview:
-            self._next_preview = t_sent + PREVIEW_INTERVAL_NS
+        if keep_frame(self, frame, t_sent, PREVIEW_INTERVAL_NS):
+            z = self.z
             self.publish(Preview(frame=frame.number, dy=result.dy, dx=result.dx, corr=result.corr,
                                  image=self.pipeline.preview_image(frame.data), t_ns=t_sent,
-                                 z_um=self.z.last_z if self.z is not None else math.nan))
+                                 z_um=z.last_z if z is not None else math.nan))
         self._maybe_status()
 
     def _max_shift_px(self) -> int:

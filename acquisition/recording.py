@@ -50,6 +50,15 @@ def record_frame(proc: AcquisitionProcess, frame: Frame, preview_interval_ns: in
     proc.records.commit()
     if flags:
         proc.bad_frames += 1
+    if keep_frame(proc, frame, t_sent, preview_interval_ns):
+        proc.publish(Preview(frame=frame.number, dy=math.nan, dx=math.nan, corr=math.nan,
+                             image=preview_image(frame.data), t_ns=t_sent))
+
+
+def keep_frame(proc: AcquisitionProcess, frame: Frame, t_sent: int, preview_interval_ns: int) -> bool:
+    """After a frame's row, in a recording and in the closed loop alike: the movie, the count; True when a
+    preview is due (a few times a second), which the caller then builds and publishes (no per-frame closure).
+    """
     if proc.movie is not None:
         proc.movie.save(frame.number, frame.data)
     proc.frames += 1
@@ -57,5 +66,5 @@ def record_frame(proc: AcquisitionProcess, frame: Frame, preview_interval_ns: in
         proc._t_first = t_sent
     if t_sent >= proc._next_preview:
         proc._next_preview = t_sent + preview_interval_ns
-        proc.publish(Preview(frame=frame.number, dy=math.nan, dx=math.nan, corr=math.nan,
-                             image=preview_image(frame.data), t_ns=t_sent))
+        return True
+    return False

@@ -24,12 +24,8 @@ loses at most that fraction of a second plus what the thread had not yet written
 
 from __future__ import annotations
 
-import collections
 import math
-import os
 import struct
-import threading
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from rig.core.store import CorruptFileError, write_all
+from rig.core.store import CorruptFileError, SlotRingWriter
 
 MAGIC = b"BRMZ"
 RAW_MAGIC = b"BRMR"
@@ -90,163 +86,40 @@ def chunk_frames_for(frame_bytes: int, rate_hz: float, chunk_s: float) -> int:
     return max(1, min(by_time, CHUNK_MAX_BYTES // max(1, frame_bytes)))
 
 
-class ChunkedMovieWriter:
+class ChunkedMovieWriter(SlotRingWriter):
     """Append frames to a ``movie.zchunks`` file; compression and writing happen in a background thread.
 
-    Same contract as :class:`rig.core.store.FrameFileWriter`: :meth:`put` copies the frame into a free slot
-    of a preallocated ring and returns at once; a full ring (the thread more than ``buffer_frames`` behind)
-    turns the frame into zeros, counted in :attr:`frames_lost` and passed to ``on_lost``; a write error is
-    raised by the next :meth:`put` or by :meth:`close`. A chunk is written when it holds ``chunk_frames``
-    frames or its first frame is ``chunk_s`` old. ``on_thread_start`` runs first in the writer thread (the
-    acquisition lowers the thread's priority and pins it off the decoder's core there). ``sink`` (default
-    :func:`~rig.core.store.write_all`) writes one chunk's bytes to the file descriptor: a test passes a slow one.
+    The ring, queue, lost-frame accounting, error reporting and ``on_thread_start`` / ``sink`` hooks are
+    :class:`rig.core.store.SlotRingWriter`'s; a batch here is a chunk: written when it holds ``chunk_frames``
+    frames or its first frame is ``chunk_s`` old, byte-shuffled and zstd-compressed, or stored raw (counted in
+    :attr:`raw_chunks`) while more than :data:`RAW_BACKLOG_FRACTION` of the ring waits.
     """
 
     def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: np.dtype | type, buffer_frames: int,
                  chunk_frames: int, chunk_s: float = 0.25, on_lost: Callable[[int], None] | None = None,
                  on_thread_start: Callable[[], None] | None = None,
-                 sink: Callable[[int, bytes], None] | None = None) -> None:
+                 sink: Callable[[int, bytes | memoryview], None] | None = None) -> None:
         if buffer_frames < 1 or chunk_frames < 1:
             raise ValueError(f"`buffer_frames` and `chunk_frames`: must be >= 1, got {buffer_frames}, {chunk_frames}")
         import zstandard  # noqa: PLC0415 - only a session that saves compressed frames needs it
 
-        self.path = Path(path)
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.frames_lost = 0
-        self.frames_written = 0
-        self.bytes_written = 0
-        self.raw_bytes = 0
         self.raw_chunks = 0  # chunks stored uncompressed because the writer was behind
-        self._sink = sink or write_all
-        self._on_lost = on_lost
-        self._on_thread_start = on_thread_start
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        self._chunk_ns = int(chunk_s * 1e9)
-        self._slots = np.zeros((buffer_frames, *self.shape), self.dtype)
-        self._chunk = np.zeros((chunk_frames, *self.shape), self.dtype)
-        self._shuffled = np.empty(self._chunk.nbytes, np.uint8)
-        self._queue: collections.deque[tuple[int, int]] = collections.deque()  # (slot or -1 for zeros, put time)
-        self._next_slot = 0
-        self._in_flight = 0
-        self._put = 0
-        self._done = 0
-        self._closing = False
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
-        self._fd = os.open(self.path, flags, 0o644)
-        self._thread = threading.Thread(target=self._run, name=f"write-{self.path.name}", daemon=True)
-        self._thread.start()
+        self._shuffled = np.empty(chunk_frames * math.prod(shape) * np.dtype(dtype).itemsize, np.uint8)
+        super().__init__(path, shape, dtype, buffer_frames, chunk_frames, chunk_s, on_lost=on_lost,
+                         on_thread_start=on_thread_start, sink=sink)
 
-    def put(self, frame: np.ndarray | None) -> None:
-        """Queue one frame (``None``: a frame of zeros). One producer thread."""
-        if self._error is not None:
-            raise OSError(f"{self.path}: writing the frames failed: {self._error}") from self._error
-        if self._closing:
-            raise RuntimeError(f"{self.path}: the frame writer is closed")
-        if frame is not None and frame.shape != self.shape:
-            raise ValueError(f"{self.path}: frame of shape {frame.shape}, the movie's frames are {self.shape}")
-        slot = -1
-        lost = False
-        with self._cond:
-            if frame is not None:
-                if self._in_flight < len(self._slots):
-                    slot = self._next_slot
-                    self._next_slot = (slot + 1) % len(self._slots)
-                    self._in_flight += 1
-                else:
-                    lost = True
-        if slot >= 0:
-            np.copyto(self._slots[slot], frame, casting="unsafe")  # the slot is ours until queued
-        with self._cond:
-            self._queue.append((slot, time.monotonic_ns()))
-            self._put += 1
-            self._cond.notify()
-        if lost:
-            self.frames_lost += 1
-            if self._on_lost is not None:
-                self._on_lost(self.frames_lost)
-
-    def pending(self) -> int:
-        """Frames handed to :meth:`put` but not yet on disk."""
-        with self._cond:
-            return self._put - self._done
-
-    def close(self) -> None:
-        """Write what is queued (the last chunk may be short), close the file; raise a write error the thread met."""
-        if self._fd < 0:
-            return
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join()
-        os.close(self._fd)
-        self._fd = -1
-        if self._error is not None:
-            raise OSError(f"{self.path}: writing the frames failed: {self._error}") from self._error
-
-    # ------------------------------------------------------------------ the writer thread
-    def _run(self) -> None:
-        if self._on_thread_start is not None:
-            try:
-                self._on_thread_start()
-            except Exception as exc:  # noqa: BLE001 - reported through put()/close(), the movie is not written
-                self._error = exc
-        n = 0  # frames in the chunk being filled
-        first_ns = 0  # when its first frame was put
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    if not n:
-                        self._cond.wait()
-                        continue
-                    remaining_s = (first_ns + self._chunk_ns - time.monotonic_ns()) / 1e9
-                    if remaining_s <= 0:
-                        break  # the chunk's time is up: write it even though no frame came
-                    self._cond.wait(remaining_s)
-                item = self._queue.popleft() if self._queue else None
-                closing = self._closing
-            if item is not None:
-                slot, t_put = item
-                if slot >= 0:
-                    np.copyto(self._chunk[n], self._slots[slot])
-                    with self._cond:
-                        self._in_flight -= 1  # the slot is free again: its frame is in the chunk
-                else:
-                    self._chunk[n] = 0
-                if n == 0:
-                    first_ns = t_put
-                n += 1
-            if n and (n == len(self._chunk) or time.monotonic_ns() - first_ns >= self._chunk_ns
-                      or (item is None and closing)):
-                self._write_chunk(n)
-                n = 0
-            if item is None and closing:
-                return
-
-    def _write_chunk(self, n: int) -> None:
-        try:
-            if self._error is None:
-                block = self._chunk[:n]
-                with self._cond:
-                    behind = self._put - self._done - n > RAW_BACKLOG_FRACTION * len(self._slots)
-                if behind:  # compressing would fall further behind: this chunk as it is, counted
-                    magic, payload = RAW_MAGIC, block.tobytes()
-                    self.raw_chunks += 1
-                else:
-                    magic = MAGIC
-                    payload = self._compressor.compress(shuffle_bytes(block, self._shuffled[: block.nbytes]).data)
-                header = HEADER.pack(magic, n, self.frames_written, block.nbytes, len(payload), zlib.crc32(payload))
-                self._sink(self._fd, header + payload)
-                self.frames_written += n
-                self.bytes_written += HEADER.size + len(payload)
-                self.raw_bytes += block.nbytes
-        except Exception as exc:  # noqa: BLE001 - disk full, I/O error...: keep draining, report via put()/close()
-            self._error = exc
-        finally:
-            with self._cond:
-                self._done += n
+    def _encode(self, block: np.ndarray) -> bytes:
+        """One chunk: header + zstd of the shuffled block, or the block as it is while the writer is behind."""
+        n = len(block)
+        if self.pending() - n > RAW_BACKLOG_FRACTION * len(self._slots):  # compressing would fall further behind
+            magic, payload = RAW_MAGIC, block.tobytes()
+            self.raw_chunks += 1
+        else:
+            magic = MAGIC
+            payload = self._compressor.compress(shuffle_bytes(block, self._shuffled[: block.nbytes]).data)
+        header = HEADER.pack(magic, n, self.frames_written, block.nbytes, len(payload), zlib.crc32(payload))
+        return header + payload
 
 
 class ChunkedMovie:

@@ -10,7 +10,9 @@ Each process appends to files it alone owns, as data arrives (no central collect
 * :class:`EventLog` — one JSON object per line, written with a single ``os.write`` per event, so a
   crash can at worst tear the final line, which :func:`read_events` reports and skips.
 * :class:`FrameFileWriter` — raw frames (the movie) appended by a background thread from a preallocated
-  ring, so a disk that stalls (writeback, a busy network share) never stalls the real-time loop.
+  ring, so a disk that stalls (writeback, a busy network share) never stalls the real-time loop. Its ring,
+  thread and lost-frame accounting are :class:`SlotRingWriter`'s, which the compressed movie writer
+  (``rig.core.movie_file``) shares.
 
 Data written with ``os.write`` is in the kernel's page cache and survives the death of the process.
 """
@@ -93,33 +95,45 @@ class RecordWriter:
             self._fd = -1
 
 
-class FrameFileWriter:
-    """Append fixed-size frames to ``path`` from a background thread.
+class SlotRingWriter:
+    """Append fixed-size frames to ``path`` from a background thread, in batches; subclasses encode a batch.
 
-    :meth:`put` copies the frame into a free slot of a preallocated ring of ``buffer_frames`` and
-    returns at once; the writer thread writes slots in order (``os.write`` releases the GIL). If the disk
-    falls so far behind that the ring is full, the frame is written as zeros instead (the file keeps
-    one frame per call, in order), counted in :attr:`frames_lost` and passed to ``on_lost`` — reported,
-    never silent. A write error (disk full...) is raised by the next :meth:`put` or by :meth:`close`.
-    Frames handed over before a kill -9 are in the page cache once the thread wrote them: normally
-    within a millisecond, at most the ring's worth of frames.
+    :meth:`put` copies the frame into a free slot of a preallocated ring of ``buffer_frames`` and returns at
+    once; the writer thread gathers queued frames into a batch of at most ``batch_frames`` (closed early when
+    its first frame is ``batch_s`` old, or at :meth:`close`), frees their slots (a ``_write_from_slot``
+    subclass frees its one frame's slot only once written), and writes the bytes
+    :meth:`_encode` makes of it with one ``sink(fd, data)`` call (default :func:`write_all`; ``os.write``
+    releases the GIL). If the writer falls so far behind that the ring is full, the frame is written as zeros
+    instead (the file keeps one frame per call, in order), counted in :attr:`frames_lost` and passed to
+    ``on_lost`` — reported, never silent. A write error (disk full...) is raised by the next :meth:`put` or by
+    :meth:`close`. ``on_thread_start`` runs first in the writer thread (the acquisition lowers the thread's
+    priority there). Frames handed over before a kill -9 are in the page cache once their batch is written.
     """
 
     def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: np.dtype | type, buffer_frames: int,
-                 on_lost: Callable[[int], None] | None = None) -> None:
+                 batch_frames: int = 1, batch_s: float = 0.0, on_lost: Callable[[int], None] | None = None,
+                 on_thread_start: Callable[[], None] | None = None,
+                 sink: Callable[[int, bytes | memoryview], None] | None = None) -> None:
         if buffer_frames < 1:
             raise ValueError(f"`buffer_frames`: must be >= 1, got {buffer_frames}")
+        if batch_frames < 1 or (self._write_from_slot and batch_frames != 1):
+            raise ValueError(f"`batch_frames`: must be >= 1 (1 when written from the slot), got {batch_frames}")
         self.path = Path(path)
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.frames_lost = 0
         self.frames_written = 0
+        self.bytes_written = 0  # bytes in the file
+        self.raw_bytes = 0  # bytes of the frames written, as they are in memory
+        self._sink = sink or write_all
         self._on_lost = on_lost
+        self._on_thread_start = on_thread_start
+        self._batch_ns = int(batch_s * 1e9)
         self._slots = np.zeros((buffer_frames, *self.shape), self.dtype)
-        self._blank = np.zeros(self.shape, self.dtype)
-        self._queue: collections.deque[int] = collections.deque()  # slot index, or -1 for a frame of zeros
+        self._batch = np.zeros((batch_frames, *self.shape), self.dtype)
+        self._queue: collections.deque[tuple[int, int]] = collections.deque()  # (slot or -1 for zeros, put time)
         self._next_slot = 0
-        self._in_flight = 0  # slots queued or being written
+        self._in_flight = 0  # slots queued, being copied into the batch, or (from the slot) being written
         self._put = 0
         self._done = 0
         self._closing = False
@@ -129,6 +143,13 @@ class FrameFileWriter:
         self._fd = os.open(self.path, flags, 0o644)
         self._thread = threading.Thread(target=self._run, name=f"write-{self.path.name}", daemon=True)
         self._thread.start()
+
+    #: write a frame straight from its slot and free the slot once written (no copy; batches of one frame)
+    _write_from_slot = False
+
+    def _encode(self, block: np.ndarray) -> bytes | memoryview:
+        """The bytes written for a batch of frames (``block``, valid only during the call): here, as they are."""
+        return block.data
 
     def put(self, frame: np.ndarray | None) -> None:
         """Queue one frame (``None``: a frame of zeros, e.g. for a frame of the wrong size). One producer thread."""
@@ -158,7 +179,7 @@ class FrameFileWriter:
                     self._in_flight -= 1
                 raise
         with self._cond:
-            self._queue.append(slot)
+            self._queue.append((slot, time.monotonic_ns()))
             self._put += 1
             self._cond.notify()
         if lost:
@@ -167,12 +188,12 @@ class FrameFileWriter:
                 self._on_lost(self.frames_lost)
 
     def pending(self) -> int:
-        """Frames handed to :meth:`put` but not yet written."""
+        """Frames handed to :meth:`put` but not yet on disk."""
         with self._cond:
             return self._put - self._done
 
     def close(self) -> None:
-        """Write what is queued, then close the file; raises a write error the thread met."""
+        """Write what is queued (the last batch may be short), close the file; raise a write error the thread met."""
         if self._fd < 0:
             return
         with self._cond:
@@ -184,26 +205,80 @@ class FrameFileWriter:
         if self._error is not None:
             raise OSError(f"{self.path}: writing the frames failed: {self._error}") from self._error
 
+    # ------------------------------------------------------------------ the writer thread
     def _run(self) -> None:
+        if self._on_thread_start is not None:
+            try:
+                self._on_thread_start()
+            except Exception as exc:  # noqa: BLE001 - reported through put()/close(), the movie is not written
+                self._error = exc
+        n = 0  # frames in the batch being filled
+        first_ns = 0  # when its first frame was put
+        held = -1  # the slot written in place (``_write_from_slot``): freed once written
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return  # closing and drained
-                slot = self._queue.popleft()
-            data = self._blank if slot < 0 else self._slots[slot]
-            try:
-                if self._error is None:
-                    write_all(self._fd, data.data)
-                    self.frames_written += 1
-            except Exception as exc:  # disk full, I/O error...: keep draining, report through put()/close()
-                self._error = exc
-            finally:
-                with self._cond:
-                    self._done += 1
-                    if slot >= 0:
-                        self._in_flight -= 1
+                    if not n:
+                        self._cond.wait()
+                        continue
+                    remaining_s = (first_ns + self._batch_ns - time.monotonic_ns()) / 1e9
+                    if remaining_s <= 0:
+                        break  # the batch's time is up: write it even though no frame came
+                    self._cond.wait(remaining_s)
+                item = self._queue.popleft() if self._queue else None
+                closing = self._closing
+            if item is not None:
+                slot, t_put = item
+                if slot >= 0 and self._write_from_slot:
+                    held = slot
+                elif slot >= 0:
+                    np.copyto(self._batch[n], self._slots[slot])
+                    with self._cond:
+                        self._in_flight -= 1  # the slot is free again: its frame is in the batch
+                else:
+                    self._batch[n] = 0
+                if n == 0:
+                    first_ns = t_put
+                n += 1
+            if n and (n == len(self._batch) or time.monotonic_ns() - first_ns >= self._batch_ns
+                      or (item is None and closing)):
+                self._write_batch(n, held)
+                n = 0
+                held = -1
+            if item is None and closing:
+                return
+
+    def _write_batch(self, n: int, held: int) -> None:
+        try:
+            if self._error is None:
+                block = self._slots[held:held + 1] if held >= 0 else self._batch[:n]
+                data = self._encode(block)
+                self._sink(self._fd, data)
+                self.frames_written += n
+                self.bytes_written += memoryview(data).nbytes
+                self.raw_bytes += block.nbytes
+        except Exception as exc:  # noqa: BLE001 - disk full, I/O error...: keep draining, report via put()/close()
+            self._error = exc
+        finally:
+            with self._cond:
+                self._done += n
+                if held >= 0:
+                    self._in_flight -= 1
+
+
+class FrameFileWriter(SlotRingWriter):
+    """Raw frames, each written straight from its slot with one ``os.write`` as soon as the thread takes it.
+
+    The slot stays taken until its frame is written, so ``buffer_frames`` bounds the frames not yet on disk.
+    """
+
+    _write_from_slot = True
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: np.dtype | type, buffer_frames: int,
+                 on_lost: Callable[[int], None] | None = None, on_thread_start: Callable[[], None] | None = None,
+                 sink: Callable[[int, bytes | memoryview], None] | None = None) -> None:
+        super().__init__(path, shape, dtype, buffer_frames, on_lost=on_lost, on_thread_start=on_thread_start,
+                         sink=sink)
 
 
 #: the ``format`` a ``.rec.json`` sidecar declares (written by :class:`RecordWriter`)
