@@ -13,7 +13,12 @@ from rig.app.config import ConfigError
 DESCRIPTION = """\
 bci-rig: real-time closed-loop BCI for two-photon rigs.
 
+Day one, no ROIs yet (docs/DETECT.md):
+  rig run hardware_configs/my_scope.toml --record-only --duration 900   record a baseline movie, no BCI
+  rig detect SESSION --out detected              suite2p finds the cells (needs the suite2p extra)
+  rig rank detected/suite2p/plane0 --gui --write hardware_configs/my_scope.toml   pick up/down ensembles
 Typical morning:
+  rig align TODAY --to YESTERDAY                 same field as yesterday? carry the ROIs over (docs/ZTRACKING.md)
   rig check hardware_configs/my_scope.toml      validate the rig description
   rig valve pulse hardware_configs/my_scope.toml one test drop: is the line primed?
   rig check --probe hardware_configs/my_scope.toml   is the scope link up? frames/s, size, a preview

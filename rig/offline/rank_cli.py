@@ -120,7 +120,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                     "(99th percentile of the neuropil-corrected F above its median, in noise sd), calcium events "
                     "per minute, and F0 above the noise floor (the larger of decoder.f0_floor and 3 noise sd: a "
                     "ROI below it scores 0 and is refused in an ensemble). The suggestion picks the best cells, "
-                    "20 px apart, with up cells correlating r < 0.3 with down cells. The console's ROI picker "
+                    "at least [detect] suggest_min_distance_px apart (20) and with up cells correlating below "
+                    "[detect] suggest_max_corr (0.3) with down cells. The console's ROI picker "
                     "(--gui, or rig console --pick SUITE2P_DIR) does the same with a mouse, and draws, moves and "
                     "deletes ROIs. Last stdout line: JSON.")
     p.add_argument("folder", metavar="SUITE2P_DIR", help="rig detect's suite2p/plane0 folder (or its parent)")
