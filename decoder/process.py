@@ -79,9 +79,10 @@ class DecoderProcess(RigProcess):
         row["t_decided"] = self._t_decided
         t0 = now_ns()
         self.records.commit()
+        flush_ms = (now_ns() - t0) / 1e6
         self.late.observe(msg.frame, (msg.t_ready, msg.t_registered, msg.t_extracted, msg.t_sent), self._t_received,
                           self._t_decided)
-        self.late.flushed((now_ns() - t0) / 1e6)  # a slow write delays the next frame, not this one
+        self.late.flushed(flush_ms)  # a slow write delays the next frame, not this one
         if self._idle_gc is not None:
             self._idle_gc.collect_if_due()  # right after a decision: the next frame is a frame period away
 
