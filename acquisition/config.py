@@ -24,11 +24,30 @@ def _allow_list(addresses: list[str]) -> list[str]:
         raise ValueError(f"`allow`: {exc}") from None
 
 
-class RoiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Where the ROIs come from: a suite2p output folder (``plane0`` or its parent)."""
+class RoiLink(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A dendrite ROI on another plane linked to its parent soma on the BCI plane (docs/PLANES.md).
 
-    suite2p_dir: str = ""  # empty with the sim source: the sim's own ground-truth ROIs
+    Both are ROI indices as the rig numbers them (after ``only_cells``), like ``decoder.up``/``down``."""
+
+    plane: int  # the dendrite's plane (not the BCI plane)
+    roi: int  # the dendrite's ROI index on that plane
+    soma: int  # its soma's ROI index on the BCI plane
+
+    def __post_init__(self) -> None:
+        if self.plane < 0 or self.roi < 0 or self.soma < 0:
+            raise ValueError(f"`links`: plane, roi and soma must be >= 0 (got plane={self.plane}, roi={self.roi}, "
+                             f"soma={self.soma})")
+
+
+class RoiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where the ROIs come from: a suite2p output folder (``plane0`` or its parent), one per plane."""
+
+    suite2p_dir: str = ""  # the BCI plane's; empty with the sim source: the sim's own ground-truth ROIs
     only_cells: bool = True  # extract iscell == 1 only; the others still shape the neuropil masks
+    # multi-plane: one suite2p plane folder per plane, indexed by plane (the BCI plane's entry may be "" to use
+    # suite2p_dir); empty with a suite2p_dir holding plane0, plane1...: those folders; with the sim: its truth
+    plane_dirs: list[str] = []
+    links: list[RoiLink] = []  # dendrite -> soma links, on top of those in the plane folders' roi_parent.npy
 
 
 class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -306,7 +325,9 @@ class ZTrackConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     source: str = "sim"  # a name in acquisition.sources.registry: sim | replay | cloose_tcp | zmq_stream
-    frame_rate_hz: float = 30.0
+    frame_rate_hz: float = 30.0  # of one plane: with several planes, the volume rate (docs/PLANES.md)
+    n_planes: int = 1  # planes per volume the scope images (fast-z / volscan); every plane is registered and recorded
+    bci_plane: int = 0  # the plane whose ROIs drive the decoder (its somata)
     pixel_size_um: float = 0.0  # field-of-view pixel size; 0 = not given (rig align's stage move, z-stack check)
     rois: RoiConfig = msgspec.field(default_factory=RoiConfig)
     registration: RegistrationConfig = msgspec.field(default_factory=RegistrationConfig)
@@ -326,5 +347,17 @@ class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             raise ValueError(f"`source`: must be one of {', '.join(SOURCE_NAMES)} (got {self.source!r})")
         if not self.frame_rate_hz > 0:
             raise ValueError("`frame_rate_hz`: must be > 0")
+        if not 1 <= self.n_planes <= 16:
+            raise ValueError(f"`n_planes`: must be within 1..16 (got {self.n_planes})")
+        if not 0 <= self.bci_plane < self.n_planes:
+            raise ValueError(f"`bci_plane`: must be a plane index below n_planes = {self.n_planes} "
+                             f"(got {self.bci_plane})")
+        if len(self.rois.plane_dirs) not in (0, self.n_planes):
+            raise ValueError(f"`rois.plane_dirs`: one folder per plane is needed, {self.n_planes} "
+                             f"(got {len(self.rois.plane_dirs)})")
+        for i, link in enumerate(self.rois.links):
+            if not link.plane < self.n_planes or link.plane == self.bci_plane:
+                raise ValueError(f"`rois.links[{i}]`: plane {link.plane} is out of range: a dendrite's plane must "
+                                 f"be below n_planes = {self.n_planes} and not the BCI plane ({self.bci_plane})")
         if not self.pixel_size_um >= 0:
             raise ValueError(f"`pixel_size_um`: must be >= 0, 0 meaning not given (got {self.pixel_size_um})")

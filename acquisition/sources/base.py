@@ -26,6 +26,9 @@ class Frame:
     ``number`` is the scope's frame number (0-based) or, for sources without a counter, a local count.
     ``t_ready_ns`` is ``rig.core.clock.now_ns()`` when the whole frame was in memory.
     ``flags`` carries :class:`acquisition.validate.FrameFlag` bits the source already knows (AFTER_GAP...).
+    ``plane`` is the frame's plane (0-based) in a multi-plane (fast-z) volume; with several planes ``number``
+    is the *volume* number, the same for every plane of one volume, so each plane counts 0, 1, 2... on its own
+    (docs/PLANES.md).
     """
 
     data: np.ndarray
@@ -33,6 +36,7 @@ class Frame:
     t_ready_ns: int
     scope_time_s: float = math.nan
     flags: int = 0
+    plane: int = 0
 
 
 class EndOfStream(Exception):
@@ -54,6 +58,8 @@ class FrameSource(abc.ABC):
     _shape: tuple[int, int] = (0, 0)
     _dtype: np.dtype = np.dtype(np.uint16)
     _rate: float = 0.0
+    #: planes per volume the source delivers (each frame's ``Frame.plane`` is below it); 1 for a single plane
+    _n_planes: int = 1
     #: frames are cut from a header-less byte stream by the configured size (raw TCP): the rate at which they
     #: arrive tells the stream's real frame size (:mod:`acquisition.diagnose`)
     byte_stream: ClassVar[bool] = False
@@ -71,7 +77,13 @@ class FrameSource(abc.ABC):
 
     @property
     def frame_rate_hz(self) -> float:
+        """Frames per second *of one plane* (the volume rate with several planes): the decoder's frame rate."""
         return self._rate
+
+    @property
+    def n_planes(self) -> int:
+        """Planes per volume (1 unless the scope images several planes, ScanImage fast-z or Scanbox volscan)."""
+        return self._n_planes
 
     @abc.abstractmethod
     def open(self) -> None:

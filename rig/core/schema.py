@@ -114,6 +114,25 @@ class FluorFrame(Message, tag="fluor", kw_only=True):
     t_sent: int = 0
 
 
+class PlaneFluor(Message, tag="planefluor", kw_only=True):
+    """Per-ROI fluorescence of one frame of a plane that does *not* drive the BCI (multi-plane acquisition).
+
+    The BCI plane's frames go out as :class:`FluorFrame` on ``acq.fluor`` (what the decoder hears); the other
+    planes' on ``acq.plane``, a topic the decoder does not subscribe to, for the console. ``frame`` is the
+    volume number (the BCI frame of the same volume has the same number)."""
+
+    topic: ClassVar[bytes] = b"acq.plane"
+    plane: int
+    frame: int
+    t_ready: int
+    dy: float
+    dx: float
+    corr: float
+    flags: int
+    F: np.ndarray
+    Fneu: np.ndarray
+
+
 class Preview(Message, tag="preview", kw_only=True):
     """A decimated registered image for the console, a few times per second."""
 
@@ -125,6 +144,7 @@ class Preview(Message, tag="preview", kw_only=True):
     image: np.ndarray
     t_ns: int = 0
     z_um: float = float("nan")  # the focal plane's latest depth estimate (acquisition.ztrack); NaN without z-tracking
+    plane: int = 0  # which imaging plane the image is of (multi-plane acquisition; docs/PLANES.md)
 
 
 class AcqStatus(Message, tag="acqstat", kw_only=True):
@@ -270,6 +290,7 @@ AnyMessage = (
     | RigWarning
     | Control
     | FluorFrame
+    | PlaneFluor
     | Preview
     | AcqStatus
     | Decision
