@@ -140,17 +140,21 @@ class ValidationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
 
 class ReplayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Replay a recorded movie: TIFF (incl. ScanImage, BigTIFF), suite2p data.bin, .npy or .h5."""
+    """Replay a recorded movie: TIFF (incl. ScanImage, BigTIFF), suite2p data.bin, .npy or .h5, or a bci-rig
+    session folder (every plane it saved, as it recorded them)."""
 
-    path: str = ""
+    path: str = ""  # a movie file, or a session folder
     speed: str = "recorded"  # recorded: paced at the movie's frame rate; fast: as fast as it is read
     frame_rate_hz: float = 0.0  # 0: from the file (ScanImage, suite2p ops 'fs'), else acquisition.frame_rate_hz
     loop: bool = False
     h5_key: str = ""  # dataset in an .h5 file; empty: the only 3-D dataset
-    n_channels: int = 1  # interleaved channels in the file (ScanImage saves them frame by frame)
+    # interleaved channels / planes in the file (ScanImage saves them frame by frame); both 1: a ScanImage
+    # file's own metadata says (channelSave, numSlices, numDiscardFlybackFrames)
+    n_channels: int = 1
     channel: int = 0  # 0-based
-    n_planes: int = 1  # interleaved planes
-    plane: int = 0  # 0-based
+    n_planes: int = 1
+    plane: int = 0  # 0-based: replay this plane alone; -1: every plane, each with its index (docs/PLANES.md)
+    flyback_frames: int = -1  # frames per volume after the planes that image none; -1: the ScanImage file's, else 0
 
     def __post_init__(self) -> None:
         if self.speed not in REPLAY_SPEEDS:
@@ -159,8 +163,10 @@ class ReplayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("`frame_rate_hz`: must be >= 0 (0 = from the file)")
         if self.n_channels < 1 or not 0 <= self.channel < self.n_channels:
             raise ValueError("`channel`: must be within 0..n_channels-1")
-        if self.n_planes < 1 or not 0 <= self.plane < self.n_planes:
-            raise ValueError("`plane`: must be within 0..n_planes-1")
+        if self.n_planes < 1 or not -1 <= self.plane < self.n_planes:
+            raise ValueError(f"`plane`: must be within 0..n_planes-1, or -1 for every plane (got {self.plane})")
+        if self.flyback_frames < -1:
+            raise ValueError(f"`flyback_frames`: must be >= 0, or -1 for the file's own (got {self.flyback_frames})")
 
 
 class ClooseTcpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -209,7 +215,7 @@ class ZmqStreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     endpoint: str = "tcp://127.0.0.1:5570"
     bind: bool = False  # False: connect to a publisher that binds (the usual); True: bind and let it connect
     topic: str = "frame"
-    plane: int = -1  # keep only this plane; -1 = all
+    plane: int = -1  # keep only this plane (delivered as the only one); -1 = every plane, each with its index
     channel: int = -1  # keep only this channel; -1 = all
     height_px: int = 0  # expected frame size; 0 = not set here: the ROI set's size (suite2p Ly x Lx) applies
     width_px: int = 0
@@ -349,6 +355,9 @@ class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             raise ValueError("`frame_rate_hz`: must be > 0")
         if not 1 <= self.n_planes <= 16:
             raise ValueError(f"`n_planes`: must be within 1..16 (got {self.n_planes})")
+        if self.source == "sim":
+            self._match_sim_planes()
+        self._check_source_planes()
         if not 0 <= self.bci_plane < self.n_planes:
             raise ValueError(f"`bci_plane`: must be a plane index below n_planes = {self.n_planes} "
                              f"(got {self.bci_plane})")
@@ -361,3 +370,30 @@ class AcquisitionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
                                  f"be below n_planes = {self.n_planes} and not the BCI plane ({self.bci_plane})")
         if not self.pixel_size_um >= 0:
             raise ValueError(f"`pixel_size_um`: must be >= 0, 0 meaning not given (got {self.pixel_size_um})")
+
+    def _check_source_planes(self) -> None:
+        """A source set to deliver one plane cannot feed a rig recording several (docs/PLANES.md)."""
+        selected = {"replay": self.replay.plane, "zmq_stream": self.zmq_stream.plane}.get(self.source, -1)
+        if selected >= 0 and self.n_planes > 1:
+            raise ValueError(f"`{self.source}.plane`: = {selected} delivers that plane alone, but n_planes = "
+                             f"{self.n_planes}: set {self.source}.plane = -1 to deliver every plane")
+        if self.source == "replay" and self.replay.plane == -1 and self.replay.n_planes not in (1, self.n_planes):
+            raise ValueError(f"`replay.n_planes`: the movie interleaves {self.replay.n_planes} planes but n_planes = "
+                             f"{self.n_planes}; they must agree")
+
+    def _match_sim_planes(self) -> None:
+        """The sim's ``[acquisition.sim] n_planes`` and ``n_planes`` name one thing: where one is 1 (the default)
+        the other is taken; different values above 1 are an error (docs/SIMULATOR.md, "Dendrites")."""
+        sim_planes = self.sim.n_planes
+        if sim_planes == self.n_planes:
+            pass
+        elif self.n_planes == 1:
+            self.n_planes = sim_planes
+        elif sim_planes == 1 and self.n_planes == 2:
+            self.sim.n_planes = 2
+        else:
+            raise ValueError(f"`n_planes`: the simulator images 1 or 2 planes, and [acquisition.sim] n_planes = "
+                             f"{sim_planes} disagrees with [acquisition] n_planes = {self.n_planes}")
+        if self.n_planes > 1 and self.bci_plane != 0:
+            raise ValueError(f"`bci_plane`: the simulator's somata are on plane 0 (plane 1 holds their dendrites), "
+                             f"so bci_plane must be 0 with source = \"sim\" (got {self.bci_plane})")

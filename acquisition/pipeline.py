@@ -98,17 +98,24 @@ class PipelineResult:
 class _ReferenceBuild:
     """A reference (and its registrar) being built from warm-up frames in a background thread."""
 
-    def __init__(self, frames: list[np.ndarray], cfg: RegistrationConfig, shape: tuple[int, int]) -> None:
+    def __init__(self, frames: list[np.ndarray], cfg: RegistrationConfig, shape: tuple[int, int],
+                 on_thread_start: Callable[[], str] | None = None) -> None:
         self.n_frames = len(frames)
         self.registrar: RigidRegistrar | None = None
         self.reference: np.ndarray | None = None
         self.error: BaseException | None = None
+        self.on_thread_start = on_thread_start
+        self.thread_refused = ""  # what the OS refused of on_thread_start
         self.thread = threading.Thread(target=self._run, args=(frames, cfg, shape), name="reference-build",
                                        daemon=True)  # daemon: a shutdown mid-build must not wait for it
         self.thread.start()
 
     def _run(self, frames: list[np.ndarray], cfg: RegistrationConfig, shape: tuple[int, int]) -> None:
         try:
+            if self.on_thread_start is not None:
+                # e.g. a lower priority: seconds of CPU that must not hold up the frame loop, and under
+                # rig.priority = "realtime" it would otherwise inherit the loop's SCHED_FIFO
+                self.thread_refused = self.on_thread_start()
             reference = _build_reference_image(frames, cfg)
             self.registrar = _make_registrar(reference, cfg, shape)
             self.reference = reference
@@ -201,7 +208,8 @@ class FramePipeline:
         self.registrar: RigidRegistrar | None = None
         self._warmup: list[np.ndarray] = []
         self.background_reference = background_reference
-        self.on_thread_start = on_thread_start  # run first in the refinement thread; returns what was refused
+        # run first in the reference build and refinement threads; returns what the OS refused
+        self.on_thread_start = on_thread_start
         self._build: _ReferenceBuild | None = None
         self._refine_frames: list[np.ndarray] | None = None  # good frames kept while a refinement is pending
         self._refinement: _Refinement | None = None
@@ -329,6 +337,9 @@ class FramePipeline:
                                f"{build.error}") from build.error
         assert build.reference is not None and build.registrar is not None
         self._install(build.reference, build.registrar)
+        if build.thread_refused:  # the build ran, but not as low as asked: said, not ignored
+            self._reference_events.append({"event": "reference_build_thread_refused", "frame": self.frames,
+                                           "thread_refused": build.thread_refused})
 
     def stats(self) -> dict[str, float]:
         out = {"frames": float(self.frames), "flagged_frames": float(self.flagged_frames)}
@@ -381,7 +392,7 @@ class FramePipeline:
         if len(self._warmup) >= self.reg_cfg.reference_frames:
             frames, self._warmup = self._warmup, []
             if self.background_reference:
-                self._build = _ReferenceBuild(frames, self.reg_cfg, self.shape)
+                self._build = _ReferenceBuild(frames, self.reg_cfg, self.shape, self.on_thread_start)
             else:
                 self.set_reference(_build_reference_image(frames, self.reg_cfg), refine=False)
 

@@ -10,6 +10,8 @@ Files it owns in the session folder (``acquisition/``):
   ``rois/``           the ROI set used (suite2p layout) and ``reference.npy``
   ``sim_truth/``      a source with ground truth (the sim): its ROIs and the truth of every frame
   ``events.jsonl``    lifecycle, warnings (bad frames, link drops), ``final_stats``
+  ``planes/planeK/``  with several planes (``[acquisition] n_planes``), every plane but the BCI plane: the same
+                      files for that plane (:mod:`acquisition.planes`); the files above are the BCI plane's
 
 The process never asks which source it runs, only what the source can do (its registration's
 capabilities, :mod:`acquisition.sources.registry`): whether it has ground truth, hears the rig's rewards
@@ -19,6 +21,7 @@ and decisions, or follows the decoder's ensembles.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -26,8 +29,9 @@ import numpy as np
 from acquisition.diagnose import BadRunWatch
 from acquisition.movie_saver import MovieSaver, MovieSettings
 from acquisition.pipeline import FramePipeline
-from acquisition.recording import keep_frame, record_frame
-from acquisition.rois import RoiSet, load_suite2p
+from acquisition.plane_rois import PlaneRois, load_planes
+from acquisition.planes import OtherPlanes, build_planes, check_source_planes, plane_folder
+from acquisition.recording import frame_record_dtype, keep_frame, record_frame
 from acquisition.sources.base import EndOfStream, FrameSource
 from acquisition.sources.registry import FollowsEnsembles, HasGroundTruth, SourceRegistration, make_source, registration
 from acquisition.validate import FrameFlag
@@ -90,20 +94,15 @@ def feed_source(source: FrameSource, caps: SourceRegistration, msg: Message) -> 
         source.on_bus_message(msg)
 
 
-def frame_record_dtype(n_rois: int) -> np.dtype:
-    return np.dtype([
-        ("frame", "i8"), ("t_ready", "i8"), ("t_registered", "i8"), ("t_extracted", "i8"), ("t_sent", "i8"),
-        ("dy", "f4"), ("dx", "f4"), ("corr", "f4"), ("flags", "i4"),
-        ("F", "f4", (n_rois,)), ("Fneu", "f4", (n_rois,)),
-    ])
-
-
 class AcquisitionProcess(RigProcess):
     def configure(self) -> None:
         cfg = self.config.acquisition
         self.caps = registration(cfg.source)
         self.source: FrameSource = make_source(cfg, up=self.config.decoder.up, down=self.config.decoder.down)
         self.source.open()
+        check_source_planes(self.source, cfg.n_planes, cfg.source)
+        self.bci_plane = cfg.bci_plane  # frames of any other plane go to self.planes (acquisition.planes)
+        self._plane_rois: list[PlaneRois] | None = None
         self.z: LiveZ | None = None
         self.z_records: RecordWriter | None = None
         # a recording (session.record_only, acquisition.recording) has no ROIs: no pipeline, frames of the source's size
@@ -119,6 +118,7 @@ class AcquisitionProcess(RigProcess):
                                 self.source.rate_source, self.warn, self.events) \
             if self.config.session.save_frames else None
         self.wrong_shape_frames = 0
+        self.planes: OtherPlanes = build_planes(self, self._plane_rois, PREVIEW_INTERVAL_NS)
         processes, topics = source_subscriptions(self.caps)
         if self.pipeline is None:  # nothing it could hear from runs in a recording
             topics = []
@@ -136,8 +136,11 @@ class AcquisitionProcess(RigProcess):
     def _configure_pipeline(self) -> FramePipeline:
         """The ROI set (saved with the session), the registration + extraction pipeline, z-tracking."""
         cfg = self.config.acquisition
-        self.roi_set = self._load_rois()
-        self.roi_set.save_suite2p(self.dir / "rois")
+        # every plane's ROIs, checked (same frame size, valid kinds and parents) before anything else is built
+        self._plane_rois = load_planes(cfg, self._ground_truth_rois if self.caps.has_ground_truth else None)
+        self.roi_set = self._plane_rois[cfg.bci_plane].roi_set
+        # with several planes every plane's rois/ gets roi_kind.npy and roi_parent.npy (the BCI plane: somata)
+        self.roi_set.save_suite2p(self.dir / "rois", links=True if cfg.n_planes > 1 else None)
         # the reference, when it must be built from the first frames, is built without stalling the loop
         low = self.config.rig.background_priority == "low"  # a given reference's refinement thread runs below the loop
         self.pipeline = pipeline = FramePipeline.from_config(self.roi_set, cfg, background_reference=True,
@@ -178,13 +181,15 @@ class AcquisitionProcess(RigProcess):
             np.save(self.dir / "rois" / "reference.npy", self.pipeline.reference)
         self.events.write(kind, frame=number, **event)
 
-    def _load_rois(self) -> RoiSet:
-        cfg = self.config.acquisition
-        if self.caps.has_ground_truth and not cfg.rois.suite2p_dir:
-            roi_set = load_suite2p(cast(HasGroundTruth, self.source).write_ground_truth(self.dir / "sim_truth"))
-        else:
-            roi_set = load_suite2p(cfg.rois.suite2p_dir)
-        return roi_set.cells_only() if cfg.rois.only_cells else roi_set
+    def _ground_truth_rois(self, plane: int) -> Path:
+        """Write the source's truth of ``plane`` (the sim's) into the session; its ROI folder. At configure for a
+        plane without a suite2p folder; at stop again, with the truth of every frame generated."""
+        source = cast(HasGroundTruth, self.source)
+        if self.config.acquisition.n_planes == 1:
+            return source.write_ground_truth(self.dir / "sim_truth")
+        bci = self.config.acquisition.bci_plane
+        folder = self.dir / "sim_truth" if plane == bci else plane_folder(self.dir, plane) / "sim_truth"
+        return source.write_ground_truth(folder, plane=plane)  # type: ignore[call-arg]
 
     def _movie_settings(self) -> MovieSettings:
         session, rig = self.config.session, self.config.rig
@@ -227,6 +232,10 @@ class AcquisitionProcess(RigProcess):
             self.warn(code, message)
         if frame is None:
             self.records.flush_if_due()
+            self._maybe_status()
+            return
+        if frame.plane != self.bci_plane:  # another plane's, or of no configured plane: off the BCI path
+            self.planes.take(frame)
             self._maybe_status()
             return
         if self._last_number >= 0 and frame.number > self._last_number + 1:
@@ -278,7 +287,7 @@ class AcquisitionProcess(RigProcess):
             z = self.z
             self.publish(Preview(frame=frame.number, dy=result.dy, dx=result.dx, corr=result.corr,
                                  image=self.pipeline.preview_image(frame.data), t_ns=t_sent,
-                                 z_um=z.last_z if z is not None else math.nan))
+                                 z_um=z.last_z if z is not None else math.nan, plane=self.bci_plane))
         self._maybe_status()
 
     def _max_shift_px(self) -> int:
@@ -309,6 +318,8 @@ class AcquisitionProcess(RigProcess):
         if now < self._next_status:
             return
         self._next_status = now + STATUS_INTERVAL_NS
+        if self.planes.recorders:
+            self.planes.check_silent(self.frames)
         elapsed = (now - self._t_first) / 1e9 if self._t_first else 0.0
         self.publish(AcqStatus(frames=self.frames, frames_dropped=self.frames_dropped, bad_frames=self.bad_frames,
                                link=self.source.link_state(), fps=self.frames / elapsed if elapsed > 0 else 0.0,
@@ -326,16 +337,23 @@ class AcquisitionProcess(RigProcess):
         try:
             self._stop_source()
         finally:
-            if getattr(self, "movie", None) is not None:
-                self.movie.close()  # type: ignore[union-attr]  # a disk error the writer met: after the rest
+            try:
+                if getattr(self, "planes", None) is not None:
+                    self.planes.close()
+            finally:
+                if getattr(self, "movie", None) is not None:
+                    self.movie.close()  # type: ignore[union-attr]  # a disk error the writer met: after the rest
 
     def _stop_source(self) -> None:
         if hasattr(self, "source"):
             stats = self.source.stats()
             if self.caps.has_ground_truth:
                 # Now with the true shifts and traces of every frame generated, not only the ROIs.
-                cast(HasGroundTruth, self.source).write_ground_truth(self.dir / "sim_truth")
+                self._ground_truth_rois(self.config.acquisition.bci_plane)
+                if getattr(self, "planes", None) is not None:
+                    self.planes.write_ground_truth()
             self.source.close()
+            planes = self.planes.final_stats() if getattr(self, "planes", None) is not None else {}
             self.events.write("final_stats", frames=getattr(self, "frames", 0),
                               frames_dropped=getattr(self, "frames_dropped", 0),
-                              bad_frames=getattr(self, "bad_frames", 0), source_stats=stats)
+                              bad_frames=getattr(self, "bad_frames", 0), source_stats=stats, **planes)

@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 PREVIEW_MAX_PX = 256  # the preview's longer side at most
 
 
+def frame_record_dtype(n_rois: int) -> np.dtype:
+    """One ``frames.rec`` row (every plane's, with that plane's ``n_rois``; 0 in a recording)."""
+    return np.dtype([
+        ("frame", "i8"), ("t_ready", "i8"), ("t_registered", "i8"), ("t_extracted", "i8"), ("t_sent", "i8"),
+        ("dy", "f4"), ("dx", "f4"), ("corr", "f4"), ("flags", "i4"),
+        ("F", "f4", (n_rois,)), ("Fneu", "f4", (n_rois,)),
+    ])
+
+
 def preview_image(data: np.ndarray, max_size: int = PREVIEW_MAX_PX) -> np.ndarray:
     """A decimated copy of ``data`` (not registered: a recording has no reference)."""
     step = max(1, math.ceil(max(data.shape) / max_size))
@@ -52,7 +61,7 @@ def record_frame(proc: AcquisitionProcess, frame: Frame, preview_interval_ns: in
         proc.bad_frames += 1
     if keep_frame(proc, frame, t_sent, preview_interval_ns):
         proc.publish(Preview(frame=frame.number, dy=math.nan, dx=math.nan, corr=math.nan,
-                             image=preview_image(frame.data), t_ns=t_sent))
+                             image=preview_image(frame.data), t_ns=t_sent, plane=proc.bci_plane))
 
 
 def keep_frame(proc: AcquisitionProcess, frame: Frame, t_sent: int, preview_interval_ns: int) -> bool:

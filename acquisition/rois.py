@@ -3,11 +3,16 @@
 Both ``ops.npy`` layouts are accepted: suite2p 0.x writes one flat dict; 1.x merges ``db``, ``settings``
 (nested: ``ops["registration"]["maxregshift"]``), ``reg_outputs`` and ``detect_outputs``, so ``refImg``,
 ``meanImg``, ``Ly``, ``Lx`` stay at the top level. :attr:`RoiSet.ops` is always flat.
+
+ROI kinds and links (docs/PLANES.md): a plane folder may hold ``roi_kind.npy`` (int8, 0 soma / 1 dendrite)
+and ``roi_parent.npy`` (int32, the parent soma's row in the BCI plane's ``stat.npy``, -1 none), aligned with
+its ``stat.npy``. Links across planes (filtering, config links) are in :mod:`acquisition.roi_links`.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +43,19 @@ SUITE2P_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: ROI kinds (``roi_kind.npy``)
+SOMA, DENDRITE = 0, 1
+KIND_NAMES = {SOMA: "soma", DENDRITE: "dendrite"}
+#: the optional per-ROI files of a plane folder, aligned with its stat.npy
+KIND_FILE, PARENT_FILE = "roi_kind.npy", "roi_parent.npy"
+
+
 class RoiFileError(ValueError):
     """A suite2p output file is missing, unreadable or inconsistent; the message names the file."""
+
+
+class RoiLinkWarning(UserWarning):
+    """A dendrite lost its link because its soma was filtered out (e.g. not a cell); it stays a dendrite."""
 
 
 @dataclass
@@ -49,6 +65,11 @@ class RoiSet:
     ``excluded_stat`` holds ROIs that are not extracted (e.g. non-cells after :meth:`cells_only`) but whose
     pixels still count as cell pixels when neuropil masks are built, exactly as suite2p builds them from
     every detected ROI. ``source_index`` maps each extracted ROI to its row in the original ``stat.npy``.
+
+    ``kind`` (int8, :data:`SOMA`/:data:`DENDRITE`) and ``parent`` (int32, -1 none) are per extracted ROI;
+    ``parent`` indexes the BCI plane's ROI set as it stands next to this one: its ``stat.npy`` rows when
+    loaded, its extracted ROIs after :func:`acquisition.roi_links.cells_only_planes` (which passes the BCI
+    plane's :meth:`cells_index_map` to :meth:`cells_only`). ``link_notes`` lists links that were dropped.
     """
 
     stat: list[dict]
@@ -60,6 +81,9 @@ class RoiSet:
     ops: dict[str, Any] = field(default_factory=dict)
     excluded_stat: list[dict] = field(default_factory=list)
     source_index: np.ndarray | None = None
+    kind: np.ndarray | None = None  # None: all soma
+    parent: np.ndarray | None = None  # None: no links
+    link_notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.iscell = np.asarray(self.iscell, dtype=np.float64).reshape(-1, 2)
@@ -67,6 +91,10 @@ class RoiSet:
             raise ValueError(f"stat has {len(self.stat)} ROIs but iscell has {self.iscell.shape[0]} rows")
         if self.source_index is None:
             self.source_index = np.arange(len(self.stat))
+        n = len(self.stat)
+        self.kind = np.zeros(n, np.int8) if self.kind is None else _checked_kind(self.kind, n, "kind")
+        self.parent = np.full(n, -1, np.int32) if self.parent is None else _checked_parent(self.parent, n, "parent")
+        _check_kind_parent(self.kind, self.parent, "RoiSet")
         for what, rois in (("stat", self.stat), ("excluded_stat", self.excluded_stat)):
             for i, roi in enumerate(rois):
                 _check_roi(roi, i, self.Ly, self.Lx, what)
@@ -75,21 +103,62 @@ class RoiSet:
     def n_rois(self) -> int:
         return len(self.stat)
 
-    def cells_only(self) -> RoiSet:
-        """The ROIs suite2p classified as cells (``iscell[:, 0] > 0.5``); the others go to ``excluded_stat``."""
+    @property
+    def has_links(self) -> bool:
+        """Any dendrite or any parent: worth writing ``roi_kind.npy``/``roi_parent.npy``."""
+        assert self.kind is not None and self.parent is not None
+        return bool(np.any(self.kind != SOMA) or np.any(self.parent >= 0))
+
+    def cells_index_map(self) -> np.ndarray:
+        """For each ROI of this set, its index after :meth:`cells_only` (-1: filtered out)."""
         keep = self.iscell[:, 0] > 0.5
+        out = np.full(self.n_rois, -1, np.int32)
+        out[keep] = np.arange(int(keep.sum()), dtype=np.int32)
+        return out
+
+    def cells_only(self, parent_map: np.ndarray | None = None) -> RoiSet:
+        """The ROIs suite2p classified as cells (``iscell[:, 0] > 0.5``); the others go to ``excluded_stat``.
+
+        ``kind``/``parent`` follow their ROIs. ``parent_map`` (the BCI plane's :meth:`cells_index_map`) renumbers
+        the parents into the BCI plane's filtered set; a dendrite whose soma was filtered out keeps its kind,
+        loses its link (-1) and the loss is warned and kept in ``link_notes`` (not an error: suite2p's
+        classifier may reject a soma whose dendrite is still worth recording). Without ``parent_map`` the
+        parents are left as they are (right when the BCI plane's set is not filtered).
+        """
+        keep = self.iscell[:, 0] > 0.5
+        assert self.kind is not None and self.parent is not None
+        parent = self.parent[keep].copy()
+        notes = list(self.link_notes)
+        if parent_map is not None:
+            parent_map = np.asarray(parent_map, dtype=np.int64)
+            rows = np.flatnonzero(keep)
+            for i in np.flatnonzero(parent >= 0):
+                old = int(parent[i])
+                if old >= parent_map.size:
+                    raise RoiFileError(f"ROI {rows[i]} is linked to soma {old}, but the BCI plane has only "
+                                       f"{parent_map.size} ROIs (0..{parent_map.size - 1})")
+                parent[i] = parent_map[old]
+                if parent[i] < 0:
+                    note = (f"dendrite ROI {rows[i]} (now {i}) lost its link: its soma, BCI-plane ROI {old}, "
+                            "is not a cell (iscell) and is not extracted")
+                    notes.append(note)
+                    warnings.warn(note, RoiLinkWarning, stacklevel=2)
         return RoiSet(
             stat=[s for s, k in zip(self.stat, keep, strict=True) if k],
             iscell=self.iscell[keep],
             Ly=self.Ly, Lx=self.Lx, ref_img=self.ref_img, mean_img=self.mean_img, ops=dict(self.ops),
             excluded_stat=self.excluded_stat + [s for s, k in zip(self.stat, keep, strict=True) if not k],
             source_index=np.asarray(self.source_index)[keep],
+            kind=self.kind[keep], parent=parent, link_notes=notes,
         )
 
-    def save_suite2p(self, folder: str | Path) -> Path:
+    def save_suite2p(self, folder: str | Path, *, links: bool | None = None) -> Path:
         """Write ``stat.npy``, ``iscell.npy`` and ``ops.npy`` (suite2p 1.x nested layout) into ``folder``.
 
         Excluded ROIs are written too (as non-cells) so the folder loads back with the same neuropil.
+        ``roi_kind.npy``/``roi_parent.npy`` are written when ``links`` is True, or None and :attr:`has_links`
+        (excluded rows as unlinked somata); otherwise stale ones are removed so the folder reloads as saved.
+        The extracted ROIs come first, so a parent index stays valid against the saved BCI plane.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -100,6 +169,14 @@ class RoiSet:
         np.save(folder / "stat.npy", stat_arr, allow_pickle=True)
         np.save(folder / "iscell.npy", iscell.astype(np.float32))
         np.save(folder / "ops.npy", self._nested_ops(), allow_pickle=True)
+        assert self.kind is not None and self.parent is not None
+        if links or (links is None and self.has_links):
+            n_ex = len(self.excluded_stat)
+            np.save(folder / KIND_FILE, np.concatenate([self.kind, np.zeros(n_ex, np.int8)]))
+            np.save(folder / PARENT_FILE, np.concatenate([self.parent, np.full(n_ex, -1, np.int32)]))
+        else:
+            for name in (KIND_FILE, PARENT_FILE):
+                (folder / name).unlink(missing_ok=True)
         return folder
 
     def _nested_ops(self) -> dict[str, Any]:
@@ -121,6 +198,54 @@ class RoiSet:
         if self.mean_img is not None:
             nested["meanImg"] = self.mean_img
         return nested
+
+
+def _checked_kind(kind: Any, n: int, what: str) -> np.ndarray:
+    arr = np.asarray(kind)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise RoiFileError(f"{what}: {arr.size} entries (shape {arr.shape}) but stat.npy has {n} ROIs")
+    if arr.dtype.kind not in "biu":
+        raise RoiFileError(f"{what}: dtype {arr.dtype}, expected integers (0 soma, 1 dendrite)")
+    bad = np.flatnonzero((arr != SOMA) & (arr != DENDRITE))
+    if bad.size:
+        raise RoiFileError(f"{what}: values must be 0 (soma) or 1 (dendrite), found {arr[bad[0]]} (ROI {bad[0]}, "
+                           f"{bad.size} bad entries)")
+    return arr.astype(np.int8)
+
+
+def _checked_parent(parent: Any, n: int, what: str) -> np.ndarray:
+    arr = np.asarray(parent)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise RoiFileError(f"{what}: {arr.size} entries (shape {arr.shape}) but stat.npy has {n} ROIs")
+    if arr.dtype.kind not in "iu":
+        raise RoiFileError(f"{what}: dtype {arr.dtype}, expected integers (a soma index, -1 none)")
+    bad = np.flatnonzero(arr < -1)
+    if bad.size:
+        raise RoiFileError(f"{what}: ROI {bad[0]} has parent {arr[bad[0]]}; a parent is a soma index >= 0 or "
+                           "-1 (none)")
+    if arr.size and arr.max() > np.iinfo(np.int32).max:
+        raise RoiFileError(f"{what}: parent {arr.max()} does not fit int32")
+    return arr.astype(np.int32)
+
+
+def _check_kind_parent(kind: np.ndarray, parent: np.ndarray, what: str) -> None:
+    bad = np.flatnonzero((kind == SOMA) & (parent >= 0))
+    if bad.size:
+        raise RoiFileError(f"{what}: ROI {bad[0]} has parent {parent[bad[0]]} but is not a dendrite (kind 1 in "
+                           f"{KIND_FILE}); only dendrites link to a soma")
+
+
+def _load_kinds(plane: Path, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``roi_kind.npy``/``roi_parent.npy`` if present, checked (absent: every ROI a soma, no links; so a
+    parent file without a kind file links somata, which is refused)."""
+    kind_path, parent_path = plane / KIND_FILE, plane / PARENT_FILE
+    kind = _checked_kind(_load_npy(kind_path, pickled=False), n, str(kind_path)) if kind_path.is_file() else None
+    parent = (_checked_parent(_load_npy(parent_path, pickled=False), n, str(parent_path))
+              if parent_path.is_file() else None)
+    if parent is not None:
+        where = f"{parent_path}" + ("" if kind is not None else f" (no {KIND_FILE}: every ROI is a soma)")
+        _check_kind_parent(np.zeros(n, np.int8) if kind is None else kind, parent, where)
+    return kind, parent
 
 
 def _check_roi(roi: Any, i: int, Ly: int, Lx: int, what: str) -> None:
@@ -210,9 +335,10 @@ def load_suite2p(folder: str | Path) -> RoiSet:
             raise RoiFileError(f"{ops_path}: {name} has shape {img.shape}, but Ly, Lx = {Ly}, {Lx}")
     for key in ("refImg", "meanImg"):
         ops.pop(key, None)
+    kind, parent = _load_kinds(plane, len(stat))
     try:
         return RoiSet(stat=[copy.copy(s) for s in stat], iscell=iscell[:, :2], Ly=Ly, Lx=Lx,
-                      ref_img=ref_img, mean_img=mean_img, ops=ops)
+                      ref_img=ref_img, mean_img=mean_img, ops=ops, kind=kind, parent=parent)
     except RoiFileError as exc:
         raise RoiFileError(f"{stat_path}: {exc}") from exc
 

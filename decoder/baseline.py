@@ -8,6 +8,8 @@ last F0 window for warm starts; all of that follows from these two arrays.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from decoder.calibration import Calibration, CalibrationError, calibrate_cursor, rtb_level_for
@@ -51,6 +53,12 @@ class Baseline:
         self.count = 0
         self.gap_frames = 0
         self.bad_frames = 0
+
+    def snapshot(self) -> Baseline:
+        """This baseline as it is now, for a calibration computed beside the loop: the arrays are shared, not
+        copied (cheap), which is safe because a recording never writes into them again: :meth:`start` and
+        :meth:`load` put new arrays in place."""
+        return copy.copy(self)
 
     def record(self, corrected: np.ndarray, f0: np.ndarray) -> None:
         """Append one frame (its corrected F and live F0)."""

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.ndimage import maximum_filter1d
 
 from decoder.config import CalibrationConfig, DecoderConfig
+from decoder.task_sim import task_outcomes
 from decoder.trial import TrialMachine, TrialTiming
 from decoder.uncertainty import (
     block_frames_for,
@@ -230,7 +231,10 @@ def _free_timing(timing: TrialTiming) -> TrialTiming:
 def run_task(values: list[float], timing: TrialTiming, threshold: float, rtb_level: float,
              outcomes: list[tuple[int, bool]] | None = None) -> TrialMachine:
     """The trial machine run over a cursor (a list: every value a valid frame); ``outcomes`` gets (frame,
-    hit?) of each trial that ended. Returns the machine (its ``hits``, ``misses``, ``task_frames``)."""
+    hit?) of each trial that ended. Returns the machine (its ``hits``, ``misses``, ``task_frames``).
+
+    The Python reference of :func:`decoder.task_sim.task_outcomes`, which calibration runs (the same results,
+    compiled; the tests hold the two to each other)."""
     machine = TrialMachine(_free_timing(timing), threshold, rtb_level)
     sink: list = []
     step = machine.step
@@ -245,7 +249,7 @@ def run_task(values: list[float], timing: TrialTiming, threshold: float, rtb_lev
 
 def count_task_hits(cursor: np.ndarray, timing: TrialTiming, threshold: float, rtb_level: float) -> int:
     """Hits the task would give if the baseline cursor were replayed through it (no session limits)."""
-    return run_task(np.asarray(cursor, dtype=np.float64).tolist(), timing, threshold, rtb_level).hits
+    return task_outcomes(np.asarray(cursor, dtype=np.float64), timing, threshold, rtb_level)[0]
 
 
 def sim_starts(timing: TrialTiming, n: int) -> list[int]:
@@ -254,14 +258,16 @@ def sim_starts(timing: TrialTiming, n: int) -> list[int]:
     return sorted({min(round(k * cycle / SIM_STARTS), max(n - timing.trial_frames, 0)) for k in range(SIM_STARTS)})
 
 
-def task_hit_rate(values: list[float], timing: TrialTiming, threshold: float, rtb_level: float) -> float:
+def task_hit_rate(values: np.ndarray | list[float], timing: TrialTiming, threshold: float,
+                  rtb_level: float) -> float:
     """The task's chance hit rate at ``threshold`` on a baseline cursor: hits / trials of the trial machine run
-    from each of :func:`sim_starts`, pooled (NaN if no trial ended)."""
+    from each of :func:`sim_starts`, pooled (NaN if no trial ended). Compiled (:mod:`decoder.task_sim`)."""
+    cursor = np.asarray(values, dtype=np.float64)
     hits = trials = 0
-    for start in sim_starts(timing, len(values)):
-        machine = run_task(values[start:], timing, threshold, rtb_level)
-        hits += machine.hits
-        trials += machine.hits + machine.misses
+    for start in sim_starts(timing, len(cursor)):
+        run_hits, run_misses, _, _ = task_outcomes(cursor, timing, threshold, rtb_level, start)
+        hits += run_hits
+        trials += run_hits + run_misses
     return hits / trials if trials else math.nan
 
 
@@ -286,7 +292,7 @@ def calibrate_cursor(
     ``legacy``: the rule of sessions recorded before ``decoder.rules_version`` (the reward_interval search
     from the lowest baseline value; with ``predict = "windows"``, which rules_version 1 requires).
     """
-    cursor = np.asarray(cursor, dtype=np.float64)
+    cursor = np.ascontiguousarray(cursor, dtype=np.float64)
     n = len(cursor)
     trial_frames = timing.trial_frames
     if not np.isfinite(cursor).all():
@@ -307,7 +313,7 @@ def calibrate_cursor(
     if not float(np.ptp(maxima)) > 0.0:
         raise CalibrationError("every resampled baseline trial has the same maximum: the cursor is flat at its peaks")
     enabled = timing.rtb_frames > 0
-    values = cursor.tolist()
+    values = cursor  # the task simulation's input (float64, contiguous)
     windows = cfg.predict == "windows"
 
     def predict(threshold: float) -> float:
@@ -348,9 +354,9 @@ def calibrate_cursor(
     if windows:
         ci95 = hit_rate_interval(cursor, trial_frames, threshold, cfg.n_trials, cfg.ci_resamples, cfg.seed, block)
     else:
-        outcomes: list[tuple[int, bool]] = []
-        run_task(values, timing, threshold, rtb_level_for(threshold, median, rtb_fraction, enabled), outcomes)
-        ci95 = outcome_interval(outcomes, block)
+        _, _, ends, hit = task_outcomes(values, timing, threshold,
+                                        rtb_level_for(threshold, median, rtb_fraction, enabled))
+        ci95 = outcome_interval(list(zip(ends.tolist(), hit.tolist(), strict=True)), block)
     warnings, needed_s = calibration_warnings(
         predicted, ci95, cfg.target_hit_rate if cfg.method == "hit_rate" else math.nan, n / frame_rate_hz,
         trial_frames / frame_rate_hz, cfg.max_ci_width, cfg.rate_tolerance)
@@ -363,14 +369,14 @@ def calibrate_cursor(
     )
 
 
-def _sim_trials(values: list[float], timing: TrialTiming, threshold: float, median: float,
+def _sim_trials(values: np.ndarray, timing: TrialTiming, threshold: float, median: float,
                 rtb_fraction: float) -> int:
-    machine = run_task(values, timing, threshold, rtb_level_for(threshold, median, rtb_fraction,
-                                                                 timing.rtb_frames > 0))
-    return machine.hits + machine.misses
+    hits, misses, _, _ = task_outcomes(values, timing, threshold, rtb_level_for(threshold, median, rtb_fraction,
+                                                                                 timing.rtb_frames > 0))
+    return hits + misses
 
 
-def _threshold_for_task_rate(cursor: np.ndarray, values: list[float], timing: TrialTiming, target: float,
+def _threshold_for_task_rate(cursor: np.ndarray, values: np.ndarray, timing: TrialTiming, target: float,
                              median: float, rtb_fraction: float) -> float:
     """Lowest threshold (among the baseline's values from the median up, then midway to the next lower one)
     at which the task run over the baseline gives at most ``target`` hits per trial (bisection: the rate

@@ -158,6 +158,11 @@ class DecoderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # 1: the older rules, for replaying sessions recorded before this key (a crossing is paid again after the
     # hold, no F0-safeguard refusal, no BCI drift watch, calibration.predict "windows"); `rig run` refuses it
     rules_version: int = 2
+    # auto_protocol's calibration at the end of the baseline: true computes it beside the decision loop (a
+    # thread) and applies it before the first frame decided after it is ready, a frame the decoder records
+    # (`calibration_applied` in events.jsonl) and replay re-applies; false (sessions recorded before this key)
+    # computes it in the loop on the baseline's last frame, which stalls the frames meanwhile
+    calibrate_off_loop: bool = True
     calibration: CalibrationConfig = msgspec.field(default_factory=CalibrationConfig)
     safeguards: SafeguardConfig = msgspec.field(default_factory=SafeguardConfig)
 

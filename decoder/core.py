@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from decoder.calibration_job import CalibrationJob, NextFrameCalibrator
 from decoder.config import DecoderConfig, TaskConfig
 from decoder.engine import COMMAND_ERRORS, DecoderEngine, StepResult
 from rig.core.codes import Mode
@@ -79,13 +80,28 @@ class DecoderOutput(Protocol):
         """Wrap work that may block for seconds (calibrating a long baseline)."""
 
 
+class Calibrator(Protocol):
+    """Computes the engine's end-of-baseline calibration (:class:`~decoder.calibration_job.CalibrationJob`) and
+    says before which frame it applies: live a thread, as soon as it is done; replay where the record says."""
+
+    def submit(self, job: CalibrationJob) -> None:
+        """Start computing ``job`` (returns at once live; may compute it right away offline)."""
+
+    def due(self, job: CalibrationJob, frame: int) -> bool:
+        """Apply ``job`` (computed) before deciding ``frame``?"""
+
+
 class DecoderCore:
     """The decoder between its input (frames, operator commands) and its :class:`DecoderOutput`."""
 
     def __init__(self, decoder_cfg: DecoderConfig, task_cfg: TaskConfig, reward_volume_ul: float, n_rois: int,
-                 frame_rate_hz: float, output: DecoderOutput) -> None:
-        self.engine = DecoderEngine(decoder_cfg, task_cfg, n_rois, frame_rate_hz)
+                 frame_rate_hz: float, output: DecoderOutput, calibrator: Calibrator | None = None) -> None:
+        self.engine = DecoderEngine(decoder_cfg, task_cfg, n_rois, frame_rate_hz,
+                                    defer_calibration=decoder_cfg.calibrate_off_loop)
         self.auto_protocol = task_cfg.auto_protocol
+        self.calibrate_in_loop = task_cfg.auto_protocol and not decoder_cfg.calibrate_off_loop
+        self.calibrator: Calibrator = calibrator if calibrator is not None else NextFrameCalibrator()
+        self._job: CalibrationJob | None = None  # the end-of-baseline calibration submitted, not yet applied
         self.reward_volume_ul = reward_volume_ul
         self.output = output
         self.frames = 0
@@ -98,7 +114,9 @@ class DecoderCore:
     def decide(self, frame: int, F: np.ndarray, Fneu: np.ndarray, flags: int, row: np.ndarray | None) -> StepResult:
         """Decode one frame, fill ``row`` (a ``decisions.rec`` row; stamps are the caller's), emit the rest."""
         engine = self.engine
-        if (self.auto_protocol and engine.mode == Mode.BASELINE
+        if self._job is not None:
+            self._settle_job(frame)
+        if (self.calibrate_in_loop and engine.mode == Mode.BASELINE
                 and engine.baseline_frames + 1 >= engine.baseline_target):
             with self.output.busy("calibrating"):  # this frame ends the baseline: calibration may take a while
                 res = engine.step(frame, F, Fneu, flags)
@@ -117,7 +135,30 @@ class DecoderCore:
                               volume_ul=self.reward_volume_ul, trial=res.trial)
         for event in res.events:
             self._trial_event(event.kind, event.trial, event.frame, dict(event.detail))
+        job = engine.calibration_job
+        if job is not None and not job.submitted:  # this frame ended the baseline: calibrate beside the loop
+            job.submitted = True
+            self._job = job
+            self.output.event("calibration_submitted", baseline_end=job.baseline_end)
+            self.calibrator.submit(job)
         return res
+
+    def _settle_job(self, frame: int) -> None:
+        """Before deciding ``frame``: apply the end-of-baseline calibration if it is due, or note that an
+        operator call dropped it. The ``calibration_applied`` line is the frame replay applies it before."""
+        job = self._job
+        assert job is not None
+        if job is not self.engine.calibration_job:
+            self._job = None
+            self.output.event("calibration_dropped", baseline_end=job.baseline_end, reason=job.dropped)
+            return
+        if not self.calibrator.due(job, frame):
+            return
+        job.check()  # a crash (not a CalibrationError) in the computation is raised here, in the decoder's thread
+        self._job = None
+        self.engine.finish_calibration(job)
+        self.output.event("calibration_applied", frame=frame, baseline_end=job.baseline_end, ok=not job.error,
+                          compute_ms=round(job.compute_ms, 1))
 
     # ------------------------------------------------------------------ operator commands
     def apply_control(self, command: str, args: dict[str, Any], *, issued_by: str = "", **note: Any) -> bool:

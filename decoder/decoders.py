@@ -172,6 +172,7 @@ def compile_kernels() -> None:
         probe.decode(np.zeros(2))
         probe.decode_frames(np.zeros((2, 2)))
         probe.decode_frames(np.zeros((2, 2)), rois_only=True)
+    RunningMean(2).smooth_frames(np.zeros(3), np.zeros(3))
 
 
 class RunningMean:
@@ -224,10 +225,30 @@ class RunningMean:
         return s_up / count, s_down / count
 
     def smooth_frames(self, up: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Smoothed copies of whole traces, starting from an empty window (does not touch this object)."""
-        other = RunningMean(self.n)
+        """Smoothed copies of whole traces, starting from an empty window (does not touch this object).
+
+        Compiled (:func:`_smooth_rows`): :meth:`push` and :meth:`mean` per frame, in the same order."""
+        up = np.ascontiguousarray(up, dtype=np.float64)
+        down = np.ascontiguousarray(down, dtype=np.float64)
+        if up.shape != down.shape or up.ndim != 1:
+            raise ValueError(f"`up`/`down`: expected two 1-D traces of one length, got {up.shape} and {down.shape}")
         out_up = np.empty(len(up))
         out_down = np.empty(len(down))
-        for t in range(len(up)):
-            out_up[t], out_down[t] = other.push(float(up[t]), float(down[t]))
+        _smooth_rows(up, down, self.n, out_up, out_down)
         return out_up, out_down
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _smooth_rows(up: np.ndarray, down: np.ndarray, n: int, out_up: np.ndarray, out_down: np.ndarray) -> None:
+    """RunningMean.push + mean over whole traces from an empty window: each frame the mean of the last ``n``
+    (fewer at the start), summed oldest to newest as :meth:`RunningMean.mean` sums them."""
+    for t in range(up.shape[0]):
+        first = t - n + 1 if t >= n else 0
+        s_up = 0.0
+        s_down = 0.0
+        for k in range(first, t + 1):
+            s_up += up[k]
+            s_down += down[k]
+        count = t + 1 - first
+        out_up[t] = s_up / count
+        out_down[t] = s_down / count

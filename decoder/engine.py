@@ -21,8 +21,10 @@ ensembles and recalibrate first. Blocks are numbered from 1 ("bci_start" and "bl
 ``block``); trial numbers go on across blocks, so every trial of a session has its own number.
 
 With ``task.auto_protocol`` the engine goes on by itself from the end of the baseline: it calibrates
-and starts BCI ("baseline_done", "calibrated", "bci_start" on that frame). If calibration fails it
-says so ("calibration_failed") and waits in IDLE for the operator.
+and starts BCI ("baseline_done", "calibrated", "bci_start" on that frame; with ``defer_calibration``
+the calibration is a job the caller computes beside the loop and applies, with "calibrated" and
+"bci_start", before a later frame: :meth:`DecoderEngine.finish_calibration`). If calibration fails
+it says so ("calibration_failed") and waits in IDLE for the operator.
 
 Per frame: F_corr = F - c·Fneu -> F0 (running percentile; during BCI per ``decoder.f0_mode``: running,
 frozen at the start of BCI, or a slow window) -> dF/F for every ROI -> decoder -> running
@@ -54,13 +56,16 @@ import numpy as np
 
 from decoder.baseline import Baseline
 from decoder.calibration import Calibration, CalibrationError, rtb_level_for
+from decoder.calibration_job import CalibrationJob
 from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
 from decoder.decoders import RunningMean
 from decoder.dff import compile_kernels as compile_dff_kernels
-from decoder.feedback import NO_BIN, FeedbackMapper
+from decoder.feedback import FeedbackMapper
 from decoder.registry import check_ensembles, make_decoder
 from decoder.safeguards import DriftMonitor
+from decoder.step_result import StepResult
 from decoder.subset_f0 import SubsetDffTracker
+from decoder.task_sim import compile_kernels as compile_task_kernels
 from decoder.trial import Event, TrialMachine, TrialTiming, frames_for
 from rig.core.codes import COMMAND_MODES, Mode, TrialState
 
@@ -80,36 +85,11 @@ class FrameOrderError(ValueError):
 COMMAND_ERRORS = (CalibrationError, EngineStateError, ValueError)
 
 
-class StepResult:
-    """The engine's output for one frame. ONE instance, reused: copy what you keep past the next step.
-
-    ``dff`` is a view of the engine's buffer; ``events`` is a reused list (empty when nothing happened);
-    ``cursor_norm``/``tone_hz`` are NaN and ``angle_bin`` -1 when there is no feedback range or cursor.
-    """
-
-    __slots__ = ("angle_bin", "cursor", "cursor_norm", "dff", "down", "events", "frame", "mode",
-                 "reward_request", "tone_hz", "trial", "trial_state", "up")
-
-    def __init__(self, dff: np.ndarray, events: list[Event]) -> None:
-        self.frame = -1
-        self.mode = Mode.IDLE
-        self.trial = 0
-        self.trial_state = TrialState.NONE
-        self.dff = dff
-        self.up = math.nan
-        self.down = math.nan
-        self.cursor = math.nan
-        self.cursor_norm = math.nan
-        self.tone_hz = math.nan
-        self.angle_bin = NO_BIN
-        self.reward_request = False
-        self.events = events
-
-
 class DecoderEngine:
     """See the module docstring. ``n_rois`` and ``frame_rate_hz`` come from acquisition."""
 
-    def __init__(self, decoder_cfg: DecoderConfig, task_cfg: TaskConfig, n_rois: int, frame_rate_hz: float) -> None:
+    def __init__(self, decoder_cfg: DecoderConfig, task_cfg: TaskConfig, n_rois: int, frame_rate_hz: float,
+                 defer_calibration: bool = False) -> None:
         if n_rois < 1:
             raise ValueError(f"`n_rois`: must be >= 1, got {n_rois}")
         if not (math.isfinite(frame_rate_hz) and frame_rate_hz > 0):
@@ -127,6 +107,7 @@ class DecoderEngine:
                                      cell_cap=decoder_cfg.cell_cap)
         # here (configure), not on the first frame or at calibration: a first compile takes seconds
         compile_dff_kernels()
+        compile_task_kernels()
         self._decoder.warm_up()
         if decoder_cfg.weights:
             self._decoder.set_weights(decoder_cfg.weights)
@@ -158,6 +139,8 @@ class DecoderEngine:
         self._pending: list[Event] = []
         self._events: list[Event] = []
         self._result = StepResult(self._dff.dff, self._events)
+        self._defer = defer_calibration  # auto_protocol's calibration: a job for the caller (DecoderCore) to run
+        self._job: CalibrationJob | None = None
 
     # ------------------------------------------------------------------ read-only state
 
@@ -176,6 +159,11 @@ class DecoderEngine:
     @property
     def down(self) -> list[int]:
         return list(self._decoder.down)
+
+    @property
+    def calibration_job(self) -> CalibrationJob | None:
+        """The end-of-baseline calibration waiting to be computed and applied (``decoder.calibrate_off_loop``)."""
+        return self._job
 
     @property
     def baseline_frames(self) -> int:
@@ -199,6 +187,7 @@ class DecoderEngine:
     def start_baseline(self) -> None:
         """Start recording a new baseline (from IDLE or READY; a previous calibration is dropped)."""
         self._require("start_baseline", "start a baseline")
+        self._drop_job("start_baseline")
         self._clear_calibration()
         self._baseline.start(self.baseline_target)
         self._mode = Mode.BASELINE
@@ -213,6 +202,7 @@ class DecoderEngine:
         self._require("load_baseline", "load a baseline")
         warm = self._frames_seen == 0
         self._baseline.load(F, Fneu, self._dff.running if warm else None)
+        self._drop_job("load_baseline")
         if warm:
             self._dff.seed_history()
         self._clear_calibration()
@@ -236,6 +226,7 @@ class DecoderEngine:
         self._require("calibrate", "calibrate")
         cal = self._baseline.calibrate(self._decoder, self._calibration_cfg,
                                        [int(r) for r in allow_rois] if allow_rois else None)
+        self._drop_job("calibrate")
         if self._mode == Mode.BASELINE:
             self._end_baseline(None)
         self._apply_calibration(cal)
@@ -243,13 +234,11 @@ class DecoderEngine:
         return cal
 
     def set_calibration(self, cal: Calibration) -> None:
-        """Use a stored calibration (its ensembles and weights too); -> READY.
-
-        If this engine has seen no frame and has no baseline, the F0 window is warm-started from the
-        calibration's F0 (a full window of it).
-        """
+        """Use a stored calibration (its ensembles and weights too); -> READY. If this engine has seen no frame
+        and has no baseline, the F0 window is warm-started from the calibration's F0 (a full window of it)."""
         self._require("set_calibration", "set a calibration")
         cal.check_usable(self.n_rois, self.decoder_cfg)
+        self._drop_job("set_calibration")
         if self._decoder.uses_weights:
             self._decoder.set_weights(cal.weights)
         else:
@@ -297,6 +286,7 @@ class DecoderEngine:
         """End the task (a running trial is aborted). Frames are still decoded for display. Idempotent."""
         if self._mode == Mode.STOPPED:
             return
+        self._drop_job("stop")
         if self._machine is not None and self._machine.state != TrialState.DONE:
             finished: list[Event] = []
             self._machine.finish(-1, "stopped", finished)
@@ -314,6 +304,7 @@ class DecoderEngine:
         """Choose the ensembles (not during BCI). Drops the calibration, which was for the old ones."""
         self._require("set_ensembles", "change the ensembles")
         up, down = check_ensembles(self.decoder_cfg.decoder, self.n_rois, up, down)
+        self._drop_job("set_ensembles")
         self._decoder.set_ensembles(up, down)
         self._smoother.reset()
         self._clear_calibration()
@@ -323,6 +314,7 @@ class DecoderEngine:
         """A decoder that ``uses_weights``: one weight per ROI (not during BCI). Drops the calibration."""
         self._require("set_weights", "change the weights")
         self._decoder.set_weights(weights)
+        self._drop_job("set_weights")
         self._smoother.reset()
         self._clear_calibration()
         self._queue("ensembles", {"up": self._decoder.up, "down": self._decoder.down, "weighted": True})
@@ -474,6 +466,9 @@ class DecoderEngine:
         self._events.append(Event("baseline_done", self.trials, frame, detail))
         if not self.task_cfg.auto_protocol:
             return
+        if self._defer:  # computed beside the loop; finish_calibration() applies it
+            self._job = CalibrationJob(frame, self._baseline.snapshot(), self._decoder.clone(), self._calibration_cfg)
+            return
         try:
             cal = self._baseline.calibrate(self._decoder, self._calibration_cfg)
         except CalibrationError as exc:
@@ -482,6 +477,29 @@ class DecoderEngine:
         self._apply_calibration(cal)
         self._events.append(Event("calibrated", self.trials, frame, {"calibration": cal.to_dict()}))
         self._start_bci(frame)
+
+    def finish_calibration(self, job: CalibrationJob) -> bool:
+        """Apply a computed end-of-baseline calibration between frames: -> BCI ("calibrated", "bci_start"), or
+        "calibration_failed" and IDLE, on the next frame stepped; False if an operator call dropped ``job``.
+        The caller records that frame; replay calls this before the same one (decoder/calibration_job.py)."""
+        if job is not self._job or not job.done:
+            return False
+        self._job = None
+        if job.error:
+            self._queue("calibration_failed", {"error": job.error})
+            return True
+        cal = job.calibration
+        assert cal is not None and job.as_dict is not None
+        self._apply_calibration(cal)
+        self._queue("calibrated", {"calibration": job.as_dict})
+        self._start_bci(None)
+        return True
+
+    def _drop_job(self, reason: str) -> None:
+        """An operator call replaced the baseline, ensembles or calibration: a job for the old ones must not apply."""
+        if self._job is not None:
+            self._job.dropped = reason
+            self._job = None
 
     def _start_bci(self, frame: int | None) -> None:
         cal = self._calibration

@@ -7,6 +7,12 @@ doing is said when it can be told: a garbage-collector pass in the decoder since
 calibration, or else the stage that took
 the time — the acquisition (registration, extraction and, between frames, its preview and movie hand-off),
 the bus hop, or the decoder's own step.
+
+The end-of-baseline calibration no longer blocks the loop (``decoder.calibrate_off_loop``: a thread computes
+it, decoder/calibration_job.py), so "calibrating" is now only the cause of a late decision when the operator's
+calibrate command (still computed in the loop, 0.2-0.4 s for a 15-min baseline) or a session replayed with
+the older in-loop rule blocked it; a late decision in the decoder while the calibration thread computed is
+"calibration thread".
 """
 
 from __future__ import annotations
@@ -46,8 +52,11 @@ class LateWatch:
         if ms > self._busy[1]:
             self._busy = (what, ms)
 
-    def observe(self, frame: int, stamps: tuple[int, int, int, int], t_received: int, t_decided: int) -> None:
-        """After a decision; ``stamps`` are the frame's (t_ready, t_registered, t_extracted, t_sent)."""
+    def observe(self, frame: int, stamps: tuple[int, int, int, int], t_received: int, t_decided: int,
+                background: str = "") -> None:
+        """After a decision; ``stamps`` are the frame's (t_ready, t_registered, t_extracted, t_sent).
+        ``background``: work of the decoder's own running beside the loop at that moment (the calibration
+        thread), named as the cause when nothing else in the decoder is."""
         passes, gc_ms, generation = self._gc.since()
         flush_ms, self._flush_ms = self._flush_ms, 0.0
         (busy, busy_ms), self._busy = self._busy, ("", 0.0)
@@ -71,6 +80,9 @@ class LateWatch:
         elif in_decoder and flush_ms >= CAUSE_MIN_MS:
             cause = f"decoder records flush ({flush_ms:.1f} ms)"
             key = "flush"
+        elif in_decoder and background:
+            cause = f"{stage} took {stages[stage]:.1f} ms while the decoder's {background} was computing"
+            key = background
         else:
             key = stage
             cause = f"{stage} took {stages[stage]:.1f} ms"

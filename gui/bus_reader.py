@@ -1,10 +1,12 @@
 """The console's own SUB sockets, drained without ever blocking the window.
 
-Three sockets, so that a flood on one cannot starve another:
+Four sockets, so that a flood on one cannot starve another:
 
 * frames  — ``acq.fluor`` and ``dec.decision`` (30+ Hz). Small RCVHWM: when the console falls behind,
   ZeroMQ drops frames for this subscriber only (PUB never blocks), and the gap counter says how many.
-* preview — ``acq.preview`` (~4 Hz, large images). Tiny RCVHWM; only the newest image is used.
+* preview — ``acq.preview`` (~4 Hz, large images). Tiny RCVHWM; only the newest image of each plane is used.
+* planes  — ``acq.plane``: the fluorescence of the planes that do not drive the BCI (multi-plane acquisition,
+  docs/PLANES.md). Its own socket, drained last, so it can never crowd out the BCI plane's frames.
 * events  — everything rare and important (trial events, calibration, rewards, licks, link, acquisition
   status, lifecycle, heartbeats, warnings, control). Large RCVHWM so none is lost behind frames.
 
@@ -31,6 +33,7 @@ from rig.core.schema import (
     Lick,
     LinkState,
     Message,
+    PlaneFluor,
     Preview,
     RewardOutcome,
     TrialEvent,
@@ -38,6 +41,7 @@ from rig.core.schema import (
 
 FRAME_TOPICS = (FluorFrame.topic, Decision.topic)
 PREVIEW_TOPICS = (Preview.topic,)
+PLANE_TOPICS = (PlaneFluor.topic,)
 EVENT_TOPICS = (b"sys.", TrialEvent.topic, CalibrationResult.topic, RewardOutcome.topic, Lick.topic,
                 LinkState.topic, AcqStatus.topic)
 
@@ -78,7 +82,8 @@ class BusReader:
         self.events = Subscriber(ctx, endpoints, EVENT_TOPICS, rcvhwm=cfg.event_rcvhwm, keys=keys)
         self.preview = Subscriber(ctx, endpoints, PREVIEW_TOPICS, rcvhwm=cfg.preview_rcvhwm, keys=keys)
         self.frames = Subscriber(ctx, endpoints, FRAME_TOPICS, rcvhwm=cfg.frame_rcvhwm, keys=keys)
-        self._subs = (self.events, self.preview, self.frames)
+        self.planes = Subscriber(ctx, endpoints, PLANE_TOPICS, rcvhwm=cfg.frame_rcvhwm, keys=keys)
+        self._subs = (self.events, self.preview, self.frames, self.planes)
         self.received = 0
         self.budget_exhausted = 0  # pumps that stopped on the time budget with input still waiting
 
@@ -96,18 +101,20 @@ class BusReader:
         return next((sub.last_error for sub in self._subs if sub.last_error), "")
 
     def pump(self, sink: Callable[[Message], None]) -> int:
-        """Hand waiting messages to ``sink`` (events first, newest preview, then frames) within the budget."""
+        """Hand waiting messages to ``sink`` (events first, the newest preview of each plane, frames, then the
+        other planes' fluorescence) within the budget."""
         deadline = time.perf_counter() + self._budget_s
         count = self._drain(self.events, sink, deadline)
-        newest: Message | None = None
+        newest: dict[int, Message] = {}
         msg = self.preview.recv(0)
         while msg is not None:
-            newest = msg
+            newest[getattr(msg, "plane", 0)] = msg
             msg = self.preview.recv(0)
-        if newest is not None:
-            sink(newest)
+        for msg in newest.values():
+            sink(msg)
             count += 1
         count += self._drain(self.frames, sink, deadline)
+        count += self._drain(self.planes, sink, deadline)
         self.received += count
         return count
 

@@ -20,6 +20,7 @@ import numpy as np
 from PyQt6 import QtCore, QtGui, QtWidgets
 
 from gui.commands import CommandReply
+from gui.plane_console import PlaneConsole
 from gui.progress import baseline_countdown
 from gui.rings import ColumnRing
 from gui.rois import RoiLoadError, RoiOutlines, load_roi_outlines
@@ -101,6 +102,13 @@ class MainWindow(QtWidgets.QMainWindow):
         self.pick_button.clicked.connect(lambda: self.open_picker())
         self.picker_window: QtWidgets.QWidget | None = None
         header.addWidget(self.pick_button)
+        self.links_button = QtWidgets.QPushButton("Links…")
+        self.links_button.setToolTip("the link editor: which dendrite (other planes) belongs to which soma (BCI "
+                                     "plane); saved into the plane folders the config names, for the next session")
+        self.links_button.clicked.connect(lambda: self.open_links())
+        self.links_button.setVisible(False)  # shown once the rig images several planes
+        self.links_window: QtWidgets.QWidget | None = None
+        header.addWidget(self.links_button)
         header.addWidget(self.controls.close_valve)  # the emergency button: always in sight
 
         # Columns: field of view over the controls | plots | health; each scrolls rather than being cut off.
@@ -152,6 +160,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.fov.apply_requested.connect(self._apply_ensembles)
         self.fov.revert_requested.connect(self._revert_ensembles)
         self.fov.load_requested.connect(self._choose_roi_folder)
+        self.planes = PlaneConsole(self.model, self.fov)  # other imaging planes: nothing with one plane
         session.on_reply(self._on_reply)
 
         self._snapshots_seen = 0
@@ -184,6 +193,8 @@ class MainWindow(QtWidgets.QMainWindow):
             p = m.preview
             self.fov.set_live(p.image, p.dy, p.dx, p.corr, p.frame)
             self.zplot.add(p.frame, p.z_um)
+        if self.planes.tick() and self.links_button.isHidden():
+            self.links_button.setVisible(True)
         if m.roles.version != self._roles_drawn:
             self._roles_drawn = m.roles.version
             self.fov.update_roles(m.roles, m.selected_roi)
@@ -354,6 +365,22 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         self.picker_window.resize(1200, 700)
         self.picker_window.show()
+        return True
+
+    def open_links(self) -> bool:
+        """The link editor in its own window (:func:`gui.link_editor.live_link_editor`); False and a message in
+        the status bar when there is nothing to link."""
+        from gui.link_editor import live_link_editor  # noqa: PLC0415 - only when it is opened
+        from gui.link_set import LinkSetError  # noqa: PLC0415
+
+        try:
+            self.links_window = live_link_editor(self.model.session_dir or None, self.model.config)
+        except LinkSetError as exc:
+            self.statusBar().showMessage(f"Links: {exc}", 10_000)
+            return False
+        self.links_window.saved.connect(lambda _folders: self.planes.reload())  # the session's own: redraw
+        self.links_window.resize(1100, 600)
+        self.links_window.show()
         return True
 
     def _on_roi_clicked(self, roi: int) -> None:

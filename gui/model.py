@@ -23,6 +23,7 @@ import numpy as np
 
 from gui.config import GuiConfig
 from gui.labels import CodeNames
+from gui.planes_model import PlanesState, plane_settings
 from gui.rings import ColumnRing
 from gui.roles import RoleEdit
 from rig.core.codes import Mode
@@ -37,6 +38,7 @@ from rig.core.schema import (
     Lick,
     LinkState,
     Message,
+    PlaneFluor,
     Preview,
     ProcessError,
     RewardOutcome,
@@ -127,7 +129,8 @@ class ConsoleModel:
         self.warnings_total = 0  # warnings ever added (the deque keeps the newest)
         self.events: deque[str] = deque(maxlen=200)
         self.events_total = 0
-        self.preview: PreviewState | None = None
+        self.preview: PreviewState | None = None  # the BCI plane's; the other planes' in ``planes``
+        self.planes = PlanesState()
         self.preview_count = 0
         self.acq_status: AcqStatus | None = None
         self.link_state = "unknown"
@@ -168,6 +171,7 @@ class ConsoleModel:
             CalibrationResult: self._on_calibration, RewardOutcome: self._on_reward, Lick: self._on_lick,
             LinkState: self._on_link, Heartbeat: self._on_heartbeat, StateChange: self._on_state,
             RigWarning: self._on_rig_warning, ProcessError: self._on_process_error, Control: self._on_control,
+            PlaneFluor: self.planes.on_fluor,
         }
 
     # ------------------------------------------------------------------ ingest
@@ -228,6 +232,9 @@ class ConsoleModel:
         self._stamp(t)
 
     def _on_preview(self, msg: Preview) -> None:
+        if msg.plane != plane_settings(self.config)[1]:  # another plane than the BCI plane's (docs/PLANES.md)
+            self.planes.on_preview(msg)
+            return
         # The image is a read-only view of the received frame; keeping only the newest bounds memory.
         self.preview = PreviewState(image=msg.image, frame=msg.frame, dy=msg.dy, dx=msg.dx, corr=msg.corr,
                                     z_um=msg.z_um)

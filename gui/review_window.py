@@ -13,7 +13,10 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtCore, QtGui, QtWidgets
 
+from gui.plane_rois import session_plane_folders
+from gui.planes_model import plane_settings
 from gui.review import PROTOCOL_EVENTS, ReviewSession, load_rois_for_review
+from gui.rois import RoiLoadError, load_roi_outlines
 from gui.roles import RoleEdit
 from gui.widgets.fov import FovWidget
 from gui.widgets.plots import state_shading
@@ -179,6 +182,17 @@ class ReviewWindow(QtWidgets.QMainWindow):
         self.pick_button.clicked.connect(self.open_picker)
         picker.addWidget(self.pick_button)
         self.picker_window: QtWidgets.QWidget | None = None
+        # several imaging planes: the other planes beside the BCI plane, and the link editor on this session
+        _, self.bci_plane = plane_settings(review.config)
+        self.plane_folders = {p: f for p, f in session_plane_folders(review.folder, self.bci_plane).items()
+                              if p != self.bci_plane}
+        self.links_button = QtWidgets.QPushButton("Links…")
+        self.links_button.setToolTip("draw which dendrite belongs to which soma; saved into this session's "
+                                     "acquisition/planes/planeK/rois (what rig dendrites reads)")
+        self.links_button.setVisible(bool(self.plane_folders))
+        self.links_button.clicked.connect(self.open_links)
+        picker.addWidget(self.links_button)
+        self.links_window: QtWidgets.QWidget | None = None
         left = QtWidgets.QWidget()
         left_layout = QtWidgets.QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
@@ -213,6 +227,9 @@ class ReviewWindow(QtWidgets.QMainWindow):
         else:
             self.fov.show_stills(None)
             self.fov.show_roi_problem(f"no field of view: {problem} — pick ROIs by number below")
+        if self.plane_folders:
+            self.fov.set_planes([self.bci_plane, *self.plane_folders], self.bci_plane)
+            self.show_planes()
         self.fov.roi_clicked.connect(self.select_roi)
         self.roi_spin.valueChanged.connect(self.select_roi)
         if review.n_rois:
@@ -231,6 +248,39 @@ class ReviewWindow(QtWidgets.QMainWindow):
             return
         self.picker_window.resize(1200, 700)
         self.picker_window.show()
+
+    def show_planes(self) -> None:
+        """Every other plane's ROIs (by kind, with their links) over its mean image or reference."""
+        only_cells = bool(((self.review.config.get("acquisition") or {}).get("rois") or {}).get("only_cells", True))
+        n_somata = self.rois.n_stat if self.rois is not None else None
+        problems = []
+        for plane, folder in self.plane_folders.items():
+            try:
+                rois = load_roi_outlines(folder, only_cells=only_cells, n_somata=n_somata)
+            except RoiLoadError as exc:
+                problems.append(str(exc))
+                continue
+            self.fov.set_plane_rois(plane, rois)
+            self.fov.plane_views[plane].mean = rois.mean_image
+            self.fov.plane_views[plane].redraw(self.fov.showing)
+        if problems:
+            self.notes.setText("; ".join([*self.review.notes, *problems]))
+            self.notes.setVisible(True)
+
+    def open_links(self) -> None:
+        """The link editor (:mod:`gui.link_editor`) on this session's planes; its saves redraw the planes here."""
+        from gui.link_editor import open_link_editor  # noqa: PLC0415
+        from gui.link_set import LinkSetError  # noqa: PLC0415
+
+        try:
+            self.links_window = open_link_editor([str(self.review.folder)])
+        except LinkSetError as exc:
+            self.notes.setText(str(exc))
+            self.notes.setVisible(True)
+            return
+        self.links_window.saved.connect(lambda _folders: self.show_planes())
+        self.links_window.resize(1100, 600)
+        self.links_window.show()
 
     def select_roi(self, roi: int) -> None:
         """Show ROI ``roi``: outline highlighted, its traces plotted."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gui.plane_rois import KIND_FILE, PARENT_FILE, RoiKindError, read_kinds, write_kinds
 from rig.core.safe_npy import NpyFileError, load_npy
 
 #: neuropil ring: from this many pixels outside the cell, with at least this many pixels (suite2p's defaults)
@@ -40,6 +41,10 @@ class RoiFolder:
     mean_img: np.ndarray
     max_img: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    # per stat row: kind (0 soma, 1 dendrite) and the parent soma's row in the BCI plane's stat.npy (-1 none),
+    # from roi_kind.npy / roi_parent.npy (docs/PLANES.md); None: the folder has neither file
+    kind: np.ndarray | None = None
+    parent: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -100,7 +105,13 @@ def load_roi_folder(folder: str | Path) -> RoiFolder:
         stat = [dict(s) for s in _load(plane / "stat.npy", True)]
         iscell = np.asarray(_load(plane / "iscell.npy", False), np.float64).reshape(len(stat), -1)[:, :2] \
             if (plane / "iscell.npy").is_file() else np.ones((len(stat), 2))
-    return RoiFolder(plane, stat, iscell, ops, Ly, Lx, fs, mean, max_img)
+    kind = parent = None
+    if (plane / KIND_FILE).is_file() or (plane / PARENT_FILE).is_file():
+        try:
+            kind, parent = read_kinds(plane, len(stat))
+        except RoiKindError as exc:
+            raise RoiFolderError(str(exc)) from exc
+    return RoiFolder(plane, stat, iscell, ops, Ly, Lx, fs, mean, max_img, kind=kind, parent=parent)
 
 
 def disk_roi(cy: float, cx: float, radius: float, Ly: int, Lx: int) -> dict:
@@ -127,6 +138,20 @@ def moved_roi(roi: dict, dy: int, dx: int, Ly: int, Lx: int) -> dict:
     out.update(ypix=ypix[keep].astype(np.int32), xpix=xpix[keep].astype(np.int32), lam=lam,
                med=[int(np.median(ypix[keep])), int(np.median(xpix[keep]))], npix=int(keep.sum()), manual=True)
     return out
+
+
+def add_row_kind(rf: RoiFolder) -> None:
+    """A ROI was appended to ``rf.stat``: a soma without a parent, when the folder has kinds."""
+    if rf.kind is not None and rf.parent is not None:
+        rf.kind = np.append(rf.kind, np.int8(0))
+        rf.parent = np.append(rf.parent, np.int32(-1))
+
+
+def delete_row_kind(rf: RoiFolder, row: int) -> None:
+    """Stat row ``row`` was deleted: its kind and parent go with it."""
+    if rf.kind is not None and rf.parent is not None:
+        rf.kind = np.delete(rf.kind, row)
+        rf.parent = np.delete(rf.parent, row)
 
 
 def _movie(rf: RoiFolder) -> np.ndarray | None:
@@ -189,6 +214,11 @@ def save_rois(rf: RoiFolder) -> None:
     arr[:] = rf.stat
     np.save(rf.plane / "stat.npy", arr, allow_pickle=True)
     np.save(rf.plane / "iscell.npy", np.asarray(rf.iscell, np.float32).reshape(rf.n, 2))
+    if rf.kind is not None and rf.parent is not None:  # kept aligned with stat.npy through the edits
+        try:
+            write_kinds(rf.plane, rf.kind, rf.parent, None)
+        except RoiKindError as exc:
+            raise RoiFolderError(str(exc)) from exc
     for stale in ("spks.npy",):
         (rf.plane / stale).unlink(missing_ok=True)
     if _movie(rf) is not None and rf.n:

@@ -22,7 +22,17 @@ from PyQt6 import QtCore, QtWidgets
 
 from gui.ensemble_file import ConfigWriteError, write_choice
 from gui.ranking import CellStats, EnsembleChoiceError, RankSettings, cell_stats, check_choice, problems, suggest
-from gui.roi_folder import RoiFolder, RoiFolderError, disk_roi, load_roi_folder, moved_roi, save_rois, traces
+from gui.roi_folder import (
+    RoiFolder,
+    RoiFolderError,
+    add_row_kind,
+    delete_row_kind,
+    disk_roi,
+    load_roi_folder,
+    moved_roi,
+    save_rois,
+    traces,
+)
 
 ROLE_PEN = {"up": (80, 220, 120), "down": (255, 160, 40), "cell": (235, 235, 235), "other": (120, 120, 120)}
 MODES = ("pick", "draw", "move", "delete")
@@ -194,12 +204,14 @@ class RoiPicker(QtWidgets.QWidget):
                 new = disk_roi(y, x, self.diameter_px / 2.0, f.Ly, f.Lx)
                 f.stat.append(new)
                 f.iscell = np.vstack([f.iscell.reshape(-1, 2), [[1.0, 1.0]]])
+                add_row_kind(f)
                 self.selected = new
                 self._edited(f"drew ROI at ({y:.0f}, {x:.0f}), {new['npix']} px")
             elif mode == "delete" and roi is not None:
                 k = next(i for i, s in enumerate(f.stat) if s is roi)
                 del f.stat[k]
                 f.iscell = np.delete(f.iscell, k, axis=0)
+                delete_row_kind(f, k)
                 self.up.discard(id(roi))
                 self.down.discard(id(roi))
                 self._edited(f"deleted ROI (stat row {k})")

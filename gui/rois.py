@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gui.plane_rois import RoiKindError, read_kinds
 from rig.core.safe_npy import NpyFileError, load_npy
 
 
@@ -32,6 +33,12 @@ class RoiOutlines:
     reference: np.ndarray | None = None
     mean_image: np.ndarray | None = None  # ops.npy meanImg, when the folder has one (suite2p's mean image)
     notes: list[str] = field(default_factory=list)
+    # per shown ROI: its stat.npy row, kind (gui.plane_rois: 0 soma, 1 dendrite) and parent soma's row in the
+    # BCI plane's stat.npy (-1 none); n_stat: rows in stat.npy (the kind files' length)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    parent: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    n_stat: int = 0
 
     @property
     def n(self) -> int:
@@ -82,7 +89,7 @@ def outline_pixels(ypix: np.ndarray, xpix: np.ndarray, thickness: int = 1) -> tu
 
 
 def load_roi_outlines(folder: str | Path, *, only_cells: bool = False, first_n: int | None = None,
-                      frame_shape: tuple[int, int] | None = None) -> RoiOutlines:
+                      frame_shape: tuple[int, int] | None = None, n_somata: int | None = None) -> RoiOutlines:
     """Read ``stat.npy`` (and the reference image, when present) from a suite2p plane folder.
 
     ``first_n``: keep only the first n ROIs. The rig's own ``acquisition/rois`` folder lists the ROIs
@@ -90,6 +97,8 @@ def load_roi_outlines(folder: str | Path, *, only_cells: bool = False, first_n: 
     so the first n (n = ROIs per FluorFrame) are exactly the rig's ROI indices 0..n-1.
     ``only_cells``: keep the ROIs ``iscell.npy`` marks as cells, as the rig does with
     ``acquisition.rois.only_cells`` when it reads a suite2p folder.
+    Kinds and links (``roi_kind.npy``/``roi_parent.npy``) are read and checked too; ``n_somata``: the BCI plane's
+    ``stat.npy`` length, the range of a dendrite's parent (``None``: not checked).
     """
     folder = Path(folder)
     stat_path = folder / "stat.npy"
@@ -99,12 +108,19 @@ def load_roi_outlines(folder: str | Path, *, only_cells: bool = False, first_n: 
     if stat.ndim != 1:
         raise RoiLoadError(f"{stat_path}: expected a list of ROIs, got an array of shape {stat.shape}")
     notes: list[str] = []
+    n_stat = len(stat)
+    try:
+        kind, parent = read_kinds(folder, n_stat, n_somata)
+    except RoiKindError as exc:
+        raise RoiLoadError(str(exc)) from exc
+    rows = np.arange(n_stat)
     if first_n is not None:
         if first_n > len(stat):
             raise RoiLoadError(f"{stat_path}: {len(stat)} ROIs, but the rig extracts {first_n}")
         if first_n < len(stat):
             notes.append(f"{len(stat) - first_n} excluded ROIs not shown")
         stat = stat[:first_n]
+        rows = rows[:first_n]
     if only_cells:
         iscell_path = folder / "iscell.npy"
         if not iscell_path.exists():
@@ -112,6 +128,7 @@ def load_roi_outlines(folder: str | Path, *, only_cells: bool = False, first_n: 
         iscell = _load_npy(iscell_path, "iscell.npy", allow_objects=False)
         keep = np.asarray(iscell).reshape(len(stat), -1)[:, 0] > 0.5
         stat = [s for s, k in zip(stat, keep, strict=True) if k]
+        rows = rows[keep]
         notes.append(f"kept the {len(stat)} ROIs marked as cells in iscell.npy")
     ops = _ops_dict(folder)
     reference = None
@@ -156,4 +173,5 @@ def load_roi_outlines(folder: str | Path, *, only_cells: bool = False, first_n: 
         outline_x.append(ox)
         centers[i] = (np.median(ypix), np.median(xpix))
     return RoiOutlines(folder=folder, shape=(Ly, Lx), label=label, outline_y=outline_y, outline_x=outline_x,
-                       centers=centers, reference=reference, mean_image=mean_image, notes=notes)
+                       centers=centers, reference=reference, mean_image=mean_image, notes=notes, rows=rows,
+                       kind=kind[rows], parent=parent[rows], n_stat=n_stat)

@@ -7,6 +7,8 @@
   (vectorized / scalar / none; docs/SIMULATOR.md); :mod:`acquisition.sim.calcium` is GCaMP (Hill binding).
 * :class:`acquisition.sim.neuropil.NeuropilField` is neuropil that follows the cells near each place.
 * :class:`acquisition.sim.traces.TraceSim` gives per-ROI F/Fneu without images, for fast loop tests.
+* :mod:`acquisition.sim.dendrites` (``n_planes = 2``): apical dendrites whose events carry the learning rule's
+  own instructive signal; :mod:`acquisition.sim.dendrite_plane` renders them as plane 1.
 * :class:`acquisition.sim.source.SimSource` is the scope as a real-time frame source.
 * :mod:`acquisition.sim.config` holds the ``[acquisition.sim]`` table (``SimConfig``, ``MouseConfig``).
 

@@ -108,10 +108,51 @@ class MouseConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(f"`learning_rule`: must be one of {LEARNING_RULES} (got {self.learning_rule!r})")
 
 
+class DendriteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Plane 1 of a two-plane sim (``n_planes = 2``): the apical dendrites of the plane-0 neurons.
+
+    Dendritic calcium = back-propagating somatic spikes (attenuated) + dendrite-specific events whose rate
+    follows the learning rule's own instructive signal (docs/SIMULATOR.md, "Dendrites"):
+    ``rate_i = event_rate_hz * max(0, 1 + instructive_gain * tanh(s_i / scale))``, ``s_i`` the cell's signal
+    low-passed over ``instructive_tau_s`` and ``scale`` its running RMS over all dendrites (``scale_tau_s``).
+    """
+
+    depth_um: float = 120.0  # plane 1 lies this far above plane 0 (the apical tuft, more superficial)
+    fraction: float = 0.7  # of the cells outside the initial ensembles, those with a dendrite on plane 1
+    offset_px: float = 6.0  # sd of a dendrite's x-y offset from its soma (the apical trunk's tilt)
+    radius_px: float = 2.5  # cross-section radius
+    radius_cv: float = 0.2
+    brightness: float = 0.6  # baseline brightness relative to its soma's
+    brightness_log_sd: float = 0.25
+    neuropil_photons: float = 1.0  # plane 1's neuropil (per pixel per frame)
+    bap_attenuation: float = 0.5  # a back-propagating spike brings this many spikes' worth of calcium
+    decay_scale: float = 0.6  # dendritic calcium decays in this fraction of the indicator's somatic decay
+    event_rate_hz: float = 0.1  # dendrite-specific (plateau) events per second at zero instructive signal
+    event_amplitude: float = 3.0  # one event's calcium, in spike-equivalents (mean)
+    event_amplitude_cv: float = 0.3  # its spread (log-normal)
+    instructive_gain: float = 1.0  # modulation depth of the event rate by the instructive signal
+    instructive_tau_s: float = 0.5  # low-pass of the signal before it sets the rate (0: none)
+    scale_tau_s: float = 120.0  # memory of the signal's running RMS (its unit-free scale)
+
+    def __post_init__(self) -> None:
+        for name in ("radius_px", "brightness", "decay_scale", "event_amplitude", "scale_tau_s"):
+            _positive(f"dendrites.{name}", getattr(self, name))
+        for name in ("depth_um", "offset_px", "radius_cv", "brightness_log_sd", "neuropil_photons",
+                     "bap_attenuation", "event_rate_hz", "event_amplitude_cv", "instructive_gain",
+                     "instructive_tau_s"):
+            _non_negative(f"dendrites.{name}", getattr(self, name))
+        _fraction("dendrites.fraction", self.fraction)
+        if self.radius_px > 10:
+            raise ValueError(f"`dendrites.radius_px`: a dendrite cross-section of {self.radius_px} px is not a "
+                             "dendrite (must be <= 10)")
+
+
 class SimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The simulated scope: field of view, cells, indicator, photon detection, motion, timing."""
 
     seed: int = 0
+    # 1: somata only; 2: plane 0 = somata, plane 1 = their apical dendrites (``dendrites``; docs/SIMULATOR.md)
+    n_planes: int = 1
     realtime: bool = True  # pace frames at the frame rate; False = as fast as possible
     max_lag_frames: int = 3  # a consumer further behind than this in real time loses frames
     height_px: int = 512
@@ -167,8 +208,12 @@ class SimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     day_dx_px: float = 0.0
     day_rotation_deg: float = 0.0
     mouse: MouseConfig = msgspec.field(default_factory=MouseConfig)
+    dendrites: DendriteConfig = msgspec.field(default_factory=DendriteConfig)
 
     def __post_init__(self) -> None:
+        if self.n_planes not in (1, 2):
+            raise ValueError(f"`n_planes`: the simulator images 1 plane (somata) or 2 (somata and their apical "
+                             f"dendrites) (got {self.n_planes})")
         for name in ("height_px", "width_px", "n_cells", "noise_bank_frames", "history_max_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}`: must be >= 1 (got {getattr(self, name)})")

@@ -14,6 +14,14 @@ Layout of an export folder (``write_ground_truth`` writes the last two lines, ``
     ground_truth.npz                 true shifts, F, dF/F, spikes, bleaching, focal depth z_um per frame;
                                      day_transform (dy, dx, rotation_deg, scale), pixel_size_um
     zstack.tif                       (with --zstack) ImageJ z-stack centred on the focal plane, spacing in um
+
+Plane 1 of a two-plane sim (``write_ground_truth(..., plane=1)``, into its own folder; ``export_movie`` uses
+``plane1/`` of the export folder and adds its ``movie.tif`` and ``suite2p/plane1/data.bin``)::
+
+    suite2p/plane1/{stat,iscell,ops}.npy   the dendrite ROIs (ROI j == dendrite j)
+    suite2p/plane1/roi_kind.npy      int8, all 1 (dendrite); roi_parent.npy int32: the soma's index in plane 0
+    ground_truth.npz                 per volume and dendrite: F_true, dff_true, dff_bap (the back-propagated
+                                     spikes' part), events, instructive, event_rate_hz; parent, centers, radii...
 """
 
 from __future__ import annotations
@@ -125,13 +133,19 @@ def suite2p_ops(scope: SimScope, mean_img: np.ndarray | None = None, n_frames: i
 
 
 def write_ground_truth(
-    scope: SimScope, folder: str | Path, n_frames: int | None = None, mean_img: np.ndarray | None = None
+    scope: SimScope, folder: str | Path, n_frames: int | None = None, mean_img: np.ndarray | None = None,
+    plane: int = 0,
 ) -> Path:
     """Write ``suite2p/plane0/{stat,iscell,ops}.npy`` and ``ground_truth.npz`` under ``folder``.
 
     ``n_frames`` (default: all generated so far) selects how much of the per-frame truth to write.
-    Returns the ``plane0`` folder.
+    Returns the ``plane0`` folder. ``plane = 1``: the dendrites instead (:func:`write_dendrite_truth`).
     """
+    if plane == 1:
+        return write_dendrite_truth(scope, folder, n_frames, mean_img)
+    if plane != 0:
+        raise ValueError(f"ground truth for plane {plane} requested; the simulated scope images planes "
+                         f"0..{scope.cfg.n_planes - 1}")
     folder = Path(folder)
     plane = folder / "suite2p" / "plane0"
     plane.mkdir(parents=True, exist_ok=True)
@@ -162,6 +176,102 @@ def write_ground_truth(
     return plane
 
 
+def write_dendrite_truth(
+    scope: SimScope, folder: str | Path, n_frames: int | None = None, mean_img: np.ndarray | None = None
+) -> Path:
+    """Plane 1: ``suite2p/plane1/{stat,iscell,ops,roi_kind,roi_parent}.npy`` and ``ground_truth.npz`` under
+    ``folder``; ``roi_parent`` is each dendrite's soma as a row of plane 0's ``stat.npy``. Returns ``plane1``."""
+    if scope.plane1 is None or scope.dendrites is None:
+        raise ValueError("ground truth for plane 1 requested, but the simulated scope images one plane "
+                         "(set [acquisition.sim] n_planes = 2)")
+    folder = Path(folder)
+    out = folder / "suite2p" / "plane1"
+    out.mkdir(parents=True, exist_ok=True)
+    n = scope.frames_recorded if n_frames is None else int(n_frames)
+    truth = scope.dendrite_truth(n)
+    layout = scope.dendrites.layout
+    Ly, Lx = scope.shape
+    counts = np.zeros((Ly, Lx), np.int32)
+    for ypix, xpix, _ in scope.plane1.footprints:
+        counts[ypix, xpix] += 1
+    stat = []
+    for j, (ypix, xpix, lam) in enumerate(scope.plane1.footprints):
+        cy, cx = layout.centers[j]
+        med = [int(np.clip(round(cy), 0, Ly - 1)), int(np.clip(round(cx), 0, Lx - 1))]
+        stat.append({"ypix": ypix.copy(), "xpix": xpix.copy(), "lam": lam.copy(), "med": med, "npix": int(ypix.size),
+                     "npix_soma": int(ypix.size), "radius": float(layout.radius[j]), "compact": 1.0,
+                     "soma_crop": np.ones(ypix.size, bool), "overlap": counts[ypix, xpix] > 1, "inmerge": 0})
+    nd = layout.n
+    np.save(out / "stat.npy", np.array(stat, dtype=object), allow_pickle=True)
+    np.save(out / "iscell.npy", np.ones((nd, 2), np.float32))
+    np.save(out / "roi_kind.npy", np.ones(nd, np.int8))
+    np.save(out / "roi_parent.npy", layout.parent.astype(np.int32))
+    ops = suite2p_ops(scope, mean_img, n)
+    ref = scope.plane1.expected_image()
+    ops.update(refImg=ref, meanImg=ref if mean_img is None else mean_img.astype(np.float32), iplane=1,
+               diameter=[2.0 * scope.cfg.dendrites.radius_px] * 2)
+    ops["sim"]["plane"] = 1
+    np.save(out / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
+    np.savez_compressed(
+        folder / "ground_truth.npz",
+        plane=np.int64(1),
+        frame_rate_hz=np.float64(scope.frame_rate_hz),
+        n_frames=np.int64(n),
+        history_truncated=np.bool_(scope.history_truncated),
+        parent=layout.parent.astype(np.int32),
+        centers=layout.centers.astype(np.float32),
+        radii=layout.radius.astype(np.float32),
+        brightness=layout.brightness.astype(np.float32),
+        depth_um=np.float64(layout.depth_um),
+        up=np.flatnonzero(scope.mouse.role > 0),
+        down=np.flatnonzero(scope.mouse.role < 0),
+        rule=np.str_(scope.cfg.mouse.learning_rule),
+        pixel_size_um=np.float64(scope.cfg.pixel_size_um),
+        **truth,
+    )
+    return out
+
+
+class _PlaneWriter:
+    """One plane's movie as a multi-page TIFF and a suite2p int16 binary, with its mean image."""
+
+    def __init__(self, tif_path: Path, bin_path: Path, shape: tuple[int, int], n_frames: int, fps: float) -> None:
+        self.tif_path, self.bin_path = tif_path, bin_path
+        self.frame = np.empty(shape, np.uint16)
+        self._as_int16 = np.empty(shape, np.int16)
+        self._clip = np.empty(shape, np.uint16)
+        self._mean = np.zeros(shape, np.float64)
+        self._fps = fps
+        self.written = 0
+        self.clipped = 0
+        self._tif = tifffile.TiffWriter(tif_path, bigtiff=n_frames * self.frame.nbytes > 3_900_000_000)
+        self._bin = open(bin_path, "wb")  # noqa: SIM115 (closed in close())
+
+    def write(self) -> None:
+        frame = self.frame
+        self._mean += frame
+        self._tif.write(frame, contiguous=True, metadata={"fps": self._fps} if self.written == 0 else None)
+        np.minimum(frame, _INT16_MAX, out=self._clip)
+        self.clipped += int(np.count_nonzero(frame > _INT16_MAX))
+        np.copyto(self._as_int16, self._clip, casting="unsafe")
+        self._bin.write(self._as_int16.tobytes())
+        self.written += 1
+
+    def close(self) -> None:
+        self._tif.close()
+        self._bin.close()
+
+    def mean_image(self) -> np.ndarray:
+        return (self._mean / max(self.written, 1)).astype(np.float32)
+
+    def finish_ops(self, plane: Path) -> None:
+        ops = load_npy(plane / "ops.npy").item()
+        ops["reg_file"] = str(self.bin_path.resolve())
+        ops["save_path"] = str(plane.resolve())
+        ops["tiff"] = str(self.tif_path.resolve())
+        np.save(plane / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
+
+
 def export_movie(
     cfg: SimConfig,
     out_dir: str | Path,
@@ -177,50 +287,49 @@ def export_movie(
     """Render ``n_frames`` frames as fast as possible into ``out_dir``; return a summary dict.
 
     ``zstack``: also write ``zstack.tif``, planes from ``-zstack_range_um`` to ``+zstack_range_um`` around the
-    focal plane (see :func:`write_zstack`).
+    focal plane (see :func:`write_zstack`). With ``n_planes = 2`` plane 1 (the dendrites) goes to
+    ``out_dir/plane1/`` (``movie.tif``, ``suite2p/plane1/``, ``ground_truth.npz``); ``n_frames`` counts volumes.
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1 (got {n_frames})")
     out = Path(out_dir)
     plane = out / "suite2p" / "plane0"
     plane.mkdir(parents=True, exist_ok=True)
-    tif_path = out / "movie.tif"
-    bin_path = plane / "data.bin"
     t_start = time.perf_counter()
     scope = SimScope(cfg, frame_rate_hz, up=up, down=down)
-    frame = np.empty(scope.shape, np.uint16)
-    as_int16 = np.empty(scope.shape, np.int16)
-    clip_buf = np.empty(scope.shape, np.uint16)
-    mean_acc = np.zeros(scope.shape, np.float64)
-    clipped = 0
+    writers = [_PlaneWriter(out / "movie.tif", plane / "data.bin", scope.shape, n_frames, frame_rate_hz)]
+    plane1 = out / "plane1" / "suite2p" / "plane1"
+    if scope.plane1 is not None:
+        plane1.mkdir(parents=True, exist_ok=True)
+        writers.append(_PlaneWriter(out / "plane1" / "movie.tif", plane1 / "data.bin", scope.shape, n_frames,
+                                    frame_rate_hz))
     render_s = 0.0
-    bigtiff = n_frames * frame.nbytes > 3_900_000_000
-    with (
-        tifffile.TiffWriter(tif_path, bigtiff=bigtiff) as tif,
-        open(bin_path, "wb") as binary,
-        tqdm(total=n_frames, desc="rig sim export", unit="frame", disable=not progress) as bar,
-    ):
-        for _ in range(n_frames):
-            t0 = time.perf_counter()
-            scope.render(frame)
-            render_s += time.perf_counter() - t0
-            mean_acc += frame
-            tif.write(frame, contiguous=True, metadata={"fps": frame_rate_hz} if _ == 0 else None)
-            np.minimum(frame, _INT16_MAX, out=clip_buf)
-            clipped += int(np.count_nonzero(frame > _INT16_MAX))
-            np.copyto(as_int16, clip_buf, casting="unsafe")
-            binary.write(as_int16.tobytes())
-            bar.update(1)
-    mean_img = (mean_acc / n_frames).astype(np.float32)
-    write_ground_truth(scope, out, n_frames=n_frames, mean_img=mean_img)
-    ops = load_npy(plane / "ops.npy").item()
-    ops["reg_file"] = str(bin_path.resolve())
-    ops["save_path"] = str(plane.resolve())
-    ops["tiff"] = str(tif_path.resolve())
-    np.save(plane / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
+    try:
+        with tqdm(total=n_frames, desc="rig sim export", unit="frame", disable=not progress) as bar:
+            for _ in range(n_frames):
+                t0 = time.perf_counter()
+                scope.render(writers[0].frame)
+                render_s += time.perf_counter() - t0
+                writers[0].write()
+                if len(writers) > 1:
+                    scope.render_dendrites(writers[1].frame)
+                    writers[1].write()
+                bar.update(1)
+    finally:
+        for w in writers:
+            w.close()
+    write_ground_truth(scope, out, n_frames=n_frames, mean_img=writers[0].mean_image())
+    writers[0].finish_ops(plane)
+    summary_plane1 = None
+    if len(writers) > 1:
+        write_ground_truth(scope, out / "plane1", n_frames=n_frames, mean_img=writers[1].mean_image(), plane=1)
+        writers[1].finish_ops(plane1)
+        summary_plane1 = {"dir": str((out / "plane1").resolve()), "tiff": str(writers[1].tif_path),
+                          "binary": str(writers[1].bin_path), "n_dendrites": scope.plane1.layout.n,
+                          "int16_clipped_pixels": writers[1].clipped}
     stack_path = write_zstack(scope, out / "zstack.tif", zstack_range_um, zstack_step_um) if zstack else None
     elapsed = time.perf_counter() - t_start
-    return {
+    summary = {
         "zstack": str(stack_path) if stack_path else None,
         "z_drift_um": cfg.z_drift_um,
         "ok": True,
@@ -231,13 +340,16 @@ def export_movie(
         "seed": cfg.seed,
         "n_cells": scope.n_cells,
         "indicator": cfg.indicator,
-        "tiff": str(tif_path),
-        "binary": str(bin_path),
+        "tiff": str(writers[0].tif_path),
+        "binary": str(writers[0].bin_path),
         "ground_truth": str(out / "ground_truth.npz"),
-        "int16_clipped_pixels": clipped,
+        "int16_clipped_pixels": writers[0].clipped,
         "render_ms_per_frame": 1e3 * render_s / n_frames,
         "seconds": elapsed,
     }
+    if summary_plane1 is not None:
+        summary["plane1"] = summary_plane1
+    return summary
 
 
 def write_zstack(scope: SimScope, path: str | Path, range_um: float = 30.0, step_um: float = 1.0,

@@ -127,6 +127,8 @@ class SimMouse:
         self.forward_model = np.zeros(n_cells)  # w_i: cov(eligibility_i, tone deviation)
         self._model_sq = np.zeros(n_cells)  # its running second moment (for the standard error)
         self.credit = np.zeros(n_cells)  # w_hat_i: the reliable part of w_i, max |w_hat| = 1
+        # per-cell instructive signal of the last step, as the rule computed it (None until track_instructive)
+        self.instructive: np.ndarray | None = None
         self.spikes = np.zeros(n_cells, np.int64)
         self.role = np.zeros(n_cells)  # labels for reports only: never read by a learning rule
         self.bout = 0.0
@@ -171,6 +173,17 @@ class SimMouse:
         self.role[:] = 0.0
         self.role[up_l] = 1.0
         self.role[down_l] = -1.0
+
+    def track_instructive(self) -> np.ndarray:
+        """From now on keep ``instructive``: each cell's instructive (error) signal per step, per second.
+
+        It is the signal the learning rule itself applies, so that ``d drive_i = eta * instructive_i * dt``
+        (vectorized with feedback: ``M * w_hat_i`` during attempts, times the soft bound; without feedback
+        ``dR * e_i / dt``; scalar: the shared reinforcement ``r / dt`` for every cell, times each cell's
+        eligibility in the update; none: 0). Off by default: the mouse pays nothing for it unless asked."""
+        if self.instructive is None:
+            self.instructive = np.zeros(self.n_cells)
+        return self.instructive
 
     def on_reward(self) -> None:
         """A reward was delivered; it is credited at the next ``step`` and starts a lick bout."""
@@ -318,6 +331,9 @@ class SimMouse:
 
         if self._forget != 1.0:
             self.drive_hz *= self._forget
+        instructive = self.instructive
+        if instructive is not None:
+            instructive.fill(0.0)
         rule = cfg.learning_rule
         if rule == "vectorized":
             if cfg.use_feedback and perceived:
@@ -329,12 +345,18 @@ class SimMouse:
                     np.multiply(self.credit, room, out=self._tmp)
                     self._tmp *= cfg.learning_rate_vectorized * self.dt * self.value
                     self.drive_hz += self._tmp
+                    if instructive is not None:
+                        np.multiply(self.credit, self.value, out=instructive)
             elif surprise != 0.0:
                 # no feedback: the only cell-specific signal is each cell's own eligibility at the reward
                 self.drive_hz += cfg.learning_rate_vectorized * surprise * self.eligibility
+                if instructive is not None:
+                    np.multiply(self.eligibility, surprise * self.frame_rate_hz, out=instructive)
             np.clip(self.drive_hz, -cfg.drive_max_hz, cfg.drive_max_hz, out=self.drive_hz)
         elif rule == "scalar":
             reinforcement = surprise + cfg.feedback_gain * self.dt * self.value * deviation
+            if instructive is not None:
+                instructive.fill(reinforcement * self.frame_rate_hz)
             if reinforcement != 0.0:
                 self.drive_hz += cfg.learning_rate_scalar * reinforcement * self.eligibility
                 np.clip(self.drive_hz, -cfg.drive_max_hz, cfg.drive_max_hz, out=self.drive_hz)

@@ -26,6 +26,10 @@ at the edges. Everything that does not change per frame is precomputed:
 Motion convention: ``shifts[t] = (dy, dx)`` is where the content of the reference image appears in frame
 ``t`` (moved down by ``dy`` rows, right by ``dx`` columns); registering the frame means shifting it by
 ``(-dy, -dx)``. This is suite2p's ``yoff``/``xoff`` sign.
+
+Two planes (``n_planes = 2``): one step of biology and motion per *volume*; ``render`` draws plane 0 (the
+somata, exactly as with one plane) and ``render_dendrites`` then draws plane 1 of the same volume
+(:mod:`acquisition.sim.dendrite_plane`); ``truth(plane=1)`` is the dendrites' ground truth.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from acquisition.align import Similarity
 from acquisition.sim.anatomy import build_anatomy, move_anatomy
 from acquisition.sim.calcium import CalciumModel, indicator_preset
 from acquisition.sim.config import SimConfig
+from acquisition.sim.dendrite_plane import DendritePlane
+from acquisition.sim.dendrites import DendriteActivity, build_layout
 from acquisition.sim.depth import DepthModel
 from acquisition.sim.mouse import SimMouse
 from acquisition.sim.neuropil import NeuropilField
@@ -107,6 +113,16 @@ class SimScope:
         self._history: dict[str, np.ndarray] = {}
         self._history_len = 0
         self.history_truncated = False
+        self._last_info = FrameInfo(number=-1, scope_time_s=0.0, dy=0.0, dx=0.0)
+        # plane 1 (n_planes = 2): the apical dendrites, from their own random streams
+        self.dendrites: DendriteActivity | None = None
+        self.plane1: DendritePlane | None = None
+        self._dend_history: dict[str, np.ndarray] = {}
+        if cfg.n_planes == 2:
+            centers = np.array([c.center for c in self.anatomy.cells], float).reshape(-1, 2)
+            layout = build_layout(cfg, centers, self.brightness, up, down)
+            self.dendrites = DendriteActivity(cfg, layout, self.mouse, frame_rate_hz)
+            self.plane1 = DendritePlane(self, layout, self.dendrites)
 
     # ------------------------------------------------------------ precomputation
 
@@ -158,6 +174,7 @@ class SimScope:
         cfg = self.cfg
         Ly, Lx = self.shape
         k = cfg.noise_bank_frames
+        self.noise_pad = _NOISE_PAD
         shape = (k, Ly + _NOISE_PAD, Lx + _NOISE_PAD)
         rng = self._noise_rng
         self._shot_bank = rng.standard_normal(shape, dtype=np.float32)
@@ -234,6 +251,8 @@ class SimScope:
             self._refill_random()
         spikes = self.mouse.step()
         dff = self.calcium.step(spikes)
+        if self.dendrites is not None:
+            self.dendrites.step(spikes)
         level = self.neuropil_field.step(dff)  # the field's mean level; render() uses it per pixel
         b = self.bleach_factor(self.frames_generated)
         self._step_motion(self._z_motion[self._block_i])
@@ -243,6 +262,8 @@ class SimScope:
         self._F_true += self.brightness
         self._F_true *= b
         self._record(spikes, b)
+        if self.dendrites is not None and not self.history_truncated:
+            self._record_dendrites(self._history_len - 1, b)
         return dff, level, b
 
     def skip(self) -> FrameInfo:
@@ -275,7 +296,22 @@ class SimScope:
         t = number / self.frame_rate_hz + self.cfg.timestamp_jitter_s * float(z[0]) * 0.5
         self._block_i += 1
         self.frames_generated += 1
-        return FrameInfo(number=number, scope_time_s=t, dy=float(self._shift[0]), dx=float(self._shift[1]))
+        self._last_info = FrameInfo(number=number, scope_time_s=t, dy=float(self._shift[0]), dx=float(self._shift[1]))
+        return self._last_info
+
+    def render_dendrites(self, out: np.ndarray) -> FrameInfo:
+        """Plane 1 (the dendrites) of the volume the last ``render``/``skip`` advanced, into ``out``; its
+        number is that volume's, its time half a volume later (scanned after plane 0)."""
+        if self.plane1 is None:
+            raise ValueError("render_dendrites: this simulated scope images one plane (set n_planes = 2)")
+        if out.shape != self.shape or out.dtype != np.uint16:
+            raise ValueError(f"out must be uint16 of shape {self.shape} (got {out.dtype} {out.shape})")
+        if self._last_info.number < 0:
+            raise ValueError("render_dendrites: render plane 0 of a volume first")
+        self.plane1.render(out, self.bleach_factor(self._last_info.number))
+        info = self._last_info
+        return FrameInfo(number=info.number, scope_time_s=info.scope_time_s + 0.5 / self.frame_rate_hz,
+                         dy=info.dy, dx=info.dx)
 
     def _shift_into(self, canvas: np.ndarray, out: np.ndarray) -> None:
         """out[y, x] = canvas[y + m - dy, x + m - dx] by separable bilinear interpolation."""
@@ -310,10 +346,12 @@ class SimScope:
         out *= fx
         out += tmp[:, :-1]
 
-    def _add_noise(self, lam: np.ndarray, out: np.ndarray) -> None:
-        """Expected photons (already minus e/8, plus dark counts) -> noisy uint16 ADC counts."""
+    def _add_noise(self, lam: np.ndarray, out: np.ndarray, ch: np.ndarray | None = None) -> None:
+        """Expected photons (already minus e/8, plus dark counts) -> noisy uint16 ADC counts; ``ch`` the noise
+        draws (bank frames, offsets, flips), by default this frame's."""
         Ly, Lx = self.shape
-        ch = self._noise_choice[self._block_i]
+        if ch is None:
+            ch = self._noise_choice[self._block_i]
         shot = self._shot_bank[ch[0], ch[1] : ch[1] + Ly, ch[2] : ch[2] + Lx]
         flips = int(ch[3])
         if flips & 1:
@@ -366,18 +404,49 @@ class SimScope:
         h["z_um"][n] = self.depth.z_um if self.depth is not None else 0.0
         self._history_len = n + 1
 
+    def _record_dendrites(self, n: int, bleach: float) -> None:
+        """Plane 1's truth of volume ``n``: F, the bAP component, events, instructive signal and event rate."""
+        d = self.dendrites
+        assert d is not None
+        h = self._dend_history
+        nd = d.layout.n
+        if not h or n >= h["F_true"].shape[0]:
+            cap = min(n + _HISTORY_CHUNK, self.cfg.history_max_frames)
+            new = {
+                "F_true": np.zeros((cap, nd), np.float32),
+                "dff_bap": np.zeros((cap, nd), np.float32),
+                "events": np.zeros((cap, nd), np.uint8),
+                "instructive": np.zeros((cap, nd), np.float32),
+                "event_rate_hz": np.zeros((cap, nd), np.float32),
+            }
+            for key, arr in h.items():
+                new[key][:n] = arr[:n]
+            self._dend_history = h = new
+        np.multiply(d.dff, d.layout.brightness * bleach, out=h["F_true"][n], casting="unsafe")
+        h["F_true"][n] += d.layout.brightness * bleach
+        h["dff_bap"][n] = d.dff_bap
+        h["events"][n] = d.events
+        h["instructive"][n] = d.instructive
+        h["event_rate_hz"][n] = d.rate_hz
+
     @property
     def frames_recorded(self) -> int:
         """Frames with ground truth kept: all generated, up to ``history_max_frames``."""
         return self._history_len
 
-    def truth(self, n_frames: int | None = None) -> dict[str, np.ndarray]:
-        """Ground truth of the first ``n_frames`` frames generated (all so far by default).
+    def truth(self, n_frames: int | None = None, plane: int = 0) -> dict[str, np.ndarray]:
+        """Ground truth of the first ``n_frames`` frames (volumes) generated (all so far by default).
 
-        ``shifts`` (n, 2) true (dy, dx); ``F_true`` (n, cells) photons/pixel where lam == 1, bleached;
+        Plane 0: ``shifts`` (n, 2) true (dy, dx); ``F_true`` (n, cells) photons/pixel where lam == 1, bleached;
         ``dff_true`` the indicator's dF/F; ``spikes`` counts per frame; ``bout`` 1 while the mouse makes
         an attempt; ``bleach`` the brightness factor; ``z_um`` the focal plane's depth (0 without z motion).
+        Plane 1 (:meth:`dendrite_truth`): the dendrites.
         """
+        if plane == 1:
+            return self.dendrite_truth(n_frames)
+        if plane != 0:
+            raise ValueError(f"ground truth for plane {plane} requested; this simulated scope images "
+                             f"planes 0..{self.cfg.n_planes - 1}")
         have = self._history_len
         n = have if n_frames is None else int(n_frames)
         if not 0 <= n <= have:
@@ -400,6 +469,28 @@ class SimScope:
         # dF/F is not stored (memory): F_true = brightness * bleach * (1 + dF/F)
         scale = out["bleach"][:, None] * self.brightness[None, :].astype(np.float32)
         out["dff_true"] = out["F_true"] / scale - np.float32(1.0)
+        return out
+
+    def dendrite_truth(self, n_frames: int | None = None) -> dict[str, np.ndarray]:
+        """Plane 1's truth per volume and dendrite ROI: ``F_true`` and ``dff_true`` (as plane 0's), ``dff_bap``
+        the dF/F the back-propagated spikes alone give, ``events`` the dendrite-specific events, ``instructive``
+        the parent cell's instructive signal (per second, as its rule computed it), ``event_rate_hz`` the
+        modulated event rate; and ``shifts``, ``bleach``, ``bout`` of the volume."""
+        if self.dendrites is None:
+            raise ValueError("ground truth for plane 1 requested, but this simulated scope images one plane "
+                             "(set [acquisition.sim] n_planes = 2)")
+        base = self.truth(n_frames)
+        n = base["shifts"].shape[0]
+        nd = self.dendrites.layout.n
+        h = self._dend_history
+        if h:
+            out = {key: arr[:n].copy() for key, arr in h.items()}
+        else:
+            out = {key: np.zeros((0, nd), np.uint8 if key == "events" else np.float32)
+                   for key in ("F_true", "dff_bap", "events", "instructive", "event_rate_hz")}
+        scale = base["bleach"][:, None] * self.dendrites.layout.brightness[None, :].astype(np.float32)
+        out["dff_true"] = out["F_true"] / scale - np.float32(1.0)
+        out.update(shifts=base["shifts"], bleach=base["bleach"], bout=base["bout"])
         return out
 
     def expected_image(self) -> np.ndarray:

@@ -5,6 +5,10 @@ handed out when complete. It is rendered ahead of its due time, so ``read`` spen
 not computing. A consumer that falls more than ``max_lag_frames`` behind loses frames, as with a real
 scope whose driver buffer overflows: the lost frames are still simulated (biology and motion go on,
 ground truth is kept) but not rendered, and frame numbers jump.
+
+With ``n_planes = 2`` reads alternate plane 0 (somata) and plane 1 (their dendrites) of each volume: both
+carry the volume's number, plane ``p`` of volume ``v`` is handed out at ``t0 + (v + (p + 1) / 2) / fps``
+(``frame_rate_hz`` is the volume rate), and a lost volume loses both planes.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class SimSource(FrameSource):
         self.scope = SimScope(cfg, frame_rate_hz, up=up, down=down)
         self._shape = self.scope.shape
         self._rate = float(frame_rate_hz)
+        self._n_planes = cfg.n_planes
+        self._plane = 0  # the plane the next read hands out
         self._period_ns = 1e9 / self._rate
         self._buffers = np.zeros((_N_BUFFERS, *self._shape), np.uint16)
         self._slot = 0
@@ -64,6 +70,8 @@ class SimSource(FrameSource):
         self._feedback_heard = 0
         self._render_ns_total = 0
         self._render_ns_max = 0
+        self._render1_ns_total = 0
+        self._volumes = 0
 
     # ------------------------------------------------------------ FrameSource interface
 
@@ -90,12 +98,17 @@ class SimSource(FrameSource):
             raise RuntimeError("SimSource.read() called before open() or after close()")
         if not self._t0_ns:
             self._start_clock()
+        if self._pending is None and self._plane > 0:
+            t = now_ns()
+            self._pending = self.scope.render_dendrites(self._buffers[self._slot])
+            self._render1_ns_total += now_ns() - t
         if self._pending is None:
             if self.cfg.realtime:
                 self._drop_frames_behind()
             t = now_ns()
             self._pending = self.scope.render(self._buffers[self._slot])
             spent = now_ns() - t
+            self._volumes += 1
             self._render_ns_total += spent
             self._render_ns_max = max(self._render_ns_max, spent)
             if self.scope.history_truncated and not self._history_warned:
@@ -119,17 +132,21 @@ class SimSource(FrameSource):
             t_ready_ns=now_ns(),
             scope_time_s=info.scope_time_s,
             flags=int(FrameFlag.AFTER_GAP) if self._after_gap else 0,
+            plane=self._plane,
         )
         self._after_gap = False
         self._pending = None
+        self._plane = (self._plane + 1) % self._n_planes
         self._slot = (self._slot + 1) % _N_BUFFERS
         self._frames += 1
         return frame
 
     def stats(self) -> dict[str, float]:
-        n = max(self._frames, 1)
+        """``frames`` counts every plane's frames; ``render_ms_*`` is plane 0's (the BCI plane's) render time,
+        ``render_plane1_ms_mean`` the dendrite plane's (two planes only); ``frames_dropped`` counts volumes."""
+        n = max(self._volumes, 1)
         mouse = self.scope.mouse.state()
-        return {
+        out = {
             "frames": float(self._frames),
             "bad_frames": 0.0,
             "frames_dropped": float(self._dropped),
@@ -140,6 +157,9 @@ class SimSource(FrameSource):
             "mouse_drive_up_hz": mouse["drive_up_hz"],
             "mouse_drive_down_hz": mouse["drive_down_hz"],
         }
+        if self._n_planes > 1:
+            out["render_plane1_ms_mean"] = self._render1_ns_total / n / 1e6
+        return out
 
     def on_bus_message(self, msg: Any) -> None:
         """Rewards teach the mouse; what the feedback process presented (``fbk.update``) is its feedback.
@@ -165,14 +185,23 @@ class SimSource(FrameSource):
             self.scope.mouse.set_ensembles(up, down)
         except ValueError as exc:
             self.warn("sim_ensembles", f"new ensembles ignored by the simulated mouse: {exc}")
+            return
+        dendrites = self.scope.dendrites
+        if dendrites is not None:  # the tissue is built at start: later ensemble cells may have no dendrite
+            missing = sorted({int(i) for i in (*up, *down)} - set(dendrites.layout.parent.tolist()))
+            if missing:
+                self.warn("sim_ensembles", f"cells {missing} of the new ensembles have no dendrite on plane 1 (only "
+                          "the ensembles given at start are sure to; raise [acquisition.sim.dendrites] fraction)")
 
-    def write_ground_truth(self, folder: str | Path, n_frames: int | None = None) -> Path:
-        """The sim's ROIs (suite2p layout) and per-frame truth so far; see
+    def write_ground_truth(self, folder: str | Path, n_frames: int | None = None, plane: int = 0) -> Path:
+        """Plane ``plane``'s ROIs (suite2p layout, ``folder/suite2p/plane<plane>``) and per-volume truth so far
+        (``folder/ground_truth.npz``): use one folder per plane; see
         :func:`acquisition.sim.export.write_ground_truth`."""
-        return write_ground_truth(self.scope, folder, n_frames)
+        return write_ground_truth(self.scope, folder, n_frames, plane=plane)
 
     def _due_ns(self, info: FrameInfo) -> float:
-        return self._t0_ns + (info.scope_time_s * 1e9 + self._period_ns)
+        # plane 1's scope time is already half a volume later: each plane is due 1/n_planes of a volume after it
+        return self._t0_ns + (info.scope_time_s * 1e9 + self._period_ns / self._n_planes)
 
     def _drop_frames_behind(self) -> None:
         """Skip (simulate, do not render) frames the consumer is too late for."""

@@ -9,6 +9,11 @@ Realism that changes what the decoder sees: the neuropil under each ROI follows 
 (:class:`acquisition.sim.neuropil.NeuropilField`, not one global level), and when the mouse licks (after
 a reward) the brain moves by up to ``lick_motion_px``, which slides part of each soma out of its fixed
 ROI and neuropil in: ``F`` keeps a fraction ``1 - (d / r)^2 / 2`` of the soma at a displacement ``d``.
+
+With ``n_planes = 2`` each step also gives plane 1, the apical dendrites (:mod:`acquisition.sim.dendrites`):
+``dend_F``/``dend_Fneu`` per dendrite ROI, ``dend_parent`` its soma (plane-0 ROI), ``dendrites`` the
+activity and its truth (``dff_bap``, ``events``, ``instructive``, ``rate_hz``). Plane 0 is bit-identical to
+a one-plane run: the dendrites draw from their own random streams and never touch the mouse's.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import numpy as np
 
 from acquisition.sim.calcium import CalciumModel, indicator_preset
 from acquisition.sim.config import SimConfig
+from acquisition.sim.dendrites import DendriteActivity, build_layout
 from acquisition.sim.mouse import SimMouse
 from acquisition.sim.neuropil import NeuropilField
 
 _SOMA_PIXELS = 90.0  # effective pixel count of a lam-weighted soma mean
 _NEUROPIL_PIXELS = 350.0  # suite2p's minimum neuropil ring
 _SOMA_MEAN_WEIGHT = 0.75  # mean footprint weight over a soma (dark nucleus, soft edge)
+_DENDRITE_MEAN_WEIGHT = 0.8  # mean footprint weight over a dendrite's cross-section (soft edge)
 
 
 class TraceSim:
@@ -65,6 +72,32 @@ class TraceSim:
         self._level = np.ones(n)
         self._kept = np.ones(n)
         self._z = np.zeros((2, n))
+        self.dendrites: DendriteActivity | None = None
+        if cfg.n_planes == 2:
+            self._init_dendrites(up, down)
+
+    def _init_dendrites(self, up: Sequence[int], down: Sequence[int]) -> None:
+        """Plane 1: one dendrite per ensemble cell and per ``dendrites.fraction`` of the others."""
+        cfg = self.cfg
+        layout = build_layout(cfg, self.centers, self.brightness, up, down)
+        self.dendrites = DendriteActivity(cfg, layout, self.mouse, self.frame_rate_hz)
+        geo = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(23, 2)))
+        nd = layout.n
+        self.dend_parent = layout.parent
+        self.dend_centers = layout.centers
+        self.dend_neuropil = cfg.dendrites.neuropil_photons * np.exp(0.2 * geo.standard_normal(nd))
+        self._dend_pixels = math.pi * layout.radius**2
+        self._dend_inv_r2 = 0.5 / layout.radius**2
+        self.dend_neuropil_field = NeuropilField(layout.centers, (cfg.height_px, cfg.width_px),
+                                                 cfg.neuropil_coupling, cfg.neuropil_sigma_px)
+        self._dend_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(23, 3)))
+        self.dend_F = np.zeros(nd)
+        self.dend_Fneu = np.zeros(nd)
+        self._d_lam = np.zeros(nd)
+        self._d_np = np.zeros(nd)
+        self._d_level = np.ones(nd)
+        self._d_kept = np.ones(nd)
+        self._d_z = np.zeros((2, nd))
 
     def bleach(self) -> float:
         cfg = self.cfg
@@ -106,5 +139,42 @@ class TraceSim:
         self.Fneu += self._lam_np
         self.Fneu *= g
         self.Fneu += cfg.adc_offset
+        if self.dendrites is not None:
+            self._step_dendrites(spikes, b)
         self.frame += 1
         return self.F, self.Fneu
+
+    def _step_dendrites(self, spikes: np.ndarray, b: float) -> None:
+        """Plane 1's F/Fneu, as for the somata: a small cross-section over its own neuropil."""
+        cfg = self.cfg
+        assert self.dendrites is not None
+        layout = self.dendrites.layout
+        dff = self.dendrites.step(spikes)
+        self.dend_neuropil_field.cell_levels(dff, self._d_level)
+        lam, lam_np = self._d_lam, self._d_np
+        np.multiply(dff, layout.brightness, out=lam)
+        lam += layout.brightness
+        lam *= _DENDRITE_MEAN_WEIGHT
+        np.multiply(self.dend_neuropil, self._d_level, out=lam_np)
+        if self.displacement_px > 0.0:  # the lick moves a thin dendrite further out of its ROI
+            np.multiply(self._dend_inv_r2, -(self.displacement_px**2), out=self._d_kept)
+            self._d_kept += 1.0
+            np.clip(self._d_kept, 0.0, 1.0, out=self._d_kept)
+            lam *= self._d_kept
+        lam += lam_np
+        lam *= b
+        lam_np *= b
+        lam += cfg.dark_photons
+        lam_np += cfg.dark_photons
+        self._d_z[:] = self._dend_rng.standard_normal(self._d_z.shape)
+        g = cfg.pmt_gain
+        np.sqrt(lam * self._enf / self._dend_pixels, out=self.dend_F)
+        self.dend_F *= self._d_z[0]
+        self.dend_F += lam
+        self.dend_F *= g
+        self.dend_F += cfg.adc_offset
+        np.sqrt(lam_np * (self._enf / _NEUROPIL_PIXELS), out=self.dend_Fneu)
+        self.dend_Fneu *= self._d_z[1]
+        self.dend_Fneu += lam_np
+        self.dend_Fneu *= g
+        self.dend_Fneu += cfg.adc_offset

@@ -4,12 +4,17 @@ Each reader exposes ``n_frames``, ``shape``, ``dtype``, ``frame_rate_hz`` (None 
 ``rate_source`` (where in the file the rate was found) and ``read_into(index, out)``. TIFF pages are read
 one at a time (ScanImage and BigTIFF included);
 ``data.bin`` and ``.npy`` are memory-mapped; HDF5 datasets are read frame by frame.
+
+A ScanImage TIFF also says how its pages are interleaved (``layout``): fast-z volumes of ``numSlices``
+planes plus ``numDiscardFlybackFrames`` flyback frames, each page repeated for every saved channel
+(``channelSave``), channel fastest, then slice (docs/SCOPES.md).
 """
 
 from __future__ import annotations
 
 import abc
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,20 @@ class MovieError(ValueError):
     """A movie file cannot be read as a stack of 2-D frames; the message names the file."""
 
 
+@dataclass(frozen=True)
+class PageLayout:
+    """How a file interleaves its pages: per volume, ``planes + flyback`` slices, each ``channels`` pages."""
+
+    channels: int = 1
+    planes: int = 1
+    flyback: int = 0  # frames per volume that image no plane (fast-z flyback), after the planes
+    source: str = ""  # where it was read, for messages
+
+    @property
+    def pages_per_volume(self) -> int:
+        return self.channels * (self.planes + self.flyback)
+
+
 class MovieReader(abc.ABC):
     path: Path
     n_frames: int
@@ -31,6 +50,8 @@ class MovieReader(abc.ABC):
     #: for interleaved volumes (ScanImage fast-z): the rate of one plane's frames, when the file says
     volume_rate_hz: float | None = None
     rate_source: str = ""
+    #: the page interleaving the file declares (ScanImage metadata), None when it says nothing
+    layout: PageLayout | None = None
 
     @abc.abstractmethod
     def read_into(self, index: int, out: np.ndarray) -> None:
@@ -67,28 +88,30 @@ class TiffMovie(MovieReader):
             raise MovieError(f"{path}: pages have shape {shape}; expected 2-D grey frames")
         self.shape = (shape[0], shape[1])
         self.dtype = np.dtype(first.dtype)
-        found = self._scanimage_rate()
+        text, where = self._scanimage_text()
+        found = _scanimage_rates(text, where) if text else None
         if found:
             self.frame_rate_hz, self.volume_rate_hz, where = found
             self.rate_source = f"{where} (scanFrameRate)"
+        if text:
+            self.layout = scanimage_layout(text, f"{path} ({where})")
 
-    def _scanimage_rate(self) -> tuple[float, float | None, str] | None:
-        """ScanImage's frame (and volume) rate: from the BigTIFF header ScanImage 2016+ writes, else from
-        the first page's Software tag (the same lines, also in files whose header was lost), else from an
-        older (SI 3/4/5) ImageDescription."""
+    def _scanimage_text(self) -> tuple[str, str]:
+        """ScanImage's non-varying metadata as "SI.x = value" lines, and where they were found: the BigTIFF
+        header ScanImage 2016+ writes, else the first page's Software tag (the same lines, also in files whose
+        header was lost), else an older (SI 3/4/5) ImageDescription. ("", "") if there is none."""
         meta: Any = getattr(self._tif, "scanimage_metadata", None)
         frame_data = meta.get("FrameData", {}) if isinstance(meta, dict) else {}
         if frame_data:
             text = "\n".join(f"{key} = {value}" for key, value in frame_data.items())
-            found = _scanimage_rates(text, "ScanImage header")
-            if found:
-                return found
+            if _SI_RATE.search(text):
+                return text, "ScanImage header"
         first = self._pages[0]
         for tag, where in (("software", "Software tag"), ("description", "ImageDescription")):
-            found = _scanimage_rates(str(getattr(first, tag, "") or ""), f"ScanImage {where}")
-            if found:
-                return found
-        return None
+            text = str(getattr(first, tag, "") or "")
+            if _SI_RATE.search(text):
+                return text, f"ScanImage {where}"
+        return "", ""
 
     def read_into(self, index: int, out: np.ndarray) -> None:
         page = self._pages[index]
@@ -106,6 +129,45 @@ class TiffMovie(MovieReader):
 # "SI.hRoiManager.scanFrameRate = 30.02" (2016+), "scanimage.SI.hRoiManager..." (SI 5), "scanimage.SI4.scanFrameRate"
 _SI_RATE = re.compile(r"(?:^|\n)\s*(?:scanimage\.)?SI\d?\.(?:hRoiManager\.)?scan(Frame|Volume)Rate\s*=\s*"
                       r"'?([-+0-9.eE]+)'?")
+
+
+_SI_VALUE = r"(?:^|\n)\s*(?:scanimage\.)?SI\d?\.{}\s*=\s*([^\n]*)"
+
+
+def _si_value(text: str, key: str) -> str | None:
+    """The value of ``SI.<key>`` in ScanImage metadata text (quotes stripped), None if absent."""
+    found = re.search(_SI_VALUE.format(re.escape(key)), text)
+    return found.group(1).strip().strip("'\"") if found else None
+
+
+def scanimage_layout(text: str, where: str) -> PageLayout | None:
+    """The page layout ScanImage metadata declares: saved channels (``hChannels.channelSave``), and for a
+    fast-z acquisition the slices (``hStackManager.actualNumSlices``, else ``numSlices``) and the discarded
+    flyback frames (``hFastZ.numDiscardFlybackFrames``). Fast-z is on when ``hFastZ.enable`` is true or
+    ``hStackManager.stackMode`` is fast; when neither key is there, several slices are taken as fast-z
+    volumes. None when the text names no channels and no slices."""
+    channels_text = _si_value(text, "hChannels.channelSave")
+    slices_text = _si_value(text, "hStackManager.actualNumSlices") or _si_value(text, "hStackManager.numSlices")
+    if channels_text is None and slices_text is None:
+        return None
+    channels = len(re.findall(r"\d+", channels_text)) if channels_text else 1
+    try:
+        slices = int(float(slices_text)) if slices_text else 1
+        flyback_text = _si_value(text, "hFastZ.numDiscardFlybackFrames")
+        flyback = int(float(flyback_text)) if flyback_text else 0
+    except ValueError as exc:
+        raise MovieError(f"{where}: ScanImage slice or flyback count is not a number ({exc})") from None
+    enable, mode = _si_value(text, "hFastZ.enable"), _si_value(text, "hStackManager.stackMode")
+    if enable is None and mode is None:
+        fast_z = slices > 1
+    else:
+        fast_z = (enable or "").lower() in ("true", "1") or "fast" in (mode or "").lower()
+    if not fast_z:
+        slices, flyback = 1, 0
+    if channels < 1 or slices < 1 or flyback < 0:
+        raise MovieError(f"{where}: ScanImage says {channels} channels, {slices} slices and {flyback} flyback "
+                         "frames; cannot lay the pages out")
+    return PageLayout(channels=channels, planes=slices, flyback=flyback, source=where)
 
 
 def _scanimage_rates(text: str, where: str) -> tuple[float, float | None, str] | None:

@@ -5,7 +5,9 @@ file it maps, ``scanbox.mmap``. The layout, as Scanbox's "Memory-mapped data sha
 
 * a header of 16 little-endian int16 words: word 0 is the semaphore and frame number (>= 0: a frame is
   there, with this number; -1: consumed, Scanbox may write the next; -2: Scanbox stopped imaging), word 1
-  the lines and word 2 the columns of the frame, word 3 a copy of TTL1; words 4..15 are reserved;
+  the lines and word 2 the columns of the frame, word 3 a copy of TTL1, word 4 the volumetric-scanning
+  flag (``volscan``), word 5 the period of the volumetric (optotune) wave in frames, i.e. the planes per
+  volume; the others are Scanbox's own (plug-in id, experiment numbers...);
 * then ``lines * columns`` uint16 pixels in column-major (MATLAB) order, stored inverted (65535 - value).
 
 The handshake: we copy the frame, then set word 0 to -1; Scanbox writes the next frame only then (a frame
@@ -16,6 +18,12 @@ raises: a header whose size does not fit the file is a bad frame (released, coun
 other than the configured one is delivered flagged WRONG_SHAPE, a missing file is waited for, a stop (-2)
 and a writer that stalls are warned about, and the int16 frame number is unwrapped (it wraps or saturates
 at 32767: a repeated number is counted and the frame numbered as the next one).
+
+Several planes (``volscan`` on): Scanbox numbers every frame, and frame ``k`` is plane ``k % planes`` of
+volume ``k // planes`` (as Scanbox's own plug-ins and .sbx readers take them); we apply that to the
+unwrapped frame number, so each frame carries its plane and the volume number. A planes word of 0 or
+absurd is warned (the configured ``acquisition.n_planes`` is used); a count other than the configured one
+is warned and used (a plane out of range is then delivered for the acquisition to count).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from acquisition.sources.base import Frame, FrameSource
+from acquisition.sources.plane_index import MAX_PLANES, PlaneCheck
 from acquisition.validate import FrameFlag
 from rig.core.clock import now_ns
 
@@ -55,13 +64,20 @@ class ScanboxMmapSource(FrameSource):
         """The registry's factory: ``[acquisition.scanbox_mmap]``."""
         c = cfg.scanbox_mmap
         return cls(c.path, c.height_px, c.width_px, frame_rate_hz=cfg.frame_rate_hz, tagname=c.tagname,
-                   map_bytes=c.map_bytes, stale_after_s=c.stale_after_s, poll_s=c.poll_s)
+                   map_bytes=c.map_bytes, stale_after_s=c.stale_after_s, poll_s=c.poll_s, n_planes=cfg.n_planes)
 
     def __init__(self, path: str | Path, height: int, width: int, *, frame_rate_hz: float = 15.5,
-                 tagname: str = "", map_bytes: int = 0, stale_after_s: float = 2.0, poll_s: float = 0.0005) -> None:
+                 tagname: str = "", map_bytes: int = 0, stale_after_s: float = 2.0, poll_s: float = 0.0005,
+                 n_planes: int = 1) -> None:
         """``path``: Scanbox's ``scanbox.mmap``; ``tagname`` (Windows only): a named mapping instead of a file,
-        which then needs ``map_bytes``. ``map_bytes`` 0: the whole file."""
+        which then needs ``map_bytes``. ``map_bytes`` 0: the whole file. ``n_planes``: planes per volume the rig
+        records (Scanbox's volscan); ``frame_rate_hz`` is one plane's (the volume rate)."""
         super().__init__()
+        self._n_planes = int(n_planes)
+        self._planes = PlaneCheck("scanbox_mmap", self._n_planes, self.warn)
+        self._unwrapped = 0  # Scanbox's frame number of the last frame, unwrapped, since its acquisition started
+        self._volume_base = 0  # added to unwrapped // planes so volume numbers keep increasing across restarts
+        self._last_volume = -1
         if height < 1 or width < 1:
             raise ValueError(f"`height_px`/`width_px`: must be > 0 (got {height}x{width})")
         if tagname and sys.platform != "win32":
@@ -81,14 +97,13 @@ class ScanboxMmapSource(FrameSource):
         self._next_map_ns = 0
         self._buffers: dict[tuple[int, int], np.ndarray] = {}  # delivered frames, one reused buffer per shape
         self._last_scope = -1  # Scanbox's number of the last frame taken (-1: none since open or a stop)
-        self._delivered = -1
         self._stopped = False
         self._stalled = False
         self._last_frame_ns = 0
         self._missing_warned = False
         self._c = dict.fromkeys(("frames", "bad_frames", "frames_missed", "wrong_shape_frames", "wrong_size_frames",
                                  "repeated_frame_numbers", "bad_semaphore", "stops", "restarts", "stalls",
-                                 "ttl_high_frames"), 0)
+                                 "ttl_high_frames", "volscan_off_frames"), 0)
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -110,7 +125,7 @@ class ScanboxMmapSource(FrameSource):
         return "ok" if now_ns() - self._last_frame_ns < self._stale_ns else "waiting"
 
     def stats(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self._c.items()}
+        return {**{k: float(v) for k, v in self._c.items()}, **self._planes.stats()}
 
     def _map(self, at_open: bool = False) -> None:
         """Map the file (or the named mapping); a file not there yet (Scanbox not started) is waited for. Other
@@ -170,7 +185,7 @@ class ScanboxMmapSource(FrameSource):
         """Copy the frame Scanbox left (inverting it back), release the semaphore, number the frame."""
         mm = self._mm
         assert mm is not None
-        lines, columns, ttl = struct.unpack_from("<3h", mm, 2)
+        lines, columns, ttl, volscan, planes_word = struct.unpack_from("<5h", mm, 2)
         n_bytes = HEADER_BYTES + 2 * lines * columns
         if lines < 1 or columns < 1 or n_bytes > len(mm):
             self._release()
@@ -196,7 +211,8 @@ class ScanboxMmapSource(FrameSource):
             self._warn_every("wrong_shape", self._c["wrong_shape_frames"],
                              f"frame {scope_number}: {lines}x{columns} pixels, the configured frame size is "
                              f"{self._shape[0]}x{self._shape[1]} (flagged WRONG_SHAPE)")
-        number, number_flags = self._number(scope_number)
+        planes = self._planes_of(scope_number, volscan, planes_word)
+        number, plane, number_flags = self._number(scope_number, planes)
         if ttl:
             self._c["ttl_high_frames"] += 1
         self._c["frames"] += 1
@@ -206,40 +222,64 @@ class ScanboxMmapSource(FrameSource):
         self._stalled = False
         self._stopped = False
         self._last_frame_ns = t_ready
-        return Frame(data=out, number=number, t_ready_ns=t_ready, flags=int(flags | number_flags))
+        return Frame(data=out, number=number, t_ready_ns=t_ready, flags=int(flags | number_flags), plane=plane)
 
-    def _number(self, scope_number: int) -> tuple[int, int]:
-        """Our number (increasing, unwrapped) for Scanbox's int16 ``scope_number``, and AFTER_GAP on a gap."""
-        last, delivered = self._last_scope, self._delivered
+    def _planes_of(self, scope_number: int, volscan: int, planes_word: int) -> int:
+        """Planes per volume for this frame: 1 with volscan off; else the header's count if it is sane."""
+        if not volscan:
+            if self._n_planes > 1:
+                self._c["volscan_off_frames"] += 1
+                self._warn_every("volscan_off", self._c["volscan_off_frames"],
+                                 f"frame {scope_number}: Scanbox's volscan is off but {self._n_planes} planes are "
+                                 "configured ([acquisition] n_planes); the frame is delivered as plane 0")
+            return 1
+        planes = planes_word if 1 <= planes_word <= MAX_PLANES else self._n_planes
+        self._planes.check(f"frame {scope_number}", 0, planes_word)  # the count; the plane is checked later
+        return planes
+
+    def _number(self, scope_number: int, planes: int) -> tuple[int, int, int]:
+        """(volume number, plane, AFTER_GAP or 0) for Scanbox's int16 ``scope_number``: its frame number is
+        unwrapped, then frame k is plane k % planes of volume k // planes; volume numbers keep increasing."""
+        last = self._last_scope
         self._last_scope = scope_number
         step = (scope_number - last) % FRAME_NUMBER_MODULUS
+        flags = 0
         if last < 0 or step > FRAME_NUMBER_MODULUS // 2:  # a wrap is a small step; a big one went back
-            if delivered < 0:  # the first frame: Scanbox's own number, so it matches the .sbx file
-                self._delivered = scope_number
-                return scope_number, 0
-            self._c["restarts"] += 1  # imaging started again (a stop we may not have seen): numbers go on
-            self.warn("acquisition_restarted", f"scanbox_mmap: Scanbox imaging again (its frame {scope_number}); "
-                                               f"frames continue from {delivered + 1}")
-            self._delivered = delivered + 1
-            return self._delivered, int(FrameFlag.AFTER_GAP)
-        if step == 0:
-            self._c["repeated_frame_numbers"] += 1
-            self._warn_every("repeated_frame_number", self._c["repeated_frame_numbers"],
-                             f"frame number {scope_number} again (Scanbox's int16 counter saturated?); the frame "
-                             f"is numbered {delivered + 1}, as the next one")
-            step = 1
-        self._delivered = delivered + step
-        if step > 1:
-            self._c["frames_missed"] += step - 1
-            return self._delivered, int(FrameFlag.AFTER_GAP)
-        return self._delivered, 0
+            self._unwrapped = scope_number
+            if self._last_volume >= 0:  # imaging started again (a stop we may not have seen): numbers go on
+                self._c["restarts"] += 1
+                self._volume_base = self._last_volume + 1 - scope_number // planes
+                self.warn("acquisition_restarted", f"scanbox_mmap: Scanbox imaging again (its frame {scope_number}); "
+                                                   f"frames continue from {self._last_volume + 1}")
+                flags = int(FrameFlag.AFTER_GAP)
+            # else the first frame: Scanbox's own number, so it matches the .sbx file
+        else:
+            if step == 0:
+                self._c["repeated_frame_numbers"] += 1
+                self._warn_every("repeated_frame_number", self._c["repeated_frame_numbers"],
+                                 f"frame number {scope_number} again (Scanbox's int16 counter saturated?); the "
+                                 "frame is taken as the next one")
+                step = 1
+            self._unwrapped += step
+            if step > 1:
+                self._c["frames_missed"] += step - 1
+                flags = int(FrameFlag.AFTER_GAP)
+        volume, plane = divmod(self._unwrapped, planes)
+        volume += self._volume_base
+        if volume < self._last_volume:  # the planes count changed mid-run: numbers still never go back
+            self._volume_base += self._last_volume - volume
+            volume = self._last_volume
+        self._last_volume = volume
+        if planes > 1 or self._n_planes > 1:
+            self._planes.check(f"frame {scope_number}", plane, None)
+        return volume, plane, flags
 
     def _on_stopped(self) -> None:
         if self._stopped:
             return
         self._stopped = True
         self._c["stops"] += 1
-        if self._delivered >= 0:
+        if self._last_volume >= 0:
             self._last_scope = -1  # the next frame starts a new acquisition
         self.warn("acquisition_stopped", "scanbox_mmap: Scanbox stopped imaging (semaphore -2); waiting for it to "
                                          "start again")

@@ -10,6 +10,13 @@ size than the configured one is delivered flagged WRONG_SHAPE, a dropped connect
 or redialled once a second (connecting) and the frame it cut short counted as truncated; frame numbers are
 the scope's, kept increasing (a restart continues after the last one delivered, a gap is counted as missed
 and flags AFTER_GAP). Frames arriving faster than they are read are counted (``backlog_events``) and warned.
+
+Several planes (ScanImage fast-z): a version-2 header carries the frame's plane and the planes per volume, and
+its frame number is the volume number (bciRigStream.m computes both from ScanImage's slice count and flyback
+frames, and sends no flyback frame). Every plane is delivered with its plane index, numbered by volume; a
+plane out of range is counted (the acquisition warns about it), a planes count that is 0, absurd or not the
+configured one counted and warned (:class:`~acquisition.sources.plane_index.PlaneCheck`): the frame is
+delivered either way.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import numpy as np
 
 from acquisition.sources.base import Frame, FrameSource
 from acquisition.sources.framed_tcp import FrameHeader, FrameParser
+from acquisition.sources.plane_index import PlaneCheck, VolumeNumbers
 from acquisition.validate import FrameFlag
 from rig.core.addresses import check_addresses, normalize_address
 from rig.core.clock import now_ns
@@ -49,12 +57,17 @@ class ScanImageTcpSource(FrameSource):
         c = cfg.scanimage_tcp
         expected = (c.height_px, c.width_px) if c.height_px else None
         return cls(c.host, c.port, connect=c.connect, expected_shape=expected, channel=c.channel,
-                   frame_rate_hz=cfg.frame_rate_hz, stale_after_s=c.stale_after_s, allow=c.allow)
+                   frame_rate_hz=cfg.frame_rate_hz, stale_after_s=c.stale_after_s, allow=c.allow,
+                   n_planes=cfg.n_planes)
 
     def __init__(self, host: str, port: int, *, connect: bool = False, expected_shape: tuple[int, int] | None = None,
                  channel: int = -1, frame_rate_hz: float = 30.0, stale_after_s: float = 2.0,
-                 allow: Sequence[str] = ()) -> None:
+                 allow: Sequence[str] = (), n_planes: int = 1) -> None:
+        """``frame_rate_hz``: one plane's (the volume rate); ``n_planes``: planes per volume the rig records."""
         super().__init__()
+        self._n_planes = int(n_planes)
+        self._planes = PlaneCheck("scanimage_tcp", self._n_planes, self.warn)
+        self._volumes = VolumeNumbers()
         self.host, self._port, self._connect = host, int(port), connect
         self._allow = frozenset(check_addresses(allow))
         self._expected = expected_shape
@@ -112,6 +125,7 @@ class ScanImageTcpSource(FrameSource):
         out = {k: float(v) for k, v in self._c.items()}
         out.update(garbage_bytes=float(self._parser.garbage_bytes), resyncs=float(self._parser.resyncs),
                    bad_headers=float(self._parser.bad_headers))
+        out.update(self._planes.stats())
         return out
 
     # ------------------------------------------------------------------ connection handling
@@ -257,7 +271,15 @@ class ScanImageTcpSource(FrameSource):
             self._warn_every("wrong_shape", self._c["wrong_shape_frames"],
                              f"frame {header.number}: {header.height}x{header.width} pixels, the configured size is "
                              f"{self._expected[0]}x{self._expected[1]} (flagged WRONG_SHAPE)")
-        number, number_flags = self._number(header.number)
+        self._planes.check(f"frame {header.number}", header.plane, header.planes)
+        self._planes.check_shape(header.plane, (header.height, header.width))
+        if self._volumes.counts_frames(header.number, header.plane):
+            self._planes.frame_counter(f"frame {header.number}", header.plane)
+        if self._volumes.continues(header.number, header.plane):  # another plane of the same volume
+            number, number_flags = self._volumes.number, 0
+        else:
+            number, number_flags = self._number(header.number)
+        self._volumes.update(header.number, header.plane, number)
         if self._after_gap:
             number_flags |= int(FrameFlag.AFTER_GAP)
             self._after_gap = False
@@ -265,7 +287,8 @@ class ScanImageTcpSource(FrameSource):
         self._c["frames"] += 1
         self._last_frame_ns = t_ready
         t = header.t if math.isfinite(header.t) else math.nan
-        return Frame(data=pixels, number=number, t_ready_ns=t_ready, scope_time_s=t, flags=int(flags) | number_flags)
+        return Frame(data=pixels, number=number, t_ready_ns=t_ready, scope_time_s=t, flags=int(flags) | number_flags,
+                     plane=header.plane)
 
     def _number(self, published: int) -> tuple[int, int]:
         """Ours: the scope's number while it increases sensibly; after a restart or a broken jump, continued."""

@@ -15,6 +15,13 @@ after the last one delivered (offset by the new run's own number); the first fra
 AFTER_GAP. A number that is not an integer in 0 .. 2**53-1 (negative, 2**64-1 from an unsigned -1...) or that
 jumps further ahead than ``max_jump_s`` is counted and warned, and the frame is numbered as the next one; a
 jump the following frame confirms (it continues from the new number) is taken as the publisher's new numbering.
+
+Several planes: the header's ``plane`` and ``planes`` (planes per volume) say where a frame belongs, and its
+number is the volume's (``volume`` when the header has it, else ``frame``), the same for every plane of one
+volume; the rules above apply to volume numbers. With ``plane`` = -1 every plane is delivered with its index;
+a plane out of range is counted (the acquisition warns about it), a ``planes`` of 0, an absurd or an
+unconfigured count counted and warned; the frame is delivered either way (:mod:`acquisition.sources.plane_index`).
+``plane`` = K delivers plane K alone, as plane 0.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from acquisition.sources.base import Frame, FrameSource
+from acquisition.sources.plane_index import PlaneCheck, VolumeNumbers
 from acquisition.validate import FrameFlag
 from rig.core.addresses import check_addresses
 from rig.core.auth import ZapHandler, ZapPolicy
@@ -62,6 +70,8 @@ class FrameHeader(msgspec.Struct, kw_only=True):
     byteorder: str = "little"
     plane: int = 0
     channel: int = 0
+    planes: int | None = None  # planes per volume (absent: not said)
+    volume: int | None = None  # the volume number (absent: ``frame`` is it)
 
 
 class ZmqStreamSource(FrameSource):
@@ -73,18 +83,22 @@ class ZmqStreamSource(FrameSource):
         expected = (z.height_px, z.width_px) if z.height_px else None
         return cls(z.endpoint, bind=z.bind, topic=z.topic, plane=z.plane, channel=z.channel,
                    frame_rate_hz=cfg.frame_rate_hz, expected_shape=expected, stale_after_s=z.stale_after_s,
-                   allow=z.allow)
+                   allow=z.allow, n_planes=cfg.n_planes if z.plane < 0 else 1)
 
     def __init__(self, endpoint: str, *, bind: bool = False, topic: str = "frame", plane: int = -1,
                  channel: int = -1, frame_rate_hz: float = 30.0, expected_shape: tuple[int, int] | None = None,
                  stale_after_s: float = 2.0, max_jump_s: float = 3600.0, context: zmq.Context | None = None,
-                 allow: Sequence[str] = ()) -> None:
+                 allow: Sequence[str] = (), n_planes: int = 1) -> None:
         """``expected_shape``: the configured frame size (None: not configured; the acquisition checks frames
         against its ROI set either way). ``max_jump_s``: the largest forward jump in the publisher's frame
         numbers taken as frames lost (beyond it the counter is broken; the decoder refuses a day). ``allow``:
         with ``bind``, the IP addresses of the only publishers let in (a ZAP handler on ``context`` refuses the
-        rest at the handshake; they are counted and warned about)."""
+        rest at the handshake; they are counted and warned about). ``n_planes``: planes per volume delivered
+        (``plane`` >= 0 selects one: then 1); ``frame_rate_hz`` is one plane's (the volume rate)."""
         super().__init__()
+        self._n_planes = 1 if plane >= 0 else int(n_planes)
+        self._planes = PlaneCheck("zmq_stream", self._n_planes, self.warn, one_selected=plane >= 0)
+        self._volumes = VolumeNumbers()
         self.endpoint = endpoint
         self._bind = bind
         self._allow = frozenset(check_addresses(allow)) if bind else frozenset()
@@ -189,7 +203,7 @@ class ZmqStreamSource(FrameSource):
                 "connects": float(self._connects),
                 "disconnects": float(self._disconnects),
                 "reconnects": float(max(self._connects - 1, 0)),
-                "refused_connections": float(self._refused)}
+                "refused_connections": float(self._refused), **self._planes.stats()}
 
     def _poll_monitor(self) -> None:
         mon = self._monitor
@@ -284,7 +298,17 @@ class ZmqStreamSource(FrameSource):
             self._warn_every("wrong_shape", self._wrong_shape,
                              f"frame {header.frame}: {height}x{width} pixels, the configured frame size is "
                              f"{self._expected_shape[0]}x{self._expected_shape[1]} (flagged WRONG_SHAPE)")
-        number, number_flags = self._number(header.frame)
+        plane = 0 if self._plane >= 0 else header.plane
+        published = header.frame if header.volume is None else header.volume
+        self._planes.check(f"frame {header.frame}", plane, header.planes)
+        self._planes.check_shape(plane, (height, width))
+        if header.volume is None and self._volumes.counts_frames(published, plane):
+            self._planes.frame_counter(f"frame {header.frame}", plane)
+        if self._volumes.continues(published, plane):  # another plane of the same volume
+            number, number_flags = self._volumes.number, 0
+        else:
+            number, number_flags = self._number(published)
+        self._volumes.update(published, plane, number)
         flags |= number_flags
         if header.order == "F":
             pixels = np.frombuffer(payload, dtype=dtype).reshape(width, height).T
@@ -296,7 +320,8 @@ class ZmqStreamSource(FrameSource):
         self._dtype = pixels.dtype
         self._frames += 1
         self._last_frame_ns = t_ready
-        return Frame(data=pixels, number=number, t_ready_ns=t_ready, scope_time_s=header.t, flags=int(flags))
+        return Frame(data=pixels, number=number, t_ready_ns=t_ready, scope_time_s=header.t, flags=int(flags),
+                     plane=plane)
 
     def _to_native(self, pixels: np.ndarray) -> np.ndarray:
         """The frame in native byte order, in a buffer reused while frames keep their shape and type."""

@@ -5,6 +5,11 @@ coordinates; the decimated preview image is stretched over the same rectangle, s
 whatever the preview decimation. Clicking an ROI assigns it the role chosen in "click sets"; the edits
 are pending until "Apply ensembles" sends them to the rig (``set_ensembles``). Without editing (the
 session ended, or a finished session under review) a click only selects the ROI.
+
+With several imaging planes (docs/PLANES.md) the other planes stand beside the BCI plane (which stays first, in
+the same coordinates), each a :class:`~gui.widgets.plane_view.PlaneView` with its ROIs by kind and its links.
+Selecting or hovering over a dendrite highlights its soma on the BCI plane, and a soma its dendrites. With one
+plane none of this is created: the field of view is the single-plane one.
 """
 
 from __future__ import annotations
@@ -15,18 +20,18 @@ from PyQt6 import QtCore, QtWidgets
 
 from gui.rois import RoiOutlines
 from gui.roles import RoleEdit
+from gui.widgets.plane_view import (
+    SOMA_MARK_RGB,
+    PlaneView,
+    display_levels,
+    highlight_item,
+    outline_points,
+    view_title,
+)
 from gui.widgets.style import DOWN_RGB, OTHER_RGBA, SELECTED_RGB, UP_RGB
 
 #: The "mean" view is an exponential running mean over about this many previews (~4 per second).
 MEAN_PREVIEWS = 12
-
-
-def display_levels(image: np.ndarray) -> tuple[float, float]:
-    """Contrast limits for an image: 1st and 99.7th percentiles (robust to a few hot pixels)."""
-    lo, hi = np.percentile(image[::2, ::2], (1.0, 99.7))
-    if not hi > lo:
-        hi = lo + 1.0
-    return float(lo), float(hi)
 
 
 class FovWidget(QtWidgets.QWidget):
@@ -56,7 +61,7 @@ class FovWidget(QtWidgets.QWidget):
         self.reference_radio = QtWidgets.QRadioButton("reference")
         self.live_radio.setChecked(True)
         for radio in (self.live_radio, self.mean_radio, self.reference_radio):
-            radio.toggled.connect(lambda checked: checked and self._redraw_image())
+            radio.toggled.connect(lambda checked: checked and self._redraw_all())
         self.role_combo = QtWidgets.QComboBox()
         self.role_combo.addItems(["up", "down", "none"])
         self.role_combo.setToolTip("role given to an ROI when you click it")
@@ -75,6 +80,9 @@ class FovWidget(QtWidgets.QWidget):
         self.ensemble_label = QtWidgets.QLabel("")
         self.ensemble_label.setWordWrap(True)
         self.shift_label.setWordWrap(True)
+        self.planes_label = QtWidgets.QLabel("")  # several planes: each plane's ROIs and the selection's partner
+        self.planes_label.setWordWrap(True)
+        self.planes_label.setVisible(False)
 
         top = QtWidgets.QHBoxLayout()
         top.addWidget(QtWidgets.QLabel("show:"))
@@ -96,6 +104,7 @@ class FovWidget(QtWidgets.QWidget):
         layout.addLayout(top)
         layout.addWidget(self.shift_label)
         layout.addWidget(self.graphics, 1)
+        layout.addWidget(self.planes_label)
         layout.addWidget(self.edit_row)
         layout.addWidget(self.ensemble_label)
         layout.addWidget(self.roi_label)
@@ -111,6 +120,16 @@ class FovWidget(QtWidgets.QWidget):
         self._selected: int | None = None
         self._apply_allowed = True
         self._pending = False
+        # several planes (set_planes): the other planes' views, the BCI plane's title, highlight and soma marks
+        self.bci_plane = 0
+        self.plane_views: dict[int, PlaneView] = {}
+        self._bci_title: pg.LabelItem | None = None
+        self._bci_highlight: pg.ScatterPlotItem | None = None
+        self._soma_marks: pg.ScatterPlotItem | None = None
+        self._roles = RoleEdit()
+        self._focus: tuple[int, int] | None = None  # the selected ROI as (plane, ROI)
+        self._hover: tuple[int, int] | None = None
+        self.marked: dict[int, list[int]] = {}  # plane -> highlighted ROIs (a selection or hover and its partners)
 
     # ------------------------------------------------------------------ data in
     def set_rois(self, rois: RoiOutlines, roles: RoleEdit, problem: str = "") -> None:
@@ -148,6 +167,9 @@ class FovWidget(QtWidgets.QWidget):
     def update_roles(self, roles: RoleEdit, selected: int | None = None) -> None:
         """Recolour every outline for the current (possibly pending) roles."""
         self._selected = selected
+        self._roles = roles
+        if selected is not None:
+            self._focus = (self.bci_plane, selected)
         rois, overlay = self.rois, self._overlay
         pending = " (edited, not applied)" if roles.pending else ""
         self.ensemble_label.setText(f"up: {sorted(roles.up)}   down: {sorted(roles.down)}{pending}")
@@ -169,6 +191,8 @@ class FovWidget(QtWidgets.QWidget):
         self.overlay_item.setImage(overlay, autoLevels=False, levels=(0, 255))
         self.overlay_item.setRect(QtCore.QRectF(0, 0, rois.shape[1], rois.shape[0]))
         self._update_labels(roles)
+        if self.plane_views:
+            self.draw_links()
 
     def _update_labels(self, roles: RoleEdit) -> None:
         for item in self._labels:
@@ -185,6 +209,17 @@ class FovWidget(QtWidgets.QWidget):
                     label.setZValue(11)
                     self.view.addItem(label)
                     self._labels.append(label)
+
+    def _redraw_all(self) -> None:
+        self._redraw_image()
+        for view in self.plane_views.values():
+            view.redraw(self.showing)
+
+    @property
+    def showing(self) -> str:
+        """What the views show: latest | mean | reference."""
+        return "reference" if self.reference_radio.isChecked() else "mean" if self.mean_radio.isChecked() \
+            else "latest"
 
     def _redraw_image(self) -> None:
         if self.reference_radio.isChecked():
@@ -240,7 +275,16 @@ class FovWidget(QtWidgets.QWidget):
         return self.graphics.mapFromScene(scene)
 
     def _on_scene_click(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
-        if event.button() != QtCore.Qt.MouseButton.LeftButton or self.rois is None:
+        if event.button() != QtCore.Qt.MouseButton.LeftButton:
+            return
+        for plane, view in self.plane_views.items():
+            if view.contains(event.scenePos()):
+                roi = view.roi_at_scene(event.scenePos())
+                if roi is not None:
+                    event.accept()
+                    self.select_plane_roi(plane, roi)
+                return
+        if self.rois is None:
             return
         pos = self.view.mapSceneToView(event.scenePos())
         roi = self.rois.roi_at(pos.y(), pos.x())
@@ -251,3 +295,119 @@ class FovWidget(QtWidgets.QWidget):
     @property
     def click_role(self) -> str:
         return self.role_combo.currentText()
+
+    # ------------------------------------------------------------------ several planes
+    def set_planes(self, planes: list[int], bci_plane: int) -> None:
+        """Show these planes: the BCI plane first (the existing view), then each other one beside it."""
+        self.bci_plane = bci_plane
+        if self._bci_title is None:
+            self._bci_title = view_title(self.view, f"plane {bci_plane} (BCI)")
+            self.planes_label.setVisible(True)
+            self._bci_highlight = highlight_item()
+            self._soma_marks = pg.ScatterPlotItem(size=7, symbol="o", pen=pg.mkPen(*SOMA_MARK_RGB, width=2),
+                                                  brush=None)
+            self._soma_marks.setZValue(11)
+            self.view.addItem(self._bci_highlight)
+            self.view.addItem(self._soma_marks)
+            self.graphics.scene().sigMouseMoved.connect(self._on_hover)
+        for plane in sorted(planes):
+            if plane != bci_plane and plane not in self.plane_views:
+                self.plane_views[plane] = PlaneView(self.graphics, plane, len(self.plane_views) + 1, MEAN_PREVIEWS)
+                if self.rois is not None:
+                    self.plane_views[plane].frame_shape = self.rois.shape
+
+    def set_plane_rois(self, plane: int, rois: RoiOutlines) -> None:
+        self.plane_views[plane].set_rois(rois)
+        self.draw_links()
+        for view in (self.view, self.plane_views[plane].view):  # the BCI plane's box narrowed when planes came
+            view.autoRange(padding=0.01)
+
+    def set_plane_live(self, plane: int, image: np.ndarray) -> None:
+        view = self.plane_views[plane]
+        if view.frame_shape is None and self.rois is not None:
+            view.frame_shape = self.rois.shape
+        view.set_live(image, self.showing)
+
+    def soma_index(self, row: int) -> int | None:
+        """The BCI plane's ROI index of its ``stat.npy`` row ``row`` (None when that ROI is not shown)."""
+        if self.rois is None:
+            return None
+        hits = np.flatnonzero(self.rois.rows == row)
+        return int(hits[0]) if hits.size else None
+
+    def _soma_rgb(self, soma: int) -> tuple[int, ...] | None:
+        return UP_RGB if soma in self._roles.up else DOWN_RGB if soma in self._roles.down else None
+
+    def draw_links(self) -> None:
+        """Every plane's outlines by kind with its links, and a mark on each BCI soma that has a dendrite."""
+        somata: set[int] = set()
+        for view in self.plane_views.values():
+            view.draw_outlines(self.soma_index, self._soma_rgb)
+            if view.rois is not None:
+                linked = [self.soma_index(int(row)) for row in view.rois.parent if row >= 0]
+                somata.update(s for s in linked if s is not None)
+        if self._soma_marks is not None and self.rois is not None:
+            centres = self.rois.centers[sorted(somata)] if somata else np.zeros((0, 2))
+            self._soma_marks.setData(x=centres[:, 1] + 0.5, y=centres[:, 0] + 0.5)
+        self._show_partners(self._hover or self._focus)
+
+    def partners(self, plane: int, roi: int) -> dict[int, list[int]]:
+        """The ROIs linked to ``roi`` of ``plane``, by plane: a dendrite's soma, or a soma's dendrites."""
+        if plane != self.bci_plane:
+            view = self.plane_views.get(plane)
+            if view is None or view.rois is None or not 0 <= roi < view.rois.n or view.rois.parent[roi] < 0:
+                return {}
+            soma = self.soma_index(int(view.rois.parent[roi]))
+            return {} if soma is None else {self.bci_plane: [soma]}
+        if self.rois is None or not 0 <= roi < self.rois.n:
+            return {}
+        row = int(self.rois.rows[roi])
+        found = {}
+        for other, view in self.plane_views.items():
+            if view.rois is not None:
+                dendrites = np.flatnonzero(view.rois.parent == row)
+                if dendrites.size:
+                    found[other] = [int(d) for d in dendrites]
+        return found
+
+    def select_plane_roi(self, plane: int, roi: int) -> None:
+        """Select ``roi`` of ``plane`` (the BCI plane's selection goes through ``update_roles``)."""
+        self._focus = (plane, roi)
+        self._show_partners(self._hover or self._focus)
+
+    def _show_partners(self, focus: tuple[int, int] | None) -> None:
+        """Highlight ``focus`` and its partners on every plane (nothing when None)."""
+        marked = {} if focus is None else self.partners(*focus)
+        if focus is not None:
+            marked.setdefault(focus[0], []).append(focus[1])
+        self.marked = marked
+        if self._bci_highlight is not None and self.rois is not None:
+            x, y = outline_points(self.rois, marked.get(self.bci_plane, []))
+            self._bci_highlight.setData(x=x, y=y)
+        lines = []
+        for plane, view in self.plane_views.items():
+            view.set_highlight(marked.get(plane, []))
+            lines.append(view.summary + (f" · {self._describe(plane, marked[plane][0])}" if marked.get(plane) else ""))
+        self.planes_label.setText("\n".join(lines))
+
+    def _describe(self, plane: int, roi: int) -> str:
+        view = self.plane_views[plane]
+        if view.rois is None or not 0 <= roi < view.rois.n:
+            return ""
+        soma = self.partners(plane, roi).get(self.bci_plane)
+        kind = "dendrite" if view.rois.kind[roi] else "soma"
+        return f"ROI {roi} ({kind})" + (f" → soma {soma[0]}" if soma else "")
+
+    def _on_hover(self, scene_pos: QtCore.QPointF) -> None:
+        """Hovering a ROI highlights its partners across planes; cheap (a label lookup), redrawn on change only."""
+        hover = None
+        views = [(self.bci_plane, self.view, self.rois)] + [(p, v.view, v.rois) for p, v in self.plane_views.items()]
+        for plane, view, rois in views:
+            if rois is not None and view.sceneBoundingRect().contains(scene_pos):
+                pos = view.mapSceneToView(scene_pos)
+                roi = rois.roi_at(pos.y(), pos.x())
+                hover = None if roi is None else (plane, roi)
+                break
+        if hover != self._hover:
+            self._hover = hover
+            self._show_partners(hover or self._focus)

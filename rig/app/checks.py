@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from acquisition.plane_rois import load_planes, plane_roi_folder
 from acquisition.rois import RoiFileError, load_suite2p
 from decoder.registry import check_ensembles
 from decoder.trial import frames_for
@@ -113,6 +114,7 @@ def check_config(cfg: RigConfig, config_dir: Path, *, platform: str = sys.platfo
     if rois is not None:
         add(frame_size_findings(cfg, rois, size))
         add(ensemble_findings(cfg, rois))
+        add(plane_findings(cfg))
         add(memory_findings(cfg, rois, rate))
     if duration_s is not None and not recording:
         add(duration_findings(cfg, duration_s))
@@ -131,6 +133,9 @@ def missing_files(cfg: RigConfig) -> list[tuple[str, str]]:
     acq = cfg.acquisition
     if acq.rois.suite2p_dir and not Path(acq.rois.suite2p_dir).exists():
         problems.append(("acquisition.rois.suite2p_dir", f"{acq.rois.suite2p_dir} does not exist"))
+    for plane, folder in enumerate(acq.rois.plane_dirs):
+        if folder and not Path(folder).exists():
+            problems.append(("acquisition.rois.plane_dirs", f"plane {plane}'s ROI folder {folder} does not exist"))
     if acq.source == "replay" and not Path(acq.replay.path).exists():
         problems.append(("acquisition.replay.path", f"{acq.replay.path or '(empty)'} does not exist"))
     if acq.registration.ref_path and not Path(acq.registration.ref_path).exists():
@@ -266,30 +271,56 @@ def duration_findings(cfg: RigConfig, duration_s: float) -> list[Finding]:
 def roi_facts(cfg: RigConfig) -> RoiFacts | Finding | None:
     """The ROI set the session would use (None: its folder is missing, reported by :func:`missing_files`)."""
     acq = cfg.acquisition
-    if acq.source == "sim" and not acq.rois.suite2p_dir:
+    if acq.source == "sim" and not plane_roi_folder(acq.rois, acq.bci_plane, acq.bci_plane):
         sim = acq.sim
         return RoiFacts(sim.n_cells, sim.height_px, sim.width_px, f"the simulated scope's {sim.n_cells} cells",
                         has_reference=True)
-    if not acq.rois.suite2p_dir:
+    folder = plane_roi_folder(acq.rois, acq.bci_plane, acq.bci_plane)  # suite2p_dir unless plane_dirs names it
+    if not folder:
         return Finding("acquisition.rois.suite2p_dir", f"empty: the {acq.source} source needs the ROIs of a "
                                                        "suite2p folder (the plane0 folder of today's field of view)")
-    if not Path(acq.rois.suite2p_dir).exists():
+    if not Path(folder).exists():
         return None
     try:
-        roi_set = load_suite2p(acq.rois.suite2p_dir)
+        roi_set = load_suite2p(folder)
     except (RoiFileError, OSError, ValueError) as exc:
         return Finding("acquisition.rois.suite2p_dir", str(exc))
     total = roi_set.n_rois
     if acq.rois.only_cells and not np.any(roi_set.iscell[:, 0] > 0.5):
-        return Finding("acquisition.rois.only_cells", f"none of the {total} ROIs of {acq.rois.suite2p_dir} is a cell "
+        return Finding("acquisition.rois.only_cells", f"none of the {total} ROIs of {folder} is a cell "
                                                       "(iscell.npy): nothing to extract; set only_cells = false or "
                                                       "classify the ROIs")
     if acq.rois.only_cells:
         roi_set = roi_set.cells_only()
-        origin = f"the iscell == 1 rows ({roi_set.n_rois} of {total}) of {acq.rois.suite2p_dir}"
+        origin = f"the iscell == 1 rows ({roi_set.n_rois} of {total}) of {folder}"
     else:
-        origin = f"every ROI of {acq.rois.suite2p_dir}"
+        origin = f"every ROI of {folder}"
     return RoiFacts(roi_set.n_rois, roi_set.Ly, roi_set.Lx, origin, has_reference=roi_set.ref_img is not None)
+
+
+def plane_findings(cfg: RigConfig) -> list[Finding]:
+    """Several planes: every plane's ROI folder exists, all are for one frame size, kinds and links name ROIs
+    that exist (what the acquisition checks at configure, :func:`acquisition.plane_rois.load_planes`). A plane
+    the sim gives its own ROIs is the sim's to get right."""
+    acq = cfg.acquisition
+    if acq.n_planes == 1:
+        return []
+    key = "acquisition.rois.plane_dirs" if acq.rois.plane_dirs else "acquisition.rois.suite2p_dir"
+    try:
+        folders = [plane_roi_folder(acq.rois, plane, acq.bci_plane) for plane in range(acq.n_planes)]
+    except RoiFileError as exc:
+        return [Finding(key, str(exc))]
+    if not all(folders):
+        return []  # the sim's truth (or no folder at all: roi_facts and the source say so)
+    missing = [f"plane {plane}: {folder}" for plane, folder in enumerate(folders) if not Path(folder).exists()]
+    if missing:
+        return [Finding(key, f"{acq.n_planes} planes need one ROI folder each; not found: {'; '.join(missing)}")]
+    try:
+        load_planes(acq, None)
+    except (OSError, ValueError) as exc:  # RoiFileError: a size, a kind, a link to an ROI that is not there
+        text = str(exc)
+        return [Finding("acquisition.rois.links" if text.startswith("acquisition.rois.links") else key, text)]
+    return []
 
 
 def source_facts(cfg: RigConfig) -> tuple[tuple[int, int] | None, float, list[Finding]]:

@@ -28,6 +28,8 @@ After the session (SESSION is the folder rig run printed):
   rig report SESSION                             one-page HTML report with plots
   rig replay SESSION                             re-decide every frame offline and compare
   rig export SESSION --nwb session.nwb           NWB for sharing and analysis
+  rig dendrites SESSION                          two planes: instructive signals in the dendrites
+  rig link SESSION --suggest                     several planes: which dendrite belongs to which soma
 Try everything without a microscope:
   rig run hardware_configs/sim.toml --headless --duration 60
   rig bench                                      how fast is this PC?
@@ -46,6 +48,8 @@ PLUGIN_MODULES = (
     "rig.app.keys_cli",
     "rig.offline.detect",
     "rig.offline.rank_cli",
+    "rig.offline.links_cli",
+    "rig.offline.dendrites_cli",
 )
 
 

@@ -130,6 +130,24 @@ def run_review(folder: str) -> int:
     return _exec_until_stopped(app)
 
 
+def run_link_editor(paths: list[str], bci_plane: int | None) -> int:
+    """The link editor on a session folder, a suite2p folder of planes, or one folder per plane; until closed."""
+    from PyQt6 import QtWidgets  # noqa: PLC0415 - keep `rig --help` fast
+
+    from gui.link_editor import open_link_editor  # noqa: PLC0415
+    from gui.link_set import LinkSetError  # noqa: PLC0415
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([sys.argv[0] or "rig-console"])
+    try:
+        window = open_link_editor(paths, bci_plane)
+    except LinkSetError as exc:
+        print(f"rig console --link: {exc}", file=sys.stderr)
+        return 2
+    window.resize(1100, 600)
+    window.show()
+    return _exec_until_stopped(app)
+
+
 def _exec_until_stopped(app: Any) -> int:
     """Run the Qt event loop until the window closes or the OS asks the console to stop (Ctrl-C, SIGTERM,
     Ctrl-Break, the console window closing). The stop request only sets a flag (on Windows it arrives on
@@ -155,6 +173,9 @@ def _cmd_console(args: argparse.Namespace) -> int:
         if args.session_folder is not None and (args.connect or args.session):
             raise ValueError("give a SESSION_FOLDER to review, or --connect/--session to attach to a running rig, "
                              "not both")
+        if getattr(args, "link", None) and (args.session_folder is not None or args.connect or args.session):
+            raise ValueError("--link opens the link editor on its own folders: give them after --link, without "
+                             "SESSION_FOLDER, --connect or --session")
         if args.connect is not None:
             check_endpoint(args.connect)
     except ValueError as exc:
@@ -173,6 +194,8 @@ def _cmd_console(args: argparse.Namespace) -> int:
         except (AlignFolderError, ValueError, OSError) as exc:
             print(f"rig console: {exc}", file=sys.stderr)
             return 2
+    if getattr(args, "link", None):  # dendrite -> soma links of a session's or a config's plane folders
+        return run_link_editor(args.link, args.bci_plane)
     if args.pick is not None:  # before a session: choose ROIs and ensembles from a detection (rig detect)
         from rig.offline.rank_cli import run_picker  # noqa: PLC0415
 
@@ -220,4 +243,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     console.add_argument("--pick", metavar="SUITE2P_DIR", default=None,
                          help="before a session: open the ROI picker on rig detect's folder (or a session folder "
                               "with detect/): rank cells, pick up/down, draw ROIs; saved into --config")
+    console.add_argument("--link", metavar="SESSION_OR_FOLDERS", nargs="+", default=None,
+                         help="several imaging planes: draw which dendrite belongs to which soma, on a finished "
+                              "session (saved in its acquisition/planes/planeK/rois, what rig dendrites reads), a "
+                              "suite2p folder holding plane0, plane1... or one plane folder per plane (saved there, "
+                              "for the next session); docs/PLANES.md")
+    console.add_argument("--bci-plane", type=int, default=None, metavar="K",
+                         help="with --link: the plane whose somata drive the BCI (default: the session's, else 0)")
     console.set_defaults(func=_cmd_console)

@@ -11,6 +11,7 @@ import msgspec
 from acquisition.sim.config import SimConfig
 from acquisition.sim.export import export_movie
 from rig.app.sim_learn_cli import register_learn
+from rig.app.sim_session_cli import register_session
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +48,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="also write zstack.tif: planes every --zstack-step-um um within +-30 um of the focal plane")
     p.add_argument("--zstack-step-um", type=float, default=1.0, metavar="UM", help="z-stack plane spacing (1 um)")
     p.set_defaults(func=run_cli)
-    register_learn(p.add_subparsers(dest="sim_command", title="other simulations", metavar="learn"))
+    others = p.add_subparsers(dest="sim_command", title="other simulations", metavar="learn|session")
+    register_learn(others)
+    register_session(others)
 
 
 def _load(args: argparse.Namespace) -> tuple[SimConfig, float]:

@@ -21,9 +21,10 @@ import msgspec
 import numpy as np
 
 from acquisition.sim.config import LEARNING_RULES, MouseConfig, SimConfig
+from acquisition.sim.mouse import SimMouse
 from acquisition.sim.traces import TraceSim
 from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
-from decoder.engine import DecoderEngine
+from decoder.engine import DecoderEngine, StepResult
 from reward.feedback.config import FeedbackConfig
 from reward.feedback.plan import FeedbackPlanner
 from rig.core.codes import Mode
@@ -80,56 +81,88 @@ def _mouse_config(spec: LearnSpec) -> MouseConfig:
     return cfg
 
 
-def run_learning(spec: LearnSpec) -> dict:
-    """Run one session; return the hit rates per quarter of the BCI trials, chance and what the mouse learned."""
-    spec.check()
-    fps = spec.fps
+def session_configs(spec: LearnSpec) -> tuple[SimConfig, DecoderConfig, TaskConfig]:
+    """The simulator, decoder and task settings a learning session pins (up = 0..k-1, down = k..2k-1)."""
     sim_cfg = SimConfig(seed=spec.seed, n_cells=spec.n_cells, mouse=_mouse_config(spec))
-    k = spec.ensemble_cells
-    up, down = list(range(k)), list(range(k, 2 * k))
-    sim = TraceSim(sim_cfg, fps, up, down)
+    up, down = ensembles(spec)
+    # calibrate_off_loop False: a simulation is not paced in real time, so the calibration is computed in the loop
+    # on the baseline's last frame (no thread: the run stays a pure function of the seed)
     decoder_cfg = DecoderConfig(decoder="two_population", up=up, down=down, neuropil_coef=0.7,
-                                f0_percentile=10.0, f0_window_s=60.0, smoothing_frames=3,
+                                f0_percentile=10.0, f0_window_s=60.0, smoothing_frames=3, calibrate_off_loop=False,
                                 calibration=CalibrationConfig(method="hit_rate", target_hit_rate=0.5, seed=0))
     task_cfg = TaskConfig(baseline_s=spec.baseline_minutes * 60.0, auto_protocol=True, trial_s=30.0, iti_s=5.0,
                           hold_s=1.0, timeout_s=3.0)
-    engine = DecoderEngine(decoder_cfg, task_cfg, spec.n_cells, fps)
-    planner = FeedbackPlanner(FeedbackConfig())
-    yoke_rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(17,)))
-    trial_frames = round(task_cfg.trial_s * fps)
-    frame_ns = 1e9 / fps
-    mouse = sim.mouse
+    return sim_cfg, decoder_cfg, task_cfg
 
-    engine.start_baseline()
-    outcomes: list[int] = []
-    chance = math.nan
-    yoked_at = -1
-    rewards_delivered = 0
-    for frame in range(round(spec.minutes * 60.0 * fps)):
-        F, Fneu = sim.step()
-        res = engine.step(frame, F, Fneu)
-        stim = planner.on_decision(frame, int(frame * frame_ns), int(res.mode), int(res.trial_state),
-                                   res.cursor_norm, res.angle_bin)
+
+def ensembles(spec: LearnSpec) -> tuple[list[int], list[int]]:
+    """The up and down ensembles a session labels: up = cells 0..k-1, down = k..2k-1 (k = ensemble_cells)."""
+    k = spec.ensemble_cells
+    return list(range(k)), list(range(k, 2 * k))
+
+
+class MouseLoop:
+    """Between the decoder and the simulated mouse, once per decided frame: what the mouse hears (the feedback
+    process's planner), the trial outcomes, and the rewards it gets (contingent: the decoder's; yoked: random
+    at the calibrated chance rate). Shared by ``rig sim learn`` and ``rig sim session``."""
+
+    def __init__(self, spec: LearnSpec, mouse: SimMouse, task_cfg: TaskConfig, fps: float) -> None:
+        self.spec = spec
+        self.mouse = mouse
+        self.planner = FeedbackPlanner(FeedbackConfig())
+        self._yoke_rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(17,)))
+        self._trial_frames = round(task_cfg.trial_s * fps)
+        self._frame_ns = 1e9 / fps
+        self.outcomes: list[int] = []
+        self.chance = math.nan
+        self._yoked_at = -1
+        self.rewards_delivered = 0
+
+    def after_decision(self, frame: int, res: StepResult) -> bool:
+        """Feed the decision back to the mouse; True when the mouse was rewarded on this frame."""
+        spec = self.spec
+        stim = self.planner.on_decision(frame, int(frame * self._frame_ns), int(res.mode), int(res.trial_state),
+                                        res.cursor_norm, res.angle_bin)
         for event in res.events:
             kind = event.kind
             if kind in ("hit", "miss"):
-                outcomes.append(1 if kind == "hit" else 0)
-                planner.on_trial(kind, frame)
-            elif kind == "trial_start" and spec.rewards == "yoked" and yoke_rng.random() < chance:
-                yoked_at = frame + int(yoke_rng.integers(0, trial_frames))
+                self.outcomes.append(1 if kind == "hit" else 0)
+                self.planner.on_trial(kind, frame)
+            elif kind == "trial_start" and spec.rewards == "yoked" and self._yoke_rng.random() < self.chance:
+                self._yoked_at = frame + int(self._yoke_rng.integers(0, self._trial_frames))
             elif kind == "calibrated":
-                chance = float(event.detail["calibration"]["predicted_hit_rate"])
+                self.chance = float(event.detail["calibration"]["predicted_hit_rate"])
             elif kind == "calibration_failed":
                 raise LearningError(f"calibration failed on the simulated baseline (seed {spec.seed}): "
                                     f"{event.detail.get('error')}")
         if spec.feedback:
-            mouse.on_feedback(stim.perceived)
-        rewarded = res.reward_request if spec.rewards == "contingent" else frame == yoked_at
+            self.mouse.on_feedback(stim.perceived)
+        rewarded = res.reward_request if spec.rewards == "contingent" else frame == self._yoked_at
         if rewarded:
-            mouse.on_reward()
-            rewards_delivered += 1
+            self.mouse.on_reward()
+            self.rewards_delivered += 1
+        return bool(rewarded)
+
+
+def run_learning(spec: LearnSpec) -> dict:
+    """Run one session; return the hit rates per quarter of the BCI trials, chance and what the mouse learned."""
+    spec.check()
+    fps = spec.fps
+    sim_cfg, decoder_cfg, task_cfg = session_configs(spec)
+    up, down = ensembles(spec)
+    sim = TraceSim(sim_cfg, fps, up, down)
+    engine = DecoderEngine(decoder_cfg, task_cfg, spec.n_cells, fps)
+    mouse = sim.mouse
+    loop = MouseLoop(spec, mouse, task_cfg, fps)
+
+    engine.start_baseline()
+    for frame in range(round(spec.minutes * 60.0 * fps)):
+        F, Fneu = sim.step()
+        res = engine.step(frame, F, Fneu)
+        loop.after_decision(frame, res)
         if res.mode == Mode.STOPPED:
             break
+    outcomes, chance, rewards_delivered = loop.outcomes, loop.chance, loop.rewards_delivered
     if len(outcomes) < 8:
         raise LearningError(f"only {len(outcomes)} trials ran in {spec.minutes} min: too short to compare quarters")
     hits = np.array(outcomes, float)

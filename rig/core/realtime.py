@@ -59,7 +59,8 @@ def background_cpus(avoid: list[int]) -> list[int]:
 def lower_this_thread(avoid_cpus: list[int]) -> str:
     """Run the calling thread at a lower priority, off ``avoid_cpus``. Returns "" or what was refused.
 
-    Linux: a thread is a task, so ``setpriority``/``sched_setaffinity`` with its native id act on it alone.
+    Linux: a thread is a task, so ``sched_setscheduler``/``setpriority``/``sched_setaffinity`` with its native id
+    act on it alone (a real-time policy inherited from the process is dropped first).
     Windows: ``SetThreadPriority(THREAD_PRIORITY_BELOW_NORMAL)``; affinity is left to the process.
     """
     problems = []
@@ -71,6 +72,13 @@ def lower_this_thread(avoid_cpus: list[int]) -> str:
             problems.append("SetThreadPriority refused")
         return "; ".join(problems)
     tid = threading.get_native_id()
+    if hasattr(os, "SCHED_FIFO") and os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+        # a thread inherits its process's SCHED_FIFO (rig.priority = "realtime"), where nice means nothing: a
+        # background thread at the loop's real-time priority would take the CPU from it; back to normal first
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except OSError as exc:
+            problems.append(f"leaving {scheduling_policy()} refused: {exc.strerror or exc}")
     try:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
     except OSError as exc:

@@ -14,6 +14,9 @@ What goes where:
     board stamps) and ``licks`` (onsets/offsets with board stamps).
   * ``/intervals/trials``: one row per trial with its outcome, hit flag and frames.
   * optionally ``/acquisition/TwoPhotonSeries``: the raw frames (``--movie``).
+  * several planes (docs/PLANES.md): the BCI plane keeps the names above; every other plane K adds its own
+    ImagingPlane, ``PlaneSegmentation_planeK``, ``F_planeK``/``Fneu_planeK`` and ``TwoPhotonSeries_planeK``, and
+    every plane's segmentation gets ``roi_kind`` and ``parent_soma`` columns (rig/offline/nwb_planes.py).
 
 Times are seconds from the earliest stamp of the session (every stamp is one system-wide monotonic clock).
 """
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from rig.offline import nwb_planes
 from rig.offline.feedback import add_feedback_stimulus
 from rig.offline.session_data import SessionData, SessionError
 
@@ -124,6 +128,7 @@ def export_nwb(session: SessionData, out_path: str | Path, options: NwbMetadata 
                                "(session.save_frames was off)")
     n_decisions = 0 if session.decisions is None else len(session.decisions)
     total = 2 * len(session.frames) + n_decisions + (0 if movie is None else min(len(movie), len(session.frames)))
+    total += nwb_planes.extra_frames(session, options.include_movie)
     with tqdm(total=total, desc="export", unit="frame", disable=not progress, file=sys.stderr,
               mininterval=0.25) as bar:
         nwbfile = _build(session, options, movie, bar)
@@ -213,13 +218,14 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
     )
     channel = OpticalChannel(name="green", description="green PMT channel (calcium indicator emission)",
                              emission_lambda=float(_meta_value(session, options, "emission_nm") or 510.0))
+    imaging = {"excitation_lambda": float(_meta_value(session, options, "excitation_nm") or 920.0),
+               "indicator": str(_meta_value(session, options, "indicator") or _indicator_from_config(cfg)),
+               "location": str(_meta_value(session, options, "brain_area") or "unknown")}
+    several = session.n_planes > 1
     plane = nwbfile.create_imaging_plane(
-        name="plane0", optical_channel=channel, imaging_rate=session.frame_rate_hz, device=device,
-        description=f"the imaged field of view, {height}x{width} px",
-        excitation_lambda=float(_meta_value(session, options, "excitation_nm") or 920.0),
-        indicator=str(_meta_value(session, options, "indicator") or _indicator_from_config(cfg)),
-        location=str(_meta_value(session, options, "brain_area") or "unknown"),
-    )
+        name=f"plane{session.bci_plane}", optical_channel=channel, imaging_rate=session.frame_rate_hz,
+        device=device, description=f"the imaged field of view, {height}x{width} px"
+        + (f"; the BCI plane (plane {session.bci_plane}) of {session.n_planes}" if several else ""), **imaging)
     ophys = nwbfile.create_processing_module("ophys", "registration, ROI fluorescence and the decoder's dF/F")
     segmentation = ImageSegmentation(name="ImageSegmentation")
     ophys.add(segmentation)
@@ -227,12 +233,16 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
         name="PlaneSegmentation", description="suite2p ROIs the session extracted (acquisition/rois)",
         imaging_plane=plane,
     )
-    stat = session.rois().stat
+    bci_plane = session.planes[session.bci_plane] if several else None
+    stat = session.rois().stat if bci_plane is None else bci_plane.roi_set.stat
     up, down = _ensembles(session)
     plane_seg.add_column(name="ensemble", description="role in the cursor at the end of the session: up, down, other")
+    if bci_plane is not None:
+        nwb_planes.add_kind_columns(plane_seg, bci_plane, "PlaneSegmentation")
     for i, roi in enumerate(stat):
         mask = [(int(x), int(y), float(w)) for x, y, w in zip(roi["xpix"], roi["ypix"], roi["lam"], strict=True)]
-        plane_seg.add_roi(pixel_mask=mask, ensemble="up" if i in up else "down" if i in down else "other")
+        plane_seg.add_roi(pixel_mask=mask, ensemble="up" if i in up else "down" if i in down else "other",
+                          **({} if bci_plane is None else nwb_planes.kind_values(bci_plane, i)))
     all_rois = plane_seg.create_roi_table_region(region=list(range(len(stat))), description="every ROI")
     reference = session.reference()  # checked: a plain 2-D image, never unpickled
     if reference is not None:
@@ -318,6 +328,11 @@ def _build(session: SessionData, options: NwbMetadata, movie: np.ndarray | None,
             data=H5DataIO(_array_iterator(movie[:n], bar), compression="gzip", compression_opts=4),
             description="raw frames as they came from the source (before registration)",
         ))
+    if several:
+        nwb_planes.add_planes(nwbfile, session, device=device, channel=channel, ophys=ophys,
+                              segmentation=segmentation, fluorescence=fluorescence,
+                              movie_wanted=options.include_movie, bar=bar, seconds=seconds, imaging=imaging,
+                              chunks=_array_iterator)
     return nwbfile
 
 

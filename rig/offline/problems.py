@@ -140,6 +140,17 @@ def _why_no_trial(session_dir: Path, running_s: float | None, cfg: dict[str, Any
     return f"BCI started but no trial began before the session ended{took}"
 
 
+def silent_planes(summary: dict[str, Any], acquired: int) -> list[str]:
+    """With several planes, a plane that recorded nothing while the BCI plane did: its dendrites are not there."""
+    planes = summary.get("planes", {})
+    if not acquired or not isinstance(planes, dict):
+        return []
+    return [f"plane {plane} recorded no frame while the BCI plane recorded {acquired}: is the scope imaging "
+            f"{len(planes)} planes and sending each plane's index ([acquisition] n_planes)?"
+            for plane, counts in planes.items()
+            if isinstance(counts, dict) and not counts.get("bci") and counts.get("frames") == 0]
+
+
 def session_problems(session_dir: str | Path, summary: dict[str, Any], stop_reason: str) -> list[str]:
     """The problems of the session in ``session_dir`` (``summary``: its :func:`summarize_session` numbers)."""
     session_dir = Path(session_dir)
@@ -155,6 +166,7 @@ def session_problems(session_dir: str | Path, summary: dict[str, Any], stop_reas
         hint = _first_warning(session_dir, "acquisition", ("wrong_shape",))
         problems.append(f"{bad} of {acquired} frames ({bad / acquired * 100:.0f} %) were flagged bad"
                         + (f" ({flags})" if flags else "") + (f"; first warning: {hint}" if hint else ""))
+    problems += silent_planes(summary, acquired)
     lost = int(summary.get("movie_frames_lost", 0))
     if acquired and lost > MOVIE_LOST_FRACTION * acquired:
         problems.append(f"{lost} of {acquired} movie frames ({lost / acquired * 100:.1f} %, more than "

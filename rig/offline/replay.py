@@ -4,7 +4,8 @@ The decoder is a pure function of (config, calibration, input stream, operator a
 that input stream from the session folder — the raw frames (``acquisition/movie.raw``) through the same
 :class:`~acquisition.pipeline.FramePipeline`, or the recorded F/Fneu (``acquisition/frames.rec``) when
 frames were not kept — feeds exactly the frames the decoder saw (the rows of ``decoder/decisions.rec``),
-applies each operator action after the frame it followed live (``applied`` events, ``after_frame``), and
+applies each operator action after the frame it followed live (``applied`` events, ``after_frame``) and
+the end-of-baseline calibration before the frame it was applied before live (``calibration_applied``), and
 compares every decision row, trial event, reward request and the final calibration with the record,
 byte for byte. Stamps (``t_*``) are measurements of the live run and are not compared.
 
@@ -31,6 +32,7 @@ import msgspec
 import numpy as np
 from tqdm import tqdm
 
+from decoder.calibration_job import RecordedCalibrator
 from decoder.core import STAMP_FIELDS, DecoderCore, decision_record_dtype
 from rig.app.config import RigConfig
 from rig.core.movie_file import GAPS_FILE
@@ -315,7 +317,12 @@ def replay(session: SessionData, cfg: RigConfig | None = None, *, from_traces: b
     rows = np.zeros(n, dtype=decision_record_dtype(session.n_rois))
     stamps = [name for name in STAMP_FIELDS if name in (original.dtype.names or ())]
     output = _ReplayOutput()
-    core = DecoderCore(cfg.decoder, cfg.task, cfg.reward.volume_ul, session.n_rois, session.frame_rate_hz, output)
+    # The end-of-baseline calibration applies before the frame the live decoder applied it before; a what-if's
+    # own calibrations (not in the record) before the frame after the baseline's end.
+    applied = {int(e["baseline_end"]): int(e["frame"]) for e in session.dec_events
+               if e.get("kind") == "calibration_applied"}
+    core = DecoderCore(cfg.decoder, cfg.task, cfg.reward.volume_ul, session.n_rois, session.frame_rate_hz, output,
+                       RecordedCalibrator(applied, otherwise_next=not own))
 
     def apply(control: dict[str, Any]) -> None:
         control = _normalise(control)

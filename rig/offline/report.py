@@ -328,6 +328,13 @@ def draw_z(session: SessionData, fig: Figure) -> str:
 #: shown only for sessions that ran with z-tracking (acquisition/z.rec exists)
 Z_PLOT = Plot("z", "Focal plane depth (z-tracking)", draw_z)
 
+
+def _dendrite_plots(session: SessionData) -> tuple[Plot, ...]:
+    """With a dendrite plane: the instructive index and the event-aligned dendrites (``rig dendrites``)."""
+    from rig.offline.dendrites_plots import report_sections  # noqa: PLC0415 - only multi-plane sessions need it
+
+    return tuple(Plot(key, title, draw) for key, title, draw in report_sections(session))
+
 PLOTS = (
     Plot("hit_rate", "Hit rate over trials", draw_hit_rate),
     Plot("time_to_hit", "Time to hit", draw_time_to_hit),
@@ -388,7 +395,7 @@ def build_report(session: SessionData, out_path: str | Path, progress: bool = Tr
     info = session.info
     meta = info.get("metadata", {})
     figures = []
-    plots = PLOTS + ((Z_PLOT,) if session.z_estimates() is not None else ())
+    plots = PLOTS + ((Z_PLOT,) if session.z_estimates() is not None else ()) + _dendrite_plots(session)
     for plot in tqdm(plots, desc="report", unit="plot", disable=not progress, file=sys.stderr):
         png, caption = render_png(plot, session)
         if images_dir is not None:

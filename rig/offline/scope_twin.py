@@ -12,12 +12,18 @@ frame rate — looping the movie, frame numbers counting on — over one of the 
 
 What the rig pays is what it pays with a real scope: receiving the bytes. The sender costs a few percent of
 a core for the copy into the socket (``rig bench`` lists it as ``scope_twin``).
+
+With ``acquisition.sim.n_planes = 2`` among the overrides it renders (the simulator's somata and dendrites) the
+ZeroMQ twin sends each volume's planes one plane period apart, each header carrying ``plane``, ``planes`` and
+``volume`` (docs/FRAME_STREAM.md); plane 1's ROIs go beside plane 0's (``suite2p/plane1``), where the rig looks
+for them (docs/PLANES.md). The raw CLOOSE link has no plane field: it sends one plane only.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -31,8 +37,9 @@ TWIN_SCOPES = ("cloose", "zmq")
 
 @dataclass
 class TwinMovie:
-    frames: Path  # (T, H, W) uint16 .npy
-    rois: Path  # the suite2p plane0 folder of the simulated cells
+    frames: Path  # (T * planes, H, W) uint16 .npy, the planes of each volume in turn
+    rois: Path  # the suite2p plane0 folder of the simulated cells (plane1 beside it with two planes)
+    planes: int = 1
 
 
 def render_twin_movie(sim_overrides: list[str], n_frames: int, rate_hz: float, workdir: Path,
@@ -47,14 +54,22 @@ def render_twin_movie(sim_overrides: list[str], n_frames: int, rate_hz: float, w
     print(f"[bench] rendering {n_frames} frames of {cfg.acquisition.sim.height_px}x{cfg.acquisition.sim.width_px} "
           "for the scope twin (before the run)...", flush=True)
     export_movie(cfg.acquisition.sim, out, n_frames, rate_hz, progress=progress)
-    with open_movie(out / "movie.tif") as movie:  # uint16 as the scope gave them (data.bin is int16)
-        frames = np.empty((movie.n_frames, *movie.shape), np.uint16)
-        for i in range(movie.n_frames):
-            movie.read_into(i, frames[i])
+    planes = cfg.acquisition.sim.n_planes
+    movies = [out / "movie.tif"] + [out / f"plane{k}" / "movie.tif" for k in range(1, planes)]
+    frames: np.ndarray | None = None
+    for k, path in enumerate(movies):
+        with open_movie(path) as movie:  # uint16 as the scope gave them (data.bin is int16)
+            if frames is None:
+                frames = np.empty((movie.n_frames * planes, *movie.shape), np.uint16)
+            for i in range(movie.n_frames):
+                movie.read_into(i, frames[i * planes + k])
+        path.unlink()  # only the .npy is streamed
+    for k in range(1, planes):  # beside plane0, where the rig looks for plane K's ROIs
+        shutil.move(str(out / f"plane{k}" / "suite2p" / f"plane{k}"), str(out / "suite2p" / f"plane{k}"))
+    assert frames is not None
     path = out / "frames.npy"
     np.save(path, frames)
-    (out / "movie.tif").unlink()  # only the .npy is streamed
-    return TwinMovie(frames=path, rois=out / "suite2p" / "plane0")
+    return TwinMovie(frames=path, rois=out / "suite2p" / "plane0", planes=planes)
 
 
 def rig_overrides(scope: str, port: int, height: int, width: int) -> list[str]:
@@ -75,11 +90,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def send_frames(scope: str, port: int, frames_path: str, rate_hz: float, stop: Any, result_path: str) -> None:
-    """The sender process: frames from memory at ``rate_hz`` until ``stop`` is set; writes what it sent as JSON."""
+def send_frames(scope: str, port: int, frames_path: str, rate_hz: float, stop: Any, result_path: str,
+                planes: int = 1) -> None:
+    """The sender process: frames from memory at ``rate_hz`` volumes per second (``planes`` frames each, one plane
+    period apart) until ``stop`` is set; writes what it sent as JSON."""
     frames = np.load(frames_path)  # into memory before the first frame: nothing is rendered or read while sending
-    period = 1.0 / rate_hz
+    period = 1.0 / (rate_hz * planes)
     sent = late_sends = 0
+    if scope == "cloose" and planes > 1:
+        raise ValueError("the CLOOSE raw TCP link has no plane field: a scope twin of several planes needs --scope zmq")
     if scope == "cloose":
         wire = [np.asfortranarray(f.astype("<u2", copy=False)).tobytes(order="F") for f in frames]
         sock = _connect(port, deadline=time.monotonic() + 120.0)
@@ -96,6 +115,8 @@ def send_frames(scope: str, port: int, frames_path: str, rate_hz: float, stop: A
 
         def send(payload: bytes) -> None:
             header = {"v": 1, "frame": sent, "t": sent * period, "shape": shape, "dtype": "uint16", "order": "C"}
+            if planes > 1:
+                header.update(plane=sent % planes, planes=planes, volume=sent // planes)
             sock.send_multipart([b"frame", json.dumps(header).encode(), payload], copy=False)
     t0 = time.monotonic()
     try:
@@ -134,12 +155,16 @@ class TwinSender:
     """Starts :func:`send_frames` in its own process (``spawn``) and collects what it sent."""
 
     def __init__(self, scope: str, port: int, movie: TwinMovie, rate_hz: float) -> None:
+        if scope == "cloose" and movie.planes > 1:
+            raise ValueError(f"the CLOOSE raw TCP link has no plane field: a scope twin of {movie.planes} planes "
+                             "needs --scope zmq")
         self.result = movie.frames.with_name(f"sent-{scope}.json")
         self.frames = movie.frames
         ctx = multiprocessing.get_context("spawn")
         self.stop = ctx.Event()
         self.proc = ctx.Process(target=send_frames, name="scope_twin", daemon=True,
-                                args=(scope, port, str(movie.frames), rate_hz, self.stop, str(self.result)))
+                                args=(scope, port, str(movie.frames), rate_hz, self.stop, str(self.result),
+                                      movie.planes))
 
     @property
     def started(self) -> bool:

@@ -8,6 +8,7 @@ was dropped is listed in :attr:`SessionData.notes` so tools can say so instead o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from rig.offline.session_checks import (
     read_checked_records,
     read_json_object,
 )
+from rig.offline.session_planes import PlaneData, load_planes
 
-__all__ = ["SessionData", "SessionError", "Trial", "load_session"]
+__all__ = ["PlaneData", "SessionData", "SessionError", "Trial", "load_session"]
 
 
 @dataclass
@@ -48,6 +50,23 @@ class SessionData:
     valve_calibration: dict[str, Any] | None  # reward/valve_calibration.json
     movie_meta: dict[str, Any] | None  # acquisition/movie.json
     notes: list[str] = field(default_factory=list)  # what was torn or missing, for the operator
+
+    # ------------------------------------------------------------------ planes (docs/PLANES.md)
+    @property
+    def n_planes(self) -> int:
+        """Planes per volume: ``[acquisition] n_planes``, or the simulator's when only that was set."""
+        acq = self.config.acquisition
+        sim_planes = int(acq.sim.n_planes) if acq.source == "sim" else 1
+        return max(int(acq.n_planes), sim_planes)
+
+    @property
+    def bci_plane(self) -> int:
+        return int(self.config.acquisition.bci_plane)
+
+    @cached_property
+    def planes(self) -> list[PlaneData]:
+        """Every plane (index = plane): records, ROI set with kinds and links, movie (rig/offline/session_planes)."""
+        return load_planes(self)
 
     # ------------------------------------------------------------------ derived facts
     @property

@@ -96,6 +96,39 @@ def _dispensed(outcome: dict[str, Any]) -> float:
     return float(outcome.get("dispensed_ul", outcome.get("volume_ul", 0.0)))
 
 
+def n_planes(session_dir: Path) -> int:
+    """Planes per volume the session recorded (``[acquisition] n_planes``; 1 for a session from before the key)."""
+    cfg = read_json_object(session_dir / "config.resolved.json") or {}
+    acq = cfg.get("acquisition", {})
+    value = acq.get("n_planes", 1) if isinstance(acq, dict) else 1
+    return value if isinstance(value, int) and value >= 1 else 1
+
+
+def plane_counts(session_dir: Path, acq_final: list[dict[str, Any]], notes: list[str] | None) -> dict[str, Any]:
+    """Per plane (several planes only): frames recorded, frames flagged (any flag, as ``bad_frames``) and frames the
+    source skipped, from each plane's ``frames.rec`` (so a crashed session's are counted too); and the frames
+    whose plane index was out of range (the acquisition's ``final_stats``). With one plane only that count, and
+    only when a source sent such frames: a single-plane session's summary is as it was."""
+    planes = n_planes(session_dir)
+    final = acq_final[-1] if acq_final else {}
+    stray = final.get("plane_out_of_range", 0)
+    stray = int(stray) if isinstance(stray, int) else 0
+    if planes == 1:
+        return {"plane_out_of_range": stray} if stray else {}
+    cfg = read_json_object(session_dir / "config.resolved.json") or {}
+    bci = int(cfg.get("acquisition", {}).get("bci_plane", 0))
+    out: dict[str, dict[str, Any]] = {}
+    for plane in range(planes):
+        folder = session_dir / "acquisition" / ("" if plane == bci else f"planes/plane{plane}")
+        rows = read_checked_records(folder / "frames.rec", notes)
+        n = 0 if rows is None else len(rows)
+        holes = int(rows["frame"][-1] - rows["frame"][0] + 1 - n) if n else 0
+        out[str(plane)] = {"bci": plane == bci, "frames": n,
+                           "bad_frames": 0 if rows is None else int(np.count_nonzero(rows["flags"])),
+                           "frames_dropped": max(holes, 0)}
+    return {"n_planes": planes, "planes": out, "plane_out_of_range": stray}
+
+
 def session_kind(session_dir: Path) -> str:
     """"recording" for frames only (``rig run --record-only``: no decoder, reward or trials), else "bci"."""
     cfg = read_json_object(session_dir / "config.resolved.json") or {}
@@ -133,6 +166,7 @@ def summarize_session(session_dir: str | Path, notes: list[str] | None = None) -
     source_stats = acq_final[-1].get("source_stats") if acq_final else None
     before = source_stats.get("frames_before_start", 0) if isinstance(source_stats, dict) else 0
     summary["frames_before_start"] = int(before) if isinstance(before, (int, float)) else 0
+    summary.update(plane_counts(session_dir, acq_final, notes))
 
     trial_events = read_checked_events(session_dir / "decoder" / "events.jsonl", {"trial"})
     summary["trials"] = sum(1 for e in trial_events if e.get("event") == "trial_start")

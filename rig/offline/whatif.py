@@ -2,6 +2,12 @@
 
 Split from :mod:`rig.offline.replay` (which re-decides and checks); this module only builds the what-if's
 config and writes its folder, so that the other tools (summary, report, export) read it like any session.
+
+Several planes (docs/PLANES.md): only the BCI plane feeds the decoder, so only its traces are re-made. The
+other planes' records (``acquisition/planes/planeK/``: frames.rec, rois/ with the ROI kinds and links,
+sim_truth/) are carried over as recorded, so ``rig dendrites``, the NWB export and the console read the
+what-if like the original; their movies stay in the original session (as the BCI plane's does), which
+``session.json`` says.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ def write_whatif_session(session: SessionData, run: ReplayRun, cfg: RigConfig, c
         "replay_of": str(session.path.resolve()),
         "replay": {"source": run.source, "config_file": config_file, "overrides": list(overrides or []),
                    "movie": str(session.movie_path.resolve()) if run.source == "movie" else "",
+                   "planes": "the other planes' frames.rec, rois and sim_truth are copied as recorded; their "
+                             "movies stay in the original session",
                    "stamps": "t_* stamps are copied from the original session (a replay measures no latency)",
                    "reward": "no reward process ran: rewards were requested, not delivered"},
         "software": {"name": "bci-rig", "version": rig.__version__, "python": platform.python_version(),
@@ -66,6 +74,9 @@ def write_whatif_session(session: SessionData, run: ReplayRun, cfg: RigConfig, c
         shutil.copytree(src_acq / "rois", acq_dir / "rois")
     if (src_acq / "events.jsonl").exists():
         shutil.copyfile(src_acq / "events.jsonl", acq_dir / "events.jsonl")
+    if (src_acq / "sim_truth").is_dir():
+        shutil.copytree(src_acq / "sim_truth", acq_dir / "sim_truth")
+    _copy_other_planes(src_acq / "planes", acq_dir / "planes")
     traces = run.traces if run.traces is not None else session.frames
     if traces is not None:
         _write_records(acq_dir / "frames.rec", traces)
@@ -109,6 +120,25 @@ def default_whatif_dir(session: SessionData) -> Path:
         path = session.path.parent / f"{session.path.name}.replay-{stamp}_{suffix}"
     return path
 
+
+
+#: what a non-BCI plane's folder keeps in a what-if besides frames.rec (and its .json layout): not its movie
+_PLANE_DIRS = ("rois", "sim_truth")
+
+
+def _copy_other_planes(src: Path, dst: Path) -> None:
+    """The other planes' recorded files, as recorded (they do not feed the decoder, so a what-if leaves them)."""
+    if not src.is_dir():
+        return
+    for plane_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        out = dst / plane_dir.name
+        out.mkdir(parents=True)
+        for child in plane_dir.iterdir():
+            if child.name in _PLANE_DIRS or child.name.startswith("frames.rec"):
+                if child.is_dir():
+                    shutil.copytree(child, out / child.name)
+                else:
+                    shutil.copyfile(child, out / child.name)
 
 
 def _write_records(path: Path, rows: np.ndarray) -> None:

@@ -1,0 +1,133 @@
+"""Issue 21, the acquisition side: registration without an inverse FFT of the fine crop, the CLOOSE reader's
+incremental reordering, the frame ring's hand-off. Behaviour only; timings are in docs/PERFORMANCE.md."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import scipy.fft as sfft
+
+from acquisition.config import RegistrationConfig
+from acquisition.pipeline import FramePipeline
+from acquisition.registration import RigidRegistrar
+from acquisition.rois import RoiSet
+from acquisition.sources.cloose_tcp import RING_SLOTS, ClooseTcpSource
+from rig.core.realtime import lower_this_thread, set_realtime_scheduling
+from tests.cloose_twins import ConnectingSender
+from tests.conftest import wait_for
+from tests.test_acq_synth import _cell_stat, make_movie
+
+
+@pytest.fixture(scope="module")
+def movie_512():
+    return make_movie(T=6, Ly=512, Lx=512, n_cells=120, max_shift=12.0, seed=3)
+
+
+def test_integer_peak_equals_the_inverse_fft_map_within_the_window(movie_512):
+    """The fine stage evaluates the correlation by a matrix DFT at the whole-pixel shifts it searches: the same
+    numbers as the inverse FFT of the cross-power spectrum there, and the same best shift."""
+    reg = RigidRegistrar(movie_512.reference)
+    fine = reg._fine
+    assert fine is not None and fine.search == reg.bin + 1
+    size, w = reg.fine_size, fine.search
+    for k, frame in enumerate(movie_512.frames):
+        oy, ox = int(round(movie_512.shifts[k, 0])), int(round(movie_512.shifts[k, 1]))
+        y0, x0 = reg._cy + oy, reg._cx + ox
+        fine.spectrum_crop(frame, y0, x0)
+        cc = sfft.irfft2(fine._spec.astype(np.complex128), s=(size, size))
+        for cy, cx in ((0, 0), (2, -3)):
+            ys, xs = np.arange(cy - w, cy + w + 1), np.arange(cx - w, cx + w + 1)
+            window = cc[np.ix_(ys % size, xs % size)]
+            a, b = np.unravel_index(int(np.argmax(window)), window.shape)
+            assert fine.integer_peak(cy, cx) == (ys[a], xs[b])
+            np.testing.assert_allclose(fine._int_values.real, window, rtol=0, atol=1e-4 * np.abs(window).max())
+
+
+def test_fine_registration_still_subpixel_accurate(movie_512):
+    reg = RigidRegistrar(movie_512.reference)
+    out = np.array([reg.register(f)[:2] for f in movie_512.frames])
+    assert np.sqrt(((out - movie_512.shifts) ** 2).mean()) <= 0.1
+
+
+@pytest.mark.parametrize(("byte_order", "invert"), [("little", False), ("big", True)])
+def test_cloose_reader_reorders_columns_as_they_arrive_and_hands_the_slot_over(byte_order, invert):
+    """The reader thread puts whole columns into row order as bytes arrive (before the frame's last byte), and
+    read() returns the slot's row-order frame itself, untouched by later frames until the next read()."""
+    ly, lx = 16, 12
+    images = np.random.default_rng(1).integers(0, 60000, (RING_SLOTS + 3, ly, lx)).astype(np.uint16)
+    wire = [(65535 - im if invert else im).astype(">u2" if byte_order == "big" else "<u2").tobytes(order="F")
+            for im in images]
+    src = ClooseTcpSource("127.0.0.1", 0, ly, lx, byte_order=byte_order, invert=invert)
+    src.start_keeping()
+    src.open()
+    scope = ConnectingSender(src.port)
+    try:
+        cut = 5 * ly * 2 + 7  # five whole columns and part of the sixth
+        scope.send(wire[0][:cut])
+        wait_for(lambda: src._cols_done == 5, 5, "five columns reordered before the frame is complete")
+        assert src.read(0.01) is None
+        scope.send(wire[0][cut:])
+        first = wait_for(lambda: src.read(0.1), 5, "the first frame")
+        np.testing.assert_array_equal(first.data, images[0])
+        assert first.data.flags.c_contiguous and first.data.dtype == np.uint16
+        scope.send(b"".join(wire[1:]))  # more frames than the ring holds: the held slot is never overwritten
+        wait_for(lambda: src.stats()["frames"] == len(images), 5, "every frame received")
+        np.testing.assert_array_equal(first.data, images[0])
+        numbers = []
+        while (frame := src.read(0.05)) is not None:
+            np.testing.assert_array_equal(frame.data, images[frame.number])
+            numbers.append(frame.number)
+        assert numbers[-1] == len(images) - 1 and src.stats()["frames_overwritten"] == len(images) - 1 - len(numbers)
+    finally:
+        scope.close()
+        src.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_FIFO"), reason="SCHED_FIFO is Linux's")
+def test_a_background_thread_leaves_the_real_time_policy_it_inherited():
+    """rig.priority = "realtime" puts the process in SCHED_FIFO; its threads inherit it, where nice has no
+    effect. lower_this_thread (movie writer, reference refinement) puts the thread back to SCHED_OTHER."""
+    if set_realtime_scheduling():
+        pytest.skip("SCHED_FIFO refused here (no root / CAP_SYS_NICE)")
+    seen: dict[str, object] = {}
+
+    def background() -> None:
+        seen["inherited"] = os.sched_getscheduler(0)
+        seen["refused"] = lower_this_thread([])
+        seen["after"] = os.sched_getscheduler(0)
+
+    try:
+        thread = threading.Thread(target=background)
+        thread.start()
+        thread.join(10)
+        assert seen == {"inherited": os.SCHED_FIFO, "refused": "", "after": os.SCHED_OTHER}
+        assert os.sched_getscheduler(0) == os.SCHED_FIFO  # the calling (loop) thread keeps its policy
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def test_the_live_reference_build_runs_its_thread_start_hook_and_reports_a_refusal():
+    """The background reference build, like the refinement, first runs ``on_thread_start`` in its own thread (the
+    acquisition process lowers it there); what the OS refused comes back as a reference event."""
+    movie = make_movie(T=12, Ly=64, Lx=64, n_cells=8, max_shift=3.0, seed=2)
+    stat, _ = _cell_stat(movie.centres, 2.0, 64, 64)
+    rois = RoiSet(stat=stat, iscell=np.ones((len(stat), 2)), Ly=64, Lx=64)
+    threads: list[str] = []
+
+    def hook() -> str:
+        threads.append(threading.current_thread().name)
+        return "nice refused: test"
+
+    pipe = FramePipeline(rois, registration=RegistrationConfig(reference_frames=8, refine_reference="never"),
+                         background_reference=True, on_thread_start=hook)
+    for frame in movie.frames[:8]:
+        pipe.process(frame)
+    assert pipe._build is not None
+    pipe._build.thread.join(30)
+    pipe.process(movie.frames[8])
+    assert pipe.registrar is not None and threads == ["reference-build"]
+    assert pipe.pop_reference_events() == [{"event": "reference_build_thread_refused", "frame": 8,
+                                            "thread_refused": "nice refused: test"}]
