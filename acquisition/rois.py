@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rig.core.roi_kinds import DENDRITE, KIND_FILE, PARENT_FILE, SOMA, RoiKindError, checked_kind, checked_parent
 from rig.core.safe_npy import NpyFileError, load_npy
 
 #: settings sections of suite2p 1.x, flattened in this order (earlier sections win a key clash, so
@@ -43,11 +44,8 @@ SUITE2P_DEFAULTS: dict[str, Any] = {
 }
 
 
-#: ROI kinds (``roi_kind.npy``)
-SOMA, DENDRITE = 0, 1
+#: ROI kinds (``roi_kind.npy``; the kind and parent files are checked in rig.core.roi_kinds)
 KIND_NAMES = {SOMA: "soma", DENDRITE: "dendrite"}
-#: the optional per-ROI files of a plane folder, aligned with its stat.npy
-KIND_FILE, PARENT_FILE = "roi_kind.npy", "roi_parent.npy"
 
 
 class RoiFileError(ValueError):
@@ -201,31 +199,17 @@ class RoiSet:
 
 
 def _checked_kind(kind: Any, n: int, what: str) -> np.ndarray:
-    arr = np.asarray(kind)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise RoiFileError(f"{what}: {arr.size} entries (shape {arr.shape}) but stat.npy has {n} ROIs")
-    if arr.dtype.kind not in "biu":
-        raise RoiFileError(f"{what}: dtype {arr.dtype}, expected integers (0 soma, 1 dendrite)")
-    bad = np.flatnonzero((arr != SOMA) & (arr != DENDRITE))
-    if bad.size:
-        raise RoiFileError(f"{what}: values must be 0 (soma) or 1 (dendrite), found {arr[bad[0]]} (ROI {bad[0]}, "
-                           f"{bad.size} bad entries)")
-    return arr.astype(np.int8)
+    try:
+        return checked_kind(kind, n, what)
+    except RoiKindError as exc:
+        raise RoiFileError(str(exc)) from None
 
 
 def _checked_parent(parent: Any, n: int, what: str) -> np.ndarray:
-    arr = np.asarray(parent)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise RoiFileError(f"{what}: {arr.size} entries (shape {arr.shape}) but stat.npy has {n} ROIs")
-    if arr.dtype.kind not in "iu":
-        raise RoiFileError(f"{what}: dtype {arr.dtype}, expected integers (a soma index, -1 none)")
-    bad = np.flatnonzero(arr < -1)
-    if bad.size:
-        raise RoiFileError(f"{what}: ROI {bad[0]} has parent {arr[bad[0]]}; a parent is a soma index >= 0 or "
-                           "-1 (none)")
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
-        raise RoiFileError(f"{what}: parent {arr.max()} does not fit int32")
-    return arr.astype(np.int32)
+    try:
+        return checked_parent(parent, n, what)
+    except RoiKindError as exc:
+        raise RoiFileError(str(exc)) from None
 
 
 def _check_kind_parent(kind: np.ndarray, parent: np.ndarray, what: str) -> None:

@@ -14,46 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
+from rig.core.roi_kinds import (  # noqa: F401 - re-exported for the console
+    DENDRITE,
+    KIND_FILE,
+    PARENT_FILE,
+    SOMA,
+    RoiKindError,
+    checked_kind,
+    checked_parent,
+)
 from rig.core.safe_npy import NpyFileError, load_npy
 
-SOMA, DENDRITE = 0, 1
-KIND_FILE = "roi_kind.npy"
-PARENT_FILE = "roi_parent.npy"
 KIND_NAMES = {SOMA: "soma", DENDRITE: "dendrite"}
-
-
-class RoiKindError(ValueError):
-    """A ``roi_kind.npy``/``roi_parent.npy`` that cannot be used; the message names the file and the problem."""
-
-
-def checked_kind(kind: np.ndarray, n: int, what: str) -> np.ndarray:
-    """``kind`` as int8 if it has one 0/1 entry per ROI; the messages are ``acquisition.rois``'s."""
-    arr = np.asarray(kind)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise RoiKindError(f"{what}: {arr.size} entries (shape {arr.shape}) but stat.npy has {n} ROIs")
-    if arr.dtype.kind not in "biu":
-        raise RoiKindError(f"{what}: dtype {arr.dtype}, expected integers (0 soma, 1 dendrite)")
-    bad = np.flatnonzero((arr != SOMA) & (arr != DENDRITE))
-    if bad.size:
-        raise RoiKindError(f"{what}: values must be 0 (soma) or 1 (dendrite), found {arr[bad[0]]} (ROI {bad[0]}, "
-                           f"{bad.size} bad entries)")
-    return arr.astype(np.int8)
-
-
-def checked_parent(parent: np.ndarray, n: int, what: str) -> np.ndarray:
-    """``parent`` as int32 if it has one entry per ROI, each a soma row or -1."""
-    arr = np.asarray(parent)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise RoiKindError(f"{what}: {arr.size} entries (shape {arr.shape}) but stat.npy has {n} ROIs")
-    if arr.dtype.kind not in "iu":
-        raise RoiKindError(f"{what}: dtype {arr.dtype}, expected integers (a soma index, -1 none)")
-    bad = np.flatnonzero(arr < -1)
-    if bad.size:
-        raise RoiKindError(f"{what}: ROI {bad[0]} has parent {arr[bad[0]]}; a parent is a soma index >= 0 or "
-                           "-1 (none)")
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
-        raise RoiKindError(f"{what}: parent {arr.max()} does not fit int32")
-    return arr.astype(np.int32)
 
 
 def check_kinds(kind: np.ndarray, parent: np.ndarray, n_somata: int | None, what: str) -> None:

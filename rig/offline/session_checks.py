@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from rig.core.safe_npy import NpyFileError, load_npy
 from rig.core.store import CorruptFileError, read_events, read_records, torn_record_bytes
 
 
@@ -179,3 +180,16 @@ def movie_layout(meta_path: Path, meta: dict[str, Any]) -> tuple[np.dtype, int, 
     if height < 1 or width < 1:
         raise SessionError(f"{meta_path}: frames of {height} x {width} pixels; a frame has at least one pixel")
     return dtype, height, width
+
+
+def load_reference(path: Path) -> np.ndarray | None:
+    """A plane's saved registration reference (``rois/reference.npy``) as a checked 2-D image; None: not saved."""
+    if not path.exists():
+        return None
+    try:
+        reference = load_npy(path, allow_objects=False)
+    except NpyFileError as exc:
+        raise SessionError(str(exc)) from exc
+    if reference.ndim != 2 or reference.dtype.kind not in "biuf" or reference.dtype.names:
+        raise SessionError(f"{path}: expected a 2-D image, got {reference.dtype} of shape {reference.shape}")
+    return reference

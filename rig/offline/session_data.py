@@ -16,12 +16,12 @@ import numpy as np
 
 from rig.app.config import RigConfig, config_from_dict, load_config
 from rig.core.movie_file import MOVIE_FILES, ChunkedMovie
-from rig.core.safe_npy import NpyFileError, load_npy
 from rig.core.store import CorruptFileError
 from rig.offline.legacy import fill_legacy
 from rig.offline.session_checks import (
     SessionError,
     check_same_rois,
+    load_reference,
     movie_layout,
     read_checked_events,
     read_checked_records,
@@ -136,16 +136,7 @@ class SessionData:
 
     def reference(self) -> np.ndarray | None:
         """``acquisition/rois/reference.npy``, the registration reference the acquisition used (None: not saved)."""
-        path = self.path / "acquisition" / "rois" / "reference.npy"
-        if not path.exists():
-            return None
-        try:
-            reference = load_npy(path, allow_objects=False)
-        except NpyFileError as exc:
-            raise SessionError(str(exc)) from exc
-        if reference.ndim != 2 or reference.dtype.kind not in "biuf" or reference.dtype.names:
-            raise SessionError(f"{path}: expected a 2-D image, got {reference.dtype} of shape {reference.shape}")
-        return reference
+        return load_reference(self.path / "acquisition" / "rois" / "reference.npy")
 
     def z_estimates(self) -> np.ndarray | None:
         """``acquisition/z.rec``: z-tracking's depth estimates (``frame``, ``z_um`` relative to the z-stack's

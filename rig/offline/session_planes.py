@@ -15,9 +15,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rig.core.movie_file import MOVIE_FILES, ChunkedMovie
-from rig.core.safe_npy import NpyFileError, load_npy
 from rig.core.store import CorruptFileError
-from rig.offline.session_checks import SessionError, movie_layout, read_checked_records, read_json_object
+from rig.offline.session_checks import (
+    SessionError,
+    load_reference,
+    movie_layout,
+    read_checked_records,
+    read_json_object,
+)
 
 if TYPE_CHECKING:
     from acquisition.rois import RoiSet
@@ -87,16 +92,7 @@ class PlaneData:
 
     def reference(self) -> np.ndarray | None:
         """``rois/reference.npy`` of the plane (None: not saved)."""
-        path = self.folder / "rois" / "reference.npy"
-        if not path.exists():
-            return None
-        try:
-            reference = load_npy(path, allow_objects=False)
-        except NpyFileError as exc:
-            raise SessionError(str(exc)) from exc
-        if reference.ndim != 2 or reference.dtype.kind not in "biuf" or reference.dtype.names:
-            raise SessionError(f"{path}: expected a 2-D image, got {reference.dtype} of shape {reference.shape}")
-        return reference
+        return load_reference(self.folder / "rois" / "reference.npy")
 
 
 def load_planes(session: SessionData, with_rois: bool = True) -> list[PlaneData]:
