@@ -66,6 +66,13 @@ class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     norm_frames: bool = False  # suite2p's clip to the reference's 1-99th percentile: wrong on another scale
     bin_factor: int = 0  # coarse stage: 0 automatic (4 for frames >= 512 px, 2 for >= 384 px, else 1)
     fine_size: int = 0  # full-resolution crop refining a binned estimate; 0: automatic (<= 384 px), -1: none
+    # skip the coarse stage while the last good frame's shift predicts this one (peak inside the fine search
+    # window, corr >= track_corr_ratio x the last good frame's); else, and after a flagged frame, the full path
+    track: bool = True
+    track_corr_ratio: float = 0.85
+    fft_backend: str = "ducc0"  # "ducc0" (faster float32 FFTs) or "pocketfft" (scipy.fft's); same numbers
+    fft_workers: int = 1  # FFT threads for the fine crop (2 competes with other processes: see the docs)
+    dft_band: float = 0.3  # fine stage: peak evaluated from frequencies <= this (cycles/px) only; 0: all
     # a given reference (ref_path or the suite2p refImg) replaced by an aligned average of the first good frames
     # registered against it, in its coordinates: "auto" when it looks motion-blurred (blur ratio below
     # refine_blur_ratio) or noisy (refine_agree_px), "always", or "never" (acquisition/reg_refine.py)
@@ -91,6 +98,14 @@ class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
             raise ValueError(f"`whitening`: must be 'matched' or 'phase', not {self.whitening!r}")
         if self.fine_size not in (0, -1) and self.fine_size < 32:
             raise ValueError("`fine_size`: must be 0 (automatic), -1 (none) or >= 32")
+        if not 0 <= self.track_corr_ratio <= 1:
+            raise ValueError("`track_corr_ratio`: must be within [0, 1]")
+        if self.fft_backend not in ("ducc0", "pocketfft"):
+            raise ValueError(f"`fft_backend`: must be 'ducc0' or 'pocketfft', not {self.fft_backend!r}")
+        if not 0 <= self.dft_band <= 0.5:
+            raise ValueError("`dft_band`: must be within [0, 0.5] cycles/px (0: the whole spectrum)")
+        if self.fft_workers < 1:
+            raise ValueError("`fft_workers`: must be >= 1")
         if self.quality_frames < 10:
             raise ValueError("`quality_frames`: must be >= 10")
         if not self.quality_z > 0:
@@ -114,8 +129,12 @@ class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     lam_percentile: float = 50.0
     subpixel: bool = True  # cell masks read bilinearly at the subpixel shift; false: nearest pixel (suite2p)
     mask_sigma: float = 0.0  # Gaussian spread of cell mask weights, pixels (0: suite2p's masks as they are)
+    # "compiled": kernels reading the frame in place; "sparse": the earlier sparse product (to measure against)
+    method: str = "compiled"
 
     def __post_init__(self) -> None:
+        if self.method not in ("compiled", "sparse"):
+            raise ValueError(f"`method`: must be 'compiled' or 'sparse', not {self.method!r}")
         if self.inner_neuropil_radius < 0:
             raise ValueError("`inner_neuropil_radius`: must be >= 0")
         if self.min_neuropil_pixels < 0:

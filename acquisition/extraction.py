@@ -10,11 +10,13 @@ Masks (suite2p 1.1 ``extraction/masks.py`` semantics, reimplemented without suit
   ``lam`` is at least the local ``lam_percentile`` percentile (window 5 median radii).
 
 Motion: we shift the masks, not the frame. With the shift convention of :mod:`acquisition.registration`
-(content of the frame displaced by +(dy, dx)), mask pixel (y, x) is read at (y + dy, x + dx). Shifting
-masks costs nothing per frame: the frame is copied once into a zero-padded float32 buffer and a rigid shift
-is a constant offset into its flat index space, so one sparse product over a *slice* of that buffer gives
-F and Fneu for every ROI. By default (``subpixel=True``) cell masks are read bilinearly at the subpixel
-shift (four products over the cell rows only: a cell is a few pixels across, and rounding the shift to the
+(content of the frame displaced by +(dy, dx)), mask pixel (y, x) is read at (y + dy, x + dx). By default the
+compiled kernels of :mod:`acquisition.extract_kernels` read the frame in place at that offset (cells as runs of
+pixels along rows, neuropil masks as rectangles of valid pixels with a few corrections; nothing copied, no index
+per pixel); ``method="sparse"`` is the earlier way, a sparse product over a slice of a zero-padded float32 copy
+of the frame, kept to measure against and to check the kernels (same numbers to float rounding). By default
+(``subpixel=True``) cell masks are read bilinearly at the subpixel
+shift (a cell is a few pixels across, and rounding the shift to the
 nearest pixel loses correlation with the true fluorescence at real noise levels) while neuropil masks, plain
 means over hundreds of pixels, are read at the nearest pixel; ``subpixel=False`` rounds both (suite2p's
 rigid way). ``mask_sigma`` > 0 spreads each cell's weights with a Gaussian of that many pixels (built once,
@@ -34,6 +36,15 @@ from scipy.ndimage import binary_dilation, gaussian_filter, percentile_filter
 # instead of allocating a result per frame (tests/test_acq_extraction.py checks it against ``@``)
 from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
 
+from acquisition.extract_kernels import (
+    box_decomposition,
+    box_events,
+    cell_sums,
+    compile_extract_kernels,
+    neuropil_sums,
+    pixel_runs,
+    scratch_for,
+)
 from acquisition.rois import RoiSet
 
 _WEIGHT_CACHE_SIZE = 1024  # in-frame weights per integer shift (2 * n_rois floats each)
@@ -138,17 +149,23 @@ class Extractor:
     """F and Fneu for every ROI of ``roi_set`` from one frame and its registration shift.
 
     ``max_shift_px`` bounds the shifts it can apply (larger ones are clamped); by default half the frame.
+    ``method``: ``"compiled"`` (default) reads the frame directly with the kernels of
+    :mod:`acquisition.extract_kernels`; ``"sparse"`` is the earlier sparse product over a padded copy of the frame,
+    the same numbers to float rounding, kept to measure against and to check the kernels.
     """
 
     def __init__(self, roi_set: RoiSet, inner_neuropil_radius: int = 2, min_neuropil_pixels: int = 350,
                  allow_overlap: bool = False, *, lam_percentile: float = 50.0, subpixel: bool = True,
-                 mask_sigma: float = 0.0, max_shift_px: int | None = None) -> None:
+                 mask_sigma: float = 0.0, max_shift_px: int | None = None, method: str = "compiled") -> None:
         if inner_neuropil_radius < 0:
             raise ValueError("`inner_neuropil_radius`: must be >= 0")
         if min_neuropil_pixels < 0:
             raise ValueError("`min_neuropil_pixels`: must be >= 0")
         if not mask_sigma >= 0:
             raise ValueError("`mask_sigma`: must be >= 0")
+        if method not in ("compiled", "sparse"):
+            raise ValueError(f"`method`: must be 'compiled' or 'sparse', not {method!r}")
+        self.method = method
         Ly, Lx = roi_set.Ly, roi_set.Lx
         self.Ly, self.Lx = Ly, Lx
         self.n_rois = n = roi_set.n_rois
@@ -209,6 +226,29 @@ class Extractor:
         self._weight = np.empty(2 * n, np.float32)
         self._term = np.empty(2 * n, np.float32)  # one bilinear corner's contribution
         self._no_weight = np.empty(2 * n, bool)
+        self._out_cells, self._out_neuropil = self._out[:n], self._out[n:]  # views made once, not per frame
+        self._build_kernel_tables(valid)
+
+    def _build_kernel_tables(self, valid: np.ndarray) -> None:
+        """The masks in the compiled kernels' layout (acquisition.extract_kernels): cell pixels as runs along rows
+        with their weights, neuropil masks as a rectangle's valid pixels plus signed corrections."""
+        n, Wp = self.n_rois, self.Wp
+        cells, neuropil = self._cells, self._neuropil
+        ys, xs = np.divmod(cells.indices.astype(np.int64), Wp)  # row-major within each ROI (sum_duplicates sorts)
+        rows = [(ys[cells.indptr[i]:cells.indptr[i + 1]], xs[cells.indptr[i]:cells.indptr[i + 1]]) for i in range(n)]
+        self._cell_ptr, self._run_y, self._run_x, self._run_len = pixel_runs(rows)
+        self._cell_w = cells.data.astype(np.float32)
+        sets = []
+        for i in range(n):
+            py, px = np.divmod(neuropil.indices[neuropil.indptr[i]:neuropil.indptr[i + 1]].astype(np.int64), Wp)
+            sets.append(py * self.Lx + px)
+        self._valid = np.ascontiguousarray(valid, dtype=np.uint8)
+        self._np_box, self._np_ptr, self._np_y, self._np_x, self._np_sign = box_decomposition(sets, self._valid)
+        self._np_events = box_events(self._np_box, self.Ly)
+        self._np_scale = np.where(self.npix_neuropil > 0, 1.0 / np.maximum(self.npix_neuropil, 1), 0.0)
+        self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
+        if self.method == "compiled":
+            compile_extract_kernels()
 
     @property
     def cell_masks(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -258,7 +298,6 @@ class Extractor:
         """Write F and Fneu (float32, n_rois each) of ``frame`` whose content is displaced by (dy, dx)."""
         if frame.shape != (self.Ly, self.Lx):
             raise ValueError(f"frame shape {frame.shape} differs from the ROI set's {(self.Ly, self.Lx)}")
-        np.copyto(self._centre, frame, casting="unsafe")
         lim = self.pad - 1
         if not (math.isfinite(dy) and math.isfinite(dx)):
             dy = dx = 0.0
@@ -267,20 +306,44 @@ class Extractor:
         n = self.n_rois
         out = self._out
         ry, rx = round(dy), round(dx)
-        if self.subpixel:
+        if self.subpixel:  # cells bilinear at (dy, dx), neuropil at the nearest pixel
             iy, ix = math.floor(dy), math.floor(dx)
-            self._bilinear_cells(self._flat, dy, dx, out[:n])
-            self._product(self._flat, ry, rx, out[n:], self._neuropil)
+            fy, fx = dy - iy, dx - ix
             edge_shift = (min(iy, ry), min(ix, rx), max(iy + 1, ry), max(ix + 1, rx))
         else:
-            self._product(self._flat, ry, rx, out)
+            iy, ix, fy, fx = ry, rx, 0.0, 0.0
             edge_shift = (ry, rx, ry, rx)
+        if self.method == "compiled":
+            self._compiled(frame, iy, ix, fy, fx, ry, rx)
+        else:
+            self._sparse(frame, dy, dx, ry, rx)
         if self._leaves_frame(*edge_shift):
             self._renormalise(out, dy, dx)
         if self._nan_rows.size:
             out[self._nan_rows] = np.nan
         out_F[:] = out[:n]
         out_Fneu[:] = out[n:]
+
+    def _compiled(self, frame: np.ndarray, iy: int, ix: int, fy: float, fx: float, ry: int, rx: int) -> None:
+        """Cells at (iy + fy, ix + fx), bilinear, neuropil at whole pixels (ry, rx), straight from ``frame``."""
+        scratch = self._scratch.get(frame.dtype)
+        if scratch is None:
+            scratch = self._scratch[frame.dtype] = scratch_for(frame.dtype, self.Lx, self.n_rois)
+        cell_sums(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, iy, ix, fy, fx,
+                  self._out_cells)
+        ev_row, ev_box, ev_sign = self._np_events
+        neuropil_sums(frame, self._valid, ev_row, ev_box, ev_sign, self._np_box, self._np_ptr, self._np_y,
+                      self._np_x, self._np_sign, self._np_scale, ry, rx, scratch[0], scratch[1], self._out_neuropil)
+
+    def _sparse(self, frame: np.ndarray, dy: float, dx: float, ry: int, rx: int) -> None:
+        """The earlier way: one copy into the zero-padded buffer, then sparse products at offsets into it."""
+        np.copyto(self._centre, frame, casting="unsafe")
+        n, out = self.n_rois, self._out
+        if self.subpixel:
+            self._bilinear_cells(self._flat, dy, dx, out[:n])
+            self._product(self._flat, ry, rx, out[n:], self._neuropil)
+        else:
+            self._product(self._flat, ry, rx, out)
 
     def _leaves_frame(self, iy0: int, ix0: int, iy1: int, ix1: int) -> bool:
         lo_y, hi_y, lo_x, hi_x = self._extent

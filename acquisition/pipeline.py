@@ -170,10 +170,7 @@ def _build_reference_image(frames: list[np.ndarray], cfg: RegistrationConfig) ->
 def _make_registrar(reference: np.ndarray, cfg: RegistrationConfig, shape: tuple[int, int]) -> RigidRegistrar:
     if reference.shape != shape:
         raise ValueError(f"reference shape {reference.shape} differs from the ROI set's frame {shape}")
-    return RigidRegistrar(reference, cfg.maxregshift, cfg.smooth_sigma, cfg.spatial_taper, cfg.min_corr,
-                          bin_factor=cfg.bin_factor or None, norm_frames=cfg.norm_frames,
-                          fine_size=None if cfg.fine_size == 0 else max(cfg.fine_size, 0), whitening=cfg.whitening,
-                          quality_frames=cfg.quality_frames, quality_z=cfg.quality_z)
+    return RigidRegistrar.from_config(reference, cfg)
 
 
 class FramePipeline:
@@ -201,7 +198,7 @@ class FramePipeline:
         max_shift = int(min(round(self.reg_cfg.maxregshift * min(self.shape)), min(self.shape) // 2))
         self.extractor = Extractor(roi_set, ext.inner_neuropil_radius, ext.min_neuropil_pixels, ext.allow_overlap,
                                    lam_percentile=ext.lam_percentile, subpixel=ext.subpixel,
-                                   mask_sigma=ext.mask_sigma, max_shift_px=max_shift)
+                                   mask_sigma=ext.mask_sigma, max_shift_px=max_shift, method=ext.method)
         self.n_rois = roi_set.n_rois
         self.result = PipelineResult(F=np.full(self.n_rois, np.nan, np.float32),
                                      Fneu=np.full(self.n_rois, np.nan, np.float32))

@@ -38,6 +38,7 @@ from acquisition.validate import FrameFlag
 from acquisition.ztrack import Z_RECORD_DTYPE, LiveZ
 from rig.core.bus import Subscriber
 from rig.core.clock import now_ns
+from rig.core.direct_link import DirectLinkSender
 from rig.core.process import RigProcess
 from rig.core.realtime import lower_this_thread
 from rig.core.schema import (
@@ -101,6 +102,9 @@ class AcquisitionProcess(RigProcess):
         self.source: FrameSource = make_source(cfg, up=self.config.decoder.up, down=self.config.decoder.down)
         self.source.open()
         check_source_planes(self.source, cfg.n_planes, cfg.source)
+        # the decoder's frames over a loopback socket of their own (rig/core/direct_link.py), when chosen
+        self.direct = DirectLinkSender() if self.config.bus.fluor_link == "direct" else None
+        self._direct_lost_said = False
         self.bci_plane = cfg.bci_plane  # frames of any other plane go to self.planes (acquisition.planes)
         self._plane_rois: list[PlaneRois] | None = None
         self.z: LiveZ | None = None
@@ -132,6 +136,7 @@ class AcquisitionProcess(RigProcess):
         self._t_first = 0
         self._ended = False
         self._bad_run = BadRunWatch()
+        self._in_bad_run = False  # the last frame was diagnosable-bad: the next good one ends the watch's run
 
     def _configure_pipeline(self) -> FramePipeline:
         """The ROI set (saved with the session), the registration + extraction pipeline, z-tracking."""
@@ -209,9 +214,20 @@ class AcquisitionProcess(RigProcess):
                                      f"({n} such frame(s) so far)")
 
     def ready_info(self) -> dict[str, str]:
-        return {"n_rois": str(self.n_rois), "frame_rate_hz": repr(self.source.frame_rate_hz),
+        info = {"n_rois": str(self.n_rois), "frame_rate_hz": repr(self.source.frame_rate_hz),
                 "frame_rate_source": self.source.rate_source,
                 "height": str(self.source.shape[0]), "width": str(self.source.shape[1])}
+        if self.direct is not None:
+            info["fluor_link_port"] = str(self.direct.port)
+        return info
+
+    def _send_direct(self, fluor: FluorFrame) -> None:
+        """The same frame to the decoder over the direct link ([bus] fluor_link = "direct"); a lost link is said."""
+        direct = self.direct
+        assert direct is not None
+        if not direct.send(fluor) and direct.error and not self._direct_lost_said:
+            self._direct_lost_said = True
+            self.warn("fluor_link_lost", direct.error)
 
     def step(self) -> None:
         if self.feedback is not None:
@@ -219,7 +235,10 @@ class AcquisitionProcess(RigProcess):
                 feed_source(self.source, self.caps, msg)
         if self._ended:
             self.records.flush_if_due()
-            (self.feedback.socket if self.feedback is not None else self._control.socket).poll(20)
+            if self.feedback is not None:
+                self.feedback.socket.poll(20)
+            else:
+                self.wait_for_control(20)
             return
         try:
             frame = self.source.read(0.02)
@@ -256,11 +275,14 @@ class AcquisitionProcess(RigProcess):
         if flags:
             self.bad_frames += 1
         t_sent = now_ns()
-        self.publish(FluorFrame(
+        fluor = FluorFrame(
             frame=frame.number, t_ready=frame.t_ready_ns, t_registered=result.t_registered,
             t_extracted=result.t_extracted, dy=result.dy, dx=result.dx, corr=result.corr, flags=flags,
             F=result.F, Fneu=result.Fneu, t_sent=t_sent,
-        ))
+        )
+        self.publish(fluor)
+        if self.direct is not None:
+            self._send_direct(fluor)
         row = self.records.next_row()
         row["frame"] = frame.number
         row["t_ready"] = frame.t_ready_ns
@@ -278,17 +300,23 @@ class AcquisitionProcess(RigProcess):
             self._track_z(frame.number, frame.data, result.dy, result.dx)
         if frame.data.shape != self.pipeline.shape:
             self._wrong_shape(frame.number, frame.data.shape)
-        diagnosis = self._bad_run.observe(bool(flags & DIAGNOSED_FLAGS), frame.number, frame.t_ready_ns, frame.data,
-                                          self.pipeline.reference, shape=self.source.shape,
-                                          frame_rate_hz=self.source.frame_rate_hz, byte_stream=self.source.byte_stream)
-        if diagnosis is not None:
-            self.warn(f"bad_frames_{diagnosis.cause}", diagnosis.message)
+        if flags & DIAGNOSED_FLAGS or self._in_bad_run:  # a good frame after good ones changes nothing in the watch
+            self._watch_bad_run(bool(flags & DIAGNOSED_FLAGS), frame.number, frame.t_ready_ns, frame.data)
         if keep_frame(self, frame, t_sent, PREVIEW_INTERVAL_NS):
             z = self.z
             self.publish(Preview(frame=frame.number, dy=result.dy, dx=result.dx, corr=result.corr,
                                  image=self.pipeline.preview_image(frame.data), t_ns=t_sent,
                                  z_um=z.last_z if z is not None else math.nan, plane=self.bci_plane))
         self._maybe_status()
+
+    def _watch_bad_run(self, bad: bool, number: int, t_ready_ns: int, data: np.ndarray) -> None:
+        """A run of wrong-size or uncorrelated frames: diagnosed once long enough (acquisition.diagnose)."""
+        self._in_bad_run = bad
+        diagnosis = self._bad_run.observe(bad, number, t_ready_ns, data, self.pipeline.reference,
+                                          shape=self.source.shape, frame_rate_hz=self.source.frame_rate_hz,
+                                          byte_stream=self.source.byte_stream)
+        if diagnosis is not None:
+            self.warn(f"bad_frames_{diagnosis.cause}", diagnosis.message)
 
     def _max_shift_px(self) -> int:
         return int(self.config.acquisition.registration.maxregshift * min(self.pipeline.shape))
@@ -330,6 +358,8 @@ class AcquisitionProcess(RigProcess):
                 "bad_frames": float(self.bad_frames)}
 
     def on_stop(self) -> None:
+        if getattr(self, "direct", None) is not None:
+            self.direct.close()  # type: ignore[union-attr]
         if hasattr(self, "records"):
             self.records.close()
         if getattr(self, "z_records", None) is not None:

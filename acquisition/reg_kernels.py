@@ -82,3 +82,28 @@ def load_crop(image: np.ndarray, y0: int, x0: int, mask: np.ndarray, mask_sum: f
     for i in range(Ly):
         for j in range(Lx):
             out[i, j] -= m * mask[i, j]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def band_product(spec: np.ndarray, other: np.ndarray, scale: np.float32, low_rows: int, band: np.ndarray) -> None:
+    """spec *= other * scale inside the band, 0 outside, and the band's values copied into ``band`` (compact).
+
+    The band: columns below ``band.shape[1]``; rows below ``low_rows`` and the last ``band.shape[0] - low_rows``
+    rows (the low positive and negative frequencies of an rfft2 half spectrum). One pass.
+    """
+    Ly, Lx = spec.shape
+    n_rows, n_cols = band.shape
+    high_start = Ly - (n_rows - low_rows)
+    zero = np.complex64(0)
+    for i in range(Ly):
+        k = i if i < low_rows else i - high_start + low_rows if i >= high_start else -1
+        if k < 0:
+            for j in range(Lx):
+                spec[i, j] = zero
+            continue
+        for j in range(n_cols):
+            v = spec[i, j] * other[i, j] * scale
+            spec[i, j] = v
+            band[k, j] = v
+        for j in range(n_cols, Lx):
+            spec[i, j] = zero

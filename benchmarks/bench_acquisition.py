@@ -175,15 +175,17 @@ def main(argv: list[str] | None = None) -> int:
         summary[f"ours_registration_bin{factor}"] = {**percentiles(times), "rms_error_px": round(err, 4)}
         print(f"ours:    registration with bin_factor={factor}: {percentiles(times)}, RMS error {err:.3f} px",
               file=sys.stderr)
-    nearest = Extractor(rois, subpixel=False, max_shift_px=extractor.pad - 1)  # suite2p's way: whole pixels
-    times = []
-    for frame, (dy, dx) in zip(frames, est, strict=True):
-        t0 = time.perf_counter()
-        nearest.extract(frame, dy, dx, F, Fneu)
-        times.append((time.perf_counter() - t0) * 1e3)
-    summary["ours_extraction_nearest_pixel"] = percentiles(times)
-    print(f"ours:    extraction at the nearest pixel (default is bilinear cell masks): {percentiles(times)}",
-          file=sys.stderr)
+    variants = (("nearest_pixel", "at the nearest pixel (default: bilinear cell masks)", {"subpixel": False}),
+                ("sparse", "the earlier sparse product (extraction.method = \"sparse\")", {"method": "sparse"}))
+    for key, what, kwargs in variants:  # suite2p's whole pixels; the way before the compiled kernels
+        other_ex = Extractor(rois, max_shift_px=extractor.pad - 1, **kwargs)
+        times = []
+        for frame, (dy, dx) in zip(frames, est, strict=True):
+            t0 = time.perf_counter()
+            other_ex.extract(frame, dy, dx, F, Fneu)
+            times.append((time.perf_counter() - t0) * 1e3)
+        summary[f"ours_extraction_{key}"] = percentiles(times)
+        print(f"ours:    extraction {what}: {percentiles(times)}", file=sys.stderr)
     if not args.no_suite2p:
         s2p = suite2p_timings(frames, reference, args.batch)
         if s2p is not None:

@@ -2,7 +2,7 @@
 """Registration accuracy per reference type and photon level, and per-frame cost, for each method we tried.
 
     python benchmarks/bench_registration_refs.py [--size 512] [--frames 120] [--photons 2 4 6] [--suite2p]
-                                                 [--refine-only]
+                                                 [--refine-only | --no-refine] [--methods TEXT ...]
 
 Movies come from the independent generator in tests/test_acq_synth.py (``make_pmt_movie``: band-limited
 tissue, ring-shaped cells, slow neuropil, bleaching, Poisson photons times exponential PMT gain, subpixel
@@ -57,7 +57,13 @@ METHODS: dict[str, dict] = {
     "4x + full-res 384 crop, phase, sigma 1.7": dict(bin_factor=4, fine_size=384, whitening="phase",
                                                      smooth_sigma=1.7),
     "4x + full-res 256 crop, matched, sigma 1.3": dict(bin_factor=4, fine_size=256),
-    "new default: 4x + full-res 384 crop, matched, sigma 1.3": dict(),
+    "before issue 21: 4x + full-res 384 crop, matched, sigma 1.3": dict(track=False, fft_backend="pocketfft",
+                                                                       dft_band=0),
+    "new default: same + tracking, ducc0, DFT band 0.3": dict(),
+    "default, coarse stage on every frame (track off)": dict(track=False),
+    "default, whole spectrum in the DFTs (dft_band 0)": dict(dft_band=0),
+    "default, DFT band 0.25": dict(dft_band=0.25),
+    "default, 352 crop": dict(fine_size=352),
     "full resolution, matched, sigma 1.3": dict(bin_factor=1),
 }
 
@@ -142,7 +148,11 @@ def main() -> None:
     ap.add_argument("--photons", type=float, nargs="+", default=[2.0, 4.0, 6.0])
     ap.add_argument("--suite2p", action="store_true", help="also run suite2p for a genuine refImg (slow)")
     ap.add_argument("--refine-only", action="store_true", help="only the reference-refinement table")
+    ap.add_argument("--no-refine", action="store_true", help="skip the reference-refinement table")
+    ap.add_argument("--methods", nargs="+", metavar="TEXT",
+                    help="only the methods whose name contains one of these (default: all)")
     args = ap.parse_args()
+    methods = {name: kw for name, kw in METHODS.items() if not args.methods or any(t in name for t in args.methods)}
     n_cells = int(60 * (args.size / 256) ** 2)
     results: dict = {"accuracy": {}, "cost_ms": {}, "refinement": {}, "load_avg": os.getloadavg()}
     cost_done = False
@@ -151,16 +161,17 @@ def main() -> None:
                                seed=int(photons * 10))
         frames, shifts = movie.frames[: args.frames], movie.shifts[: args.frames]
         refs = references(movie, args.frames, args.suite2p)
-        refinement_table(refs, frames, shifts, photons, results)
+        if not args.no_refine:
+            refinement_table(refs, frames, shifts, photons, results)
         if args.refine_only:
             continue
         print(f"\n## {args.size}x{args.size}, {photons:g} photons/px at baseline: 2-D RMS error, px\n")
-        names = list(METHODS)
+        names = list(methods)
         print("| reference | " + " | ".join(names) + " |")
         print("|---" * (len(names) + 1) + "|")
         for ref_name, ref in refs.items():
             row = []
-            for method, kwargs in METHODS.items():
+            for method, kwargs in methods.items():
                 reg = RigidRegistrar(ref, **kwargs)
                 est = np.array([reg.register(f)[:2] for f in frames])
                 err = rms_2d(est, shifts)
@@ -172,7 +183,7 @@ def main() -> None:
             print(f"\n## cost per {args.size}x{args.size} frame (register only, one thread)\n")
             print("| method | p50 ms | p99 ms |\n|---|---|---|")
             ref = refs["suite2p-style refImg (int16)"]
-            for method, kwargs in METHODS.items():
+            for method, kwargs in methods.items():
                 reg = RigidRegistrar(ref, **kwargs)
                 for f in frames[:10]:
                     reg.register(f)

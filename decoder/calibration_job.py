@@ -8,6 +8,10 @@ deciding frames in IDLE; whoever runs the engine computes the job (:meth:`Calibr
 decoder in a thread, replay at once) and calls ``DecoderEngine.finish_calibration`` before the frame it
 applies at. The live decoder records that frame (``calibration_applied`` in ``decoder/events.jsonl``)
 and replay applies it before the same frame, so decisions stay a function of the recorded input.
+
+The operator's Calibrate command takes the same road (``decoder.operator_calibrate_off_loop``): a job with
+``requested_by`` "operator", numbered in the order the operator's calibrations were requested, which is
+how the record names it (the end-of-baseline one is named by the frame its baseline ended on).
 """
 
 from __future__ import annotations
@@ -28,13 +32,19 @@ if TYPE_CHECKING:
 
 
 class CalibrationJob:
-    """One calibration of a recorded baseline; ``baseline_end`` (the frame the baseline ended on) names it."""
+    """One calibration of a recorded baseline. auto_protocol's (``requested_by`` "auto"): ``baseline_end`` is the
+    frame the baseline ended on, which names it; the operator's ("operator"): ``baseline_end`` is the last frame
+    decided before the request, ``number`` (1, 2, ... in the session) names it, ``allow_rois`` its override."""
 
-    def __init__(self, baseline_end: int, baseline: Baseline, decoder: Decoder, cfg: CalibrationConfig) -> None:
+    def __init__(self, baseline_end: int, baseline: Baseline, decoder: Decoder, cfg: CalibrationConfig, *,
+                 requested_by: str = "auto", number: int = 0, allow_rois: list[int] | None = None) -> None:
         self.baseline_end = baseline_end
+        self.requested_by = requested_by
+        self.number = number
         self._baseline = baseline
         self._decoder = decoder
         self._cfg = cfg
+        self._allow_rois = allow_rois
         self.submitted = False  # handed to whoever computes it
         self.dropped = ""  # why the engine no longer waits for it (an operator call replaced its inputs)
         self.calibration: Calibration | None = None
@@ -48,6 +58,21 @@ class CalibrationJob:
     def done(self) -> bool:
         return self._done.is_set()
 
+    @property
+    def by_operator(self) -> bool:
+        return self.requested_by == "operator"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What the record names the job by: ("auto", baseline_end) or ("operator", number)."""
+        return ("operator", self.number) if self.by_operator else ("auto", self.baseline_end)
+
+    def describe(self) -> dict[str, object]:
+        """The fields naming the job in its ``calibration_*`` lines of ``decoder/events.jsonl``."""
+        if self.by_operator:
+            return {"requested_by": "operator", "job": self.number, "after_frame": self.baseline_end}
+        return {"requested_by": "auto", "baseline_end": self.baseline_end}
+
     def wait(self, timeout_s: float) -> bool:
         """Block until computed (tests, shutdown); whether it is."""
         return self._done.wait(timeout_s)
@@ -57,7 +82,7 @@ class CalibrationJob:
         is kept for :meth:`check` to raise where the job is applied (never lost in a worker thread)."""
         t0 = time.perf_counter()
         try:
-            cal = self._baseline.calibrate(self._decoder, self._cfg)
+            cal = self._baseline.calibrate(self._decoder, self._cfg, self._allow_rois)
             self.as_dict = cal.to_dict()
             self.calibration = cal
         except CalibrationError as exc:
@@ -72,8 +97,9 @@ class CalibrationJob:
     def check(self) -> None:
         """Raise what broke the computation, other than a calibration error (call where it is applied)."""
         if self.crash is not None:
-            raise RuntimeError(f"calibrating the baseline that ended at frame {self.baseline_end} failed: "
-                               f"{type(self.crash).__name__}: {self.crash}") from self.crash
+            what = (f"the operator's calibration {self.number} (requested after frame {self.baseline_end})"
+                    if self.by_operator else f"calibrating the baseline that ended at frame {self.baseline_end}")
+            raise RuntimeError(f"{what} failed: {type(self.crash).__name__}: {self.crash}") from self.crash
 
 
 class NextFrameCalibrator:
@@ -91,20 +117,31 @@ class NextFrameCalibrator:
 class RecordedCalibrator:
     """Replay: computes a job at once and applies it before the frame the record says it was applied before.
 
-    ``applied``: baseline-end frame -> frame (the ``calibration_applied`` events). A job the record does not
-    name was never applied (the session ended first, or an operator call dropped it), unless
+    ``applied``: :attr:`CalibrationJob.key` -> frame (the ``calibration_applied`` events). A job the record does
+    not name was never applied (the session ended first, or an operator call dropped it), unless
     ``otherwise_next`` (a what-if, whose calibrations need not be the record's): then before the next frame.
     """
 
-    def __init__(self, applied: dict[int, int], otherwise_next: bool) -> None:
+    def __init__(self, applied: dict[tuple[str, int], int], otherwise_next: bool) -> None:
         self.applied = applied
         self.otherwise_next = otherwise_next
+
+    @classmethod
+    def from_events(cls, events: list[dict], otherwise_next: bool) -> RecordedCalibrator:
+        """From a session's decoder events (lines before the operator's calibrations left the loop name none)."""
+        applied = {}
+        for e in events:
+            if e.get("kind") == "calibration_applied":
+                key = ("operator", int(e["job"])) if e.get("requested_by") == "operator" else (
+                    "auto", int(e["baseline_end"]))
+                applied[key] = int(e["frame"])
+        return cls(applied, otherwise_next)
 
     def submit(self, job: CalibrationJob) -> None:
         job.run()
 
     def due(self, job: CalibrationJob, frame: int) -> bool:
-        at = self.applied.get(job.baseline_end)
+        at = self.applied.get(job.key)
         return frame >= at if at is not None else self.otherwise_next
 
 

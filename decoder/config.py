@@ -163,6 +163,10 @@ class DecoderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # (`calibration_applied` in events.jsonl) and replay re-applies; false (sessions recorded before this key)
     # computes it in the loop on the baseline's last frame, which stalls the frames meanwhile
     calibrate_off_loop: bool = True
+    # The operator's Calibrate command the same way (with calibrate_off_loop; docs/TASK_RULES.md): until it
+    # applies the decoder goes on as before the command, and the operator's later commands wait behind it.
+    # false (sessions recorded before this key): computed in the loop between two frames, stalling them
+    operator_calibrate_off_loop: bool = True
     calibration: CalibrationConfig = msgspec.field(default_factory=CalibrationConfig)
     safeguards: SafeguardConfig = msgspec.field(default_factory=SafeguardConfig)
 

@@ -62,7 +62,7 @@ from decoder.decoders import RunningMean
 from decoder.dff import compile_kernels as compile_dff_kernels
 from decoder.feedback import FeedbackMapper
 from decoder.registry import check_ensembles, make_decoder
-from decoder.safeguards import DriftMonitor
+from decoder.safeguards import DriftMonitor, drift_monitor_for
 from decoder.step_result import StepResult
 from decoder.subset_f0 import SubsetDffTracker
 from decoder.task_sim import compile_kernels as compile_task_kernels
@@ -132,9 +132,6 @@ class DecoderEngine:
         self._task_frames = 0  # valid frames since BCI started (the slow F0's count)
         self._block = 0  # BCI blocks started
         self._monitor: DriftMonitor | None = None  # F0 drift and dF/F noise of the decoder's ROIs during BCI
-        self._monitor_rois = np.zeros(0, dtype=np.intp)
-        self._monitor_dff = np.empty(0)
-        self._monitor_f0 = np.empty(0)
         self._baseline = Baseline(n_rois, self.f0_window, decoder_cfg, task_cfg, self.timing, self.frame_rate_hz)
         self._pending: list[Event] = []
         self._events: list[Event] = []
@@ -227,11 +224,24 @@ class DecoderEngine:
         cal = self._baseline.calibrate(self._decoder, self._calibration_cfg,
                                        [int(r) for r in allow_rois] if allow_rois else None)
         self._drop_job("calibrate")
+        self._calibrated(cal, cal.to_dict())
+        return cal
+
+    def request_calibration(self, allow_rois: Sequence[int] | None, number: int) -> CalibrationJob:
+        """calibrate() beside the loop: a job (the operator's ``number``-th) that finish_calibration() applies as
+        calibrate() would; until then nothing changes (a baseline goes on recording). Drops an auto one waiting."""
+        self._require("calibrate", "calibrate")
+        self._drop_job("calibrate")
+        self._job = CalibrationJob(-1 if self._last_frame is None else self._last_frame, self._baseline.snapshot(),
+                                   self._decoder.clone(), self._calibration_cfg, requested_by="operator",
+                                   number=number, allow_rois=[int(r) for r in allow_rois] if allow_rois else None)
+        return self._job
+
+    def _calibrated(self, cal: Calibration, as_dict: dict) -> None:
         if self._mode == Mode.BASELINE:
             self._end_baseline(None)
         self._apply_calibration(cal)
-        self._queue("calibrated", {"calibration": cal.to_dict()})
-        return cal
+        self._queue("calibrated", {"calibration": as_dict})
 
     def set_calibration(self, cal: Calibration) -> None:
         """Use a stored calibration (its ensembles and weights too); -> READY. If this engine has seen no frame
@@ -417,9 +427,9 @@ class DecoderEngine:
                 res.reward_request = machine.step(frame, cursor, usable, events)
             monitor = self._monitor
             if valid and monitor is not None:
-                np.take(tracker.dff, self._monitor_rois, out=self._monitor_dff)
-                tracker.take_f0(self._monitor_rois, self._monitor_f0)
-                monitor.push(self._monitor_dff, self._monitor_f0, frame, machine.trial, events)
+                tracker.dff.take(monitor.index, out=monitor.dff_now)  # the method: no np.take wrapper per frame
+                tracker.take_f0(monitor.index, monitor.f0_now)
+                monitor.push(monitor.dff_now, monitor.f0_now, frame, machine.trial, events)
             if machine.state == TrialState.DONE:
                 self._mode = Mode.STOPPED
                 tracker.widen()
@@ -464,7 +474,7 @@ class DecoderEngine:
             self._queue("baseline_done", detail)
             return
         self._events.append(Event("baseline_done", self.trials, frame, detail))
-        if not self.task_cfg.auto_protocol:
+        if not self.task_cfg.auto_protocol or self._job is not None:  # the operator's calibration applies instead
             return
         if self._defer:  # computed beside the loop; finish_calibration() applies it
             self._job = CalibrationJob(frame, self._baseline.snapshot(), self._decoder.clone(), self._calibration_cfg)
@@ -481,18 +491,20 @@ class DecoderEngine:
     def finish_calibration(self, job: CalibrationJob) -> bool:
         """Apply a computed end-of-baseline calibration between frames: -> BCI ("calibrated", "bci_start"), or
         "calibration_failed" and IDLE, on the next frame stepped; False if an operator call dropped ``job``.
-        The caller records that frame; replay calls this before the same one (decoder/calibration_job.py)."""
+        The caller records that frame; replay calls this before the same one (decoder/calibration_job.py).
+        The operator's job applies as calibrate(); its error changes nothing (the caller reports it)."""
         if job is not self._job or not job.done:
             return False
         self._job = None
         if job.error:
-            self._queue("calibration_failed", {"error": job.error})
+            if not job.by_operator:
+                self._queue("calibration_failed", {"error": job.error})
             return True
         cal = job.calibration
         assert cal is not None and job.as_dict is not None
-        self._apply_calibration(cal)
-        self._queue("calibrated", {"calibration": job.as_dict})
-        self._start_bci(None)
+        self._calibrated(cal, job.as_dict)
+        if not job.by_operator:  # auto_protocol goes on to BCI
+            self._start_bci(None)
         return True
 
     def _drop_job(self, reason: str) -> None:
@@ -508,7 +520,8 @@ class DecoderEngine:
         self._block += 1
         self._mode = Mode.BCI
         self._dff.narrow_to(self._decoder.rois)
-        self._start_monitor(cal)
+        self._monitor = drift_monitor_for(self._decoder.rois, cal, self.n_rois, self.decoder_cfg,
+                                          self.frame_rate_hz)
         self._task_frames = 0
         detail = {"threshold": cal.threshold, "trial_frames": self.timing.trial_frames,
                   "f0_mode": self.decoder_cfg.f0_mode, "block": self._block}
@@ -516,21 +529,6 @@ class DecoderEngine:
             self._queue("bci_start", detail)
         else:
             self._events.append(Event("bci_start", self.trials, frame, detail))
-
-    def _start_monitor(self, cal: Calibration) -> None:
-        """Watch the decoder's ROIs against this calibration's baseline (not possible for one stored without
-        its baseline noise)."""
-        rois = np.asarray(self._decoder.rois, dtype=np.intp)
-        self._monitor = None
-        if (len(cal.dff_noise) != self.n_rois or len(cal.f0) != self.n_rois or not len(rois)
-                or self.decoder_cfg.rules_version < 2):  # sessions recorded before the watch existed
-            return
-        self._monitor_rois = rois
-        self._monitor_dff = np.empty(len(rois))
-        self._monitor_f0 = np.empty(len(rois))
-        cfg = self.decoder_cfg.safeguards
-        self._monitor = DriftMonitor([int(r) for r in rois], np.asarray(cal.f0)[rois], np.asarray(cal.dff_noise)[rois],
-                                     cfg, frames_for(cfg.check_every_s, self.frame_rate_hz))
 
     def _clear_calibration(self) -> None:
         if self._calibration is not None:

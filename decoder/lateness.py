@@ -8,11 +8,10 @@ calibration, or else the stage that took
 the time — the acquisition (registration, extraction and, between frames, its preview and movie hand-off),
 the bus hop, or the decoder's own step.
 
-The end-of-baseline calibration no longer blocks the loop (``decoder.calibrate_off_loop``: a thread computes
-it, decoder/calibration_job.py), so "calibrating" is now only the cause of a late decision when the operator's
-calibrate command (still computed in the loop, 0.2-0.4 s for a 15-min baseline) or a session replayed with
-the older in-loop rule blocked it; a late decision in the decoder while the calibration thread computed is
-"calibration thread".
+Calibrations no longer block the loop (``decoder.calibrate_off_loop`` and ``operator_calibrate_off_loop``: a
+thread computes them, decoder/calibration_job.py), so "calibrating" is now only the cause of a late decision
+when one of them is switched off (0.2-0.4 s for a 15-min baseline); a late decision in the decoder while the
+calibration thread computed is "calibration thread".
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ import msgspec
 import numpy as np
 
 from decoder.calibration_job import ThreadCalibrator
-from decoder.core import DecoderCore, decision_record_dtype
+from decoder.core import STAMP_FIELDS, DecoderCore, record_fields_dtype
 from decoder.engine import StepResult
 from decoder.lateness import LateWatch
 from decoder.safeguards import describe
-from rig.core.bus import SpinWaiter
+from rig.core.bus import SpinWaiter, Subscriber
 from rig.core.clock import now_ns
+from rig.core.direct_link import DirectLinkReceiver
 from rig.core.process import RigProcess
 from rig.core.realtime import IdleCollector
 from rig.core.schema import CalibrationResult, Control, Decision, FluorFrame, RewardRequest, TrialEvent
@@ -49,10 +50,19 @@ class DecoderProcess(RigProcess):
             self.warn("priority_refused", f"calibration thread: {self.calibrator.refused}")
         self.core = DecoderCore(self.config.decoder, self.config.task, self.config.reward.volume_ul, self.n_rois,
                                 self.frame_rate_hz, self, self.calibrator)
-        self.fluor = self.subscribe(["acquisition"], [FluorFrame.topic])
+        self.fluor: Subscriber | DirectLinkReceiver
+        if self.config.bus.fluor_link == "direct":  # frames straight from the acquisition (rig/core/direct_link.py)
+            if "fluor_link_port" not in acq:
+                raise RuntimeError("[bus] fluor_link = \"direct\", but the acquisition process did not report its "
+                                   "link's port when ready")
+            self.fluor = DirectLinkReceiver(int(acq["fluor_link_port"]))
+        else:
+            self.fluor = self.subscribe(["acquisition"], [FluorFrame.topic])
+        self._link_lost_said = False
         self._waiter = SpinWaiter(1.0 / self.frame_rate_hz, self.config.rig.spin_wait_ms)
-        self.records = RecordWriter(self.dir / "decisions.rec", decision_record_dtype(self.n_rois),
+        self.records = RecordWriter(self.dir / "decisions.rec", self.core.record_dtype,
                                     self.config.session.flush_interval_s)
+        self._stamp_fields = record_fields_dtype(self.core.record_dtype, STAMP_FIELDS)
         self._msg: FluorFrame | None = None  # the frame being decided
         self.late = LateWatch(self.frame_rate_hz, self.events.write, self.warn)  # decisions > a frame period late
         self._idle_gc: IdleCollector | None = None
@@ -63,8 +73,11 @@ class DecoderProcess(RigProcess):
         return {"n_rois": str(self.n_rois)}
 
     def step(self) -> None:
-        msg = self.fluor.recv(0) if self._waiter.wait(self.fluor.socket.poll, 10) else None
+        msg = self.fluor.recv(0) if self._waiter.wait(self.fluor.poll, 10) else None
         if msg is None:
+            if isinstance(self.fluor, DirectLinkReceiver) and self.fluor.closed and not self._link_lost_said:
+                self._link_lost_said = True  # no more frames this way: said at once, the supervisor sees the rest
+                self.warn("fluor_link_lost", f"direct link from the acquisition: {self.fluor.last_error}")
             t0 = now_ns()
             self.records.flush_if_due()  # no frames coming: still nothing older than the flush interval in memory
             self.late.flushed((now_ns() - t0) / 1e6)
@@ -79,11 +92,8 @@ class DecoderProcess(RigProcess):
         self._msg = msg
         row = self.records.next_row()
         self.core.decide(msg.frame, msg.F, msg.Fneu, msg.flags, row)
-        row["t_ready"] = msg.t_ready
-        row["t_registered"] = msg.t_registered
-        row["t_extracted"] = msg.t_extracted
-        row["t_received"] = self._t_received
-        row["t_decided"] = self._t_decided
+        row.setfield((msg.t_ready, msg.t_registered, msg.t_extracted, self._t_received, self._t_decided),
+                     self._stamp_fields, 0)  # STAMP_FIELDS, in one call
         t0 = now_ns()
         self.records.commit()
         flush_ms = (now_ns() - t0) / 1e6
@@ -177,6 +187,8 @@ class DecoderProcess(RigProcess):
                 "gaps": float(self.fluor.gaps.gaps), "bad_messages": float(self.fluor.bad_messages)}
 
     def on_stop(self) -> None:
+        if isinstance(getattr(self, "fluor", None), DirectLinkReceiver):
+            self.fluor.close()
         if hasattr(self, "core"):
             self._msg = None
             self.core.finish()

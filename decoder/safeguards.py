@@ -15,11 +15,15 @@ slow activity and drift do not count as noise.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from decoder.config import SafeguardConfig
-from decoder.trial import Event
+from decoder.config import DecoderConfig, SafeguardConfig
+from decoder.trial import Event, frames_for
+
+if TYPE_CHECKING:
+    from decoder.calibration import Calibration
 
 _MAD_TO_SD = 1.4826 / math.sqrt(2.0)
 
@@ -75,6 +79,9 @@ class DriftMonitor:
         self._count = 0
         self._drifting = np.zeros(n, dtype=bool)
         self._noisy = np.zeros(n, dtype=bool)
+        self.index = np.asarray(self.rois, dtype=np.intp)  # for the caller's np.take into the two buffers
+        self.dff_now = np.empty(n)
+        self.f0_now = np.empty(n)
 
     def push(self, dff: np.ndarray, f0: np.ndarray, frame: int, trial: int, events: list[Event]) -> None:
         """One valid BCI frame (dF/F and F0 of the decoder's ROIs)."""
@@ -101,6 +108,19 @@ class DriftMonitor:
                     "roi": roi, "noise": float(noise[i]), "noise_baseline": float(self.noise_baseline[i]),
                     "ratio": float(ratio)}))
             self._noisy[i] = off
+
+
+def drift_monitor_for(rois: list[int], cal: Calibration, n_rois: int, decoder_cfg: DecoderConfig,
+                      frame_rate_hz: float) -> DriftMonitor | None:
+    """The BCI watch of the decoder's ``rois`` against ``cal``'s baseline; None for a calibration stored without
+    its baseline noise, or for a session under rules_version 1 (recorded before the watch existed)."""
+    index = np.asarray(rois, dtype=np.intp)
+    if (len(cal.dff_noise) != n_rois or len(cal.f0) != n_rois or not len(index)
+            or decoder_cfg.rules_version < 2):
+        return None
+    cfg = decoder_cfg.safeguards
+    return DriftMonitor([int(r) for r in index], np.asarray(cal.f0)[index], np.asarray(cal.dff_noise)[index],
+                        cfg, frames_for(cfg.check_every_s, frame_rate_hz))
 
 
 def describe(kind: str, detail: dict) -> str:

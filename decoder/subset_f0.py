@@ -63,7 +63,7 @@ class SubsetDffTracker:
             else:
                 full.hold()
             return
-        np.take(full.corrected, self._narrow_rois, out=narrow.corrected)
+        full.corrected.take(self._narrow_rois, out=narrow.corrected)
         if push:
             narrow.update()
         else:
@@ -107,7 +107,7 @@ class SubsetDffTracker:
         """F0 of ``rois`` into ``out`` (while narrowed, ``rois`` must be among the ROIs narrowed to)."""
         narrow = self._narrow
         if narrow is None:
-            np.take(self.full.f0, rois, out=out)
+            self.full.f0.take(rois, out=out)
         elif len(rois) == len(self._narrow_rois) and np.array_equal(rois, self._narrow_rois):
             out[:] = narrow.f0
         else:

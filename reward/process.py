@@ -254,7 +254,7 @@ class EmulatorProcess(RigProcess):
         return {"serial_url": self._url[0]}
 
     def step(self) -> None:
-        self._control.poll(20)
+        self.wait_for_control(20)
         self._raise_thread_error()
         if not self._thread.is_alive():
             raise RuntimeError("the valve emulator thread stopped")

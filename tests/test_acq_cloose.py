@@ -338,3 +338,14 @@ def test_the_acquisition_drains_before_the_start_and_names_a_pixel_order_set_wro
     [final] = read_events(folder / "events.jsonl", {"final_stats"})
     assert final["source_stats"]["frames_before_start"] == 20 and final["frames"] == 45
     assert summarize_session(tmp_path / "session")["frames_before_start"] == 20
+
+
+def test_ring_holds_a_tenth_of_a_second_at_high_rates():
+    """8 slots are 8 ms at 1 kHz: one scheduling hiccup filled them and frames were dropped; sized by time, a
+    hiccup makes a few decisions late instead."""
+    from acquisition.sources.cloose_tcp import ring_slots
+
+    assert ring_slots(30.0) == RING_SLOTS
+    assert ring_slots(1000.0) == 100
+    source = ClooseTcpSource("127.0.0.1", 0, 64, 256, frame_rate_hz=1000.0)
+    assert len(source._ring.buffers) == 100

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from acquisition.extract_kernels import box_decomposition
 from acquisition.extraction import Extractor, cell_pixel_map
 from acquisition.registration import RigidRegistrar, shift_image_integer
 from acquisition.rois import RoiSet
@@ -194,5 +195,60 @@ def test_extract_allocates_no_per_roi_arrays():
             np.testing.assert_array_equal(F, expected_F)
             np.testing.assert_array_equal(Fneu, expected_Fneu)
         # the direct kernel call gives what the sparse product gives
+        np.copyto(ex._centre, frame, casting="unsafe")
         start = ex._origin + 2 * ex.Wp - 1
         np.testing.assert_allclose(ex._product(ex._flat, 2, -1), ex._matrix @ ex._flat[start:start + ex._ncols])
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32])
+def test_compiled_kernels_give_what_the_sparse_product_gives(movie, dtype):
+    """Two implementations of the same masks: the compiled kernels (rows of valid pixels, runs of cell pixels, read
+    straight from the frame) against the sparse product over the padded copy, at shifts inside the frame, at its
+    edges (renormalised) and past them, bilinear or not, with spread masks and overlapping ROIs allowed."""
+    rois = _roi_set(movie)
+    rng = np.random.default_rng(5)
+    frame = (movie.frames[3].astype(np.float64) + rng.normal(0, 30, movie.frames[3].shape)).clip(0, 30000)
+    frame = frame.astype(dtype)
+    shifts = [(0.0, 0.0), (2.3, -1.6), (0.5, 0.5), (-7.9, 6.2), (11.4, 13.7), (-14.5, -15.0), (3.0, -4.0)]
+    for kwargs in ({}, {"subpixel": False}, {"mask_sigma": 0.7, "allow_overlap": True}):
+        fast = Extractor(rois, max_shift_px=15, **kwargs)
+        slow = Extractor(rois, max_shift_px=15, method="sparse", **kwargs)
+        n = fast.n_rois
+        F, Fneu, F2, Fneu2 = (np.zeros(n, np.float32) for _ in range(4))
+        for dy, dx in shifts:
+            fast.extract(frame, dy, dx, F, Fneu)
+            slow.extract(frame, dy, dx, F2, Fneu2)
+            np.testing.assert_array_equal(np.isnan(F), np.isnan(F2))
+            np.testing.assert_allclose(F, F2, rtol=2e-5, atol=1e-3, err_msg=f"F at {(dy, dx)} {kwargs}")
+            np.testing.assert_allclose(Fneu, Fneu2, rtol=2e-5, atol=1e-3, err_msg=f"Fneu at {(dy, dx)} {kwargs}")
+
+
+def test_neuropil_of_integer_frames_is_the_exact_mean(movie):
+    """Integer frames are summed in integers: Fneu is the mean of the mask's pixels to float32 rounding, however
+    large the values (the sparse product adds float32 terms of 1/n and drifts)."""
+    ex = Extractor(_roi_set(movie))
+    frame = np.random.default_rng(9).integers(60000, 65535, movie.frames.shape[1:]).astype(np.uint16)
+    F, Fneu = np.zeros(ex.n_rois, np.float32), np.zeros(ex.n_rois, np.float32)
+    ex.extract(frame, 1.0, -2.0, F, Fneu)
+    flat = frame.reshape(-1).astype(np.float64)
+    Lx = frame.shape[1]
+    for i, idx in enumerate(ex.neuropil_masks):
+        y, x = np.divmod(idx, Lx)
+        inside = (y + 1 < frame.shape[0]) & (x - 2 >= 0)
+        if inside.all():
+            assert Fneu[i] == np.float32(flat[(y + 1) * Lx + x - 2].mean())
+
+
+def test_box_decomposition_rebuilds_any_pixel_set():
+    """Any set = its box's valid pixels - the valid ones it lacks + its invalid ones (not only suite2p's shapes)."""
+    rng = np.random.default_rng(2)
+    valid = rng.random((40, 50)) > 0.3
+    image = rng.integers(0, 1000, valid.shape)
+    sets = [rng.choice(valid.size, size=k, replace=False) for k in (1, 17, 300)] + [np.zeros(0, np.int64)]
+    box, ptr, cy, cx, sign = box_decomposition(sets, valid)
+    for i, idx in enumerate(sets):
+        y0, y1, x0, x1 = box[i]
+        total = int((image[y0:y1, x0:x1] * valid[y0:y1, x0:x1]).sum())
+        total += int((sign[ptr[i]:ptr[i + 1]] * image[cy[ptr[i]:ptr[i + 1]], cx[ptr[i]:ptr[i + 1]]]).sum())
+        assert total == int(image.reshape(-1)[idx].sum())
+    assert (sign == 1).any() and (sign == -1).any()

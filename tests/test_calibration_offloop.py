@@ -8,6 +8,9 @@
   baseline's end while frames go on being decided.
 * ``rig replay`` must re-decide those sessions bit for bit, applying the calibration where the record says,
   and a session in the layout before ``decoder.calibrate_off_loop`` (calibrated in the loop) still replays.
+* The operator's Calibrate takes the same road (``decoder.operator_calibrate_off_loop``): the baseline goes on
+  recording while it computes, commands sent meanwhile (a second Calibrate too) wait behind it and apply
+  right after it, a failure is refused when it applies, and replay re-applies it at the recorded frame.
 """
 
 from __future__ import annotations
@@ -116,10 +119,12 @@ class GatedCalibrator:
         return self.thread.due(job, frame)
 
 
-def build_session(folder: Path, cfg_doc: dict, held: int | None) -> dict:
+def build_session(folder: Path, cfg_doc: dict, held: int | None,
+                  controls: dict[int, list[tuple[str, dict]]] | None = None, release_at: int | None = None) -> dict:
     """A traces-only session decided by the real DecoderProcess; the calibration is released to its thread
-    ``held`` frames after the baseline's end and awaited before the next frame (None: the process's own
-    thread, not held). Returns what the test saw while deciding."""
+    ``held`` frames after the baseline's end (or before frame ``release_at``) and awaited before the next frame
+    (None: the process's own thread, not held). ``controls``: the operator's commands after the baseline's
+    start, by the frame they come before. Returns what the test saw while deciding."""
     from decoder.process import DecoderProcess
 
     cfg = config_from_dict(cfg_doc, "test-config")
@@ -140,16 +145,21 @@ def build_session(folder: Path, cfg_doc: dict, held: int | None) -> dict:
     decoder = DecoderProcess(spec)
     decoder.configure()
     gated = GatedCalibrator(decoder.calibrator)
-    if held is not None:
+    if held is not None or release_at is not None:
         decoder.core.calibrator = gated
     F, Fneu = synthetic_recording(N_FRAMES, N_ROIS, seed=11)
     seen: dict = {"pending_modes": [], "job": None}
     t0, period = 1_000_000_000_000, int(1e9 / FPS)
     decoder.on_control(Control(command="start_baseline", args={}, issued_by="test"))
+    if held is not None and release_at is None:
+        release_at = BASELINE_END + 1 + held
     for number in range(N_FRAMES):
-        if held is not None and number == BASELINE_END + 1 + held:
+        for command, args in (controls or {}).get(number, []):
+            decoder.on_control(Control(command=command, args=args, issued_by="test"))
+        if number == release_at:
             seen["job"] = job = gated.release()
             assert job.wait(WAIT_S), "the calibration thread did not compute the job"
+        pending = bool(gated.jobs) and release_at is not None and number < release_at  # submitted, held back
         t_ready = t0 + number * period
         row = frames_rec.next_row()
         row["frame"], row["t_ready"], row["t_registered"], row["t_extracted"], row["t_sent"] = (
@@ -159,7 +169,7 @@ def build_session(folder: Path, cfg_doc: dict, held: int | None) -> dict:
         decoder._decide(FluorFrame(frame=number, t_ready=t_ready, t_registered=t_ready + 900_000,
                                    t_extracted=t_ready + 1_000_000, dy=0.0, dx=0.0, corr=1.0, flags=0,
                                    F=F[number].copy(), Fneu=Fneu[number].copy(), t_sent=t_ready + 1_050_000))
-        if held is not None and BASELINE_END < number < BASELINE_END + 1 + held:
+        if pending:
             seen["pending_modes"].append(decoder.core.engine.mode)
     decoder.on_stop()
     decoder._close()
@@ -262,7 +272,7 @@ def test_a_failed_calibration_is_reported_on_the_next_frame(tmp_path: Path) -> N
 
 def test_a_crash_in_the_calibration_thread_is_raised_in_the_decoders_thread() -> None:
     class Broken:
-        def calibrate(self, decoder: object, cfg: object) -> None:
+        def calibrate(self, decoder: object, cfg: object, allow_rois: object) -> None:
             raise ZeroDivisionError("a bug")
 
     thread = ThreadCalibrator([], lower=False)
@@ -297,3 +307,158 @@ def test_an_operator_call_while_it_computes_drops_the_calibration() -> None:
     events = out.of("event")
     assert [e["reason"] for e in events if e["kind"] == "calibration_dropped"] == ["set_ensembles"]
     assert not [e for e in events if e["kind"] == "calibration_applied"] and not out.of("calibration")
+
+
+# ---------------------------------------------------------------------------- the operator's Calibrate
+
+
+OP_AFTER = 349  # the operator calibrates after this frame, during a 600-frame baseline
+OP_APPLIED = OP_AFTER + 1 + HELD
+
+
+def _operator_config(**decoder: object) -> dict:
+    doc = _config(**decoder)
+    doc["task"].update(auto_protocol=False, baseline_s=20.0)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def operator_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("offloop") / "operator"
+    controls = {OP_AFTER + 1: [("calibrate", {"target_hit_rate": 0.4})], OP_AFTER + 3: [("start_bci", {})]}
+    return folder, build_session(folder, _operator_config(), None, controls, release_at=OP_APPLIED)
+
+
+def test_the_operators_calibration_is_computed_beside_the_loop(operator_session: tuple[Path, dict]) -> None:
+    folder, seen = operator_session
+    # frames went on being decided while it computed, as before the command: the baseline kept recording
+    assert seen["pending_modes"] == [Mode.BASELINE] * HELD
+    rows = read_records(folder / "decoder" / "decisions.rec")
+    pending = rows[OP_AFTER + 1: OP_APPLIED]
+    assert (pending["mode"] == int(Mode.BASELINE)).all() and np.isfinite(pending["cursor"]).all()
+    assert int(rows["mode"][OP_APPLIED]) == int(Mode.BCI)  # calibrated, then the start_bci that waited behind it
+    events = read_events(folder / "decoder" / "events.jsonl")
+    (applied,) = [e for e in events if e["kind"] == "calibration_applied"]
+    assert {k: applied[k] for k in ("frame", "requested_by", "job", "after_frame", "ok")} == {
+        "frame": OP_APPLIED, "requested_by": "operator", "job": 1, "after_frame": OP_AFTER, "ok": True}
+    (held,) = [e for e in events if e["kind"] == "command_held"]
+    assert (held["command"], held["after_frame"], held["behind_job"]) == ("start_bci", OP_AFTER + 2, 1)
+    # start_bci took effect after the calibration, before the frame it applied at
+    assert [(e["command"], e["after_frame"]) for e in events if e["kind"] == "applied"] == [
+        ("start_baseline", -1), ("calibrate", OP_AFTER), ("start_bci", OP_APPLIED - 1)]
+    for kind in ("baseline_done", "calibrated", "bci_start"):
+        assert [e["frame"] for e in _trial_events(folder, kind)] == [OP_APPLIED], kind
+    cal = json.loads((folder / "decoder" / "calibration.json").read_text(encoding="utf-8"))
+    assert cal["baseline_frames"] == OP_AFTER + 1 and cal["target"] == pytest.approx(0.4)  # the baseline as asked
+
+
+def test_a_session_with_an_operator_calibration_replays_bit_exactly(operator_session: tuple[Path, dict],
+                                                                    tmp_path: Path) -> None:
+    folder, _ = operator_session
+    assert _replay_mismatches(folder) == (0, N_FRAMES)
+    stripped = tmp_path / "stripped"  # without the frame it applied at, replay cannot know it
+    shutil.copytree(folder, stripped)
+    events = stripped / "decoder" / "events.jsonl"
+    lines = [line for line in events.read_text(encoding="utf-8").splitlines()
+             if json.loads(line).get("kind") != "calibration_applied"]
+    events.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert _replay_mismatches(stripped)[0] > 0
+
+
+def _operator_core(**decoder: object) -> tuple:
+    from decoder.config import CalibrationConfig, DecoderConfig, TaskConfig
+    from decoder.core import DecoderCore
+    from tests.test_decoder_core import Recorder
+
+    out = Recorder()
+    gated = GatedCalibrator(ThreadCalibrator([], lower=False))
+    if "calibration" in decoder:
+        decoder["calibration"] = CalibrationConfig(**decoder["calibration"])  # type: ignore[arg-type]
+    core = DecoderCore(DecoderConfig(up=[0, 1], down=[2, 3], f0_window_s=5.0, **decoder),  # type: ignore[arg-type]
+                       TaskConfig(baseline_s=20.0, auto_protocol=False, trial_s=1.0, iti_s=0.3, hold_s=0.2,
+                                  timeout_s=0.3),
+                       2.5, N_ROIS, FPS, out, gated)
+    F, Fneu = synthetic_recording(400, N_ROIS, seed=3)
+    core.apply_control("start_baseline", {})
+    for number in range(320):
+        core.decide(number, F[number], Fneu[number], 0, None)
+    return core, out, gated, F, Fneu
+
+
+def test_a_calibrate_while_one_computes_waits_behind_it_and_applies_after() -> None:
+    core, out, gated, F, Fneu = _operator_core()
+    assert core.apply_control("calibrate", {"target_hit_rate": 0.4})
+    assert core.apply_control("calibrate", {"target_hit_rate": 0.6})  # a second one: queued, not refused
+    assert core.apply_control("manual_reward", {})  # never waits: the reward goes out at once
+    assert len(out.of("reward_request")) == 1 and len(gated.jobs) == 1
+    first = gated.release()
+    assert first.wait(WAIT_S)
+    core.decide(320, F[320], Fneu[320], 0, None)  # the first applies; the second is submitted now
+    assert core.engine.calibration.target == pytest.approx(0.4) and len(gated.jobs) == 2
+    core.decide(321, F[321], Fneu[321], 0, None)
+    second = gated.release()
+    assert second.wait(WAIT_S) and gated.thread.close()
+    core.decide(322, F[322], Fneu[322], 0, None)
+    assert core.engine.mode == Mode.READY and core.engine.calibration.target == pytest.approx(0.6)
+    events = out.of("event")
+    assert [(e["job"], e["frame"]) for e in events if e["kind"] == "calibration_applied"] == [(1, 320), (2, 322)]
+    assert [e["command"] for e in events if e["kind"] == "command_held"] == ["calibrate"]
+    assert [c["target"] for c in out.of("calibration")] == [pytest.approx(0.4), pytest.approx(0.6)]
+
+
+def test_a_failed_operator_calibration_is_refused_when_it_applies_and_changes_nothing() -> None:
+    core, out, gated, F, Fneu = _operator_core(calibration={"min_baseline_trials": 1000.0})
+    assert core.apply_control("calibrate", {}) and core.apply_control("start_bci", {})
+    job = gated.release()
+    assert job.wait(WAIT_S) and job.error and gated.thread.close()
+    core.decide(320, F[320], Fneu[320], 0, None)
+    assert core.engine.mode == Mode.BASELINE and core.engine.baseline_frames == 321  # the recording went on
+    assert out.of("refused") == ["calibrate", "start_bci"]  # its error, then the held start_bci: not calibrated
+    failed = [e for e in out.of("event") if e["kind"] == "command_failed"]
+    assert [e["command"] for e in failed] == ["calibrate", "start_bci"] and "too short" in failed[0]["error"]
+
+
+def test_with_the_key_off_the_operators_calibration_is_computed_in_the_loop() -> None:
+    for key in ("calibrate_off_loop", "operator_calibrate_off_loop"):
+        core, out, gated, _, _ = _operator_core(**{key: False})
+        assert core.apply_control("calibrate", {})
+        assert core.engine.mode == Mode.READY and not gated.jobs and ("busy", "calibrating") in out.calls
+        assert gated.thread.close()
+
+
+def test_a_session_recorded_before_the_operator_key_is_read_with_the_calibration_in_the_loop(
+        operator_session: tuple[Path, dict], tmp_path: Path) -> None:
+    folder = tmp_path / "before"
+    shutil.copytree(operator_session[0], folder)
+    resolved = json.loads((folder / "config.resolved.json").read_text(encoding="utf-8"))
+    del resolved["decoder"]["operator_calibrate_off_loop"]
+    write_json_atomic(folder / "config.resolved.json", resolved)
+    session = load_session(folder)
+    assert session.config.decoder.operator_calibrate_off_loop is False
+    assert any("operator_calibrate_off_loop" in note for note in session.notes)
+
+
+def test_an_operator_calibrate_while_the_end_of_baseline_one_computes_replaces_it() -> None:
+    from decoder.config import DecoderConfig, TaskConfig
+    from decoder.core import DecoderCore
+    from tests.test_decoder_core import Recorder
+
+    out = Recorder()
+    gated = GatedCalibrator(ThreadCalibrator([], lower=False))
+    core = DecoderCore(DecoderConfig(up=[0, 1], down=[2, 3], f0_window_s=5.0), TaskConfig(baseline_s=BASELINE_S,
+                       trial_s=1.0, iti_s=0.3, hold_s=0.2, timeout_s=0.3), 2.5, N_ROIS, FPS, out, gated)
+    F, Fneu = synthetic_recording(BASELINE_END + 20, N_ROIS, seed=3)
+    core.apply_control("start_baseline", {})
+    for number in range(BASELINE_END + 5):
+        core.decide(number, F[number], Fneu[number], 0, None)
+    auto = core.calibration_pending
+    assert auto is not None and not auto.by_operator
+    assert core.apply_control("calibrate", {"target_hit_rate": 0.5})  # not held: only the operator's hold commands
+    operator = gated.release()
+    assert operator.by_operator and operator.wait(WAIT_S) and gated.thread.close()
+    core.decide(BASELINE_END + 5, F[BASELINE_END + 5], Fneu[BASELINE_END + 5], 0, None)
+    assert core.engine.mode == Mode.READY  # the operator's calibration: READY, no automatic BCI
+    events = out.of("event")
+    assert [(e["requested_by"], e["reason"]) for e in events if e["kind"] == "calibration_dropped"] == [
+        ("auto", "calibrate")]
+    assert [e["requested_by"] for e in events if e["kind"] == "calibration_applied"] == ["operator"]

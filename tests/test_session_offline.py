@@ -175,6 +175,8 @@ def build_session(folder: Path) -> Path:
                 supervisor.write("operator", command=command, args=args, issued_by="test")
                 decoder.events.write("control", command=command, args=args, issued_by="test")
                 decoder.on_control(Control(command=command, args=args, issued_by="test"))
+                job = decoder.core.engine.calibration_job  # the operator's, computed beside the loop: let it
+                assert job is None or job.wait(30.0)  # apply before the next frame, whatever this machine's speed
             if number in DROPPED:
                 continue
             t_ready = t0 + number * period
@@ -619,7 +621,8 @@ def old_session(session_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     session_cli.register_cli(parser.add_subparsers())
     args = parser.parse_args(["replay", str(session_dir), "--no-progress", "--out", str(out_dir),
                               "--set", "decoder.rules_version=1", "--set", 'decoder.calibration.predict="windows"',
-                              "--set", "decoder.bad_frame_flags=[]", "--set", "task.rtb_holds_trials=false"])
+                              "--set", "decoder.bad_frame_flags=[]", "--set", "task.rtb_holds_trials=false",
+                              "--set", "decoder.operator_calibrate_off_loop=false"])
     assert args.func(args) == 0
     _strip_to_the_old_layout(out_dir)
     return out_dir

@@ -27,6 +27,7 @@ a warning, so an acquisition event.
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import struct
@@ -47,8 +48,16 @@ if TYPE_CHECKING:
     from acquisition.sources.registry import SourceContext
 
 _RCVBUF_BYTES = 8 * 1024 * 1024  # a few frames of slack in the kernel too
-#: frames the ring holds: one filling, one being read, the rest waiting (~0.25 s at 30 Hz)
+#: frames the ring holds at least: one filling, one being read, the rest waiting (~0.25 s at 30 Hz)
 RING_SLOTS = 8
+#: and at high rates at least this long: 8 slots are 8 ms at 1 kHz, less than one scheduling hiccup, and a
+#: full ring drops frames where a bigger one only makes a few decisions late
+RING_SECONDS = 0.1
+
+
+def ring_slots(frame_rate_hz: float) -> int:
+    """Slots for ``RING_SECONDS`` of frames at ``frame_rate_hz`` (never fewer than ``RING_SLOTS``)."""
+    return max(RING_SLOTS, math.ceil(RING_SECONDS * frame_rate_hz))
 #: repeated warnings (refusals, failed dials, overwritten frames) go out the first time, then every this many
 _WARN_EVERY = 100
 #: how often the reader thread looks at its stop flag when nothing arrives (seconds)
@@ -103,7 +112,7 @@ class ClooseTcpSource(FrameSource):
         self._rate = float(frame_rate_hz)
         self._dtype = np.dtype(np.uint16)
         self._frame_bytes = height * width * 2
-        self._ring = FrameRing(RING_SLOTS, self._frame_bytes)
+        self._ring = FrameRing(ring_slots(self._rate), self._frame_bytes)
         # (Ly, Lx) views of each slot's column-major pixels, and each slot's frame in row order (native uint16):
         # one transposing copy (~0.3 ms at 512x512) is cheaper than every later stage walking a transposed view.
         # The reader thread makes it column by column as the bytes arrive, so by the time the last byte is in

@@ -8,7 +8,11 @@ Lifecycle (published as :class:`~rig.core.schema.StateChange` and repeated in ev
 * ``configure()`` opens devices, allocates buffers and connects sockets; nothing time-critical.
 * ``step()`` does one bounded unit of work (wait at most ~20 ms for input) and is called in a loop.
 * Control messages from the supervisor are handled between steps: ``stop``/``shutdown`` stop the
-  process, ``safe_state`` calls :meth:`on_safe_state`, anything else goes to :meth:`on_control`.
+  process, ``safe_state`` calls :meth:`on_safe_state`, anything else goes to :meth:`on_control`. While running,
+  the control socket is looked at before a step once ``rig.control_poll_ms`` (default 2 ms) has passed since
+  the last look, not before every step: at 1 kHz a look costs more than the rest of the loop's bookkeeping.
+  A control message therefore waits at most that interval plus one step (a step blocks at most ~20 ms).
+* Heartbeats go out every ``bus.heartbeat_interval_s``, checked before every step against one clock reading.
 * SIGINT (Ctrl-C), SIGTERM, Ctrl-Break and, on Windows, the console window closing stop the process cleanly
   (:mod:`rig.core.platform_signals`; the stop reason is the signal's name), as does the death of the supervisor.
 * An exception is published as :class:`~rig.core.schema.ProcessError` with its traceback, written to the
@@ -105,6 +109,8 @@ class RigProcess:
         self._hb_interval_ns = int(hb * 1e9)
         self._next_hb = 0
         self._next_parent_check = 0
+        self._control_poll_ns = int(self.config.rig.control_poll_ms * 1e6)
+        self._next_control = 0
         self._subscribers: list[Subscriber] = []
         self._stop_handlers: StopHandlers | None = None  # installed by run(), in the process's main thread
 
@@ -164,6 +170,12 @@ class RigProcess:
         finally:
             self._next_hb = 0  # the next heartbeat (state running again) goes out at once
 
+    def wait_for_control(self, timeout_ms: int) -> None:
+        """For a step with nothing else to wait on: block until a control message arrives (at most
+        ``timeout_ms``); one that did is served before the next step, whatever ``rig.control_poll_ms`` says."""
+        if self._control.poll(timeout_ms):
+            self._next_control = 0
+
     def request_stop(self, reason: str) -> None:
         if not self._stop_reason:
             self._stop_reason = reason
@@ -181,8 +193,10 @@ class RigProcess:
         self.pub.send(StateChange(process=self.name, state=state, reason=reason, t_ns=now_ns()))
         self._next_hb = 0  # repeat the new state in a heartbeat at once
 
-    def _heartbeat(self) -> None:
-        now = now_ns()
+    def _heartbeat(self, now: int = 0) -> None:
+        """A heartbeat when one is due (``now``: the caller's clock reading, 0 to read it here)."""
+        if not now:
+            now = now_ns()
         if now < self._next_hb:
             return
         self._next_hb = now + self._hb_interval_ns
@@ -232,6 +246,7 @@ class RigProcess:
             self.configure()
             self._ready_info = self.ready_info()
             self._tune_for_realtime()
+            self._set_switch_interval()
             self._set_state("ready", info=self._ready_info)
             while not self._started and not self.stopping:
                 self._heartbeat_ready()
@@ -239,10 +254,7 @@ class RigProcess:
             if not self.stopping:
                 self._set_state("running")
                 self.on_start()
-                while not self.stopping:
-                    self._heartbeat()
-                    self._service_control(0)
-                    self.step()
+                self._run_steps()
             self._set_state("stopping", self._stop_reason)
             self.on_stop()
             self._set_state("stopped", self._stop_reason)
@@ -252,6 +264,23 @@ class RigProcess:
             return 1
         finally:
             self._close()
+
+    def _run_steps(self) -> None:
+        """The running loop: steps back to back until a stop. Per step it reads the clock once and compares it
+        with two deadlines (heartbeat, control poll); the control socket is polled only when its deadline passed
+        (``rig.control_poll_ms``; 0: before every step). The stop flag (a control message, a signal, a step's own
+        request) is checked before every step."""
+        clock, step, poll_ns = now_ns, self.step, self._control_poll_ns
+        while not self._stop_reason:
+            now = clock()
+            if now >= self._next_hb:
+                self._heartbeat(now)
+            if now >= self._next_control:
+                self._next_control = now + poll_ns
+                self._service_control(0)
+                if self._stop_reason:
+                    break
+            step()
 
     def _tune_for_realtime(self) -> None:
         """GC control, CPU affinity and priority from ``[rig]`` (docs/PERFORMANCE.md). What the OS refuses
@@ -295,6 +324,14 @@ class RigProcess:
                 me.nice(psutil.HIGH_PRIORITY_CLASS if sys.platform == "win32" else -5)
             except (AttributeError, psutil.Error, OSError) as exc:
                 self.warn("priority_refused", f"cannot raise the priority of {self.name}: {exc}")
+
+    def _set_switch_interval(self) -> None:
+        """``rig.switch_interval_ms`` (critical processes only): how long the loop thread may wait for the GIL
+        while a background thread of the process (reference build, movie writer) holds it."""
+        ms = self.config.rig.switch_interval_ms
+        if ms and self.spec.critical:
+            sys.setswitchinterval(ms / 1000)
+            self.events.write("switch_interval", ms=ms)
 
     def _heartbeat_ready(self) -> None:
         """While waiting for start, repeat the ready info so a supervisor that joined late sees it."""

@@ -76,6 +76,12 @@ class RigSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Busy-poll this long before each expected frame instead of sleeping (decoder, reward): saves the OS
     # wake-up latency (0.1-1 ms on VMs and power-saving CPUs) for ~3x this much CPU per frame. 0: off.
     spin_wait_ms: float = 0.0
+    # How often a running process looks for a control message (stop, safe_state...) while its steps come back to
+    # back (1 kHz frames): at most this late, not on every step. 0: every step. A heartbeat is due by its own clock.
+    control_poll_ms: float = 2.0
+    # Python's GIL switch interval in the critical processes, in ms (0: Python's own, 5 ms). A loop thread that
+    # wants the GIL from a background thread (the reference build, the movie writer) waits up to this long.
+    switch_interval_ms: float = 0.0
     # Levers measured in docs/PERFORMANCE.md ("Levers"). "realtime" priority: SCHED_FIFO on Linux (needs root or
     # CAP_SYS_NICE; refused -> a warning and normal priority), HIGH_PRIORITY_CLASS on Windows; critical processes only.
     # background_priority "low" (the default: it helped in every paired run): the console and the movie writer
@@ -96,6 +102,10 @@ class RigSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(f"`decoder_gc`: must be one of {', '.join(DECODER_GC)}")
         if not 0 <= self.spin_wait_ms <= 10:
             raise ValueError("`spin_wait_ms`: must be within [0, 10] ms")
+        if not 0 <= self.control_poll_ms <= 20:
+            raise ValueError("`control_poll_ms`: must be within [0, 20] ms")
+        if not (self.switch_interval_ms == 0 or 0.05 <= self.switch_interval_ms <= 50):
+            raise ValueError("`switch_interval_ms`: must be 0 (Python's own) or within [0.05, 50] ms")
         if self.gc_gen0_threshold < 100:
             raise ValueError("`gc_gen0_threshold`: must be >= 100")
         for name, cpus in self.cpu_affinity.items():
@@ -115,8 +125,14 @@ class BusSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # CURVE keys (docs/SECURITY.md, `rig keys init`): "" = none, every socket on loopback as before. Relative to
     # the config file's folder. With keys only the rig's processes and the consoles listed in it get in.
     keys_dir: str = ""
+    # The acquisition -> decoder frames (the stream the loop waits on): "bus" = over the ZeroMQ bus like every
+    # other stream; "direct" = a loopback TCP socket straight to the decoder (rig/core/direct_link.py: one kernel
+    # wake-up instead of four thread hops), the bus still carrying every frame for the console.
+    fluor_link: str = "bus"
 
     def __post_init__(self) -> None:
+        if self.fluor_link not in ("bus", "direct"):
+            raise ValueError(f"`fluor_link`: must be \"bus\" or \"direct\", not {self.fluor_link!r}")
         if not self.keys_dir and not is_loopback(self.host):
             raise ValueError(f"`host`: {self.host!r} opens the command socket (valve, stop) and every stream to the "
                              "network, so it needs keys: run `rig keys init KEYS_DIR` and `rig keys add-console "

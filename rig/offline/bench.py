@@ -12,7 +12,12 @@ processed and dropped, CPU and peak memory per process. Three modes:
 In ``realtime`` and ``fast`` the scope is by default a twin (``--scope cloose`` or ``zmq``,
 :mod:`rig.offline.scope_twin`): simulated frames rendered before the run and pushed by a separate
 process over the CLOOSE raw TCP link or our ZeroMQ stream, so the figures are the rig's own, not the
-simulator's rendering (``--scope sim`` renders in the acquisition process, as ``rig run`` does).
+simulator's rendering (``--scope sim`` renders in the acquisition process, as ``rig run`` does). The twin
+renders the simulator the rig's config describes (``--config``, the bench's settings, every ``--set``).
+
+``--repeat N`` runs the mode N times back to back (a fresh rig and twin sender each time, the frames rendered
+once) and ``--target`` gives issue 21's verdicts per run (:mod:`rig.offline.bench_summary`): each figure
+measured several times, with the machine's load, in one command. The last stdout line is the summary's path.
 """
 
 from __future__ import annotations
@@ -23,16 +28,21 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rig.core.store import read_events, read_records
+from rig.offline.bench_summary import check_targets, format_summary, headline, print_headline, summarize
 from rig.offline.feedback import bench_stages as feedback_bench_stages
-from rig.offline.scope_twin import TWIN_SCOPES, TwinSender, free_port, render_twin_movie, rig_overrides
+from rig.offline.scope_twin import TWIN_SCOPES, TwinMovie, TwinSender, free_port, render_twin_frames, rig_overrides
 from rig.offline.summary import percentiles_ms
+
+if TYPE_CHECKING:
+    from acquisition.config import AcquisitionConfig
 
 BENCH_HELP = """\
 Run the real rig (every process, real sockets, the serial stack against the board emulator) and report,
@@ -47,6 +57,26 @@ per process. A table on screen, the full result as JSON.
   rig bench --mode throughput         a generated movie replayed as fast as possible: frames/s
   rig bench --mode fast               64x256 frames at 1 kHz (voltage-imaging regime; --size is ignored,
                                       at most 50 ROIs): does it keep up?
+  rig bench --console --repeat 3 --target
+                                      three runs back to back (a fresh rig each, the same twin frames), a
+                                      table of their headline figures and median, and issue 21's targets
+                                      met / not met per run
+
+The twin (and the throughput movie) renders the simulator as the rig's config would: --config, then the
+bench's settings, then every --set (so --set acquisition.sim.n_planes=2 --scope zmq sends two planes).
+
+Headline figures per run: frame ready -> decision p50/p99/max, -> reward bytes written p99 (ms), late
+decisions, frames dropped, frames/s decided, 1-min load average at start and end. Issue 21's targets:
+  realtime    decision p50 <= 2 ms, p99 <= 5, max <= 10; reward bytes written p99 <= 5 (512x512, 500 ROIs,
+              30 Hz, console attached)
+  fast        0 frames dropped (over >= 60 s), decision p99 <= 1 ms
+  throughput  >= 500 frames/s decided
+A run under other conditions still gets its verdicts, with the differences named.
+
+Output: each run's full result as JSON (bench_results/bench-MODE-TIME.json, or -runK.json with --repeat),
+and a summary JSON (-summary.json: runs, headline figures, target verdicts, median, ok). The LAST LINE on
+stdout is always the summary JSON's path, alone. Exit status: 0; 1 if a session failed; 3 with --target
+when a target was not met (or had no data) in some run.
 """
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "hardware_configs" / "sim.toml"
@@ -138,76 +168,111 @@ def _throughput(session: Path) -> dict[str, float]:
     return out
 
 
-def _prepare_movie(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]:
+@dataclass
+class BenchPlan:
+    """What every run of one ``rig bench`` shares: the rendered twin frames or replay movie, and the overrides.
+
+    ``before`` and ``after`` go either side of a run's own scope-twin link (a fresh port and sender per run)."""
+
+    workdir: Path
+    before: list[str]
+    after: list[str]
+    twin: TwinMovie | None = None
+    twin_rate_hz: float = 0.0
+    twin_shape: tuple[int, int] = (0, 0)
+    twin_planes: int = 1
+
+    def overrides(self, args: argparse.Namespace) -> tuple[list[str], TwinSender | None]:
+        """One run's overrides and its (not yet started) twin sender."""
+        if self.twin is None:
+            return self.before + self.after, None
+        port = free_port()
+        sender = TwinSender(args.scope, port, self.twin, self.twin_rate_hz)
+        link = [*rig_overrides(args.scope, port, *self.twin_shape),
+                f"acquisition.rois.suite2p_dir={json.dumps(str(self.twin.rois))}"]
+        if self.twin_planes > 1:  # the rig reads every plane the twin sends
+            link.append(f"acquisition.n_planes={self.twin_planes}")
+        return self.before + link + self.after, sender
+
+    def cleanup(self) -> None:
+        """Remove the rendered twin frames (hundreds of MB) once every run is done."""
+        if self.twin is not None:
+            self.twin.frames.unlink(missing_ok=True)
+
+
+def resolved_sim(config: str, before: list[str], after: list[str]) -> AcquisitionConfig:
+    """The ``[acquisition]`` (and its ``sim``) the rig would run with ``config``, the bench's overrides and then
+    ``after`` (every ``--set``), the source being the simulator (so ``n_planes`` resolves as it does for it):
+    what the twin renders."""
+    from rig.app.config import load_config  # noqa: PLC0415
+
+    return load_config(config, [*before, "acquisition.source=sim", *after]).acquisition
+
+
+def _prepare_movie(args: argparse.Namespace, workdir: Path, before: list[str], after: list[str]) -> tuple[Path, Path]:
     """A simulated movie + its ROIs for the throughput mode (or the user's own via --movie/--rois)."""
     if args.movie:
         if not args.movie_rois:
             raise SystemExit("rig bench: --movie needs --movie-rois SUITE2P_DIR")
         return Path(args.movie), Path(args.movie_rois)
     from acquisition.sim.export import export_movie  # noqa: PLC0415
-    from rig.app.config import apply_overrides, config_from_dict  # noqa: PLC0415
 
-    cfg = config_from_dict(apply_overrides({}, [f"acquisition.sim.height_px={args.size}",
-                                                f"acquisition.sim.width_px={args.size}",
-                                                f"acquisition.sim.n_cells={args.rois}"]), "bench")
+    sim = resolved_sim(args.config, before, after).sim
     out = workdir / "movie"
-    print(f"[bench] rendering a {args.frames}-frame {args.size}x{args.size} movie for the replay...", flush=True)
-    export_movie(cfg.acquisition.sim, out, args.frames, 30.0, progress=not args.no_progress)
+    print(f"[bench] rendering a {args.frames}-frame {sim.height_px}x{sim.width_px} movie for the replay...",
+          flush=True)
+    export_movie(sim, out, args.frames, 30.0, progress=not args.no_progress)
     return out / "suite2p" / "plane0" / "data.bin", out / "suite2p" / "plane0"
 
 
-def build_overrides(args: argparse.Namespace, workdir: Path) -> list[str]:
-    overrides = list(TASK_FOR_BENCH) + ["session.save_frames=false"]
+def plan_bench(args: argparse.Namespace, workdir: Path) -> BenchPlan:
+    """Render what the runs share (once) and build their overrides; ``--set`` comes last and so wins."""
+    before = list(TASK_FOR_BENCH) + ["session.save_frames=false"]
     if args.mode == "realtime":
-        sim = [f"acquisition.sim.height_px={args.size}", f"acquisition.sim.width_px={args.size}",
-               f"acquisition.sim.n_cells={args.rois}"]
-        overrides += sim + [f"acquisition.frame_rate_hz={args.rate}"]
-        overrides += _twin(args, workdir, sim, args.size, args.size)
+        before += [f"acquisition.sim.height_px={args.size}", f"acquisition.sim.width_px={args.size}",
+                   f"acquisition.sim.n_cells={args.rois}", f"acquisition.frame_rate_hz={args.rate}"]
     elif args.mode == "fast":
-        sim = ["acquisition.sim.height_px=64", "acquisition.sim.width_px=256",
-               f"acquisition.sim.n_cells={min(args.rois, 50)}", "acquisition.sim.cell_radius_px=4.0",
-               "acquisition.sim.max_lag_frames=50"]
-        overrides += sim + [f"acquisition.frame_rate_hz={args.rate}", "acquisition.registration.reference_frames=200",
-                            "acquisition.extraction.min_neuropil_pixels=100", "decoder.f0_window_s=5"]
-        overrides += _twin(args, workdir, sim, 64, 256)
-    else:
-        movie, rois = _prepare_movie(args, workdir)
-        overrides += ["acquisition.source=replay", f"acquisition.replay.path={json.dumps(str(movie))}",
-                      "acquisition.replay.speed=fast", f"acquisition.rois.suite2p_dir={json.dumps(str(rois))}",
-                      "task.baseline_s=5", "decoder.f0_window_s=5"]
-    if getattr(args, "feedback", False):  # the feedback process and its twins: its latencies become stages
-        overrides.append("feedback.enabled=true")
-    return overrides + list(args.set)
-
-
-def _twin(args: argparse.Namespace, workdir: Path, sim: list[str], height: int, width: int) -> list[str]:
-    """With a scope twin: render its frames now and point the rig at its link (none for ``--scope sim``)."""
+        before += ["acquisition.sim.height_px=64", "acquisition.sim.width_px=256",
+                   f"acquisition.sim.n_cells={min(args.rois, 50)}", "acquisition.sim.cell_radius_px=4.0",
+                   "acquisition.sim.max_lag_frames=50", f"acquisition.frame_rate_hz={args.rate}",
+                   "acquisition.registration.reference_frames=200",
+                   "acquisition.extraction.min_neuropil_pixels=100", "decoder.f0_window_s=5"]
+    after = ["feedback.enabled=true"] if getattr(args, "feedback", False) else []  # its latencies become stages
+    after += list(args.set)
+    if args.mode == "throughput":
+        sim = [f"acquisition.sim.height_px={args.size}", f"acquisition.sim.width_px={args.size}",
+               f"acquisition.sim.n_cells={args.rois}"]  # the generated movie's; the rig replays it
+        movie, rois = _prepare_movie(args, workdir, before + sim, after)
+        before += ["acquisition.source=replay", f"acquisition.replay.path={json.dumps(str(movie))}",
+                   "acquisition.replay.speed=fast", f"acquisition.rois.suite2p_dir={json.dumps(str(rois))}",
+                   "task.baseline_s=5", "decoder.f0_window_s=5"]
+        return BenchPlan(workdir, before, after)
     if args.scope == "sim":
-        return []
+        return BenchPlan(workdir, before, after)
+    acq = resolved_sim(args.config, before, after)  # every --set acquisition.sim.* reaches the twin's renderer
+    if args.scope == "cloose" and acq.sim.n_planes > 1:
+        raise SystemExit(f"rig bench: the twin would render {acq.sim.n_planes} planes, but the CLOOSE raw TCP link "
+                         "has no plane field: use --scope zmq")
     frames = args.twin_frames or (2000 if args.mode == "fast" else 300)
-    movie = render_twin_movie(sim, frames, args.rate, workdir, progress=not args.no_progress)
-    port = free_port()
-    args.twin = TwinSender(args.scope, port, movie, args.rate)
-    return [*rig_overrides(args.scope, port, height, width),
-            f"acquisition.rois.suite2p_dir={json.dumps(str(movie.rois))}"]
+    movie = render_twin_frames(acq.sim, frames, acq.frame_rate_hz, workdir, progress=not args.no_progress)
+    return BenchPlan(workdir, before, after, twin=movie, twin_rate_hz=acq.frame_rate_hz,
+                     twin_shape=(acq.sim.height_px, acq.sim.width_px), twin_planes=movie.planes)
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+def run_bench(args: argparse.Namespace, plan: BenchPlan, run: int = 0) -> dict[str, Any]:
+    """One run: a fresh rig (and twin sender, on a fresh port) for ``args.duration`` s; its result."""
     from rig.app.supervisor import Supervisor  # noqa: PLC0415
 
     if args.console and not os.environ.get("DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the console still renders, off screen
-    workdir = Path(tempfile.mkdtemp(prefix="rig-bench-"))
     load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    overrides = build_overrides(args, workdir)
+    overrides, twin = plan.overrides(args)
     sup = Supervisor(args.config, headless=not args.console, duration_s=args.duration,
-                     sessions_root=str(workdir / "sessions"), overrides=overrides, quiet=not args.verbose,
-                     auto_start=True)
+                     sessions_root=str(plan.workdir / f"sessions-run{run + 1}"), overrides=overrides,
+                     quiet=not args.verbose, auto_start=True)
     sampler = ProcessSampler({os.getpid(): "supervisor"})
     sampler.start()
     watcher_stop = threading.Event()
-
-    twin: TwinSender | None = getattr(args, "twin", None)
 
     def watch_children() -> None:  # register child pids as they are spawned; start the twin once all run
         while not watcher_stop.wait(0.05):
@@ -226,13 +291,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         watcher_stop.set()
         watcher.join(1.0)
-        sent = twin.finish() if twin is not None else None
+        sent = twin.finish(remove_frames=False) if twin is not None else None
     sampler.stop_event.set()
     sampler.join(2)
     session = Path(summary["session"])
     result = {
         "mode": args.mode,
         "when": datetime.now().isoformat(timespec="seconds"),
+        "run": run + 1,
         "machine": {"cpus": os.cpu_count()},
         "settings": {"size": "64x256" if args.mode == "fast" else args.size,
                      "rois": min(args.rois, 50) if args.mode == "fast" else args.rois,
@@ -281,17 +347,51 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"\nkeeps up at {result['settings']['rate_hz']:g} Hz: {'yes' if result['keeps_up'] else 'NO'}")
 
 
+def output_paths(args: argparse.Namespace) -> tuple[list[Path], Path]:
+    """Where each run's JSON and the summary go: ``STEM.json`` (one run) or ``STEM-runK.json``, and
+    ``STEM-summary.json``; STEM is ``--json`` without its suffix, else ``bench_results/bench-MODE-TIME``."""
+    base = Path(args.json) if args.json else Path(f"bench_results/bench-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}")
+    stem = base.with_suffix("") if base.suffix == ".json" else base
+    if args.repeat == 1:
+        runs = [base if base.suffix == ".json" else base.with_name(base.name + ".json")]
+    else:
+        runs = [stem.with_name(f"{stem.name}-run{k + 1}.json") for k in range(args.repeat)]
+    return runs, stem.with_name(f"{stem.name}-summary.json")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     defaults = {"realtime": 30.0, "throughput": 30.0, "fast": 1000.0}
     if args.rate is None:
         args.rate = defaults[args.mode]
-    result = run_bench(args)
-    print_table(result)
-    out = Path(args.json or f"bench_results/bench-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\n[bench] JSON written to {out}")
-    return 0 if result["ok"] else 1
+    if args.repeat < 1:
+        raise SystemExit(f"rig bench: --repeat must be at least 1 (got {args.repeat})")
+    run_paths, summary_path = output_paths(args)
+    plan = plan_bench(args, Path(tempfile.mkdtemp(prefix="rig-bench-")))
+    results = []
+    try:
+        for k, path in enumerate(run_paths):
+            if args.repeat > 1:
+                print(f"\n[bench] run {k + 1} of {args.repeat}", flush=True)
+            result = run_bench(args, plan, k)
+            result["headline"] = headline(result)
+            result["targets"] = check_targets(args.mode, result["headline"])
+            print_table(result)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2))
+            print(f"\n[bench] JSON written to {path}")
+            print_headline(k + 1, result["headline"])
+            results.append(result)
+    finally:
+        plan.cleanup()
+    summary = summarize(results, run_paths)
+    print(format_summary(summary, targets=args.target))
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2))
+    print("\n[bench] summary JSON (its path is always the last line):")
+    print(summary_path, flush=True)
+    if not summary["ok"]:
+        return 1
+    return 3 if args.target and not summary["targets_met_every_run"] else 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -315,8 +415,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--console", action="store_true", help="attach the operator console (offscreen without a display)")
     p.add_argument("--feedback", action="store_true",
                    help="run the feedback process ([feedback] enabled; its sim twins unless --set says otherwise)")
-    p.add_argument("--json", metavar="FILE", help="where to write the JSON result (default bench_results/...)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run the mode N times back to back, a fresh rig each time on the same rendered twin frames "
+                        "(default 1); then a table of the runs and their median")
+    p.add_argument("--target", action="store_true",
+                   help="say per run (and for the median) whether each of issue 21's targets is met; exit status "
+                        "3 when one is not met in some run")
+    p.add_argument("--json", metavar="FILE",
+                   help="where to write the JSON result: FILE (one run) or FILE-runK.json, and the summary "
+                        "FILE-summary.json (default bench_results/bench-MODE-TIME...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides, applied last; acquisition.sim.* ones (and any that change the sim, "
+                        "e.g. acquisition.frame_rate_hz) also reach the twin's or the replay movie's rendering")
     p.add_argument("--verbose", action="store_true", help="show the supervisor's log")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -25,6 +25,7 @@ LEGACY_VALUES: dict[tuple[str, ...], Any] = {
     ("decoder", "calibration", "predict"): "windows",  # chance predicted on random trial-length windows
     ("task", "rtb_holds_trials"): False,  # return-to-baseline: trials ran on while unarmed
     ("decoder", "calibrate_off_loop"): False,  # auto_protocol calibrated in the loop, on the baseline's last frame
+    ("decoder", "operator_calibrate_off_loop"): False,  # the operator's Calibrate computed in the loop
 }
 
 #: Calibration fields (``calibration.json``) the rules_version 1 decoder did not write.

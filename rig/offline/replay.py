@@ -5,7 +5,7 @@ that input stream from the session folder — the raw frames (``acquisition/movi
 :class:`~acquisition.pipeline.FramePipeline`, or the recorded F/Fneu (``acquisition/frames.rec``) when
 frames were not kept — feeds exactly the frames the decoder saw (the rows of ``decoder/decisions.rec``),
 applies each operator action after the frame it followed live (``applied`` events, ``after_frame``) and
-the end-of-baseline calibration before the frame it was applied before live (``calibration_applied``), and
+each calibration computed beside the loop before the frame it was applied before live (``calibration_applied``), and
 compares every decision row, trial event, reward request and the final calibration with the record,
 byte for byte. Stamps (``t_*``) are measurements of the live run and are not compared.
 
@@ -183,6 +183,16 @@ def _inputs_from_traces(session: SessionData, decided: np.ndarray) -> Iterator[t
         yield int(number), frames["F"][row], frames["Fneu"][row]
 
 
+def _observe_lost_frame(pipeline: Any, row: np.void) -> None:
+    """A frame the movie lost but the live pipeline registered: its recorded result moves the registrar on as the
+    live one moved (the corr baseline, the tracked shift), so the frames after it register as they did live."""
+    from acquisition.validate import UNUSABLE, FrameFlag  # noqa: PLC0415 - only the movie replay needs it
+
+    flags = int(row["flags"])
+    if pipeline.registrar is not None and not flags & (UNUSABLE | FrameFlag.NOT_REGISTERED) and np.isfinite(row["dy"]):
+        pipeline.registrar.observe(float(row["dy"]), float(row["dx"]), float(row["corr"]), flags)
+
+
 def _inputs_from_movie(session: SessionData, cfg: RigConfig, decided: np.ndarray,
                        traces: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Register and extract every kept frame in order (the pipeline may carry state across frames).
@@ -200,6 +210,7 @@ def _inputs_from_movie(session: SessionData, cfg: RigConfig, decided: np.ndarray
     for i in range(len(traces)):
         if i in kept_as_zeros:
             traces[i] = frames[i]
+            _observe_lost_frame(pipeline, frames[i])
             number = int(frames["frame"][i])
             if number in wanted:
                 yield number, traces[i]["F"], traces[i]["Fneu"]
@@ -317,12 +328,10 @@ def replay(session: SessionData, cfg: RigConfig | None = None, *, from_traces: b
     rows = np.zeros(n, dtype=decision_record_dtype(session.n_rois))
     stamps = [name for name in STAMP_FIELDS if name in (original.dtype.names or ())]
     output = _ReplayOutput()
-    # The end-of-baseline calibration applies before the frame the live decoder applied it before; a what-if's
-    # own calibrations (not in the record) before the frame after the baseline's end.
-    applied = {int(e["baseline_end"]): int(e["frame"]) for e in session.dec_events
-               if e.get("kind") == "calibration_applied"}
+    # A calibration computed beside the loop (the end-of-baseline one, the operator's) applies before the frame
+    # the live decoder applied it before; a what-if's own calibrations (not in the record) before the next frame.
     core = DecoderCore(cfg.decoder, cfg.task, cfg.reward.volume_ul, session.n_rois, session.frame_rate_hz, output,
-                       RecordedCalibrator(applied, otherwise_next=not own))
+                       RecordedCalibrator.from_events(session.dec_events, otherwise_next=not own))
 
     def apply(control: dict[str, Any]) -> None:
         control = _normalise(control)

@@ -28,9 +28,12 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from acquisition.sim.config import SimConfig
 
 TWIN_SCOPES = ("cloose", "zmq")
 
@@ -44,17 +47,25 @@ class TwinMovie:
 
 def render_twin_movie(sim_overrides: list[str], n_frames: int, rate_hz: float, workdir: Path,
                       progress: bool = True) -> TwinMovie:
-    """Render ``n_frames`` simulated frames (and their ROIs) once, before the run."""
-    from acquisition.sim.export import export_movie  # noqa: PLC0415
-    from acquisition.sources.movie import open_movie  # noqa: PLC0415
+    """Render ``n_frames`` simulated frames (and their ROIs) once, before the run, from the defaults and
+    ``sim_overrides`` (``rig bench`` resolves its whole config and calls :func:`render_twin_frames`)."""
     from rig.app.config import apply_overrides, config_from_dict  # noqa: PLC0415
 
     cfg = config_from_dict(apply_overrides({}, sim_overrides), "bench")
+    return render_twin_frames(cfg.acquisition.sim, n_frames, rate_hz, workdir, progress)
+
+
+def render_twin_frames(sim: SimConfig, n_frames: int, rate_hz: float, workdir: Path,
+                       progress: bool = True) -> TwinMovie:
+    """Render ``n_frames`` volumes of the simulator configured by ``sim`` (an ``[acquisition.sim]`` SimConfig)."""
+    from acquisition.sim.export import export_movie  # noqa: PLC0415
+    from acquisition.sources.movie import open_movie  # noqa: PLC0415
+
     out = workdir / "twin"
-    print(f"[bench] rendering {n_frames} frames of {cfg.acquisition.sim.height_px}x{cfg.acquisition.sim.width_px} "
+    print(f"[bench] rendering {n_frames} frames of {sim.height_px}x{sim.width_px} ({sim.n_planes} plane(s)) "
           "for the scope twin (before the run)...", flush=True)
-    export_movie(cfg.acquisition.sim, out, n_frames, rate_hz, progress=progress)
-    planes = cfg.acquisition.sim.n_planes
+    export_movie(sim, out, n_frames, rate_hz, progress=progress)
+    planes = sim.n_planes
     movies = [out / "movie.tif"] + [out / f"plane{k}" / "movie.tif" for k in range(1, planes)]
     frames: np.ndarray | None = None
     for k, path in enumerate(movies):
@@ -159,6 +170,7 @@ class TwinSender:
             raise ValueError(f"the CLOOSE raw TCP link has no plane field: a scope twin of {movie.planes} planes "
                              "needs --scope zmq")
         self.result = movie.frames.with_name(f"sent-{scope}.json")
+        self.result.unlink(missing_ok=True)  # an earlier run's counts (rig bench --repeat) must not pass for ours
         self.frames = movie.frames
         ctx = multiprocessing.get_context("spawn")
         self.stop = ctx.Event()
@@ -177,17 +189,20 @@ class TwinSender:
     def pid(self) -> int:
         return int(self.proc.pid or 0)
 
-    def finish(self) -> dict[str, Any]:
-        """Stop the sender (the session has ended) and return its counts."""
+    def finish(self, remove_frames: bool = True) -> dict[str, Any]:
+        """Stop the sender (the session has ended) and return its counts. ``remove_frames=False`` keeps the
+        rendered frames for another run (``rig bench --repeat``), whose caller then removes them."""
         if not self.started:
-            self.frames.unlink(missing_ok=True)
+            if remove_frames:
+                self.frames.unlink(missing_ok=True)
             return {"frames_sent": 0, "exit_code": None}
         self.stop.set()
         self.proc.join(10.0)
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5.0)
-        self.frames.unlink(missing_ok=True)  # hundreds of MB of rendered frames: the session keeps what matters
+        if remove_frames:  # hundreds of MB of rendered frames: the session keeps what matters
+            self.frames.unlink(missing_ok=True)
         if not self.result.exists():
             return {"frames_sent": None, "exit_code": self.proc.exitcode}
         return {**json.loads(self.result.read_text()), "exit_code": self.proc.exitcode}

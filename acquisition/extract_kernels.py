@@ -1,0 +1,207 @@
+"""Compiled per-frame kernels of ROI extraction (acquisition.extraction): F and Fneu read straight from the frame.
+
+Why: the sparse product (``csr_matvec``) over a zero-padded float32 copy of the frame moved ~4 MB per frame at
+500 ROIs (an index and a weight for each of ~310 k mask pixels, and the 1.5 MB padded copy); in a session,
+where other processes evict all of it between frames, that cost 0.9 ms. This machine is memory-bound, and short
+loops pay their set-up per run of pixels, so the kernels read as little as possible and in long rows:
+
+* **neuropil**: a suite2p neuropil mask is "the valid (non-cell) pixels of a rectangle, minus the exclusion ring
+  around the cell" (:func:`box_decomposition` finds that form for any pixel set, with signed corrections). The
+  rectangles' sums come from one top-to-bottom pass over the frame that keeps a single row of column sums in
+  cache and, at each rectangle's first and past-last row, subtracts / adds the sum of its columns. Integer
+  frames are summed in integers: exact, whatever the order.
+* **cells**: runs of consecutive pixels of a row with their weights, read bilinearly (two frame rows per run).
+
+Pixels read outside the frame count 0, as the padded buffer's zeros did; the caller renormalises by the in-frame
+share of each mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+def box_decomposition(sets: list[np.ndarray], valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                           np.ndarray, np.ndarray]:
+    """Each pixel set (flat frame indices) as its bounding box's valid pixels plus signed corrections.
+
+    Returns ``box`` (n, 4: rows [y0, y1), cols [x0, x1); an empty set has an empty box), ``ptr`` (n + 1) and the
+    corrections ``cy``, ``cx`` (int32) and ``sign`` (int32, -1: a valid box pixel not in the set, +1: a set pixel
+    that is not valid).
+    """
+    valid = np.asarray(valid, bool)
+    Lx = valid.shape[1]
+    n = len(sets)
+    box = np.zeros((n, 4), np.int32)
+    ptr = np.zeros(n + 1, np.int64)
+    cys, cxs, signs = [], [], []
+    for i, idx in enumerate(sets):
+        count = 0
+        if idx.size:
+            ys, xs = np.divmod(np.asarray(idx, np.int64), Lx)
+            y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+            box[i] = y0, y1, x0, x1
+            member = np.zeros((y1 - y0, x1 - x0), bool)
+            member[ys - y0, xs - x0] = True
+            in_box = valid[y0:y1, x0:x1]
+            for part, sign in ((in_box & ~member, -1), (member & ~in_box, 1)):
+                py, px = np.nonzero(part)
+                cys.append(py + y0)
+                cxs.append(px + x0)
+                signs.append(np.full(py.size, sign))
+                count += py.size
+        ptr[i + 1] = ptr[i] + count
+
+    def join(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+    return box, ptr, join(cys), join(cxs), join(signs)
+
+
+def box_events(box: np.ndarray, Ly: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows where :func:`neuropil_sums` subtracts (a box's first row) or adds (its past-last row) a box's
+    column sums, sorted by row: (row, box index, sign), int32. Empty boxes have none."""
+    keep = np.flatnonzero((box[:, 1] > box[:, 0]) & (box[:, 3] > box[:, 2]))
+    rows = np.concatenate([box[keep, 0], box[keep, 1]])
+    which = np.concatenate([keep, keep])
+    sign = np.concatenate([np.full(keep.size, -1), np.full(keep.size, 1)])
+    order = np.argsort(rows, kind="stable")
+    if rows.size and (rows.min() < 0 or rows.max() > Ly):
+        raise ValueError("neuropil boxes must lie within the frame's rows")
+    return rows[order].astype(np.int32), which[order].astype(np.int32), sign[order].astype(np.int32)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def neuropil_sums(frame: np.ndarray, valid: np.ndarray, ev_row: np.ndarray, ev_box: np.ndarray, ev_sign: np.ndarray,
+                  box: np.ndarray, ptr: np.ndarray, cy: np.ndarray, cx: np.ndarray, sign: np.ndarray,
+                  scale: np.ndarray, ry: int, rx: int, colsum: np.ndarray, sums: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = scale[i] * (valid pixels of box i + signed corrections), the mask read at whole-pixel shift (ry, rx):
+    mask pixel (y, x) reads frame pixel (y + ry, x + rx), 0 outside the frame.
+
+    ``colsum`` (Lx, int32 for integer frames, float64 otherwise) and ``sums`` (n, int64 or float64) are scratch.
+    """
+    Ly, Lx = frame.shape
+    colsum[:] = 0
+    sums[:] = 0
+    x0 = max(0, -rx)  # mask columns whose shifted pixel is inside the frame
+    x1 = min(Lx, Lx - rx)
+    e = 0
+    n_ev = ev_row.size
+    for y in range(Ly + 1):
+        while e < n_ev and ev_row[e] == y:  # colsum holds the sums of mask rows < y
+            b = ev_box[e]
+            part = colsum[box[b, 2]:box[b, 3]]
+            s = sums[b] * 0
+            for j in range(part.size):
+                s += part[j]
+            sums[b] += ev_sign[e] * s
+            e += 1
+        fy = y + ry
+        if y < Ly and 0 <= fy < Ly:
+            src = frame[fy, x0 + rx:x1 + rx]
+            ok = valid[y, x0:x1]
+            dst = colsum[x0:x1]
+            for j in range(src.size):
+                dst[j] += src[j] * ok[j]  # a product vectorises, a branch does not
+    for i in range(box.shape[0]):
+        total = 1.0 * sums[i]
+        for k in range(ptr[i], ptr[i + 1]):
+            fy = cy[k] + ry
+            fx = cx[k] + rx
+            if 0 <= fy < Ly and 0 <= fx < Lx:
+                total += sign[k] * frame[fy, fx]
+        out[i] = total * scale[i]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def cell_sums(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
+              weight: np.ndarray, iy: int, ix: int, fy: float, fx: float, out: np.ndarray) -> None:
+    """out[i] = sum of ROI i's weights times the frame read at (y + iy + fy, x + ix + fx), bilinear (fy = fx = 0:
+    one pixel). ROI i's pixels are runs ptr[i]:ptr[i + 1] of ``run_len`` pixels from (run_y, run_x), their weights
+    consecutive in ``weight``."""
+    Ly, Lx = frame.shape
+    w00 = np.float32((1.0 - fy) * (1.0 - fx))
+    w10 = np.float32(fy * (1.0 - fx))
+    w01 = np.float32((1.0 - fy) * fx)
+    w11 = np.float32(fy * fx)
+    k = 0
+    for i in range(ptr.size - 1):
+        total = 0.0
+        for r in range(ptr[i], ptr[i + 1]):
+            y = run_y[r] + iy
+            x0 = run_x[r] + ix
+            n = run_len[r]
+            acc = np.float32(0.0)
+            if y >= 0 and y + 1 < Ly and x0 >= 0 and x0 + n < Lx:
+                a = frame[y, x0:x0 + n + 1]
+                b = frame[y + 1, x0:x0 + n + 1]
+                w = weight[k:k + n]
+                for j in range(n):
+                    acc += w[j] * (w00 * np.float32(a[j]) + w01 * np.float32(a[j + 1])
+                                   + w10 * np.float32(b[j]) + w11 * np.float32(b[j + 1]))
+            else:  # at the frame's edge: a neighbour outside reads 0
+                for j in range(n):
+                    x = x0 + j
+                    v = np.float32(0.0)
+                    if 0 <= y < Ly:
+                        if 0 <= x < Lx:
+                            v += w00 * np.float32(frame[y, x])
+                        if 0 <= x + 1 < Lx:
+                            v += w01 * np.float32(frame[y, x + 1])
+                    if 0 <= y + 1 < Ly:
+                        if 0 <= x < Lx:
+                            v += w10 * np.float32(frame[y + 1, x])
+                        if 0 <= x + 1 < Lx:
+                            v += w11 * np.float32(frame[y + 1, x + 1])
+                    acc += weight[k + j] * v
+            total += acc
+            k += n
+        out[i] = total
+
+
+def pixel_runs(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per ROI, its (y, x) pixels sorted row-major as runs of consecutive pixels: (ptr, run_y, run_x, run_len);
+    the pixels' weights stay in the same order, so run r of ROI i covers the next run_len[r] of them."""
+    ptr = np.zeros(len(rows) + 1, np.int64)
+    ys_all, xs_all, lens = [], [], []
+    for i, (ys, xs) in enumerate(rows):
+        if ys.size:
+            key = ys.astype(np.int64) * (int(xs.max()) + 2) + xs
+            if np.any(np.diff(key) <= 0):
+                raise ValueError("ROI pixels must be sorted row-major and unique")
+            brk = np.flatnonzero((np.diff(ys) != 0) | (np.diff(xs) != 1)) + 1
+            starts = np.r_[0, brk]
+            ends = np.r_[brk, ys.size]
+            ys_all.append(ys[starts])
+            xs_all.append(xs[starts])
+            lens.append(ends - starts)
+            ptr[i + 1] = ptr[i] + starts.size
+        else:
+            ptr[i + 1] = ptr[i]
+
+    def join(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+    return ptr, join(ys_all), join(xs_all), join(lens)
+
+
+def compile_extract_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.float32)) -> None:
+    """Compile (or load from numba's cache) the kernels for the frame dtypes scopes deliver, before frame one."""
+    ptr = np.array([0, 1], np.int64)
+    one = np.zeros(1, np.int32)
+    box = np.array([[0, 1, 0, 1]], np.int32)
+    ev_row, ev_box, ev_sign = box_events(box, 4)
+    valid = np.ones((4, 4), np.uint8)
+    out = np.zeros(1, np.float32)
+    for dtype in dtypes:
+        frame = np.zeros((4, 4), dtype)
+        cell_sums(frame, ptr, one, one, np.ones(1, np.int32), np.ones(1, np.float32), 0, 0, 0.5, 0.5, out)
+        colsum, sums = scratch_for(frame.dtype, 4, 1)
+        neuropil_sums(frame, valid, ev_row, ev_box, ev_sign, box, ptr, one, one, np.ones(1, np.int32), np.ones(1),
+                      0, 0, colsum, sums, out)
+
+
+def scratch_for(dtype: np.dtype, Lx: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """neuropil_sums' scratch: integer column sums for integer frames (exact), float64 otherwise."""
+    if np.dtype(dtype).kind in "ui":
+        return np.zeros(Lx, np.int32 if np.dtype(dtype).itemsize <= 2 else np.int64), np.zeros(n, np.int64)
+    return np.zeros(Lx, np.float64), np.zeros(n, np.float64)

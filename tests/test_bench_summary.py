@@ -1,0 +1,103 @@
+"""rig bench --repeat / --target: headline figures, issue 21's target verdicts and the median, on synthetic results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rig.offline.bench_summary import (
+    DECISION,
+    REWARD_WRITTEN,
+    check_targets,
+    format_summary,
+    headline,
+    median_headline,
+    summarize,
+    target_conditions,
+)
+
+
+def fake_result(mode="realtime", p50=1.5, p99=4.0, mx=8.0, reward_p99=4.5, dropped=0, late=0, fps=30.0,
+                load=(0.5, 0.7), console=True, size=512, rois=500, rate=30.0, duration=60.0, ok=True):
+    """A result dict shaped as rig.offline.bench.run_bench returns it."""
+    reward = ({"p50": 1.0, "p90": 2.0, "p99": reward_p99, "max": reward_p99, "n": 12} if reward_p99 is not None
+              else {"p50": None, "p90": None, "p99": None, "max": None, "n": 0})
+    return {"mode": mode, "when": "2026-12-03T00:00:00", "machine": {"cpus": 2},
+            "settings": {"size": size, "rois": rois, "rate_hz": rate, "duration_s": duration, "console": console,
+                         "scope": "cloose", "overrides": []},
+            "load_avg_1min_at_start_end": list(load), "late_decisions": late, "frames_dropped": dropped,
+            "ok": ok, "session": "/tmp/s", "frames": 1800, "frames_acquired": 1800 + dropped,
+            "rewards_delivered": 12, "rewards_failed": 0, "processes": {"decoder": {"cpu_percent": 5.0,
+                                                                                  "peak_rss_mb": 170.0}},
+            "latency_ms": {DECISION: {"p50": p50, "p90": p50 * 1.5, "p99": p99, "max": mx, "n": 1800},
+                           REWARD_WRITTEN: reward},
+            "throughput": {"acquisition_frames_per_s": fps, "decoder_frames_per_s": fps}}
+
+
+def verdicts(mode, result):
+    return [v["met"] for v in check_targets(mode, headline(result))]
+
+
+def test_the_headline_takes_the_figures_issue_21_names():
+    head = headline(fake_result(p50=1.25, p99=4.5, mx=9.75, reward_p99=3.5, dropped=2, late=3, fps=29.9,
+                                load=(1.2, 2.4)))
+    assert head["decision_p50_ms"] == 1.25 and head["decision_p99_ms"] == 4.5 and head["decision_max_ms"] == 9.75
+    assert head["reward_written_p99_ms"] == 3.5 and head["reward_n"] == 12
+    assert (head["late_decisions"], head["frames_dropped"], head["frames_per_s"]) == (3, 2, 29.9)
+    assert (head["load_start"], head["load_end"]) == (1.2, 2.4)
+
+
+def test_realtime_targets_each_met_or_not_at_their_limits():
+    assert verdicts("realtime", fake_result(p50=2.0, p99=5.0, mx=10.0, reward_p99=5.0)) == [True] * 4  # <= limit
+    assert verdicts("realtime", fake_result(p50=2.01, p99=4.0, mx=10.5, reward_p99=5.2)) == [False, True, False, False]
+    assert verdicts("realtime", fake_result(reward_p99=None)) == [True, True, True, None]  # no reward: no data
+
+
+def test_fast_and_throughput_targets():
+    assert verdicts("fast", fake_result("fast", p99=0.9, dropped=0)) == [True, True]
+    assert verdicts("fast", fake_result("fast", p99=1.2, dropped=3)) == [False, False]
+    assert verdicts("throughput", fake_result("throughput", fps=500.0)) == [True]
+    assert verdicts("throughput", fake_result("throughput", fps=481.0)) == [False]
+
+
+def test_conditions_other_than_the_issues_are_named():
+    assert target_conditions(fake_result()) == []
+    differ = target_conditions(fake_result(console=False, size=256, rois=50))
+    assert differ == ["frames 256 px, not 512x512", "50 ROIs, not 500", "console not attached"]
+    assert target_conditions(fake_result("fast", size="64x256", rois=50, rate=1000.0, duration=20.0)) == [
+        "20 s, not the 60 s the issue asks sustained"]
+
+
+def test_the_median_across_runs_skips_missing_figures():
+    heads = [headline(fake_result(p50=1.0, reward_p99=None, late=0)), headline(fake_result(p50=3.0, reward_p99=4.0,
+                                                                                          late=1)),
+             headline(fake_result(p50=2.5, reward_p99=6.0, late=4))]
+    med = median_headline(heads)
+    assert med["decision_p50_ms"] == 2.5 and med["late_decisions"] == 1
+    assert med["reward_written_p99_ms"] == 5.0  # the median of the two runs that had rewards
+    assert median_headline([headline(fake_result(reward_p99=None))])["reward_written_p99_ms"] is None
+
+
+def test_the_summary_gives_each_run_its_verdicts_and_the_median_its_own():
+    results = [fake_result(p50=1.5, p99=4.0), fake_result(p50=2.5, p99=6.0, ok=True), fake_result(p50=1.8, p99=4.8)]
+    paths = [Path(f"/tmp/b-run{k}.json") for k in (1, 2, 3)]
+    summary = summarize(results, paths)
+    assert summary["repeat"] == 3 and summary["ok"] is True
+    assert [r["targets_met"] for r in summary["runs"]] == [True, False, True]
+    assert summary["targets_met_every_run"] is False
+    assert summary["median"]["decision_p50_ms"] == 1.8 and summary["median"]["decision_p99_ms"] == 4.8
+    assert all(v["met"] for v in summary["median_targets"])
+    assert summary["runs"][1]["json"] == "/tmp/b-run2.json"
+    text = format_summary(summary, targets=True)
+    p50_row = next(line for line in text.splitlines() if line.startswith("frame ready->decision p50"))
+    assert p50_row.split(" ms", 1)[1].split() == ["met", "NOT", "MET", "met", "met"]  # run 2 only; the median met
+    assert "median" in text and "other conditions" not in text
+    assert "NOT MET" not in format_summary(summary, targets=False)
+    with pytest.raises(ValueError, match="no run"):
+        summarize([], [])
+
+
+def test_a_failed_session_makes_the_summary_not_ok():
+    summary = summarize([fake_result(), fake_result(ok=False)], [Path("a.json"), Path("b.json")])
+    assert summary["ok"] is False
