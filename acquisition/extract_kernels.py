@@ -159,6 +159,68 @@ def cell_sums(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.n
         out[i] = total
 
 
+@njit(cache=True, nogil=True)
+def inside_shares(Ly: int, Lx: int, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
+                  pix_ptr: np.ndarray, weight: np.ndarray, cell_bbox: np.ndarray, cell_total: np.ndarray,
+                  iy: int, ix: int, fy: float, fx: float, box: np.ndarray, valid_sat: np.ndarray,
+                  np_ptr: np.ndarray, cy: np.ndarray, cx: np.ndarray, sign: np.ndarray, scale: np.ndarray,
+                  ry: int, rx: int, out: np.ndarray) -> None:
+    """The share of each mask's weight that :func:`cell_sums` / :func:`neuropil_sums` read inside the frame at
+    these shifts (what they return for a frame of ones), from the geometry alone: a mask wholly inside costs
+    O(1) (``cell_bbox`` (n, 4: ymin, ymax, xmin, xmax), ``cell_total``: its weight sum; ``valid_sat``: the valid
+    map's summed-area table), so renormalising at the frame's edge needs no table per shift. ``out``: n cell
+    shares, then n neuropil shares."""
+    n = ptr.size - 1
+    w00 = (1.0 - fy) * (1.0 - fx)
+    w10 = fy * (1.0 - fx)
+    w01 = (1.0 - fy) * fx
+    w11 = fy * fx
+    for i in range(n):
+        if (cell_bbox[i, 0] + iy >= 0 and cell_bbox[i, 1] + iy + 1 < Ly
+                and cell_bbox[i, 2] + ix >= 0 and cell_bbox[i, 3] + ix + 1 < Lx):
+            out[i] = cell_total[i]
+            continue
+        total = 0.0
+        k = pix_ptr[i]
+        for r in range(ptr[i], ptr[i + 1]):
+            y = run_y[r] + iy
+            x0 = run_x[r] + ix
+            for j in range(run_len[r]):
+                x = x0 + j
+                v = 0.0
+                if 0 <= y < Ly:
+                    if 0 <= x < Lx:
+                        v += w00
+                    if 0 <= x + 1 < Lx:
+                        v += w01
+                if 0 <= y + 1 < Ly:
+                    if 0 <= x < Lx:
+                        v += w10
+                    if 0 <= x + 1 < Lx:
+                        v += w11
+                total += weight[k + j] * v
+            k += run_len[r]
+        out[i] = total
+    for i in range(box.shape[0]):
+        y0 = max(box[i, 0], -ry)
+        y1 = min(box[i, 1], Ly - ry)
+        x0 = max(box[i, 2], -rx)
+        x1 = min(box[i, 3], Lx - rx)
+        count = 0
+        if y1 > y0 and x1 > x0:
+            count = valid_sat[y1, x1] - valid_sat[y0, x1] - valid_sat[y1, x0] + valid_sat[y0, x0]
+        if y0 != box[i, 0] or y1 != box[i, 1] or x0 != box[i, 2] or x1 != box[i, 3]:  # corrections inside the box
+            for k2 in range(np_ptr[i], np_ptr[i + 1]):
+                y = cy[k2] + ry
+                x = cx[k2] + rx
+                if 0 <= y < Ly and 0 <= x < Lx:
+                    count += sign[k2]
+        else:
+            for k2 in range(np_ptr[i], np_ptr[i + 1]):
+                count += sign[k2]
+        out[n + i] = count * scale[i]
+
+
 def pixel_runs(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per ROI, its (y, x) pixels sorted row-major as runs of consecutive pixels: (ptr, run_y, run_x, run_len);
     the pixels' weights stay in the same order, so run r of ROI i covers the next run_len[r] of them."""
@@ -198,6 +260,9 @@ def compile_extract_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.
         colsum, sums = scratch_for(frame.dtype, 4, 1)
         neuropil_sums(frame, valid, ev_row, ev_box, ev_sign, box, ptr, one, one, np.ones(1, np.int32), np.ones(1),
                       0, 0, colsum, sums, out)
+    sat = np.zeros((5, 5), np.int64)
+    inside_shares(4, 4, ptr, one, one, np.ones(1, np.int32), ptr, np.ones(1, np.float32), box, np.ones(1), 0, 0, 0.5,
+                  0.5, box, sat, ptr, one, one, np.ones(1, np.int32), np.ones(1), 0, 0, np.zeros(2, np.float32))
 
 
 def scratch_for(dtype: np.dtype, Lx: int, n: int) -> tuple[np.ndarray, np.ndarray]:

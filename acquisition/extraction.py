@@ -41,6 +41,7 @@ from acquisition.extract_kernels import (
     box_events,
     cell_sums,
     compile_extract_kernels,
+    inside_shares,
     neuropil_sums,
     pixel_runs,
     scratch_for,
@@ -238,6 +239,14 @@ class Extractor:
         rows = [(ys[cells.indptr[i]:cells.indptr[i + 1]], xs[cells.indptr[i]:cells.indptr[i + 1]]) for i in range(n)]
         self._cell_ptr, self._run_y, self._run_x, self._run_len = pixel_runs(rows)
         self._cell_w = cells.data.astype(np.float32)
+        self._pix_ptr = cells.indptr.astype(np.int64)  # each ROI's first weight
+        sums = np.concatenate([[0.0], np.cumsum(self._cell_w, dtype=np.float64)])
+        self._cell_total = sums[self._pix_ptr[1:]] - sums[self._pix_ptr[:-1]]
+        self._cell_bbox = np.zeros((n, 4), np.int32)
+        for i in range(n):
+            lo, hi = self._pix_ptr[i], self._pix_ptr[i + 1]
+            if hi > lo:
+                self._cell_bbox[i] = ys[lo:hi].min(), ys[lo:hi].max(), xs[lo:hi].min(), xs[lo:hi].max()
         sets = []
         for i in range(n):
             py, px = np.divmod(neuropil.indices[neuropil.indptr[i]:neuropil.indptr[i + 1]].astype(np.int64), Wp)
@@ -245,6 +254,8 @@ class Extractor:
         self._valid = np.ascontiguousarray(valid, dtype=np.uint8)
         self._np_box, self._np_ptr, self._np_y, self._np_x, self._np_sign = box_decomposition(sets, self._valid)
         self._np_events = box_events(self._np_box, self.Ly)
+        self._valid_sat = np.zeros((self.Ly + 1, self.Lx + 1), np.int64)
+        self._valid_sat[1:, 1:] = self._valid.astype(np.int64).cumsum(0).cumsum(1)
         self._np_scale = np.where(self.npix_neuropil > 0, 1.0 / np.maximum(self.npix_neuropil, 1), 0.0)
         self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
         if self.method == "compiled":
@@ -365,8 +376,19 @@ class Extractor:
         """Divide by the in-frame share of each mask's weight; NaN where nothing is left in the frame."""
         n = self.n_rois
         weight = self._weight
-        np.copyto(weight, self._inside_weight(round(dy), round(dx)))
-        if self.subpixel:  # cell rows were read bilinearly: their in-frame share is bilinear too
+        if self.method == "compiled":  # from the geometry, every frame (the sparse way caches a table per shift)
+            ry, rx = round(dy), round(dx)
+            iy, ix, fy, fx = ry, rx, 0.0, 0.0
+            if self.subpixel:
+                iy, ix = math.floor(dy), math.floor(dx)
+                fy, fx = dy - iy, dx - ix
+            inside_shares(self.Ly, self.Lx, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._pix_ptr,
+                          self._cell_w, self._cell_bbox, self._cell_total, iy, ix, fy, fx, self._np_box,
+                          self._valid_sat, self._np_ptr, self._np_y, self._np_x, self._np_sign, self._np_scale,
+                          ry, rx, weight)
+        else:
+            np.copyto(weight, self._inside_weight(round(dy), round(dx)))
+        if self.subpixel and self.method == "sparse":  # cells were read bilinearly: their in-frame share too
             iy, ix, corners = self._corners(dy, dx)
             weight[:n] = 0.0
             term = self._term[:n]

@@ -256,6 +256,7 @@ def build_planes(proc: AcquisitionProcess, rois: list[PlaneRois] | None, preview
             pipeline = FramePipeline(roi_set, registration=cfg.registration, extraction=cfg.extraction,
                                      validation=cfg.validation, blas_threads=None, background_reference=True,
                                      on_thread_start=proc._lower_thread if low else None)
+            pipeline.warm_up(proc.source.dtype)  # its first frame would otherwise delay the next BCI frame
             shape = pipeline.shape
         else:
             shape = tuple(proc.source.shape)

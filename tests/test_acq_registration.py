@@ -442,3 +442,15 @@ def test_a_lost_frame_observed_from_its_record_keeps_the_sequence_bit_exact(pmt_
     kept = [r for i, r in enumerate(recorded) if i not in (12, 13, 25)]
     assert out == kept
     assert skipped != kept  # without observe() the frames after a gap differ (here: where the crop sat)
+
+
+def test_warm_up_leaves_no_trace_in_what_the_next_frames_get():
+    """The warm-up before frame 0 must not change a single shift of the session: same frames, same results, with
+    and without it (baseline, tracking prediction and counters restored)."""
+    movie = make_movie(T=30, Ly=128, Lx=128, n_cells=20, max_shift=4.0, seed=8)
+    plain, warmed = (RigidRegistrar(movie.reference, bin_factor=2) for _ in range(2))  # a fine stage: tracking
+    warmed.warm_up(movie.reference.astype(np.uint16))
+    assert warmed._last_good is None and warmed.tracked_frames == 0
+    for frame in movie.frames:
+        assert plain.register(frame) == warmed.register(frame)
+    assert (plain.tracked_frames, plain.track_fallbacks) == (warmed.tracked_frames, warmed.track_fallbacks)
