@@ -131,6 +131,9 @@ class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     mask_sigma: float = 0.0  # Gaussian spread of cell mask weights, pixels (0: suite2p's masks as they are)
     # "compiled": kernels reading the frame in place; "sparse": the earlier sparse product (to measure against)
     method: str = "compiled"
+    # compiled only: the cells' whole-pixel reads and the neuropil computed in a worker thread at the last frame's
+    # whole-pixel shifts while the frame is registered, each taken when its shift is the same (extract_ahead.py)
+    ahead: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("compiled", "sparse"):

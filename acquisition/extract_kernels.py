@@ -10,7 +10,9 @@ loops pay their set-up per run of pixels, so the kernels read as little as possi
   rectangles' sums come from one top-to-bottom pass over the frame that keeps a single row of column sums in
   cache and, at each rectangle's first and past-last row, subtracts / adds the sum of its columns. Integer
   frames are summed in integers: exact, whatever the order.
-* **cells**: runs of consecutive pixels of a row with their weights, read bilinearly (two frame rows per run).
+* **cells**: runs of consecutive pixels of a row with their weights, read at the four whole-pixel shifts around
+  the subpixel one in one pass (two frame rows per run), then combined bilinearly: the four reads need only the
+  shift's whole part, so they can be made while the frame is still being registered (acquisition.extract_ahead).
 
 Pixels read outside the frame count 0, as the padded buffer's zeros did; the caller renormalises by the in-frame
 share of each mask.
@@ -114,49 +116,71 @@ def neuropil_sums(frame: np.ndarray, valid: np.ndarray, ev_row: np.ndarray, ev_b
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def cell_sums(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
-              weight: np.ndarray, iy: int, ix: int, fy: float, fx: float, out: np.ndarray) -> None:
-    """out[i] = sum of ROI i's weights times the frame read at (y + iy + fy, x + ix + fx), bilinear (fy = fx = 0:
-    one pixel). ROI i's pixels are runs ptr[i]:ptr[i + 1] of ``run_len`` pixels from (run_y, run_x), their weights
-    consecutive in ``weight``."""
+def cell_corner_sums(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
+                     weight: np.ndarray, iy: int, ix: int, out: np.ndarray) -> None:
+    """For ROI i, its weights times the frame read at the four whole-pixel shifts around a subpixel one:
+    out[0, i] at (iy, ix), out[1, i] at (iy + 1, ix), out[2, i] at (iy, ix + 1), out[3, i] at (iy + 1, ix + 1).
+    :func:`combine_corners` then gives the bilinear read at (iy + fy, ix + fx), so these four can be computed
+    before fy and fx are known. ROI i's pixels are runs ptr[i]:ptr[i + 1] of ``run_len`` pixels from
+    (run_y, run_x), their weights consecutive in ``weight``; a pixel outside the frame reads 0."""
     Ly, Lx = frame.shape
-    w00 = np.float32((1.0 - fy) * (1.0 - fx))
-    w10 = np.float32(fy * (1.0 - fx))
-    w01 = np.float32((1.0 - fy) * fx)
-    w11 = np.float32(fy * fx)
     k = 0
     for i in range(ptr.size - 1):
-        total = 0.0
+        t00 = 0.0
+        t10 = 0.0
+        t01 = 0.0
+        t11 = 0.0
         for r in range(ptr[i], ptr[i + 1]):
             y = run_y[r] + iy
             x0 = run_x[r] + ix
             n = run_len[r]
-            acc = np.float32(0.0)
+            a00 = np.float32(0.0)
+            a10 = np.float32(0.0)
+            a01 = np.float32(0.0)
+            a11 = np.float32(0.0)
             if y >= 0 and y + 1 < Ly and x0 >= 0 and x0 + n < Lx:
                 a = frame[y, x0:x0 + n + 1]
                 b = frame[y + 1, x0:x0 + n + 1]
                 w = weight[k:k + n]
                 for j in range(n):
-                    acc += w[j] * (w00 * np.float32(a[j]) + w01 * np.float32(a[j + 1])
-                                   + w10 * np.float32(b[j]) + w11 * np.float32(b[j + 1]))
-            else:  # at the frame's edge: a neighbour outside reads 0
+                    a00 += w[j] * np.float32(a[j])
+                    a01 += w[j] * np.float32(a[j + 1])
+                    a10 += w[j] * np.float32(b[j])
+                    a11 += w[j] * np.float32(b[j + 1])
+            else:  # at the frame's edge: a pixel outside reads 0
                 for j in range(n):
                     x = x0 + j
-                    v = np.float32(0.0)
+                    wj = weight[k + j]
                     if 0 <= y < Ly:
                         if 0 <= x < Lx:
-                            v += w00 * np.float32(frame[y, x])
+                            a00 += wj * np.float32(frame[y, x])
                         if 0 <= x + 1 < Lx:
-                            v += w01 * np.float32(frame[y, x + 1])
+                            a01 += wj * np.float32(frame[y, x + 1])
                     if 0 <= y + 1 < Ly:
                         if 0 <= x < Lx:
-                            v += w10 * np.float32(frame[y + 1, x])
+                            a10 += wj * np.float32(frame[y + 1, x])
                         if 0 <= x + 1 < Lx:
-                            v += w11 * np.float32(frame[y + 1, x + 1])
-                    acc += weight[k + j] * v
-            total += acc
+                            a11 += wj * np.float32(frame[y + 1, x + 1])
+            t00 += a00
+            t10 += a10
+            t01 += a01
+            t11 += a11
             k += n
-        out[i] = total
+        out[0, i] = t00
+        out[1, i] = t10
+        out[2, i] = t01
+        out[3, i] = t11
+
+
+@njit(cache=True, nogil=True)
+def combine_corners(corners: np.ndarray, fy: float, fx: float, out: np.ndarray) -> None:
+    """The bilinear read at (iy + fy, ix + fx) from :func:`cell_corner_sums`' four whole-pixel reads."""
+    w00 = (1.0 - fy) * (1.0 - fx)
+    w10 = fy * (1.0 - fx)
+    w01 = (1.0 - fy) * fx
+    w11 = fy * fx
+    for i in range(out.size):
+        out[i] = w00 * corners[0, i] + w10 * corners[1, i] + w01 * corners[2, i] + w11 * corners[3, i]
 
 
 @njit(cache=True, nogil=True)
@@ -165,11 +189,11 @@ def inside_shares(Ly: int, Lx: int, ptr: np.ndarray, run_y: np.ndarray, run_x: n
                   iy: int, ix: int, fy: float, fx: float, box: np.ndarray, valid_sat: np.ndarray,
                   np_ptr: np.ndarray, cy: np.ndarray, cx: np.ndarray, sign: np.ndarray, scale: np.ndarray,
                   ry: int, rx: int, out: np.ndarray) -> None:
-    """The share of each mask's weight that :func:`cell_sums` / :func:`neuropil_sums` read inside the frame at
-    these shifts (what they return for a frame of ones), from the geometry alone: a mask wholly inside costs
-    O(1) (``cell_bbox`` (n, 4: ymin, ymax, xmin, xmax), ``cell_total``: its weight sum; ``valid_sat``: the valid
-    map's summed-area table), so renormalising at the frame's edge needs no table per shift. ``out``: n cell
-    shares, then n neuropil shares."""
+    """The share of each mask's weight that the cell reads (combined bilinearly) and :func:`neuropil_sums` take
+    from inside the frame at these shifts (what they return for a frame of ones), from the geometry alone. A mask
+    wholly inside costs O(1): ``cell_bbox`` (n, 4: ymin, ymax, xmin, xmax) and ``cell_total`` (its weight sum),
+    ``valid_sat`` (the valid map's summed-area table); so renormalising at the frame's edge needs no table per
+    shift. ``out``: n cell shares, then n neuropil shares."""
     n = ptr.size - 1
     w00 = (1.0 - fy) * (1.0 - fx)
     w10 = fy * (1.0 - fx)
@@ -256,7 +280,9 @@ def compile_extract_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.
     out = np.zeros(1, np.float32)
     for dtype in dtypes:
         frame = np.zeros((4, 4), dtype)
-        cell_sums(frame, ptr, one, one, np.ones(1, np.int32), np.ones(1, np.float32), 0, 0, 0.5, 0.5, out)
+        corners = np.zeros((4, 1), np.float32)
+        cell_corner_sums(frame, ptr, one, one, np.ones(1, np.int32), np.ones(1, np.float32), 0, 0, corners)
+        combine_corners(corners, 0.5, 0.5, out)
         colsum, sums = scratch_for(frame.dtype, 4, 1)
         neuropil_sums(frame, valid, ev_row, ev_box, ev_sign, box, ptr, one, one, np.ones(1, np.int32), np.ones(1),
                       0, 0, colsum, sums, out)

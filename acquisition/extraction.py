@@ -36,10 +36,12 @@ from scipy.ndimage import binary_dilation, gaussian_filter, percentile_filter
 # instead of allocating a result per frame (tests/test_acq_extraction.py checks it against ``@``)
 from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
 
+from acquisition.extract_ahead import ExtractAhead
 from acquisition.extract_kernels import (
     box_decomposition,
     box_events,
-    cell_sums,
+    cell_corner_sums,
+    combine_corners,
     compile_extract_kernels,
     inside_shares,
     neuropil_sums,
@@ -228,6 +230,8 @@ class Extractor:
         self._term = np.empty(2 * n, np.float32)  # one bilinear corner's contribution
         self._no_weight = np.empty(2 * n, bool)
         self._out_cells, self._out_neuropil = self._out[:n], self._out[n:]  # views made once, not per frame
+        self.last_whole_shifts: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._corner_reads = np.zeros((4, n), np.float32)  # the cells read at the four whole shifts around the subpixel
         self._build_kernel_tables(valid)
 
     def _build_kernel_tables(self, valid: np.ndarray) -> None:
@@ -258,6 +262,7 @@ class Extractor:
         self._valid_sat[1:, 1:] = self._valid.astype(np.int64).cumsum(0).cumsum(1)
         self._np_scale = np.where(self.npix_neuropil > 0, 1.0 / np.maximum(self.npix_neuropil, 1), 0.0)
         self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
+        self._worker_scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}  # the ExtractAhead worker's
         if self.method == "compiled":
             compile_extract_kernels()
 
@@ -305,8 +310,12 @@ class Extractor:
                 term *= np.float32(w)
                 out += term
 
-    def extract(self, frame: np.ndarray, dy: float, dx: float, out_F: np.ndarray, out_Fneu: np.ndarray) -> None:
-        """Write F and Fneu (float32, n_rois each) of ``frame`` whose content is displaced by (dy, dx)."""
+    def extract(self, frame: np.ndarray, dy: float, dx: float, out_F: np.ndarray, out_Fneu: np.ndarray, *,
+                ahead: ExtractAhead | None = None) -> None:
+        """Write F and Fneu (float32, n_rois each) of ``frame`` whose content is displaced by (dy, dx).
+
+        ``ahead``: an :class:`~acquisition.extract_ahead.ExtractAhead` given this frame before registration; each
+        part it computed at this frame's whole-pixel shifts is taken (compiled method only)."""
         if frame.shape != (self.Ly, self.Lx):
             raise ValueError(f"frame shape {frame.shape} differs from the ROI set's {(self.Ly, self.Lx)}")
         lim = self.pad - 1
@@ -317,6 +326,8 @@ class Extractor:
         n = self.n_rois
         out = self._out
         ry, rx = round(dy), round(dx)
+        # where this frame's cells and neuropil were read: the next frame's best guess (acquisition.extract_ahead)
+        self.last_whole_shifts = ((math.floor(dy), math.floor(dx)) if self.subpixel else (ry, rx), (ry, rx))
         if self.subpixel:  # cells bilinear at (dy, dx), neuropil at the nearest pixel
             iy, ix = math.floor(dy), math.floor(dx)
             fy, fx = dy - iy, dx - ix
@@ -325,7 +336,7 @@ class Extractor:
             iy, ix, fy, fx = ry, rx, 0.0, 0.0
             edge_shift = (ry, rx, ry, rx)
         if self.method == "compiled":
-            self._compiled(frame, iy, ix, fy, fx, ry, rx)
+            self._compiled(frame, iy, ix, fy, fx, ry, rx, ahead)
         else:
             self._sparse(frame, dy, dx, ry, rx)
         if self._leaves_frame(*edge_shift):
@@ -335,16 +346,36 @@ class Extractor:
         out_F[:] = out[:n]
         out_Fneu[:] = out[n:]
 
-    def _compiled(self, frame: np.ndarray, iy: int, ix: int, fy: float, fx: float, ry: int, rx: int) -> None:
-        """Cells at (iy + fy, ix + fx), bilinear, neuropil at whole pixels (ry, rx), straight from ``frame``."""
-        scratch = self._scratch.get(frame.dtype)
+    def _compiled(self, frame: np.ndarray, iy: int, ix: int, fy: float, fx: float, ry: int, rx: int,
+                  ahead: ExtractAhead | None = None) -> None:
+        """Cells at (iy + fy, ix + fx), bilinear from their four whole-pixel reads, neuropil at whole pixels
+        (ry, rx), straight from ``frame``; each part from ``ahead`` when it computed it at these shifts."""
+        cells_done = neuropil_done = False
+        if ahead is not None:
+            cells_done, neuropil_done = ahead.take((iy, ix), (ry, rx), self._corner_reads, self._out_neuropil)
+        if not cells_done:
+            cell_corner_sums(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, iy, ix,
+                             self._corner_reads)
+        combine_corners(self._corner_reads, fy, fx, self._out_cells)
+        if not neuropil_done:
+            self._neuropil_at(frame, ry, rx, self._out_neuropil, self._scratch)
+
+    def ahead_at(self, frame: np.ndarray, cells_at: tuple[int, int], neuropil_at: tuple[int, int],
+                 corners: np.ndarray, neuropil: np.ndarray) -> None:
+        """The parts of the extraction that need only whole-pixel shifts (what the
+        :class:`~acquisition.extract_ahead.ExtractAhead` worker computes; its own scratch)."""
+        cell_corner_sums(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, *cells_at,
+                         corners)
+        self._neuropil_at(frame, *neuropil_at, neuropil, self._worker_scratch)
+
+    def _neuropil_at(self, frame: np.ndarray, ry: int, rx: int, out: np.ndarray,
+                     scratches: dict[np.dtype, tuple[np.ndarray, np.ndarray]]) -> None:
+        scratch = scratches.get(frame.dtype)
         if scratch is None:
-            scratch = self._scratch[frame.dtype] = scratch_for(frame.dtype, self.Lx, self.n_rois)
-        cell_sums(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, iy, ix, fy, fx,
-                  self._out_cells)
+            scratch = scratches[frame.dtype] = scratch_for(frame.dtype, self.Lx, self.n_rois)
         ev_row, ev_box, ev_sign = self._np_events
         neuropil_sums(frame, self._valid, ev_row, ev_box, ev_sign, self._np_box, self._np_ptr, self._np_y,
-                      self._np_x, self._np_sign, self._np_scale, ry, rx, scratch[0], scratch[1], self._out_neuropil)
+                      self._np_x, self._np_sign, self._np_scale, ry, rx, scratch[0], scratch[1], out)
 
     def _sparse(self, frame: np.ndarray, dy: float, dx: float, ry: int, rx: int) -> None:
         """The earlier way: one copy into the zero-padded buffer, then sparse products at offsets into it."""

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from acquisition.config import AcquisitionConfig, ExtractionConfig, RegistrationConfig, ValidationConfig
+from acquisition.extract_ahead import ExtractAhead
 from acquisition.extraction import Extractor
 from acquisition.reg_refine import RefinedReference, refine_reference
 from acquisition.registration import RigidRegistrar, build_reference, compile_kernels
@@ -207,6 +208,8 @@ class FramePipeline:
         self.extractor = Extractor(roi_set, ext.inner_neuropil_radius, ext.min_neuropil_pixels, ext.allow_overlap,
                                    lam_percentile=ext.lam_percentile, subpixel=ext.subpixel,
                                    mask_sigma=ext.mask_sigma, max_shift_px=max_shift, method=ext.method)
+        self._extract_ahead = (ExtractAhead(self.extractor.ahead_at, roi_set.n_rois)
+                               if ext.ahead and ext.method == "compiled" and self.reg_cfg.enabled else None)
         self.n_rois = roi_set.n_rois
         self.result = PipelineResult(F=np.full(self.n_rois, np.nan, np.float32),
                                      Fneu=np.full(self.n_rois, np.nan, np.float32))
@@ -244,7 +247,9 @@ class FramePipeline:
                    on_thread_start=on_thread_start)
 
     def close(self) -> None:
-        """Give BLAS its thread count back (only matters when the process goes on doing other work)."""
+        """End the extraction worker; give BLAS its thread count back (matters when the process goes on working)."""
+        if self._extract_ahead is not None:
+            self._extract_ahead.close()
         if self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
@@ -382,18 +387,25 @@ class FramePipeline:
         else:
             dy = dx = 0.0
             corr = math.nan
+            ahead = None
             if self.reg_cfg.enabled:
                 if self.registrar is None:
                     flags |= FrameFlag.NOT_REGISTERED
                     self._collect_for_reference(data)
                 else:
+                    ahead = self._extract_ahead
+                    guess = self.extractor.last_whole_shifts
+                    if ahead is not None and guess is not None:
+                        ahead.submit(data, *guess)  # its extraction at the last frame's whole shifts, beside this
+                    else:
+                        ahead = None
                     dy, dx, corr, reg_flags = self.registrar.register(data)
                     flags |= reg_flags
                     if self._refine_frames is not None and not flags:
                         self._keep_for_refinement(data)
             res.dy, res.dx, res.corr = dy, dx, corr
             res.t_registered = now_ns()
-            self.extractor.extract(data, dy, dx, res.F, res.Fneu)
+            self.extractor.extract(data, dy, dx, res.F, res.Fneu, ahead=ahead)
             res.t_extracted = now_ns()
         res.flags = int(flags)
         self.frames += 1

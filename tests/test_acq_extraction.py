@@ -252,3 +252,27 @@ def test_box_decomposition_rebuilds_any_pixel_set():
         total += int((sign[ptr[i]:ptr[i + 1]] * image[cy[ptr[i]:ptr[i + 1]], cx[ptr[i]:ptr[i + 1]]]).sum())
         assert total == int(image.reshape(-1)[idx].sum())
     assert (sign == 1).any() and (sign == -1).any()
+
+
+def test_extraction_computed_beside_registration_gives_the_same_numbers(movie):
+    """The worker's cell reads and neuropil (at the last frame's whole-pixel shifts, taken when this frame's are
+    the same) equal those computed after registration, frame by frame; a part whose shift changed is computed
+    again."""
+    from acquisition.config import ExtractionConfig, RegistrationConfig
+    from acquisition.pipeline import FramePipeline
+
+    rois = _roi_set(movie)
+    with_ahead = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig())
+    without = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead=False))
+    assert with_ahead._extract_ahead is not None and without._extract_ahead is None
+    frames = list(movie.frames) + list(movie.frames[::-1])  # slow drift, then the same back: hits and misses
+    for frame in frames:
+        a, b = with_ahead.process(frame), without.process(frame)
+        np.testing.assert_array_equal(a.F, b.F)
+        np.testing.assert_array_equal(a.Fneu, b.Fneu)
+        assert (a.dy, a.dx) == (b.dy, b.dx)
+    ahead = with_ahead._extract_ahead
+    for part in (0, 1):  # cells, neuropil
+        assert ahead.taken[part] > 0 and ahead.missed[part] > 0
+        assert ahead.taken[part] + ahead.missed[part] == len(frames) - 1
+    with_ahead.close()
