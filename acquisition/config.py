@@ -134,10 +134,14 @@ class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     # compiled only: the cells' whole-pixel reads and the neuropil computed in a worker thread at the last frame's
     # whole-pixel shifts while the frame is registered, each taken when its shift is the same (extract_ahead.py)
     ahead: bool = True
+    # how many whole shifts per part it tries (the last frame's, then its nearest neighbours); 1-4
+    ahead_candidates: int = 3
 
     def __post_init__(self) -> None:
         if self.method not in ("compiled", "sparse"):
             raise ValueError(f"`method`: must be 'compiled' or 'sparse', not {self.method!r}")
+        if not 1 <= self.ahead_candidates <= 4:
+            raise ValueError(f"`ahead_candidates`: must be 1 to 4, not {self.ahead_candidates}")
         if self.inner_neuropil_radius < 0:
             raise ValueError("`inner_neuropil_radius`: must be >= 0")
         if self.min_neuropil_pixels < 0:

@@ -2,11 +2,13 @@
 
 Why: extraction needs only the whole part of the shift before its last step. Neuropil masks are read at the
 nearest whole pixel; cell masks are read at the four whole-pixel shifts around the subpixel one and combined
-bilinearly at the end (acquisition.extract_kernels). Between two frames at 30 Hz those whole pixels rarely
-change, so a worker thread computes both at the previous frame's whole shifts while the loop thread registers
-this frame. Each part whose shift turns out to be the predicted one is taken (the same kernel on the same pixels
-and shift: the same numbers); a part whose shift changed is computed again after registration, as without this.
-The kernels release the GIL, so on two cores the work overlaps (~0.3 ms of a 512x512 frame with 500 ROIs).
+bilinearly at the end (acquisition.extract_kernels). Brain motion between two frames is a fraction of a pixel,
+so a worker thread computes those reads at the whole shifts the last frame's shift makes likely while the loop
+thread registers this frame: first at the last frame's own whole shifts, then at the neighbours it was nearest
+to (:func:`whole_shift_candidates`), cells and neuropil alternating, until the loop asks for them. Each part
+whose shift is among those computed is taken (the same kernel on the same pixels and shift: the same numbers);
+a part whose shift was not reached is computed after registration, as without this. The kernels release the
+GIL, so on two cores the work overlaps (~0.3 ms of a 512x512 frame with 500 ROIs).
 ``[acquisition.extraction] ahead`` switches it.
 
 The worker starts with the first frame, from the loop's thread, so it inherits the loop's scheduling (a
@@ -15,92 +17,144 @@ real-time policy set on the loop thread covers it); it waits on a condition betw
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 
 import numpy as np
 
-#: compute(frame, (iy, ix), (ry, rx), corners_out, neuropil_out): the extractor's two kernel calls
-Compute = Callable[[np.ndarray, tuple[int, int], tuple[int, int], np.ndarray, np.ndarray], None]
+Shift = tuple[int, int]
+#: compute(frame, (iy, ix), out): the cells' four corner reads (4, n) or the neuropil (n,) at that whole shift
+Compute = Callable[[np.ndarray, Shift, np.ndarray], None]
+
+CELLS, NEUROPIL = 0, 1
+
+
+def _ranked(centre: Shift, alternative: Shift, distance: tuple[float, float], k: int) -> list[Shift]:
+    """``centre``, then the shift that moves the axis nearer its boundary, the other axis, both axes."""
+    (cy, cx), (ay, ax) = centre, alternative
+    near_y_first = distance[0] <= distance[1]
+    singles = [(ay, cx), (cy, ax)] if near_y_first else [(cy, ax), (ay, cx)]
+    return [centre, *singles, (ay, ax)][:k]
+
+
+def whole_shift_candidates(dy: float, dx: float, subpixel: bool, k: int) -> tuple[list[Shift], list[Shift]]:
+    """The ``k`` most likely whole shifts of the next frame's cell reads and neuropil, given this frame's shift:
+    the same, then one pixel towards the boundary each axis is nearest to. Cells are read from floor(shift) when
+    subpixel (nearest otherwise), the neuropil from round(shift)."""
+    fy, fx = math.floor(dy), math.floor(dx)
+    ry, rx = round(dy), round(dx)
+
+    def nearest(d: float, r: int) -> tuple[int, float]:  # the other whole pixel it is nearest to, how far off
+        e = d - r
+        return (r + 1 if e >= 0 else r - 1), 0.5 - abs(e)
+
+    (ay, ey), (ax, ex) = nearest(dy, ry), nearest(dx, rx)
+    neuropil = _ranked((ry, rx), (ay, ax), (ey, ex), k)
+    if not subpixel:
+        return neuropil, neuropil
+    ty, tx = dy - fy, dx - fx  # in [0, 1): towards fy + 1 when above one half
+    cells = _ranked((fy, fx), (fy + 1 if ty >= 0.5 else fy - 1, fx + 1 if tx >= 0.5 else fx - 1),
+                    (min(ty, 1 - ty), min(tx, 1 - tx)), k)
+    return cells, neuropil
 
 
 class ExtractAhead:
     """One frame in flight: :meth:`submit` before registration, :meth:`take` after it."""
 
-    def __init__(self, compute: Compute, n_rois: int) -> None:
-        self._compute = compute
-        self._corners = np.empty((4, n_rois), np.float32)
-        self._neuropil = np.empty(n_rois, np.float32)
+    def __init__(self, cells: Compute, neuropil: Compute, n_rois: int, candidates: int = 3) -> None:
+        self._compute = (cells, neuropil)
+        self._buffers = ([np.empty((4, n_rois), np.float32) for _ in range(candidates)],
+                         [np.empty(n_rois, np.float32) for _ in range(candidates)])
+        self.candidates = candidates
         self._cond = threading.Condition()
-        self._job: tuple[int, np.ndarray, tuple[int, int], tuple[int, int]] | None = None  # not yet started
-        self._submitted = 0  # the number of the last job submitted
-        self._finished = 0  # the number of the last job finished (its results in the buffers)
-        self._finished_at: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._frame: np.ndarray | None = None
+        self._pending: list[tuple[int, int, Shift]] = []  # (part, slot, shift), in the order to compute
+        self._running: tuple[int, Shift] | None = None  # (part, shift) being computed
+        self._done: tuple[dict[Shift, int], dict[Shift, int]] = ({}, {})  # per part: shift -> slot
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
         self.taken = [0, 0]  # frames whose cells / neuropil came from the worker
-        self.missed = [0, 0]  # frames whose whole shift for cells / neuropil was not the predicted one
+        self.missed = [0, 0]  # frames whose whole shift for cells / neuropil had not been computed
 
-    def submit(self, frame: np.ndarray, cells_at: tuple[int, int], neuropil_at: tuple[int, int]) -> None:
-        """Start ``frame``'s cell corner reads at ``cells_at`` and its neuropil at ``neuropil_at``; ``frame`` must
-        stay unchanged until :meth:`take`."""
+    def submit(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> None:
+        """Start ``frame``'s cell reads at each of ``cells_at`` and its neuropil at each of ``neuropil_at`` (the
+        likeliest first); ``frame`` must stay unchanged until :meth:`take`."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="extract-ahead", daemon=True)
             self._thread.start()
         with self._cond:
-            self._submitted += 1
-            self._job = (self._submitted, frame, cells_at, neuropil_at)
+            while self._running is not None and self._error is None:  # the last frame's job not needed any more
+                self._cond.wait()
+            self._raise_error()
+            self._frame = frame
+            for done in self._done:
+                done.clear()
+            self._pending = [(part, slot, shift)
+                             for slot in range(self.candidates)
+                             for part, shifts in ((CELLS, cells_at), (NEUROPIL, neuropil_at))
+                             if slot < len(shifts) for shift in (shifts[slot],)]
+            self._pending.reverse()  # popped from the end
             self._cond.notify_all()
 
-    def take(self, cells_at: tuple[int, int], neuropil_at: tuple[int, int], corners: np.ndarray,
+    def take(self, cells_at: Shift, neuropil_at: Shift, corners: np.ndarray,
              neuropil: np.ndarray) -> tuple[bool, bool]:
-        """Wait for the job submitted last; copy each part computed at the shift asked into its buffer.
-        Returns (cells taken, neuropil taken)."""
+        """Stop the worker after its current computation; copy each part computed at the shift asked into its
+        buffer, waiting only for a computation that is the one asked. Returns (cells taken, neuropil taken)."""
+        wanted = (cells_at, neuropil_at)
         with self._cond:
-            while self._finished != self._submitted and self._error is None:
+            self._pending.clear()
+            while (self._running is not None and self._error is None
+                   and self._running[1] == wanted[self._running[0]]):
                 self._cond.wait()
-            if self._error is not None:
-                error, self._error = self._error, None
-                self._finished = self._submitted
-                raise RuntimeError("the extraction worker failed") from error
-            done = self._finished_at
-            hits = (done is not None and done[0] == cells_at, done is not None and done[1] == neuropil_at)
-            if hits[0]:
-                corners[:] = self._corners
-            if hits[1]:
-                neuropil[:] = self._neuropil
+            self._raise_error()
+            hits = tuple(wanted[part] in self._done[part] for part in (CELLS, NEUROPIL))
+            if hits[CELLS]:
+                corners[:] = self._buffers[CELLS][self._done[CELLS][cells_at]]
+            if hits[NEUROPIL]:
+                neuropil[:] = self._buffers[NEUROPIL][self._done[NEUROPIL][neuropil_at]]
         for part, hit in enumerate(hits):
             if hit:
                 self.taken[part] += 1
             else:
                 self.missed[part] += 1
-        return hits
+        return hits[CELLS], hits[NEUROPIL]
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._pending.clear()
+            raise RuntimeError("the extraction worker failed") from error
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                while self._job is None and not self._closed:
+                while not self._pending and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
-                number, frame, cells_at, neuropil_at = self._job  # type: ignore[misc]
-                self._job = None
+                part, slot, shift = self._pending.pop()
+                self._running = (part, shift)
+                frame = self._frame
             try:
-                self._compute(frame, cells_at, neuropil_at, self._corners, self._neuropil)  # releases the GIL
-            except BaseException as exc:  # noqa: BLE001 - handed to the loop thread, which raises it in take()
+                assert frame is not None
+                self._compute[part](frame, shift, self._buffers[part][slot])  # releases the GIL
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop thread, which raises it
                 with self._cond:
                     self._error = exc
+                    self._running = None
                     self._cond.notify_all()
                 continue
             with self._cond:
-                self._finished = number
-                self._finished_at = (cells_at, neuropil_at)
+                self._done[part][shift] = slot
+                self._running = None
                 self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            self._pending.clear()
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=1.0)

@@ -230,7 +230,7 @@ class Extractor:
         self._term = np.empty(2 * n, np.float32)  # one bilinear corner's contribution
         self._no_weight = np.empty(2 * n, bool)
         self._out_cells, self._out_neuropil = self._out[:n], self._out[n:]  # views made once, not per frame
-        self.last_whole_shifts: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self.last_shift: tuple[float, float] | None = None  # the last frame's (dy, dx), as read
         self._corner_reads = np.zeros((4, n), np.float32)  # the cells read at the four whole shifts around the subpixel
         self._build_kernel_tables(valid)
 
@@ -260,6 +260,11 @@ class Extractor:
         self._np_events = box_events(self._np_box, self.Ly)
         self._valid_sat = np.zeros((self.Ly + 1, self.Lx + 1), np.int64)
         self._valid_sat[1:, 1:] = self._valid.astype(np.int64).cumsum(0).cumsum(1)
+        # each neuropil mask's valid pixels when its box is wholly inside the frame: the box's, plus its corrections
+        running = np.concatenate(([0], np.cumsum(self._np_sign, dtype=np.int64)))
+        sat, (y0, y1, x0, x1) = self._valid_sat, self._np_box.T.astype(np.int64)
+        self._np_full_count = (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+                               + running[self._np_ptr[1:]] - running[self._np_ptr[:-1]])
         self._np_scale = np.where(self.npix_neuropil > 0, 1.0 / np.maximum(self.npix_neuropil, 1), 0.0)
         self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
         self._worker_scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}  # the ExtractAhead worker's
@@ -326,8 +331,7 @@ class Extractor:
         n = self.n_rois
         out = self._out
         ry, rx = round(dy), round(dx)
-        # where this frame's cells and neuropil were read: the next frame's best guess (acquisition.extract_ahead)
-        self.last_whole_shifts = ((math.floor(dy), math.floor(dx)) if self.subpixel else (ry, rx), (ry, rx))
+        self.last_shift = (dy, dx)  # where the next frame's extraction is computed ahead (acquisition.extract_ahead)
         if self.subpixel:  # cells bilinear at (dy, dx), neuropil at the nearest pixel
             iy, ix = math.floor(dy), math.floor(dx)
             fy, fx = dy - iy, dx - ix
@@ -360,13 +364,15 @@ class Extractor:
         if not neuropil_done:
             self._neuropil_at(frame, ry, rx, self._out_neuropil, self._scratch)
 
-    def ahead_at(self, frame: np.ndarray, cells_at: tuple[int, int], neuropil_at: tuple[int, int],
-                 corners: np.ndarray, neuropil: np.ndarray) -> None:
-        """The parts of the extraction that need only whole-pixel shifts (what the
-        :class:`~acquisition.extract_ahead.ExtractAhead` worker computes; its own scratch)."""
-        cell_corner_sums(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, *cells_at,
+    def cells_ahead(self, frame: np.ndarray, shift: tuple[int, int], corners: np.ndarray) -> None:
+        """The cells' four corner reads at whole shift ``shift`` (for the
+        :class:`~acquisition.extract_ahead.ExtractAhead` worker)."""
+        cell_corner_sums(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, *shift,
                          corners)
-        self._neuropil_at(frame, *neuropil_at, neuropil, self._worker_scratch)
+
+    def neuropil_ahead(self, frame: np.ndarray, shift: tuple[int, int], neuropil: np.ndarray) -> None:
+        """The neuropil at whole shift ``shift`` (for the ExtractAhead worker; its own scratch)."""
+        self._neuropil_at(frame, *shift, neuropil, self._worker_scratch)
 
     def _neuropil_at(self, frame: np.ndarray, ry: int, rx: int, out: np.ndarray,
                      scratches: dict[np.dtype, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -415,8 +421,8 @@ class Extractor:
                 fy, fx = dy - iy, dx - ix
             inside_shares(self.Ly, self.Lx, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._pix_ptr,
                           self._cell_w, self._cell_bbox, self._cell_total, iy, ix, fy, fx, self._np_box,
-                          self._valid_sat, self._np_ptr, self._np_y, self._np_x, self._np_sign, self._np_scale,
-                          ry, rx, weight)
+                          self._valid_sat, self._np_ptr, self._np_y, self._np_x, self._np_sign, self._np_full_count,
+                          self._np_scale, ry, rx, weight)
         else:
             np.copyto(weight, self._inside_weight(round(dy), round(dx)))
         if self.subpixel and self.method == "sparse":  # cells were read bilinearly: their in-frame share too

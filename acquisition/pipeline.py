@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from acquisition.config import AcquisitionConfig, ExtractionConfig, RegistrationConfig, ValidationConfig
-from acquisition.extract_ahead import ExtractAhead
+from acquisition.extract_ahead import ExtractAhead, whole_shift_candidates
 from acquisition.extraction import Extractor
 from acquisition.reg_refine import RefinedReference, refine_reference
 from acquisition.registration import RigidRegistrar, build_reference, compile_kernels
@@ -208,7 +208,8 @@ class FramePipeline:
         self.extractor = Extractor(roi_set, ext.inner_neuropil_radius, ext.min_neuropil_pixels, ext.allow_overlap,
                                    lam_percentile=ext.lam_percentile, subpixel=ext.subpixel,
                                    mask_sigma=ext.mask_sigma, max_shift_px=max_shift, method=ext.method)
-        self._extract_ahead = (ExtractAhead(self.extractor.ahead_at, roi_set.n_rois)
+        self._extract_ahead = (ExtractAhead(self.extractor.cells_ahead, self.extractor.neuropil_ahead,
+                                            roi_set.n_rois, ext.ahead_candidates)
                                if ext.ahead and ext.method == "compiled" and self.reg_cfg.enabled else None)
         self.n_rois = roi_set.n_rois
         self.result = PipelineResult(F=np.full(self.n_rois, np.nan, np.float32),
@@ -394,9 +395,9 @@ class FramePipeline:
                     self._collect_for_reference(data)
                 else:
                     ahead = self._extract_ahead
-                    guess = self.extractor.last_whole_shifts
-                    if ahead is not None and guess is not None:
-                        ahead.submit(data, *guess)  # its extraction at the last frame's whole shifts, beside this
+                    last = self.extractor.last_shift
+                    if ahead is not None and last is not None:  # its extraction at likely whole shifts, beside this
+                        ahead.submit(data, *whole_shift_candidates(*last, self.extractor.subpixel, ahead.candidates))
                     else:
                         ahead = None
                     dy, dx, corr, reg_flags = self.registrar.register(data)

@@ -255,24 +255,46 @@ def test_box_decomposition_rebuilds_any_pixel_set():
 
 
 def test_extraction_computed_beside_registration_gives_the_same_numbers(movie):
-    """The worker's cell reads and neuropil (at the last frame's whole-pixel shifts, taken when this frame's are
-    the same) equal those computed after registration, frame by frame; a part whose shift changed is computed
-    again."""
+    """The worker's cell reads and neuropil (at the whole shifts the last frame makes likely, taken when this
+    frame's are among them) equal those computed after registration, frame by frame; a part whose shift was
+    not computed is computed again. With one candidate (the last frame's own shifts) more are missed."""
     from acquisition.config import ExtractionConfig, RegistrationConfig
     from acquisition.pipeline import FramePipeline
 
     rois = _roi_set(movie)
-    with_ahead = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig())
     without = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead=False))
-    assert with_ahead._extract_ahead is not None and without._extract_ahead is None
+    ranked = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig())
+    single = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead_candidates=1))
+    assert without._extract_ahead is None
     frames = list(movie.frames) + list(movie.frames[::-1])  # slow drift, then the same back: hits and misses
     for frame in frames:
-        a, b = with_ahead.process(frame), without.process(frame)
-        np.testing.assert_array_equal(a.F, b.F)
-        np.testing.assert_array_equal(a.Fneu, b.Fneu)
-        assert (a.dy, a.dx) == (b.dy, b.dx)
-    ahead = with_ahead._extract_ahead
-    for part in (0, 1):  # cells, neuropil
-        assert ahead.taken[part] > 0 and ahead.missed[part] > 0
-        assert ahead.taken[part] + ahead.missed[part] == len(frames) - 1
-    with_ahead.close()
+        b = without.process(frame)
+        for pipeline in (ranked, single):
+            a = pipeline.process(frame)
+            np.testing.assert_array_equal(a.F, b.F)
+            np.testing.assert_array_equal(a.Fneu, b.Fneu)
+            assert (a.dy, a.dx) == (b.dy, b.dx)
+    for pipeline in (ranked, single):
+        ahead = pipeline._extract_ahead
+        assert ahead is not None
+        for part in (0, 1):  # cells, neuropil
+            assert ahead.taken[part] + ahead.missed[part] == len(frames) - 1
+        pipeline.close()
+    one, three = single._extract_ahead, ranked._extract_ahead
+    assert one.taken[0] > 0 and one.missed[0] > 0 and one.missed[1] > 0  # whole shifts do change in this movie
+    # the worker is stopped when registration ends, so what it reached depends on timing; never fewer hits
+    # than frames whose shift was the last one's, which one candidate shows
+    assert three.taken[0] >= one.taken[0] - 2 and three.taken[1] >= one.taken[1] - 2
+
+
+def test_whole_shift_candidates_rank_the_last_shift_then_its_nearest_neighbours():
+    from acquisition.extract_ahead import whole_shift_candidates
+
+    cells, neuropil = whole_shift_candidates(2.9, -1.2, subpixel=True, k=4)
+    # cells are read from floor: (2, -2); y sits 0.1 below 3, nearer its boundary than x, 0.2 below -1
+    assert cells == [(2, -2), (3, -2), (2, -1), (3, -1)]
+    # neuropil from round: (3, -1); y is 0.1 below 3 -> 2 next (0.4 from the half), x 0.2 below -1 -> -2
+    assert neuropil == [(3, -1), (3, -2), (2, -1), (2, -2)]
+    assert whole_shift_candidates(0.0, 0.0, subpixel=False, k=1) == ([(0, 0)], [(0, 0)])
+    cells, neuropil = whole_shift_candidates(0.4, 5.0, subpixel=False, k=2)
+    assert cells == neuropil == [(0, 5), (1, 5)]  # not subpixel: cells at the nearest pixel too
