@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from acquisition.sim.config import SimConfig
@@ -136,10 +138,15 @@ class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     ahead: bool = True
     # how many whole shifts per part it tries (the last frame's, then its nearest neighbours); 1-4
     ahead_candidates: int = 3
+    # not used when the extraction, timed before the first frame, costs less than this (its hand-offs would cost
+    # more than it saves: 64x256 with 50 ROIs at 1 kHz); 0: always used when `ahead`
+    ahead_min_ms: float = 0.15
 
     def __post_init__(self) -> None:
         if self.method not in ("compiled", "sparse"):
             raise ValueError(f"`method`: must be 'compiled' or 'sparse', not {self.method!r}")
+        if not (self.ahead_min_ms >= 0 and math.isfinite(self.ahead_min_ms)):
+            raise ValueError(f"`ahead_min_ms`: must be a number >= 0, not {self.ahead_min_ms}")
         if not 1 <= self.ahead_candidates <= 4:
             raise ValueError(f"`ahead_candidates`: must be 1 to 4, not {self.ahead_candidates}")
         if self.inner_neuropil_radius < 0:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,7 @@ class FramePipeline:
         if self.reg_cfg.enabled:
             compile_kernels()  # now, not on the first frame: a first compile takes seconds
         ext = extraction or ExtractionConfig()
+        self.ext_cfg = ext
         val = validation or ValidationConfig()
         self.roi_set = roi_set
         self.shape = (roi_set.Ly, roi_set.Lx)
@@ -272,11 +274,15 @@ class FramePipeline:
         self._refinement = None
         self._refine_frames = [] if refine and self.reg_cfg.refine_reference != "never" else None
 
-    def warm_up(self, dtype: np.dtype | type = np.uint16) -> None:
+    def warm_up(self, dtype: np.dtype | type = np.uint16) -> dict[str, Any]:
         """The per-frame work once on a stand-in frame (the reference, else zeros) of the source's pixel type,
         before the session's first frame: its registration and extraction cost 6-7 ms more than the next frames'
         (FFT plans, first touches of buffers and tables). Leaves no trace: registration state and counters are as
-        they were, F/Fneu go to scratch arrays."""
+        they were, F/Fneu go to scratch arrays.
+
+        Then times the extraction: below ``[acquisition.extraction] ahead_min_ms`` the worker that computes it
+        beside registration costs more in hand-offs than it saves (64x256 frames with 50 ROIs at 1 kHz), so it is
+        not used. Returns what was decided, for the session's events."""
         reference = self.reference
         stand_in = (np.zeros(self.shape, dtype) if reference is None
                     else np.clip(reference, *_dtype_range(np.dtype(dtype))).astype(dtype))
@@ -285,6 +291,18 @@ class FramePipeline:
         scratch = np.empty(self.n_rois, np.float32), np.empty(self.n_rois, np.float32)
         self.extractor.extract(stand_in, 0.0, 0.0, *scratch)
         self.extractor.extract(stand_in, 0.3, -0.3, *scratch)  # the bilinear path too
+        cost_ms = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            self.extractor.extract(stand_in, 0.3, -0.3, *scratch)
+            cost_ms = min(cost_ms, (time.perf_counter() - t0) * 1e3)
+        self.extractor.last_shift = None
+        decision: dict[str, Any] = {"extraction_ms": round(cost_ms, 4), "configured": self._extract_ahead is not None}
+        if self._extract_ahead is not None and cost_ms < self.ext_cfg.ahead_min_ms:
+            self._extract_ahead.close()
+            self._extract_ahead = None
+        decision["used"] = self._extract_ahead is not None
+        return decision
 
     def pop_reference_events(self) -> list[dict[str, Any]]:
         """What happened to the reference since the last call (for the session's events): refinement

@@ -152,7 +152,7 @@ class AcquisitionProcess(RigProcess):
                                                              on_thread_start=self._lower_thread if low else None)
         self._reference_saved = False
         self._save_reference()
-        pipeline.warm_up(self.source.dtype)
+        self.events.write("extract_ahead", **pipeline.warm_up(self.source.dtype))
         # z-tracking (acquisition.ztrack): a stack that does not fit the reference fails the start, with the numbers
         self.z = LiveZ(cfg.ztrack, cfg.pixel_size_um or None) if cfg.ztrack.stack_path else None
         if self.z is not None:

@@ -298,3 +298,27 @@ def test_whole_shift_candidates_rank_the_last_shift_then_its_nearest_neighbours(
     assert whole_shift_candidates(0.0, 0.0, subpixel=False, k=1) == ([(0, 0)], [(0, 0)])
     cells, neuropil = whole_shift_candidates(0.4, 5.0, subpixel=False, k=2)
     assert cells == neuropil == [(0, 5), (1, 5)]  # not subpixel: cells at the nearest pixel too
+
+
+def test_extraction_ahead_is_left_out_when_the_timed_extraction_is_cheaper_than_its_hand_offs(movie):
+    """warm_up times the extraction before the first frame; below ahead_min_ms the worker is not used (said in
+    what it returns), at 0 it always is; either way warm_up leaves no last shift behind."""
+    from acquisition.config import ExtractionConfig, RegistrationConfig
+    from acquisition.pipeline import FramePipeline
+
+    rois = _roi_set(movie)
+    decisions = {}
+    for min_ms in (0.0, 1e6):
+        pipeline = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(
+            ahead_min_ms=min_ms))
+        decision = pipeline.warm_up(np.uint16)
+        assert decision["configured"] and decision["extraction_ms"] > 0
+        assert (pipeline._extract_ahead is not None) == decision["used"]
+        assert pipeline.extractor.last_shift is None
+        decisions[min_ms] = decision["used"]
+        pipeline.process(movie.frames[0])
+        pipeline.close()
+    assert decisions == {0.0: True, 1e6: False}
+    off = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead=False))
+    decision = off.warm_up(np.uint16)
+    assert not decision["configured"] and not decision["used"]
