@@ -49,6 +49,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"POSIX only: {why}"))
 
 
+def close_child(proc, sub, pub, ctx) -> None:
+    """A test's child process killed if still alive, then its subscriber, publisher and context closed."""
+    if proc.is_alive():
+        proc.kill()
+    proc.join(5)
+    sub.close()
+    pub.close()
+    ctx.term()
+
+
 def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, what: str = "condition",
              poll_s: float = 0.01) -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test naming ``what`` on timeout."""

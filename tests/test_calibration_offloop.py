@@ -283,20 +283,27 @@ def test_a_crash_in_the_calibration_thread_is_raised_in_the_decoders_thread() ->
         job.check()
 
 
-def test_an_operator_call_while_it_computes_drops_the_calibration() -> None:
+def _core_past_baseline(gated: GatedCalibrator) -> tuple:
+    """A decoder core 5 frames past the end of its baseline, the calibration held by ``gated``; with its
+    recorder and the recording (F, Fneu) it was fed, 20 frames past the baseline."""
     from decoder.config import DecoderConfig, TaskConfig
     from decoder.core import DecoderCore
     from tests.test_decoder_core import Recorder
 
     out = Recorder()
-    thread = ThreadCalibrator([], lower=False)
-    gated = GatedCalibrator(thread)
     core = DecoderCore(DecoderConfig(up=[0, 1], down=[2, 3], f0_window_s=5.0), TaskConfig(baseline_s=BASELINE_S,
                        trial_s=1.0, iti_s=0.3, hold_s=0.2, timeout_s=0.3), 2.5, N_ROIS, FPS, out, gated)
     F, Fneu = synthetic_recording(BASELINE_END + 20, N_ROIS, seed=3)
     core.apply_control("start_baseline", {})
     for number in range(BASELINE_END + 5):
         core.decide(number, F[number], Fneu[number], 0, None)
+    return core, out, F, Fneu
+
+
+def test_an_operator_call_while_it_computes_drops_the_calibration() -> None:
+    thread = ThreadCalibrator([], lower=False)
+    gated = GatedCalibrator(thread)
+    core, out, F, Fneu = _core_past_baseline(gated)
     assert core.engine.calibration_job is gated.jobs[0]
     assert core.apply_control("set_ensembles", {"up": [4, 5], "down": [6]})  # the calibration was for [0, 1] - [2, 3]
     job = gated.release()
@@ -439,18 +446,8 @@ def test_a_session_recorded_before_the_operator_key_is_read_with_the_calibration
 
 
 def test_an_operator_calibrate_while_the_end_of_baseline_one_computes_replaces_it() -> None:
-    from decoder.config import DecoderConfig, TaskConfig
-    from decoder.core import DecoderCore
-    from tests.test_decoder_core import Recorder
-
-    out = Recorder()
     gated = GatedCalibrator(ThreadCalibrator([], lower=False))
-    core = DecoderCore(DecoderConfig(up=[0, 1], down=[2, 3], f0_window_s=5.0), TaskConfig(baseline_s=BASELINE_S,
-                       trial_s=1.0, iti_s=0.3, hold_s=0.2, timeout_s=0.3), 2.5, N_ROIS, FPS, out, gated)
-    F, Fneu = synthetic_recording(BASELINE_END + 20, N_ROIS, seed=3)
-    core.apply_control("start_baseline", {})
-    for number in range(BASELINE_END + 5):
-        core.decide(number, F[number], Fneu[number], 0, None)
+    core, out, F, Fneu = _core_past_baseline(gated)
     auto = core.calibration_pending
     assert auto is not None and not auto.by_operator
     assert core.apply_control("calibrate", {"target_hit_rate": 0.5})  # not held: only the operator's hold commands

@@ -22,7 +22,7 @@ from rig.core.clock import now_ns
 from rig.core.process import ProcessSpec, RigProcess, process_main
 from rig.core.schema import Control, Heartbeat, StateChange
 from rig.core.store import read_events
-from tests.conftest import wait_for
+from tests.conftest import close_child, wait_for
 
 STEP_CPU_S = 0.0002  # each step computes this long and never waits: frames back to back at ~5 kHz
 POLL_MS = 2.0
@@ -99,12 +99,7 @@ class Child:
         wait_for(done, 20, what, poll_s=0.02)
 
     def close(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(5)
-        self.sub.close()
-        self.pub.close()
-        self.ctx.term()
+        close_child(self.proc, self.sub, self.pub, self.ctx)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from rig.core.bus import Publisher, Subscriber, free_tcp_port, free_tcp_ports
 from rig.core.process import ProcessSpec, decode_info, process_main
 from rig.core.schema import Control, Heartbeat, ProcessError, StateChange
 from rig.core.store import read_events
-from tests.conftest import wait_for
+from tests.conftest import close_child, wait_for
 
 
 class Harness:
@@ -65,12 +65,7 @@ class Harness:
         wait_for(done, 20, f"{command} -> {state} (seen {self.states})", poll_s=0.05)
 
     def close(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(5)
-        self.sub.close()
-        self.pub.close()
-        self.ctx.term()
+        close_child(self.proc, self.sub, self.pub, self.ctx)
 
 
 @pytest.fixture
