@@ -34,7 +34,17 @@ def test_set_sim_overrides_reach_the_twins_renderer(tmp_path):
     assert "acquisition.zmq_stream.height_px=72" in overrides and "acquisition.n_planes=2" in overrides
     assert overrides[-3:] == args.set and sender.proc.pid is None  # --set last; the sender starts with the rig
     plan.cleanup()
-    assert not plan.twin.frames.exists()
+    assert not plan.twin.frames.exists() and not (plan.twin.rois / "data.bin").exists()
+    assert (plan.twin.rois / "stat.npy").is_file()  # the ROIs stay: the sessions' configs name them
+
+
+def test_a_generated_replay_movie_does_not_outlive_the_runs(tmp_path):
+    args = parse(["--mode", "throughput", "--frames", "4", "--size", "64", "--rois", "6", "--no-progress"])
+    plan = bench.plan_bench(args, tmp_path)
+    movie = tmp_path / "movie"
+    assert (movie / "movie.tif").is_file() and (movie / "suite2p" / "plane0" / "data.bin").is_file()
+    plan.cleanup()
+    assert not (movie / "movie.tif").exists() and not (movie / "suite2p" / "plane0" / "data.bin").exists()
 
 
 def test_the_base_configs_sim_settings_reach_the_twin(tmp_path):

@@ -76,7 +76,8 @@ A run under other conditions still gets its verdicts, with the differences named
 Output: each run's full result as JSON (bench_results/bench-MODE-TIME.json, or -runK.json with --repeat),
 and a summary JSON (-summary.json: runs, headline figures, target verdicts, median, ok). The LAST LINE on
 stdout is always the summary JSON's path, alone. Exit status: 0; 1 if a session failed; 3 with --target
-when a target was not met (or had no data) in some run.
+when a target was not met (or had no data) in some run. The sessions stay in a temporary folder (each JSON's
+"session"); the frames and movies rendered for the runs are removed when they end.
 """
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "hardware_configs" / "sim.toml"
@@ -181,6 +182,7 @@ class BenchPlan:
     twin_rate_hz: float = 0.0
     twin_shape: tuple[int, int] = (0, 0)
     twin_planes: int = 1
+    scratch: tuple[Path, ...] = ()  # rendered files no run needs afterwards (a generated replay movie)
 
     def overrides(self, args: argparse.Namespace) -> tuple[list[str], TwinSender | None]:
         """One run's overrides and its (not yet started) twin sender."""
@@ -195,9 +197,13 @@ class BenchPlan:
         return self.before + link + self.after, sender
 
     def cleanup(self) -> None:
-        """Remove the rendered twin frames (hundreds of MB) once every run is done."""
+        """Remove what was rendered for the runs (hundreds of MB to GB) once every run is done: the twin's frames
+        and its suite2p binary, a generated replay movie. The sessions stay (each JSON names its folder)."""
+        big = list(self.scratch)
         if self.twin is not None:
-            self.twin.frames.unlink(missing_ok=True)
+            big += [self.twin.frames, self.twin.rois / "data.bin"]
+        for path in big:
+            path.unlink(missing_ok=True)
 
 
 def resolved_sim(config: str, before: list[str], after: list[str]) -> AcquisitionConfig:
@@ -246,7 +252,8 @@ def plan_bench(args: argparse.Namespace, workdir: Path) -> BenchPlan:
         before += ["acquisition.source=replay", f"acquisition.replay.path={json.dumps(str(movie))}",
                    "acquisition.replay.speed=fast", f"acquisition.rois.suite2p_dir={json.dumps(str(rois))}",
                    "task.baseline_s=5", "decoder.f0_window_s=5"]
-        return BenchPlan(workdir, before, after)
+        generated = () if args.movie else (movie, movie.parents[2] / "movie.tif")
+        return BenchPlan(workdir, before, after, scratch=generated)
     if args.scope == "sim":
         return BenchPlan(workdir, before, after)
     acq = resolved_sim(args.config, before, after)  # every --set acquisition.sim.* reaches the twin's renderer
