@@ -210,9 +210,10 @@ class FramePipeline:
         self.extractor = Extractor(roi_set, ext.inner_neuropil_radius, ext.min_neuropil_pixels, ext.allow_overlap,
                                    lam_percentile=ext.lam_percentile, subpixel=ext.subpixel,
                                    mask_sigma=ext.mask_sigma, max_shift_px=max_shift, method=ext.method)
-        self._extract_ahead = (ExtractAhead(self.extractor.cells_ahead, self.extractor.neuropil_ahead,
-                                            roi_set.n_rois, ext.ahead_candidates)
-                               if ext.ahead and ext.method == "compiled" and self.reg_cfg.enabled else None)
+        self._extract_ahead: ExtractAhead | None = None  # "always": from the start; "realtime": choose_extract_ahead
+        self._extraction_ms = math.nan  # the extraction's cost, timed by warm_up
+        if ext.ahead == "always":
+            self._start_extract_ahead()
         self.n_rois = roi_set.n_rois
         self.result = PipelineResult(F=np.full(self.n_rois, np.nan, np.float32),
                                      Fneu=np.full(self.n_rois, np.nan, np.float32))
@@ -274,15 +275,11 @@ class FramePipeline:
         self._refinement = None
         self._refine_frames = [] if refine and self.reg_cfg.refine_reference != "never" else None
 
-    def warm_up(self, dtype: np.dtype | type = np.uint16) -> dict[str, Any]:
+    def warm_up(self, dtype: np.dtype | type = np.uint16) -> None:
         """The per-frame work once on a stand-in frame (the reference, else zeros) of the source's pixel type,
         before the session's first frame: its registration and extraction cost 6-7 ms more than the next frames'
         (FFT plans, first touches of buffers and tables). Leaves no trace: registration state and counters are as
-        they were, F/Fneu go to scratch arrays.
-
-        Then times the extraction: below ``[acquisition.extraction] ahead_min_ms`` the worker that computes it
-        beside registration costs more in hand-offs than it saves (64x256 frames with 50 ROIs at 1 kHz), so it is
-        not used. Returns what was decided, for the session's events."""
+        they were, F/Fneu go to scratch arrays. Then times the extraction (for :meth:`choose_extract_ahead`)."""
         reference = self.reference
         stand_in = (np.zeros(self.shape, dtype) if reference is None
                     else np.clip(reference, *_dtype_range(np.dtype(dtype))).astype(dtype))
@@ -296,13 +293,37 @@ class FramePipeline:
             t0 = time.perf_counter()
             self.extractor.extract(stand_in, 0.3, -0.3, *scratch)
             cost_ms = min(cost_ms, (time.perf_counter() - t0) * 1e3)
+        self._extraction_ms = cost_ms
         self.extractor.last_shift = None
-        decision: dict[str, Any] = {"extraction_ms": round(cost_ms, 4), "configured": self._extract_ahead is not None}
-        if self._extract_ahead is not None and cost_ms < self.ext_cfg.ahead_min_ms:
-            self._extract_ahead.close()
-            self._extract_ahead = None
+
+    def choose_extract_ahead(self, realtime: bool) -> dict[str, Any]:
+        """With ``[acquisition.extraction] ahead = "realtime"`` (the default), use the worker that computes the
+        extraction beside registration only where it was measured to pay: the loop runs at real-time priority
+        (``realtime``; at normal priority the worker slowed registration by about what it saved) and the extraction,
+        timed by :meth:`warm_up`, costs at least ``ahead_min_ms`` (below, its hand-offs cost more: 64x256 with 50
+        ROIs at 1 kHz). Returns the decision with its reasons, for the session's events."""
+        ext = self.ext_cfg
+        decision: dict[str, Any] = {"ahead": ext.ahead, "realtime": realtime,
+                                    "extraction_ms": round(self._extraction_ms, 4), "min_ms": ext.ahead_min_ms}
+        if ext.ahead == "realtime" and self._extract_ahead is None:
+            if not self._ahead_possible():
+                decision["why_not"] = "needs the compiled extraction and registration"
+            elif not realtime:
+                decision["why_not"] = "the loop is not at real-time priority"
+            elif not self._extraction_ms >= ext.ahead_min_ms:
+                decision["why_not"] = "the extraction costs less than ahead_min_ms"
+            else:
+                self._start_extract_ahead()
         decision["used"] = self._extract_ahead is not None
         return decision
+
+    def _ahead_possible(self) -> bool:
+        return self.ext_cfg.method == "compiled" and self.reg_cfg.enabled
+
+    def _start_extract_ahead(self) -> None:
+        if self._ahead_possible():
+            self._extract_ahead = ExtractAhead(self.extractor.cells_ahead, self.extractor.neuropil_ahead,
+                                               self.extractor.n_rois, self.ext_cfg.ahead_candidates)
 
     def pop_reference_events(self) -> list[dict[str, Any]]:
         """What happened to the reference since the last call (for the session's events): refinement

@@ -152,7 +152,7 @@ class AcquisitionProcess(RigProcess):
                                                              on_thread_start=self._lower_thread if low else None)
         self._reference_saved = False
         self._save_reference()
-        self.events.write("extract_ahead", **pipeline.warm_up(self.source.dtype))
+        pipeline.warm_up(self.source.dtype)
         # z-tracking (acquisition.ztrack): a stack that does not fit the reference fails the start, with the numbers
         self.z = LiveZ(cfg.ztrack, cfg.pixel_size_um or None) if cfg.ztrack.stack_path else None
         if self.z is not None:
@@ -161,7 +161,10 @@ class AcquisitionProcess(RigProcess):
         return pipeline
 
     def on_start(self) -> None:
-        """Frames are the session's from now on: a source that streamed before drained and counted them."""
+        """Frames are the session's from now on: a source that streamed before drained and counted them. The
+        extraction worker is chosen now that the scheduling the loop got is known."""
+        if self.pipeline is not None:
+            self.events.write("extract_ahead", **self.pipeline.choose_extract_ahead(self.realtime_scheduling))
         self.source.start_keeping()
 
     def _save_reference(self) -> None:

@@ -32,8 +32,9 @@ from acquisition.registration import RigidRegistrar  # noqa: E402
 from acquisition.rois import RoiSet  # noqa: E402
 
 
-def synthetic_movie(n_frames: int, size: int, n_rois: int, max_shift: float, seed: int = 0):
-    """Frames (n, size, size) uint16, true shifts (n, 2), noiseless reference, suite2p-style stat."""
+def synthetic_movie(n_frames: int, size: int, n_rois: int, max_shift: float, seed: int = 0, step_px: float = 0.7):
+    """Frames (n, size, size) uint16, true shifts (n, 2: a random walk of ``step_px`` sd per frame and axis),
+    noiseless reference, suite2p-style stat."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     field = np.zeros((size, size))
@@ -58,7 +59,7 @@ def synthetic_movie(n_frames: int, size: int, n_rois: int, max_shift: float, see
     reference = 200 + 400 * field
     spec = np.fft.rfft2(reference)
     ky, kx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
-    shifts = np.cumsum(rng.normal(0, 0.7, (n_frames, 2)), axis=0)
+    shifts = np.cumsum(rng.normal(0, step_px, (n_frames, 2)), axis=0)
     shifts = np.clip(shifts - shifts.mean(axis=0), -max_shift, max_shift)
     noise_bank = rng.standard_normal((4, size, size)).astype(np.float32)
     frames = np.empty((n_frames, size, size), np.uint16)

@@ -3,13 +3,15 @@
 extraction) per 512x512 frame with 500 ROIs, timed back to back and after sleeping as a frame period would.
 
     python benchmarks/bench_idle_gap.py [--frames 150] [--rounds 2] [--gaps 0,0.0003,0.003,0.033]
+           [--registration-only]
 
 Why: in a session the loop sleeps ~31 ms of every 33 ms frame waiting for the scope; tight-loop benchmarks
 (bench_acquisition.py) never do, so their caches stay warm. On our 2-vCPU VM a frame after a 33-ms sleep costs
 about twice a frame processed back to back, which is most of the gap between the component figures and
 `rig bench`'s stages (docs/PERFORMANCE.md). Run it on a rig PC to see whether its caches survive a frame period
 (a dedicated machine with its power plan on "high performance" usually keeps them). Also times the pipeline
-with the extraction computed beside registration (``ahead``) and without. Prints p50/p90 ms per gap and
+with the extraction computed beside registration (``ahead = "always"``) and without; ``--registration-only``
+times ``RigidRegistrar.register`` alone. Prints p50/p90 ms per gap and
 setting; the last stdout line is JSON.
 """
 
@@ -34,14 +36,15 @@ from acquisition.pipeline import FramePipeline  # noqa: E402
 from acquisition.rois import RoiSet  # noqa: E402
 
 
-def timed(pipeline: FramePipeline, frames: np.ndarray, gap_s: float, n: int) -> list[float]:
+def timed(pipeline: FramePipeline, frames: np.ndarray, gap_s: float, n: int, registration_only: bool) -> list[float]:
     out = []
+    work = pipeline.registrar.register if registration_only and pipeline.registrar is not None else pipeline.process
     for i in range(n):
         frame = frames[i % len(frames)]
         if gap_s:
             time.sleep(gap_s)
         t0 = time.perf_counter_ns()
-        pipeline.process(frame)
+        work(frame)
         out.append((time.perf_counter_ns() - t0) / 1e6)
     return out[5:]
 
@@ -50,16 +53,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=150, help="frames timed per gap, setting and round")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    ap.add_argument("--registration-only", action="store_true", help="time RigidRegistrar.register alone")
+    ap.add_argument("--movie-frames", type=int, default=200, help="frames rendered (played in a loop)")
     ap.add_argument("--gaps", default="0,0.0003,0.003,0.033", help="seconds slept before each frame, comma-separated")
     args = ap.parse_args()
     gaps = [float(g) for g in args.gaps.split(",")]
-    movie, _, reference, stat = synthetic_movie(100, 512, 500, 0.05 * 512)[:4]
+    # motion as the simulator's at 30 Hz (an OU walk of 0.6 px sd, 0.5 s: ~0.22 px a frame), not the 0.7 px
+    # steps bench_acquisition.py uses to exercise registration
+    movie, _, reference, stat = synthetic_movie(args.movie_frames, 512, 500, 0.05 * 512, step_px=0.22)[:4]
     frames = np.clip(movie, 0, 65535).astype(np.uint16)
     rois = RoiSet(stat=stat, iscell=np.ones((len(stat), 2)), Ly=512, Lx=512, ref_img=reference)
     pipelines = {}
-    for name, ahead in (("ahead", True), ("no ahead", False)):
-        pipeline = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(
-            ahead=ahead, ahead_min_ms=0.0))
+    settings = (("registration", "never"),) if args.registration_only else (("ahead", "always"), ("no ahead", "never"))
+    for name, ahead in settings:
+        pipeline = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead=ahead))
         pipeline.set_reference(reference, refine=False)
         pipeline.warm_up(np.uint16)
         pipelines[name] = pipeline
@@ -67,12 +74,14 @@ def main() -> None:
     for _ in range(args.rounds):
         for gap in gaps:
             for name, pipeline in pipelines.items():
-                times.setdefault(f"{name}, gap {gap * 1e3:g} ms", []).extend(timed(pipeline, frames, gap, args.frames))
+                got = timed(pipeline, frames, gap, args.frames, args.registration_only)
+                times.setdefault(f"{name}, gap {gap * 1e3:g} ms", []).extend(got)
     result = {"load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     for key, values in times.items():
         p50, p90 = np.percentile(values, [50, 90])
         result[key] = {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3)}
-        print(f"pipeline.process, {key:28s} p50 {p50:.3f} ms  p90 {p90:.3f} ms")
+        what = "register" if args.registration_only else "pipeline.process"
+        print(f"{what}, {key:28s} p50 {p50:.3f} ms  p90 {p90:.3f} ms")
     for pipeline in pipelines.values():
         pipeline.close()
     print(json.dumps(result))

@@ -262,9 +262,10 @@ def test_extraction_computed_beside_registration_gives_the_same_numbers(movie):
     from acquisition.pipeline import FramePipeline
 
     rois = _roi_set(movie)
-    without = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead=False))
-    ranked = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig())
-    single = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead_candidates=1))
+    without = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead="never"))
+    ranked = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead="always"))
+    single = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(
+        ahead="always", ahead_candidates=1))
     assert without._extract_ahead is None
     frames = list(movie.frames) + list(movie.frames[::-1])  # slow drift, then the same back: hits and misses
     for frame in frames:
@@ -300,25 +301,30 @@ def test_whole_shift_candidates_rank_the_last_shift_then_its_nearest_neighbours(
     assert cells == neuropil == [(0, 5), (1, 5)]  # not subpixel: cells at the nearest pixel too
 
 
-def test_extraction_ahead_is_left_out_when_the_timed_extraction_is_cheaper_than_its_hand_offs(movie):
-    """warm_up times the extraction before the first frame; below ahead_min_ms the worker is not used (said in
-    what it returns), at 0 it always is; either way warm_up leaves no last shift behind."""
+def test_extraction_ahead_is_used_only_at_real_time_priority_and_when_the_timed_extraction_pays(movie):
+    """choose_extract_ahead (after warm_up timed the extraction): with ahead = "realtime" the worker is used only
+    when the loop got real-time priority and the extraction costs at least ahead_min_ms, each refusal said with
+    its reason; "always" and "never" do as they say. warm_up leaves no last shift behind."""
     from acquisition.config import ExtractionConfig, RegistrationConfig
     from acquisition.pipeline import FramePipeline
 
     rois = _roi_set(movie)
-    decisions = {}
-    for min_ms in (0.0, 1e6):
-        pipeline = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(
-            ahead_min_ms=min_ms))
-        decision = pipeline.warm_up(np.uint16)
-        assert decision["configured"] and decision["extraction_ms"] > 0
-        assert (pipeline._extract_ahead is not None) == decision["used"]
+
+    def decide(realtime: bool, **extraction: object) -> dict:
+        pipeline = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(**extraction))
+        pipeline.warm_up(np.uint16)
         assert pipeline.extractor.last_shift is None
-        decisions[min_ms] = decision["used"]
+        decision = pipeline.choose_extract_ahead(realtime)
+        assert (pipeline._extract_ahead is not None) == decision["used"]
         pipeline.process(movie.frames[0])
         pipeline.close()
-    assert decisions == {0.0: True, 1e6: False}
-    off = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead=False))
-    decision = off.warm_up(np.uint16)
-    assert not decision["configured"] and not decision["used"]
+        return decision
+
+    used = decide(True, ahead_min_ms=0.0)
+    assert used["used"] and used["extraction_ms"] > 0 and "why_not" not in used
+    assert decide(False, ahead_min_ms=0.0)["why_not"] == "the loop is not at real-time priority"
+    assert decide(True, ahead_min_ms=1e6)["why_not"] == "the extraction costs less than ahead_min_ms"
+    assert decide(False, ahead="always", ahead_min_ms=1e6)["used"]
+    assert not decide(True, ahead="never", ahead_min_ms=0.0)["used"]
+    sparse = decide(True, method="sparse", ahead_min_ms=0.0)
+    assert not sparse["used"] and sparse["why_not"] == "needs the compiled extraction and registration"

@@ -104,6 +104,7 @@ class RigProcess:
         self.state = "configuring"
         self._stop_reason = ""
         self._started = False
+        self.realtime_scheduling = False  # rig.priority = "realtime" granted (SCHED_FIFO; Windows: HIGH class)
         self._ready_info: dict[str, str] = {}
         hb = self.config.bus.heartbeat_interval_s
         self._hb_interval_ns = int(hb * 1e9)
@@ -305,6 +306,7 @@ class RigProcess:
                 cpus = allowed  # a non-critical process (the console) never runs on the decoder's CPUs
         if decision == "raise" and rig_cfg.priority == "realtime":
             refused = set_realtime_scheduling()
+            self.realtime_scheduling = not refused
             self.events.write("scheduling", policy=scheduling_policy(), refused=refused)
             if refused:
                 self.warn("priority_refused", f"{self.name}: {refused}; running at normal priority")
