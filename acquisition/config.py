@@ -75,6 +75,9 @@ class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     fft_backend: str = "ducc0"  # "ducc0" (faster float32 FFTs) or "pocketfft" (scipy.fft's); same numbers
     fft_workers: int = 1  # FFT threads for the fine crop (2 competes with other processes: see the docs)
     dft_band: float = 0.3  # fine stage: peak evaluated from frequencies <= this (cycles/px) only; 0: all
+    # register the last frame again (result discarded) this long before the next is due, so that its code and
+    # buffers are warm when it comes (acquisition/pacer.py); 0: never
+    prewarm_ms: float = 0.0
     # a given reference (ref_path or the suite2p refImg) replaced by an aligned average of the first good frames
     # registered against it, in its coordinates: "auto" when it looks motion-blurred (blur ratio below
     # refine_blur_ratio) or noisy (refine_agree_px), "always", or "never" (acquisition/reg_refine.py)
@@ -86,6 +89,8 @@ class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     def __post_init__(self) -> None:
         if self.reference_frames < 2:
             raise ValueError("`reference_frames`: must be >= 2")
+        if not 0 <= self.prewarm_ms <= 20:
+            raise ValueError(f"`prewarm_ms`: must be within [0, 20] ms, not {self.prewarm_ms}")
         if not 0 < self.maxregshift <= 0.5:
             raise ValueError("`maxregshift`: must be within (0, 0.5]")
         if not self.smooth_sigma > 0:

@@ -12,7 +12,9 @@ GIL, so on two cores the work overlaps (~0.3 ms of a 512x512 frame with 500 ROIs
 ``[acquisition.extraction] ahead`` switches it.
 
 The worker starts with the first frame, from the loop's thread, so it inherits the loop's scheduling (a
-real-time policy set on the loop thread covers it); it waits on a condition between frames.
+real-time policy set on the loop thread covers it); it waits on a condition between frames. The loop never waits
+for it long: a computation it needs that is not done within ``wait_ms`` (the worker's CPU was taken from it) is
+made by the loop itself, and a frame that finds the worker still busy with the last one is not given to it.
 """
 
 from __future__ import annotations
@@ -62,32 +64,39 @@ def whole_shift_candidates(dy: float, dx: float, subpixel: bool, k: int) -> tupl
 class ExtractAhead:
     """One frame in flight: :meth:`submit` before registration, :meth:`take` after it."""
 
-    def __init__(self, cells: Compute, neuropil: Compute, n_rois: int, candidates: int = 3) -> None:
+    def __init__(self, cells: Compute, neuropil: Compute, n_rois: int, candidates: int = 3,
+                 wait_ms: float = 1.0) -> None:
         self._compute = (cells, neuropil)
         self._buffers = ([np.empty((4, n_rois), np.float32) for _ in range(candidates)],
                          [np.empty(n_rois, np.float32) for _ in range(candidates)])
         self.candidates = candidates
+        self.wait_s = wait_ms / 1e3
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
         self._pending: list[tuple[int, int, Shift]] = []  # (part, slot, shift), in the order to compute
         self._running: tuple[int, Shift] | None = None  # (part, shift) being computed
+        self._wanted: tuple[Shift, Shift] = ((0, 0), (0, 0))  # the shifts take() asks for
         self._done: tuple[dict[Shift, int], dict[Shift, int]] = ({}, {})  # per part: shift -> slot
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
         self.taken = [0, 0]  # frames whose cells / neuropil came from the worker
         self.missed = [0, 0]  # frames whose whole shift for cells / neuropil had not been computed
+        self.gave_up = 0  # computations the loop stopped waiting for (made by the loop instead)
+        self.busy = 0  # frames not given to the worker: it was still computing for an earlier one
 
-    def submit(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> None:
+    def submit(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> bool:
         """Start ``frame``'s cell reads at each of ``cells_at`` and its neuropil at each of ``neuropil_at`` (the
-        likeliest first); ``frame`` must stay unchanged until :meth:`take`."""
+        likeliest first); ``frame`` must stay unchanged until :meth:`take`. False (nothing started: the loop
+        computes this frame itself) while the worker is still busy with an earlier frame."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="extract-ahead", daemon=True)
             self._thread.start()
         with self._cond:
-            while self._running is not None and self._error is None:  # the last frame's job not needed any more
-                self._cond.wait()
             self._raise_error()
+            if self._running is not None:
+                self.busy += 1
+                return False
             self._frame = frame
             for done in self._done:
                 done.clear()
@@ -97,17 +106,18 @@ class ExtractAhead:
                              if slot < len(shifts) for shift in (shifts[slot],)]
             self._pending.reverse()  # popped from the end
             self._cond.notify_all()
+        return True
 
     def take(self, cells_at: Shift, neuropil_at: Shift, corners: np.ndarray,
              neuropil: np.ndarray) -> tuple[bool, bool]:
         """Stop the worker after its current computation; copy each part computed at the shift asked into its
-        buffer, waiting only for a computation that is the one asked. Returns (cells taken, neuropil taken)."""
-        wanted = (cells_at, neuropil_at)
+        buffer, waiting (at most ``wait_ms``) only for a computation that is the one asked. Returns (cells taken,
+        neuropil taken)."""
+        wanted = self._wanted = (cells_at, neuropil_at)
         with self._cond:
             self._pending.clear()
-            while (self._running is not None and self._error is None
-                   and self._running[1] == wanted[self._running[0]]):
-                self._cond.wait()
+            if not self._cond.wait_for(self._wanted_not_running, self.wait_s):
+                self.gave_up += 1
             self._raise_error()
             hits = tuple(wanted[part] in self._done[part] for part in (CELLS, NEUROPIL))
             if hits[CELLS]:
@@ -120,6 +130,10 @@ class ExtractAhead:
             else:
                 self.missed[part] += 1
         return hits[CELLS], hits[NEUROPIL]
+
+    def _wanted_not_running(self) -> bool:
+        running = self._running
+        return running is None or self._error is not None or running[1] != self._wanted[running[0]]
 
     def _raise_error(self) -> None:
         if self._error is not None:

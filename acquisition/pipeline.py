@@ -212,6 +212,7 @@ class FramePipeline:
                                    mask_sigma=ext.mask_sigma, max_shift_px=max_shift, method=ext.method)
         self._extract_ahead: ExtractAhead | None = None  # "always": from the start; "realtime": choose_extract_ahead
         self._extraction_ms = math.nan  # the extraction's cost, timed by warm_up
+        self._last_registered: np.ndarray | None = None
         if ext.ahead == "always":
             self._start_extract_ahead()
         self.n_rois = roi_set.n_rois
@@ -295,6 +296,12 @@ class FramePipeline:
             cost_ms = min(cost_ms, (time.perf_counter() - t0) * 1e3)
         self._extraction_ms = cost_ms
         self.extractor.last_shift = None
+
+    def prewarm(self) -> None:
+        """Register the last registered frame again, the result discarded, just before the next frame is due
+        (acquisition.pacer): the registration's code and buffers are then warm when it comes."""
+        if self.registrar is not None and self._last_registered is not None:
+            self.registrar.prewarm(self._last_registered)
 
     def choose_extract_ahead(self, realtime: bool) -> dict[str, Any]:
         """With ``[acquisition.extraction] ahead = "realtime"`` (the default), use the worker that computes the
@@ -435,11 +442,12 @@ class FramePipeline:
                 else:
                     ahead = self._extract_ahead
                     last = self.extractor.last_shift
-                    if ahead is not None and last is not None:  # its extraction at likely whole shifts, beside this
-                        ahead.submit(data, *whole_shift_candidates(*last, self.extractor.subpixel, ahead.candidates))
-                    else:
+                    if not (ahead is not None and last is not None  # its extraction at likely shifts, beside this
+                            and ahead.submit(data, *whole_shift_candidates(*last, self.extractor.subpixel,
+                                                                           ahead.candidates))):
                         ahead = None
                     dy, dx, corr, reg_flags = self.registrar.register(data)
+                    self._last_registered = data  # what prewarm() registers again (not a copy: any pixels do)
                     flags |= reg_flags
                     if self._refine_frames is not None and not flags:
                         self._keep_for_refinement(data)

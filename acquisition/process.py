@@ -28,6 +28,7 @@ import numpy as np
 
 from acquisition.diagnose import BadRunWatch
 from acquisition.movie_saver import MovieSaver, MovieSettings
+from acquisition.pacer import FramePacer
 from acquisition.pipeline import FramePipeline
 from acquisition.plane_rois import PlaneRois, load_planes
 from acquisition.planes import OtherPlanes, build_planes, check_source_planes, plane_folder
@@ -111,6 +112,8 @@ class AcquisitionProcess(RigProcess):
         self.z_records: RecordWriter | None = None
         # a recording (session.record_only, acquisition.recording) has no ROIs: no pipeline, frames of the source's size
         self.pipeline: FramePipeline | None = None if self.config.session.record_only else self._configure_pipeline()
+        lead = self.config.acquisition.registration.prewarm_ms
+        self._pacer = FramePacer(lead) if lead > 0 and self.pipeline is not None else None
         self.n_rois = self.pipeline.n_rois if self.pipeline is not None else 0
         self.records = RecordWriter(self.dir / "frames.rec", frame_record_dtype(self.n_rois),
                                     self.config.session.flush_interval_s)
@@ -244,8 +247,9 @@ class AcquisitionProcess(RigProcess):
             else:
                 self.wait_for_control(20)
             return
+        pacer = self._pacer
         try:
-            frame = self.source.read(0.02)
+            frame = self.source.read(pacer.wait_s(now_ns(), 0.02) if pacer is not None else 0.02)
         except EndOfStream:
             self._ended = True
             self.events.write("source_ended", frames=self.frames)
@@ -254,6 +258,10 @@ class AcquisitionProcess(RigProcess):
         for code, message in self.source.pop_warnings():
             self.warn(code, message)
         if frame is None:
+            if pacer is not None and pacer.due(now_ns()):
+                self.pipeline.prewarm()
+                pacer.done()
+                return
             self.records.flush_if_due()
             self._maybe_status()
             return
@@ -266,6 +274,8 @@ class AcquisitionProcess(RigProcess):
             self.frames_dropped += missed
             self.events.write("frames_dropped", after=self._last_number, missed=missed)
         self._last_number = frame.number
+        if self._pacer is not None:
+            self._pacer.arrived(frame.t_ready_ns)
         if self.pipeline is None:
             record_frame(self, frame, PREVIEW_INTERVAL_NS)
             self._maybe_status()

@@ -191,6 +191,15 @@ class RigidRegistrar:
         finally:
             self.baseline, self.last_z, self._last_good, self.tracked_frames, self.track_fallbacks = saved
 
+    def prewarm(self, frame: np.ndarray) -> None:
+        """Run the path the next frame will most likely take (tracked, else the full one) on ``frame`` and forget
+        the result: its code and buffers are warm again when the next frame comes (acquisition.pacer). Changes
+        nothing the next frames depend on: neither path updates the tracking or the corr baseline."""
+        if self._last_good is not None:
+            self._register_tracked(frame, *self._last_good)
+        else:
+            self._register_full(frame)
+
     def observe(self, dy: float, dx: float, corr: float, flags: int) -> None:
         """Update what the next frames depend on (the corr baseline, the tracking prediction) with a frame's
         result as :meth:`register` does; called by it, and by a replay for a frame whose pixels were lost

@@ -454,3 +454,18 @@ def test_warm_up_leaves_no_trace_in_what_the_next_frames_get():
     for frame in movie.frames:
         assert plain.register(frame) == warmed.register(frame)
     assert (plain.tracked_frames, plain.track_fallbacks) == (warmed.tracked_frames, warmed.track_fallbacks)
+
+
+def test_prewarm_between_frames_changes_no_result():
+    """Registering the last frame again before the next is due (acquisition.pacer) is thrown away: with a pre-warm
+    before every frame the shifts, correlations, flags, tracking and counters are those without."""
+    movie = make_movie(T=30, Ly=128, Lx=128, n_cells=20, max_shift=4.0, seed=9)
+    plain, warmed = (RigidRegistrar(movie.reference, bin_factor=2) for _ in range(2))
+    warmed.prewarm(movie.frames[0])  # before any frame: the full path, nothing kept
+    for i, frame in enumerate(movie.frames):
+        if i:
+            warmed.prewarm(movie.frames[i - 1])
+        assert plain.register(frame) == warmed.register(frame)
+    assert plain.tracked_frames > 0
+    assert (plain.tracked_frames, plain.track_fallbacks, plain._last_good) == (
+        warmed.tracked_frames, warmed.track_fallbacks, warmed._last_good)

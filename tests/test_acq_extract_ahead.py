@@ -1,0 +1,65 @@
+"""The extraction worker never holds the loop (a computation it is stuck in is made by the loop) and the frame
+pacer says when to pre-warm registration."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from acquisition.extract_ahead import ExtractAhead
+from acquisition.pacer import FramePacer
+from tests.conftest import wait_for
+
+
+def _worker(release: threading.Event) -> ExtractAhead:
+    def cells(frame, shift, out):  # stuck until released: a worker whose CPU was taken from it
+        release.wait(10)
+        out.fill(shift[0])
+
+    def neuropil(frame, shift, out):
+        out.fill(shift[1])
+
+    return ExtractAhead(cells, neuropil, n_rois=3, candidates=1, wait_ms=20)
+
+
+def test_the_loop_stops_waiting_for_a_stuck_computation_and_does_not_give_it_the_next_frame():
+    release = threading.Event()
+    ahead = _worker(release)
+    frame = np.zeros((4, 4), np.uint16)
+    corners, neuropil = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+    try:
+        assert ahead.submit(frame, [(1, 2)], [(1, 2)])
+        wait_for(lambda: ahead._running is not None, 5, "the worker started")
+        # the cells are stuck: given up after wait_ms, so not taken; the neuropil was never reached
+        assert ahead.take((1, 2), (1, 2), corners, neuropil) == (False, False)
+        assert ahead.gave_up == 1 and not corners.any()
+        assert not ahead.submit(frame, [(1, 2)], [(1, 2)]) and ahead.busy == 1  # still busy: the loop computes
+        release.set()
+        wait_for(lambda: ahead._running is None, 5, "the stuck computation ended")
+        assert ahead.submit(frame, [(3, 4)], [(3, 4)])
+        wait_for(lambda: ahead._running is None and not ahead._pending, 5, "both computed")
+        assert ahead.take((3, 4), (3, 4), corners, neuropil) == (True, True)
+        assert (corners == 3).all() and (neuropil == 4).all()
+    finally:
+        release.set()
+        ahead.close()
+
+
+def test_the_pacer_pre_warms_once_a_lead_before_the_next_frame_is_due():
+    ms = 1_000_000
+    pacer = FramePacer(lead_ms=2.0)
+    assert not pacer.due(0) and pacer.wait_s(0, 0.02) == 0.02  # nothing known yet
+    pacer.arrived(1000 * ms)
+    assert not pacer.due(1040 * ms)  # one frame: no period yet
+    pacer.arrived(1033 * ms)
+    assert abs(pacer.wait_s(1034 * ms, 0.5) - 0.030) < 1e-9  # due at 1033 + 33 - 2 ms
+    assert not pacer.due(1063 * ms) and pacer.due(1064 * ms)
+    pacer.done()
+    assert not pacer.due(1065 * ms) and pacer.wait_s(1065 * ms, 0.02) == 0.02 and pacer.prewarms == 1
+    pacer.arrived(1166 * ms)  # three frames dropped: not a period
+    assert pacer.due(1197 * ms) and not pacer.due(1196 * ms)
+    fast = FramePacer(lead_ms=2.0)
+    for k in range(5):
+        fast.arrived(k * ms)  # 1 kHz: a period shorter than twice the lead is never pre-warmed
+    assert not fast.due(10 * ms)
