@@ -76,8 +76,9 @@ class RegistrationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     fft_workers: int = 1  # FFT threads for the fine crop (2 competes with other processes: see the docs)
     dft_band: float = 0.3  # fine stage: peak evaluated from frequencies <= this (cycles/px) only; 0: all
     # register the last frame again (result discarded) this long before the next is due, so that its code and
-    # buffers are warm when it comes (acquisition/pacer.py); 0: never
-    prewarm_ms: float = 0.0
+    # buffers are warm when it comes (acquisition/pacer.py; off by itself when frames come faster than 2x this:
+    # 1 kHz, a fast replay); 0: never
+    prewarm_ms: float = 2.0
     # a given reference (ref_path or the suite2p refImg) replaced by an aligned average of the first good frames
     # registered against it, in its coordinates: "auto" when it looks motion-blurred (blur ratio below
     # refine_blur_ratio) or noisy (refine_agree_px), "always", or "never" (acquisition/reg_refine.py)
