@@ -140,21 +140,21 @@ class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     # "compiled": kernels reading the frame in place; "sparse": the earlier sparse product (to measure against)
     method: str = "compiled"
     # compiled only: the cells' whole-pixel reads and the neuropil computed in a worker thread while the frame is
-    # registered, at the whole shifts the last frame makes likely (extract_ahead.py). "realtime": only where it was
-    # measured to pay, the loop at real-time priority (rig.priority) and the extraction >= ahead_min_ms;
-    # "always"; "never"
-    ahead: str = "realtime"
+    # registered, at the whole shifts the last frame makes likely (extract_ahead.py). "auto": only where it was
+    # measured to pay: the loop at real-time priority (rig.priority) or frames back to back (a replay at speed
+    # "fast"), and the extraction >= ahead_min_ms; "always"; "never"
+    ahead: str = "auto"
     # how many whole shifts per part it tries (the last frame's, then its nearest neighbours); 1-4
     ahead_candidates: int = 3
-    # with ahead = "realtime": not used when the extraction, timed before the first frame, costs less than this
+    # with ahead = "auto": not used when the extraction, timed before the first frame, costs less than this
     # (its hand-offs would cost more than it saves: 64x256 with 50 ROIs at 1 kHz)
     ahead_min_ms: float = 0.15
 
     def __post_init__(self) -> None:
         if self.method not in ("compiled", "sparse"):
             raise ValueError(f"`method`: must be 'compiled' or 'sparse', not {self.method!r}")
-        if self.ahead not in ("realtime", "always", "never"):
-            raise ValueError(f"`ahead`: must be 'realtime', 'always' or 'never', not {self.ahead!r}")
+        if self.ahead not in ("auto", "always", "never"):
+            raise ValueError(f"`ahead`: must be 'auto', 'always' or 'never', not {self.ahead!r}")
         if not (self.ahead_min_ms >= 0 and math.isfinite(self.ahead_min_ms)):
             raise ValueError(f"`ahead_min_ms`: must be a number >= 0, not {self.ahead_min_ms}")
         if not 1 <= self.ahead_candidates <= 4:

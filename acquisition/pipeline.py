@@ -210,7 +210,7 @@ class FramePipeline:
         self.extractor = Extractor(roi_set, ext.inner_neuropil_radius, ext.min_neuropil_pixels, ext.allow_overlap,
                                    lam_percentile=ext.lam_percentile, subpixel=ext.subpixel,
                                    mask_sigma=ext.mask_sigma, max_shift_px=max_shift, method=ext.method)
-        self._extract_ahead: ExtractAhead | None = None  # "always": from the start; "realtime": choose_extract_ahead
+        self._extract_ahead: ExtractAhead | None = None  # "always": from the start; "auto": choose_extract_ahead
         self._extraction_ms = math.nan  # the extraction's cost, timed by warm_up
         self._last_registered: np.ndarray | None = None
         if ext.ahead == "always":
@@ -303,20 +303,21 @@ class FramePipeline:
         if self.registrar is not None and self._last_registered is not None:
             self.registrar.prewarm(self._last_registered)
 
-    def choose_extract_ahead(self, realtime: bool) -> dict[str, Any]:
-        """With ``[acquisition.extraction] ahead = "realtime"`` (the default), use the worker that computes the
+    def choose_extract_ahead(self, realtime: bool, paced: bool = True) -> dict[str, Any]:
+        """With ``[acquisition.extraction] ahead = "auto"`` (the default), use the worker that computes the
         extraction beside registration only where it was measured to pay: the loop runs at real-time priority
-        (``realtime``; at normal priority the worker slowed registration by about what it saved) and the extraction,
+        (``realtime``) or frames come back to back (not ``paced``: a replay at speed "fast"), and the extraction,
         timed by :meth:`warm_up`, costs at least ``ahead_min_ms`` (below, its hand-offs cost more: 64x256 with 50
-        ROIs at 1 kHz). Returns the decision with its reasons, for the session's events."""
+        ROIs at 1 kHz). Paced at normal priority the worker slowed registration by about what it saved. Returns
+        the decision with its reasons, for the session's events."""
         ext = self.ext_cfg
-        decision: dict[str, Any] = {"ahead": ext.ahead, "realtime": realtime,
+        decision: dict[str, Any] = {"ahead": ext.ahead, "realtime": realtime, "paced": paced,
                                     "extraction_ms": round(self._extraction_ms, 4), "min_ms": ext.ahead_min_ms}
-        if ext.ahead == "realtime" and self._extract_ahead is None:
+        if ext.ahead == "auto" and self._extract_ahead is None:
             if not self._ahead_possible():
                 decision["why_not"] = "needs the compiled extraction and registration"
-            elif not realtime:
-                decision["why_not"] = "the loop is not at real-time priority"
+            elif paced and not realtime:
+                decision["why_not"] = "frames paced by the scope and the loop not at real-time priority"
             elif not self._extraction_ms >= ext.ahead_min_ms:
                 decision["why_not"] = "the extraction costs less than ahead_min_ms"
             else:

@@ -167,7 +167,9 @@ class AcquisitionProcess(RigProcess):
         """Frames are the session's from now on: a source that streamed before drained and counted them. The
         extraction worker is chosen now that the scheduling the loop got is known."""
         if self.pipeline is not None:
-            self.events.write("extract_ahead", **self.pipeline.choose_extract_ahead(self.realtime_scheduling))
+            acq = self.config.acquisition
+            paced = not (acq.source == "replay" and acq.replay.speed == "fast")
+            self.events.write("extract_ahead", **self.pipeline.choose_extract_ahead(self.realtime_scheduling, paced))
         self.source.start_keeping()
 
     def _save_reference(self) -> None:

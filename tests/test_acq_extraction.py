@@ -301,20 +301,20 @@ def test_whole_shift_candidates_rank_the_last_shift_then_its_nearest_neighbours(
     assert cells == neuropil == [(0, 5), (1, 5)]  # not subpixel: cells at the nearest pixel too
 
 
-def test_extraction_ahead_is_used_only_at_real_time_priority_and_when_the_timed_extraction_pays(movie):
-    """choose_extract_ahead (after warm_up timed the extraction): with ahead = "realtime" the worker is used only
-    when the loop got real-time priority and the extraction costs at least ahead_min_ms, each refusal said with
-    its reason; "always" and "never" do as they say. warm_up leaves no last shift behind."""
+def test_extraction_ahead_is_used_only_where_it_was_measured_to_pay(movie):
+    """choose_extract_ahead (after warm_up timed the extraction): with ahead = "auto" the worker is used only when
+    the loop got real-time priority or frames come back to back, and the extraction costs at least ahead_min_ms,
+    each refusal said with its reason; "always" and "never" do as they say. warm_up leaves no last shift behind."""
     from acquisition.config import ExtractionConfig, RegistrationConfig
     from acquisition.pipeline import FramePipeline
 
     rois = _roi_set(movie)
 
-    def decide(realtime: bool, **extraction: object) -> dict:
+    def decide(realtime: bool, paced: bool = True, **extraction: object) -> dict:
         pipeline = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(**extraction))
         pipeline.warm_up(np.uint16)
         assert pipeline.extractor.last_shift is None
-        decision = pipeline.choose_extract_ahead(realtime)
+        decision = pipeline.choose_extract_ahead(realtime, paced)
         assert (pipeline._extract_ahead is not None) == decision["used"]
         pipeline.process(movie.frames[0])
         pipeline.close()
@@ -322,7 +322,9 @@ def test_extraction_ahead_is_used_only_at_real_time_priority_and_when_the_timed_
 
     used = decide(True, ahead_min_ms=0.0)
     assert used["used"] and used["extraction_ms"] > 0 and "why_not" not in used
-    assert decide(False, ahead_min_ms=0.0)["why_not"] == "the loop is not at real-time priority"
+    assert decide(False, ahead_min_ms=0.0)["why_not"] == ("frames paced by the scope and the loop not at real-time "
+                                                          "priority")
+    assert decide(False, paced=False, ahead_min_ms=0.0)["used"]  # a fast replay: both cores busy, it pays
     assert decide(True, ahead_min_ms=1e6)["why_not"] == "the extraction costs less than ahead_min_ms"
     assert decide(False, ahead="always", ahead_min_ms=1e6)["used"]
     assert not decide(True, ahead="never", ahead_min_ms=0.0)["used"]
