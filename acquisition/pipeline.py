@@ -413,6 +413,15 @@ class FramePipeline:
             self._reference_events.append({"event": "reference_build_thread_refused", "frame": self.frames,
                                            "thread_refused": build.thread_refused})
 
+    def ahead_stats(self) -> dict[str, int] | None:
+        """What the extraction worker did (None when it was not used): parts taken and missed, computations the
+        loop gave up waiting for, frames it was too busy to get."""
+        ahead = self._extract_ahead
+        if ahead is None:
+            return None
+        return {"cells_taken": ahead.taken[0], "cells_missed": ahead.missed[0], "neuropil_taken": ahead.taken[1],
+                "neuropil_missed": ahead.missed[1], "gave_up": ahead.gave_up, "busy": ahead.busy}
+
     def stats(self) -> dict[str, float]:
         out = {"frames": float(self.frames), "flagged_frames": float(self.flagged_frames)}
         out.update({f"flag_{name.lower()}": float(n) for name, n in self.flag_counts.items()})

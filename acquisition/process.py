@@ -400,6 +400,9 @@ class AcquisitionProcess(RigProcess):
                     self.planes.write_ground_truth()
             self.source.close()
             planes = self.planes.final_stats() if getattr(self, "planes", None) is not None else {}
+            pipeline, pacer = getattr(self, "pipeline", None), getattr(self, "_pacer", None)
             self.events.write("final_stats", frames=getattr(self, "frames", 0),
                               frames_dropped=getattr(self, "frames_dropped", 0),
-                              bad_frames=getattr(self, "bad_frames", 0), source_stats=stats, **planes)
+                              bad_frames=getattr(self, "bad_frames", 0), source_stats=stats, **planes,
+                              extract_ahead=pipeline.ahead_stats() if pipeline is not None else None,
+                              registration_prewarms=pacer.prewarms if pacer is not None else 0)

@@ -281,6 +281,9 @@ def test_extraction_computed_beside_registration_gives_the_same_numbers(movie):
         for part in (0, 1):  # cells, neuropil; a frame that found the worker busy was not given to it
             assert ahead.taken[part] + ahead.missed[part] + ahead.busy == len(frames) - 1
         pipeline.close()
+    assert without.ahead_stats() is None
+    stats = ranked.ahead_stats()
+    assert stats["cells_taken"] == ranked._extract_ahead.taken[0] and stats["gave_up"] >= 0
     one, three = single._extract_ahead, ranked._extract_ahead
     assert one.taken[0] > 0 and one.missed[0] > 0 and one.missed[1] > 0  # whole shifts do change in this movie
     # the worker is stopped when registration ends, so what it reached depends on timing; never fewer hits
