@@ -20,7 +20,6 @@ machinery is in acquisition/reg_correlator.py, the FFTs in acquisition/reg_fft.p
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -181,15 +180,13 @@ class RigidRegistrar:
         return float(dy), float(dx), float(corr), int(flags)
 
     def warm_up(self, frame: np.ndarray) -> None:
-        """Register ``frame`` twice (the full path, then the tracked one) and forget it: FFT plans, DFT matrices and
-        buffers are made and first touched now, not on the session's first frame (which cost ~4 ms more than the
-        next), and nothing the next frames depend on (corr baseline, tracking, counters) changes."""
-        saved = (copy.deepcopy(self.baseline), self.last_z, self._last_good, self.tracked_frames, self.track_fallbacks)
-        try:
-            self.register(frame)
-            self.register(frame)
-        finally:
-            self.baseline, self.last_z, self._last_good, self.tracked_frames, self.track_fallbacks = saved
+        """Run both paths on ``frame`` (the full one, then the tracked one at its result) and forget the results:
+        FFT plans, DFT matrices and buffers are made and first touched now, not on the session's first frame (which
+        cost ~4 ms more than the next). Neither path updates what the next frames depend on (corr baseline,
+        tracking, counters)."""
+        dy, dx, corr, _ = self._register_full(frame)
+        if self.track and self._fine is not None and corr == corr:  # NaN: no tracked path to warm
+            self._register_tracked(frame, round(dy), round(dx), corr)
 
     def prewarm(self, frame: np.ndarray) -> None:
         """Run the path the next frame will most likely take (tracked, else the full one) on ``frame`` and forget
