@@ -136,6 +136,7 @@ def test_registration_on_genuine_suite2p_references(pmt_suite2p):
 
 def test_pipeline_fluorescence_matches_truth_and_suite2p(pmt_suite2p):
     """The live pipeline with suite2p's ROIs and refImg: F vs the true (noiseless) fluorescence and suite2p's F."""
+    from acquisition.config import ExtractionConfig
     from acquisition.pipeline import FramePipeline
     from acquisition.registration import shift_image_subpixel
     from acquisition.rois import load_suite2p
@@ -144,11 +145,19 @@ def test_pipeline_fluorescence_matches_truth_and_suite2p(pmt_suite2p):
     rois = load_suite2p(plane)
     assert rois.n_rois >= 10
     pipe = FramePipeline(rois)
+    # the same with the extraction computed beside registration (acquisition.extract_ahead): the same numbers
+    ahead = FramePipeline(rois, extraction=ExtractionConfig(ahead="always"))
     T, n = movie.frames.shape[0], rois.n_rois
     F, est = np.empty((T, n)), np.empty((T, 2))
     for t, frame in enumerate(movie.frames):
         res = pipe.process(frame)
         F[t], est[t] = res.F, (res.dy, res.dx)
+        beside = ahead.process(frame)
+        np.testing.assert_array_equal(beside.F, res.F)
+        np.testing.assert_array_equal(beside.Fneu, res.Fneu)
+    worker = ahead.ahead_stats()
+    assert worker is not None and worker["cells_taken"] > 0 and worker["neuropil_taken"] > 0
+    ahead.close()
     # the truth: the same masks on the noiseless frames moved into the reference's coordinates
     offset = (est - movie.shifts).mean(axis=0)
     truth_ex = Extractor(rois, subpixel=False)
