@@ -175,6 +175,23 @@ def test_the_cloose_handshake_then_inverted_frames_without_allocation():
         scope.close()
 
 
+def test_a_big_endian_inverted_scope_in_pieces_reads_right():
+    """byte_order = "big": the reorder swaps bytes too, also for a piece of the stream ending inside a column."""
+    image = _images(1)[0]
+    src = ClooseTcpSource("127.0.0.1", 0, LY, LX, byte_order="big", invert=True)
+    src.start_keeping()
+    src.open()
+    try:
+        with socket.create_connection(("127.0.0.1", src.port)) as scope:
+            wire = (65535 - image).astype(">u2").tobytes(order="F")  # MATLAB's img(:), big-endian, inverted
+            scope.sendall(wire[:33])
+            scope.sendall(wire[33:])
+            frame = wait_for(lambda: src.read(0.1), 5, "a big-endian frame")
+        np.testing.assert_array_equal(frame.data, image)
+    finally:
+        src.close()
+
+
 def test_a_flood_overwrites_the_oldest_frames_and_counts_them():
     src = ClooseTcpSource("127.0.0.1", 0, LY, LX)
     src.start_keeping()

@@ -163,7 +163,7 @@ class ScanboxMmapSource(FrameSource):
             if self._mm is not None:
                 word = struct.unpack_from("<h", self._mm, 0)[0]
                 if word >= 0:
-                    frame = self._take(word)
+                    frame = self._take(word, now_ns())  # ready: when the semaphore said so
                     if frame is not None:
                         return frame
                 elif word == STOPPED:
@@ -181,8 +181,9 @@ class ScanboxMmapSource(FrameSource):
         assert self._mm is not None
         struct.pack_into("<h", self._mm, 0, CONSUMED)
 
-    def _take(self, scope_number: int) -> Frame | None:
-        """Copy the frame Scanbox left (inverting it back), release the semaphore, number the frame."""
+    def _take(self, scope_number: int, t_ready: int) -> Frame | None:
+        """Copy the frame Scanbox left (inverting it back), release the semaphore, number the frame. ``t_ready``:
+        when the semaphore said the frame was there (so the copy counts in the frame's latency)."""
         mm = self._mm
         assert mm is not None
         lines, columns, ttl, volscan, planes_word = struct.unpack_from("<5h", mm, 2)
@@ -203,7 +204,6 @@ class ScanboxMmapSource(FrameSource):
         np.invert(raw.reshape(columns, lines).T, out=out)  # 65535 - v, and column-major to C order
         del raw  # the mapping cannot be closed while a view of it exists
         self._release()
-        t_ready = now_ns()
         flags = 0
         if shape != self._shape:
             flags |= FrameFlag.WRONG_SHAPE
