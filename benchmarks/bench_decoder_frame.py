@@ -1,6 +1,6 @@
 """Issue 21: where the decoder process's CPU goes per frame, piece by piece, in thread CPU time.
 
-    python benchmarks/bench_decoder_frame.py [--frames 3000] [--rois 500] [--pieces] [--old-rows]
+    python benchmarks/bench_decoder_frame.py [--frames 3000] [--rois 500] [--pieces] [--old-rows] [--gap-ms G]
 
 The real :class:`decoder.process.DecoderProcess` (configured, its publisher bound, without its bus loop, as
 tests/test_session_offline.py runs it) decides ``--frames`` frames in BCI after a 65-s auto_protocol baseline,
@@ -11,6 +11,8 @@ reward check, Decision publish, decisions.rec row, stamps, commit, late-decision
 ``--pieces`` also times each piece inside it (each wrapper adds ~0.3 µs). ``--old-rows`` fills the
 decisions.rec row field by field as the decoder did before issue 21 (A/B). Thread CPU time
 (``time.thread_time_ns``): the decoder's own cost, not what the other processes on a shared machine take.
+``--gap-ms G`` sleeps G ms before each measured frame, as the decoder waits for the next frame in a session
+(frames back to back keep its code and data in the caches; a session's 33-ms wait does not: docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--rois", type=int, default=500)
     ap.add_argument("--pieces", action="store_true", help="also time each piece of the frame")
     ap.add_argument("--old-rows", action="store_true", help="the decisions.rec row field by field, as before")
+    ap.add_argument("--gap-ms", type=float, default=0.0, help="sleep this long before each measured frame")
     args = ap.parse_args()
     if args.old_rows:
         core_module._fill_row = _old_fill  # type: ignore[assignment]
@@ -132,6 +135,8 @@ def main() -> None:
     codec = Codec()
     dec.on_control(Control(command="start_baseline", args={}, issued_by="bench"))
     for i in range(n_total):
+        if args.gap_ms and i >= baseline + 60:
+            time.sleep(args.gap_ms / 1e3)  # waiting for the next frame, as in a session
         t_ready = now_ns() - 2_000_000  # ready 2 ms ago: on time, as in a session
         wire = [bytes(memoryview(part)) for part in codec.encode(FluorFrame(
             frame=i, t_ready=t_ready, t_registered=t_ready + 1, t_extracted=t_ready + 2, dy=0.0, dx=0.0, corr=1.0,
@@ -152,8 +157,8 @@ def main() -> None:
     dec._close()
     if mode != Mode.BCI:
         raise SystemExit(f"the decoder was in {mode.name}, not BCI: the calibration failed; nothing measured")
-    print(f"{args.frames} frames in BCI, {args.rois} ROIs, {'old' if args.old_rows else 'current'} rows; "
-          "thread CPU per frame (µs): median / mean / p99")
+    print(f"{args.frames} frames in BCI, {args.rois} ROIs, {'old' if args.old_rows else 'current'} rows, "
+          f"{args.gap_ms:g} ms pause before each; thread CPU per frame (µs): median / mean / p99")
     for name, values in spent.items():
         values.sort()
         print(f"  {name:40s} {statistics.median(values) / 1e3:7.1f} {statistics.mean(values) / 1e3:7.1f} "

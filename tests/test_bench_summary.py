@@ -19,14 +19,15 @@ from rig.offline.bench_summary import (
 
 
 def fake_result(mode="realtime", p50=1.5, p99=4.0, mx=8.0, reward_p99=4.5, dropped=0, late=0, fps=30.0,
-                load=(0.5, 0.7), console=True, size=512, rois=500, rate=30.0, duration=60.0, ok=True):
+                load=(0.5, 0.7), console=True, size=512, rois=500, rate=30.0, duration=60.0, ok=True, steal=3.5):
     """A result dict shaped as rig.offline.bench.run_bench returns it."""
     reward = ({"p50": 1.0, "p90": 2.0, "p99": reward_p99, "max": reward_p99, "n": 12} if reward_p99 is not None
               else {"p50": None, "p90": None, "p99": None, "max": None, "n": 0})
     return {"mode": mode, "when": "2026-12-03T00:00:00", "machine": {"cpus": 2},
             "settings": {"size": size, "rois": rois, "rate_hz": rate, "duration_s": duration, "console": console,
                          "scope": "cloose", "overrides": []},
-            "load_avg_1min_at_start_end": list(load), "late_decisions": late, "frames_dropped": dropped,
+            "load_avg_1min_at_start_end": list(load), "cpu_steal_pct": steal, "late_decisions": late,
+            "frames_dropped": dropped,
             "ok": ok, "session": "/tmp/s", "frames": 1800, "frames_acquired": 1800 + dropped,
             "rewards_delivered": 12, "rewards_failed": 0, "processes": {"decoder": {"cpu_percent": 5.0,
                                                                                   "peak_rss_mb": 170.0}},
@@ -41,11 +42,11 @@ def verdicts(mode, result):
 
 def test_the_headline_takes_the_figures_issue_21_names():
     head = headline(fake_result(p50=1.25, p99=4.5, mx=9.75, reward_p99=3.5, dropped=2, late=3, fps=29.9,
-                                load=(1.2, 2.4)))
+                                load=(1.2, 2.4), steal=17.5))
     assert head["decision_p50_ms"] == 1.25 and head["decision_p99_ms"] == 4.5 and head["decision_max_ms"] == 9.75
     assert head["reward_written_p99_ms"] == 3.5 and head["reward_n"] == 12
     assert (head["late_decisions"], head["frames_dropped"], head["frames_per_s"]) == (3, 2, 29.9)
-    assert (head["load_start"], head["load_end"]) == (1.2, 2.4)
+    assert (head["load_start"], head["load_end"], head["cpu_steal_pct"]) == (1.2, 2.4, 17.5)
 
 
 def test_realtime_targets_each_met_or_not_at_their_limits():
@@ -101,3 +102,18 @@ def test_the_summary_gives_each_run_its_verdicts_and_the_median_its_own():
 def test_a_failed_session_makes_the_summary_not_ok():
     summary = summarize([fake_result(), fake_result(ok=False)], [Path("a.json"), Path("b.json")])
     assert summary["ok"] is False
+
+
+def test_steal_is_the_hypervisors_share_of_the_cpu_time_between_two_snapshots():
+    from collections import namedtuple
+
+    from rig.offline.bench import steal_percent
+
+    linux = namedtuple("scputimes", "user nice system idle iowait irq softirq steal guest guest_nice")
+    before = linux(100.0, 0.0, 20.0, 800.0, 0.0, 0.0, 0.0, 10.0, 5.0, 0.0)
+    # 60 s of the machine's CPU: 30 user (2 of them guest, counted in user already), 12 stolen, 18 idle
+    after = linux(130.0, 0.0, 20.0, 818.0, 0.0, 0.0, 0.0, 22.0, 7.0, 0.0)
+    assert steal_percent(before, after) == 20.0
+    windows = namedtuple("scputimes", "user system idle interrupt dpc")
+    assert steal_percent(windows(1.0, 1.0, 1.0, 0.0, 0.0), windows(2.0, 2.0, 2.0, 0.0, 0.0)) is None
+    assert steal_percent(before, before) is None  # no time passed: no share

@@ -26,6 +26,7 @@ HEADLINE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("frames_per_s", "frames/s", "{:.1f}"),
     ("load_start", "load0", "{:.2f}"),
     ("load_end", "load1", "{:.2f}"),
+    ("cpu_steal_pct", "steal %", "{:.1f}"),
 )
 
 
@@ -75,7 +76,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "decision_n": dec.get("n", 0), "reward_written_p99_ms": rew.get("p99"), "reward_n": rew.get("n", 0),
         "late_decisions": result.get("late_decisions"), "frames_dropped": result.get("frames_dropped"),
         "frames_per_s": (result.get("throughput") or {}).get("decoder_frames_per_s"),
-        "load_start": load[0], "load_end": load[1],
+        "load_start": load[0], "load_end": load[1], "cpu_steal_pct": result.get("cpu_steal_pct"),
     }
 
 
@@ -170,7 +171,7 @@ def format_summary(summary: dict[str, Any], targets: bool) -> str:
     """The table of all runs and their median; with ``targets`` also each target's verdict per run."""
     titles = [title for _, title, _ in HEADLINE_COLUMNS]
     lines = [f"\nrig bench — mode {summary['mode']} — {summary['repeat']} run(s), latencies in ms (frame ready -> "
-             "decision p50/p99/max, -> reward bytes written p99), 1-min load average at start/end",
+             "decision p50/p99/max, -> reward bytes written p99), 1-min load average at start/end, CPU steal %",
              f"{'run':8s}" + "".join(f"{t:>10s}" for t in titles) + ("  targets" if targets else "")]
     rows = [(f"run {r['run']}", r["headline"], r["targets"]) for r in summary["runs"]]
     rows.append(("median", summary["median"], summary["median_targets"]))
