@@ -107,3 +107,65 @@ def test_replay_takes_the_live_rows_of_the_frames_the_movie_lost(tmp_path, capsy
     result = last_json(out)
     assert result["mismatches"] == 0 and code == 0, err
     assert result["traces_checked"] == N_FRAMES - len(DROPPED)
+
+
+def test_the_replay_moves_the_registrar_over_a_lost_frame_as_the_live_pipeline_moved():
+    """``rig replay``'s step for a frame the movie lost (``_observe_lost_frame``) on the real pipeline, fed the
+    rows ``frames.rec`` holds (float32 shifts): the frames after the gap get the live F and Fneu bit for bit.
+    Without it they differ (the tracked crop sat where the frame before the gap left it); a lost frame the live
+    pipeline did not register (unusable, or no shift) moves nothing."""
+    from acquisition.config import RegistrationConfig
+    from acquisition.pipeline import FramePipeline
+    from acquisition.recording import frame_record_dtype
+    from acquisition.rois import RoiSet
+    from acquisition.validate import FrameFlag
+    from rig.offline.replay import _observe_lost_frame
+    from tests.test_acq_synth import make_movie
+
+    movie = make_movie(T=40, Ly=256, Lx=256, n_cells=20, max_shift=6.0, seed=5)
+    rois = RoiSet(stat=movie.stat, iscell=np.ones((len(movie.stat), 2)), Ly=256, Lx=256)
+
+    def pipeline() -> FramePipeline:  # 4x binning at 256 px: the fine crop, so tracking, is on
+        return FramePipeline(rois, reference=movie.reference,
+                             registration=RegistrationConfig(bin_factor=4, quality_frames=10))
+
+    live = pipeline()
+    rows = np.zeros(len(movie.frames), frame_record_dtype(rois.n_rois))
+    for i, frame in enumerate(movie.frames):
+        r = live.process(frame)
+        rows[i]["dy"], rows[i]["dx"], rows[i]["corr"], rows[i]["flags"] = r.dy, r.dx, r.corr, int(r.flags)
+        rows[i]["F"], rows[i]["Fneu"] = r.F, r.Fneu
+    whole = np.rint(np.stack([rows["dy"], rows["dx"]], axis=1)).astype(int)
+    # two frames lost where the whole-pixel shift changed across them, so where the tracked crop sits matters
+    gap = next(i for i in range(12, len(rows) - 3) if (whole[i - 1] != whole[i + 1]).any())
+    lost = (gap, gap + 1)
+
+    def replay(observe: bool) -> np.ndarray:
+        pipe = pipeline()
+        out = rows.copy()
+        for i, frame in enumerate(movie.frames):
+            if i in lost:
+                if observe:
+                    _observe_lost_frame(pipe, rows[i])
+                continue
+            r = pipe.process(frame)
+            out[i]["F"], out[i]["Fneu"] = r.F, r.Fneu
+        return out
+
+    kept = [i for i in range(len(rows)) if i not in lost]
+    replayed = replay(observe=True)
+    assert (replayed["F"][kept] == rows["F"][kept]).all() and (replayed["Fneu"][kept] == rows["Fneu"][kept]).all()
+    unobserved = replay(observe=False)
+    assert not (unobserved["F"][gap + 2:] == rows["F"][gap + 2:]).all()
+
+    # a lost frame the live pipeline could not use moves nothing: the next frame is as if it never was
+    for bad in ({"flags": int(FrameFlag.ALL_ZERO)}, {"flags": int(FrameFlag.NOT_REGISTERED)}, {"dy": np.nan}):
+        moved, untouched = pipeline(), pipeline()
+        for pipe in (moved, untouched):
+            for frame in movie.frames[:gap]:
+                pipe.process(frame)
+        row = rows[gap].copy()
+        for name, value in bad.items():
+            row[name] = value
+        _observe_lost_frame(moved, row)
+        assert (moved.process(movie.frames[gap + 1]).F == untouched.process(movie.frames[gap + 1]).F).all(), bad
