@@ -139,6 +139,11 @@ class SlotRingWriter:
         self._closing = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
+        # when put() wakes the thread: at once while it waits for a first frame (the batch's clock starts then) or
+        # writes from the slot; otherwise once an eighth of a batch is queued (or at the batch's deadline, when
+        # it wakes by itself). Waking it for each frame cost the loop a thread switch per frame at 1 kHz.
+        self._idle = False  # the thread waits for a batch's first frame, with no deadline
+        self._wake_at = 1 if self._write_from_slot else max(1, min(batch_frames // 8, buffer_frames // 4))
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
         self._fd = os.open(self.path, flags, 0o644)
         self._thread = threading.Thread(target=self._run, name=f"write-{self.path.name}", daemon=True)
@@ -181,7 +186,8 @@ class SlotRingWriter:
         with self._cond:
             self._queue.append((slot, time.monotonic_ns()))
             self._put += 1
-            self._cond.notify()
+            if self._idle or len(self._queue) >= self._wake_at:
+                self._cond.notify()
         if lost:
             self.frames_lost += 1
             if self._on_lost is not None:
@@ -219,7 +225,9 @@ class SlotRingWriter:
             with self._cond:
                 while not self._queue and not self._closing:
                     if not n:
+                        self._idle = True
                         self._cond.wait()
+                        self._idle = False
                         continue
                     remaining_s = (first_ns + self._batch_ns - time.monotonic_ns()) / 1e9
                     if remaining_s <= 0:
