@@ -19,7 +19,7 @@ from rig.offline.bench_summary import (
 
 
 def fake_result(mode="realtime", p50=1.5, p99=4.0, mx=8.0, reward_p99=4.5, dropped=0, late=0, fps=30.0,
-                load=(0.5, 0.7), console=True, size=512, rois=500, rate=30.0, duration=60.0, ok=True, steal=3.5):
+                load=(0.5, 0.7), console=True, size=512, rois=500, rate=30.0, duration=60.0, ok=True, steal=0.5):
     """A result dict shaped as rig.offline.bench.run_bench returns it."""
     reward = ({"p50": 1.0, "p90": 2.0, "p99": reward_p99, "max": reward_p99, "n": 12} if reward_p99 is not None
               else {"p50": None, "p90": None, "p99": None, "max": None, "n": 0})
@@ -93,7 +93,7 @@ def test_the_summary_gives_each_run_its_verdicts_and_the_median_its_own():
     text = format_summary(summary, targets=True)
     p50_row = next(line for line in text.splitlines() if line.startswith("frame ready->decision p50"))
     assert p50_row.split(" ms", 1)[1].split() == ["met", "NOT", "MET", "met", "met"]  # run 2 only; the median met
-    assert "median" in text and "other conditions" not in text
+    assert "median" in text and "other conditions" not in text and "hypervisor" not in text  # 0.5 % steal: quiet
     assert "NOT MET" not in format_summary(summary, targets=False)
     with pytest.raises(ValueError, match="no run"):
         summarize([], [])
@@ -117,3 +117,12 @@ def test_steal_is_the_hypervisors_share_of_the_cpu_time_between_two_snapshots():
     windows = namedtuple("scputimes", "user system idle interrupt dpc")
     assert steal_percent(windows(1.0, 1.0, 1.0, 0.0, 0.0), windows(2.0, 2.0, 2.0, 0.0, 0.0)) is None
     assert steal_percent(before, before) is None  # no time passed: no share
+
+
+def test_runs_on_a_busy_host_are_named_under_the_table():
+    results = [fake_result(steal=0.1), fake_result(steal=8.9), fake_result(steal=None)]
+    text = format_summary(summarize(results, [Path(f"/tmp/b-run{k}.json") for k in (1, 2, 3)]), targets=True)
+    note = next(line for line in text.splitlines() if "hypervisor" in line)
+    assert "run 2 (8.9 %)" in note and "run 1" not in note and "run 3" not in note
+    quiet = format_summary(summarize([fake_result(steal=0.2)], [Path("/tmp/b.json")]), targets=False)
+    assert "hypervisor" not in quiet

@@ -30,6 +30,11 @@ HEADLINE_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: CPU steal (%) from which a run's tails are said to measure the host (docs/PERFORMANCE.md: at 1–9 % steal the same
+#: code's decision p99 was 6.5–20.6 ms on our VM, at 0.1–0.2 % 3.7–5.0)
+BUSY_HOST_STEAL_PCT = 1.0
+
+
 @dataclass(frozen=True)
 class Target:
     """One of issue 21's targets: ``figure`` (a headline key) compared with ``limit``."""
@@ -190,4 +195,10 @@ def format_summary(summary: dict[str, Any], targets: bool) -> str:
         if summary["target_conditions_differ"]:
             lines.append("(issue 21 sets these targets under other conditions; this run differs: "
                          + "; ".join(summary["target_conditions_differ"]) + ")")
+    busy = [(r["run"], r["headline"].get("cpu_steal_pct")) for r in summary["runs"]]
+    busy = [(run, steal) for run, steal in busy if steal is not None and steal >= BUSY_HOST_STEAL_PCT]
+    if busy:
+        lines.append("(the hypervisor took CPU from this machine during "
+                     + ", ".join(f"run {run} ({steal:.1f} %)" for run, steal in busy)
+                     + ": those runs' tails measure the host as much as the rig; compare runs at ~0 % steal)")
     return "\n".join(lines)
