@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.fft as sfft
 
 from acquisition.config import RegistrationConfig
 from acquisition.reg_correlator import PhaseCorrelator, spatial_taper_mask
@@ -295,13 +294,18 @@ def shift_image_integer(image: np.ndarray, dy: int, dx: int, fill: float = 0.0) 
 
 
 def shift_image_subpixel(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
-    """Move ``image`` content by (dy, dx) pixels with a Fourier shift (wraps around; for reference building)."""
+    """Move ``image`` content by (dy, dx) pixels with a Fourier shift (wraps around; for reference building).
+
+    The phase ramp is separable, exp(-2πi(ky·dy + kx·dx)) = exp(-2πi ky·dy) · exp(-2πi kx·dx): two vectors of
+    exponentials instead of one per frequency; with ducc0's float64 FFTs, 3.0 ms instead of 9.9 at 512x512 (the
+    reference refinement shifts every frame it averages, in the acquisition process). Equal to ~1e-15."""
     Ly, Lx = image.shape
-    spec = sfft.rfft2(np.asarray(image, dtype=np.float64))
-    ky = np.fft.fftfreq(Ly)[:, None]
-    kx = np.fft.rfftfreq(Lx)[None, :]
-    spec *= np.exp(-2j * np.pi * (ky * dy + kx * dx))
-    return sfft.irfft2(spec, s=(Ly, Lx))
+    fft = RealFft2()
+    spec = np.empty((Ly, Lx // 2 + 1), np.complex128)
+    fft.r2c(np.asarray(image, dtype=np.float64), spec)
+    spec *= np.exp(-2j * np.pi * np.fft.fftfreq(Ly) * dy)[:, None]
+    spec *= np.exp(-2j * np.pi * np.fft.rfftfreq(Lx) * dx)[None, :]
+    return fft.c2r(spec, Lx, np.empty((Ly, Lx)))
 
 
 def build_reference(frames: np.ndarray, *, maxregshift: float = 0.1, smooth_sigma: float = 1.3,

@@ -444,6 +444,17 @@ def test_a_lost_frame_observed_from_its_record_keeps_the_sequence_bit_exact(pmt_
     assert skipped != kept  # without observe() the frames after a gap differ (here: where the crop sat)
 
 
+def test_the_fourier_shift_is_the_phase_ramp_and_moves_whole_pixels_as_a_roll():
+    """shift_image_subpixel's separable ramp against the per-frequency one written out, and whole shifts."""
+    image = np.random.default_rng(4).random((48, 61)).astype(np.float32)
+    dy, dx = 1.37, -2.81
+    ky, kx = np.fft.fftfreq(48)[:, None], np.fft.rfftfreq(61)[None, :]
+    direct = np.fft.irfft2(np.fft.rfft2(image.astype(np.float64)) * np.exp(-2j * np.pi * (ky * dy + kx * dx)),
+                           s=(48, 61))
+    np.testing.assert_allclose(shift_image_subpixel(image, dy, dx), direct, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(shift_image_subpixel(image, 3, -5), np.roll(image, (3, -5), axis=(0, 1)), atol=1e-6)
+
+
 def test_warm_up_leaves_no_trace_in_what_the_next_frames_get():
     """The warm-up before frame 0 must not change a single shift of the session: same frames, same results, with
     and without it (baseline, tracking prediction and counters restored)."""
