@@ -126,3 +126,19 @@ def test_runs_on_a_busy_host_are_named_under_the_table():
     assert "run 2 (8.9 %)" in note and "run 1" not in note and "run 3" not in note
     quiet = format_summary(summarize([fake_result(steal=0.2)], [Path("/tmp/b.json")]), targets=False)
     assert "hypervisor" not in quiet
+
+
+def test_rewards_that_failed_are_counted_by_why(tmp_path):
+    from rig.core.store import EventLog
+    from rig.offline.bench import reward_failures
+
+    log = EventLog(tmp_path / "reward" / "events.jsonl")
+    log.write("reward_outcome", request_id="dec-1", status="delivered", reason="")
+    for k in (2, 3):
+        log.write("reward_outcome", request_id=f"dec-{k}", status="refused",
+                  reason=f"minimum interval: 0.04{k} s since the last valve opening < 0.05 s")
+    log.write("reward_outcome", request_id="dec-4", status="failed", reason="")
+    log.write("lick", t_ns=1)
+    log.close()
+    assert reward_failures(tmp_path) == {"refused: minimum interval": 2, "failed": 1}
+    assert reward_failures(tmp_path / "nothing") == {}

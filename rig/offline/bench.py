@@ -179,6 +179,17 @@ def stage_latencies(session: Path) -> dict[str, Any]:
     return stages
 
 
+def reward_failures(session: Path) -> dict[str, int]:
+    """Why rewards were not delivered: outcome status and the reason's first clause, counted (e.g. a replay at
+    speed is refused by ``reward.min_interval_s``, which is the safety limit working, not a fault)."""
+    out: dict[str, int] = {}
+    for o in read_events(session / "reward" / "events.jsonl", {"reward_outcome"}):
+        if o.get("status") != "delivered":
+            why = f"{o.get('status')}: {str(o.get('reason') or '').split(':')[0]}".rstrip(": ")
+            out[why] = out.get(why, 0) + 1
+    return out
+
+
 def _throughput(session: Path) -> dict[str, float]:
     acq = read_records(session / "acquisition" / "frames.rec")
     dec = read_records(session / "decoder" / "decisions.rec")
@@ -346,6 +357,7 @@ def run_bench(args: argparse.Namespace, plan: BenchPlan, run: int = 0) -> dict[s
         "frames_dropped": summary.get("frames_dropped"),
         "rewards_delivered": summary.get("rewards_delivered"),
         "rewards_failed": summary.get("rewards_failed"),
+        "reward_failures": reward_failures(session),
         "latency_ms": stage_latencies(session),
         "throughput": _throughput(session),
         "processes": sampler.report(),
@@ -359,9 +371,10 @@ def run_bench(args: argparse.Namespace, plan: BenchPlan, run: int = 0) -> dict[s
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"\nrig bench — mode {result['mode']} — {result['settings']}")
+    why = ", ".join(f"{n} {reason}" for reason, n in (result.get("reward_failures") or {}).items())
     print(f"frames decided {result['frames']}, acquired {result['frames_acquired']}, dropped "
           f"{result['frames_dropped']}; rewards delivered {result['rewards_delivered']}, failed "
-          f"{result['rewards_failed']}")
+          f"{result['rewards_failed']}" + (f" ({why})" if why else ""))
     print(f"\n{'latency (ms)':46s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'max':>8s} {'n':>7s}")
     for stage, st in result["latency_ms"].items():
         if st["n"]:
