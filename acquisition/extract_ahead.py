@@ -84,18 +84,33 @@ class ExtractAhead:
         self.missed = [0, 0]  # frames whose whole shift for cells / neuropil had not been computed
         self.gave_up = 0  # computations the loop stopped waiting for (made by the loop instead)
         self.busy = 0  # frames not given to the worker: it was still computing for an earlier one
+        self.rehearsals = 0  # pre-warms: computations on the last frame whose results nobody takes
 
     def submit(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> bool:
         """Start ``frame``'s cell reads at each of ``cells_at`` and its neuropil at each of ``neuropil_at`` (the
         likeliest first); ``frame`` must stay unchanged until :meth:`take`. False (nothing started: the loop
         computes this frame itself) while the worker is still busy with an earlier frame."""
+        started = self._start(frame, cells_at, neuropil_at)
+        if not started:
+            self.busy += 1
+        return started
+
+    def rehearse(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> bool:
+        """The pre-warm (acquisition.pacer): compute on ``frame`` (the last one) as :meth:`submit` would, shortly
+        before the next frame is due, so that the worker's code and data are warm on its CPU when it comes. The
+        results are never taken: the next :meth:`submit` forgets them. False while the worker is busy."""
+        started = self._start(frame, cells_at, neuropil_at)
+        if started:
+            self.rehearsals += 1
+        return started
+
+    def _start(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> bool:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="extract-ahead", daemon=True)
             self._thread.start()
         with self._cond:
             self._raise_error()
             if self._running is not None:
-                self.busy += 1
                 return False
             self._frame = frame
             for done in self._done:

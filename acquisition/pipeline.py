@@ -299,9 +299,15 @@ class FramePipeline:
 
     def prewarm(self) -> None:
         """Register the last registered frame again, the result discarded, just before the next frame is due
-        (acquisition.pacer): the registration's code and buffers are then warm when it comes."""
-        if self.registrar is not None and self._last_registered is not None:
-            self.registrar.prewarm(self._last_registered)
+        (acquisition.pacer): the registration's code and buffers are then warm when it comes. The extraction
+        worker, when used, meanwhile computes the last frame's cells and neuropil at its likeliest whole shifts on
+        its own CPU (results never taken), as it will for the next frame."""
+        if self.registrar is None or self._last_registered is None:
+            return
+        ahead, last = self._extract_ahead, self.extractor.last_shift
+        if ahead is not None and last is not None:
+            ahead.rehearse(self._last_registered, *whole_shift_candidates(*last, self.extractor.subpixel, 1))
+        self.registrar.prewarm(self._last_registered)
 
     def choose_extract_ahead(self, realtime: bool, paced: bool = True) -> dict[str, Any]:
         """With ``[acquisition.extraction] ahead = "auto"`` (the default), use the worker that computes the
@@ -415,12 +421,13 @@ class FramePipeline:
 
     def ahead_stats(self) -> dict[str, int] | None:
         """What the extraction worker did (None when it was not used): parts taken and missed, computations the
-        loop gave up waiting for, frames it was too busy to get."""
+        loop gave up waiting for, frames it was too busy to get, pre-warms it ran."""
         ahead = self._extract_ahead
         if ahead is None:
             return None
         return {"cells_taken": ahead.taken[0], "cells_missed": ahead.missed[0], "neuropil_taken": ahead.taken[1],
-                "neuropil_missed": ahead.missed[1], "gave_up": ahead.gave_up, "busy": ahead.busy}
+                "neuropil_missed": ahead.missed[1], "gave_up": ahead.gave_up, "busy": ahead.busy,
+                "rehearsals": ahead.rehearsals}
 
     def stats(self) -> dict[str, float]:
         out = {"frames": float(self.frames), "flagged_frames": float(self.flagged_frames)}

@@ -63,3 +63,26 @@ def test_the_pacer_pre_warms_once_a_lead_before_the_next_frame_is_due():
     for k in range(5):
         fast.arrived(k * ms)  # 1 kHz: a period shorter than twice the lead is never pre-warmed
     assert not fast.due(10 * ms)
+
+
+def test_a_rehearsal_warms_the_worker_and_its_results_are_never_taken():
+    """The pre-warm runs the worker on the last frame; the next frame's submit forgets what it computed, so a
+    take at the rehearsed shifts finds nothing of it. A rehearsal the busy worker cannot run is not a busy frame."""
+    release = threading.Event()
+    ahead = _worker(release)
+    frame = np.zeros((4, 4), np.uint16)
+    corners, neuropil = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+    try:
+        release.set()
+        assert ahead.rehearse(frame, [(1, 2)], [(1, 2)]) and ahead.rehearsals == 1
+        wait_for(lambda: ahead._running is None and not ahead._pending, 5, "the rehearsal computed")
+        assert ahead._done[0] and ahead._done[1]  # it did compute both parts
+        release.clear()  # the next frame's cells get stuck: only its neuropil at (7, 8) can be taken
+        assert ahead.submit(frame, [(7, 8)], [(7, 8)])
+        wait_for(lambda: ahead._running is not None, 5, "the worker started on the frame")
+        assert not ahead.rehearse(frame, [(1, 2)], [(1, 2)]) and ahead.rehearsals == 1 and ahead.busy == 0
+        assert ahead.take((1, 2), (1, 2), corners, neuropil) == (False, False)  # the rehearsal's are gone
+        assert not corners.any() and not neuropil.any()
+    finally:
+        release.set()
+        ahead.close()

@@ -9,6 +9,7 @@ from acquisition.extract_kernels import box_decomposition
 from acquisition.extraction import Extractor, cell_pixel_map
 from acquisition.registration import RigidRegistrar, shift_image_integer
 from acquisition.rois import RoiSet
+from tests.conftest import wait_for
 from tests.test_acq_registration import _peak_bytes_allocated
 from tests.test_acq_synth import make_movie
 
@@ -289,6 +290,32 @@ def test_extraction_computed_beside_registration_gives_the_same_numbers(movie):
     # the worker is stopped when registration ends, so what it reached depends on timing; never fewer hits
     # than frames whose shift was the last one's, which one candidate shows
     assert three.taken[0] >= one.taken[0] - 2 and three.taken[1] >= one.taken[1] - 2
+
+
+def test_the_worker_pre_warm_changes_no_number(movie):
+    """FramePipeline.prewarm between frames (as the pacer calls it) runs the worker on the last frame too; every
+    shift, F and Fneu stays what a pipeline without it gives."""
+    from acquisition.config import ExtractionConfig, RegistrationConfig
+    from acquisition.pipeline import FramePipeline
+
+    rois = _roi_set(movie)
+    plain = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead="always"))
+    warmed = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead="always"))
+    for i, frame in enumerate(movie.frames):
+        if i:
+            warmed.prewarm()
+            worker = warmed._extract_ahead
+            assert worker is not None
+            wait_for(lambda w=worker: w._running is None and not w._pending, 5, "the rehearsal done")
+        a, b = warmed.process(frame), plain.process(frame)
+        np.testing.assert_array_equal(a.F, b.F)
+        np.testing.assert_array_equal(a.Fneu, b.Fneu)
+        assert (a.dy, a.dx, a.corr, a.flags) == (b.dy, b.dx, b.corr, b.flags)
+    stats = warmed.ahead_stats()
+    assert stats["rehearsals"] == len(movie.frames) - 1 and stats["busy"] == 0  # before each frame after the first
+    assert plain.ahead_stats()["rehearsals"] == 0
+    for pipeline in (plain, warmed):
+        pipeline.close()
 
 
 def test_whole_shift_candidates_rank_the_last_shift_then_its_nearest_neighbours():
