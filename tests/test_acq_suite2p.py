@@ -11,6 +11,7 @@ import pytest
 from acquisition.extraction import Extractor
 from acquisition.registration import RigidRegistrar
 from acquisition.rois import RoiSet
+from tests.conftest import wait_for
 from tests.test_acq_synth import make_movie, make_pmt_movie
 
 pytestmark = pytest.mark.suite2p
@@ -145,18 +146,25 @@ def test_pipeline_fluorescence_matches_truth_and_suite2p(pmt_suite2p):
     rois = load_suite2p(plane)
     assert rois.n_rois >= 10
     pipe = FramePipeline(rois)
-    # the same with the extraction computed beside registration (acquisition.extract_ahead): the same numbers
+    # the same with the extraction computed beside registration (acquisition.extract_ahead), pre-warmed between
+    # frames as the pacer does (registration and the worker run on the last frame): the same numbers
     ahead = FramePipeline(rois, extraction=ExtractionConfig(ahead="always"))
     T, n = movie.frames.shape[0], rois.n_rois
     F, est = np.empty((T, n)), np.empty((T, 2))
     for t, frame in enumerate(movie.frames):
         res = pipe.process(frame)
         F[t], est[t] = res.F, (res.dy, res.dx)
+        if t:
+            ahead.prewarm()
+            worker = ahead._extract_ahead
+            assert worker is not None
+            wait_for(lambda w=worker: w._running is None and not w._pending, 5, "the worker's pre-warm done")
         beside = ahead.process(frame)
         np.testing.assert_array_equal(beside.F, res.F)
         np.testing.assert_array_equal(beside.Fneu, res.Fneu)
     worker = ahead.ahead_stats()
     assert worker is not None and worker["cells_taken"] > 0 and worker["neuropil_taken"] > 0
+    assert worker["rehearsals"] == T - 1
     ahead.close()
     # the truth: the same masks on the noiseless frames moved into the reference's coordinates
     offset = (est - movie.shifts).mean(axis=0)

@@ -146,6 +146,7 @@ def steal_percent(before: Any, after: Any) -> float | None:
     moves the latency tails from day to day. None where the OS does not report it (Windows, macOS)."""
     if not hasattr(before, "steal"):
         return None
+
     def total(t: Any) -> float:  # guest time is already counted in user / nice on Linux
         return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
     spent = total(after) - total(before)
