@@ -109,6 +109,34 @@ def test_a_background_thread_leaves_the_real_time_policy_it_inherited():
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_FIFO"), reason="SCHED_FIFO is Linux's")
+def test_the_zmq_io_threads_already_running_get_the_loops_real_time_policy():
+    """libzmq starts its I/O threads with a process's first socket, before rig.priority is applied: left alone
+    they stay SCHED_OTHER and every bus message waits behind the SCHED_FIFO loop threads. Only they are raised."""
+    import zmq
+
+    from rig.core.realtime import FIFO_PRIORITY, raise_zmq_io_threads, zmq_io_threads
+
+    before = set(zmq_io_threads())  # other tests' contexts, put back as they were at the end
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUB)  # starts the context's I/O thread
+    try:
+        wait_for(lambda: set(zmq_io_threads()) - before, 5, "the new context's I/O thread")
+        mine = set(zmq_io_threads()) - before
+        assert all(os.sched_getscheduler(t) == os.SCHED_OTHER for t in mine)
+        if raise_zmq_io_threads():
+            pytest.skip("SCHED_FIFO refused here (no root / CAP_SYS_NICE)")
+        for tid in mine:
+            assert os.sched_getscheduler(tid) == os.SCHED_FIFO
+            assert os.sched_getparam(tid).sched_priority == FIFO_PRIORITY
+        assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER  # the caller is not touched
+    finally:
+        for tid in before & set(zmq_io_threads()):
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        sock.close(0)
+        ctx.term()
+
+
 def test_the_live_reference_build_runs_its_thread_start_hook_and_reports_a_refusal():
     """The background reference build, like the refinement, first runs ``on_thread_start`` in its own thread (the
     acquisition process lowers it there); what the OS refused comes back as a reference event."""

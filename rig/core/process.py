@@ -42,7 +42,13 @@ from rig.core.auth import BUS_DOMAIN, CurveKeys, ZapHandler, ZapPolicy, load_rig
 from rig.core.bus import Publisher, Subscriber
 from rig.core.clock import now_ns
 from rig.core.platform_signals import StopHandlers, install_stop_handlers
-from rig.core.realtime import background_cpus, scheduling_policy, set_realtime_scheduling
+from rig.core.realtime import (
+    background_cpus,
+    raise_zmq_io_threads,
+    scheduling_policy,
+    set_realtime_scheduling,
+    zmq_io_threads,
+)
 from rig.core.schema import Control, Heartbeat, Message, ProcessError, RigWarning, StateChange
 from rig.core.store import EventLog
 
@@ -307,9 +313,13 @@ class RigProcess:
         if decision == "raise" and rig_cfg.priority == "realtime":
             refused = set_realtime_scheduling()
             self.realtime_scheduling = not refused
-            self.events.write("scheduling", policy=scheduling_policy(), refused=refused)
+            io_refused = "" if refused else raise_zmq_io_threads()
+            self.events.write("scheduling", policy=scheduling_policy(), refused=refused,
+                              zmq_io_threads=len(zmq_io_threads()), zmq_io_refused=io_refused)
             if refused:
                 self.warn("priority_refused", f"{self.name}: {refused}; running at normal priority")
+            elif io_refused:
+                self.warn("priority_refused", f"{self.name}: {io_refused}; the bus's messages may wait for a CPU")
             decision = "keep"
         if not cpus and decision != "raise":
             return

@@ -39,6 +39,42 @@ def set_realtime_scheduling() -> str:
     return ""
 
 
+def zmq_io_threads() -> list[int]:
+    """Native ids of this process's ZeroMQ I/O threads (Linux: named ``ZMQbg/IO/<n>`` by libzmq)."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return []
+    found = []
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/comm", encoding="utf-8", errors="replace") as comm:
+                name = comm.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if name.startswith("ZMQbg/IO/"):
+            found.append(int(tid))
+    return sorted(found)
+
+
+def raise_zmq_io_threads(priority: int = FIFO_PRIORITY) -> str:
+    """SCHED_FIFO for the ZeroMQ I/O threads that already run in this process. Returns "" or what was refused.
+
+    Why: every bus message passes through the sender's and the receiver's I/O thread. libzmq starts them with
+    the process's first socket, before ``rig.priority`` is applied, so they stayed at normal priority while the
+    loop's threads ran at SCHED_FIFO, and they waited for a CPU whenever those kept both busy (docs/PERFORMANCE.md:
+    the bus hop). Threads started later inherit the creating thread's policy. Windows' priority class covers every
+    thread of the process; elsewhere there is nothing to do."""
+    if not hasattr(os, "SCHED_FIFO"):
+        return ""
+    problems = []
+    for tid in zmq_io_threads():
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        except OSError as exc:
+            problems.append(f"ZeroMQ I/O thread {tid}: SCHED_FIFO refused ({exc.strerror or exc})")
+    return "; ".join(problems)
+
+
 def scheduling_policy() -> str:
     """The OS scheduling policy of this process, for the record ("fifo", "other", ...)."""
     if not hasattr(os, "sched_getscheduler"):
