@@ -119,6 +119,32 @@ def test_steal_is_the_hypervisors_share_of_the_cpu_time_between_two_snapshots():
     assert steal_percent(before, before) is None  # no time passed: no share
 
 
+def test_the_quiet_host_wait_ends_at_the_first_quiet_window_or_says_it_gave_up():
+    from collections import namedtuple
+
+    from rig.offline.bench import wait_for_quiet_host
+
+    cpu = namedtuple("scputimes", "user system idle steal")
+    windows = iter([(0, 0, 0, 0), (40, 0, 40, 20),  # 20 % stolen
+                    (40, 0, 40, 20), (90, 0, 89, 21),  # 1 %: not below the limit
+                    (90, 0, 89, 21), (140, 0, 139.5, 21.5)])  # 0.5 %: quiet
+
+    def sample() -> object:
+        return cpu(*next(windows))
+    said: list[str] = []
+    slept: list[float] = []
+    got = wait_for_quiet_host(60, 3.0, sample=sample, sleep=slept.append, say=said.append)
+    assert got == {"waited_s": 6.0, "steal_pct": 0.5, "quiet": True}
+    assert slept == [3.0] * 3 and len(said) == 2 and "20.0 %" in said[0] and "1.0 %" in said[1]
+    busy = iter([cpu(0, 0, 0, 0), cpu(40, 0, 40, 20)] * 3)
+    said.clear()
+    got = wait_for_quiet_host(6, 3.0, sample=lambda: next(busy), sleep=lambda s: None, say=said.append)
+    assert got == {"waited_s": 6.0, "steal_pct": 20.0, "quiet": False} and "running anyway" in said[-1]
+    windows_os = namedtuple("scputimes", "user system idle")  # no steal counter: quiet at once
+    assert wait_for_quiet_host(60, sample=lambda: windows_os(1, 1, 1), sleep=lambda s: None, say=said.append) == {
+        "waited_s": 0.0, "steal_pct": None, "quiet": True}
+
+
 def test_runs_on_a_busy_host_are_named_under_the_table():
     results = [fake_result(steal=0.1), fake_result(steal=8.9), fake_result(steal=None)]
     text = format_summary(summarize(results, [Path(f"/tmp/b-run{k}.json") for k in (1, 2, 3)]), targets=True)

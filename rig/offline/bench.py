@@ -28,6 +28,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rig.core.store import read_events, read_records
-from rig.offline.bench_summary import check_targets, format_summary, headline, print_headline, summarize
+from rig.offline.bench_summary import (
+    BUSY_HOST_STEAL_PCT,
+    check_targets,
+    format_summary,
+    headline,
+    print_headline,
+    summarize,
+)
 from rig.offline.feedback import bench_stages as feedback_bench_stages
 from rig.offline.scope_twin import TWIN_SCOPES, TwinMovie, TwinSender, free_port, render_twin_frames, rig_overrides
 from rig.offline.summary import percentiles_ms
@@ -61,6 +69,8 @@ per process. A table on screen, the full result as JSON.
                                       three runs back to back (a fresh rig each, the same twin frames), a
                                       table of their headline figures and median, and issue 21's targets
                                       met / not met per run
+  rig bench ... --quiet-host 300      on a shared VM: before each run, wait (up to 300 s) until the
+                                      hypervisor takes < 1 % of the CPU, so the run measures the rig
 
 The twin (and the throughput movie) renders the simulator as the rig's config would: --config, then the
 bench's settings, then every --set (so --set acquisition.sim.n_planes=2 --scope zmq sends two planes).
@@ -151,6 +161,29 @@ def steal_percent(before: Any, after: Any) -> float | None:
         return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
     spent = total(after) - total(before)
     return round(100.0 * (after.steal - before.steal) / spent, 1) if spent > 0 else None
+
+
+def wait_for_quiet_host(max_wait_s: float, window_s: float = 3.0, limit_pct: float = BUSY_HOST_STEAL_PCT, *,
+                        sample: Callable[[], Any] = cpu_times_snapshot, sleep: Callable[[float], None] = time.sleep,
+                        say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Before a run (``--quiet-host``): wait, at most ``max_wait_s``, for a ``window_s`` window in which the
+    hypervisor took less than ``limit_pct`` % of the CPU time, so that the run measures the rig and not the
+    host. Returns what happened, for the run's JSON; a host that reports no steal (Windows, bare metal) is quiet
+    at once, and a host that stays busy is said and the run goes ahead."""
+    waited, last = 0.0, None
+    while True:
+        before = sample()
+        sleep(window_s)
+        last = steal_percent(before, sample())
+        if last is None or last < limit_pct:
+            return {"waited_s": round(waited, 1), "steal_pct": last, "quiet": True}
+        waited += window_s
+        if waited >= max_wait_s:
+            say(f"[bench] the host is still busy after {waited:g} s (steal {last:.1f} % over the last {window_s:g} s):"
+                " running anyway; compare this run with care")
+            return {"waited_s": round(waited, 1), "steal_pct": last, "quiet": False}
+        say(f"[bench] waiting for a quiet host: the hypervisor took {last:.1f} % of the CPU over the last "
+            f"{window_s:g} s (waited {waited:g} of {max_wait_s:g} s)")
 
 
 def stage_latencies(session: Path) -> dict[str, Any]:
@@ -305,6 +338,7 @@ def run_bench(args: argparse.Namespace, plan: BenchPlan, run: int = 0) -> dict[s
 
     if args.console and not os.environ.get("DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the console still renders, off screen
+    quiet = wait_for_quiet_host(args.quiet_host, say=lambda line: print(line, flush=True)) if args.quiet_host else None
     load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     cpu_at_start = cpu_times_snapshot()
     overrides, twin = plan.overrides(args)
@@ -349,6 +383,7 @@ def run_bench(args: argparse.Namespace, plan: BenchPlan, run: int = 0) -> dict[s
         "load_avg_1min_at_start_end": [load_at_start, round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg")
                                        else None],
         "cpu_steal_pct": steal_percent(cpu_at_start, cpu_times_snapshot()),
+        "quiet_host_wait": quiet,
         "scope_twin": sent,
         "late_decisions": summary.get("late_decisions"),
         "late_decision_causes": summary.get("late_decision_causes"),
@@ -471,6 +506,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config overrides, applied last; acquisition.sim.* ones (and any that change the sim, "
                         "e.g. acquisition.frame_rate_hz) also reach the twin's or the replay movie's rendering")
+    p.add_argument("--quiet-host", type=float, default=0.0, metavar="S",
+                   help="before each run, wait up to S seconds for 3 s in which the hypervisor took < 1 %% of the "
+                        "CPU (steal; shared VMs only), so the run measures the rig, not its neighbours (default 0: "
+                        "no wait); a host still busy is said and the run goes ahead")
     p.add_argument("--verbose", action="store_true", help="show the supervisor's log")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
