@@ -86,6 +86,12 @@ class ExtractAhead:
         self.busy = 0  # frames not given to the worker: it was still computing for an earlier one
         self.rehearsals = 0  # pre-warms: computations on the last frame whose results nobody takes
 
+    @property
+    def idle(self) -> bool:
+        """Nothing being computed or waiting to be: a :meth:`submit` or :meth:`rehearse` now would start."""
+        with self._cond:
+            return self._running is None and not self._pending
+
     def submit(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> bool:
         """Start ``frame``'s cell reads at each of ``cells_at`` and its neuropil at each of ``neuropil_at`` (the
         likeliest first); ``frame`` must stay unchanged until :meth:`take`. False (nothing started: the loop

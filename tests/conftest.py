@@ -59,6 +59,17 @@ def close_child(proc, sub, pub, ctx) -> None:
     ctx.term()
 
 
+def prewarm_between_frames(pipeline: Any) -> None:
+    """FramePipeline.prewarm as the pacer calls it, made deterministic for a test: the last frame's hand-off may
+    leave the extraction worker finishing a shift nobody took (a rehearsal asked then is refused, as in a session
+    it would be), so wait for it first; then wait for the rehearsal to finish, so the next frame finds it idle."""
+    worker = pipeline._extract_ahead
+    assert worker is not None, "the pipeline has no extraction worker"
+    wait_for(lambda: worker.idle, 5, "the last frame's work done")
+    pipeline.prewarm()
+    wait_for(lambda: worker.idle, 5, "the rehearsal done")
+
+
 def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, what: str = "condition",
              poll_s: float = 0.01) -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test naming ``what`` on timeout."""

@@ -38,7 +38,7 @@ def test_the_loop_stops_waiting_for_a_stuck_computation_and_does_not_give_it_the
         release.set()
         wait_for(lambda: ahead._running is None, 5, "the stuck computation ended")
         assert ahead.submit(frame, [(3, 4)], [(3, 4)])
-        wait_for(lambda: ahead._running is None and not ahead._pending, 5, "both computed")
+        wait_for(lambda: ahead.idle, 5, "both computed")
         assert ahead.take((3, 4), (3, 4), corners, neuropil) == (True, True)
         assert (corners == 3).all() and (neuropil == 4).all()
     finally:
@@ -75,7 +75,7 @@ def test_a_rehearsal_warms_the_worker_and_its_results_are_never_taken():
     try:
         release.set()
         assert ahead.rehearse(frame, [(1, 2)], [(1, 2)]) and ahead.rehearsals == 1
-        wait_for(lambda: ahead._running is None and not ahead._pending, 5, "the rehearsal computed")
+        wait_for(lambda: ahead.idle, 5, "the rehearsal computed")
         assert ahead._done[0] and ahead._done[1]  # it did compute both parts
         release.clear()  # the next frame's cells get stuck: only its neuropil at (7, 8) can be taken
         assert ahead.submit(frame, [(7, 8)], [(7, 8)])

@@ -9,7 +9,7 @@ from acquisition.extract_kernels import box_decomposition
 from acquisition.extraction import Extractor, cell_pixel_map
 from acquisition.registration import RigidRegistrar, shift_image_integer
 from acquisition.rois import RoiSet
-from tests.conftest import wait_for
+from tests.conftest import prewarm_between_frames
 from tests.test_acq_registration import _peak_bytes_allocated
 from tests.test_acq_synth import make_movie
 
@@ -303,13 +303,7 @@ def test_the_worker_pre_warm_changes_no_number(movie):
     warmed = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead="always"))
     for i, frame in enumerate(movie.frames):
         if i:
-            worker = warmed._extract_ahead
-            assert worker is not None
-            # the last frame's hand-off may leave the worker finishing a shift nobody took; a rehearsal asked
-            # then is refused (the pacer's case too), which this test does not count on
-            wait_for(lambda w=worker: w._running is None and not w._pending, 5, "the last frame's work done")
-            warmed.prewarm()
-            wait_for(lambda w=worker: w._running is None and not w._pending, 5, "the rehearsal done")
+            prewarm_between_frames(warmed)
         a, b = warmed.process(frame), plain.process(frame)
         np.testing.assert_array_equal(a.F, b.F)
         np.testing.assert_array_equal(a.Fneu, b.Fneu)

@@ -124,8 +124,10 @@ def test_the_zmq_io_threads_already_running_get_the_loops_real_time_policy():
         wait_for(lambda: set(zmq_io_threads()) - before, 5, "the new context's I/O thread")
         mine = set(zmq_io_threads()) - before
         assert all(os.sched_getscheduler(t) == os.SCHED_OTHER for t in mine)
-        if raise_zmq_io_threads():
+        found, refused = raise_zmq_io_threads()
+        if refused:
             pytest.skip("SCHED_FIFO refused here (no root / CAP_SYS_NICE)")
+        assert found >= len(mine)
         for tid in mine:
             assert os.sched_getscheduler(tid) == os.SCHED_FIFO
             assert os.sched_getparam(tid).sched_priority == FIFO_PRIORITY
@@ -135,6 +137,16 @@ def test_the_zmq_io_threads_already_running_get_the_loops_real_time_policy():
             os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
         sock.close(0)
         ctx.term()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_FIFO"), reason="SCHED_FIFO is Linux's")
+def test_no_zmq_io_thread_found_is_said_not_passed_over(monkeypatch):
+    """Every rig process has a socket, so an I/O thread to raise: finding none (libzmq renamed them) is reported."""
+    from rig.core import realtime
+
+    monkeypatch.setattr(realtime, "zmq_io_threads", lambda: [])
+    found, refused = realtime.raise_zmq_io_threads()
+    assert found == 0 and "no ZeroMQ I/O thread found" in refused
 
 
 def test_the_live_reference_build_runs_its_thread_start_hook_and_reports_a_refusal():

@@ -11,7 +11,7 @@ import pytest
 from acquisition.extraction import Extractor
 from acquisition.registration import RigidRegistrar
 from acquisition.rois import RoiSet
-from tests.conftest import wait_for
+from tests.conftest import prewarm_between_frames
 from tests.test_acq_synth import make_movie, make_pmt_movie
 
 pytestmark = pytest.mark.suite2p
@@ -155,12 +155,7 @@ def test_pipeline_fluorescence_matches_truth_and_suite2p(pmt_suite2p):
         res = pipe.process(frame)
         F[t], est[t] = res.F, (res.dy, res.dx)
         if t:
-            worker = ahead._extract_ahead
-            assert worker is not None
-            # the worker may still finish a shift the last frame did not take: a rehearsal asked then is refused
-            wait_for(lambda w=worker: w._running is None and not w._pending, 5, "the last frame's work done")
-            ahead.prewarm()
-            wait_for(lambda w=worker: w._running is None and not w._pending, 5, "the worker's pre-warm done")
+            prewarm_between_frames(ahead)
         beside = ahead.process(frame)
         np.testing.assert_array_equal(beside.F, res.F)
         np.testing.assert_array_equal(beside.Fneu, res.Fneu)

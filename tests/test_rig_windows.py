@@ -224,12 +224,23 @@ def test_a_non_critical_process_is_never_raised(tmp_path, monkeypatch):
     assert [e["kind"] for e in events] == ["priority_not_raised"] and warned == []
 
 
-@pytest.mark.parametrize("refusal", ["", "SCHED_FIFO refused (Operation not permitted)"])
-def test_realtime_priority_asks_for_fifo_and_reports_a_refusal(tmp_path, monkeypatch, refusal):
+@pytest.mark.parametrize(("refusal", "io"), [("", (1, "")), ("SCHED_FIFO refused (Operation not permitted)", (1, "")),
+                                           ("", (0, "no ZeroMQ I/O thread found"))])
+def test_realtime_priority_asks_for_fifo_and_reports_a_refusal(tmp_path, monkeypatch, refusal, io):
+    """SCHED_FIFO for the loop, then for the ZeroMQ I/O threads (only once the loop has it); either refusal is said."""
+    raised: list[bool] = []
     monkeypatch.setattr(process_module, "set_realtime_scheduling", lambda: refusal)
+    monkeypatch.setattr(process_module, "raise_zmq_io_threads", lambda: raised.append(True) or io)
     calls, events, warned = _tune(tmp_path, monkeypatch, critical=True, priority="realtime")
     assert calls == [] and [e["kind"] for e in events] == ["scheduling"] and events[0]["refused"] == refusal
-    assert warned == ([("priority_refused", f"gui: {refusal}; running at normal priority")] if refusal else [])
+    assert raised == ([] if refusal else [True])
+    assert (events[0]["zmq_io_threads"], events[0]["zmq_io_refused"]) == ((0, "") if refusal else io)
+    if refusal:
+        assert warned == [("priority_refused", f"gui: {refusal}; running at normal priority")]
+    elif io[1]:
+        assert warned == [("priority_refused", f"gui: {io[1]}; the bus's messages may wait for a CPU")]
+    else:
+        assert warned == []
 
 
 def test_low_background_keeps_the_console_off_the_decoders_cpus(tmp_path, monkeypatch):

@@ -47,7 +47,6 @@ from rig.core.realtime import (
     raise_zmq_io_threads,
     scheduling_policy,
     set_realtime_scheduling,
-    zmq_io_threads,
 )
 from rig.core.schema import Control, Heartbeat, Message, ProcessError, RigWarning, StateChange
 from rig.core.store import EventLog
@@ -313,9 +312,9 @@ class RigProcess:
         if decision == "raise" and rig_cfg.priority == "realtime":
             refused = set_realtime_scheduling()
             self.realtime_scheduling = not refused
-            io_refused = "" if refused else raise_zmq_io_threads()
+            io_threads, io_refused = (0, "") if refused else raise_zmq_io_threads()
             self.events.write("scheduling", policy=scheduling_policy(), refused=refused,
-                              zmq_io_threads=len(zmq_io_threads()), zmq_io_refused=io_refused)
+                              zmq_io_threads=io_threads, zmq_io_refused=io_refused)
             if refused:
                 self.warn("priority_refused", f"{self.name}: {refused}; running at normal priority")
             elif io_refused:

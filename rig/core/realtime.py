@@ -56,8 +56,9 @@ def zmq_io_threads() -> list[int]:
     return sorted(found)
 
 
-def raise_zmq_io_threads(priority: int = FIFO_PRIORITY) -> str:
-    """SCHED_FIFO for the ZeroMQ I/O threads that already run in this process. Returns "" or what was refused.
+def raise_zmq_io_threads(priority: int = FIFO_PRIORITY) -> tuple[int, str]:
+    """SCHED_FIFO for the ZeroMQ I/O threads that already run in this process. Returns how many were found and
+    "" or what was refused (none found on Linux is said too: their names may have changed with libzmq).
 
     Why: every bus message passes through the sender's and the receiver's I/O thread. libzmq starts them with
     the process's first socket, before ``rig.priority`` is applied, so they stayed at normal priority while the
@@ -65,14 +66,17 @@ def raise_zmq_io_threads(priority: int = FIFO_PRIORITY) -> str:
     the bus hop). Threads started later inherit the creating thread's policy. Windows' priority class covers every
     thread of the process; elsewhere there is nothing to do."""
     if not hasattr(os, "SCHED_FIFO"):
-        return ""
+        return 0, ""
+    found = zmq_io_threads()
+    if not found:
+        return 0, "no ZeroMQ I/O thread found under /proc/self/task (libzmq names them ZMQbg/IO/<n>)"
     problems = []
-    for tid in zmq_io_threads():
+    for tid in found:
         try:
             os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
         except OSError as exc:
             problems.append(f"ZeroMQ I/O thread {tid}: SCHED_FIFO refused ({exc.strerror or exc})")
-    return "; ".join(problems)
+    return len(found), "; ".join(problems)
 
 
 def scheduling_policy() -> str:
