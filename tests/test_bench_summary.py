@@ -19,7 +19,8 @@ from rig.offline.bench_summary import (
 
 
 def fake_result(mode="realtime", p50=1.5, p99=4.0, mx=8.0, reward_p99=4.5, dropped=0, late=0, fps=30.0,
-                load=(0.5, 0.7), console=True, size=512, rois=500, rate=30.0, duration=60.0, ok=True, steal=0.5):
+                load=(0.5, 0.7), console=True, size=512, rois=500, rate=30.0, duration=60.0, ok=True, steal=0.5,
+                idle=1.8):
     """A result dict shaped as rig.offline.bench.run_bench returns it."""
     reward = ({"p50": 1.0, "p90": 2.0, "p99": reward_p99, "max": reward_p99, "n": 12} if reward_p99 is not None
               else {"p50": None, "p90": None, "p99": None, "max": None, "n": 0})
@@ -27,6 +28,7 @@ def fake_result(mode="realtime", p50=1.5, p99=4.0, mx=8.0, reward_p99=4.5, dropp
             "settings": {"size": size, "rois": rois, "rate_hz": rate, "duration_s": duration, "console": console,
                          "scope": "cloose", "overrides": []},
             "load_avg_1min_at_start_end": list(load), "cpu_steal_pct": steal, "late_decisions": late,
+            "idle_penalty": {"warm_us": 300.0, "after_idle_us": 300.0 * idle, "gap_ms": 33.3, "ratio": idle},
             "frames_dropped": dropped,
             "ok": ok, "session": "/tmp/s", "frames": 1800, "frames_acquired": 1800 + dropped,
             "rewards_delivered": 12, "rewards_failed": 0, "processes": {"decoder": {"cpu_percent": 5.0,
@@ -143,6 +145,47 @@ def test_the_quiet_host_wait_ends_at_the_first_quiet_window_or_says_it_gave_up()
     windows_os = namedtuple("scputimes", "user system idle")  # no steal counter: quiet at once
     assert wait_for_quiet_host(60, sample=lambda: windows_os(1, 1, 1), sleep=lambda s: None, say=said.append) == {
         "waited_s": 0.0, "steal_pct": None, "quiet": True}
+
+
+def test_the_idle_penalty_times_work_back_to_back_then_after_each_pause_and_advises_from_1_3():
+    from rig.offline.host_probe import describe_idle_penalty, idle_penalty
+
+    now = [0]
+    slept: list[float] = []
+    cost = {"ns": 100_000}
+
+    def clock() -> int:
+        return now[0]
+
+    def work() -> None:
+        now[0] += cost["ns"]
+
+    def sleep(s: float) -> None:  # a pause makes the next run slower, as a cold cache does
+        slept.append(s)
+        cost["ns"] = 250_000
+
+    def warm_work() -> None:
+        work()
+        cost["ns"] = 100_000  # back to back: fast again
+
+    probe = idle_penalty(5, 0.033, work=warm_work, sleep=sleep, clock=clock)
+    assert probe == {"warm_us": 100.0, "after_idle_us": 250.0, "gap_ms": 33.0, "ratio": 2.5}
+    assert slept == [0.033] * 5  # only before the runs after a pause
+    said = describe_idle_penalty(probe)
+    assert "2.50x" in said and "100 -> 250" in said and "power plan" in said
+    assert "power plan" not in describe_idle_penalty({**probe, "after_idle_us": 110.0, "ratio": 1.1})
+    with pytest.raises(ValueError, match="samples"):
+        idle_penalty(0)
+    head = headline(fake_result(idle=2.25))
+    assert head["idle_ratio"] == 2.25
+    assert "idle x" in format_summary(summarize([fake_result(idle=2.25)], [Path("/tmp/b.json")]), targets=False)
+
+
+def test_the_frame_like_work_is_real_work_on_this_machine():
+    from rig.offline.host_probe import idle_penalty
+
+    probe = idle_penalty(2, 0.0)  # the default work, without pauses: it runs, and takes time
+    assert probe["warm_us"] > 0 and probe["after_idle_us"] > 0 and probe["ratio"] > 0
 
 
 def test_runs_on_a_busy_host_are_named_under_the_table():

@@ -28,7 +28,6 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +37,6 @@ import numpy as np
 
 from rig.core.store import read_events, read_records
 from rig.offline.bench_summary import (
-    BUSY_HOST_STEAL_PCT,
     check_targets,
     format_summary,
     headline,
@@ -46,6 +44,13 @@ from rig.offline.bench_summary import (
     summarize,
 )
 from rig.offline.feedback import bench_stages as feedback_bench_stages
+from rig.offline.host_probe import (
+    cpu_times_snapshot,
+    describe_idle_penalty,
+    idle_penalty,
+    steal_percent,
+    wait_for_quiet_host,
+)
 from rig.offline.scope_twin import TWIN_SCOPES, TwinMovie, TwinSender, free_port, render_twin_frames, rig_overrides
 from rig.offline.summary import percentiles_ms
 
@@ -78,7 +83,10 @@ bench's settings, then every --set (so --set acquisition.sim.n_planes=2 --scope 
 Headline figures per run: frame ready -> decision p50/p99/max, -> reward bytes written p99 (ms), late
 decisions, frames dropped, frames/s decided, 1-min load average at start and end, and the share of CPU time
 the hypervisor gave other guests during the run ("steal %", Linux VMs; on a shared VM it, not the load
-average, says the host was busy, and it moves the tails from day to day). Issue 21's targets:
+average, says the host was busy, and it moves the tails from day to day), and "idle x": how much longer a
+frame's kind of work takes after a 33-ms pause than back to back, measured (~1 s) before each run. Near 1 the
+CPU stays ready between frames; from 1.3 the bench says how to keep it so (power plan, idle states), since
+that pause comes before every frame's registration, extraction and decision. Issue 21's targets:
   realtime    decision p50 <= 2 ms, p99 <= 5, max <= 10; reward bytes written p99 <= 5 (512x512, 500 ROIs,
               30 Hz, console attached)
   fast        0 frames dropped (over >= 60 s), decision p99 <= 1 ms
@@ -141,49 +149,6 @@ class ProcessSampler(threading.Thread):
             cpu = 100.0 * (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
             out[name] = {"cpu_percent": round(cpu, 1), "peak_rss_mb": round(self.peak_rss[name] / 2**20, 1)}
         return out
-
-
-def cpu_times_snapshot() -> Any:
-    """The machine's CPU times now (psutil), for :func:`steal_percent`."""
-    import psutil  # noqa: PLC0415
-
-    return psutil.cpu_times()
-
-
-def steal_percent(before: Any, after: Any) -> float | None:
-    """Share (%) of the machine's CPU time between two :func:`cpu_times_snapshot` taken by the hypervisor for
-    other guests ("steal"): on a shared VM this, not the load average, is what says the host was busy, and it
-    moves the latency tails from day to day. None where the OS does not report it (Windows, macOS)."""
-    if not hasattr(before, "steal"):
-        return None
-
-    def total(t: Any) -> float:  # guest time is already counted in user / nice on Linux
-        return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-    spent = total(after) - total(before)
-    return round(100.0 * (after.steal - before.steal) / spent, 1) if spent > 0 else None
-
-
-def wait_for_quiet_host(max_wait_s: float, window_s: float = 3.0, limit_pct: float = BUSY_HOST_STEAL_PCT, *,
-                        sample: Callable[[], Any] = cpu_times_snapshot, sleep: Callable[[float], None] = time.sleep,
-                        say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Before a run (``--quiet-host``): wait, at most ``max_wait_s``, for a ``window_s`` window in which the
-    hypervisor took less than ``limit_pct`` % of the CPU time, so that the run measures the rig and not the
-    host. Returns what happened, for the run's JSON; a host that reports no steal (Windows, bare metal) is quiet
-    at once, and a host that stays busy is said and the run goes ahead."""
-    waited, last = 0.0, None
-    while True:
-        before = sample()
-        sleep(window_s)
-        last = steal_percent(before, sample())
-        if last is None or last < limit_pct:
-            return {"waited_s": round(waited, 1), "steal_pct": last, "quiet": True}
-        waited += window_s
-        if waited >= max_wait_s:
-            say(f"[bench] the host is still busy after {waited:g} s (steal {last:.1f} % over the last {window_s:g} s):"
-                " running anyway; compare this run with care")
-            return {"waited_s": round(waited, 1), "steal_pct": last, "quiet": False}
-        say(f"[bench] waiting for a quiet host: the hypervisor took {last:.1f} % of the CPU over the last "
-            f"{window_s:g} s (waited {waited:g} of {max_wait_s:g} s)")
 
 
 def stage_latencies(session: Path) -> dict[str, Any]:
@@ -339,6 +304,8 @@ def run_bench(args: argparse.Namespace, plan: BenchPlan, run: int = 0) -> dict[s
     if args.console and not os.environ.get("DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the console still renders, off screen
     quiet = wait_for_quiet_host(args.quiet_host, say=lambda line: print(line, flush=True)) if args.quiet_host else None
+    idle = idle_penalty()  # ~1 s: what a frame period's pause costs this machine, before the rig runs
+    print(describe_idle_penalty(idle), flush=True)
     load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     cpu_at_start = cpu_times_snapshot()
     overrides, twin = plan.overrides(args)
@@ -384,6 +351,7 @@ def run_bench(args: argparse.Namespace, plan: BenchPlan, run: int = 0) -> dict[s
                                        else None],
         "cpu_steal_pct": steal_percent(cpu_at_start, cpu_times_snapshot()),
         "quiet_host_wait": quiet,
+        "idle_penalty": idle,
         "scope_twin": sent,
         "late_decisions": summary.get("late_decisions"),
         "late_decision_causes": summary.get("late_decision_causes"),

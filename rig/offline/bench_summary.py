@@ -27,6 +27,7 @@ HEADLINE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("load_start", "load0", "{:.2f}"),
     ("load_end", "load1", "{:.2f}"),
     ("cpu_steal_pct", "steal %", "{:.1f}"),
+    ("idle_ratio", "idle x", "{:.2f}"),
 )
 
 
@@ -82,6 +83,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "late_decisions": result.get("late_decisions"), "frames_dropped": result.get("frames_dropped"),
         "frames_per_s": (result.get("throughput") or {}).get("decoder_frames_per_s"),
         "load_start": load[0], "load_end": load[1], "cpu_steal_pct": result.get("cpu_steal_pct"),
+        "idle_ratio": (result.get("idle_penalty") or {}).get("ratio"),
     }
 
 
@@ -176,7 +178,8 @@ def format_summary(summary: dict[str, Any], targets: bool) -> str:
     """The table of all runs and their median; with ``targets`` also each target's verdict per run."""
     titles = [title for _, title, _ in HEADLINE_COLUMNS]
     lines = [f"\nrig bench — mode {summary['mode']} — {summary['repeat']} run(s), latencies in ms (frame ready -> "
-             "decision p50/p99/max, -> reward bytes written p99), 1-min load average at start/end, CPU steal %",
+             "decision p50/p99/max, -> reward bytes written p99), 1-min load average at start/end, CPU steal %, "
+             "idle x (a frame's kind of work after a frame period's pause / back to back)",
              f"{'run':8s}" + "".join(f"{t:>10s}" for t in titles) + ("  targets" if targets else "")]
     rows = [(f"run {r['run']}", r["headline"], r["targets"]) for r in summary["runs"]]
     rows.append(("median", summary["median"], summary["median_targets"]))
