@@ -20,7 +20,7 @@ import numpy as np
 
 from rig.offline.bench_summary import BUSY_HOST_STEAL_PCT
 
-#: the pause the idle probe makes before each timed run: one frame period at 30 Hz
+#: the pause the idle probe makes before each timed run, unless told: one frame period at 30 Hz
 IDLE_GAP_S = 1 / 30
 #: from this ratio (after a pause / back to back) the bench says how to keep the CPU ready between frames
 IDLE_PENALTY_SAY = 1.3
@@ -116,7 +116,7 @@ def idle_penalty(samples: int = 25, gap_s: float = IDLE_GAP_S, *, work: Callable
         after_idle.append(clock() - t0)
     warm_us, idle_us = statistics.median(warm) / 1e3, statistics.median(after_idle) / 1e3
     return {"warm_us": round(warm_us, 1), "after_idle_us": round(idle_us, 1), "gap_ms": round(gap_s * 1e3, 1),
-            "ratio": round(idle_us / warm_us, 2) if warm_us > 0 else float("nan")}
+            "ratio": round(idle_us / max(warm_us, 1e-3), 2)}
 
 
 def describe_idle_penalty(probe: dict[str, float]) -> str:
