@@ -3,10 +3,11 @@ pausing between frames.
 
 Why: on our 2-vCPU VM the same code's figures moved by 0.3–0.5 ms at p50 from hour to hour with nothing else
 running, and two causes were measurable from outside the rig. Steal (the CPU time the hypervisor gave other
-guests) moved the tails. And a pause of one frame period made the next frame's work 1.5–2x slower than back to
-back (its caches taken by other work while it slept: a registration 0.95 ms against 0.57, a FluorFrame's encode
-94 µs against 2; docs/PERFORMANCE.md). On a rig PC the same penalty comes from deep CPU idle states and a
-power-saving clock, and the power plan removes it; the probe tells an operator which case they are in.
+guests) moved the tails. And a pause of one frame period made the next frame's work 1.5–3.5x slower than back to
+back (time away from the CPU, even spinning, costs it its warm state; a pre-warmed registration 0.95 ms against
+0.57, a FluorFrame's encode 94 µs against 2; docs/PERFORMANCE.md "Sixth round"). On a rig PC the same penalty
+comes from deep CPU idle states and a power-saving clock, and the power plan removes it; the probe tells an
+operator which case they are in.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def idle_penalty(samples: int = 25, gap_s: float = IDLE_GAP_S, *, work: Callable
                  clock: Callable[[], int] = time.perf_counter_ns) -> dict[str, float]:
     """Time ``work`` (:class:`FrameLikeWork`) ``samples`` times back to back, then ``samples`` times each after a
     ``gap_s`` pause, as a rig's loop waits for the next frame. Returns the medians (µs) and their ratio: ~1 on a
-    machine that keeps its caches and clock between frames, 1.5–2 on our VM."""
+    machine that keeps its caches and clock between frames, 1.6–4.5 on our VM at 30 Hz."""
     if samples < 1:
         raise ValueError(f"`samples`: must be >= 1, not {samples}")
     work = work or FrameLikeWork()
