@@ -36,13 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rig.core.store import read_events, read_records
-from rig.offline.bench_summary import (
-    check_targets,
-    format_summary,
-    headline,
-    print_headline,
-    summarize,
-)
+from rig.offline.bench_summary import check_targets, format_summary, headline, print_headline, summarize
 from rig.offline.feedback import bench_stages as feedback_bench_stages
 from rig.offline.host_probe import (
     cpu_times_snapshot,

@@ -27,7 +27,7 @@ IDLE_GAP_S = 1 / 30
 IDLE_PENALTY_SAY = 1.3
 IDLE_ADVICE = ("on a rig PC: Windows power plan \"High performance\"; Linux: the performance governor and shallow "
                "idle states (cpupower frequency-set -g performance; cpupower idle-set -D 10); in a VM, the host's "
-               "other guests take the caches and nothing in the guest prevents it")
+               "other guests cause it and nothing in the guest prevents it")
 
 
 def cpu_times_snapshot() -> Any:
