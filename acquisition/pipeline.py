@@ -213,6 +213,7 @@ class FramePipeline:
         self._extract_ahead: ExtractAhead | None = None  # "always": from the start; "auto": choose_extract_ahead
         self._extraction_ms = math.nan  # the extraction's cost, timed by warm_up
         self._last_registered: np.ndarray | None = None
+        self._last_rows: np.ndarray | None = None  # the same frame in row order (what the extraction reads)
         if ext.ahead == "always":
             self._start_extract_ahead()
         self.n_rois = roi_set.n_rois
@@ -305,8 +306,8 @@ class FramePipeline:
         if self.registrar is None or self._last_registered is None:
             return
         ahead, last = self._extract_ahead, self.extractor.last_shift
-        if ahead is not None and last is not None:
-            ahead.rehearse(self._last_registered, *whole_shift_candidates(*last, self.extractor.subpixel, 1))
+        if ahead is not None and last is not None and self._last_rows is not None:
+            ahead.rehearse(self._last_rows, *whole_shift_candidates(*last, self.extractor.subpixel, 1))
         self.registrar.prewarm(self._last_registered)
 
     def choose_extract_ahead(self, realtime: bool, paced: bool = True) -> dict[str, Any]:
@@ -435,14 +436,23 @@ class FramePipeline:
         return out
 
     def process(self, frame: Frame | np.ndarray) -> PipelineResult:
-        """Register and extract one frame. Never raises for bad pixels: they are flagged."""
+        """Register and extract one frame. Never raises for bad pixels: they are flagged.
+
+        A frame handed over early (``Frame.wire``, :meth:`FrameSource.deliver_early`) is checked and registered from
+        its pixels in the scope's order while the source puts them in row order; everything else waits for that
+        (``Frame.wait_data``). The numbers are the same either way (tests/test_acq_suite2p.py, test_acq_latency.py)."""
         data = frame.data if isinstance(frame, Frame) else frame
+        early = frame if isinstance(frame, Frame) and frame.wire is not None else None
+        pixels = data if early is None else early.wire  # complete now, in whichever order
         res = self.result
         if self._build is not None:
             self._finish_background_build()
         if self._refinement is not None:
             self._finish_refinement()
-        flags = self.validator.check(data)
+        flags = self.validator.check(pixels)
+        if early is not None and (flags & UNUSABLE or self.registrar is None or not self.reg_cfg.enabled):
+            early.wait_data()
+            early = None
         if flags & UNUSABLE:
             res.F.fill(np.nan)
             res.Fneu.fill(np.nan)
@@ -461,10 +471,15 @@ class FramePipeline:
                     last = self.extractor.last_shift
                     if not (ahead is not None and last is not None  # its extraction at likely shifts, beside this
                             and ahead.submit(data, *whole_shift_candidates(*last, self.extractor.subpixel,
-                                                                           ahead.candidates))):
+                                                                           ahead.candidates),
+                                             early.data_ready if early is not None else None)):
                         ahead = None
-                    dy, dx, corr, reg_flags = self.registrar.register(data)
-                    self._last_registered = data  # what prewarm() registers again (not a copy: any pixels do)
+                    dy, dx, corr, reg_flags = self.registrar.register(pixels)
+                    if early is not None:
+                        early.wait_data()
+                    # what prewarm() registers again, in the order the next frame will come in (not a copy: any
+                    # pixels do, even those of a slot the source has since refilled)
+                    self._last_registered, self._last_rows = pixels, data
                     flags |= reg_flags
                     if self._refine_frames is not None and not flags:
                         self._keep_for_refinement(data)

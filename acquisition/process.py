@@ -112,6 +112,9 @@ class AcquisitionProcess(RigProcess):
         self.z_records: RecordWriter | None = None
         # a recording (session.record_only, acquisition.recording) has no ROIs: no pipeline, frames of the source's size
         self.pipeline: FramePipeline | None = None if self.config.session.record_only else self._configure_pipeline()
+        # a source that can hands each frame over at its last byte, still being put in row order (Frame.wire): the
+        # pipeline registers it meanwhile and waits for the rest; a recording has nothing to start on early
+        self.early_frames = self.pipeline is not None and self.source.deliver_early()
         lead = self.config.acquisition.registration.prewarm_ms
         self._pacer = FramePacer(lead) if lead > 0 and self.pipeline is not None else None
         self.n_rois = self.pipeline.n_rois if self.pipeline is not None else 0
@@ -162,6 +165,11 @@ class AcquisitionProcess(RigProcess):
             self.z.start(pipeline.reference, self._max_shift_px())
             self.z_records = RecordWriter(self.dir / "z.rec", Z_RECORD_DTYPE, self.config.session.flush_interval_s)
         return pipeline
+
+    def realtime_threads(self) -> dict[str, int]:
+        """The source's reader threads: the frame's bytes (and, handed over early, its row order) come through
+        them, so they run at the loop's real-time policy (measured: docs/PERFORMANCE.md, seventh round)."""
+        return {t.name: t.native_id for t in self.source.reader_threads() if t.native_id is not None}
 
     def on_start(self) -> None:
         """Frames are the session's from now on: a source that streamed before drained and counted them. The
@@ -268,6 +276,7 @@ class AcquisitionProcess(RigProcess):
             self._maybe_status()
             return
         if frame.plane != self.bci_plane:  # another plane's, or of no configured plane: off the BCI path
+            frame.wait_data()
             self.planes.take(frame)
             self._maybe_status()
             return
@@ -279,10 +288,11 @@ class AcquisitionProcess(RigProcess):
         if self._pacer is not None:
             self._pacer.arrived(frame.t_ready_ns)
         if self.pipeline is None:
+            frame.wait_data()
             record_frame(self, frame, PREVIEW_INTERVAL_NS)
             self._maybe_status()
             return
-        result = self.pipeline.process(frame.data)
+        result = self.pipeline.process(frame)  # frame.data is complete when it returns (Frame.wire)
         if not self._reference_saved:
             self._save_reference()
         for event in self.pipeline.pop_reference_events():

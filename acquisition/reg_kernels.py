@@ -64,19 +64,38 @@ def scaled_product(spec: np.ndarray, other: np.ndarray, scale: np.float32) -> No
             spec[i, j] = spec[i, j] * other[i, j] * scale
 
 
-@njit(cache=True, nogil=True, fastmath=True)
 def load_crop(image: np.ndarray, y0: int, x0: int, mask: np.ndarray, mask_sum: float, out: np.ndarray) -> None:
     """out = (crop - m) * mask, crop = image[y0:, x0:] over out's shape, m = the crop's mask-weighted mean
-    (``mask_sum`` = the mask's sum, precomputed); float32: out = crop * mask while summing, then out -= m * mask
-    (the frame's pixels are converted once)."""
+    (``mask_sum`` = the mask's sum, precomputed); float32: out = crop * mask, then out -= m * mask (the frame's
+    pixels are converted once).
+
+    Two kernels, so that the numbers do not depend on the frame's memory order: the first is elementwise (each
+    value the same whatever order the pixels sit in: a CLOOSE frame is registered straight from its column-major
+    bytes, a replay of it from row order), and the sum, whose order of additions the compiler may change, always
+    runs on ``out``, row-major float32, in the one compiled loop.
+    """
+    masked_crop(image, y0, x0, mask, out)
+    subtract_weighted_mean(out, mask, mask_sum)
+
+
+@njit(cache=True, nogil=True)
+def masked_crop(image: np.ndarray, y0: int, x0: int, mask: np.ndarray, out: np.ndarray) -> None:
+    """out = image[y0:, x0:] (over out's shape) * mask, in float32."""
+    Ly, Lx = out.shape
+    for i in range(Ly):
+        for j in range(Lx):
+            out[i, j] = np.float32(image[y0 + i, x0 + j]) * mask[i, j]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def subtract_weighted_mean(out: np.ndarray, mask: np.ndarray, mask_sum: float) -> None:
+    """out -= m * mask, m = sum(out) / mask_sum (float32 per row, float64 across rows)."""
     Ly, Lx = out.shape
     total = 0.0
     for i in range(Ly):
         acc = np.float32(0.0)
         for j in range(Lx):
-            v = np.float32(image[y0 + i, x0 + j]) * mask[i, j]
-            out[i, j] = v
-            acc += v
+            acc += out[i, j]
         total += acc
     m = np.float32(total / mask_sum)
     for i in range(Ly):

@@ -38,11 +38,12 @@ __all__ = ["RigidRegistrar", "build_reference", "compile_kernels", "shift_image_
 
 def compile_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.float32)) -> None:
     """Compile (or load from numba's cache) the per-frame kernels for the frame dtypes scopes deliver, ahead
-    of the first frame."""
+    of the first frame; in row and in column order (a CLOOSE frame is registered from its column-major bytes)."""
     mask = np.ones((4, 4), np.float32)
     for dtype in dtypes:
-        _Downsampler((8, 8), 2)(np.zeros((8, 8), dtype))
-        load_crop(np.zeros((8, 8), dtype), 2, 2, mask, 16.0, np.empty((4, 4), np.float32))
+        for frame in (np.zeros((8, 8), dtype), np.zeros((8, 8), dtype, order="F")):
+            _Downsampler((8, 8), 2)(frame)
+            load_crop(frame, 2, 2, mask, 16.0, np.empty((4, 4), np.float32))
     spec = np.zeros((4, 3), np.complex64)
     weighted_energy(spec, np.ones((4, 3), np.float32))
     scaled_product(spec, spec.copy(), np.float32(1.0))

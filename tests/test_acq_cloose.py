@@ -9,12 +9,15 @@ had to drop. The diagnosis names a frame size, pixel order, sign or byte order s
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from acquisition.config import ClooseTcpConfig
 from acquisition.diagnose import BadRunWatch, diagnose
+from acquisition.sources.base import Frame
 from acquisition.sources.cloose_tcp import RING_SLOTS, ClooseTcpSource
 from acquisition.validate import FrameFlag
 from rig.app.probe import ProbeResult, probe_preview
@@ -192,6 +195,40 @@ def test_a_big_endian_inverted_scope_in_pieces_reads_right():
         src.close()
 
 
+def test_early_delivery_hands_a_frame_over_at_its_last_byte_in_column_order():
+    """deliver_early(): the frame is handed over with its column-major pixels (``wire``) while the reader thread puts
+    them in row order (``data``, complete once ``data_ready`` is set). Not for inverted or big-endian streams, whose
+    bytes are not yet the pixels. The reader thread is the one the process raises with the loop."""
+    assert not ClooseTcpSource("127.0.0.1", 0, LY, LX, invert=True).deliver_early()
+    assert not ClooseTcpSource("127.0.0.1", 0, LY, LX, byte_order="big").deliver_early()
+    src = ClooseTcpSource("127.0.0.1", 0, LY, LX)
+    assert src.reader_threads() == [] and src.deliver_early()
+    src.start_keeping()
+    src.open()
+    scope = ConnectingSender(src.port)
+    try:
+        assert [t.name for t in src.reader_threads()] == ["cloose-tcp-reader"]
+        for image in _images(3):
+            scope.send(wire_bytes(image))
+            frame = wait_for(lambda: src.read(0.1), 5, "a frame")
+            assert frame.wire is not None and frame.wire.flags.f_contiguous and frame.data_ready is not None
+            np.testing.assert_array_equal(frame.wire, image)
+            np.testing.assert_array_equal(frame.wait_data(), image)
+            assert frame.data.flags.c_contiguous and frame.data_ready.is_set()
+    finally:
+        scope.close()
+        src.close()
+    assert src.reader_threads() == []
+
+
+def test_waiting_for_a_frame_its_source_never_finished_names_the_frame():
+    frame = Frame(data=np.zeros((2, 2), np.uint16), number=7, t_ready_ns=0, wire=np.zeros((2, 2), np.uint16),
+                  data_ready=threading.Event())
+    with pytest.raises(RuntimeError, match="frame 7: the source did not finish putting its pixels in row order"):
+        frame.wait_data(0.01)
+    assert Frame(data=frame.data, number=8, t_ready_ns=0).wait_data(0.0) is frame.data  # whole: at once
+
+
 def test_a_flood_overwrites_the_oldest_frames_and_counts_them():
     src = ClooseTcpSource("127.0.0.1", 0, LY, LX)
     src.start_keeping()
@@ -332,6 +369,8 @@ def test_the_acquisition_drains_before_the_start_and_names_a_pixel_order_set_wro
                        endpoints=endpoints, session_dir=str(tmp_path / "session"), critical=True, watch_parent=False)
     proc = AcquisitionProcess(spec)
     proc.configure()
+    # its frames are registered from their column order while the reader thread, raised with the loop, reorders
+    assert proc.early_frames and list(proc.realtime_threads()) == ["cloose-tcp-reader"]
     scope = ConnectingSender(port)
     frame_clock = threading.Event()  # never set: waits on it are the scope's 30 Hz frame clock
     try:
@@ -340,9 +379,10 @@ def test_the_acquisition_drains_before_the_start_and_names_a_pixel_order_set_wro
         wait_for(lambda: proc.source.stats()["frames_before_start"] == 20, 5, "the early frames drained")
         proc.on_start()
         bad = wire_bytes(image, order="C")  # a sender set up wrong: row-major pixels
-        for _ in range(45):
-            scope.send(bad)
-            frame_clock.wait(1 / 30)
+        t0 = time.monotonic()
+        for i in range(45):  # at 30 Hz on average even when a step is slow (a busy machine): the byte rate is
+            scope.send(bad)  # what tells the frame size (acquisition.diagnose)
+            frame_clock.wait(max(0.0, t0 + (i + 1) / 30 - time.monotonic()))
             proc.step()
         wait_for(lambda: (proc.step(), proc.frames)[1] >= 45, 5, "every frame processed")
     finally:

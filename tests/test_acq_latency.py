@@ -46,6 +46,15 @@ def test_integer_peak_equals_the_inverse_fft_map_within_the_window(movie_512):
             np.testing.assert_allclose(fine._int_values.real, window, rtol=0, atol=1e-4 * np.abs(window).max())
 
 
+def test_a_frame_in_column_order_registers_to_the_same_bits(movie_512):
+    """A CLOOSE frame is registered from its column-major bytes (Frame.wire), its replay from row order: the same
+    shifts, corr and flags to the last bit, on the full path (first frame) and the tracked one (the rest)."""
+    rows, columns = RigidRegistrar(movie_512.reference), RigidRegistrar(movie_512.reference)
+    for frame in movie_512.frames:
+        assert columns.register(np.asfortranarray(frame)) == rows.register(frame)
+    assert rows.tracked_frames == columns.tracked_frames == len(movie_512.frames) - 1
+
+
 def test_fine_registration_still_subpixel_accurate(movie_512):
     reg = RigidRegistrar(movie_512.reference)
     out = np.array([reg.register(f)[:2] for f in movie_512.frames])

@@ -176,3 +176,57 @@ def test_pipeline_fluorescence_matches_truth_and_suite2p(pmt_suite2p):
 
     assert median_r(F, truth) >= 0.78
     assert median_r(F, F_s2p) >= 0.93
+
+
+def test_frames_handed_over_in_column_order_give_the_same_numbers(pmt_suite2p):
+    """CLOOSE frames are checked and registered from their column-major bytes while the reader thread puts them in
+    row order (Frame.wire): with suite2p's ROIs and refImg, sent over CLOOSE's TCP by its sender's twin, every number
+    equals that of the same frames processed in row order, as a replay reads them; with the extraction worker
+    (which waits for the row order) and without."""
+    from acquisition.config import ExtractionConfig, RegistrationConfig
+    from acquisition.pipeline import FramePipeline
+    from acquisition.rois import load_suite2p
+    from acquisition.sources.cloose_tcp import ClooseTcpSource
+    from tests.cloose_twins import ConnectingSender, wire_bytes
+    from tests.conftest import wait_for
+
+    movie, plane = pmt_suite2p
+    rois = load_suite2p(plane)
+    frames = np.clip(movie.frames[:80], 0, None).astype(np.uint16)  # a scope's unsigned pixels
+    src = ClooseTcpSource("127.0.0.1", 0, *frames.shape[1:])
+    assert src.deliver_early()
+    src.start_keeping()
+    src.open()
+    scope = ConnectingSender(src.port)
+    modes = ("always", "never")
+    fine = RegistrationConfig(bin_factor=2)  # a 256-px frame has no fine stage by default: its crop is read too
+
+    def pipelines() -> dict[str, FramePipeline]:
+        return {mode: FramePipeline(rois, registration=fine, extraction=ExtractionConfig(ahead=mode)) for mode in modes}
+    early, rows = pipelines(), pipelines()
+    try:
+        assert early["always"].registrar is not None and early["always"].registrar._fine is not None
+        for t, image in enumerate(frames):
+            scope.send(wire_bytes(image))
+            frame = wait_for(lambda: src.read(0.1), 5, "a frame")
+            assert frame.wire is not None and frame.wire.flags.f_contiguous
+            for mode in modes:
+                for pipe in (early[mode], rows[mode]) if t else ():  # as the pacer does between frames
+                    if mode == "always":
+                        prewarm_between_frames(pipe)
+                    else:
+                        pipe.prewarm()
+                got = early[mode].process(frame)
+                got = (got.F.copy(), got.Fneu.copy(), got.dy, got.dx, got.corr, got.flags)
+                want = rows[mode].process(image)
+                np.testing.assert_array_equal(got[0], want.F)
+                np.testing.assert_array_equal(got[1], want.Fneu)
+                assert got[2:] == (want.dy, want.dx, want.corr, want.flags), (t, mode)
+            np.testing.assert_array_equal(frame.data, image)
+        worker = early["always"].ahead_stats()
+        assert worker is not None and worker["cells_taken"] > 0 and worker["neuropil_taken"] > 0
+    finally:
+        scope.close()
+        src.close()
+        for pipe in (*early.values(), *rows.values()):
+            pipe.close()

@@ -196,7 +196,8 @@ class _FakeProcess:
 
 
 def _tune(tmp_path, monkeypatch, *, critical: bool, priority: str, cpus: list[int] | None = None,
-          background: str = "normal", affinity: dict[str, list[int]] | None = None):
+          background: str = "normal", affinity: dict[str, list[int]] | None = None,
+          threads: dict[str, int] | None = None):
     """Run RigProcess._tune_for_realtime on a stand-in process; returns (OS calls, events, warnings)."""
     _FakeProcess.calls = []
     monkeypatch.setattr(psutil, "Process", _FakeProcess)
@@ -206,7 +207,8 @@ def _tune(tmp_path, monkeypatch, *, critical: bool, priority: str, cpus: list[in
     warned: list[tuple[str, str]] = []
     proc = SimpleNamespace(name="gui", config=SimpleNamespace(rig=rig), spec=SimpleNamespace(critical=critical),
                            events=EventLog(tmp_path / "events.jsonl"),
-                           warn=lambda code, message: warned.append((code, message)))
+                           warn=lambda code, message: warned.append((code, message)),
+                           realtime_threads=lambda: dict(threads or {}))
     RigProcess._tune_for_realtime(proc)  # type: ignore[arg-type]
     proc.events.close()
     return _FakeProcess.calls, read_events(tmp_path / "events.jsonl"), warned
@@ -227,13 +229,19 @@ def test_a_non_critical_process_is_never_raised(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("refusal", "io"), [("", (1, "")), ("SCHED_FIFO refused (Operation not permitted)", (1, "")),
                                            ("", (0, "no ZeroMQ I/O thread found"))])
 def test_realtime_priority_asks_for_fifo_and_reports_a_refusal(tmp_path, monkeypatch, refusal, io):
-    """SCHED_FIFO for the loop, then for the ZeroMQ I/O threads (only once the loop has it); either refusal is said."""
+    """SCHED_FIFO for the loop, then for the ZeroMQ I/O threads and the process's own reader threads (only once the
+    loop has it); any refusal is said."""
     raised: list[bool] = []
+    own: list[dict[str, int]] = []
     monkeypatch.setattr(process_module, "set_realtime_scheduling", lambda: refusal)
     monkeypatch.setattr(process_module, "raise_zmq_io_threads", lambda: raised.append(True) or io)
-    calls, events, warned = _tune(tmp_path, monkeypatch, critical=True, priority="realtime")
+    monkeypatch.setattr(process_module, "raise_threads", lambda threads: own.append(threads) or "")
+    calls, events, warned = _tune(tmp_path, monkeypatch, critical=True, priority="realtime",
+                                  threads={"cloose-tcp-reader": 4242})
     assert calls == [] and [e["kind"] for e in events] == ["scheduling"] and events[0]["refused"] == refusal
     assert raised == ([] if refusal else [True])
+    assert own == ([] if refusal else [{"cloose-tcp-reader": 4242}])
+    assert events[0]["threads_raised"] == ([] if refusal else ["cloose-tcp-reader"])
     assert (events[0]["zmq_io_threads"], events[0]["zmq_io_refused"]) == ((0, "") if refusal else io)
     if refusal:
         assert warned == [("priority_refused", f"gui: {refusal}; running at normal priority")]

@@ -44,6 +44,7 @@ from rig.core.clock import now_ns
 from rig.core.platform_signals import StopHandlers, install_stop_handlers
 from rig.core.realtime import (
     background_cpus,
+    raise_threads,
     raise_zmq_io_threads,
     scheduling_policy,
     set_realtime_scheduling,
@@ -126,6 +127,11 @@ class RigProcess:
 
     def ready_info(self) -> dict[str, str]:
         """Facts the supervisor needs once this process is ready (e.g. a serial URL)."""
+        return {}
+
+    def realtime_threads(self) -> dict[str, int]:
+        """Threads ``configure()`` started that the loop waits on (name -> native id), to raise with it under
+        ``rig.priority = "realtime"`` (threads started later inherit the loop's policy). None by default."""
         return {}
 
     def on_start(self) -> None:
@@ -313,12 +319,17 @@ class RigProcess:
             refused = set_realtime_scheduling()
             self.realtime_scheduling = not refused
             io_threads, io_refused = (0, "") if refused else raise_zmq_io_threads()
+            own = {} if refused else self.realtime_threads()
+            own_refused = raise_threads(own) if own else ""
             self.events.write("scheduling", policy=scheduling_policy(), refused=refused,
-                              zmq_io_threads=io_threads, zmq_io_refused=io_refused)
+                              zmq_io_threads=io_threads, zmq_io_refused=io_refused,
+                              threads_raised=sorted(own), threads_refused=own_refused)
             if refused:
                 self.warn("priority_refused", f"{self.name}: {refused}; running at normal priority")
             elif io_refused:
                 self.warn("priority_refused", f"{self.name}: {io_refused}; the bus's messages may wait for a CPU")
+            if own_refused:
+                self.warn("priority_refused", f"{self.name}: {own_refused}; they may wait for a CPU behind the loop")
             decision = "keep"
         if not cpus and decision != "raise":
             return

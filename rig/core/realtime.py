@@ -70,13 +70,21 @@ def raise_zmq_io_threads(priority: int = FIFO_PRIORITY) -> tuple[int, str]:
     found = zmq_io_threads()
     if not found:
         return 0, "no ZeroMQ I/O thread found under /proc/self/task (libzmq names them ZMQbg/IO/<n>)"
+    return len(found), raise_threads({f"ZeroMQ I/O thread {tid}": tid for tid in found}, priority)
+
+
+def raise_threads(threads: dict[str, int], priority: int = FIFO_PRIORITY) -> str:
+    """SCHED_FIFO for threads of this process already running (name -> native id). Returns "" or what was refused.
+    Where there is no SCHED_FIFO (Windows: the priority class covers every thread), nothing to do."""
+    if not hasattr(os, "SCHED_FIFO"):
+        return ""
     problems = []
-    for tid in found:
+    for name, tid in threads.items():
         try:
             os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
         except OSError as exc:
-            problems.append(f"ZeroMQ I/O thread {tid}: SCHED_FIFO refused ({exc.strerror or exc})")
-    return len(found), "; ".join(problems)
+            problems.append(f"{name}: SCHED_FIFO refused ({exc.strerror or exc})")
+    return "; ".join(problems)
 
 
 def scheduling_policy() -> str:
