@@ -193,7 +193,7 @@ def test_frames_handed_over_in_column_order_give_the_same_numbers(pmt_suite2p):
     movie, plane = pmt_suite2p
     rois = load_suite2p(plane)
     frames = np.clip(movie.frames[:80], 0, None).astype(np.uint16)  # a scope's unsigned pixels
-    src = ClooseTcpSource("127.0.0.1", 0, *frames.shape[1:])
+    src = ClooseTcpSource("127.0.0.1", 0, *frames.shape[1:], early_min_bytes=0)  # 256x256: below the default
     assert src.deliver_early()
     src.start_keeping()
     src.open()

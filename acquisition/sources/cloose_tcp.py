@@ -58,6 +58,10 @@ RING_SECONDS = 0.1
 def ring_slots(frame_rate_hz: float) -> int:
     """Slots for ``RING_SECONDS`` of frames at ``frame_rate_hz`` (never fewer than ``RING_SLOTS``)."""
     return max(RING_SLOTS, math.ceil(RING_SECONDS * frame_rate_hz))
+#: deliver_early() only for frames at least this big: the reorder after the last byte of a 512x512 frame (512 KiB)
+#: is ~0.4 ms, more than the early hand-off adds; at 1 kHz, 64x256 (32 KiB), the hand-off made decisions 0.04-0.07 ms
+#: later (p50) and the reorder saved is ~0.02 ms (docs/PERFORMANCE.md, seventh round)
+EARLY_MIN_BYTES = 256 * 1024
 #: repeated warnings (refusals, failed dials, overwritten frames) go out the first time, then every this many
 _WARN_EVERY = 100
 #: how often the reader thread looks at its stop flag when nothing arrives (seconds)
@@ -87,7 +91,8 @@ class ClooseTcpSource(FrameSource):
     def __init__(self, host: str, port: int, height: int, width: int, *, frame_rate_hz: float = 30.0,
                  byte_order: str = "little", allow: Sequence[str] = (), mode: str = "listen",
                  handshake_port: int = -1, handshake_frames: int = 65535, invert: bool = False,
-                 replace_connections: bool = False, stale_after_s: float = STALE_AFTER_S) -> None:
+                 replace_connections: bool = False, stale_after_s: float = STALE_AFTER_S,
+                 early_min_bytes: int = EARLY_MIN_BYTES) -> None:
         """``allow``: the only peer IP addresses accepted (empty: any that can reach ``host``). ``handshake_port``:
         -1 none, 0 any free port (tests), else CLOOSE's frame-count port (its GUI uses 50000)."""
         super().__init__()
@@ -126,6 +131,7 @@ class ClooseTcpSource(FrameSource):
         # deliver_early(): a frame is committed at its last byte and its last columns reordered after, while the
         # loop registers its column-major pixels; each slot's event is set once its row order is complete
         self._early = False
+        self._early_min_bytes = int(early_min_bytes)
         self._data_ready = [threading.Event() for _ in self._ring.buffers]
         for event in self._data_ready:
             event.set()
@@ -184,8 +190,10 @@ class ClooseTcpSource(FrameSource):
     def deliver_early(self) -> bool:
         """Frames are handed over at their last byte, before the last columns' reordering (~0.4 ms of a 512x512
         frame that came in one burst), with the column-major pixels in ``Frame.wire``. Not for inverted or
-        big-endian frames: their bytes are not the pixel values yet."""
-        self._early = not self._invert and self._wire_dtype == np.dtype(np.uint16)
+        big-endian frames (their bytes are not the pixel values yet), nor below ``early_min_bytes``
+        (:data:`EARLY_MIN_BYTES`: the reorder saved is then shorter than what the hand-off adds)."""
+        self._early = (not self._invert and self._wire_dtype == np.dtype(np.uint16)
+                       and self._frame_bytes >= self._early_min_bytes)
         return self._early
 
     def reader_threads(self) -> list[threading.Thread]:
