@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import sys
+import threading
 from types import SimpleNamespace
 
 import psutil
@@ -249,6 +250,38 @@ def test_realtime_priority_asks_for_fifo_and_reports_a_refusal(tmp_path, monkeyp
         assert warned == [("priority_refused", f"gui: {io[1]}; the bus's messages may wait for a CPU")]
     else:
         assert warned == []
+
+
+def test_a_reader_thread_the_os_would_not_raise_is_said(tmp_path, monkeypatch):
+    refused = "cloose-tcp-reader: SCHED_FIFO refused (Operation not permitted)"
+    monkeypatch.setattr(process_module, "set_realtime_scheduling", lambda: "")
+    monkeypatch.setattr(process_module, "raise_zmq_io_threads", lambda: (1, ""))
+    monkeypatch.setattr(process_module, "raise_threads", lambda threads: refused)
+    _, events, warned = _tune(tmp_path, monkeypatch, critical=True, priority="realtime",
+                              threads={"cloose-tcp-reader": 4242})
+    assert events[0]["threads_refused"] == refused
+    assert warned == [("priority_refused", f"gui: {refused}; they may wait for a CPU behind the loop")]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_FIFO"), reason="SCHED_FIFO is Linux's")
+def test_raise_threads_gives_a_running_thread_the_loops_policy():
+    """The real call on a real thread (a source's reader starts before rig.priority is applied)."""
+    from rig.core.realtime import FIFO_PRIORITY, raise_threads
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, args=(10,), name="reader")
+    thread.start()
+    try:
+        assert thread.native_id is not None and os.sched_getscheduler(thread.native_id) == os.SCHED_OTHER
+        refused = raise_threads({"reader": thread.native_id})
+        if refused:
+            pytest.skip(f"SCHED_FIFO refused here: {refused}")
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_FIFO
+        assert os.sched_getparam(thread.native_id).sched_priority == FIFO_PRIORITY
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller is not touched
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def test_low_background_keeps_the_console_off_the_decoders_cpus(tmp_path, monkeypatch):
