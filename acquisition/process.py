@@ -112,7 +112,7 @@ class AcquisitionProcess(RigProcess):
         self.z_records: RecordWriter | None = None
         # a recording (session.record_only, acquisition.recording) has no ROIs: no pipeline, frames of the source's size
         self.pipeline: FramePipeline | None = None if self.config.session.record_only else self._configure_pipeline()
-        # a source that can hands each frame over at its last byte, still being put in row order (Frame.wire): the
+        # a source that can hand each frame over at its last byte, still being put in row order (Frame.wire): the
         # pipeline registers it meanwhile and waits for the rest; a recording has nothing to start on early
         self.early_frames = self.pipeline is not None and self.source.deliver_early()
         lead = self.config.acquisition.registration.prewarm_ms
