@@ -25,8 +25,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from acquisition.sources.base import DATA_WAIT_S
-
 Shift = tuple[int, int]
 #: compute(frame, (iy, ix), out): the cells' four corner reads (4, n) or the neuropil (n,) at that whole shift
 Compute = Callable[[np.ndarray, Shift, np.ndarray], None]
@@ -75,7 +73,6 @@ class ExtractAhead:
         self.wait_s = wait_ms / 1e3
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
-        self._frame_ready: threading.Event | None = None  # set once _frame is complete (Frame.data_ready)
         self._pending: list[tuple[int, int, Shift]] = []  # (part, slot, shift), in the order to compute
         self._running: tuple[int, Shift] | None = None  # (part, shift) being computed
         self._wanted: tuple[Shift, Shift] = ((0, 0), (0, 0))  # the shifts take() asks for
@@ -95,13 +92,11 @@ class ExtractAhead:
         with self._cond:
             return self._running is None and not self._pending
 
-    def submit(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift],
-               ready: threading.Event | None = None) -> bool:
+    def submit(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> bool:
         """Start ``frame``'s cell reads at each of ``cells_at`` and its neuropil at each of ``neuropil_at`` (the
-        likeliest first); ``frame`` must stay unchanged until :meth:`take`. ``ready``: the worker starts once it is
-        set (the source is still putting ``frame`` in row order, ``Frame.data_ready``). False (nothing started:
-        the loop computes this frame itself) while the worker is still busy with an earlier frame."""
-        started = self._start(frame, cells_at, neuropil_at, ready)
+        likeliest first); ``frame`` must stay unchanged until :meth:`take`. False (nothing started: the loop
+        computes this frame itself) while the worker is still busy with an earlier frame."""
+        started = self._start(frame, cells_at, neuropil_at)
         if not started:
             self.busy += 1
         return started
@@ -115,8 +110,7 @@ class ExtractAhead:
             self.rehearsals += 1
         return started
 
-    def _start(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift],
-               ready: threading.Event | None = None) -> bool:
+    def _start(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> bool:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="extract-ahead", daemon=True)
             self._thread.start()
@@ -125,7 +119,6 @@ class ExtractAhead:
             if self._running is not None:
                 return False
             self._frame = frame
-            self._frame_ready = ready
             for done in self._done:
                 done.clear()
             self._pending = [(part, slot, shift)
@@ -178,11 +171,9 @@ class ExtractAhead:
                     return
                 part, slot, shift = self._pending.pop()
                 self._running = (part, shift)
-                frame, ready = self._frame, self._frame_ready
+                frame = self._frame
             try:
                 assert frame is not None
-                if ready is not None and not ready.wait(self.wait_s + DATA_WAIT_S):
-                    raise RuntimeError("the frame's pixels were not put in row order in time (Frame.data_ready)")
                 self._compute[part](frame, shift, self._buffers[part][slot])  # releases the GIL
             except BaseException as exc:  # noqa: BLE001 - handed to the loop thread, which raises it
                 with self._cond:

@@ -213,7 +213,6 @@ class FramePipeline:
         self._extract_ahead: ExtractAhead | None = None  # "always": from the start; "auto": choose_extract_ahead
         self._extraction_ms = math.nan  # the extraction's cost, timed by warm_up
         self._last_registered: np.ndarray | None = None
-        self._last_rows: np.ndarray | None = None  # the same frame in row order (what the extraction reads)
         if ext.ahead == "always":
             self._start_extract_ahead()
         self.n_rois = roi_set.n_rois
@@ -282,9 +281,7 @@ class FramePipeline:
         before the session's first frame: its registration and extraction cost 6-7 ms more than the next frames'
         (FFT plans, first touches of buffers and tables). Leaves no trace: registration state and counters are as
         they were, F/Fneu go to scratch arrays. Then times the extraction (for :meth:`choose_extract_ahead`)."""
-        reference = self.reference
-        stand_in = (np.zeros(self.shape, dtype) if reference is None
-                    else np.clip(reference, *_dtype_range(np.dtype(dtype))).astype(dtype))
+        stand_in = self._stand_in(dtype)
         if self.registrar is not None:
             self.registrar.warm_up(stand_in)
         scratch = np.empty(self.n_rois, np.float32), np.empty(self.n_rois, np.float32)
@@ -298,6 +295,20 @@ class FramePipeline:
         self._extraction_ms = cost_ms
         self.extractor.last_shift = None
 
+    def expect_column_order(self, dtype: np.dtype | type = np.uint16) -> None:
+        """Frames will be processed from their column-major pixels (``Frame.wire``): build the extraction's tables
+        for that order and extract once from a stand-in in it, so that the first frame pays for neither."""
+        self.extractor.prepare_column_order()
+        scratch = np.empty(self.n_rois, np.float32), np.empty(self.n_rois, np.float32)
+        self.extractor.extract(np.asfortranarray(self._stand_in(dtype)), 0.3, -0.3, *scratch)
+        self.extractor.last_shift = None
+
+    def _stand_in(self, dtype: np.dtype | type) -> np.ndarray:
+        """A frame of the source's pixel type to warm the per-frame work on: the reference, else zeros."""
+        reference = self.reference
+        return (np.zeros(self.shape, dtype) if reference is None
+                else np.clip(reference, *_dtype_range(np.dtype(dtype))).astype(dtype))
+
     def prewarm(self) -> None:
         """Register the last registered frame again, the result discarded, just before the next frame is due
         (acquisition.pacer): the registration's code and buffers are then warm when it comes. The extraction
@@ -306,8 +317,8 @@ class FramePipeline:
         if self.registrar is None or self._last_registered is None:
             return
         ahead, last = self._extract_ahead, self.extractor.last_shift
-        if ahead is not None and last is not None and self._last_rows is not None:
-            ahead.rehearse(self._last_rows, *whole_shift_candidates(*last, self.extractor.subpixel, 1))
+        if ahead is not None and last is not None:
+            ahead.rehearse(self._last_registered, *whole_shift_candidates(*last, self.extractor.subpixel, 1))
         self.registrar.prewarm(self._last_registered)
 
     def choose_extract_ahead(self, realtime: bool, paced: bool = True) -> dict[str, Any]:
@@ -349,7 +360,7 @@ class FramePipeline:
     def _keep_for_refinement(self, data: np.ndarray) -> None:
         frames = self._refine_frames
         assert frames is not None and self._reference is not None
-        frames.append(np.array(data))  # a copy: the source may reuse its buffer
+        frames.append(np.array(data, order="C"))  # a copy in row order: the source may reuse its buffer
         if len(frames) >= self.reg_cfg.refine_frames:
             self._refine_frames = None
             self._refinement = _Refinement(self._reference, frames, self.reg_cfg, self.shape,
@@ -438,9 +449,10 @@ class FramePipeline:
     def process(self, frame: Frame | np.ndarray) -> PipelineResult:
         """Register and extract one frame. Never raises for bad pixels: they are flagged.
 
-        A frame handed over early (``Frame.wire``, :meth:`FrameSource.deliver_early`) is checked and registered from
-        its pixels in the scope's order while the source puts them in row order; everything else waits for that
-        (``Frame.wait_data``). The numbers are the same either way (tests/test_acq_suite2p.py, test_acq_latency.py)."""
+        A frame handed over early (``Frame.wire``, :meth:`FrameSource.deliver_early`) is checked, registered and
+        extracted from its pixels in the scope's order while the source puts them in row order: ``frame.data`` may
+        still be incomplete when this returns, so the caller reads it through ``Frame.wait_data``. The numbers are
+        the same either way (tests/test_acq_suite2p.py, test_acq_latency.py; :meth:`expect_column_order`)."""
         data = frame.data if isinstance(frame, Frame) else frame
         early = frame if isinstance(frame, Frame) and frame.wire is not None else None
         pixels = data if early is None else early.wire  # complete now, in whichever order
@@ -450,9 +462,6 @@ class FramePipeline:
         if self._refinement is not None:
             self._finish_refinement()
         flags = self.validator.check(pixels)
-        if early is not None and (flags & UNUSABLE or self.registrar is None or not self.reg_cfg.enabled):
-            early.wait_data()
-            early = None
         if flags & UNUSABLE:
             res.F.fill(np.nan)
             res.Fneu.fill(np.nan)
@@ -465,27 +474,24 @@ class FramePipeline:
             if self.reg_cfg.enabled:
                 if self.registrar is None:
                     flags |= FrameFlag.NOT_REGISTERED
-                    self._collect_for_reference(data)
+                    self._collect_for_reference(data if early is None else early.wait_data())
                 else:
                     ahead = self._extract_ahead
                     last = self.extractor.last_shift
                     if not (ahead is not None and last is not None  # its extraction at likely shifts, beside this
-                            and ahead.submit(data, *whole_shift_candidates(*last, self.extractor.subpixel,
-                                                                           ahead.candidates),
-                                             early.data_ready if early is not None else None)):
+                            and ahead.submit(pixels, *whole_shift_candidates(*last, self.extractor.subpixel,
+                                                                             ahead.candidates))):
                         ahead = None
                     dy, dx, corr, reg_flags = self.registrar.register(pixels)
-                    if early is not None:
-                        early.wait_data()
-                    # what prewarm() registers again, in the order the next frame will come in (not a copy: any
-                    # pixels do, even those of a slot the source has since refilled)
-                    self._last_registered, self._last_rows = pixels, data
+                    # what prewarm() registers and extracts again, in the order the next frame will come in (not a
+                    # copy: any pixels do, even those of a slot the source has since refilled)
+                    self._last_registered = pixels
                     flags |= reg_flags
                     if self._refine_frames is not None and not flags:
-                        self._keep_for_refinement(data)
+                        self._keep_for_refinement(pixels)
             res.dy, res.dx, res.corr = dy, dx, corr
             res.t_registered = now_ns()
-            self.extractor.extract(data, dy, dx, res.F, res.Fneu, ahead=ahead)
+            self.extractor.extract(pixels, dy, dx, res.F, res.Fneu, ahead=ahead)
             res.t_extracted = now_ns()
         res.flags = int(flags)
         self.frames += 1

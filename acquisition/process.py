@@ -113,8 +113,10 @@ class AcquisitionProcess(RigProcess):
         # a recording (session.record_only, acquisition.recording) has no ROIs: no pipeline, frames of the source's size
         self.pipeline: FramePipeline | None = None if self.config.session.record_only else self._configure_pipeline()
         # a source that can hand each frame over at its last byte, still being put in row order (Frame.wire): the
-        # pipeline registers it meanwhile and waits for the rest; a recording has nothing to start on early
+        # pipeline registers and extracts it meanwhile; a recording has nothing to start on early
         self.early_frames = self.pipeline is not None and self.source.deliver_early()
+        if self.early_frames:
+            self.pipeline.expect_column_order(self.source.dtype)
         lead = self.config.acquisition.registration.prewarm_ms
         self._pacer = FramePacer(lead) if lead > 0 and self.pipeline is not None else None
         self.n_rois = self.pipeline.n_rois if self.pipeline is not None else 0
@@ -165,15 +167,6 @@ class AcquisitionProcess(RigProcess):
             self.z.start(pipeline.reference, self._max_shift_px())
             self.z_records = RecordWriter(self.dir / "z.rec", Z_RECORD_DTYPE, self.config.session.flush_interval_s)
         return pipeline
-
-    def realtime_threads(self) -> dict[str, int]:
-        """The source's reader threads when frames are handed over early: each frame's row order is then finished
-        there beside the registration, and at normal priority the loop it woke took its CPU (the row order came
-        0.8 ms later). Not otherwise: at 1 kHz a raised reader cost the decision 0.04 ms (docs/PERFORMANCE.md,
-        seventh round)."""
-        if not self.early_frames:
-            return {}
-        return {t.name: t.native_id for t in self.source.reader_threads() if t.native_id is not None}
 
     def on_start(self) -> None:
         """Frames are the session's from now on: a source that streamed before drained and counted them. The
@@ -296,7 +289,7 @@ class AcquisitionProcess(RigProcess):
             record_frame(self, frame, PREVIEW_INTERVAL_NS)
             self._maybe_status()
             return
-        result = self.pipeline.process(frame)  # frame.data is complete when it returns (Frame.wire)
+        result = self.pipeline.process(frame)  # frame.data may still be being put in row order (Frame.wire)
         if not self._reference_saved:
             self._save_reference()
         for event in self.pipeline.pop_reference_events():
@@ -326,6 +319,7 @@ class AcquisitionProcess(RigProcess):
         row["F"] = result.F
         row["Fneu"] = result.Fneu
         self.records.commit()
+        frame.wait_data()  # the rest reads the row order, which the source's thread finishes meanwhile
         if self.z is not None:
             self._track_z(frame.number, frame.data, result.dy, result.dx)
         if frame.data.shape != self.pipeline.shape:

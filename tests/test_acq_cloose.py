@@ -198,25 +198,17 @@ def test_a_big_endian_inverted_scope_in_pieces_reads_right():
 def test_early_delivery_hands_a_frame_over_at_its_last_byte_in_column_order():
     """deliver_early(): the frame is handed over with its column-major pixels (``wire``) while the reader thread puts
     them in row order (``data``, complete once ``data_ready`` is set). Not for inverted or big-endian streams, whose
-    bytes are not yet the pixels, nor for frames below EARLY_MIN_BYTES (a 512x512 frame is early, 64x256 is not).
-    The reader thread is the one the process raises with the loop."""
+    bytes are not yet the pixels, nor for frames below EARLY_MIN_BYTES (a 512x512 frame is early, 64x256 is not)."""
     assert ClooseTcpSource("127.0.0.1", 0, 512, 512).deliver_early()
     assert not ClooseTcpSource("127.0.0.1", 0, 64, 256).deliver_early()
     assert not ClooseTcpSource("127.0.0.1", 0, LY, LX, invert=True, early_min_bytes=0).deliver_early()
     assert not ClooseTcpSource("127.0.0.1", 0, LY, LX, byte_order="big", early_min_bytes=0).deliver_early()
     src = ClooseTcpSource("127.0.0.1", 0, LY, LX, early_min_bytes=0)
-    assert src.reader_threads() == [] and src.deliver_early()
+    assert src.deliver_early()
     src.start_keeping()
     src.open()
     scope = ConnectingSender(src.port)
     try:
-        assert [t.name for t in src.reader_threads()] == ["cloose-tcp-reader"]
-        # what the acquisition process raises with its loop under rig.priority = "realtime": this thread, when early
-        from types import SimpleNamespace
-
-        from acquisition.process import AcquisitionProcess
-        raised = AcquisitionProcess.realtime_threads(SimpleNamespace(early_frames=True, source=src))  # type: ignore[arg-type]
-        assert raised == {"cloose-tcp-reader": src.reader_threads()[0].native_id}
         for image in _images(3):
             scope.send(wire_bytes(image))
             frame = wait_for(lambda: src.read(0.1), 5, "a frame")
@@ -227,7 +219,6 @@ def test_early_delivery_hands_a_frame_over_at_its_last_byte_in_column_order():
     finally:
         scope.close()
         src.close()
-    assert src.reader_threads() == []
 
 
 def test_waiting_for_a_frame_its_source_never_finished_names_the_frame():
@@ -378,8 +369,7 @@ def test_the_acquisition_drains_before_the_start_and_names_a_pixel_order_set_wro
                        endpoints=endpoints, session_dir=str(tmp_path / "session"), critical=True, watch_parent=False)
     proc = AcquisitionProcess(spec)
     proc.configure()
-    # 64x64 frames come whole: too small to hand over early, so the reader thread is not raised either
-    assert not proc.early_frames and proc.realtime_threads() == {}
+    assert not proc.early_frames  # 64x64 frames come whole: too small to hand over early
     scope = ConnectingSender(port)
     frame_clock = threading.Event()  # never set: waits on it are the scope's 30 Hz frame clock
     try:

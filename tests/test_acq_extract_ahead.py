@@ -86,34 +86,3 @@ def test_a_rehearsal_warms_the_worker_and_its_results_are_never_taken():
     finally:
         release.set()
         ahead.close()
-
-
-def test_the_worker_reads_a_frame_handed_over_early_only_once_it_is_complete():
-    """A frame still being put in row order (Frame.data_ready unset): the worker computes nothing until it is set,
-    then everything asked."""
-    seen: list[int] = []
-
-    def cells(frame, shift, out):
-        seen.append(int(frame[0, 0]))
-        out.fill(shift[0])
-
-    def neuropil(frame, shift, out):
-        seen.append(int(frame[0, 0]))
-        out.fill(shift[1])
-
-    ahead = ExtractAhead(cells, neuropil, n_rois=3, candidates=1, wait_ms=20)
-    frame = np.zeros((4, 4), np.uint16)
-    ready = threading.Event()
-    corners, neuropil_out = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
-    try:
-        assert ahead.submit(frame, [(1, 2)], [(1, 2)], ready)
-        wait_for(lambda: ahead._running is not None, 5, "the worker waiting for the frame")
-        assert not ready.wait(0.05) and seen == []  # nothing read from the half-made frame
-        frame[0, 0] = 9  # the source finishes the frame
-        ready.set()
-        wait_for(lambda: ahead.idle, 5, "both computed")
-        assert seen == [9, 9]
-        assert ahead.take((1, 2), (1, 2), corners, neuropil_out) == (True, True)
-    finally:
-        ready.set()
-        ahead.close()

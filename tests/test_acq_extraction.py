@@ -162,6 +162,31 @@ def test_roi_shifted_out_of_the_frame_reads_nan_and_edge_rois_are_renormalised()
     assert np.isnan(F[0]) and F[1] == pytest.approx(7.0)
 
 
+def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges():
+    """A CLOOSE frame's column-major pixels (Frame.wire) give F and Fneu to the bit of the same frame in row order,
+    at any shift, with cells of long rows at each edge: the cell kernel's edge branch sums in an order that depends
+    on the memory order (its reduction is vectorised over contiguous pixels only), so those cells are read again
+    from a row-major copy of their pixels; the neuropil is summed down columns, exactly."""
+    Ly, Lx = 96, 128
+    yy, xx = np.mgrid[0:9, 0:30]
+    stat = [{"ypix": (yy + y0).ravel(), "xpix": (xx + x0).ravel(), "lam": np.linspace(0.2, 1.0, yy.size),
+             "radius": 6.0} for y0, x0 in ((0, 98), (87, 0), (40, 98), (40, 0), (0, 40), (87, 60), (40, 50))]
+    rois = RoiSet(stat=stat, iscell=np.ones((len(stat), 2)), Ly=Ly, Lx=Lx)
+    rows, columns = Extractor(rois, min_neuropil_pixels=60), Extractor(rois, min_neuropil_pixels=60)
+    columns.prepare_column_order()
+    rng = np.random.default_rng(4)
+    out = [np.empty(len(stat), np.float32) for _ in range(4)]
+    for _ in range(4):
+        frame = rng.integers(200, 4000, (Ly, Lx)).astype(np.uint16)
+        for dy, dx in ((0.0, 0.0), (0.3, 0.6), (-1.7, 2.2), (2.5, -2.5), (-6.2, 5.9)):
+            rows.extract(frame, dy, dx, out[0], out[1])
+            columns.extract(np.asfortranarray(frame), dy, dx, out[2], out[3])
+            np.testing.assert_array_equal(out[2], out[0])
+            np.testing.assert_array_equal(out[3], out[1])
+    assert np.isfinite(out[0]).all() and len(columns._edge_tables) == 4 and all(
+        table[0].size for table in columns._edge_tables.values())
+
+
 def test_roi_without_own_pixels_reads_nan():
     stat = [{"ypix": np.array([5, 5]), "xpix": np.array([5, 6]), "lam": np.ones(2), "overlap": np.array([True, True]),
              "radius": 1.0},

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from acquisition.config import AcquisitionConfig, RegistrationConfig, ValidationConfig
+from acquisition.config import AcquisitionConfig, ExtractionConfig, RegistrationConfig, ValidationConfig
 from acquisition.pipeline import FramePipeline, load_reference_image
 from acquisition.rois import RoiSet
 from acquisition.sources.base import Frame
@@ -96,6 +96,34 @@ def test_pipeline_matches_registration_and_reuses_outputs(movie):
         shifts.append((res.dy, res.dx))
     err = np.array(shifts) - movie.shifts
     assert np.sqrt((err**2).mean()) <= 0.25
+
+
+@pytest.mark.parametrize("ahead", ["never", "always"])
+def test_a_frame_handed_over_early_is_extracted_before_its_row_order_is_done(movie, ahead):
+    """A CLOOSE frame (``Frame.wire``, column-major) is registered and extracted from those pixels while the source
+    still puts them in row order: process() reads nothing of ``data`` (still zeros here, ``data_ready`` unset) and
+    gives the numbers of the same frame in row order to the bit, with the extraction worker and without it."""
+    rows, columns = (FramePipeline(_rois(movie), extraction=ExtractionConfig(ahead=ahead), blas_threads=None)
+                     for _ in range(2))
+    columns.expect_column_order(np.uint16)
+    try:
+        for i, image in enumerate(movie.frames):
+            pixels = np.asarray(image, np.uint16)
+            early = Frame(data=np.zeros_like(pixels), number=i, t_ready_ns=0, wire=np.asfortranarray(pixels),
+                          data_ready=threading.Event())
+            got = columns.process(early)
+            got = (got.dy, got.dx, got.corr, got.flags, got.F.copy(), got.Fneu.copy())
+            want = rows.process(pixels)
+            assert got[:4] == (want.dy, want.dx, want.corr, want.flags)
+            np.testing.assert_array_equal(got[4], want.F)
+            np.testing.assert_array_equal(got[5], want.Fneu)
+            assert not early.data_ready.is_set() and not early.data.any()
+            for pipeline in (rows, columns):
+                pipeline.prewarm()  # as the pacer does: the worker rehearses on the last frame, in its order
+    finally:
+        rows.close()
+        columns.close()
+    assert np.isfinite(want.F).all() and want.flags == 0
 
 
 def test_reference_is_built_from_live_frames_when_none_is_given(movie):

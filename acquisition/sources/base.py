@@ -37,7 +37,8 @@ class Frame:
     holds the same pixels in the scope's own memory order (a column-major view for CLOOSE), complete at
     ``t_ready_ns``; the source's thread is still putting them in row order into ``data``, which is complete once
     ``data_ready`` is set: read it through :meth:`wait_data`. Why: that reordering costs ~0.4 ms of a 512x512
-    frame after its last byte, and registration can run on ``wire`` meanwhile.
+    frame after its last byte, and the pipeline registers and extracts from ``wire`` meanwhile (the same numbers);
+    only what follows the decision (movie, previews, z-tracking) reads ``data``.
     """
 
     data: np.ndarray
@@ -128,10 +129,6 @@ class FrameSource(abc.ABC):
         in the scope's order in ``Frame.wire`` (see :class:`Frame`). True when the source does so from now on;
         False (the default) when it cannot: its frames come whole, as before."""
         return False
-
-    def reader_threads(self) -> list[threading.Thread]:
-        """Threads of the source that read the scope's frames (running ones only); none by default."""
-        return []
 
     def start_keeping(self) -> None:  # noqa: B027 - deliberately a no-op by default
         """The session runs: frames from now on are the session's. A source whose scope may stream before that

@@ -122,7 +122,8 @@ class ClooseTcpSource(FrameSource):
         # one transposing copy (~0.3 ms at 512x512) is cheaper than every later stage walking a transposed view.
         # The reader thread makes it column by column as the bytes arrive, and read() hands the slot's frame over
         # without a copy. A scope on the same PC sends a frame in one burst, so the whole reordering follows the
-        # last byte: with deliver_early() the frame is handed over first and registered from the column-major view.
+        # last byte: with deliver_early() the frame is handed over first, registered and extracted from the
+        # column-major view.
         self._pixels = [np.frombuffer(b, dtype=self._wire_dtype).reshape(width, height).T for b in self._ring.buffers]
         self._rows = [np.empty((height, width), np.uint16) for _ in self._ring.buffers]
         self._col_bytes = height * 2
@@ -195,9 +196,6 @@ class ClooseTcpSource(FrameSource):
         self._early = (not self._invert and self._wire_dtype == np.dtype(np.uint16)
                        and self._frame_bytes >= self._early_min_bytes)
         return self._early
-
-    def reader_threads(self) -> list[threading.Thread]:
-        return [self._thread] if self._thread is not None and self._thread.is_alive() else []
 
     def start_keeping(self) -> None:
         """The session runs: frames from now on are kept and numbered from 0 (those before were drained)."""
@@ -424,7 +422,7 @@ class ClooseTcpSource(FrameSource):
                 continue
             self._filled = 0
             slot = ring.filling
-            if self._early and self._keeping:  # handed over now, its row order finished beside the registration
+            if self._early and self._keeping:  # handed over now, its row order finished beside the pipeline
                 self._data_ready[slot].clear()
                 self._complete(t_ns)
                 self._reorder(slot, self._width)
