@@ -149,8 +149,9 @@ class DecoderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     zscore: bool = False  # decode z-scored dF/F, using the baseline mean and standard deviation
     smoothing_frames: int = 3  # running mean of the cursor over this many frames (CLOOSE: 3)
     cell_cap: float = 0.0  # > 0: clip each cell's signal to [-cap, cap] (HoloBMI style); 0: no cap
-    # "all": dF/F of every ROI every frame. "decoder": during BCI only the decoder's ROIs (the others are NaN
-    # in the per-frame output until BCI ends): the decode step then costs a fraction (see bench_decoder.py)
+    # "all": dF/F of every ROI every frame (during BCI the others' after the decision is sent). "decoder": during
+    # BCI only the decoder's ROIs (the others are NaN in the per-frame output until BCI ends): the decode step
+    # then costs a fraction (see bench_decoder.py)
     dff_rois: str = "all"
     # The bad-frame rule: a frame carrying any of these flags updates neither F0 nor the cursor (the cursor
     # holds its last value, the frame takes its time in the trial and cannot be a hit). Names of FrameFlag.

@@ -141,13 +141,14 @@ class DecoderCore:
         if (self.calibrate_in_loop and engine.mode == Mode.BASELINE
                 and engine.baseline_frames + 1 >= engine.baseline_target):
             with self.output.busy("calibrating"):  # this frame ends the baseline: calibration may take a while
-                res = engine.step(frame, F, Fneu, flags)
+                res = engine.step(frame, F, Fneu, flags, defer_rest=True)
         else:
-            res = engine.step(frame, F, Fneu, flags)
+            res = engine.step(frame, F, Fneu, flags, defer_rest=True)
         if res.reward_request:
             self.requests += 1
             self.output.reward_request(f"dec-{self.requests}", self.reward_volume_ul, "decoder", frame)
         self.output.decision(res)
+        engine.finish_frame()  # the other ROIs' dF/F, once the decision is out
         if row is not None:
             if row.dtype is not self.record_dtype and row.dtype != self.record_dtype:  # offsets would be wrong
                 raise TypeError(f"`row`: a decisions.rec row of {self.engine.n_rois} ROIs expected, got {row.dtype}")

@@ -341,9 +341,13 @@ class DecoderEngine:
 
     # ------------------------------------------------------------------ the frame
 
-    def step(self, frame_number: int, F: np.ndarray, Fneu: np.ndarray, flags: int = 0) -> StepResult:
+    def step(self, frame_number: int, F: np.ndarray, Fneu: np.ndarray, flags: int = 0, *,
+             defer_rest: bool = False) -> StepResult:
         """Decode one frame (``flags``: its acquisition FrameFlag word); see the module docstring. The result
-        object is reused every call."""
+        object is reused every call. ``defer_rest``: during BCI, the dF/F of ROIs outside the decoder is left for
+        :meth:`finish_frame` (``res.dff`` holds theirs from the last frame until then), so the decision goes
+        out first; the next step finishes it at the latest."""
+        self._dff.finish()
         frame = int(frame_number)
         last = self._last_frame
         if last is not None and frame <= last:
@@ -395,9 +399,9 @@ class DecoderEngine:
             if valid:
                 if self._f0_task and mode in (Mode.BCI, Mode.PAUSED):  # the F0 mode applies during the task
                     self._task_frames += 1
-                    tracker.update(self._f0_slow > 0 and self._task_frames % self._f0_slow == 0)
+                    tracker.update(self._f0_slow > 0 and self._task_frames % self._f0_slow == 0, defer_rest)
                 else:
-                    tracker.update()
+                    tracker.update(True, defer_rest)
                 self._frames_seen += 1
             else:
                 tracker.invalidate()
@@ -450,6 +454,10 @@ class DecoderEngine:
         res.tone_hz = feedback.tone_hz(norm)
         res.angle_bin = feedback.angle_bin(norm)
         return res
+
+    def finish_frame(self) -> None:
+        """The work :meth:`step` left with ``defer_rest``: every ROI's dF/F of the frame it decided."""
+        self._dff.finish()
 
     # ------------------------------------------------------------------ internals
 

@@ -5,6 +5,11 @@ decides anything. While narrowed, a small tracker follows the decoder's ROIs (co
 the full tracker's window) and the other ROIs' dF/F is NaN; a ring of every ROI's corrected F keeps the
 last window, so when BCI ends the full tracker is refilled from it and resumes exactly where it would
 have been had it run all along.
+
+With every ROI's dF/F (``"all"``, the default) the same small tracker serves the decision during BCI, and the
+full tracker's update for every ROI may be left to :meth:`SubsetDffTracker.finish`, called once the decision
+is out (decoder.core): the same numbers (the small tracker's are the full one's, to the bit), the decision
+~0.07 ms sooner (docs/PERFORMANCE.md, eighth round).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class SubsetDffTracker:
         # ring of corrected F of every ROI: when narrowing is configured, or F0 is held during BCI (f0_mode), so
         # that after BCI F0 resumes from the frames it did not take
         self._narrowing = cfg.dff_rois == "decoder"
+        self._defer = False  # "all" during BCI: the small tracker decides, the full one updates in finish()
+        self._pending_push: bool | None = None  # the full tracker's update left for finish(), and its push
         self._held_f0 = cfg.f0_mode != "running"
         self._history = np.empty((window, n_rois)) if self._narrowing or self._held_f0 else None
         self._history_next = 0
@@ -47,12 +54,14 @@ class SubsetDffTracker:
     @property
     def running(self) -> RunningPercentile:
         """The full tracker's F0 window (a warm start pushes into it, then calls :meth:`seed_history`)."""
+        self.finish()
         return self.full.running
 
-    def update(self, push: bool = True) -> None:
+    def update(self, push: bool = True, defer: bool = False) -> None:
         """Push this frame's ``corrected`` (from ``correct``) into the F0 window(s) and compute dF/F; with
         ``push`` False (F0 frozen, or a frame the slow F0 skips) only the dF/F, against the current F0. The
-        history ring takes every frame either way: after BCI, F0 resumes as if it had run all along."""
+        history ring takes every frame either way: after BCI, F0 resumes as if it had run all along.
+        ``defer``: during BCI with every ROI's dF/F, only the decoder's ROIs now, the rest in :meth:`finish`."""
         full = self.full
         if self._history is not None:
             self._remember(full.corrected)
@@ -68,13 +77,32 @@ class SubsetDffTracker:
             narrow.update()
         else:
             narrow.hold()
+        if self._defer:
+            self._pending_push = push
+            if not defer:
+                self.finish()
+            else:
+                full.dff.put(self._narrow_rois, narrow.dff)  # the decoder's, now; every ROI's in finish()
+            return
         if self._narrow_fresh:  # the other ROIs' dF/F is not computed from now on
             full.dff.fill(np.nan)
             self._narrow_fresh = False
         full.dff.put(self._narrow_rois, narrow.dff)
 
+    def finish(self) -> None:
+        """The full tracker's update that :meth:`update` left (``defer``), if any: every ROI's F0 and dF/F. Called
+        after the decision, and before anything else reads or changes the full tracker."""
+        push, self._pending_push = self._pending_push, None
+        if push is None:
+            return
+        if push:
+            self.full.update()
+        else:
+            self.full.hold()
+
     def fill_quantiles(self, levels: np.ndarray, quantiles: np.ndarray) -> None:
         """Warm start from a stored summary of a window (see :meth:`DffTracker.fill_quantiles`)."""
+        self.finish()
         self.full.fill_quantiles(levels, quantiles)
         self.seed_history()
 
@@ -91,10 +119,10 @@ class SubsetDffTracker:
     def narrow_to(self, rois: np.ndarray) -> None:
         """From now on track F0 only for ``rois``, continuing exactly from the full tracker's window.
 
-        Does nothing unless ``dff_rois = "decoder"``.
+        With ``dff_rois = "all"`` the full tracker goes on too, its update deferrable (:meth:`update`).
         """
-        if not self._narrowing:
-            return
+        self.finish()
+        self._defer = not self._narrowing
         cfg = self._cfg
         narrow = DffTracker(len(rois), cfg.neuropil_coef, self._window, cfg.f0_percentile, cfg.f0_floor)
         if self.full.frames_in_window:
@@ -106,6 +134,10 @@ class SubsetDffTracker:
     def take_f0(self, rois: np.ndarray, out: np.ndarray) -> None:
         """F0 of ``rois`` into ``out`` (while narrowed, ``rois`` must be among the ROIs narrowed to)."""
         narrow = self._narrow
+        if narrow is not None and self._defer and not (len(rois) == len(self._narrow_rois)
+                                                       and np.array_equal(rois, self._narrow_rois)):
+            self.finish()
+            narrow = None
         if narrow is None:
             self.full.f0.take(rois, out=out)
         elif len(rois) == len(self._narrow_rois) and np.array_equal(rois, self._narrow_rois):
@@ -120,6 +152,12 @@ class SubsetDffTracker:
     def widen(self) -> None:
         """Back to every ROI (after BCI): refill the full tracker's window from the history ring (also when
         not narrowed but F0 was held during BCI)."""
+        self.finish()
+        if self._defer:  # the full tracker ran all along: refilled only when its F0 was held during BCI
+            self._defer = False
+            self._narrow = None
+            if not self._held_f0:
+                return
         if self._history is None or (self._narrow is None and not self._held_f0):
             return
         self._narrow = None

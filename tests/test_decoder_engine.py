@@ -451,6 +451,33 @@ def test_decoder_only_dff_during_bci_is_exact_and_resumes_for_all_rois():
     assert {Mode.BASELINE, Mode.BCI, Mode.STOPPED} <= modes
 
 
+@pytest.mark.parametrize("f0_mode", ["running", "frozen"])
+def test_the_other_rois_dff_left_until_after_the_decision_is_the_same(f0_mode: str):
+    """decoder.core decides first and updates the other ROIs' dF/F after (``defer_rest``, ``finish_frame``): the
+    decision comes from the decoder's ROIs alone, already current, and after ``finish_frame`` every number equals
+    the plain step's, through BCI, its end and after it (a running and a frozen F0)."""
+    F, Fneu = synthetic_recording(1400, 6, seed=18)
+    tcfg = TaskConfig(auto_protocol=True, baseline_s=60.0, trial_s=3.0, iti_s=0.5, max_trials=8)
+    plain, deferred = (DecoderEngine(DecoderConfig(up=[1, 2], down=[4], f0_window_s=20.0, f0_mode=f0_mode), tcfg,
+                                     6, 10.0) for _ in range(2))
+    for eng in (plain, deferred):
+        eng.start_baseline()
+    rois, others, stale = [1, 2, 4], [0, 3, 5], 0
+    modes = set()
+    for t in range(1400):
+        a = plain.step(t, F[t], Fneu[t])
+        a_dff, a_cursor, a_mode = a.dff.copy(), a.cursor, a.mode
+        b = deferred.step(t, F[t], Fneu[t], defer_rest=True)
+        modes.add(b.mode)
+        assert b.mode == a_mode and b.cursor == a_cursor or (b.cursor != b.cursor and a_cursor != a_cursor)
+        assert np.array_equal(b.dff[rois], a_dff[rois], equal_nan=True)
+        stale += not np.array_equal(b.dff[others], a_dff[others], equal_nan=True)
+        deferred.finish_frame()
+        assert np.array_equal(b.dff, a_dff, equal_nan=True)
+    assert {Mode.BASELINE, Mode.BCI, Mode.STOPPED} <= modes
+    assert stale > 100  # the other ROIs' were really left until finish_frame during BCI
+
+
 def test_decoder_only_dff_after_a_loaded_baseline_resumes_exactly():
     F, Fneu = synthetic_recording(900, 5, seed=17)
     tcfg = TaskConfig(auto_protocol=False, baseline_s=60.0, trial_s=2.0, iti_s=0.0, timeout_s=0.0)
