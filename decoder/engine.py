@@ -1,8 +1,7 @@
 """DecoderEngine: fluorescence in, cursor / feedback / trial events / reward requests out, one frame per step.
 
-The engine is a pure function of (config, calibration, input stream, operator calls): no clocks, no
-threads, no I/O, one seeded RNG (calibration). Feeding the same frames and calls twice gives
-byte-identical results.
+The engine is a pure function of (config, calibration, input stream, operator calls): no clocks, no threads, no I/O,
+one seeded RNG (calibration). Feeding the same frames and calls twice gives byte-identical results.
 
 Modes (:class:`Mode`)::
 
@@ -15,36 +14,35 @@ Modes (:class:`Mode`)::
                                  +------------ end_block() --------+  (from BCI or PAUSED)
                                              stop(), max trials, session length --> STOPPED
 
-Blocks: ``end_block()`` ends a BCI block without ending the session ("block_end"); from READY the
-operator may start another block on the same calibration, or record a new baseline, choose new
-ensembles and recalibrate first. Blocks are numbered from 1 ("bci_start" and "block_end" carry
-``block``); trial numbers go on across blocks, so every trial of a session has its own number.
+Blocks: ``end_block()`` ends a BCI block without ending the session ("block_end"); from READY the operator may start
+another block on the same calibration, or record a new baseline, choose new ensembles and recalibrate first. Blocks
+are numbered from 1 ("bci_start" and "block_end" carry ``block``); trial numbers go on across blocks, so every trial
+of a session has its own number.
 
-With ``task.auto_protocol`` the engine goes on by itself from the end of the baseline: it calibrates
-and starts BCI ("baseline_done", "calibrated", "bci_start" on that frame; with ``defer_calibration``
-the calibration is a job the caller computes beside the loop and applies, with "calibrated" and
-"bci_start", before a later frame: :meth:`DecoderEngine.finish_calibration`). If calibration fails
-it says so ("calibration_failed") and waits in IDLE for the operator.
+With ``task.auto_protocol`` the engine goes on by itself from the end of the baseline: it calibrates and starts BCI
+("baseline_done", "calibrated", "bci_start" on that frame; with ``defer_calibration`` the calibration is a job the
+caller computes beside the loop and applies, with "calibrated" and "bci_start", before a later frame:
+:meth:`DecoderEngine.finish_calibration`). If calibration fails it says so ("calibration_failed") and waits in IDLE
+for the operator.
 
-Per frame: F_corr = F - c·Fneu -> F0 (running percentile; during BCI per ``decoder.f0_mode``: running,
-frozen at the start of BCI, or a slow window) -> dF/F for every ROI -> decoder -> running
-mean -> cursor -> trial machine (in BCI) -> feedback. Frames are expected in increasing frame-number
-order; a jump is a gap: a "gap" event, the smoothing window skips the missing frames, and in BCI the
-trial clock advances through them (they consume trial time, cannot be hits; see :mod:`decoder.trial`).
-A frame whose F/Fneu is not all finite is treated like a missing frame ("bad_input") and does not
-enter F0. The bad-frame rule: a frame whose acquisition flags include one of ``decoder.bad_frame_flags``
-(low registration correlation, saturation, a clamped shift, ...) updates neither F0 nor the cursor: the
-cursor (and the smoothing window) holds its last value, the frame is counted (``bad_frames``; a "bad_frame"
-event opens each run of them), it takes its time in a trial and cannot be a hit, and it is not recorded
-into a baseline. With ``decoder.dff_rois = "decoder"`` only the decoder's ROIs get F0 and dF/F during BCI
-(several times cheaper; see :mod:`decoder.subset_f0`). The pieces live in their own modules: dF/F in
-:mod:`decoder.dff` and :mod:`decoder.subset_f0`, the decoders behind :mod:`decoder.registry`, the
-baseline and calibration assembly in :mod:`decoder.baseline`; the engine sequences them.
+Per frame: F_corr = F - c·Fneu -> F0 (running percentile; during BCI per ``decoder.f0_mode``: running, frozen at the
+start of BCI, or a slow window) -> dF/F for every ROI -> decoder -> running mean -> cursor -> trial machine (in BCI)
+-> feedback. Frames are expected in increasing frame-number order; a jump is a gap: a "gap" event, the smoothing
+window skips the missing frames, and in BCI the trial clock advances through them (they consume trial time, cannot
+be hits; see :mod:`decoder.trial`). A frame whose F/Fneu is not all finite is treated like a missing frame
+("bad_input") and does not enter F0. The bad-frame rule: a frame whose acquisition flags include one of
+``decoder.bad_frame_flags`` (low registration correlation, saturation, a clamped shift, ...) updates neither F0 nor
+the cursor: the cursor (and the smoothing window) holds its last value, the frame is counted (``bad_frames``; a
+"bad_frame" event opens each run of them), it takes its time in a trial and cannot be a hit, and it is not recorded
+into a baseline. With ``decoder.dff_rois = "decoder"`` only the decoder's ROIs get F0 and dF/F during BCI (several
+times cheaper; see :mod:`decoder.subset_f0`); with "all", :meth:`DecoderEngine.step` can leave the other ROIs' dF/F
+until the decision is out (``defer_rest``). The pieces live in their own modules: dF/F in :mod:`decoder.dff` and
+:mod:`decoder.subset_f0`, the decoders behind :mod:`decoder.registry`, the baseline and calibration assembly in
+:mod:`decoder.baseline`; the engine sequences them.
 
-Operator calls between frames take effect from the next frame; their events are reported on the next
-step's result (or fetched with :meth:`DecoderEngine.take_pending_events`). Operator calls that the
-mode does not allow raise :class:`EngineStateError`; a wrapper should catch :data:`COMMAND_ERRORS`.
-"""
+Operator calls between frames take effect from the next frame; their events are reported on the next step's result
+(or fetched with :meth:`DecoderEngine.take_pending_events`). Operator calls that the mode does not allow raise
+:class:`EngineStateError`; a wrapper should catch :data:`COMMAND_ERRORS`."""
 
 from __future__ import annotations
 
@@ -341,12 +339,14 @@ class DecoderEngine:
 
     # ------------------------------------------------------------------ the frame
 
+    def finish_frame(self) -> None:
+        """What :meth:`step` left with ``defer_rest`` (the next step does it otherwise)."""
+        self._dff.finish()
+
     def step(self, frame_number: int, F: np.ndarray, Fneu: np.ndarray, flags: int = 0, *,
              defer_rest: bool = False) -> StepResult:
-        """Decode one frame (``flags``: its acquisition FrameFlag word); see the module docstring. The result
-        object is reused every call. ``defer_rest``: during BCI, the dF/F of ROIs outside the decoder is left for
-        :meth:`finish_frame` (``res.dff`` holds theirs from the last frame until then), so the decision goes
-        out first; the next step finishes it at the latest."""
+        """Decode one frame (``flags``: its acquisition FrameFlag word); see the module docstring. The result is
+        reused every call. ``defer_rest``: during BCI the other ROIs' dF/F waits for :meth:`finish_frame`."""
         self._dff.finish()
         frame = int(frame_number)
         last = self._last_frame
@@ -373,9 +373,8 @@ class DecoderEngine:
 
         missing = 0 if last is None else frame - last - 1
         if missing:
-            events.append(Event("gap", self.trials, frame, {
-                "missing": missing, "first_missing": last + 1, "last_missing": frame - 1,  # type: ignore[operator]
-            }))
+            detail = {"missing": missing, "first_missing": last + 1, "last_missing": frame - 1}  # type: ignore[operator]
+            events.append(Event("gap", self.trials, frame, detail))
             self._smoother.push_missing(missing)
             if mode == Mode.BASELINE:
                 self._baseline.gap_frames += missing
@@ -455,10 +454,6 @@ class DecoderEngine:
         res.angle_bin = feedback.angle_bin(norm)
         return res
 
-    def finish_frame(self) -> None:
-        """The work :meth:`step` left with ``defer_rest``: every ROI's dF/F of the frame it decided."""
-        self._dff.finish()
-
     # ------------------------------------------------------------------ internals
 
     def _require(self, command: str, action: str) -> None:
@@ -528,8 +523,7 @@ class DecoderEngine:
         self._block += 1
         self._mode = Mode.BCI
         self._dff.narrow_to(self._decoder.rois)
-        self._monitor = drift_monitor_for(self._decoder.rois, cal, self.n_rois, self.decoder_cfg,
-                                          self.frame_rate_hz)
+        self._monitor = drift_monitor_for(self._decoder.rois, cal, self.n_rois, self.decoder_cfg, self.frame_rate_hz)
         self._task_frames = 0
         detail = {"threshold": cal.threshold, "trial_frames": self.timing.trial_frames,
                   "f0_mode": self.decoder_cfg.f0_mode, "block": self._block}
