@@ -108,7 +108,7 @@ class DecoderCore:
     def __init__(self, decoder_cfg: DecoderConfig, task_cfg: TaskConfig, reward_volume_ul: float, n_rois: int,
                  frame_rate_hz: float, output: DecoderOutput, calibrator: Calibrator | None = None) -> None:
         self.engine = DecoderEngine(decoder_cfg, task_cfg, n_rois, frame_rate_hz,
-                                    defer_calibration=decoder_cfg.calibrate_off_loop)
+                                    defer_calibration=decoder_cfg.calibrate_off_loop, defer_rest=True)
         self.auto_protocol = task_cfg.auto_protocol
         self.calibrate_in_loop = task_cfg.auto_protocol and not decoder_cfg.calibrate_off_loop
         self.calibrator: Calibrator = calibrator if calibrator is not None else NextFrameCalibrator()
@@ -141,9 +141,9 @@ class DecoderCore:
         if (self.calibrate_in_loop and engine.mode == Mode.BASELINE
                 and engine.baseline_frames + 1 >= engine.baseline_target):
             with self.output.busy("calibrating"):  # this frame ends the baseline: calibration may take a while
-                res = engine.step(frame, F, Fneu, flags, defer_rest=True)
+                res = engine.step(frame, F, Fneu, flags)
         else:
-            res = engine.step(frame, F, Fneu, flags, defer_rest=True)
+            res = engine.step(frame, F, Fneu, flags)
         if res.reward_request:
             self.requests += 1
             self.output.reward_request(f"dec-{self.requests}", self.reward_volume_ul, "decoder", frame)

@@ -35,8 +35,8 @@ be hits; see :mod:`decoder.trial`). A frame whose F/Fneu is not all finite is tr
 the cursor: the cursor (and the smoothing window) holds its last value, the frame is counted (``bad_frames``; a
 "bad_frame" event opens each run of them), it takes its time in a trial and cannot be a hit, and it is not recorded
 into a baseline. With ``decoder.dff_rois = "decoder"`` only the decoder's ROIs get F0 and dF/F during BCI (several
-times cheaper; see :mod:`decoder.subset_f0`); with "all", :meth:`DecoderEngine.step` can leave the other ROIs' dF/F
-until the decision is out (``defer_rest``). The pieces live in their own modules: dF/F in :mod:`decoder.dff` and
+times cheaper; see :mod:`decoder.subset_f0`); with "all" and ``defer_rest`` the others' wait until the decision is
+out (:meth:`DecoderEngine.finish_frame`). The pieces live in their own modules: dF/F in :mod:`decoder.dff` and
 :mod:`decoder.subset_f0`, the decoders behind :mod:`decoder.registry`, the baseline and calibration assembly in
 :mod:`decoder.baseline`; the engine sequences them.
 
@@ -87,7 +87,7 @@ class DecoderEngine:
     """See the module docstring. ``n_rois`` and ``frame_rate_hz`` come from acquisition."""
 
     def __init__(self, decoder_cfg: DecoderConfig, task_cfg: TaskConfig, n_rois: int, frame_rate_hz: float,
-                 defer_calibration: bool = False) -> None:
+                 defer_calibration: bool = False, defer_rest: bool = False) -> None:
         if n_rois < 1:
             raise ValueError(f"`n_rois`: must be >= 1, got {n_rois}")
         if not (math.isfinite(frame_rate_hz) and frame_rate_hz > 0):
@@ -100,7 +100,7 @@ class DecoderEngine:
         self.f0_window = max(1, frames_for(decoder_cfg.f0_window_s, frame_rate_hz))
         self.baseline_target = max(1, frames_for(task_cfg.baseline_s, frame_rate_hz))
         self.max_gap_frames = frames_for(86_400.0, frame_rate_hz)  # a day: anything longer is a broken counter
-        self._dff = SubsetDffTracker(n_rois, decoder_cfg, self.f0_window)
+        self._dff = SubsetDffTracker(n_rois, decoder_cfg, self.f0_window, defer_rest)  # see finish_frame
         self._decoder = make_decoder(decoder_cfg.decoder, n_rois, zscore=decoder_cfg.zscore,
                                      cell_cap=decoder_cfg.cell_cap)
         # here (configure), not on the first frame or at calibration: a first compile takes seconds
@@ -340,13 +340,13 @@ class DecoderEngine:
     # ------------------------------------------------------------------ the frame
 
     def finish_frame(self) -> None:
-        """What :meth:`step` left with ``defer_rest`` (the next step does it otherwise)."""
+        """Built with ``defer_rest``: the other ROIs' dF/F of the frame :meth:`step` decided during BCI (``res.dff``
+        holds their last frame's until then); the next step does it otherwise."""
         self._dff.finish()
 
-    def step(self, frame_number: int, F: np.ndarray, Fneu: np.ndarray, flags: int = 0, *,
-             defer_rest: bool = False) -> StepResult:
-        """Decode one frame (``flags``: its acquisition FrameFlag word); see the module docstring. The result is
-        reused every call. ``defer_rest``: during BCI the other ROIs' dF/F waits for :meth:`finish_frame`."""
+    def step(self, frame_number: int, F: np.ndarray, Fneu: np.ndarray, flags: int = 0) -> StepResult:
+        """Decode one frame (``flags``: its acquisition FrameFlag word); see the module docstring. The result
+        object is reused every call."""
         self._dff.finish()
         frame = int(frame_number)
         last = self._last_frame
@@ -398,9 +398,9 @@ class DecoderEngine:
             if valid:
                 if self._f0_task and mode in (Mode.BCI, Mode.PAUSED):  # the F0 mode applies during the task
                     self._task_frames += 1
-                    tracker.update(self._f0_slow > 0 and self._task_frames % self._f0_slow == 0, defer_rest)
+                    tracker.update(self._f0_slow > 0 and self._task_frames % self._f0_slow == 0)
                 else:
-                    tracker.update(True, defer_rest)
+                    tracker.update()
                 self._frames_seen += 1
             else:
                 tracker.invalidate()

@@ -6,10 +6,10 @@ the full tracker's window) and the other ROIs' dF/F is NaN; a ring of every ROI'
 last window, so when BCI ends the full tracker is refilled from it and resumes exactly where it would
 have been had it run all along.
 
-With every ROI's dF/F (``"all"``, the default) the same small tracker serves the decision during BCI, and the
-full tracker's update for every ROI may be left to :meth:`SubsetDffTracker.finish`, called once the decision
-is out (decoder.core): the same numbers (the small tracker's are the full one's, to the bit), the decision
-~0.07 ms sooner (docs/PERFORMANCE.md, eighth round).
+Built with ``defer_rest`` (decoder.core's engine) and every ROI's dF/F (``"all"``, the default), the same small
+tracker serves the decision during BCI, and the full tracker's update is left to :meth:`SubsetDffTracker.finish`,
+called once the decision is out: the same numbers (the small tracker's are the full one's, to the bit), the
+decision ~0.07 ms sooner (docs/PERFORMANCE.md, eighth round).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class SubsetDffTracker:
     narrowed) are preallocated arrays updated in place, so views of them stay valid.
     """
 
-    def __init__(self, n_rois: int, cfg: DecoderConfig, window: int) -> None:
+    def __init__(self, n_rois: int, cfg: DecoderConfig, window: int, defer_rest: bool = False) -> None:
         self._cfg = cfg
         self._window = window
         self.full = DffTracker(n_rois, cfg.neuropil_coef, window, cfg.f0_percentile, cfg.f0_floor)
@@ -44,6 +44,7 @@ class SubsetDffTracker:
         # ring of corrected F of every ROI: when narrowing is configured, or F0 is held during BCI (f0_mode), so
         # that after BCI F0 resumes from the frames it did not take
         self._narrowing = cfg.dff_rois == "decoder"
+        self._deferring = defer_rest and not self._narrowing
         self._defer = False  # "all" during BCI: the small tracker decides, the full one updates in finish()
         self._pending_push: bool | None = None  # the full tracker's update left for finish(), and its push
         self._held_f0 = cfg.f0_mode != "running"
@@ -57,11 +58,11 @@ class SubsetDffTracker:
         self.finish()
         return self.full.running
 
-    def update(self, push: bool = True, defer: bool = False) -> None:
+    def update(self, push: bool = True) -> None:
         """Push this frame's ``corrected`` (from ``correct``) into the F0 window(s) and compute dF/F; with
         ``push`` False (F0 frozen, or a frame the slow F0 skips) only the dF/F, against the current F0. The
-        history ring takes every frame either way: after BCI, F0 resumes as if it had run all along.
-        ``defer``: during BCI with every ROI's dF/F, only the decoder's ROIs now, the rest in :meth:`finish`."""
+        history ring takes every frame either way: after BCI, F0 resumes as if it had run all along. Built with
+        ``defer_rest``, during BCI with every ROI's dF/F: the decoder's ROIs now, the rest in :meth:`finish`."""
         full = self.full
         if self._history is not None:
             self._remember(full.corrected)
@@ -79,10 +80,7 @@ class SubsetDffTracker:
             narrow.hold()
         if self._defer:
             self._pending_push = push
-            if not defer:
-                self.finish()
-            else:
-                full.dff.put(self._narrow_rois, narrow.dff)  # the decoder's, now; every ROI's in finish()
+            full.dff.put(self._narrow_rois, narrow.dff)  # the decoder's, now; every ROI's in finish()
             return
         if self._narrow_fresh:  # the other ROIs' dF/F is not computed from now on
             full.dff.fill(np.nan)
@@ -90,7 +88,7 @@ class SubsetDffTracker:
         full.dff.put(self._narrow_rois, narrow.dff)
 
     def finish(self) -> None:
-        """The full tracker's update that :meth:`update` left (``defer``), if any: every ROI's F0 and dF/F. Called
+        """The full tracker's update that :meth:`update` left (``defer_rest``), if any: every ROI's F0 and dF/F. Called
         after the decision, and before anything else reads or changes the full tracker."""
         push, self._pending_push = self._pending_push, None
         if push is None:
@@ -119,10 +117,13 @@ class SubsetDffTracker:
     def narrow_to(self, rois: np.ndarray) -> None:
         """From now on track F0 only for ``rois``, continuing exactly from the full tracker's window.
 
-        With ``dff_rois = "all"`` the full tracker goes on too, its update deferrable (:meth:`update`).
+        Does nothing unless ``dff_rois = "decoder"``, or built with ``defer_rest`` (the full tracker then goes on
+        too, its update left to :meth:`finish`).
         """
         self.finish()
-        self._defer = not self._narrowing
+        if not (self._narrowing or self._deferring):
+            return
+        self._defer = self._deferring
         cfg = self._cfg
         narrow = DffTracker(len(rois), cfg.neuropil_coef, self._window, cfg.f0_percentile, cfg.f0_floor)
         if self.full.frames_in_window:

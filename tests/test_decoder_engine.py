@@ -453,13 +453,13 @@ def test_decoder_only_dff_during_bci_is_exact_and_resumes_for_all_rois():
 
 @pytest.mark.parametrize("f0_mode", ["running", "frozen"])
 def test_the_other_rois_dff_left_until_after_the_decision_is_the_same(f0_mode: str):
-    """decoder.core decides first and updates the other ROIs' dF/F after (``defer_rest``, ``finish_frame``): the
+    """decoder.core's engine decides first, the other ROIs' dF/F after (``defer_rest``, ``finish_frame``): the
     decision comes from the decoder's ROIs alone, already current, and after ``finish_frame`` every number equals
     the plain step's, through BCI, its end and after it (a running and a frozen F0)."""
     F, Fneu = synthetic_recording(1400, 6, seed=18)
     tcfg = TaskConfig(auto_protocol=True, baseline_s=60.0, trial_s=3.0, iti_s=0.5, max_trials=8)
     plain, deferred = (DecoderEngine(DecoderConfig(up=[1, 2], down=[4], f0_window_s=20.0, f0_mode=f0_mode), tcfg,
-                                     6, 10.0) for _ in range(2))
+                                     6, 10.0, defer_rest=defer) for defer in (False, True))
     for eng in (plain, deferred):
         eng.start_baseline()
     rois, others, stale = [1, 2, 4], [0, 3, 5], 0
@@ -467,7 +467,7 @@ def test_the_other_rois_dff_left_until_after_the_decision_is_the_same(f0_mode: s
     for t in range(1400):
         a = plain.step(t, F[t], Fneu[t])
         a_dff, a_cursor, a_mode = a.dff.copy(), a.cursor, a.mode
-        b = deferred.step(t, F[t], Fneu[t], defer_rest=True)
+        b = deferred.step(t, F[t], Fneu[t])
         modes.add(b.mode)
         assert b.mode == a_mode and b.cursor == a_cursor or (b.cursor != b.cursor and a_cursor != a_cursor)
         assert np.array_equal(b.dff[rois], a_dff[rois], equal_nan=True)
