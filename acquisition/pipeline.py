@@ -282,6 +282,7 @@ class FramePipeline:
         (FFT plans, first touches of buffers and tables). Leaves no trace: registration state and counters are as
         they were, F/Fneu go to scratch arrays. Then times the extraction (for :meth:`choose_extract_ahead`)."""
         stand_in = self._stand_in(dtype)
+        self.validator.check(stand_in)  # its kernel compiled (or loaded) for this pixel type now
         if self.registrar is not None:
             self.registrar.warm_up(stand_in)
         scratch = np.empty(self.n_rois, np.float32), np.empty(self.n_rois, np.float32)
@@ -300,7 +301,9 @@ class FramePipeline:
         for that order and extract once from a stand-in in it, so that the first frame pays for neither."""
         self.extractor.prepare_column_order()
         scratch = np.empty(self.n_rois, np.float32), np.empty(self.n_rois, np.float32)
-        self.extractor.extract(np.asfortranarray(self._stand_in(dtype)), 0.3, -0.3, *scratch)
+        stand_in = np.asfortranarray(self._stand_in(dtype))
+        self.validator.check(stand_in)
+        self.extractor.extract(stand_in, 0.3, -0.3, *scratch)
         self.extractor.last_shift = None
 
     def _stand_in(self, dtype: np.dtype | type) -> np.ndarray:

@@ -12,6 +12,7 @@ import scipy.fft as sfft
 
 from acquisition.config import RegistrationConfig
 from acquisition.pipeline import FramePipeline
+from acquisition.reg_kernels import load_crop, masked_crop, masked_crop_by_strips
 from acquisition.registration import RigidRegistrar
 from acquisition.rois import RoiSet
 from acquisition.sources.cloose_tcp import RING_SLOTS, ClooseTcpSource
@@ -53,6 +54,26 @@ def test_a_frame_in_column_order_registers_to_the_same_bits(movie_512):
     for frame in movie_512.frames:
         assert columns.register(np.asfortranarray(frame)) == rows.register(frame)
     assert rows.tracked_frames == columns.tracked_frames == len(movie_512.frames) - 1
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32])
+def test_the_crop_of_a_column_major_frame_is_read_in_strips_to_the_row_kernels_bits(dtype):
+    """A column-major frame's crop is read in strips of columns (cache-friendly for that order): the same bits
+    as the row kernel, for crop widths that are and are not a multiple of the strip, at any place."""
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 30000, (300, 280)).astype(dtype)
+    columns_frame = np.asfortranarray(frame)
+    for (h, w), (y0, x0) in [((256, 256), (0, 0)), ((200, 173), (37, 100)), ((9, 15), (291, 265))]:
+        mask = rng.random((h, w)).astype(np.float32)
+        rows, strips = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+        masked_crop(frame, y0, x0, mask, rows)
+        masked_crop_by_strips(columns_frame, y0, x0, mask, strips)
+        np.testing.assert_array_equal(rows, frame[y0:y0 + h, x0:x0 + w].astype(np.float32) * mask)
+        assert np.array_equal(rows.view(np.uint32), strips.view(np.uint32))
+        loaded_rows, loaded_columns = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+        load_crop(frame, y0, x0, mask, float(mask.sum()), loaded_rows)
+        load_crop(columns_frame, y0, x0, mask, float(mask.sum()), loaded_columns)
+        assert np.array_equal(loaded_rows.view(np.uint32), loaded_columns.view(np.uint32))
 
 
 def test_fine_registration_still_subpixel_accurate(movie_512):

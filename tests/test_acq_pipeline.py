@@ -65,6 +65,27 @@ def test_validator_on_larger_integer_frames_samples_rows_but_confirms_all_zero()
     assert v.check(band) == FrameFlag.SATURATED
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32])
+def test_saturation_is_flagged_as_the_rule_says_in_either_memory_and_byte_order(dtype):
+    """The check counts saturated pixels on every 4th row in one compiled pass; the rule, restated plainly here:
+    flagged when that count exceeds the allowed fraction scaled to the rows sampled. The same answer for a
+    column-major frame (CLOOSE's) and a byte-swapped one (numpy's path)."""
+    level = np.iinfo(dtype).max
+    v = FrameValidator((64, 48), max_saturated_fraction=0.02)
+    allowed = int(0.02 * 64 * 48) * (64 // 4) / 64
+    rng = np.random.default_rng(11)
+    seen = set()
+    for n_saturated in range(0, 130, 4):
+        frame = rng.integers(1, level // 2, (64, 48)).astype(dtype)
+        frame.flat[rng.choice(frame.size, n_saturated, replace=False)] = level
+        expected = FrameFlag.SATURATED if np.count_nonzero(frame[::4] == level) > allowed else FrameFlag.NONE
+        seen.add(expected)
+        swapped = frame.astype(frame.dtype.newbyteorder("S"))
+        for variant in (frame, np.asfortranarray(frame), swapped):
+            assert v.check(variant) == expected, (n_saturated, variant.flags.f_contiguous, variant.dtype)
+    assert seen == {FrameFlag.NONE, FrameFlag.SATURATED}
+
+
 def test_bad_frames_are_counted_not_fatal(movie):
     p = FramePipeline(_rois(movie), blas_threads=None)
     bad = [np.zeros((96, 96), np.uint16), np.zeros((50, 96), np.uint16), np.full((96, 96), np.nan, np.float32),
