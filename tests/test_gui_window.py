@@ -325,11 +325,16 @@ def rect_in(widget, ancestor) -> QtCore.QRect:
     return QtCore.QRect(widget.mapTo(ancestor, QtCore.QPoint(0, 0)), widget.size())
 
 
-def assert_reachable(window, area, widgets) -> None:
-    """Each widget lies inside the scroll area's content, and scrolling to it shows it whole in the viewport."""
+def assert_reachable(qtbot, window, area, widgets) -> None:
+    """Each widget lies inside the scroll area's content, and scrolling to it shows it whole in the viewport.
+
+    The scroll bars follow the content at the scroll area's next layout pass: a label the live rig just
+    lengthened may have grown the content a moment before its bar appears, so each bar is waited for."""
     content, viewport = area.widget(), area.viewport()
-    assert content.height() <= viewport.height() or area.verticalScrollBar().isVisible(), "no vertical scroll bar"
-    assert content.width() <= viewport.width() or area.horizontalScrollBar().isVisible(), "no horizontal scroll bar"
+    qtbot.waitUntil(lambda: content.height() <= viewport.height() or area.verticalScrollBar().isVisible(),
+                    timeout=WAIT_MS)  # times out when the content stays taller with no bar
+    qtbot.waitUntil(lambda: content.width() <= viewport.width() or area.horizontalScrollBar().isVisible(),
+                    timeout=WAIT_MS)
     for widget in widgets:
         assert widget.isVisibleTo(window), widget
         assert widget.width() > 0 and widget.height() > 0, widget
@@ -368,11 +373,11 @@ def test_the_window_fits_a_small_screen_and_every_panel_is_reachable(qtbot, rig,
         assert widget.isVisibleTo(window) and inside.contains(rect_in(widget, window)), widget
     assert fov.graphics.width() >= 150 and fov.graphics.height() >= 150
     # Each scrolling column: every key widget reachable.
-    assert_reachable(window, window.controls_scroll, [
+    assert_reachable(qtbot, window, window.controls_scroll, [
         c.status, c.mouse_id, c.experimenter, c.notes, c.save_metadata, c.start_baseline, c.target_hit_rate,
         c.calibrate, c.start_bci, c.pause, c.resume, c.stop, c.volume, c.manual_reward, c.test_pulse])
-    assert_reachable(window, window.plots_scroll, [p.performance, p.graphics, p.state_legend])
-    assert_reachable(window, window.health_scroll, [
+    assert_reachable(qtbot, window, window.plots_scroll, [p.performance, p.graphics, p.state_legend])
+    assert_reachable(qtbot, window, window.health_scroll, [
         h.rate_label, h.frames_label, h.registration_label, h.link_label, h.latency_table, h.process_table,
         h.console_label, h.tabs])
     # Inside the tables: the p99 column and every latency row are in view, no scrolling inside the table.
