@@ -270,6 +270,26 @@ def pixel_runs(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
     return ptr, join(ys_all), join(xs_all), join(lens)
 
 
+@njit(cache=True, nogil=True)
+def divide_by_shares(out: np.ndarray, share: np.ndarray) -> None:
+    """out /= share, NaN where the share is below 1e-6 (nothing of the mask left in the frame): numpy's divide
+    and masked fill in one pass, the same float32 values (a division is exact to the IEEE rounding either way)."""
+    tiny = np.float32(1e-6)
+    for i in range(out.size):
+        out[i] = np.float32(np.nan) if share[i] < tiny else out[i] / share[i]
+
+
+@njit(cache=True, nogil=True)
+def copy_regions(src: np.ndarray, dst: np.ndarray, regions: np.ndarray) -> None:
+    """dst[y0:y1, x0:x1] = src[y0:y1, x0:x1] for each row (y0, y1, x0, x1) of ``regions``: one call, not one per
+    region (a column-major ``src`` is read column by column)."""
+    for r in range(regions.shape[0]):
+        y0, y1, x0, x1 = regions[r, 0], regions[r, 1], regions[r, 2], regions[r, 3]
+        for x in range(x0, x1):
+            for y in range(y0, y1):
+                dst[y, x] = src[y, x]
+
+
 def compile_extract_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.float32)) -> None:
     """Compile (or load from numba's cache) the kernels for the frame dtypes scopes deliver, before frame one."""
     ptr = np.array([0, 1], np.int64)
@@ -286,6 +306,8 @@ def compile_extract_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.
         colsum, sums = scratch_for(frame.dtype, 4, 1)
         neuropil_sums(frame, valid, ev_row, ev_box, ev_sign, box, ptr, one, one, np.ones(1, np.int32), np.ones(1),
                       0, 0, colsum, sums, out)
+        copy_regions(np.asfortranarray(frame), frame.copy(), np.array([[0, 2, 0, 2]], np.int64))
+    divide_by_shares(out, np.ones(1, np.float32))
     sat = np.zeros((5, 5), np.int64)
     inside_shares(4, 4, ptr, one, one, np.ones(1, np.int32), ptr, np.ones(1, np.float32), box, np.ones(1), 0, 0, 0.5,
                   0.5, box, sat, ptr, one, one, np.ones(1, np.int32), np.ones(1, np.int64), np.ones(1), 0, 0,

@@ -43,6 +43,8 @@ from acquisition.extract_kernels import (
     cell_corner_sums,
     combine_corners,
     compile_extract_kernels,
+    copy_regions,
+    divide_by_shares,
     inside_shares,
     neuropil_sums,
     pixel_runs,
@@ -228,7 +230,6 @@ class Extractor:
         self._out = np.empty(2 * n, np.float32)
         self._weight = np.empty(2 * n, np.float32)
         self._term = np.empty(2 * n, np.float32)  # one bilinear corner's contribution
-        self._no_weight = np.empty(2 * n, bool)
         self._out_cells, self._out_neuropil = self._out[:n], self._out[n:]  # views made once, not per frame
         self.last_shift: tuple[float, float] | None = None  # the last frame's (dy, dx), as read
         self._corner_reads = np.zeros((4, n), np.float32)  # the cells read at the four whole shifts around the subpixel
@@ -410,8 +411,7 @@ class Extractor:
         rows = self._edge_frames.get(frame.dtype)
         if rows is None:
             rows = self._edge_frames[frame.dtype] = np.zeros((self.Ly, self.Lx), frame.dtype)
-        for y0, y1, x0, x1 in regions:
-            rows[y0:y1, x0:x1] = frame[y0:y1, x0:x1]
+        copy_regions(frame, rows, regions)
         cell_corner_sums(rows, ptr, run_y, run_x, run_len, weight, iy, ix, out)
         corners[:, rois] = out
 
@@ -427,8 +427,9 @@ class Extractor:
         ptr = np.concatenate([[0], np.cumsum([r.size for r in runs], dtype=np.int64)]).astype(self._cell_ptr.dtype)
         weight = (np.concatenate([self._cell_w[self._pix_ptr[i]:self._pix_ptr[i + 1]] for i in rois]) if runs
                   else np.zeros(0, np.float32))
-        regions = [(max(int(bbox[i, 0]) + iy, 0), min(int(bbox[i, 1]) + iy + 2, Ly),
-                    max(int(bbox[i, 2]) + ix, 0), min(int(bbox[i, 3]) + ix + 2, Lx)) for i in rois]
+        regions = np.array([(max(int(bbox[i, 0]) + iy, 0), min(int(bbox[i, 1]) + iy + 2, Ly),
+                             max(int(bbox[i, 2]) + ix, 0), min(int(bbox[i, 3]) + ix + 2, Lx)) for i in rois],
+                           np.int64).reshape(-1, 4)
         return (rois, ptr, self._run_y[which], self._run_x[which], self._run_len[which], weight, regions,
                 np.empty((4, rois.size), np.float32))
 
@@ -498,7 +499,4 @@ class Extractor:
                 if w > 1e-6:
                     np.multiply(self._inside_weight(iy + oy, ix + ox)[:n], np.float32(w), out=term)
                     weight[:n] += term
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(out, weight, out=out)
-        np.less(weight, 1e-6, out=self._no_weight)
-        np.copyto(out, np.nan, where=self._no_weight)
+        divide_by_shares(out, weight)
