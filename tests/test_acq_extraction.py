@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
+from acquisition.extract_ahead import ExtractAhead
 from acquisition.extract_kernels import box_decomposition
 from acquisition.extraction import Extractor, cell_pixel_map
 from acquisition.registration import RigidRegistrar, shift_image_integer
 from acquisition.rois import RoiSet
-from tests.conftest import prewarm_between_frames
+from tests.conftest import prewarm_between_frames, wait_for
 from tests.test_acq_registration import _peak_bytes_allocated
 from tests.test_acq_synth import make_movie
 
@@ -166,23 +169,36 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
     """A CLOOSE frame's column-major pixels (Frame.wire) give F and Fneu to the bit of the same frame in row order,
     at any shift, with cells of long rows at each edge: the cell kernel's edge branch sums in an order that depends
     on the memory order (its reduction is vectorised over contiguous pixels only), so those cells are read again
-    from a row-major copy of their pixels; the neuropil is summed down columns, exactly."""
+    from a row-major copy of their pixels; the neuropil is summed down columns, exactly. The same when the cells and
+    the neuropil come from the extraction worker (ExtractAhead), as they do for most frames in a session."""
     Ly, Lx = 96, 128
     yy, xx = np.mgrid[0:9, 0:30]
     stat = [{"ypix": (yy + y0).ravel(), "xpix": (xx + x0).ravel(), "lam": np.linspace(0.2, 1.0, yy.size),
              "radius": 6.0} for y0, x0 in ((0, 98), (87, 0), (40, 98), (40, 0), (0, 40), (87, 60), (40, 50))]
     rois = RoiSet(stat=stat, iscell=np.ones((len(stat), 2)), Ly=Ly, Lx=Lx)
-    rows, columns = Extractor(rois, min_neuropil_pixels=60), Extractor(rois, min_neuropil_pixels=60)
+    rows, columns, worked = (Extractor(rois, min_neuropil_pixels=60) for _ in range(3))
     columns.prepare_column_order()
+    worked.prepare_column_order()  # its cells read by the extraction worker, its edge cells again by the loop
+    ahead = ExtractAhead(worked.cells_ahead, worked.neuropil_ahead, len(stat))
     rng = np.random.default_rng(4)
-    out = [np.empty(len(stat), np.float32) for _ in range(4)]
-    for _ in range(4):
-        frame = rng.integers(200, 4000, (Ly, Lx)).astype(np.uint16)
-        for dy, dx in ((0.0, 0.0), (0.3, 0.6), (-1.7, 2.2), (2.5, -2.5), (-6.2, 5.9)):
-            rows.extract(frame, dy, dx, out[0], out[1])
-            columns.extract(np.asfortranarray(frame), dy, dx, out[2], out[3])
-            np.testing.assert_array_equal(out[2], out[0])
-            np.testing.assert_array_equal(out[3], out[1])
+    out = [np.empty(len(stat), np.float32) for _ in range(6)]
+    try:
+        for _ in range(4):
+            frame = rng.integers(200, 4000, (Ly, Lx)).astype(np.uint16)
+            for dy, dx in ((0.0, 0.0), (0.3, 0.6), (-1.7, 2.2), (2.5, -2.5), (-6.2, 5.9)):
+                rows.extract(frame, dy, dx, out[0], out[1])
+                columns.extract(np.asfortranarray(frame), dy, dx, out[2], out[3])
+                wire = np.asfortranarray(frame)
+                assert ahead.submit(wire, [(math.floor(dy), math.floor(dx))], [(round(dy), round(dx))])
+                wait_for(lambda: ahead.idle, what="the worker's reads")  # as registration gives it time to
+                worked.extract(wire, dy, dx, out[4], out[5], ahead=ahead)
+                for got in (out[2], out[4]):
+                    np.testing.assert_array_equal(got, out[0])
+                for got in (out[3], out[5]):
+                    np.testing.assert_array_equal(got, out[1])
+    finally:
+        ahead.close()
+    assert ahead.taken[0] == 20  # every frame's cells came from the worker
     assert np.isfinite(out[0]).all() and len(columns._edge_tables) == 4 and all(
         table[0].size for table in columns._edge_tables.values())
 
