@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from acquisition.config import AcquisitionConfig, ExtractionConfig, RegistrationConfig, ValidationConfig
-from acquisition.extract_ahead import ExtractAhead, whole_shift_candidates
+from acquisition.extract_ahead import ExtractAhead, riskier_part, whole_shift_candidates
 from acquisition.extraction import Extractor
 from acquisition.reg_refine import RefinedReference, refine_reference
 from acquisition.registration import RigidRegistrar, build_reference, compile_kernels
@@ -481,9 +481,10 @@ class FramePipeline:
                 else:
                     ahead = self._extract_ahead
                     last = self.extractor.last_shift
+                    subpixel = self.extractor.subpixel
                     if not (ahead is not None and last is not None  # its extraction at likely shifts, beside this
-                            and ahead.submit(pixels, *whole_shift_candidates(*last, self.extractor.subpixel,
-                                                                             ahead.candidates))):
+                            and ahead.submit(pixels, *whole_shift_candidates(*last, subpixel, ahead.candidates),
+                                             riskier_part(*last, subpixel))):
                         ahead = None
                     dy, dx, corr, reg_flags = self.registrar.register(pixels)
                     # what prewarm() registers and extracts again, in the order the next frame will come in (not a

@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
-from acquisition.extract_ahead import ExtractAhead
+from acquisition.extract_ahead import CELLS, NEUROPIL, ExtractAhead, riskier_part
 from acquisition.pacer import FramePacer
 from tests.conftest import wait_for
 
@@ -43,6 +44,30 @@ def test_the_loop_stops_waiting_for_a_stuck_computation_and_does_not_give_it_the
         assert (corners == 3).all() and (neuropil == 4).all()
     finally:
         release.set()
+        ahead.close()
+
+
+def test_after_the_first_pair_the_part_nearer_a_boundary_is_computed_first():
+    """Cells change whole shift at whole pixels (floor), the neuropil at half pixels (round): the second candidate
+    of the part the last shift left nearer its boundary comes third, before the other part's."""
+    assert riskier_part(2.95, 0.5, subpixel=True) == NEUROPIL  # 0.5 sits on round()'s boundary
+    assert riskier_part(2.95, 0.2, subpixel=True) == CELLS  # 0.05 from floor()'s, 0.3 from round()'s
+    assert riskier_part(-1.3, 4.02, subpixel=True) == CELLS
+    assert riskier_part(-1.45, 4.3, subpixel=True) == NEUROPIL
+    assert riskier_part(2.95, 0.5, subpixel=False) == CELLS  # one whole shift for both parts
+
+
+@pytest.mark.parametrize(("second_first", "expected"), [(NEUROPIL, ["c(1, 2)", "n(1, 2)", "n(1, 3)", "c(0, 2)"]),
+                                                        (CELLS, ["c(1, 2)", "n(1, 2)", "c(0, 2)", "n(1, 3)"])])
+def test_the_worker_computes_both_first_candidates_then_the_riskier_parts_second(second_first, expected):
+    computed: list[str] = []
+    ahead = ExtractAhead(lambda frame, shift, out: computed.append(f"c{shift}"),
+                         lambda frame, shift, out: computed.append(f"n{shift}"), n_rois=3, candidates=2)
+    try:
+        assert ahead.submit(np.zeros((4, 4), np.uint16), [(1, 2), (0, 2)], [(1, 2), (1, 3)], second_first)
+        wait_for(lambda: ahead.idle, 5, "all four computed")
+        assert computed == expected
+    finally:
         ahead.close()
 
 
