@@ -66,9 +66,9 @@ def whole_shift_candidates(dy: float, dx: float, subpixel: bool, k: int) -> tupl
 def riskier_part(dy: float, dx: float, subpixel: bool) -> int:
     """CELLS or NEUROPIL: the part whose whole shift this frame's shift leaves nearer a boundary, so the one the
     next frame more likely reads at its second candidate. Cells change whole shift where floor() does (at whole
-    pixels), the neuropil where round() does (at half pixels). Measured on 4,967 frames of 6 bench sessions
-    (docs/PERFORMANCE.md): both parts found among the first three computed for 68 % of frames, against 59 % with
-    the cells' second candidate always third."""
+    pixels), the neuropil where round() does (at half pixels). On the recorded shifts of 4,967 frames of 6 bench
+    sessions, both parts are among the first three computed for 68 % of frames, against 59 % with the cells'
+    second candidate always third (docs/PERFORMANCE.md, ninth round)."""
     if not subpixel:
         return CELLS  # both parts at the same whole shift
     to_floor = min(min(t, 1.0 - t) for t in (dy - math.floor(dy), dx - math.floor(dx)))
