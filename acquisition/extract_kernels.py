@@ -184,17 +184,13 @@ def combine_corners(corners: np.ndarray, fy: float, fx: float, out: np.ndarray) 
 
 
 @njit(cache=True, nogil=True)
-def inside_shares(Ly: int, Lx: int, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
-                  pix_ptr: np.ndarray, weight: np.ndarray, cell_bbox: np.ndarray, cell_total: np.ndarray,
-                  iy: int, ix: int, fy: float, fx: float, box: np.ndarray, valid_sat: np.ndarray,
-                  np_ptr: np.ndarray, cy: np.ndarray, cx: np.ndarray, sign: np.ndarray, full_count: np.ndarray,
-                  scale: np.ndarray, ry: int, rx: int, out: np.ndarray) -> None:
-    """The share of each mask's weight that the cell reads (combined bilinearly) and :func:`neuropil_sums` take
-    from inside the frame at these shifts (what they return for a frame of ones), from the geometry alone. A mask
-    wholly inside costs O(1): ``cell_bbox`` (n, 4: ymin, ymax, xmin, xmax) and ``cell_total`` (its weight sum),
-    ``valid_sat`` (the valid map's summed-area table); so renormalising at the frame's edge needs no table per
-    shift; a neuropil box wholly inside takes its ``full_count`` (its mask's pixel count, valid pixels only).
-    ``out``: n cell shares, then n neuropil shares."""
+def cell_inside_shares(Ly: int, Lx: int, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
+                       pix_ptr: np.ndarray, weight: np.ndarray, cell_bbox: np.ndarray, cell_total: np.ndarray,
+                       iy: int, ix: int, fy: float, fx: float, out: np.ndarray) -> None:
+    """The share of each cell mask's weight that its reads (combined bilinearly) take from inside the frame at
+    these shifts (what they return for a frame of ones), from the geometry alone. A mask wholly inside costs O(1):
+    ``cell_bbox`` (n, 4: ymin, ymax, xmin, xmax) and ``cell_total`` (its weight sum); so renormalising at the
+    frame's edge needs no table per shift. ``out``: n shares."""
     n = ptr.size - 1
     w00 = (1.0 - fy) * (1.0 - fx)
     w10 = fy * (1.0 - fx)
@@ -226,13 +222,23 @@ def inside_shares(Ly: int, Lx: int, ptr: np.ndarray, run_y: np.ndarray, run_x: n
                 total += weight[k + j] * v
             k += run_len[r]
         out[i] = total
+
+
+@njit(cache=True, nogil=True)
+def neuropil_inside_shares(Ly: int, Lx: int, box: np.ndarray, valid_sat: np.ndarray, np_ptr: np.ndarray,
+                           cy: np.ndarray, cx: np.ndarray, sign: np.ndarray, full_count: np.ndarray,
+                           scale: np.ndarray, ry: int, rx: int, out: np.ndarray) -> None:
+    """What :func:`neuropil_sums` takes from inside the frame at whole shift (ry, rx) for a frame of ones, scaled:
+    a box wholly inside takes its ``full_count`` (its mask's pixel count, valid pixels only), the others count
+    from ``valid_sat`` (the valid map's summed-area table) and their corrections. Depends on the whole shift only,
+    so the caller keeps it per shift. ``out``: n shares."""
     for i in range(box.shape[0]):
         y0 = max(box[i, 0], -ry)
         y1 = min(box[i, 1], Ly - ry)
         x0 = max(box[i, 2], -rx)
         x1 = min(box[i, 3], Lx - rx)
         if y0 == box[i, 0] and y1 == box[i, 1] and x0 == box[i, 2] and x1 == box[i, 3]:
-            out[n + i] = full_count[i] * scale[i]  # wholly inside: no table read (cold memory costs most here)
+            out[i] = full_count[i] * scale[i]  # wholly inside: no table read (cold memory costs most here)
             continue
         count = 0
         if y1 > y0 and x1 > x0:
@@ -242,7 +248,7 @@ def inside_shares(Ly: int, Lx: int, ptr: np.ndarray, run_y: np.ndarray, run_x: n
             x = cx[k2] + rx
             if 0 <= y < Ly and 0 <= x < Lx:
                 count += sign[k2]
-        out[n + i] = count * scale[i]
+        out[i] = count * scale[i]
 
 
 def pixel_runs(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -309,9 +315,10 @@ def compile_extract_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.
         copy_regions(np.asfortranarray(frame), frame.copy(), np.array([[0, 2, 0, 2]], np.int64))
     divide_by_shares(out, np.ones(1, np.float32))
     sat = np.zeros((5, 5), np.int64)
-    inside_shares(4, 4, ptr, one, one, np.ones(1, np.int32), ptr, np.ones(1, np.float32), box, np.ones(1), 0, 0, 0.5,
-                  0.5, box, sat, ptr, one, one, np.ones(1, np.int32), np.ones(1, np.int64), np.ones(1), 0, 0,
-                  np.zeros(2, np.float32))
+    cell_inside_shares(4, 4, ptr, one, one, np.ones(1, np.int32), ptr, np.ones(1, np.float32), box, np.ones(1), 0, 0,
+                       0.5, 0.5, np.zeros(2, np.float32)[:1])
+    neuropil_inside_shares(4, 4, box, sat, ptr, one, one, np.ones(1, np.int32), np.ones(1, np.int64), np.ones(1), 0,
+                           0, np.zeros(1, np.float32))
 
 
 def scratch_for(dtype: np.dtype, Lx: int, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -41,11 +41,12 @@ from acquisition.extract_kernels import (
     box_decomposition,
     box_events,
     cell_corner_sums,
+    cell_inside_shares,
     combine_corners,
     compile_extract_kernels,
     copy_regions,
     divide_by_shares,
-    inside_shares,
+    neuropil_inside_shares,
     neuropil_sums,
     pixel_runs,
     scratch_for,
@@ -223,6 +224,7 @@ class Extractor:
         self._extent = ((int(used[:, 0].min()), int(used[:, 1].max()), int(used[:, 2].min()), int(used[:, 3].max()))
                         if used.size else (0, 0, 0, 0))
         self._weight_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._np_share_cache: dict[tuple[int, int], np.ndarray] = {}  # compiled method: per whole shift
         #: ROIs whose cell mask is empty (all pixels overlap another ROI): their F is NaN
         self.empty_cells = np.flatnonzero(self.npix_cell == 0)
         self.empty_neuropil = np.flatnonzero(self.npix_neuropil == 0)
@@ -475,20 +477,32 @@ class Extractor:
             self._weight_cache[key] = weight
         return weight
 
+    def _neuropil_shares(self, ry: int, rx: int) -> np.ndarray:
+        """The neuropil masks' in-frame shares at whole shift (ry, rx); cached per shift (the sparse way's
+        _inside_weight likewise): ~50 µs of a frame at the edge after a pause, for 500 ROIs, made once a shift."""
+        shares = self._np_share_cache.get((ry, rx))
+        if shares is None:
+            if len(self._np_share_cache) >= _WEIGHT_CACHE_SIZE:
+                self._np_share_cache.pop(next(iter(self._np_share_cache)))
+            shares = self._np_share_cache[ry, rx] = np.empty(self.n_rois, np.float32)
+            neuropil_inside_shares(self.Ly, self.Lx, self._np_box, self._valid_sat, self._np_ptr, self._np_y,
+                                   self._np_x, self._np_sign, self._np_full_count, self._np_scale, ry, rx, shares)
+        return shares
+
     def _renormalise(self, out: np.ndarray, dy: float, dx: float) -> None:
         """Divide by the in-frame share of each mask's weight; NaN where nothing is left in the frame."""
         n = self.n_rois
         weight = self._weight
-        if self.method == "compiled":  # from the geometry, every frame (the sparse way caches a table per shift)
+        if self.method == "compiled":  # from the geometry: the cells' every frame, the neuropil's once per shift
             ry, rx = round(dy), round(dx)
             iy, ix, fy, fx = ry, rx, 0.0, 0.0
             if self.subpixel:
                 iy, ix = math.floor(dy), math.floor(dx)
                 fy, fx = dy - iy, dx - ix
-            inside_shares(self.Ly, self.Lx, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._pix_ptr,
-                          self._cell_w, self._cell_bbox, self._cell_total, iy, ix, fy, fx, self._np_box,
-                          self._valid_sat, self._np_ptr, self._np_y, self._np_x, self._np_sign, self._np_full_count,
-                          self._np_scale, ry, rx, weight)
+            cell_inside_shares(self.Ly, self.Lx, self._cell_ptr, self._run_y, self._run_x, self._run_len,
+                               self._pix_ptr, self._cell_w, self._cell_bbox, self._cell_total, iy, ix, fy, fx,
+                               weight[:n])
+            weight[n:] = self._neuropil_shares(ry, rx)
         else:
             np.copyto(weight, self._inside_weight(round(dy), round(dx)))
         if self.subpixel and self.method == "sparse":  # cells were read bilinearly: their in-frame share too

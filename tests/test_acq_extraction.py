@@ -165,6 +165,30 @@ def test_roi_shifted_out_of_the_frame_reads_nan_and_edge_rois_are_renormalised()
     assert np.isnan(F[0]) and F[1] == pytest.approx(7.0)
 
 
+def test_the_neuropil_shares_kept_per_shift_give_what_a_fresh_extractor_computes():
+    """The neuropil masks' in-frame shares depend on the whole shift only and are kept per shift: a long-lived
+    extractor that has seen other shifts gives, at each shift, the bits of a fresh one that computes them then.
+    Shifts that round alike but floor differently (and the reverse) tell a cache keyed on the wrong shift."""
+    Ly, Lx = 80, 96
+    rng = np.random.default_rng(9)
+    stat = [{"ypix": (np.arange(6)[:, None] + y0 + 0 * np.arange(8)).ravel(),
+             "xpix": (0 * np.arange(6)[:, None] + x0 + np.arange(8)).ravel(), "lam": rng.uniform(0.2, 1.0, 48),
+             "radius": 4.0} for y0, x0 in ((0, 0), (2, 86), (72, 40), (35, 0), (36, 50))]
+    rois = RoiSet(stat=stat, iscell=np.ones((len(stat), 2)), Ly=Ly, Lx=Lx)
+    kept = Extractor(rois, min_neuropil_pixels=40)
+    frame = rng.integers(100, 3000, (Ly, Lx)).astype(np.uint16)
+    shifts = [(0.4, -0.4), (0.6, -0.6), (-2.4, 3.4), (-2.6, 3.6), (0.4, -0.4), (-2.6, 3.6), (5.5, -5.2), (0.6, -0.6),
+              (0.4, 2.6), (-2.4, -0.4), (0.4, -0.4)]  # one axis shared with an earlier shift, the other not
+    F, Fneu, F_fresh, Fneu_fresh = (np.empty(len(stat), np.float32) for _ in range(4))
+    for dy, dx in shifts:
+        kept.extract(frame, dy, dx, F, Fneu)
+        Extractor(rois, min_neuropil_pixels=40).extract(frame, dy, dx, F_fresh, Fneu_fresh)
+        np.testing.assert_array_equal(Fneu, Fneu_fresh)
+        np.testing.assert_array_equal(F, F_fresh)
+    assert len(kept._np_share_cache) == 7  # (0, 0), (1, -1), (-2, 3), (-3, 4), (6, -5), (0, 3), (-2, 0)
+    assert np.isfinite(Fneu).all()
+
+
 def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges():
     """A CLOOSE frame's column-major pixels (Frame.wire) give F and Fneu to the bit of the same frame in row order,
     at any shift, with cells of long rows at each edge: the cell kernel's edge branch sums in an order that depends
