@@ -27,6 +27,8 @@ renormalised); an ROI wholly outside reads NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,7 +55,17 @@ from acquisition.extract_kernels import (
 )
 from acquisition.rois import RoiSet
 
-_WEIGHT_CACHE_SIZE = 1024  # in-frame weights per integer shift (2 * n_rois floats each)
+_WEIGHT_CACHE_SIZE = 1024
+
+
+def _per_shift(cache: dict[tuple[int, int], Any], shift: tuple[int, int], make: Callable[[int, int], Any]) -> Any:
+    """``cache[shift]``, made by ``make(*shift)`` on first use; the oldest entry goes past _WEIGHT_CACHE_SIZE."""
+    value = cache.get(shift)
+    if value is None:
+        if len(cache) >= _WEIGHT_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        value = cache[shift] = make(*shift)
+    return value  # in-frame weights per integer shift (2 * n_rois floats each)
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
 
@@ -402,11 +414,7 @@ class Extractor:
         """A column-major frame's cells whose reads at whole shift (iy, ix) reach the frame's edge, read again from
         a row-major copy of just their pixels: the kernel's edge branch sums in an order that depends on the memory
         order (a vectorised reduction over contiguous pixels only), its interior does not (test_acq_extraction.py)."""
-        table = self._edge_tables.get((iy, ix))
-        if table is None:
-            if len(self._edge_tables) >= _WEIGHT_CACHE_SIZE:
-                self._edge_tables.pop(next(iter(self._edge_tables)))
-            table = self._edge_tables[iy, ix] = self._edge_table(iy, ix)
+        table = _per_shift(self._edge_tables, (iy, ix), self._edge_table)
         rois, ptr, run_y, run_x, run_len, weight, regions, out = table
         if not rois.size:
             return
@@ -468,25 +476,17 @@ class Extractor:
 
     def _inside_weight(self, iy: int, ix: int) -> np.ndarray:
         """In-frame share of each mask's weight at integer shift (iy, ix); cached (it depends on the shift only)."""
-        key = (iy, ix)
-        weight = self._weight_cache.get(key)
-        if weight is None:
-            if len(self._weight_cache) >= _WEIGHT_CACHE_SIZE:
-                self._weight_cache.pop(next(iter(self._weight_cache)))
-            weight = self._product(self._inside_flat, iy, ix)
-            self._weight_cache[key] = weight
-        return weight
+        return _per_shift(self._weight_cache, (iy, ix), lambda y, x: self._product(self._inside_flat, y, x))
 
     def _neuropil_shares(self, ry: int, rx: int) -> np.ndarray:
         """The neuropil masks' in-frame shares at whole shift (ry, rx); cached per shift (the sparse way's
         _inside_weight likewise): ~50 µs of a frame at the edge after a pause, for 500 ROIs, made once a shift."""
-        shares = self._np_share_cache.get((ry, rx))
-        if shares is None:
-            if len(self._np_share_cache) >= _WEIGHT_CACHE_SIZE:
-                self._np_share_cache.pop(next(iter(self._np_share_cache)))
-            shares = self._np_share_cache[ry, rx] = np.empty(self.n_rois, np.float32)
-            neuropil_inside_shares(self.Ly, self.Lx, self._np_box, self._valid_sat, self._np_ptr, self._np_y,
-                                   self._np_x, self._np_sign, self._np_full_count, self._np_scale, ry, rx, shares)
+        return _per_shift(self._np_share_cache, (ry, rx), self._make_neuropil_shares)
+
+    def _make_neuropil_shares(self, ry: int, rx: int) -> np.ndarray:
+        shares = np.empty(self.n_rois, np.float32)
+        neuropil_inside_shares(self.Ly, self.Lx, self._np_box, self._valid_sat, self._np_ptr, self._np_y,
+                               self._np_x, self._np_sign, self._np_full_count, self._np_scale, ry, rx, shares)
         return shares
 
     def _renormalise(self, out: np.ndarray, dy: float, dx: float) -> None:
