@@ -172,6 +172,80 @@ def cell_corner_sums(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_
         out[3, i] = t11
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def cell_corner_sums_from_columns(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray,
+                                  run_len: np.ndarray, weight: np.ndarray, iy: int, ix: int, out: np.ndarray) -> None:
+    """:func:`cell_corner_sums` of a column-major frame (a CLOOSE frame's ``Frame.wire``), to the bits of the same
+    frame in row order. Each interior run's two rows of pixels are first copied into contiguous scratch, so the
+    sums below run over contiguous pixels as the row-major kernel's do, and the compiler vectorises them alike:
+    read in place down strided columns they were summed in another order (on AVX2, 30 of 200 sums differed in their
+    last bits; ``fastmath`` lets it reorder). The loop is the row-major kernel's, letter for letter: that is what
+    keeps the bits (tests/test_acq_extraction.py). Runs at the frame's edge are summed in place, to the right values
+    but not always the same bits: the extractor reads those cells again from a row-major copy of their pixels
+    (``Extractor._edge_cells``)."""
+    Ly, Lx = frame.shape
+    row_a = np.empty(Lx + 1, frame.dtype)
+    row_b = np.empty(Lx + 1, frame.dtype)
+    k = 0
+    for i in range(ptr.size - 1):
+        t00 = 0.0
+        t10 = 0.0
+        t01 = 0.0
+        t11 = 0.0
+        for r in range(ptr[i], ptr[i + 1]):
+            y = run_y[r] + iy
+            x0 = run_x[r] + ix
+            n = run_len[r]
+            a00 = np.float32(0.0)
+            a10 = np.float32(0.0)
+            a01 = np.float32(0.0)
+            a11 = np.float32(0.0)
+            if y >= 0 and y + 1 < Ly and x0 >= 0 and x0 + n < Lx:
+                for j in range(n + 1):
+                    row_a[j] = frame[y, x0 + j]
+                    row_b[j] = frame[y + 1, x0 + j]
+                a = row_a[:n + 1]
+                b = row_b[:n + 1]
+                w = weight[k:k + n]
+                for j in range(n):
+                    a00 += w[j] * np.float32(a[j])
+                    a01 += w[j] * np.float32(a[j + 1])
+                    a10 += w[j] * np.float32(b[j])
+                    a11 += w[j] * np.float32(b[j + 1])
+            else:  # at the frame's edge: a pixel outside reads 0
+                for j in range(n):
+                    x = x0 + j
+                    wj = weight[k + j]
+                    if 0 <= y < Ly:
+                        if 0 <= x < Lx:
+                            a00 += wj * np.float32(frame[y, x])
+                        if 0 <= x + 1 < Lx:
+                            a01 += wj * np.float32(frame[y, x + 1])
+                    if 0 <= y + 1 < Ly:
+                        if 0 <= x < Lx:
+                            a10 += wj * np.float32(frame[y + 1, x])
+                        if 0 <= x + 1 < Lx:
+                            a11 += wj * np.float32(frame[y + 1, x + 1])
+            t00 += a00
+            t10 += a10
+            t01 += a01
+            t11 += a11
+            k += n
+        out[0, i] = t00
+        out[1, i] = t10
+        out[2, i] = t01
+        out[3, i] = t11
+
+
+def cell_reads(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
+               weight: np.ndarray, iy: int, ix: int, out: np.ndarray) -> None:
+    """The cells' four corner reads, by the kernel for the frame's memory order (the same bits either way, apart
+    from the edge runs of a column-major frame: see :func:`cell_corner_sums_from_columns`)."""
+    by_columns = frame.flags.f_contiguous and not frame.flags.c_contiguous
+    kernel = cell_corner_sums_from_columns if by_columns else cell_corner_sums
+    kernel(frame, ptr, run_y, run_x, run_len, weight, iy, ix, out)
+
+
 @njit(cache=True, nogil=True)
 def combine_corners(corners: np.ndarray, fy: float, fx: float, out: np.ndarray) -> None:
     """The bilinear read at (iy + fy, ix + fx) from :func:`cell_corner_sums`' four whole-pixel reads."""
@@ -313,6 +387,8 @@ def compile_extract_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.
         neuropil_sums(frame, valid, ev_row, ev_box, ev_sign, box, ptr, one, one, np.ones(1, np.int32), np.ones(1),
                       0, 0, colsum, sums, out)
         copy_regions(np.asfortranarray(frame), frame.copy(), np.array([[0, 2, 0, 2]], np.int64))
+        cell_corner_sums_from_columns(np.asfortranarray(frame), ptr, one, one, np.ones(1, np.int32),
+                                      np.ones(1, np.float32), 0, 0, corners)
     divide_by_shares(out, np.ones(1, np.float32))
     sat = np.zeros((5, 5), np.int64)
     cell_inside_shares(4, 4, ptr, one, one, np.ones(1, np.int32), ptr, np.ones(1, np.float32), box, np.ones(1), 0, 0,

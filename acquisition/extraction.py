@@ -44,6 +44,7 @@ from acquisition.extract_kernels import (
     box_events,
     cell_corner_sums,
     cell_inside_shares,
+    cell_reads,
     combine_corners,
     compile_extract_kernels,
     copy_regions,
@@ -377,8 +378,8 @@ class Extractor:
         if ahead is not None:
             cells_done, neuropil_done = ahead.take((iy, ix), (ry, rx), self._corner_reads, self._out_neuropil)
         if not cells_done:
-            cell_corner_sums(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, iy, ix,
-                             self._corner_reads)
+            cell_reads(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, iy, ix,
+                       self._corner_reads)
         if self._np_columns is not None and frame.flags.f_contiguous and not frame.flags.c_contiguous:
             self._edge_cells(frame, iy, ix, self._corner_reads)
         combine_corners(self._corner_reads, fy, fx, self._out_cells)
@@ -388,8 +389,7 @@ class Extractor:
     def cells_ahead(self, frame: np.ndarray, shift: tuple[int, int], corners: np.ndarray) -> None:
         """The cells' four corner reads at whole shift ``shift`` (for the
         :class:`~acquisition.extract_ahead.ExtractAhead` worker)."""
-        cell_corner_sums(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, *shift,
-                         corners)
+        cell_reads(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, *shift, corners)
 
     def neuropil_ahead(self, frame: np.ndarray, shift: tuple[int, int], neuropil: np.ndarray) -> None:
         """The neuropil at whole shift ``shift`` (for the ExtractAhead worker; its own scratch)."""
@@ -400,8 +400,9 @@ class Extractor:
         CLOOSE frame's ``Frame.wire``, extracted before it is put in row order). Their neuropil pass then runs
         down each column, as the row-major one runs along rows (337 against 554 µs at 512x512 with 500 ROIs after
         a frame period's pause), and gives the same bits: integer sums are exact in any order. Cells are read in
-        place either way (~50 µs more from columns), those at the frame's edge again from a row-major copy of their
-        pixels (:meth:`_edge_cells`)."""
+        place, each run's pixels copied into contiguous scratch first (``cell_corner_sums_from_columns``: summed
+        down strided columns they came out in other bits on AVX2), those at the frame's edge again from a row-major
+        copy of their pixels (:meth:`_edge_cells`)."""
         if self._np_columns is not None:
             return
         sets = [(idx % self.Lx) * self.Ly + idx // self.Lx for idx in self._np_sets]  # flat indices of the transpose
@@ -412,8 +413,9 @@ class Extractor:
 
     def _edge_cells(self, frame: np.ndarray, iy: int, ix: int, corners: np.ndarray) -> None:
         """A column-major frame's cells whose reads at whole shift (iy, ix) reach the frame's edge, read again from
-        a row-major copy of just their pixels: the kernel's edge branch sums in an order that depends on the memory
-        order (a vectorised reduction over contiguous pixels only), its interior does not (test_acq_extraction.py)."""
+        a row-major copy of just their pixels: the row-major kernel's edge branch sums in an order that depends on
+        the memory order (a vectorised reduction over contiguous pixels only); the column kernel copies only the
+        interior runs into contiguous scratch (test_acq_extraction.py)."""
         table = _per_shift(self._edge_tables, (iy, ix), self._edge_table)
         rois, ptr, run_y, run_x, run_len, weight, regions, out = table
         if not rois.size:
