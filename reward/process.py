@@ -39,6 +39,14 @@ from rig.core.schema import Control, Decision, Lick, LinkState, RewardOutcome, R
 from rig.core.store import write_json_atomic
 
 
+def request_topics(waiter: SpinWaiter) -> list[bytes]:
+    """What the reward process hears from the decoder: reward requests, and decisions only for their timing when
+    ``waiter`` busy-polls (``rig.spin_wait_ms``; a request comes just before its frame's decision). Otherwise each
+    decision would wake the process for nothing, a wake-up per frame taken from the rig's cores
+    (docs/PERFORMANCE.md, tenth round)."""
+    return [RewardRequest.topic, Decision.topic] if waiter.spins else [RewardRequest.topic]
+
+
 class RewardProcess(RigProcess):
     def configure(self) -> None:
         cfg = self.config.reward
@@ -55,13 +63,11 @@ class RewardProcess(RigProcess):
         self.link = ValveLink.from_config(cfg, url)
         self.controller = RewardController(cfg, self.calibration, self.link)
         self.controller.start()
-        # Decisions only for their timing: a reward request comes just before the decision of its frame,
-        # so the waiter can busy-poll around the expected decision instead of paying the wake-up latency.
-        self.requests = self.subscribe(["decoder"], [RewardRequest.topic, Decision.topic])
         acq = self.spec.extra.get("upstream", {}).get("acquisition", {})
         if "frame_rate_hz" not in acq:
             raise RuntimeError("the acquisition process did not report its frame rate when ready")
         self._waiter = SpinWaiter(1.0 / float(acq["frame_rate_hz"]), self.config.rig.spin_wait_ms)
+        self.requests = self.subscribe(["decoder"], request_topics(self._waiter))
         self._lost_reported = 0
         self._bad_reported = 0
         self._poller = zmq.Poller()

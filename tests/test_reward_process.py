@@ -13,8 +13,9 @@ from reward.controller import RewardController
 from reward.emulator import EmulatorServer
 from reward.link import ValveLink
 from reward.outcome import DELIVERED, REFUSED, RewardOutcome
-from reward.process import RewardProcess
-from rig.core.schema import Control
+from reward.process import RewardProcess, request_topics
+from rig.core.bus import SpinWaiter
+from rig.core.schema import Control, Decision, RewardRequest
 from rig.core.schema import RewardOutcome as BusOutcome
 from tests.test_reward_link import CAL, connected_after, fast_cfg, pump
 
@@ -90,3 +91,9 @@ def test_a_malformed_override_or_flush_is_not_applied_and_says_why(process):
     process.on_control(Control(command="flush", args={"override": True}, issued_by="x", seq=3))
     assert [code for code, _ in process.warnings if code.startswith("bad_")] == ["bad_override", "bad_flush"]
     assert not process.controller.busy
+
+
+def test_the_reward_process_hears_decisions_only_when_it_busy_polls_for_them():
+    assert request_topics(SpinWaiter(1 / 30, 0.0)) == [RewardRequest.topic]
+    assert request_topics(SpinWaiter(1 / 30, 3.0)) == [RewardRequest.topic, Decision.topic]
+    assert request_topics(SpinWaiter(1 / 1000, 3.0)) == [RewardRequest.topic]  # too fast to spin for

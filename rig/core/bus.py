@@ -171,6 +171,11 @@ class SpinWaiter:
         self.spin_ns = int(spin_ms * 1e6) if period_s >= self.MIN_PERIOD_S else 0
         self.expected_ns = 0
 
+    @property
+    def spins(self) -> bool:
+        """Whether it busy-polls at all: a process that only follows the stream for its timing needs it only then."""
+        return self.spin_ns > 0
+
     def arrived(self, t_ns: int | None = None) -> None:
         """A message of the periodic stream arrived (now, or at ``t_ns``): predict the next one."""
         self.expected_ns = (t_ns or now_ns()) + self.period_ns
