@@ -9,8 +9,10 @@ to (:func:`whole_shift_candidates`), cells and neuropil alternating, until the l
 pair, the part whose whole shift the last frame left nearer a boundary goes first (:func:`riskier_part`): on two
 vCPUs the worker finishes about three parts before registration ends. Each part
 whose shift is among those computed is taken (the same kernel on the same pixels and shift: the same numbers);
-a part whose shift was not reached is computed after registration, as without this. The kernels release the
-GIL, so on two cores the work overlaps (~0.3 ms of a 512x512 frame with 500 ROIs).
+a part whose shift was not reached is computed after registration, as without this. When neither part was
+reached, the worker is handed the neuropil at the shift registration found (:meth:`ExtractAhead.hand`) while the
+loop computes the cells. The kernels release the GIL, so on two cores the work overlaps (~0.3 ms of a 512x512
+frame with 500 ROIs).
 ``[acquisition.extraction] ahead`` switches it.
 
 The worker starts with the first frame, from the loop's thread, so it inherits the loop's scheduling (a
@@ -82,8 +84,9 @@ class ExtractAhead:
     def __init__(self, cells: Compute, neuropil: Compute, n_rois: int, candidates: int = 3,
                  wait_ms: float = 1.0) -> None:
         self._compute = (cells, neuropil)
-        self._buffers = ([np.empty((4, n_rois), np.float32) for _ in range(candidates)],
-                         [np.empty(n_rois, np.float32) for _ in range(candidates)])
+        # one slot per candidate, and one more for a part handed over after registration (hand)
+        self._buffers = ([np.empty((4, n_rois), np.float32) for _ in range(candidates + 1)],
+                         [np.empty(n_rois, np.float32) for _ in range(candidates + 1)])
         self.candidates = candidates
         self.wait_s = wait_ms / 1e3
         self._cond = threading.Condition()
@@ -100,6 +103,8 @@ class ExtractAhead:
         self.gave_up = 0  # computations the loop stopped waiting for (made by the loop instead)
         self.busy = 0  # frames not given to the worker: it was still computing for an earlier one
         self.rehearsals = 0  # pre-warms: computations on the last frame whose results nobody takes
+        self.handed = 0  # parts handed over after both were missed (hand), and taken back computed (collect)
+        self.handed_taken = 0
 
     @property
     def idle(self) -> bool:
@@ -171,6 +176,34 @@ class ExtractAhead:
             else:
                 self.missed[part] += 1
         return hits[CELLS], hits[NEUROPIL]
+
+    def hand(self, part: int, shift: Shift) -> bool:
+        """After a :meth:`take` that missed both parts: have the worker compute ``part`` at ``shift`` (registration's)
+        while the loop computes the other, and :meth:`collect` it. The same kernel on the same pixels: the same
+        numbers. It starts after a candidate the worker is still finishing, if any. False when the worker is gone."""
+        with self._cond:
+            self._raise_error()
+            if self._thread is None or self._closed:
+                return False
+            self._pending = [(part, self.candidates, shift)]
+            self._cond.notify_all()
+        self.handed += 1
+        return True
+
+    def collect(self, part: int, shift: Shift, out: np.ndarray) -> bool:
+        """The part given to :meth:`hand`, copied into ``out``. Not started yet (the worker was still busy): it is
+        withdrawn and False, so the loop computes it, as it would have. Started: waited for (at most ``wait_ms``)."""
+        with self._cond:
+            if self._pending:
+                self._pending.clear()
+                return False
+            if not self._cond.wait_for(lambda: self._error is not None or shift in self._done[part], self.wait_s):
+                self.gave_up += 1
+                return False
+            self._raise_error()
+            out[:] = self._buffers[part][self._done[part][shift]]
+        self.handed_taken += 1
+        return True
 
     def _wanted_not_running(self) -> bool:
         running = self._running

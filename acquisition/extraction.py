@@ -38,7 +38,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter, percentile_filter
 # instead of allocating a result per frame (tests/test_acq_extraction.py checks it against ``@``)
 from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
 
-from acquisition.extract_ahead import ExtractAhead
+from acquisition.extract_ahead import NEUROPIL, ExtractAhead
 from acquisition.extract_kernels import (
     box_decomposition,
     box_events,
@@ -374,15 +374,19 @@ class Extractor:
                   ahead: ExtractAhead | None = None) -> None:
         """Cells at (iy + fy, ix + fx), bilinear from their four whole-pixel reads, neuropil at whole pixels
         (ry, rx), straight from ``frame``; each part from ``ahead`` when it computed it at these shifts."""
-        cells_done = neuropil_done = False
+        cells_done = neuropil_done = handed = False
         if ahead is not None:
             cells_done, neuropil_done = ahead.take((iy, ix), (ry, rx), self._corner_reads, self._out_neuropil)
+            handed = not (cells_done or neuropil_done) and ahead.hand(NEUROPIL, (ry, rx))  # both missed: share them
         if not cells_done:
             cell_reads(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, iy, ix,
                        self._corner_reads)
         if self._np_columns is not None and frame.flags.f_contiguous and not frame.flags.c_contiguous:
             self._edge_cells(frame, iy, ix, self._corner_reads)
         combine_corners(self._corner_reads, fy, fx, self._out_cells)
+        if handed:
+            assert ahead is not None
+            neuropil_done = ahead.collect(NEUROPIL, (ry, rx), self._out_neuropil)
         if not neuropil_done:
             self._neuropil_at(frame, ry, rx, self._out_neuropil, self._scratch)
 

@@ -442,7 +442,7 @@ class FramePipeline:
             return None
         return {"cells_taken": ahead.taken[0], "cells_missed": ahead.missed[0], "neuropil_taken": ahead.taken[1],
                 "neuropil_missed": ahead.missed[1], "gave_up": ahead.gave_up, "busy": ahead.busy,
-                "rehearsals": ahead.rehearsals}
+                "rehearsals": ahead.rehearsals, "handed": ahead.handed, "handed_taken": ahead.handed_taken}
 
     def stats(self) -> dict[str, float]:
         out = {"frames": float(self.frames), "flagged_frames": float(self.flagged_frames)}

@@ -111,3 +111,64 @@ def test_a_rehearsal_warms_the_worker_and_its_results_are_never_taken():
     finally:
         release.set()
         ahead.close()
+
+
+def test_when_both_parts_are_missed_the_worker_computes_the_neuropil_at_the_shift_found():
+    """Registration found a shift the worker reached for neither part: the loop computes the cells and hands the
+    neuropil to the idle worker, then takes it back computed at that shift."""
+    ahead = ExtractAhead(lambda frame, shift, out: out.fill(shift[0]), lambda frame, shift, out: out.fill(shift[1]),
+                         n_rois=3, candidates=1)
+    corners, neuropil = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+    try:
+        assert ahead.submit(np.zeros((4, 4), np.uint16), [(0, 0)], [(0, 0)])
+        wait_for(lambda: ahead.idle, 5, "the candidates computed")
+        assert ahead.take((5, 5), (5, 6), corners, neuropil) == (False, False)
+        assert ahead.hand(NEUROPIL, (5, 6))
+        wait_for(lambda: ahead.idle, 5, "the handed neuropil computed")
+        assert ahead.collect(NEUROPIL, (5, 6), neuropil) and (neuropil == 6).all()
+        assert (ahead.handed, ahead.handed_taken, ahead.gave_up) == (1, 1, 0)
+    finally:
+        ahead.close()
+
+
+def test_a_handed_part_the_busy_worker_has_not_started_goes_back_to_the_loop():
+    """The worker is still in a candidate nobody wanted: the handed neuropil waits behind it, and when the loop
+    comes for it, it is withdrawn (False: the loop computes it) rather than waited for."""
+    release = threading.Event()
+    ahead = _worker(release)  # its cells are stuck until released
+    corners, neuropil = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+    try:
+        assert ahead.submit(np.zeros((4, 4), np.uint16), [(1, 2)], [(1, 2)])
+        wait_for(lambda: ahead._running is not None, 5, "the worker started")
+        assert ahead.take((3, 3), (3, 4), corners, neuropil) == (False, False)  # (1, 2) was not wanted: no wait
+        assert ahead.hand(NEUROPIL, (3, 4))
+        assert not ahead.collect(NEUROPIL, (3, 4), neuropil) and not neuropil.any()
+        release.set()
+        wait_for(lambda: ahead.idle, 5, "the stuck candidate ended")
+        assert (3, 4) not in ahead._done[NEUROPIL] and (ahead.handed, ahead.handed_taken) == (1, 0)
+    finally:
+        release.set()
+        ahead.close()
+
+
+def test_the_loop_stops_waiting_for_a_handed_part_the_worker_is_stuck_in():
+    release = threading.Event()
+
+    def neuropil(frame, shift, out):  # stuck until released: the worker's CPU taken from it
+        release.wait(10)
+        out.fill(shift[1])
+
+    ahead = ExtractAhead(lambda frame, shift, out: out.fill(shift[0]), neuropil, n_rois=3, candidates=1, wait_ms=20)
+    corners, out = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+    try:
+        release.set()
+        assert ahead.submit(np.zeros((4, 4), np.uint16), [(0, 0)], [(0, 0)])
+        wait_for(lambda: ahead.idle, 5, "the candidates computed")
+        release.clear()
+        assert ahead.take((2, 2), (2, 3), corners, out) == (False, False)
+        assert ahead.hand(NEUROPIL, (2, 3))
+        wait_for(lambda: ahead._running is not None, 5, "the worker started on the handed part")
+        assert not ahead.collect(NEUROPIL, (2, 3), out) and ahead.gave_up == 1 and not out.any()
+    finally:
+        release.set()
+        ahead.close()

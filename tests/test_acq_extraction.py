@@ -194,7 +194,8 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
     at any shift, with cells of long rows at each edge: the cell kernel's edge branch sums in an order that depends
     on the memory order (its reduction is vectorised over contiguous pixels only), so those cells are read again
     from a row-major copy of their pixels; the neuropil is summed down columns, exactly. The same when the cells and
-    the neuropil come from the extraction worker (ExtractAhead), as they do for most frames in a session."""
+    the neuropil come from the extraction worker (ExtractAhead), as they do for most frames in a session, and when
+    the worker reached neither part and is handed the neuropil at the shift found (ExtractAhead.hand)."""
     Ly, Lx = 96, 128
     yy, xx = np.mgrid[0:9, 0:30]
     stat = [{"ypix": (yy + y0).ravel(), "xpix": (xx + x0).ravel(), "lam": np.linspace(0.2, 1.0, yy.size),
@@ -204,6 +205,13 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
     columns.prepare_column_order()
     worked.prepare_column_order()  # its cells read by the extraction worker, its edge cells again by the loop
     ahead = ExtractAhead(worked.cells_ahead, worked.neuropil_ahead, len(stat))
+    collect = ahead.collect
+
+    def collect_when_computed(part, shift, out):  # as the loop's cells give the handed neuropil time to
+        wait_for(lambda: ahead.idle, what="the handed neuropil")
+        return collect(part, shift, out)
+
+    ahead.collect = collect_when_computed
     rng = np.random.default_rng(4)
     out = [np.empty(len(stat), np.float32) for _ in range(6)]
     try:
@@ -213,16 +221,21 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
                 rows.extract(frame, dy, dx, out[0], out[1])
                 columns.extract(np.asfortranarray(frame), dy, dx, out[2], out[3])
                 wire = np.asfortranarray(frame)
-                assert ahead.submit(wire, [(math.floor(dy), math.floor(dx))], [(round(dy), round(dx))])
-                wait_for(lambda: ahead.idle, what="the worker's reads")  # as registration gives it time to
-                worked.extract(wire, dy, dx, out[4], out[5], ahead=ahead)
-                for got in (out[2], out[4]):
-                    np.testing.assert_array_equal(got, out[0])
-                for got in (out[3], out[5]):
-                    np.testing.assert_array_equal(got, out[1])
+                for miss in (0, 9):  # the worker's candidates at the shift found, then 9 px from it
+                    cells_at, neuropil_at = (math.floor(dy) + miss, math.floor(dx)), (round(dy) + miss, round(dx))
+                    assert ahead.submit(wire, [cells_at], [neuropil_at])
+                    wait_for(lambda: ahead.idle, what="the worker's reads")  # as registration gives it time to
+                    out[4].fill(np.nan)
+                    out[5].fill(np.nan)
+                    worked.extract(wire, dy, dx, out[4], out[5], ahead=ahead)
+                    for got in (out[2], out[4]):
+                        np.testing.assert_array_equal(got, out[0])
+                    for got in (out[3], out[5]):
+                        np.testing.assert_array_equal(got, out[1])
     finally:
         ahead.close()
-    assert ahead.taken[0] == 20  # every frame's cells came from the worker
+    assert ahead.taken == [20, 20] and ahead.missed == [20, 20]  # every other frame's parts came from the worker
+    assert ahead.handed == ahead.handed_taken == 20  # and the missed frames' neuropil too, at the shift found
     assert np.isfinite(out[0]).all() and len(columns._edge_tables) == 4 and all(
         table[0].size for table in columns._edge_tables.values())
 
