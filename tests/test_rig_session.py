@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
+from rig.app.session_files import cpu_target
 from rig.core.movie_file import ChunkedMovie
 from rig.core.store import read_events, read_records
 from tests.conftest import CTRL_C_POPEN, CTRL_C_REASON, REPO, send_ctrl_c, wait_for
@@ -107,6 +108,7 @@ def test_headless_sim_session_closes_the_loop(tmp_path):
     assert movie["shape"][1:] == [128, 128]
     meta = json.loads((session / "session.json").read_text())
     assert meta["status"] == "ok" and meta["software"]["version"]
+    assert meta["software"]["cpu"] == cpu_target()  # what replay names when it runs on another CPU
 
 
 RECORD_OF = {"acquisition": ("acquisition/frames.rec", "t_sent"), "decoder": ("decoder/decisions.rec", "t_decided")}

@@ -24,6 +24,7 @@ from acquisition.pipeline import FramePipeline
 from acquisition.process import frame_record_dtype
 from acquisition.rois import RoiSet
 from rig.app.config import CONFIG_LOADER, config_from_dict
+from rig.app.session_files import cpu_target
 from rig.core.bus import free_tcp_port
 from rig.core.process import ProcessSpec
 from rig.core.schema import Control, FluorFrame
@@ -313,10 +314,14 @@ def _alter_record(path: Path, row: int, field: str, value: float) -> None:
 
 
 def test_replay_finds_an_altered_cursor_value(session_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """And, since the session says it was recorded on another CPU, says that the kernels may round differently."""
     decisions = read_records(session_copy / "decoder" / "decisions.rec")
     row = 700
     _alter_record(session_copy / "decoder" / "decisions.rec", row, "cursor",
                   float(decisions["cursor"][row]) + 1e-3)
+    info = json.loads((session_copy / "session.json").read_text())
+    info["software"]["cpu"] = "another-cpu avx512f"
+    (session_copy / "session.json").write_text(json.dumps(info))
     code, out, err = run_cli(["replay", str(session_copy), "--no-progress", "--from-traces"], capsys)
     result = last_json(out)
     assert code == 1
@@ -324,6 +329,7 @@ def test_replay_finds_an_altered_cursor_value(session_copy: Path, capsys: pytest
     first = result["first_mismatches"][0]
     assert (first["what"], first["frame"], first["field"]) == ("decision", int(decisions["frame"][row]), "cursor")
     assert f"frame {int(decisions['frame'][row])}, cursor" in err
+    assert f'recorded on CPU "another-cpu avx512f" and is replayed on "{cpu_target()}"' in err
 
 
 def test_replay_finds_an_altered_trial_event_and_input(session_copy: Path,

@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from llvmlite import binding as llvm
+
 import rig
 from rig.app.config import RigConfig
 from rig.core.clock import now_ns
@@ -29,6 +31,15 @@ def git_hash() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
+
+
+def cpu_target() -> str:
+    """The CPU the numba kernels are compiled for, as LLVM names it, and its widest vector unit. Kernels compiled with
+    ``fastmath`` may sum in another order for another one, so a session replayed on another CPU can differ in the
+    last bits of F (``rig replay`` says so when it finds mismatches)."""
+    features = llvm.get_host_cpu_features()
+    widest = next((name for name in ("avx512f", "avx2", "avx", "sse4.2", "neon") if features.get(name)), "")
+    return f"{llvm.get_host_cpu_name()} {widest}".strip()
 
 
 def session_dir_name(stamp: str, mouse_id: str, rig_name: str) -> str:
@@ -65,6 +76,7 @@ class SessionRecord:
         self.overrides = list(overrides)
         self.started = datetime.now().astimezone().isoformat(timespec="milliseconds")
         self.git = git_hash()  # once: session.json is rewritten while the loop runs
+        self.cpu = cpu_target()
         # Anchor between the bus clock (now_ns) and wall-clock time, for exports that need absolute times.
         self.clock_anchor = {"t_ns": now_ns(), "unix_ns": time.time_ns()}
 
@@ -78,7 +90,8 @@ class SessionRecord:
             "format": "bci-rig session v1",
             "status": status,
             "software": {"name": "bci-rig", "version": rig.__version__, "git": self.git,
-                         "python": platform.python_version(), "platform": platform.platform()},
+                         "python": platform.python_version(), "platform": platform.platform(),
+                         "cpu": self.cpu},
             "rig": self.cfg.rig.name,
             "config_file": self.config_path,
             "overrides": self.overrides,

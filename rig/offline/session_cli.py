@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rig.app.config import ConfigError
+from rig.app.session_files import cpu_target
 from rig.app.supervisor import git_hash
 from rig.offline.session_data import SessionError, load_session
 
@@ -60,6 +61,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"rig replay: note: the session was recorded with bci-rig {recorded_git[:12]} and is replayed with "
               f"{current_git[:12]}: mismatches may come from changes in the code, not from the rig",
               file=sys.stderr)
+    recorded_cpu = str(session.info.get("software", {}).get("cpu", ""))
+    if report.mismatches and recorded_cpu and recorded_cpu != cpu_target():
+        print(f"rig replay: note: the session was recorded on CPU \"{recorded_cpu}\" and is replayed on "
+              f"\"{cpu_target()}\": the extraction's compiled sums may round differently there (docs/PERFORMANCE.md, "
+              "tenth round); replay it on the rig's own PC to check it to the bit", file=sys.stderr)
     if report.first_mismatches:
         print(f"rig replay: {report.mismatches} mismatch(es); the first ones:", file=sys.stderr)
         for m in report.first_mismatches:

@@ -22,6 +22,7 @@ import numpy as np
 import rig
 from decoder.core import decision_record_dtype
 from rig.app.config import RigConfig
+from rig.app.session_files import cpu_target
 from rig.core.store import EventLog, RecordWriter, write_json_atomic
 from rig.offline.replay import ReplayRun
 from rig.offline.session_data import SessionData, SessionError
@@ -56,7 +57,7 @@ def write_whatif_session(session: SessionData, run: ReplayRun, cfg: RigConfig, c
                    "stamps": "t_* stamps are copied from the original session (a replay measures no latency)",
                    "reward": "no reward process ran: rewards were requested, not delivered"},
         "software": {"name": "bci-rig", "version": rig.__version__, "python": platform.python_version(),
-                     "platform": platform.platform()},
+                     "platform": platform.platform(), "cpu": cpu_target()},
         "rig": session.info.get("rig", cfg.rig.name),
         "created": datetime.now().isoformat(timespec="seconds"),
         "metadata": session.info.get("metadata", {}),
