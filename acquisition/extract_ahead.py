@@ -9,10 +9,10 @@ to (:func:`whole_shift_candidates`), cells and neuropil alternating, until the l
 pair, the part whose whole shift the last frame left nearer a boundary goes first (:func:`riskier_part`): on two
 vCPUs the worker finishes about three parts before registration ends. Each part
 whose shift is among those computed is taken (the same kernel on the same pixels and shift: the same numbers);
-a part whose shift was not reached is computed after registration, as without this. When neither part was
-reached, the worker is handed the neuropil at the shift registration found (:meth:`ExtractAhead.hand`) while the
-loop computes the cells. The kernels release the GIL, so on two cores the work overlaps (~0.3 ms of a 512x512
-frame with 500 ROIs).
+a part whose shift was not reached is computed after registration, and shared: the worker is handed the
+neuropil at the shift registration found when it was missed (:meth:`ExtractAhead.hand`), else the first half of
+the cells' reads when they were, while the loop computes the rest. The kernels release the GIL, so on two cores
+the work overlaps (~0.3 ms of a 512x512 frame with 500 ROIs).
 ``[acquisition.extraction] ahead`` switches it.
 
 The worker starts with the first frame, from the loop's thread, so it inherits the loop's scheduling (a
@@ -34,6 +34,8 @@ Shift = tuple[int, int]
 Compute = Callable[[np.ndarray, Shift, np.ndarray], None]
 
 CELLS, NEUROPIL = 0, 1
+#: the cells' reads of the first ROIs only, handed to the worker when registration left just the cells to compute
+FIRST_CELLS = 2
 
 
 def _ranked(centre: Shift, alternative: Shift, distance: tuple[float, float], k: int) -> list[Shift]:
@@ -82,11 +84,13 @@ class ExtractAhead:
     """One frame in flight: :meth:`submit` before registration, :meth:`take` after it."""
 
     def __init__(self, cells: Compute, neuropil: Compute, n_rois: int, candidates: int = 3,
-                 wait_ms: float = 1.0) -> None:
-        self._compute = (cells, neuropil)
+                 wait_ms: float = 1.0, first_cells: Compute | None = None, first_rois: int = 0) -> None:
+        """``first_cells`` computes the cells' reads of ROIs [0, ``first_rois``) only (FIRST_CELLS, :meth:`hand`)."""
+        self._compute = (cells, neuropil, first_cells)
         # one slot per candidate, and one more for a part handed over after registration (hand)
         self._buffers = ([np.empty((4, n_rois), np.float32) for _ in range(candidates + 1)],
-                         [np.empty(n_rois, np.float32) for _ in range(candidates + 1)])
+                         [np.empty(n_rois, np.float32) for _ in range(candidates + 1)],
+                         [np.empty((4, first_rois), np.float32) for _ in range(candidates + 1)])
         self.candidates = candidates
         self.wait_s = wait_ms / 1e3
         self._cond = threading.Condition()
@@ -94,7 +98,7 @@ class ExtractAhead:
         self._pending: list[tuple[int, int, Shift]] = []  # (part, slot, shift), in the order to compute
         self._running: tuple[int, Shift] | None = None  # (part, shift) being computed
         self._wanted: tuple[Shift, Shift] = ((0, 0), (0, 0))  # the shifts take() asks for
-        self._done: tuple[dict[Shift, int], dict[Shift, int]] = ({}, {})  # per part: shift -> slot
+        self._done: tuple[dict[Shift, int], ...] = ({}, {}, {})  # per part: shift -> slot
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -103,8 +107,8 @@ class ExtractAhead:
         self.gave_up = 0  # computations the loop stopped waiting for (made by the loop instead)
         self.busy = 0  # frames not given to the worker: it was still computing for an earlier one
         self.rehearsals = 0  # pre-warms: computations on the last frame whose results nobody takes
-        self.handed = 0  # parts handed over after both were missed (hand), and taken back computed (collect)
-        self.handed_taken = 0
+        self.handed = [0, 0, 0]  # per part: handed over after registration (hand), taken back computed (collect)
+        self.handed_taken = [0, 0, 0]
 
     @property
     def idle(self) -> bool:
@@ -178,16 +182,17 @@ class ExtractAhead:
         return hits[CELLS], hits[NEUROPIL]
 
     def hand(self, part: int, shift: Shift) -> bool:
-        """After a :meth:`take` that missed both parts: have the worker compute ``part`` at ``shift`` (registration's)
-        while the loop computes the other, and :meth:`collect` it. The same kernel on the same pixels: the same
-        numbers. It starts after a candidate the worker is still finishing, if any. False when the worker is gone."""
+        """After a :meth:`take` that missed a part: have the worker compute ``part`` (NEUROPIL, or FIRST_CELLS when
+        only the cells were missed) at ``shift`` (registration's) while the loop computes the rest, and
+        :meth:`collect` it. The same kernel on the same pixels: the same numbers. It starts after a candidate the
+        worker is still finishing, if any. False when the worker is gone or has no such part."""
         with self._cond:
             self._raise_error()
-            if self._thread is None or self._closed:
+            if self._thread is None or self._closed or self._compute[part] is None:
                 return False
             self._pending = [(part, self.candidates, shift)]
             self._cond.notify_all()
-        self.handed += 1
+        self.handed[part] += 1
         return True
 
     def collect(self, part: int, shift: Shift, out: np.ndarray) -> bool:
@@ -202,12 +207,13 @@ class ExtractAhead:
                 return False
             self._raise_error()
             out[:] = self._buffers[part][self._done[part][shift]]
-        self.handed_taken += 1
+        self.handed_taken[part] += 1
         return True
 
     def _wanted_not_running(self) -> bool:
         running = self._running
-        return running is None or self._error is not None or running[1] != self._wanted[running[0]]
+        return (running is None or self._error is not None or running[0] == FIRST_CELLS
+                or running[1] != self._wanted[running[0]])
 
     def _raise_error(self) -> None:
         if self._error is not None:

@@ -38,7 +38,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter, percentile_filter
 # instead of allocating a result per frame (tests/test_acq_extraction.py checks it against ``@``)
 from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
 
-from acquisition.extract_ahead import NEUROPIL, ExtractAhead
+from acquisition.extract_ahead import FIRST_CELLS, NEUROPIL, ExtractAhead
 from acquisition.extract_kernels import (
     box_decomposition,
     box_events,
@@ -260,6 +260,10 @@ class Extractor:
         self._cell_ptr, self._run_y, self._run_x, self._run_len = pixel_runs(rows)
         self._cell_w = cells.data.astype(np.float32)
         self._pix_ptr = cells.indptr.astype(np.int64)  # each ROI's first weight
+        # ROIs [0, first_half) hold half the cells' pixels: the worker's share when only the cells are left to read
+        self.first_half = int(np.searchsorted(self._pix_ptr, self._pix_ptr[-1] / 2))
+        self._first_reads = np.zeros((4, self.first_half), np.float32)
+        self._second_reads = np.zeros((4, n - self.first_half), np.float32)
         sums = np.concatenate([[0.0], np.cumsum(self._cell_w, dtype=np.float64)])
         self._cell_total = sums[self._pix_ptr[1:]] - sums[self._pix_ptr[:-1]]
         self._cell_bbox = np.zeros((n, 4), np.int32)
@@ -374,17 +378,30 @@ class Extractor:
                   ahead: ExtractAhead | None = None) -> None:
         """Cells at (iy + fy, ix + fx), bilinear from their four whole-pixel reads, neuropil at whole pixels
         (ry, rx), straight from ``frame``; each part from ``ahead`` when it computed it at these shifts."""
-        cells_done = neuropil_done = handed = False
+        cells_done = neuropil_done = False
+        handed = -1  # the part the worker was handed after registration, if any
         if ahead is not None:
             cells_done, neuropil_done = ahead.take((iy, ix), (ry, rx), self._corner_reads, self._out_neuropil)
-            handed = not (cells_done or neuropil_done) and ahead.hand(NEUROPIL, (ry, rx))  # both missed: share them
-        if not cells_done:
+            if not neuropil_done:  # the worker reads the neuropil while the loop reads the cells, or finishes them
+                handed = NEUROPIL if ahead.hand(NEUROPIL, (ry, rx)) else -1
+            elif not cells_done:  # only the cells are left: half each
+                handed = FIRST_CELLS if ahead.hand(FIRST_CELLS, (iy, ix)) else -1
+        if handed == FIRST_CELLS:
+            assert ahead is not None
+            h = self.first_half
+            cell_reads(frame, self._cell_ptr[h:], self._run_y, self._run_x, self._run_len,
+                       self._cell_w[self._pix_ptr[h]:], iy, ix, self._second_reads)
+            self._corner_reads[:, h:] = self._second_reads
+            if not ahead.collect(FIRST_CELLS, (iy, ix), self._corner_reads[:, :h]):  # not started: the loop's too
+                self.first_cells_ahead(frame, (iy, ix), self._first_reads)
+                self._corner_reads[:, :h] = self._first_reads
+        elif not cells_done:
             cell_reads(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, iy, ix,
                        self._corner_reads)
         if self._np_columns is not None and frame.flags.f_contiguous and not frame.flags.c_contiguous:
             self._edge_cells(frame, iy, ix, self._corner_reads)
         combine_corners(self._corner_reads, fy, fx, self._out_cells)
-        if handed:
+        if handed == NEUROPIL:
             assert ahead is not None
             neuropil_done = ahead.collect(NEUROPIL, (ry, rx), self._out_neuropil)
         if not neuropil_done:
@@ -394,6 +411,13 @@ class Extractor:
         """The cells' four corner reads at whole shift ``shift`` (for the
         :class:`~acquisition.extract_ahead.ExtractAhead` worker)."""
         cell_reads(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, *shift, corners)
+
+    def first_cells_ahead(self, frame: np.ndarray, shift: tuple[int, int], corners: np.ndarray) -> None:
+        """The four corner reads of cells [0, first_half) only, at whole shift ``shift`` (the worker's half when
+        registration left only the cells to read; ``corners`` is (4, first_half)). Each ROI's sums are its own: the
+        same bits as in a read of all of them."""
+        cell_reads(frame, self._cell_ptr[:self.first_half + 1], self._run_y, self._run_x, self._run_len,
+                   self._cell_w, *shift, corners)
 
     def neuropil_ahead(self, frame: np.ndarray, shift: tuple[int, int], neuropil: np.ndarray) -> None:
         """The neuropil at whole shift ``shift`` (for the ExtractAhead worker; its own scratch)."""

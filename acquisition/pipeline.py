@@ -351,8 +351,10 @@ class FramePipeline:
 
     def _start_extract_ahead(self) -> None:
         if self._ahead_possible():
-            self._extract_ahead = ExtractAhead(self.extractor.cells_ahead, self.extractor.neuropil_ahead,
-                                               self.extractor.n_rois, self.ext_cfg.ahead_candidates)
+            ex = self.extractor
+            self._extract_ahead = ExtractAhead(ex.cells_ahead, ex.neuropil_ahead, ex.n_rois,
+                                               self.ext_cfg.ahead_candidates, first_cells=ex.first_cells_ahead,
+                                               first_rois=ex.first_half)
 
     def pop_reference_events(self) -> list[dict[str, Any]]:
         """What happened to the reference since the last call (for the session's events): refinement
@@ -442,7 +444,9 @@ class FramePipeline:
             return None
         return {"cells_taken": ahead.taken[0], "cells_missed": ahead.missed[0], "neuropil_taken": ahead.taken[1],
                 "neuropil_missed": ahead.missed[1], "gave_up": ahead.gave_up, "busy": ahead.busy,
-                "rehearsals": ahead.rehearsals, "handed": ahead.handed, "handed_taken": ahead.handed_taken}
+                "rehearsals": ahead.rehearsals,
+                "handed": dict(zip(("cells", "neuropil", "first_cells"), ahead.handed, strict=True)),
+                "handed_taken": dict(zip(("cells", "neuropil", "first_cells"), ahead.handed_taken, strict=True))}
 
     def stats(self) -> dict[str, float]:
         out = {"frames": float(self.frames), "flagged_frames": float(self.flagged_frames)}

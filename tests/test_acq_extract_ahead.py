@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from acquisition.extract_ahead import CELLS, NEUROPIL, ExtractAhead, riskier_part
+from acquisition.extract_ahead import CELLS, FIRST_CELLS, NEUROPIL, ExtractAhead, riskier_part
 from acquisition.pacer import FramePacer
 from tests.conftest import wait_for
 
@@ -126,7 +126,7 @@ def test_when_both_parts_are_missed_the_worker_computes_the_neuropil_at_the_shif
         assert ahead.hand(NEUROPIL, (5, 6))
         wait_for(lambda: ahead.idle, 5, "the handed neuropil computed")
         assert ahead.collect(NEUROPIL, (5, 6), neuropil) and (neuropil == 6).all()
-        assert (ahead.handed, ahead.handed_taken, ahead.gave_up) == (1, 1, 0)
+        assert (ahead.handed, ahead.handed_taken, ahead.gave_up) == ([0, 1, 0], [0, 1, 0], 0)
     finally:
         ahead.close()
 
@@ -145,7 +145,7 @@ def test_a_handed_part_the_busy_worker_has_not_started_goes_back_to_the_loop():
         assert not ahead.collect(NEUROPIL, (3, 4), neuropil) and not neuropil.any()
         release.set()
         wait_for(lambda: ahead.idle, 5, "the stuck candidate ended")
-        assert (3, 4) not in ahead._done[NEUROPIL] and (ahead.handed, ahead.handed_taken) == (1, 0)
+        assert (3, 4) not in ahead._done[NEUROPIL] and (ahead.handed, ahead.handed_taken) == ([0, 1, 0], [0, 0, 0])
     finally:
         release.set()
         ahead.close()
@@ -172,3 +172,28 @@ def test_the_loop_stops_waiting_for_a_handed_part_the_worker_is_stuck_in():
     finally:
         release.set()
         ahead.close()
+
+
+def test_when_only_the_cells_are_missed_the_worker_reads_the_first_rois_while_the_loop_reads_the_rest():
+    def first_cells(frame, shift, out):  # ROIs [0, 2) of 5
+        assert out.shape == (4, 2)
+        out.fill(10 * shift[0] + shift[1])
+
+    ahead = ExtractAhead(lambda frame, shift, out: out.fill(shift[0]), lambda frame, shift, out: out.fill(shift[1]),
+                         n_rois=5, candidates=1, first_cells=first_cells, first_rois=2)
+    corners, neuropil = np.zeros((4, 5), np.float32), np.zeros(5, np.float32)
+    try:
+        assert ahead.submit(np.zeros((4, 4), np.uint16), [(0, 0)], [(1, 2)])
+        wait_for(lambda: ahead.idle, 5, "the candidates computed")
+        assert ahead.take((3, 4), (1, 2), corners, neuropil) == (False, True)
+        assert ahead.hand(FIRST_CELLS, (3, 4))
+        wait_for(lambda: ahead.idle, 5, "the first cells computed")
+        assert ahead.collect(FIRST_CELLS, (3, 4), corners[:, :2])
+        assert (corners[:, :2] == 34).all() and not corners[:, 2:].any()  # the rest is the loop's
+        assert (ahead.handed, ahead.handed_taken) == ([0, 0, 1], [0, 0, 1])
+    finally:
+        ahead.close()
+    plain = ExtractAhead(lambda frame, shift, out: None, lambda frame, shift, out: None, n_rois=5)
+    plain.submit(np.zeros((4, 4), np.uint16), [(0, 0)], [(0, 0)])
+    assert not plain.hand(FIRST_CELLS, (0, 0))  # a worker built without the first cells' reads has none to give
+    plain.close()

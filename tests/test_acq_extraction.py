@@ -195,7 +195,8 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
     on the memory order (its reduction is vectorised over contiguous pixels only), so those cells are read again
     from a row-major copy of their pixels; the neuropil is summed down columns, exactly. The same when the cells and
     the neuropil come from the extraction worker (ExtractAhead), as they do for most frames in a session, and when
-    the worker reached neither part and is handed the neuropil at the shift found (ExtractAhead.hand)."""
+    it missed a part and is handed the neuropil, or the first half of the cells, at the shift found
+    (ExtractAhead.hand). Row-major frames through the worker likewise."""
     Ly, Lx = 96, 128
     yy, xx = np.mgrid[0:9, 0:30]
     stat = [{"ypix": (yy + y0).ravel(), "xpix": (xx + x0).ravel(), "lam": np.linspace(0.2, 1.0, yy.size),
@@ -204,12 +205,14 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
     rows, columns, worked = (Extractor(rois, min_neuropil_pixels=60) for _ in range(3))
     columns.prepare_column_order()
     worked.prepare_column_order()  # its cells read by the extraction worker, its edge cells again by the loop
-    ahead = ExtractAhead(worked.cells_ahead, worked.neuropil_ahead, len(stat))
+    ahead = ExtractAhead(worked.cells_ahead, worked.neuropil_ahead, len(stat), first_cells=worked.first_cells_ahead,
+                         first_rois=worked.first_half)
     collect = ahead.collect
+    withdrawn = [False]
 
-    def collect_when_computed(part, shift, out):  # as the loop's cells give the handed neuropil time to
-        wait_for(lambda: ahead.idle, what="the handed neuropil")
-        return collect(part, shift, out)
+    def collect_when_computed(part, shift, out):  # as the loop's own reads give the handed part time to
+        wait_for(lambda: ahead.idle, what="the handed part")
+        return False if withdrawn[0] else collect(part, shift, out)  # or as if it had not started: the loop's
 
     ahead.collect = collect_when_computed
     rng = np.random.default_rng(4)
@@ -221,21 +224,27 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
                 rows.extract(frame, dy, dx, out[0], out[1])
                 columns.extract(np.asfortranarray(frame), dy, dx, out[2], out[3])
                 wire = np.asfortranarray(frame)
-                for miss in (0, 9):  # the worker's candidates at the shift found, then 9 px from it
-                    cells_at, neuropil_at = (math.floor(dy) + miss, math.floor(dx)), (round(dy) + miss, round(dx))
-                    assert ahead.submit(wire, [cells_at], [neuropil_at])
+                # the worker's candidates at the shift found, or 9 px from it for the cells, the neuropil, both
+                for pixels, cells_off, neuropil_off, withdrawn[0] in (
+                        (wire, 0, 0, False), (wire, 9, 0, False), (wire, 0, 9, False), (wire, 9, 9, False),
+                        (frame, 9, 0, False), (frame, 0, 9, False), (wire, 9, 0, True), (frame, 9, 9, True)):
+                    cells_at = (math.floor(dy) + cells_off, math.floor(dx))
+                    neuropil_at = (round(dy) + neuropil_off, round(dx))
+                    assert ahead.submit(pixels, [cells_at], [neuropil_at])
                     wait_for(lambda: ahead.idle, what="the worker's reads")  # as registration gives it time to
                     out[4].fill(np.nan)
                     out[5].fill(np.nan)
-                    worked.extract(wire, dy, dx, out[4], out[5], ahead=ahead)
+                    worked.extract(pixels, dy, dx, out[4], out[5], ahead=ahead)
                     for got in (out[2], out[4]):
                         np.testing.assert_array_equal(got, out[0])
                     for got in (out[3], out[5]):
                         np.testing.assert_array_equal(got, out[1])
     finally:
         ahead.close()
-    assert ahead.taken == [20, 20] and ahead.missed == [20, 20]  # every other frame's parts came from the worker
-    assert ahead.handed == ahead.handed_taken == 20  # and the missed frames' neuropil too, at the shift found
+    assert ahead.taken == [60, 80] and ahead.missed == [100, 80]
+    # what was missed was shared: the neuropil whenever it was missed, the first cells when only they were
+    assert ahead.handed == [0, 80, 60] and ahead.handed_taken == [0, 60, 40]
+    assert 0 < worked.first_half < len(stat)
     assert np.isfinite(out[0]).all() and len(columns._edge_tables) == 4 and all(
         table[0].size for table in columns._edge_tables.values())
 
