@@ -10,8 +10,8 @@ pair, the part whose whole shift the last frame left nearer a boundary goes firs
 vCPUs the worker finishes about three parts before registration ends. Each part
 whose shift is among those computed is taken (the same kernel on the same pixels and shift: the same numbers);
 a part whose shift was not reached is computed after registration, and shared: the worker is handed the
-neuropil at the shift registration found when it was missed (:meth:`ExtractAhead.hand`), else the first half of
-the cells' reads when they were, while the loop computes the rest. The kernels release the GIL, so on two cores
+neuropil at the shift registration found when both were missed (:meth:`ExtractAhead.hand`), the first half of
+the cells' reads when only they were, while the loop computes the rest. The kernels release the GIL, so on two cores
 the work overlaps (~0.3 ms of a 512x512 frame with 500 ROIs).
 ``[acquisition.extraction] ahead`` switches it.
 

@@ -382,9 +382,9 @@ class Extractor:
         handed = -1  # the part the worker was handed after registration, if any
         if ahead is not None:
             cells_done, neuropil_done = ahead.take((iy, ix), (ry, rx), self._corner_reads, self._out_neuropil)
-            if not neuropil_done:  # the worker reads the neuropil while the loop reads the cells, or finishes them
+            if not (cells_done or neuropil_done):  # the worker reads the neuropil while the loop reads the cells
                 handed = NEUROPIL if ahead.hand(NEUROPIL, (ry, rx)) else -1
-            elif not cells_done:  # only the cells are left: half each
+            elif not cells_done:  # only the cells are left: half each (the neuropil alone: no gain, it waits)
                 handed = FIRST_CELLS if ahead.hand(FIRST_CELLS, (iy, ix)) else -1
         if handed == FIRST_CELLS:
             assert ahead is not None

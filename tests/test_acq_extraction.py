@@ -242,8 +242,8 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
     finally:
         ahead.close()
     assert ahead.taken == [60, 80] and ahead.missed == [100, 80]
-    # what was missed was shared: the neuropil whenever it was missed, the first cells when only they were
-    assert ahead.handed == [0, 80, 60] and ahead.handed_taken == [0, 60, 40]
+    # what was missed was shared: the neuropil when both were, the first cells when only they were
+    assert ahead.handed == [0, 40, 60] and ahead.handed_taken == [0, 20, 40]
     assert 0 < worked.first_half < len(stat)
     assert np.isfinite(out[0]).all() and len(columns._edge_tables) == 4 and all(
         table[0].size for table in columns._edge_tables.values())
