@@ -111,13 +111,6 @@ class ExtractAhead:
         self.handed_taken = [0, 0, 0]
 
     @property
-    def by_columns(self) -> bool:
-        """The frame given last is column-major (a CLOOSE frame's ``Frame.wire``): its cells' edge reads need the
-        extractor's row-major pass (``Extractor._edge_cells``)."""
-        frame = self._frame
-        return frame is not None and frame.flags.f_contiguous and not frame.flags.c_contiguous
-
-    @property
     def idle(self) -> bool:
         """Nothing being computed or waiting to be: a :meth:`submit` or :meth:`rehearse` now would start."""
         with self._cond:

@@ -59,10 +59,6 @@ from acquisition.rois import RoiSet
 _WEIGHT_CACHE_SIZE = 1024
 
 
-def _by_columns(frame: np.ndarray) -> bool:
-    return frame.flags.f_contiguous and not frame.flags.c_contiguous
-
-
 def _per_shift(cache: dict[tuple[int, int], Any], shift: tuple[int, int], make: Callable[[int, int], Any]) -> Any:
     """``cache[shift]``, made by ``make(*shift)`` on first use; the oldest entry goes past _WEIGHT_CACHE_SIZE."""
     value = cache.get(shift)
@@ -402,8 +398,8 @@ class Extractor:
         elif not cells_done:
             cell_reads(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, iy, ix,
                        self._corner_reads)
-        if self._np_columns is not None and (_by_columns(frame) or (ahead is not None and ahead.by_columns)):
-            self._edge_cells(frame, iy, ix, self._corner_reads)  # cells read (by the loop or the worker) from columns
+        if self._np_columns is not None and frame.flags.f_contiguous and not frame.flags.c_contiguous:
+            self._edge_cells(frame, iy, ix, self._corner_reads)
         combine_corners(self._corner_reads, fy, fx, self._out_cells)
         if handed == NEUROPIL:
             assert ahead is not None

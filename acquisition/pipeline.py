@@ -499,10 +499,7 @@ class FramePipeline:
                         self._keep_for_refinement(pixels)
             res.dy, res.dx, res.corr = dy, dx, corr
             res.t_registered = now_ns()
-            # what the loop reads itself comes from the row order if the source's thread has finished it meanwhile
-            # (a column-major frame's cells read from ~5x as many cache lines); the same bits from either order
-            ready = early is not None and early.data_ready is not None and early.data_ready.is_set()
-            self.extractor.extract(data if ready else pixels, dy, dx, res.F, res.Fneu, ahead=ahead)
+            self.extractor.extract(pixels, dy, dx, res.F, res.Fneu, ahead=ahead)
             res.t_extracted = now_ns()
         res.flags = int(flags)
         self.frames += 1
