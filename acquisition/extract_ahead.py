@@ -7,7 +7,7 @@ so a worker thread computes those reads at the whole shifts the last frame's shi
 thread registers this frame: first at the last frame's own whole shifts, then at the neighbours it was nearest
 to (:func:`whole_shift_candidates`), cells and neuropil alternating, until the loop asks for them. After the first
 pair, the part whose whole shift the last frame left nearer a boundary goes first (:func:`riskier_part`): on two
-vCPUs the worker finishes about three parts before registration ends. Each part
+vCPUs the worker finishes two to three parts before registration ends (fewer on a slower VM). Each part
 whose shift is among those computed is taken (the same kernel on the same pixels and shift: the same numbers);
 a part whose shift was not reached is computed after registration, and shared: the worker is handed the
 neuropil at the shift registration found when both were missed (:meth:`ExtractAhead.hand`), the first half of

@@ -37,7 +37,10 @@ def cpu_target() -> str:
     """The CPU the numba kernels are compiled for, as LLVM names it, and its widest vector unit. Kernels compiled with
     ``fastmath`` may sum in another order for another one, so a session replayed on another CPU can differ in the
     last bits of F (``rig replay`` says so when it finds mismatches)."""
-    features = llvm.get_host_cpu_features()
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:  # llvmlite cannot read them on every platform: the CPU's name is recorded alone then
+        features = {}
     widest = next((name for name in ("avx512f", "avx2", "avx", "sse4.2", "neon") if features.get(name)), "")
     return f"{llvm.get_host_cpu_name()} {widest}".strip()
 
