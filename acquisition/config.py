@@ -149,8 +149,14 @@ class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     # with ahead = "auto": not used when the extraction, timed before the first frame, costs less than this
     # (its hand-offs would cost more than it saves: 64x256 with 50 ROIs at 1 kHz)
     ahead_min_ms: float = 0.15
+    # the neuropil masks stay at their whole-pixel shift until the registered shift is more than this far from it
+    # (pixels, 0.5-1), then move to the nearest pixel; 0.5: the nearest pixel every frame (sessions recorded before
+    # the setting). Fewer moves, fewer frames whose neuropil the worker had not computed (docs/REGISTRATION.md)
+    neuropil_hold_px: float = 0.75
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.neuropil_hold_px <= 1.0:
+            raise ValueError(f"`neuropil_hold_px`: must be within [0.5, 1], not {self.neuropil_hold_px}")
         if self.method not in ("compiled", "sparse"):
             raise ValueError(f"`method`: must be 'compiled' or 'sparse', not {self.method!r}")
         if self.ahead not in ("auto", "always", "never"):

@@ -46,38 +46,69 @@ def _ranked(centre: Shift, alternative: Shift, distance: tuple[float, float], k:
     return [centre, *singles, (ay, ax)][:k]
 
 
-def whole_shift_candidates(dy: float, dx: float, subpixel: bool, k: int) -> tuple[list[Shift], list[Shift]]:
-    """The ``k`` most likely whole shifts of the next frame's cell reads and neuropil, given this frame's shift:
-    the same, then one pixel towards the boundary each axis is nearest to. Cells are read from floor(shift) when
-    subpixel (nearest otherwise), the neuropil from round(shift)."""
-    fy, fx = math.floor(dy), math.floor(dx)
-    ry, rx = round(dy), round(dx)
+class NeuropilShift:
+    """The whole-pixel shift the neuropil masks are read at, frame after frame.
 
-    def nearest(d: float, r: int) -> tuple[int, float]:  # the other whole pixel it is nearest to, how far off
-        e = d - r
-        return (r + 1 if e >= 0 else r - 1), 0.5 - abs(e)
+    ``hold_px`` 0.5: round(shift) each frame (sessions recorded before ``neuropil_hold_px``). Above 0.5 the masks
+    stay at their whole shift until the registered shift is more than ``hold_px`` from it on an axis, then move
+    to round(shift) on that axis. Why: a shift hovering about a half pixel (breathing, a slow drift) otherwise flips
+    hundreds of neuropil pixels between two places from frame to frame, and each flip is a whole-shift change the
+    extraction worker did not compute first (docs/PERFORMANCE.md, eleventh round). A neuropil mask is a plain mean
+    over hundreds of pixels at least ``inner_neuropil_radius`` from its cell, so being up to ``hold_px`` off costs
+    nothing measurable (docs/REGISTRATION.md, "Extraction")."""
 
-    (ay, ey), (ax, ex) = nearest(dy, ry), nearest(dx, rx)
-    neuropil = _ranked((ry, rx), (ay, ax), (ey, ex), k)
+    def __init__(self, hold_px: float = 0.5) -> None:
+        if not 0.5 <= hold_px <= 1.0:
+            raise ValueError(f"`neuropil_hold_px`: must be within [0.5, 1], not {hold_px}")
+        self.hold_px = float(hold_px)
+        self.held: Shift | None = None  # the last frame's, None before the first
+
+    def update(self, dy: float, dx: float) -> Shift:
+        """This frame's whole shift for the neuropil, from its registered shift (kept for the next frame)."""
+        ry, rx = round(dy), round(dx)
+        held = self.held
+        if held is not None and self.hold_px > 0.5:
+            ry = held[0] if abs(dy - held[0]) <= self.hold_px else ry
+            rx = held[1] if abs(dx - held[1]) <= self.hold_px else rx
+        self.held = (ry, rx)
+        return ry, rx
+
+    def margins(self, dy: float, dx: float) -> tuple[Shift, Shift, tuple[float, float]]:
+        """After :meth:`update` with (dy, dx): the whole shift held, the neighbour each axis would move to next,
+        and how far each axis is from moving there."""
+        hy, hx = self.held if self.held is not None else (round(dy), round(dx))
+        away = (hy + 1 if dy >= hy else hy - 1, hx + 1 if dx >= hx else hx - 1)
+        return (hy, hx), away, (self.hold_px - abs(dy - hy), self.hold_px - abs(dx - hx))
+
+
+def whole_shift_candidates(dy: float, dx: float, subpixel: bool, k: int,
+                           neuropil: NeuropilShift | None = None) -> tuple[list[Shift], list[Shift]]:
+    """The ``k`` most likely whole shifts of the next frame's cell reads and neuropil, given this frame's shift
+    (and the neuropil's whole shift held after it): the same, then one pixel towards the boundary each axis is
+    nearest to. Cells are read from floor(shift) when subpixel (nearest otherwise)."""
+    held, away, margin = (neuropil or NeuropilShift()).margins(dy, dx)
+    neuropil_ranked = _ranked(held, away, margin, k)
     if not subpixel:
-        return neuropil, neuropil
+        rounded, r_away, r_margin = NeuropilShift().margins(dy, dx)
+        return (neuropil_ranked if rounded == held else _ranked(rounded, r_away, r_margin, k)), neuropil_ranked
+    fy, fx = math.floor(dy), math.floor(dx)
     ty, tx = dy - fy, dx - fx  # in [0, 1): towards fy + 1 when above one half
     cells = _ranked((fy, fx), (fy + 1 if ty >= 0.5 else fy - 1, fx + 1 if tx >= 0.5 else fx - 1),
                     (min(ty, 1 - ty), min(tx, 1 - tx)), k)
-    return cells, neuropil
+    return cells, neuropil_ranked
 
 
-def riskier_part(dy: float, dx: float, subpixel: bool) -> int:
+def riskier_part(dy: float, dx: float, subpixel: bool, neuropil: NeuropilShift | None = None) -> int:
     """CELLS or NEUROPIL: the part whose whole shift this frame's shift leaves nearer a boundary, so the one the
     next frame more likely reads at its second candidate. Cells change whole shift where floor() does (at whole
-    pixels), the neuropil where round() does (at half pixels). On the recorded shifts of 4,967 frames of 6 bench
-    sessions, both parts are among the first three computed for 68 % of frames, against 59 % with the cells'
-    second candidate always third (docs/PERFORMANCE.md, ninth round)."""
+    pixels), the neuropil where it moves off its held shift (:class:`NeuropilShift`). On the recorded shifts of
+    4,967 frames of 6 bench sessions, both parts are among the first three computed for 68 % of frames, against
+    59 % with the cells' second candidate always third (docs/PERFORMANCE.md, ninth round)."""
     if not subpixel:
-        return CELLS  # both parts at the same whole shift
+        return CELLS
     to_floor = min(min(t, 1.0 - t) for t in (dy - math.floor(dy), dx - math.floor(dx)))
-    to_round = min(0.5 - abs(d - round(d)) for d in (dy, dx))
-    return CELLS if to_floor <= to_round else NEUROPIL
+    to_move = min((neuropil or NeuropilShift()).margins(dy, dx)[2])
+    return CELLS if to_floor <= to_move else NEUROPIL
 
 
 class ExtractAhead:

@@ -38,7 +38,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter, percentile_filter
 # instead of allocating a result per frame (tests/test_acq_extraction.py checks it against ``@``)
 from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
 
-from acquisition.extract_ahead import FIRST_CELLS, NEUROPIL, ExtractAhead
+from acquisition.extract_ahead import FIRST_CELLS, NEUROPIL, ExtractAhead, NeuropilShift
 from acquisition.extract_kernels import (
     box_decomposition,
     box_events,
@@ -175,7 +175,8 @@ class Extractor:
 
     def __init__(self, roi_set: RoiSet, inner_neuropil_radius: int = 2, min_neuropil_pixels: int = 350,
                  allow_overlap: bool = False, *, lam_percentile: float = 50.0, subpixel: bool = True,
-                 mask_sigma: float = 0.0, max_shift_px: int | None = None, method: str = "compiled") -> None:
+                 mask_sigma: float = 0.0, max_shift_px: int | None = None, method: str = "compiled",
+                 neuropil_hold_px: float = 0.5) -> None:
         if inner_neuropil_radius < 0:
             raise ValueError("`inner_neuropil_radius`: must be >= 0")
         if min_neuropil_pixels < 0:
@@ -185,6 +186,7 @@ class Extractor:
         if method not in ("compiled", "sparse"):
             raise ValueError(f"`method`: must be 'compiled' or 'sparse', not {method!r}")
         self.method = method
+        self.neuropil_shift = NeuropilShift(neuropil_hold_px)  # where the neuropil masks are read, frame to frame
         Ly, Lx = roi_set.Ly, roi_set.Lx
         self.Ly, self.Lx = Ly, Lx
         self.n_rois = n = roi_set.n_rois
@@ -354,25 +356,27 @@ class Extractor:
         dx = min(max(dx, -lim), lim)
         n = self.n_rois
         out = self._out
-        ry, rx = round(dy), round(dx)
+        ry, rx = self.neuropil_shift.update(dy, dx)  # the neuropil at a whole pixel: round(), or held
         self.last_shift = (dy, dx)  # where the next frame's extraction is computed ahead (acquisition.extract_ahead)
-        if self.subpixel:  # cells bilinear at (dy, dx), neuropil at the nearest pixel
+        if self.subpixel:  # cells bilinear at (dy, dx)
             iy, ix = math.floor(dy), math.floor(dx)
-            fy, fx = dy - iy, dx - ix
-            edge_shift = (min(iy, ry), min(ix, rx), max(iy + 1, ry), max(ix + 1, rx))
-        else:
-            iy, ix, fy, fx = ry, rx, 0.0, 0.0
-            edge_shift = (ry, rx, ry, rx)
+            fy, fx, reach = dy - iy, dx - ix, 1
+        else:  # cells at the nearest pixel
+            iy, ix, fy, fx, reach = round(dy), round(dx), 0.0, 0.0, 0
         if self.method == "compiled":
             self._compiled(frame, iy, ix, fy, fx, ry, rx, ahead)
         else:
-            self._sparse(frame, dy, dx, ry, rx)
-        if self._leaves_frame(*edge_shift):
-            self._renormalise(out, dy, dx)
+            self._sparse(frame, dy, dx, iy, ix, ry, rx)
+        if self._leaves_frame(min(iy, ry), min(ix, rx), max(iy + reach, ry), max(ix + reach, rx)):
+            self._renormalise(out, iy, ix, fy, fx, ry, rx)
         if self._nan_rows.size:
             out[self._nan_rows] = np.nan
         out_F[:] = out[:n]
         out_Fneu[:] = out[n:]
+
+    def forget_shift(self) -> None:
+        """Before a session's first frame (after a warm-up): no last shift, no neuropil shift held."""
+        self.last_shift = self.neuropil_shift.held = None
 
     def _compiled(self, frame: np.ndarray, iy: int, ix: int, fy: float, fx: float, ry: int, rx: int,
                   ahead: ExtractAhead | None = None) -> None:
@@ -489,12 +493,15 @@ class Extractor:
         neuropil_sums(frame, self._valid, ev_row, ev_box, ev_sign, self._np_box, self._np_ptr, self._np_y,
                       self._np_x, self._np_sign, self._np_scale, ry, rx, scratch[0], scratch[1], out)
 
-    def _sparse(self, frame: np.ndarray, dy: float, dx: float, ry: int, rx: int) -> None:
+    def _sparse(self, frame: np.ndarray, dy: float, dx: float, iy: int, ix: int, ry: int, rx: int) -> None:
         """The earlier way: one copy into the zero-padded buffer, then sparse products at offsets into it."""
         np.copyto(self._centre, frame, casting="unsafe")
         n, out = self.n_rois, self._out
         if self.subpixel:
             self._bilinear_cells(self._flat, dy, dx, out[:n])
+        elif (iy, ix) != (ry, rx):  # the neuropil held apart from the nearest pixel
+            self._product(self._flat, iy, ix, out[:n], self._cells)
+        if self.subpixel or (iy, ix) != (ry, rx):
             self._product(self._flat, ry, rx, out[n:], self._neuropil)
         else:
             self._product(self._flat, ry, rx, out)
@@ -519,24 +526,20 @@ class Extractor:
                                self._np_x, self._np_sign, self._np_full_count, self._np_scale, ry, rx, shares)
         return shares
 
-    def _renormalise(self, out: np.ndarray, dy: float, dx: float) -> None:
+    def _renormalise(self, out: np.ndarray, iy: int, ix: int, fy: float, fx: float, ry: int, rx: int) -> None:
         """Divide by the in-frame share of each mask's weight; NaN where nothing is left in the frame."""
         n = self.n_rois
         weight = self._weight
         if self.method == "compiled":  # from the geometry: the cells' every frame, the neuropil's once per shift
-            ry, rx = round(dy), round(dx)
-            iy, ix, fy, fx = ry, rx, 0.0, 0.0
-            if self.subpixel:
-                iy, ix = math.floor(dy), math.floor(dx)
-                fy, fx = dy - iy, dx - ix
             cell_inside_shares(self.Ly, self.Lx, self._cell_ptr, self._run_y, self._run_x, self._run_len,
                                self._pix_ptr, self._cell_w, self._cell_bbox, self._cell_total, iy, ix, fy, fx,
                                weight[:n])
             weight[n:] = self._neuropil_shares(ry, rx)
         else:
-            np.copyto(weight, self._inside_weight(round(dy), round(dx)))
+            np.copyto(weight[:n], self._inside_weight(iy, ix)[:n])
+            np.copyto(weight[n:], self._inside_weight(ry, rx)[n:])
         if self.subpixel and self.method == "sparse":  # cells were read bilinearly: their in-frame share too
-            iy, ix, corners = self._corners(dy, dx)
+            corners = self._corners(iy + fy, ix + fx)[2]
             weight[:n] = 0.0
             term = self._term[:n]
             for oy, ox, w in corners:

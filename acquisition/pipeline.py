@@ -209,7 +209,8 @@ class FramePipeline:
         max_shift = int(min(round(self.reg_cfg.maxregshift * min(self.shape)), min(self.shape) // 2))
         self.extractor = Extractor(roi_set, ext.inner_neuropil_radius, ext.min_neuropil_pixels, ext.allow_overlap,
                                    lam_percentile=ext.lam_percentile, subpixel=ext.subpixel,
-                                   mask_sigma=ext.mask_sigma, max_shift_px=max_shift, method=ext.method)
+                                   mask_sigma=ext.mask_sigma, max_shift_px=max_shift, method=ext.method,
+                                   neuropil_hold_px=ext.neuropil_hold_px)
         self._extract_ahead: ExtractAhead | None = None  # "always": from the start; "auto": choose_extract_ahead
         self._extraction_ms = math.nan  # the extraction's cost, timed by warm_up
         self._last_registered: np.ndarray | None = None
@@ -294,7 +295,7 @@ class FramePipeline:
             self.extractor.extract(stand_in, 0.3, -0.3, *scratch)
             cost_ms = min(cost_ms, (time.perf_counter() - t0) * 1e3)
         self._extraction_ms = cost_ms
-        self.extractor.last_shift = None
+        self.extractor.forget_shift()
 
     def expect_column_order(self, dtype: np.dtype | type = np.uint16) -> None:
         """Frames will be processed from their column-major pixels (``Frame.wire``): build the extraction's tables
@@ -304,7 +305,7 @@ class FramePipeline:
         stand_in = np.asfortranarray(self._stand_in(dtype))
         self.validator.check(stand_in)
         self.extractor.extract(stand_in, 0.3, -0.3, *scratch)
-        self.extractor.last_shift = None
+        self.extractor.forget_shift()
 
     def _stand_in(self, dtype: np.dtype | type) -> np.ndarray:
         """A frame of the source's pixel type to warm the per-frame work on: the reference, else zeros."""
@@ -321,7 +322,8 @@ class FramePipeline:
             return
         ahead, last = self._extract_ahead, self.extractor.last_shift
         if ahead is not None and last is not None:
-            ahead.rehearse(self._last_registered, *whole_shift_candidates(*last, self.extractor.subpixel, 1))
+            ahead.rehearse(self._last_registered, *whole_shift_candidates(*last, self.extractor.subpixel, 1,
+                                                                          self.extractor.neuropil_shift))
         self.registrar.prewarm(self._last_registered)
 
     def choose_extract_ahead(self, realtime: bool, paced: bool = True) -> dict[str, Any]:
@@ -485,10 +487,10 @@ class FramePipeline:
                 else:
                     ahead = self._extract_ahead
                     last = self.extractor.last_shift
-                    subpixel = self.extractor.subpixel
+                    subpixel, held = self.extractor.subpixel, self.extractor.neuropil_shift
                     if not (ahead is not None and last is not None  # its extraction at likely shifts, beside this
-                            and ahead.submit(pixels, *whole_shift_candidates(*last, subpixel, ahead.candidates),
-                                             riskier_part(*last, subpixel))):
+                            and ahead.submit(pixels, *whole_shift_candidates(*last, subpixel, ahead.candidates, held),
+                                             riskier_part(*last, subpixel, held))):
                         ahead = None
                     dy, dx, corr, reg_flags = self.registrar.register(pixels)
                     # what prewarm() registers and extracts again, in the order the next frame will come in (not a

@@ -8,7 +8,15 @@ import threading
 import numpy as np
 import pytest
 
-from acquisition.extract_ahead import CELLS, FIRST_CELLS, NEUROPIL, ExtractAhead, riskier_part
+from acquisition.extract_ahead import (
+    CELLS,
+    FIRST_CELLS,
+    NEUROPIL,
+    ExtractAhead,
+    NeuropilShift,
+    riskier_part,
+    whole_shift_candidates,
+)
 from acquisition.pacer import FramePacer
 from tests.conftest import wait_for
 
@@ -197,3 +205,39 @@ def test_when_only_the_cells_are_missed_the_worker_reads_the_first_rois_while_th
     plain.submit(np.zeros((4, 4), np.uint16), [(0, 0)], [(0, 0)])
     assert not plain.hand(FIRST_CELLS, (0, 0))  # a worker built without the first cells' reads has none to give
     plain.close()
+
+
+def test_the_neuropil_shift_held_moves_only_past_the_hold_and_at_one_half_is_round():
+    """hold 0.5 is round() frame by frame (Python's, ties to even: what sessions before the setting read at);
+    above it an axis keeps its whole shift until the shift is more than the hold from it, each axis alone."""
+    shifts = [(0.4, 0.0), (0.6, -0.2), (0.74, -0.6), (1.3, -0.76), (0.45, 2.5), (-0.5, 2.5), (0.25, 0.25)]
+    legacy = NeuropilShift(0.5)
+    assert [legacy.update(dy, dx) for dy, dx in shifts] == [(round(dy), round(dx)) for dy, dx in shifts]
+    held = NeuropilShift(0.75)
+    assert [held.update(dy, dx) for dy, dx in shifts] == [(0, 0), (0, 0), (0, 0), (1, -1), (1, 2), (0, 2), (0, 0)]
+    held.held = None  # forgotten (a new session): the first frame reads at the nearest pixel
+    assert held.update(0.7, -0.7) == (1, -1)
+    for bad in (0.49, 1.01, float("nan")):
+        with pytest.raises(ValueError, match="neuropil_hold_px"):
+            NeuropilShift(bad)
+
+
+def test_the_worker_is_first_given_the_neuropil_where_it_is_held():
+    """With the neuropil held, its first candidate is the shift held, not round(shift); the second is the pixel
+    the shift leans towards; riskier_part weighs how far the shift is from moving it."""
+    held = NeuropilShift(0.75)
+    held.update(0.0, 0.0)
+    assert held.update(0.6, -0.3) == (0, 0)
+    cells, neuropil = whole_shift_candidates(0.6, -0.3, True, 3, held)
+    assert cells == [(0, -1), (0, 0), (1, -1)]  # floor; x (0.3 from -1 + 1) nearer its boundary than y (0.4)
+    assert neuropil == [(0, 0), (1, 0), (0, -1)]  # y 0.15 from moving (0.75 - 0.6), x 0.45: y first
+    assert whole_shift_candidates(0.6, -0.3, True, 3)[1][0] == (1, 0)  # without it: round()
+    # at (0.45, 0.2) round() is 0.05 from changing, the cells' floor 0.2: the neuropil is the riskier part; held at
+    # (0, 0) the neuropil is 0.3 from moving, so the cells are
+    assert riskier_part(0.45, 0.2, True) == NEUROPIL
+    assert held.update(0.45, 0.2) == (0, 0)
+    assert riskier_part(0.45, 0.2, True, held) == CELLS
+    held.update(0.6, -0.3)
+    # not subpixel: the cells at round(), the neuropil where it is held
+    cells, neuropil = whole_shift_candidates(0.6, -0.3, False, 2, held)
+    assert cells == [(1, 0), (0, 0)] and neuropil == [(0, 0), (1, 0)]

@@ -297,8 +297,10 @@ def test_compiled_kernels_give_what_the_sparse_product_gives(movie, dtype):
     rng = np.random.default_rng(5)
     frame = (movie.frames[3].astype(np.float64) + rng.normal(0, 30, movie.frames[3].shape)).clip(0, 30000)
     frame = frame.astype(dtype)
-    shifts = [(0.0, 0.0), (2.3, -1.6), (0.5, 0.5), (-7.9, 6.2), (11.4, 13.7), (-14.5, -15.0), (3.0, -4.0)]
-    for kwargs in ({}, {"subpixel": False}, {"mask_sigma": 0.7, "allow_overlap": True}):
+    shifts = [(0.0, 0.0), (2.3, -1.6), (0.5, 0.5), (-7.9, 6.2), (11.4, 13.7), (-14.5, -15.0), (3.0, -4.0),
+              (3.6, -3.4), (14.3, 14.6), (14.8, 14.9)]  # the last of each pair: round() moves, a 0.75 hold does not
+    for kwargs in ({}, {"subpixel": False}, {"mask_sigma": 0.7, "allow_overlap": True},
+                   {"neuropil_hold_px": 0.75}, {"subpixel": False, "neuropil_hold_px": 0.75}):
         fast = Extractor(rois, max_shift_px=15, **kwargs)
         slow = Extractor(rois, max_shift_px=15, method="sparse", **kwargs)
         n = fast.n_rois
@@ -309,6 +311,26 @@ def test_compiled_kernels_give_what_the_sparse_product_gives(movie, dtype):
             np.testing.assert_array_equal(np.isnan(F), np.isnan(F2))
             np.testing.assert_allclose(F, F2, rtol=2e-5, atol=1e-3, err_msg=f"F at {(dy, dx)} {kwargs}")
             np.testing.assert_allclose(Fneu, Fneu2, rtol=2e-5, atol=1e-3, err_msg=f"Fneu at {(dy, dx)} {kwargs}")
+
+
+def test_a_held_neuropil_is_read_where_it_is_held_and_the_cells_where_the_shift_is(movie):
+    """neuropil_hold_px 0.75: the neuropil stays at its whole shift while the shift is within 0.75 px of it (here
+    what round() reads at 0.4), then moves to round(); the cells are read at the shift itself either way."""
+    rois = _roi_set(movie)
+    frame = movie.frames[4]
+    held, nearest = Extractor(rois, neuropil_hold_px=0.75), Extractor(rois)
+    n = held.n_rois
+    F, Fneu, F_ref, Fneu_ref = (np.zeros(n, np.float32) for _ in range(4))
+    for (dy, dx), neuropil_like in (((0.2, -0.1), (0.2, -0.1)), ((0.7, -0.6), (0.4, -0.4)), ((0.74, 0.7), (0.4, 0.4)),
+                                    ((0.8, 0.9), (0.8, 0.9))):
+        held.extract(frame, dy, dx, F, Fneu)
+        nearest.extract(frame, dy, dx, F_ref, Fneu_ref)
+        np.testing.assert_array_equal(F, F_ref)
+        nearest.extract(frame, *neuropil_like, F_ref, Fneu_ref)
+        np.testing.assert_array_equal(Fneu, Fneu_ref, err_msg=f"at {(dy, dx)}")
+    assert held.neuropil_shift.held == (1, 1)
+    held.forget_shift()
+    assert held.neuropil_shift.held is None and held.last_shift is None
 
 
 def test_neuropil_of_integer_frames_is_the_exact_mean(movie):

@@ -647,6 +647,9 @@ def test_a_session_in_the_old_layout_replays_with_the_rules_it_was_recorded_with
     session = load_session(old_session)
     assert any("rules_version" in note and "older rules" in note for note in session.notes)
     assert session.config.decoder.rules_version == 1 and session.config.decoder.bad_frame_flags == []
+    # its neuropil was read at the nearest pixel every frame (a session of today holds it, 0.75 px by default)
+    assert session.config.acquisition.extraction.neuropil_hold_px == 0.5
+    assert load_session(session_dir).config.acquisition.extraction.neuropil_hold_px == 0.75
     code, out, err = run_cli(["replay", str(old_session), "--no-progress"], capsys)
     result = last_json(out)
     assert code == 0 and result["mismatches"] == 0, err

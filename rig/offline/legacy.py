@@ -26,6 +26,7 @@ LEGACY_VALUES: dict[tuple[str, ...], Any] = {
     ("task", "rtb_holds_trials"): False,  # return-to-baseline: trials ran on while unarmed
     ("decoder", "calibrate_off_loop"): False,  # auto_protocol calibrated in the loop, on the baseline's last frame
     ("decoder", "operator_calibrate_off_loop"): False,  # the operator's Calibrate computed in the loop
+    ("acquisition", "extraction", "neuropil_hold_px"): 0.5,  # the neuropil read at the nearest pixel every frame
 }
 
 #: Calibration fields (``calibration.json``) the rules_version 1 decoder did not write.
