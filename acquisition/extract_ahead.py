@@ -18,7 +18,9 @@ the work overlaps (~0.3 ms of a 512x512 frame with 500 ROIs).
 The worker starts with the first frame, from the loop's thread, so it inherits the loop's scheduling (a
 real-time policy set on the loop thread covers it); it waits on a condition between frames. The loop never waits
 for it long: a computation it needs that is not done within ``wait_ms`` (the worker's CPU was taken from it) is
-made by the loop itself, and a frame that finds the worker still busy with the last one is not given to it.
+made by the loop itself. A frame that finds the worker still computing for an earlier one (a pre-warm, or a
+candidate the last frame no longer needed) queues behind that computation; each submit starts a new generation, and
+a computation of an earlier one is never taken.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ class ExtractAhead:
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
         self._pending: list[tuple[int, int, Shift]] = []  # (part, slot, shift), in the order to compute
-        self._running: tuple[int, Shift] | None = None  # (part, shift) being computed
+        self._running: tuple[int, Shift, int] | None = None  # (part, shift, generation) being computed
+        self._generation = 0  # one per submit or rehearse: the pending jobs and what is done are of the newest
         self._wanted: tuple[Shift, Shift] = ((0, 0), (0, 0))  # the shifts take() asks for
         self._done: tuple[dict[Shift, int], ...] = ({}, {}, {})  # per part: shift -> slot
         self._error: BaseException | None = None
@@ -136,7 +139,7 @@ class ExtractAhead:
         self.taken = [0, 0]  # frames whose cells / neuropil came from the worker
         self.missed = [0, 0]  # frames whose whole shift for cells / neuropil had not been computed
         self.gave_up = 0  # computations the loop stopped waiting for (made by the loop instead)
-        self.busy = 0  # frames not given to the worker: it was still computing for an earlier one
+        self.busy = 0  # frames that found the worker still computing for an earlier one (queued behind it)
         self.rehearsals = 0  # pre-warms: computations on the last frame whose results nobody takes
         self.handed = [0, 0, 0]  # per part: handed over after registration (hand), taken back computed (collect)
         self.handed_taken = [0, 0, 0]
@@ -151,31 +154,31 @@ class ExtractAhead:
                second_first: int = CELLS) -> bool:
         """Start ``frame``'s cell reads at each of ``cells_at`` and its neuropil at each of ``neuropil_at`` (the
         likeliest first); ``frame`` must stay unchanged until :meth:`take`. Cells then neuropil at the first
-        shifts, then ``second_first`` (:func:`riskier_part`) before the other at each next one. False (nothing
-        started: the loop computes this frame itself) while the worker is still busy with an earlier frame."""
-        started = self._start(frame, cells_at, neuropil_at, second_first)
-        if not started:
-            self.busy += 1
-        return started
+        shifts, then ``second_first`` (:func:`riskier_part`) before the other at each next one; after the
+        computation for an earlier frame the worker is still finishing, if any (counted in ``busy``)."""
+        return self._start(frame, cells_at, neuropil_at, second_first, queue=True)
 
     def rehearse(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift]) -> bool:
         """The pre-warm (acquisition.pacer): compute on ``frame`` (the last one) as :meth:`submit` would, shortly
         before the next frame is due, so that the worker's code and data are warm on its CPU when it comes. The
         results are never taken: the next :meth:`submit` forgets them. False while the worker is busy."""
-        started = self._start(frame, cells_at, neuropil_at)
+        started = self._start(frame, cells_at, neuropil_at, queue=False)
         if started:
             self.rehearsals += 1
         return started
 
     def _start(self, frame: np.ndarray, cells_at: list[Shift], neuropil_at: list[Shift],
-               second_first: int = CELLS) -> bool:
+               second_first: int = CELLS, *, queue: bool) -> bool:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="extract-ahead", daemon=True)
             self._thread.start()
         with self._cond:
             self._raise_error()
             if self._running is not None:
-                return False
+                if not queue:
+                    return False
+                self.busy += 1
+            self._generation += 1  # what the worker is finishing now is never recorded as done
             self._frame = frame
             for done in self._done:
                 done.clear()
@@ -244,7 +247,7 @@ class ExtractAhead:
     def _wanted_not_running(self) -> bool:
         running = self._running
         return (running is None or self._error is not None or running[0] == FIRST_CELLS
-                or running[1] != self._wanted[running[0]])
+                or running[2] != self._generation or running[1] != self._wanted[running[0]])
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -260,7 +263,8 @@ class ExtractAhead:
                 if self._closed:
                     return
                 part, slot, shift = self._pending.pop()
-                self._running = (part, shift)
+                generation = self._generation  # the pending jobs are always the newest generation's
+                self._running = (part, shift, generation)
                 frame = self._frame
             try:
                 assert frame is not None
@@ -272,7 +276,8 @@ class ExtractAhead:
                     self._cond.notify_all()
                 continue
             with self._cond:
-                self._done[part][shift] = slot
+                if generation == self._generation:  # else a newer frame came meanwhile: its slot is not this one
+                    self._done[part][shift] = slot
                 self._running = None
                 self._cond.notify_all()
 

@@ -440,7 +440,7 @@ class FramePipeline:
 
     def ahead_stats(self) -> dict[str, int] | None:
         """What the extraction worker did (None when it was not used): parts taken and missed, computations the
-        loop gave up waiting for, frames it was too busy to get, pre-warms it ran."""
+        loop gave up waiting for, frames that queued behind an earlier computation, pre-warms it ran."""
         ahead = self._extract_ahead
         if ahead is None:
             return None

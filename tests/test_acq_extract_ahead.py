@@ -32,7 +32,7 @@ def _worker(release: threading.Event) -> ExtractAhead:
     return ExtractAhead(cells, neuropil, n_rois=3, candidates=1, wait_ms=20)
 
 
-def test_the_loop_stops_waiting_for_a_stuck_computation_and_does_not_give_it_the_next_frame():
+def test_the_loop_stops_waiting_for_a_stuck_computation_and_takes_nothing_of_it_for_the_next_frame():
     release = threading.Event()
     ahead = _worker(release)
     frame = np.zeros((4, 4), np.uint16)
@@ -43,7 +43,11 @@ def test_the_loop_stops_waiting_for_a_stuck_computation_and_does_not_give_it_the
         # the cells are stuck: given up after wait_ms, so not taken; the neuropil was never reached
         assert ahead.take((1, 2), (1, 2), corners, neuropil) == (False, False)
         assert ahead.gave_up == 1 and not corners.any()
-        assert not ahead.submit(frame, [(1, 2)], [(1, 2)]) and ahead.busy == 1  # still busy: the loop computes
+        # the next frame queues behind the stuck computation (a new generation): nothing of it is taken meanwhile,
+        # not even at the stuck one's shift, and the loop does not wait for it
+        assert ahead.submit(frame, [(1, 2)], [(1, 2)]) and ahead.busy == 1
+        assert ahead.take((1, 2), (1, 2), corners, neuropil) == (False, False)
+        assert ahead.gave_up == 1 and not corners.any()
         release.set()
         wait_for(lambda: ahead._running is None, 5, "the stuck computation ended")
         assert ahead.submit(frame, [(3, 4)], [(3, 4)])
@@ -52,6 +56,41 @@ def test_the_loop_stops_waiting_for_a_stuck_computation_and_does_not_give_it_the
         assert (corners == 3).all() and (neuropil == 4).all()
     finally:
         release.set()
+        ahead.close()
+
+
+def test_a_frame_queued_behind_an_earlier_computation_gets_its_own_results_only():
+    """A submit while the worker still computes for an earlier frame (here a pre-warm) queues: the earlier
+    computation finishes into its slot but is never recorded as done, so the new frame's take never gets it, even
+    at the same shift and slot; the new frame's own computations are taken."""
+    release_old, release_new = threading.Event(), threading.Event()
+    ahead = _worker(release_old)
+    old, new = np.zeros((4, 4), np.uint16), np.ones((4, 4), np.uint16)
+
+    def cells(frame, shift, out):
+        (release_new if frame[0, 0] else release_old).wait(10)
+        out.fill(10 + frame[0, 0])
+
+    ahead._compute = (cells, lambda frame, shift, out: out.fill(20 + frame[0, 0]), None)
+    corners, neuropil = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+    try:
+        assert ahead.rehearse(old, [(1, 2)], [(1, 2)])
+        wait_for(lambda: ahead._running is not None, 5, "the pre-warm started")
+        assert not ahead.rehearse(old, [(1, 2)], [(1, 2)])  # a pre-warm never queues
+        assert ahead.submit(new, [(1, 2)], [(1, 2)]) and ahead.busy == 1
+        release_old.set()  # the pre-warm's cells end; the new frame's start, and are stuck
+        wait_for(lambda: ahead._running is not None and ahead._running[2] == ahead._generation, 5, "the new cells")
+        assert ahead.take((1, 2), (1, 2), corners, neuropil) == (False, False)  # the pre-warm's are not its
+        assert not corners.any() and ahead.gave_up == 1
+        release_new.set()
+        wait_for(lambda: ahead.idle, 5, "the new cells ended")
+        assert ahead.submit(new, [(1, 2)], [(1, 2)])
+        wait_for(lambda: ahead.idle, 5, "both computed")
+        assert ahead.take((1, 2), (1, 2), corners, neuropil) == (True, True)
+        assert (corners == 11).all() and (neuropil == 21).all()
+    finally:
+        release_old.set()
+        release_new.set()
         ahead.close()
 
 
