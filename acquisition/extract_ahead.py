@@ -1,18 +1,18 @@
 """A frame's extraction computed beside its registration, at the whole-pixel shifts the last frame predicts.
 
-Why: extraction needs only the whole part of the shift before its last step. Neuropil masks are read at the
-nearest whole pixel; cell masks are read at the four whole-pixel shifts around the subpixel one and combined
-bilinearly at the end (acquisition.extract_kernels). Brain motion between two frames is a fraction of a pixel,
-so a worker thread computes those reads at the whole shifts the last frame's shift makes likely while the loop
-thread registers this frame: first at the last frame's own whole shifts, then at the neighbours it was nearest
+Why: extraction needs only the whole part of the shift before its last step. Neuropil masks are read at a whole
+pixel near it (:class:`NeuropilShift`); cell masks are read at the four whole-pixel shifts around the subpixel one
+and combined bilinearly at the end (acquisition.extract_kernels). Brain motion between two frames is a fraction of a
+pixel, so a worker thread computes those reads at the whole shifts the last frame's shift makes likely while the
+loop thread registers this frame: first at the last frame's own whole shifts, then at the neighbours it was nearest
 to (:func:`whole_shift_candidates`), cells and neuropil alternating, until the loop asks for them. After the first
 pair, the part whose whole shift the last frame left nearer a boundary goes first (:func:`riskier_part`): on two
-vCPUs the worker finishes two to three parts before registration ends (fewer on a slower VM). Each part
-whose shift is among those computed is taken (the same kernel on the same pixels and shift: the same numbers);
-a part whose shift was not reached is computed after registration, and shared: the worker is handed the
-neuropil at the shift registration found when both were missed (:meth:`ExtractAhead.hand`), the first half of
-the cells' reads when only they were, while the loop computes the rest. The kernels release the GIL, so on two cores
-the work overlaps (~0.3 ms of a 512x512 frame with 500 ROIs).
+vCPUs the worker finishes two to three parts before registration ends (fewer on a slower VM). Each part whose shift
+is among those computed is taken (the same kernel on the same pixels and shift: the same numbers); a part whose
+shift was not reached is computed after registration, and shared: the worker is handed the neuropil at the shift
+registration found when both were missed (:meth:`ExtractAhead.hand`), the first half of the cells' reads when only
+they were, while the loop computes the rest. The kernels release the GIL, so on two cores the work overlaps (~0.3 ms
+of a 512x512 frame with 500 ROIs).
 ``[acquisition.extraction] ahead`` switches it.
 
 The worker starts with the first frame, from the loop's thread, so it inherits the loop's scheduling (a

@@ -15,13 +15,13 @@ compiled kernels of :mod:`acquisition.extract_kernels` read the frame in place a
 pixels along rows, neuropil masks as rectangles of valid pixels with a few corrections; nothing copied, no index
 per pixel); ``method="sparse"`` is the earlier way, a sparse product over a slice of a zero-padded float32 copy
 of the frame, kept to measure against and to check the kernels (same numbers to float rounding). By default
-(``subpixel=True``) cell masks are read bilinearly at the subpixel
-shift (a cell is a few pixels across, and rounding the shift to the
-nearest pixel loses correlation with the true fluorescence at real noise levels) while neuropil masks, plain
-means over hundreds of pixels, are read at the nearest pixel; ``subpixel=False`` rounds both (suite2p's
-rigid way). ``mask_sigma`` > 0 spreads each cell's weights with a Gaussian of that many pixels (built once,
-then renormalised to sum 1). Pixels shifted outside the frame are left out of the mean (the weights are
-renormalised); an ROI wholly outside reads NaN.
+(``subpixel=True``) cell masks are read bilinearly at the subpixel shift (a cell is a few pixels across, and
+rounding the shift to the nearest pixel loses correlation with the true fluorescence at real noise levels) while
+neuropil masks, plain means over hundreds of pixels, are read at a whole pixel held within ``neuropil_hold_px`` of
+the shift (:class:`~acquisition.extract_ahead.NeuropilShift`; 0.5: the nearest); ``subpixel=False`` reads the cells
+at the nearest pixel too (suite2p's rigid way). ``mask_sigma`` > 0 spreads each cell's weights with a Gaussian of
+that many pixels (built once, then renormalised to sum 1). Pixels shifted outside the frame are left out of the
+mean (the weights are renormalised); an ROI wholly outside reads NaN.
 """
 
 from __future__ import annotations
