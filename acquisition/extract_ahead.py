@@ -193,14 +193,15 @@ class ExtractAhead:
         return True
 
     def take(self, cells_at: Shift, neuropil_at: Shift, corners: np.ndarray,
-             neuropil: np.ndarray) -> tuple[bool, bool]:
+             neuropil: np.ndarray) -> tuple[bool, bool | None]:
         """Stop the worker after its current computation; copy each part computed at the shift asked into its
-        buffer, waiting (at most ``wait_ms``) only for a computation that is the one asked. Returns (cells taken,
-        neuropil taken)."""
+        buffer, waiting (at most ``wait_ms``) only for the cells, when they are the computation running. Returns
+        (cells taken, neuropil taken); the neuropil is None when it is the computation running: the loop does the
+        cells' remaining work meanwhile, then :meth:`finish_neuropil` (the worker's last ~0.1 ms overlaps it)."""
         wanted = self._wanted = (cells_at, neuropil_at)
         with self._cond:
             self._pending.clear()
-            if not self._cond.wait_for(self._wanted_not_running, self.wait_s):
+            if not self._cond.wait_for(self._cells_not_running, self.wait_s):
                 self.gave_up += 1
             self._raise_error()
             hits = tuple(wanted[part] in self._done[part] for part in (CELLS, NEUROPIL))
@@ -208,12 +209,32 @@ class ExtractAhead:
                 corners[:] = self._buffers[CELLS][self._done[CELLS][cells_at]]
             if hits[NEUROPIL]:
                 neuropil[:] = self._buffers[NEUROPIL][self._done[NEUROPIL][neuropil_at]]
-        for part, hit in enumerate(hits):
-            if hit:
-                self.taken[part] += 1
-            else:
-                self.missed[part] += 1
+            running = self._running
+            neuropil_running = (not hits[NEUROPIL] and running is not None and running[0] == NEUROPIL
+                                and running[1] == neuropil_at and running[2] == self._generation)
+        self.taken[CELLS] += hits[CELLS]
+        self.missed[CELLS] += not hits[CELLS]
+        if neuropil_running:
+            return hits[CELLS], None
+        self.taken[NEUROPIL] += hits[NEUROPIL]
+        self.missed[NEUROPIL] += not hits[NEUROPIL]
         return hits[CELLS], hits[NEUROPIL]
+
+    def finish_neuropil(self, neuropil_at: Shift, neuropil: np.ndarray) -> bool:
+        """After a :meth:`take` that found the neuropil being computed: wait for it (at most ``wait_ms``) and copy
+        it into ``neuropil``; False when it did not end in time (the loop computes it)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._error is not None or neuropil_at in self._done[NEUROPIL]
+                                       or self._running is None or self._running[2] != self._generation,
+                                       self.wait_s):
+                self.gave_up += 1
+            self._raise_error()
+            done = neuropil_at in self._done[NEUROPIL]
+            if done:
+                neuropil[:] = self._buffers[NEUROPIL][self._done[NEUROPIL][neuropil_at]]
+        self.taken[NEUROPIL] += done
+        self.missed[NEUROPIL] += not done
+        return done
 
     def hand(self, part: int, shift: Shift) -> bool:
         """After a :meth:`take` that missed a part: have the worker compute ``part`` (NEUROPIL, or FIRST_CELLS when
@@ -244,10 +265,10 @@ class ExtractAhead:
         self.handed_taken[part] += 1
         return True
 
-    def _wanted_not_running(self) -> bool:
+    def _cells_not_running(self) -> bool:
         running = self._running
-        return (running is None or self._error is not None or running[0] == FIRST_CELLS
-                or running[2] != self._generation or running[1] != self._wanted[running[0]])
+        return (running is None or self._error is not None or running[0] != CELLS
+                or running[2] != self._generation or running[1] != self._wanted[CELLS])
 
     def _raise_error(self) -> None:
         if self._error is not None:

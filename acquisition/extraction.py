@@ -382,11 +382,11 @@ class Extractor:
                   ahead: ExtractAhead | None = None) -> None:
         """Cells at (iy + fy, ix + fx), bilinear from their four whole-pixel reads, neuropil at whole pixels
         (ry, rx), straight from ``frame``; each part from ``ahead`` when it computed it at these shifts."""
-        cells_done = neuropil_done = False
+        cells_done, neuropil_done = False, False  # neuropil None: the worker is finishing it
         handed = -1  # the part the worker was handed after registration, if any
         if ahead is not None:
             cells_done, neuropil_done = ahead.take((iy, ix), (ry, rx), self._corner_reads, self._out_neuropil)
-            if not (cells_done or neuropil_done):  # the worker reads the neuropil while the loop reads the cells
+            if not cells_done and neuropil_done is False:  # the worker reads the neuropil, the loop the cells
                 handed = NEUROPIL if ahead.hand(NEUROPIL, (ry, rx)) else -1
             elif not cells_done:  # only the cells are left: half each (the neuropil alone: no gain, it waits)
                 handed = FIRST_CELLS if ahead.hand(FIRST_CELLS, (iy, ix)) else -1
@@ -405,9 +405,10 @@ class Extractor:
         if self._np_columns is not None and frame.flags.f_contiguous and not frame.flags.c_contiguous:
             self._edge_cells(frame, iy, ix, self._corner_reads)
         combine_corners(self._corner_reads, fy, fx, self._out_cells)
-        if handed == NEUROPIL:
+        if neuropil_done is None or handed == NEUROPIL:
             assert ahead is not None
-            neuropil_done = ahead.collect(NEUROPIL, (ry, rx), self._out_neuropil)
+            neuropil_done = (ahead.finish_neuropil((ry, rx), self._out_neuropil) if neuropil_done is None
+                             else ahead.collect(NEUROPIL, (ry, rx), self._out_neuropil))
         if not neuropil_done:
             self._neuropil_at(frame, ry, rx, self._out_neuropil, self._scratch)
 

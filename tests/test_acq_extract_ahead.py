@@ -94,6 +94,42 @@ def test_a_frame_queued_behind_an_earlier_computation_gets_its_own_results_only(
         ahead.close()
 
 
+def test_the_neuropil_still_being_computed_is_finished_after_the_cells_work():
+    """take() waits for the cells, not for a neuropil still being computed at the shift asked: it says None, and
+    finish_neuropil() waits for it afterwards (at most wait_ms; not done in time: the loop computes it)."""
+    release = threading.Event()
+
+    def neuropil(frame, shift, out):
+        release.wait(10)
+        out.fill(shift[1])
+
+    ahead = ExtractAhead(lambda frame, shift, out: out.fill(shift[0]), neuropil, n_rois=3, candidates=1, wait_ms=20)
+    frame = np.zeros((4, 4), np.uint16)
+    corners, out = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+    try:
+        assert ahead.submit(frame, [(1, 2)], [(1, 2)])
+        wait_for(lambda: ahead._running is not None and ahead._running[0] == NEUROPIL, 5, "the neuropil started")
+        assert ahead.take((1, 2), (1, 2), corners, out) == (True, None) and (corners == 1).all()
+        assert not ahead.finish_neuropil((1, 2), out) and ahead.gave_up == 1  # still stuck after wait_ms
+        assert ahead.missed == [0, 1] and not out.any()
+        release.set()
+        wait_for(lambda: ahead.idle, 5, "the stuck neuropil ended")
+        release.clear()
+        assert ahead.submit(frame, [(1, 2)], [(3, 4)])
+        wait_for(lambda: ahead._running is not None and ahead._running[0] == NEUROPIL, 5, "the neuropil started")
+        assert ahead.take((1, 2), (3, 4), corners, out) == (True, None)
+        release.set()
+        assert ahead.finish_neuropil((3, 4), out) and (out == 4).all()
+        assert ahead.taken == [2, 1] and ahead.missed == [0, 1]
+        release.clear()  # a neuropil at another shift than the one asked: not waited for, missed at once
+        assert ahead.submit(frame, [(1, 2)], [(5, 6)])
+        wait_for(lambda: ahead._running is not None and ahead._running[0] == NEUROPIL, 5, "the neuropil started")
+        assert ahead.take((1, 2), (7, 8), corners, out) == (True, False)
+    finally:
+        release.set()
+        ahead.close()
+
+
 def test_after_the_first_pair_the_part_nearer_a_boundary_is_computed_first():
     """Cells change whole shift at whole pixels (floor), the neuropil at half pixels (round): the second candidate
     of the part the last shift left nearer its boundary comes third, before the other part's."""
