@@ -195,13 +195,17 @@ class ExtractAhead:
     def take(self, cells_at: Shift, neuropil_at: Shift, corners: np.ndarray,
              neuropil: np.ndarray) -> tuple[bool, bool | None]:
         """Stop the worker after its current computation; copy each part computed at the shift asked into its
-        buffer, waiting (at most ``wait_ms``) only for the cells, when they are the computation running. Returns
-        (cells taken, neuropil taken); the neuropil is None when it is the computation running: the loop does the
-        cells' remaining work meanwhile, then :meth:`finish_neuropil` (the worker's last ~0.1 ms overlaps it)."""
+        buffer, waiting (at most ``wait_ms``) for the cells when they are the computation running. Returns (cells
+        taken, neuropil taken); the neuropil is None when it is the computation running and the cells were taken:
+        the loop does the cells' remaining work meanwhile, then :meth:`finish_neuropil` (the worker's last ~0.1 ms
+        overlaps it). With the cells missed it is waited for here: the worker must be free to share the cells."""
         wanted = self._wanted = (cells_at, neuropil_at)
         with self._cond:
             self._pending.clear()
             if not self._cond.wait_for(self._cells_not_running, self.wait_s):
+                self.gave_up += 1
+            self._raise_error()
+            if cells_at not in self._done[CELLS] and not self._cond.wait_for(self._neuropil_not_running, self.wait_s):
                 self.gave_up += 1
             self._raise_error()
             hits = tuple(wanted[part] in self._done[part] for part in (CELLS, NEUROPIL))
@@ -264,6 +268,11 @@ class ExtractAhead:
             out[:] = self._buffers[part][self._done[part][shift]]
         self.handed_taken[part] += 1
         return True
+
+    def _neuropil_not_running(self) -> bool:
+        running = self._running
+        return (running is None or self._error is not None or running[0] != NEUROPIL
+                or running[2] != self._generation or running[1] != self._wanted[NEUROPIL])
 
     def _cells_not_running(self) -> bool:
         running = self._running

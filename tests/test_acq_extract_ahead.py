@@ -121,6 +121,13 @@ def test_the_neuropil_still_being_computed_is_finished_after_the_cells_work():
         release.set()
         assert ahead.finish_neuropil((3, 4), out) and (out == 4).all()
         assert ahead.taken == [2, 1] and ahead.missed == [0, 1]
+        release.clear()  # the cells missed: the running neuropil is waited for (the cells will be shared)
+        assert ahead.submit(frame, [(1, 2)], [(3, 4)])
+        wait_for(lambda: ahead._running is not None and ahead._running[0] == NEUROPIL, 5, "the neuropil started")
+        ahead.wait_s, wait_s = 10.0, ahead.wait_s  # long enough for any machine: the take must wait for it
+        threading.Timer(0.005, release.set).start()
+        assert ahead.take((9, 9), (3, 4), corners, out) == (False, True) and (out == 4).all()
+        ahead.wait_s = wait_s
         release.clear()  # a neuropil at another shift than the one asked: not waited for, missed at once
         assert ahead.submit(frame, [(1, 2)], [(5, 6)])
         wait_for(lambda: ahead._running is not None and ahead._running[0] == NEUROPIL, 5, "the neuropil started")
