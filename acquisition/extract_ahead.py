@@ -78,9 +78,14 @@ class NeuropilShift:
     def margins(self, dy: float, dx: float) -> tuple[Shift, Shift, tuple[float, float]]:
         """After :meth:`update` with (dy, dx): the whole shift held, the neighbour each axis would move to next,
         and how far each axis is from moving there."""
-        hy, hx = self.held if self.held is not None else (round(dy), round(dx))
-        away = (hy + 1 if dy >= hy else hy - 1, hx + 1 if dx >= hx else hx - 1)
-        return (hy, hx), away, (self.hold_px - abs(dy - hy), self.hold_px - abs(dx - hx))
+        return _margins(dy, dx, self.held, self.hold_px)
+
+
+def _margins(dy: float, dx: float, held: Shift | None, hold_px: float) -> tuple[Shift, Shift, tuple[float, float]]:
+    """:meth:`NeuropilShift.margins` of a whole shift ``held`` (None: round(shift)) kept within ``hold_px``."""
+    hy, hx = held if held is not None else (round(dy), round(dx))
+    away = (hy + 1 if dy >= hy else hy - 1, hx + 1 if dx >= hx else hx - 1)
+    return (hy, hx), away, (hold_px - abs(dy - hy), hold_px - abs(dx - hx))
 
 
 def whole_shift_candidates(dy: float, dx: float, subpixel: bool, k: int,
@@ -88,10 +93,10 @@ def whole_shift_candidates(dy: float, dx: float, subpixel: bool, k: int,
     """The ``k`` most likely whole shifts of the next frame's cell reads and neuropil, given this frame's shift
     (and the neuropil's whole shift held after it): the same, then one pixel towards the boundary each axis is
     nearest to. Cells are read from floor(shift) when subpixel (nearest otherwise)."""
-    held, away, margin = (neuropil or NeuropilShift()).margins(dy, dx)
+    held, away, margin = neuropil.margins(dy, dx) if neuropil is not None else _margins(dy, dx, None, 0.5)
     neuropil_ranked = _ranked(held, away, margin, k)
-    if not subpixel:
-        rounded, r_away, r_margin = NeuropilShift().margins(dy, dx)
+    if not subpixel:  # the cells at round(shift)
+        rounded, r_away, r_margin = _margins(dy, dx, None, 0.5)
         return (neuropil_ranked if rounded == held else _ranked(rounded, r_away, r_margin, k)), neuropil_ranked
     fy, fx = math.floor(dy), math.floor(dx)
     ty, tx = dy - fy, dx - fx  # in [0, 1): towards fy + 1 when above one half
@@ -109,7 +114,7 @@ def riskier_part(dy: float, dx: float, subpixel: bool, neuropil: NeuropilShift |
     if not subpixel:
         return CELLS
     to_floor = min(min(t, 1.0 - t) for t in (dy - math.floor(dy), dx - math.floor(dx)))
-    to_move = min((neuropil or NeuropilShift()).margins(dy, dx)[2])
+    to_move = min(neuropil.margins(dy, dx)[2] if neuropil is not None else _margins(dy, dx, None, 0.5)[2])
     return CELLS if to_floor <= to_move else NEUROPIL
 
 
@@ -131,7 +136,6 @@ class ExtractAhead:
         self._pending: list[tuple[int, int, Shift]] = []  # (part, slot, shift), in the order to compute
         self._running: tuple[int, Shift, int] | None = None  # (part, shift, generation) being computed
         self._generation = 0  # one per submit or rehearse: the pending jobs and what is done are of the newest
-        self._wanted: tuple[Shift, Shift] = ((0, 0), (0, 0))  # the shifts take() asks for
         self._done: tuple[dict[Shift, int], ...] = ({}, {}, {})  # per part: shift -> slot
         self._error: BaseException | None = None
         self._closed = False
@@ -199,23 +203,18 @@ class ExtractAhead:
         taken, neuropil taken); the neuropil is None when it is the computation running and the cells were taken:
         the loop does the cells' remaining work meanwhile, then :meth:`finish_neuropil` (the worker's last ~0.1 ms
         overlaps it). With the cells missed it is waited for here: the worker must be free to share the cells."""
-        wanted = self._wanted = (cells_at, neuropil_at)
+        wanted = (cells_at, neuropil_at)
         with self._cond:
             self._pending.clear()
-            if not self._cond.wait_for(self._cells_not_running, self.wait_s):
-                self.gave_up += 1
-            self._raise_error()
-            if cells_at not in self._done[CELLS] and not self._cond.wait_for(self._neuropil_not_running, self.wait_s):
-                self.gave_up += 1
-            self._raise_error()
+            self._wait_while_computing(CELLS, cells_at)
+            if cells_at not in self._done[CELLS]:
+                self._wait_while_computing(NEUROPIL, neuropil_at)
             hits = tuple(wanted[part] in self._done[part] for part in (CELLS, NEUROPIL))
             if hits[CELLS]:
                 corners[:] = self._buffers[CELLS][self._done[CELLS][cells_at]]
             if hits[NEUROPIL]:
                 neuropil[:] = self._buffers[NEUROPIL][self._done[NEUROPIL][neuropil_at]]
-            running = self._running
-            neuropil_running = (not hits[NEUROPIL] and running is not None and running[0] == NEUROPIL
-                                and running[1] == neuropil_at and running[2] == self._generation)
+            neuropil_running = not hits[NEUROPIL] and self._computing(NEUROPIL, neuropil_at)
         self.taken[CELLS] += hits[CELLS]
         self.missed[CELLS] += not hits[CELLS]
         if neuropil_running:
@@ -228,11 +227,7 @@ class ExtractAhead:
         """After a :meth:`take` that found the neuropil being computed: wait for it (at most ``wait_ms``) and copy
         it into ``neuropil``; False when it did not end in time (the loop computes it)."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._error is not None or neuropil_at in self._done[NEUROPIL]
-                                       or self._running is None or self._running[2] != self._generation,
-                                       self.wait_s):
-                self.gave_up += 1
-            self._raise_error()
+            self._wait_while_computing(NEUROPIL, neuropil_at)
             done = neuropil_at in self._done[NEUROPIL]
             if done:
                 neuropil[:] = self._buffers[NEUROPIL][self._done[NEUROPIL][neuropil_at]]
@@ -269,15 +264,16 @@ class ExtractAhead:
         self.handed_taken[part] += 1
         return True
 
-    def _neuropil_not_running(self) -> bool:
-        running = self._running
-        return (running is None or self._error is not None or running[0] != NEUROPIL
-                or running[2] != self._generation or running[1] != self._wanted[NEUROPIL])
+    def _computing(self, part: int, shift: Shift) -> bool:
+        """Whether the worker is computing ``part`` at ``shift`` for the newest frame (under the lock)."""
+        return self._running == (part, shift, self._generation)
 
-    def _cells_not_running(self) -> bool:
-        running = self._running
-        return (running is None or self._error is not None or running[0] != CELLS
-                or running[2] != self._generation or running[1] != self._wanted[CELLS])
+    def _wait_while_computing(self, part: int, shift: Shift) -> None:
+        """Wait (under the lock, at most ``wait_ms``) until the worker is no longer computing ``part`` at ``shift``
+        for the newest frame; raise what it failed with."""
+        if not self._cond.wait_for(lambda: self._error is not None or not self._computing(part, shift), self.wait_s):
+            self.gave_up += 1
+        self._raise_error()
 
     def _raise_error(self) -> None:
         if self._error is not None:
