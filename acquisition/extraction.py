@@ -498,14 +498,14 @@ class Extractor:
         """The earlier way: one copy into the zero-padded buffer, then sparse products at offsets into it."""
         np.copyto(self._centre, frame, casting="unsafe")
         n, out = self.n_rois, self._out
+        if not self.subpixel and (iy, ix) == (ry, rx):  # both parts at one whole shift: one product
+            self._product(self._flat, ry, rx, out)
+            return
         if self.subpixel:
             self._bilinear_cells(self._flat, dy, dx, out[:n])
-        elif (iy, ix) != (ry, rx):  # the neuropil held apart from the nearest pixel
+        else:  # the cells at the nearest pixel, the neuropil held apart from it
             self._product(self._flat, iy, ix, out[:n], self._cells)
-        if self.subpixel or (iy, ix) != (ry, rx):
-            self._product(self._flat, ry, rx, out[n:], self._neuropil)
-        else:
-            self._product(self._flat, ry, rx, out)
+        self._product(self._flat, ry, rx, out[n:], self._neuropil)
 
     def _leaves_frame(self, iy0: int, ix0: int, iy1: int, ix1: int) -> bool:
         lo_y, hi_y, lo_x, hi_x = self._extent
