@@ -56,8 +56,9 @@ class NeuropilShift:
     to round(shift) on that axis. Why: a shift hovering about a half pixel (breathing, a slow drift) otherwise flips
     hundreds of neuropil pixels between two places from frame to frame, and each flip is a whole-shift change the
     extraction worker did not compute first (docs/PERFORMANCE.md, eleventh round). A neuropil mask is a plain mean
-    over hundreds of pixels at least ``inner_neuropil_radius`` from its cell, so being up to ``hold_px`` off costs
-    nothing measurable (docs/REGISTRATION.md, "Extraction")."""
+    over hundreds of pixels, so being up to ``hold_px`` off costs little: on a genuine suite2p run its correlation
+    with the true neuropil is the same, with suite2p's own (read at the nearest pixel) a little lower
+    (docs/REGISTRATION.md, "Extraction")."""
 
     def __init__(self, hold_px: float = 0.5) -> None:
         if not 0.5 <= hold_px <= 1.0:
