@@ -388,8 +388,9 @@ def test_extraction_computed_beside_registration_gives_the_same_numbers(movie):
     for pipeline in (ranked, single):
         ahead = pipeline._extract_ahead
         assert ahead is not None
-        for part in (0, 1):  # cells, neuropil; a frame that found the worker busy was not given to it
-            assert ahead.taken[part] + ahead.missed[part] + ahead.busy == len(frames) - 1
+        for part in (0, 1):  # cells, neuropil; a frame that found the worker busy queued behind it: every frame counts
+            assert ahead.taken[part] + ahead.missed[part] == len(frames) - 1
+        assert 0 <= ahead.busy < len(frames)
         pipeline.close()
     assert without.ahead_stats() is None
     stats = ranked.ahead_stats()
