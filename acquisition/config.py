@@ -153,10 +153,16 @@ class ExtractionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     # (pixels, 0.5-1), then move to the nearest pixel; 0.5: the nearest pixel every frame (sessions recorded before
     # the setting). Fewer moves, fewer frames whose neuropil the worker had not computed (docs/REGISTRATION.md)
     neuropil_hold_px: float = 0.75
+    # "ordered": each cell's reads summed pixel by pixel, so the worker reads two neighbouring whole shifts in one
+    # pass to the same bits (docs/REGISTRATION.md, "Extraction"); "vectorised": sums the compiler reorders, one
+    # whole shift per pass (sessions recorded before the setting; F differs in its last bits)
+    cell_sums: str = "ordered"
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.neuropil_hold_px <= 1.0:
             raise ValueError(f"`neuropil_hold_px`: must be within [0.5, 1], not {self.neuropil_hold_px}")
+        if self.cell_sums not in ("ordered", "vectorised"):
+            raise ValueError(f"`cell_sums`: must be 'ordered' or 'vectorised', not {self.cell_sums!r}")
         if self.method not in ("compiled", "sparse"):
             raise ValueError(f"`method`: must be 'compiled' or 'sparse', not {self.method!r}")
         if self.ahead not in ("auto", "always", "never"):

@@ -7,12 +7,15 @@ pixel, so a worker thread computes those reads at the whole shifts the last fram
 loop thread registers this frame: first at the last frame's own whole shifts, then at the neighbours it was nearest
 to (:func:`whole_shift_candidates`), cells and neuropil alternating, until the loop asks for them. After the first
 pair, the part whose whole shift the last frame left nearer a boundary goes first (:func:`riskier_part`): on two
-vCPUs the worker finishes two to three parts before registration ends (fewer on a slower VM). Each part whose shift
-is among those computed is taken (the same kernel on the same pixels and shift: the same numbers); a part whose
-shift was not reached is computed after registration, and shared: the worker is handed the neuropil at the shift
-registration found when both were missed (:meth:`ExtractAhead.hand`), the first half of the cells' reads when only
-they were, while the loop computes the rest. The kernels release the GIL, so on two cores the work overlaps (~0.3 ms
-of a 512x512 frame with 500 ROIs).
+vCPUs the worker finishes two to three parts before registration ends (fewer on a slower VM). With ordered cell sums
+(the default) one cells computation is a block of two whole shifts, the last frame's and its neighbour along x,
+read in one pass over the same frame rows (``cell_block``): it costs what one shift's reads cost and serves both.
+Each part whose shift is among those computed is taken (the same sums of the same pixels in the same order: the
+same numbers); a part whose shift was not reached is computed after registration, and shared: the worker is handed
+the neuropil at the shift registration found when both were missed (:meth:`ExtractAhead.hand`), the first half of
+the cells' reads when only they were, while the loop computes the rest; cells the worker is still computing when the
+neuropil was not reached are finished while the loop reads the neuropil. The kernels release the GIL, so on two
+cores the work overlaps (~0.3 ms of a 512x512 frame with 500 ROIs).
 ``[acquisition.extraction] ahead`` switches it.
 
 The worker starts with the first frame, from the loop's thread, so it inherits the loop's scheduling (a
@@ -89,32 +92,44 @@ def _margins(dy: float, dx: float, held: Shift | None, hold_px: float) -> tuple[
     return (hy, hx), away, (hold_px - abs(dy - hy), hold_px - abs(dx - hx))
 
 
-def whole_shift_candidates(dy: float, dx: float, subpixel: bool, k: int,
-                           neuropil: NeuropilShift | None = None) -> tuple[list[Shift], list[Shift]]:
+def whole_shift_candidates(dy: float, dx: float, subpixel: bool, k: int, neuropil: NeuropilShift | None = None,
+                           cell_block: tuple[int, int] = (2, 2)) -> tuple[list[Shift], list[Shift]]:
     """The ``k`` most likely whole shifts of the next frame's cell reads and neuropil, given this frame's shift
     (and the neuropil's whole shift held after it): the same, then one pixel towards the boundary each axis is
-    nearest to. Cells are read from floor(shift) when subpixel (nearest otherwise)."""
+    nearest to. Cells are read from floor(shift) when subpixel (nearest otherwise). With ``cell_block`` (2, 3) the
+    cells' are block origins instead (extract_kernels.cell_block_sums), at most two: the block holding this whole
+    shift and its neighbour along x, then the one holding both along y's neighbouring row."""
     held, away, margin = neuropil.margins(dy, dx) if neuropil is not None else _margins(dy, dx, None, 0.5)
     neuropil_ranked = _ranked(held, away, margin, k)
     if not subpixel:  # the cells at round(shift)
-        rounded, r_away, r_margin = _margins(dy, dx, None, 0.5)
-        return (neuropil_ranked if rounded == held else _ranked(rounded, r_away, r_margin, k)), neuropil_ranked
-    fy, fx = math.floor(dy), math.floor(dx)
-    ty, tx = dy - fy, dx - fx  # in [0, 1): towards fy + 1 when above one half
-    cells = _ranked((fy, fx), (fy + 1 if ty >= 0.5 else fy - 1, fx + 1 if tx >= 0.5 else fx - 1),
-                    (min(ty, 1 - ty), min(tx, 1 - tx)), k)
-    return cells, neuropil_ranked
+        centre, alternative, distance = _margins(dy, dx, None, 0.5)
+    else:
+        fy, fx = math.floor(dy), math.floor(dx)
+        ty, tx = dy - fy, dx - fx  # in [0, 1): towards fy + 1 when above one half
+        centre = (fy, fx)
+        alternative = (fy + 1 if ty >= 0.5 else fy - 1, fx + 1 if tx >= 0.5 else fx - 1)
+        distance = (min(ty, 1 - ty), min(tx, 1 - tx))
+    if cell_block == (2, 3):
+        left = min(centre[1], alternative[1])
+        return [(centre[0], left), (alternative[0], left)][:k], neuropil_ranked
+    if not subpixel and centre == held:
+        return neuropil_ranked, neuropil_ranked
+    return _ranked(centre, alternative, distance, k), neuropil_ranked
 
 
-def riskier_part(dy: float, dx: float, subpixel: bool, neuropil: NeuropilShift | None = None) -> int:
+def riskier_part(dy: float, dx: float, subpixel: bool, neuropil: NeuropilShift | None = None,
+                 cell_block: tuple[int, int] = (2, 2)) -> int:
     """CELLS or NEUROPIL: the part whose whole shift this frame's shift leaves nearer a boundary, so the one the
     next frame more likely reads at its second candidate. Cells change whole shift where floor() does (at whole
-    pixels), the neuropil where it moves off its held shift (:class:`NeuropilShift`). On the recorded shifts of
-    4,967 frames of 6 bench sessions, both parts are among the first three computed for 68 % of frames, against
-    59 % with the cells' second candidate always third (docs/PERFORMANCE.md, ninth round)."""
+    pixels; with ``cell_block`` (2, 3) only floor(dy) matters: the first block holds x's neighbour), the neuropil
+    where it moves off its held shift (:class:`NeuropilShift`). On the recorded shifts of 4,967 frames of 6 bench
+    sessions, both parts are among the first three computed for 68 % of frames, against 59 % with the cells' second
+    candidate always third (docs/PERFORMANCE.md, ninth round); with blocks, 92.9 % of 33,313 frames, against 91.2 %
+    counting x too (twelfth round)."""
     if not subpixel:
         return CELLS
-    to_floor = min(min(t, 1.0 - t) for t in (dy - math.floor(dy), dx - math.floor(dx)))
+    axes = (dy,) if cell_block == (2, 3) else (dy, dx)
+    to_floor = min(min(t - math.floor(t), 1.0 - (t - math.floor(t))) for t in axes)
     to_move = min(neuropil.margins(dy, dx)[2] if neuropil is not None else _margins(dy, dx, None, 0.5)[2])
     return CELLS if to_floor <= to_move else NEUROPIL
 
@@ -123,11 +138,16 @@ class ExtractAhead:
     """One frame in flight: :meth:`submit` before registration, :meth:`take` after it."""
 
     def __init__(self, cells: Compute, neuropil: Compute, n_rois: int, candidates: int = 3,
-                 wait_ms: float = 1.0, first_cells: Compute | None = None, first_rois: int = 0) -> None:
-        """``first_cells`` computes the cells' reads of ROIs [0, ``first_rois``) only (FIRST_CELLS, :meth:`hand`)."""
+                 wait_ms: float = 1.0, first_cells: Compute | None = None, first_rois: int = 0,
+                 cell_block: tuple[int, int] = (2, 2)) -> None:
+        """``first_cells`` computes the cells' reads of ROIs [0, ``first_rois``) only (FIRST_CELLS, :meth:`hand`).
+        ``cell_block`` (rows, columns) of whole shifts ``cells`` reads from the origin it is given, laid out
+        column by column as extract_kernels.cell_block_sums lays out (2, 3): it serves each whole shift whose four
+        corner reads it holds (two for (2, 3)); (2, 2): the four corner reads (4, n) of the one whole shift."""
         self._compute = (cells, neuropil, first_cells)
+        self.cell_block = cell_block
         # one slot per candidate, and one more for a part handed over after registration (hand)
-        self._buffers = ([np.empty((4, n_rois), np.float32) for _ in range(candidates + 1)],
+        self._buffers = ([np.empty((cell_block[0] * cell_block[1], n_rois), np.float32) for _ in range(candidates + 1)],
                          [np.empty(n_rois, np.float32) for _ in range(candidates + 1)],
                          [np.empty((4, first_rois), np.float32) for _ in range(candidates + 1)])
         self.candidates = candidates
@@ -138,6 +158,7 @@ class ExtractAhead:
         self._running: tuple[int, Shift, int] | None = None  # (part, shift, generation) being computed
         self._generation = 0  # one per submit or rehearse: the pending jobs and what is done are of the newest
         self._done: tuple[dict[Shift, int], ...] = ({}, {}, {})  # per part: shift -> slot
+        self._origins: tuple[list[Shift], ...] = tuple([(0, 0)] * (candidates + 1) for _ in range(3))  # per slot
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -198,21 +219,24 @@ class ExtractAhead:
         return True
 
     def take(self, cells_at: Shift, neuropil_at: Shift, corners: np.ndarray,
-             neuropil: np.ndarray) -> tuple[bool, bool | None]:
+             neuropil: np.ndarray) -> tuple[bool | None, bool | None]:
         """Stop the worker after its current computation; copy each part computed at the shift asked into its
-        buffer, waiting (at most ``wait_ms``) for the cells when they are the computation running. Returns (cells
-        taken, neuropil taken); the neuropil is None when it is the computation running and the cells were taken:
-        the loop does the cells' remaining work meanwhile, then :meth:`finish_neuropil` (the worker's last ~0.1 ms
-        overlaps it). With the cells missed it is waited for here: the worker must be free to share the cells."""
+        buffer. Returns (cells taken, neuropil taken), None for a part the worker is still computing at the shift
+        asked, for the loop to take after its own work on the other part: the cells (:meth:`finish_cells`) when
+        the neuropil is not done (the loop reads it meanwhile), the neuropil (:meth:`finish_neuropil`) when the
+        cells were taken (the loop does their remaining work meanwhile). When the cells were missed a neuropil
+        being computed is waited for here: the worker must be free to share the cells."""
         wanted = (cells_at, neuropil_at)
         with self._cond:
             self._pending.clear()
-            self._wait_while_computing(CELLS, cells_at)
+            if self._computing(CELLS, cells_at) and neuropil_at not in self._done[NEUROPIL]:
+                self.missed[NEUROPIL] += 1
+                return None, False
             if cells_at not in self._done[CELLS]:
                 self._wait_while_computing(NEUROPIL, neuropil_at)
             hits = tuple(wanted[part] in self._done[part] for part in (CELLS, NEUROPIL))
             if hits[CELLS]:
-                corners[:] = self._buffers[CELLS][self._done[CELLS][cells_at]]
+                self._copy_cells(self._done[CELLS][cells_at], cells_at, corners)
             if hits[NEUROPIL]:
                 neuropil[:] = self._buffers[NEUROPIL][self._done[NEUROPIL][neuropil_at]]
             neuropil_running = not hits[NEUROPIL] and self._computing(NEUROPIL, neuropil_at)
@@ -223,6 +247,19 @@ class ExtractAhead:
         self.taken[NEUROPIL] += hits[NEUROPIL]
         self.missed[NEUROPIL] += not hits[NEUROPIL]
         return hits[CELLS], hits[NEUROPIL]
+
+    def finish_cells(self, cells_at: Shift, corners: np.ndarray) -> bool:
+        """After a :meth:`take` that found the cells being computed: wait for them (at most ``wait_ms``) and copy
+        the corner reads at ``cells_at`` into ``corners``; False when they did not end in time (the loop reads
+        them)."""
+        with self._cond:
+            self._wait_while_computing(CELLS, cells_at)
+            done = cells_at in self._done[CELLS]
+            if done:
+                self._copy_cells(self._done[CELLS][cells_at], cells_at, corners)
+        self.taken[CELLS] += done
+        self.missed[CELLS] += not done
+        return done
 
     def finish_neuropil(self, neuropil_at: Shift, neuropil: np.ndarray) -> bool:
         """After a :meth:`take` that found the neuropil being computed: wait for it (at most ``wait_ms``) and copy
@@ -265,9 +302,26 @@ class ExtractAhead:
         self.handed_taken[part] += 1
         return True
 
+    def _copy_cells(self, slot: int, shift: Shift, corners: np.ndarray) -> None:
+        """The four corner reads at whole shift ``shift`` from the cells' buffer ``slot`` (a block: its sub-block)."""
+        (rows, columns), n = self.cell_block, corners.shape[1]
+        oy, ox = self._origins[CELLS][slot]
+        a, b = shift[0] - oy, shift[1] - ox
+        corners.reshape(2, 2, n)[:] = self._buffers[CELLS][slot].reshape(columns, rows, n)[b:b + 2, a:a + 2]
+
+    def _reach(self, part: int) -> tuple[int, int]:
+        """Whole shifts along y and x that one computation of ``part`` serves: a (2, 3) block of cell reads two
+        along x."""
+        return (self.cell_block[0] - 1, self.cell_block[1] - 1) if part == CELLS else (1, 1)
+
     def _computing(self, part: int, shift: Shift) -> bool:
-        """Whether the worker is computing ``part`` at ``shift`` for the newest frame (under the lock)."""
-        return self._running == (part, shift, self._generation)
+        """Whether the worker is computing ``part`` at ``shift`` (a cells block holding it) for the newest frame
+        (under the lock)."""
+        running = self._running
+        if running is None or running[0] != part or running[2] != self._generation:
+            return False
+        reach = self._reach(part)
+        return 0 <= shift[0] - running[1][0] < reach[0] and 0 <= shift[1] - running[1][1] < reach[1]
 
     def _wait_while_computing(self, part: int, shift: Shift) -> None:
         """Wait (under the lock, at most ``wait_ms``) until the worker is no longer computing ``part`` at ``shift``
@@ -304,7 +358,10 @@ class ExtractAhead:
                 continue
             with self._cond:
                 if generation == self._generation:  # else a newer frame came meanwhile: its slot is not this one
-                    self._done[part][shift] = slot
+                    for a in range(self._reach(part)[0]):
+                        for b in range(self._reach(part)[1]):
+                            self._done[part][shift[0] + a, shift[1] + b] = slot
+                    self._origins[part][slot] = shift
                 self._running = None
                 self._cond.notify_all()
 

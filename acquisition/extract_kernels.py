@@ -13,6 +13,9 @@ loops pay their set-up per run of pixels, so the kernels read as little as possi
 * **cells**: runs of consecutive pixels of a row with their weights, read at the four whole-pixel shifts around
   the subpixel one in one pass (two frame rows per run), then combined bilinearly: the four reads need only the
   shift's whole part, so they can be made while the frame is still being registered (acquisition.extract_ahead).
+  By default each read is summed pixel by pixel in a fixed order (compiled without ``fastmath``): the same bits in
+  either memory order and in a pass that reads two whole shifts at once (:func:`cell_block_sums`). The vectorised
+  kernels (:func:`cell_corner_sums`) replay the sessions recorded before that (``cell_sums = "vectorised"``).
 
 Pixels read outside the frame count 0, as the padded buffer's zeros did; the caller renormalises by the in-frame
 share of each mask.
@@ -237,10 +240,137 @@ def cell_corner_sums_from_columns(frame: np.ndarray, ptr: np.ndarray, run_y: np.
         out[3, i] = t11
 
 
+@njit(cache=True, nogil=True)
+def cell_sums_ordered(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
+                      weight: np.ndarray, iy: int, ix: int, out: np.ndarray) -> None:
+    """:func:`cell_corner_sums`' four reads, each summed pixel by pixel in the runs' order (no ``fastmath``: the
+    compiler may not reorder a sum). Why: the bits then depend neither on the frame's memory order nor on how many
+    reads one pass makes, so :func:`cell_block_sums` gives these same bits for four whole shifts at once, and a
+    column-major frame is read in place. ``[acquisition.extraction] cell_sums = "ordered"``."""
+    if out.shape[0] != 4 or out.shape[1] < ptr.size - 1:
+        raise ValueError("cell_sums_ordered: out must be (4, n_rois)")
+    Ly, Lx = frame.shape
+    k = 0
+    for i in range(ptr.size - 1):
+        t00 = 0.0
+        t10 = 0.0
+        t01 = 0.0
+        t11 = 0.0
+        for r in range(ptr[i], ptr[i + 1]):
+            y = run_y[r] + iy
+            x0 = run_x[r] + ix
+            n = run_len[r]
+            a00 = np.float32(0.0)
+            a10 = np.float32(0.0)
+            a01 = np.float32(0.0)
+            a11 = np.float32(0.0)
+            if y >= 0 and y + 1 < Ly and x0 >= 0 and x0 + n < Lx:
+                pa, pb = np.float32(frame[y, x0]), np.float32(frame[y + 1, x0])
+                for j in range(n):
+                    w = weight[k + j]
+                    qa, qb = np.float32(frame[y, x0 + j + 1]), np.float32(frame[y + 1, x0 + j + 1])
+                    a00 += w * pa
+                    a01 += w * qa
+                    a10 += w * pb
+                    a11 += w * qb
+                    pa, pb = qa, qb
+            else:  # at the frame's edge: a pixel outside is left out (as if it read 0)
+                for j in range(n):
+                    x = x0 + j
+                    w = weight[k + j]
+                    if 0 <= y < Ly:
+                        if 0 <= x < Lx:
+                            a00 += w * np.float32(frame[y, x])
+                        if 0 <= x + 1 < Lx:
+                            a01 += w * np.float32(frame[y, x + 1])
+                    if 0 <= y + 1 < Ly:
+                        if 0 <= x < Lx:
+                            a10 += w * np.float32(frame[y + 1, x])
+                        if 0 <= x + 1 < Lx:
+                            a11 += w * np.float32(frame[y + 1, x + 1])
+            t00 += a00
+            t10 += a10
+            t01 += a01
+            t11 += a11
+            k += n
+        out[0, i] = t00
+        out[1, i] = t10
+        out[2, i] = t01
+        out[3, i] = t11
+
+
+@njit(cache=True, nogil=True)
+def cell_block_sums(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
+                    weight: np.ndarray, oy: int, ox: int, out: np.ndarray) -> None:
+    """ROI i's weights times the frame read at the six whole shifts (oy + a, ox + b), a in 0..1, b in 0..2, into
+    out[2 * b + a, i]: the reads of :func:`cell_sums_ordered` at whole shifts (oy, ox) and (oy, ox + 1) in one pass
+    of two frame rows per run, to the same bits (each sum in the same order; tests/test_acq_extraction.py).
+    ``out.reshape(3, 2, n)[b:b + 2]`` is then the four reads at (oy, ox + b) as ``(2, 2, n)`` of the (4, n)
+    corners. The extraction worker computes it for the next frame's likeliest whole shift and its neighbour along
+    x (acquisition.extract_ahead): after a frame period's pause it costs what one shift's reads cost (the same
+    rows of the frame); a block three rows high cost 1.25 times as much."""
+    if out.shape[0] != 6 or out.shape[1] < ptr.size - 1:  # no bounds checks below: a smaller out is memory trodden on
+        raise ValueError("cell_block_sums: out must be (6, n_rois)")
+    Ly, Lx = frame.shape
+    k = 0
+    for i in range(ptr.size - 1):
+        t00 = t10 = t01 = t11 = t02 = t12 = 0.0
+        for r in range(ptr[i], ptr[i + 1]):
+            y = run_y[r] + oy
+            x0 = run_x[r] + ox
+            n = run_len[r]
+            a00 = a10 = a01 = a11 = a02 = a12 = np.float32(0.0)
+            if y >= 0 and y + 1 < Ly and x0 >= 0 and x0 + n + 1 < Lx:
+                pa, pb = np.float32(frame[y, x0]), np.float32(frame[y + 1, x0])
+                qa, qb = np.float32(frame[y, x0 + 1]), np.float32(frame[y + 1, x0 + 1])
+                for j in range(n):
+                    w = weight[k + j]
+                    ra, rb = np.float32(frame[y, x0 + j + 2]), np.float32(frame[y + 1, x0 + j + 2])
+                    a00 += w * pa
+                    a01 += w * qa
+                    a02 += w * ra
+                    a10 += w * pb
+                    a11 += w * qb
+                    a12 += w * rb
+                    pa, qa, pb, qb = qa, ra, qb, rb
+            else:  # at the frame's edge: a pixel outside is left out, as cell_sums_ordered leaves it
+                for j in range(n):
+                    x = x0 + j
+                    w = weight[k + j]
+                    if 0 <= y < Ly:
+                        if 0 <= x < Lx:
+                            a00 += w * np.float32(frame[y, x])
+                        if 0 <= x + 1 < Lx:
+                            a01 += w * np.float32(frame[y, x + 1])
+                        if 0 <= x + 2 < Lx:
+                            a02 += w * np.float32(frame[y, x + 2])
+                    if 0 <= y + 1 < Ly:
+                        if 0 <= x < Lx:
+                            a10 += w * np.float32(frame[y + 1, x])
+                        if 0 <= x + 1 < Lx:
+                            a11 += w * np.float32(frame[y + 1, x + 1])
+                        if 0 <= x + 2 < Lx:
+                            a12 += w * np.float32(frame[y + 1, x + 2])
+            t00 += a00
+            t10 += a10
+            t01 += a01
+            t11 += a11
+            t02 += a02
+            t12 += a12
+            k += n
+        out[0, i], out[1, i] = t00, t10
+        out[2, i], out[3, i] = t01, t11
+        out[4, i], out[5, i] = t02, t12
+
+
 def cell_reads(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
-               weight: np.ndarray, iy: int, ix: int, out: np.ndarray) -> None:
-    """The cells' four corner reads, by the kernel for the frame's memory order (the same bits either way, apart
-    from the edge runs of a column-major frame: see :func:`cell_corner_sums_from_columns`)."""
+               weight: np.ndarray, iy: int, ix: int, out: np.ndarray, ordered: bool = True) -> None:
+    """The cells' four corner reads: ``ordered`` (:func:`cell_sums_ordered`, any memory order in place), else by the
+    vectorised kernel for the frame's memory order (the same bits either way, apart from the edge runs of a
+    column-major frame: see :func:`cell_corner_sums_from_columns`)."""
+    if ordered:
+        cell_sums_ordered(frame, ptr, run_y, run_x, run_len, weight, iy, ix, out)
+        return
     by_columns = frame.flags.f_contiguous and not frame.flags.c_contiguous
     kernel = cell_corner_sums_from_columns if by_columns else cell_corner_sums
     kernel(frame, ptr, run_y, run_x, run_len, weight, iy, ix, out)
@@ -389,6 +519,10 @@ def compile_extract_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.
         copy_regions(np.asfortranarray(frame), frame.copy(), np.array([[0, 2, 0, 2]], np.int64))
         cell_corner_sums_from_columns(np.asfortranarray(frame), ptr, one, one, np.ones(1, np.int32),
                                       np.ones(1, np.float32), 0, 0, corners)
+        for pixels in (frame, np.asfortranarray(frame)):  # the ordered kernels read either order in place
+            cell_sums_ordered(pixels, ptr, one, one, np.ones(1, np.int32), np.ones(1, np.float32), 0, 0, corners)
+            cell_block_sums(pixels, ptr, one, one, np.ones(1, np.int32), np.ones(1, np.float32), 0, 0,
+                            np.zeros((6, 1), np.float32))
     divide_by_shares(out, np.ones(1, np.float32))
     sat = np.zeros((5, 5), np.int64)
     cell_inside_shares(4, 4, ptr, one, one, np.ones(1, np.int32), ptr, np.ones(1, np.float32), box, np.ones(1), 0, 0,

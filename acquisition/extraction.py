@@ -1,6 +1,5 @@
-"""Per-ROI fluorescence (F) and neuropil (Fneu) from one frame, with masks built as suite2p builds them.
-
-Masks (suite2p 1.1 ``extraction/masks.py`` semantics, reimplemented without suite2p):
+"""Per-ROI fluorescence (F) and neuropil (Fneu) from one frame, with masks built as suite2p builds them
+(:mod:`acquisition.masks`):
 
 * cell mask: the ROI's pixels minus those it shares with other ROIs (``overlap``) unless ``allow_overlap``;
   weights ``lam`` normalised to sum to 1, so F is a weighted mean;
@@ -13,8 +12,10 @@ Motion: we shift the masks, not the frame. With the shift convention of :mod:`ac
 (content of the frame displaced by +(dy, dx)), mask pixel (y, x) is read at (y + dy, x + dx). By default the
 compiled kernels of :mod:`acquisition.extract_kernels` read the frame in place at that offset (cells as runs of
 pixels along rows, neuropil masks as rectangles of valid pixels with a few corrections; nothing copied, no index
-per pixel); ``method="sparse"`` is the earlier way, a sparse product over a slice of a zero-padded float32 copy
-of the frame, kept to measure against and to check the kernels (same numbers to float rounding). By default
+per pixel; each cell's sums added pixel by pixel in a fixed order unless ``cell_sums="vectorised"``, the way of
+sessions recorded before that setting); ``method="sparse"`` is the earlier way, a sparse product over a slice of a
+zero-padded float32 copy of the frame, kept to measure against and to check the kernels (same numbers to float
+rounding). By default
 (``subpixel=True``) cell masks are read bilinearly at the subpixel shift (a cell is a few pixels across, and
 rounding the shift to the nearest pixel loses correlation with the true fluorescence at real noise levels) while
 neuropil masks, plain means over hundreds of pixels, are read at a whole pixel held within ``neuropil_hold_px`` of
@@ -32,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.ndimage import binary_dilation, gaussian_filter, percentile_filter
 
 # the C++ kernel behind ``csr_matrix @ vector``, called directly: it adds A @ x into a preallocated output
 # instead of allocating a result per frame (tests/test_acq_extraction.py checks it against ``@``)
@@ -42,6 +42,7 @@ from acquisition.extract_ahead import FIRST_CELLS, NEUROPIL, ExtractAhead, Neuro
 from acquisition.extract_kernels import (
     box_decomposition,
     box_events,
+    cell_block_sums,
     cell_corner_sums,
     cell_inside_shares,
     cell_reads,
@@ -54,6 +55,7 @@ from acquisition.extract_kernels import (
     pixel_runs,
     scratch_for,
 )
+from acquisition.masks import cell_mask, cell_pixel_map, neuropil_mask, smooth_cell_mask
 from acquisition.rois import RoiSet
 
 _WEIGHT_CACHE_SIZE = 1024
@@ -67,103 +69,6 @@ def _per_shift(cache: dict[tuple[int, int], Any], shift: tuple[int, int], make: 
             cache.pop(next(iter(cache)))
         value = cache[shift] = make(*shift)
     return value  # in-frame weights per integer shift (2 * n_rois floats each)
-_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
-
-
-def cell_pixel_map(stats: list[dict], Ly: int, Lx: int, lam_percentile: float = 50.0) -> np.ndarray:
-    """Boolean (Ly, Lx) map of pixels that belong to some cell, kept out of neuropil masks."""
-    lammap = np.zeros((Ly, Lx), np.float64)
-    radii = []
-    for stat in stats:
-        ypix, xpix, lam = np.asarray(stat["ypix"]), np.asarray(stat["xpix"]), np.asarray(stat["lam"], float)
-        np.maximum.at(lammap, (ypix, xpix), lam)
-        radii.append(_radius(stat))
-    if not stats:
-        return np.zeros((Ly, Lx), bool)
-    if lam_percentile > 0:
-        size = max(int(np.median(radii) * 5), 1)
-        filt = percentile_filter(lammap, percentile=lam_percentile, size=size)
-        return ~((lammap < filt) | (lammap == 0))
-    return lammap > 0
-
-
-def _radius(stat: dict) -> float:
-    if "radius" in stat:
-        return float(stat["radius"])
-    return math.sqrt(len(np.asarray(stat["ypix"])) / math.pi)  # older stat files lack it: area-equivalent
-
-
-def cell_mask(stat: dict, Ly: int, Lx: int, allow_overlap: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(flat pixel indices, weights summing to 1) of one ROI."""
-    ypix, xpix = np.asarray(stat["ypix"], np.int64), np.asarray(stat["xpix"], np.int64)
-    lam = np.asarray(stat["lam"], np.float64)
-    if not allow_overlap and "overlap" in stat:
-        keep = ~np.asarray(stat["overlap"], bool)
-        ypix, xpix, lam = ypix[keep], xpix[keep], lam[keep]
-    idx = ypix * Lx + xpix
-    total = lam.sum()
-    return idx, (lam / total if lam.size and total > 0 else np.zeros(0))
-
-
-def smooth_cell_mask(idx: np.ndarray, w: np.ndarray, Ly: int, Lx: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """(idx, w) spread by a Gaussian of ``sigma`` pixels (cut at 1e-3 of the peak weight), summing to 1."""
-    if sigma <= 0 or idx.size == 0:
-        return idx, w
-    ys, xs = np.divmod(idx, Lx)
-    r = int(math.ceil(3 * sigma)) + 1
-    y0, x0 = max(int(ys.min()) - r, 0), max(int(xs.min()) - r, 0)
-    y1, x1 = min(int(ys.max()) + r + 1, Ly), min(int(xs.max()) + r + 1, Lx)
-    box = np.zeros((y1 - y0, x1 - x0))
-    box[ys - y0, xs - x0] = w
-    box = gaussian_filter(box, sigma, mode="constant")
-    box[box < 1e-3 * box.max()] = 0.0
-    my, mx = np.nonzero(box)
-    vals = box[my, mx]
-    return (my + y0) * Lx + (mx + x0), vals / vals.sum()
-
-
-def neuropil_mask(stat: dict, valid: np.ndarray, valid_sat: np.ndarray, inner_neuropil_radius: int = 2,
-                  min_neuropil_pixels: int = 350) -> np.ndarray:
-    """Flat pixel indices of one ROI's neuropil mask (suite2p's rectangular growth).
-
-    ``valid`` marks non-cell pixels; ``valid_sat`` is its summed-area table (for fast rectangle counts).
-    """
-    Ly, Lx = valid.shape
-    ypix, xpix = np.asarray(stat["ypix"], np.int64), np.asarray(stat["xpix"], np.int64)
-    r = inner_neuropil_radius
-    y0, y1 = max(int(ypix.min()) - r, 0), min(int(ypix.max()) + r + 1, Ly)
-    x0, x1 = max(int(xpix.min()) - r, 0), min(int(xpix.max()) + r + 1, Lx)
-    ring = np.zeros((y1 - y0, x1 - x0), bool)
-    ring[ypix - y0, xpix - x0] = True
-    if r > 0:
-        ring = binary_dilation(ring, _CROSS, iterations=r)
-    ry, rx = np.nonzero(ring)
-    ry += y0
-    rx += x0
-    n_ring = int(valid[ry, rx].sum())
-
-    def count(a: int, b: int, c: int, d: int) -> int:  # valid pixels in rows [a, b), cols [c, d)
-        return int(valid_sat[b, d] - valid_sat[a, d] - valid_sat[b, c] + valid_sat[a, c])
-
-    # suite2p starts from the grown ROI itself, then replaces it by ever larger rectangles
-    a, b, c, d = int(ry.min()), int(ry.max()) + 1, int(rx.min()), int(rx.max()) + 1
-    n_valid = n_ring
-    reps = 0
-    grown = False
-    while reps < 100 and n_valid - n_ring <= min_neuropil_pixels:
-        reps += 1
-        a, b, c, d = max(0, a - 5), min(Ly, b + 5), max(0, c - 5), min(Lx, d + 5)
-        n_valid = count(a, b, c, d)
-        grown = True
-    if not grown:
-        return np.zeros(0, np.int64)
-    box = valid[a:b, c:d].copy()
-    inside = (ry >= a) & (ry < b) & (rx >= c) & (rx < d)
-    box[ry[inside] - a, rx[inside] - c] = False
-    my, mx = np.nonzero(box)
-    return (my + a) * Lx + (mx + c)
-
-
 class Extractor:
     """F and Fneu for every ROI of ``roi_set`` from one frame and its registration shift.
 
@@ -176,7 +81,7 @@ class Extractor:
     def __init__(self, roi_set: RoiSet, inner_neuropil_radius: int = 2, min_neuropil_pixels: int = 350,
                  allow_overlap: bool = False, *, lam_percentile: float = 50.0, subpixel: bool = True,
                  mask_sigma: float = 0.0, max_shift_px: int | None = None, method: str = "compiled",
-                 neuropil_hold_px: float = 0.5) -> None:
+                 neuropil_hold_px: float = 0.5, cell_sums: str = "ordered") -> None:
         if inner_neuropil_radius < 0:
             raise ValueError("`inner_neuropil_radius`: must be >= 0")
         if min_neuropil_pixels < 0:
@@ -185,7 +90,14 @@ class Extractor:
             raise ValueError("`mask_sigma`: must be >= 0")
         if method not in ("compiled", "sparse"):
             raise ValueError(f"`method`: must be 'compiled' or 'sparse', not {method!r}")
+        if cell_sums not in ("ordered", "vectorised"):
+            raise ValueError(f"`cell_sums`: must be 'ordered' or 'vectorised', not {cell_sums!r}")
         self.method = method
+        # "ordered": each cell's reads summed pixel by pixel (extract_kernels.cell_sums_ordered), so the worker reads
+        # two neighbouring whole shifts in one pass (a block of 2 x 3) to the same bits; "vectorised": the kernel
+        # the compiler reorders (sessions recorded before the setting), one whole shift per pass
+        self.ordered_sums = cell_sums == "ordered"
+        self.cell_block = (2, 3) if self.ordered_sums else (2, 2)
         self.neuropil_shift = NeuropilShift(neuropil_hold_px)  # where the neuropil masks are read, frame to frame
         Ly, Lx = roi_set.Ly, roi_set.Lx
         self.Ly, self.Lx = Ly, Lx
@@ -386,6 +298,9 @@ class Extractor:
         handed = -1  # the part the worker was handed after registration, if any
         if ahead is not None:
             cells_done, neuropil_done = ahead.take((iy, ix), (ry, rx), self._corner_reads, self._out_neuropil)
+            if cells_done is None:  # the worker is finishing the cells: the loop reads the neuropil meanwhile
+                self._neuropil_at(frame, ry, rx, self._out_neuropil, self._scratch)
+                cells_done, neuropil_done = ahead.finish_cells((iy, ix), self._corner_reads), True
             if not cells_done and neuropil_done is False:  # the worker reads the neuropil, the loop the cells
                 handed = NEUROPIL if ahead.hand(NEUROPIL, (ry, rx)) else -1
             elif not cells_done:  # only the cells are left: half each (the neuropil alone: no gain, it waits)
@@ -394,15 +309,16 @@ class Extractor:
             assert ahead is not None
             h = self.first_half
             cell_reads(frame, self._cell_ptr[h:], self._run_y, self._run_x, self._run_len,
-                       self._cell_w[self._pix_ptr[h]:], iy, ix, self._second_reads)
+                       self._cell_w[self._pix_ptr[h]:], iy, ix, self._second_reads, self.ordered_sums)
             self._corner_reads[:, h:] = self._second_reads
             if not ahead.collect(FIRST_CELLS, (iy, ix), self._corner_reads[:, :h]):  # not started: the loop's too
                 self.first_cells_ahead(frame, (iy, ix), self._first_reads)
                 self._corner_reads[:, :h] = self._first_reads
         elif not cells_done:
             cell_reads(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, iy, ix,
-                       self._corner_reads)
-        if self._np_columns is not None and frame.flags.f_contiguous and not frame.flags.c_contiguous:
+                       self._corner_reads, self.ordered_sums)
+        if (not self.ordered_sums and self._np_columns is not None and frame.flags.f_contiguous
+                and not frame.flags.c_contiguous):
             self._edge_cells(frame, iy, ix, self._corner_reads)
         combine_corners(self._corner_reads, fy, fx, self._out_cells)
         if neuropil_done is None or handed == NEUROPIL:
@@ -412,17 +328,23 @@ class Extractor:
         if not neuropil_done:
             self._neuropil_at(frame, ry, rx, self._out_neuropil, self._scratch)
 
-    def cells_ahead(self, frame: np.ndarray, shift: tuple[int, int], corners: np.ndarray) -> None:
-        """The cells' four corner reads at whole shift ``shift`` (for the
-        :class:`~acquisition.extract_ahead.ExtractAhead` worker)."""
-        cell_reads(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, *shift, corners)
+    def cells_ahead(self, frame: np.ndarray, origin: tuple[int, int], block: np.ndarray) -> None:
+        """For the :class:`~acquisition.extract_ahead.ExtractAhead` worker: the cells read at the ``cell_block``
+        (rows, columns) of whole shifts from ``origin``, laid out as extract_kernels.cell_block_sums lays them out;
+        with ``cell_block`` (2, 2), the four corner reads at whole shift ``origin``."""
+        if self.cell_block == (2, 3):
+            cell_block_sums(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, *origin,
+                            block)
+        else:
+            cell_reads(frame, self._cell_ptr, self._run_y, self._run_x, self._run_len, self._cell_w, *origin, block,
+                       self.ordered_sums)
 
     def first_cells_ahead(self, frame: np.ndarray, shift: tuple[int, int], corners: np.ndarray) -> None:
         """The four corner reads of cells [0, first_half) only, at whole shift ``shift`` (the worker's half when
         registration left only the cells to read; ``corners`` is (4, first_half)). Each ROI's sums are its own: the
         same bits as in a read of all of them."""
         cell_reads(frame, self._cell_ptr[:self.first_half + 1], self._run_y, self._run_x, self._run_len,
-                   self._cell_w, *shift, corners)
+                   self._cell_w, *shift, corners, self.ordered_sums)
 
     def neuropil_ahead(self, frame: np.ndarray, shift: tuple[int, int], neuropil: np.ndarray) -> None:
         """The neuropil at whole shift ``shift`` (for the ExtractAhead worker; its own scratch)."""
@@ -433,9 +355,10 @@ class Extractor:
         CLOOSE frame's ``Frame.wire``, extracted before it is put in row order). Their neuropil pass then runs
         down each column, as the row-major one runs along rows (337 against 554 µs at 512x512 with 500 ROIs after
         a frame period's pause), and gives the same bits: integer sums are exact in any order. Cells are read in
-        place, each run's pixels copied into contiguous scratch first (``cell_corner_sums_from_columns``: summed
-        down strided columns they came out in other bits on AVX2), those at the frame's edge again from a row-major
-        copy of their pixels (:meth:`_edge_cells`)."""
+        place: with ordered sums to the same bits in either order; with vectorised ones each run's pixels are copied
+        into contiguous scratch first (``cell_corner_sums_from_columns``: summed down strided columns they came out
+        in other bits on AVX2), those at the frame's edge again from a row-major copy of their pixels
+        (:meth:`_edge_cells`)."""
         if self._np_columns is not None:
             return
         sets = [(idx % self.Lx) * self.Ly + idx // self.Lx for idx in self._np_sets]  # flat indices of the transpose

@@ -210,7 +210,7 @@ class FramePipeline:
         self.extractor = Extractor(roi_set, ext.inner_neuropil_radius, ext.min_neuropil_pixels, ext.allow_overlap,
                                    lam_percentile=ext.lam_percentile, subpixel=ext.subpixel,
                                    mask_sigma=ext.mask_sigma, max_shift_px=max_shift, method=ext.method,
-                                   neuropil_hold_px=ext.neuropil_hold_px)
+                                   neuropil_hold_px=ext.neuropil_hold_px, cell_sums=ext.cell_sums)
         self._extract_ahead: ExtractAhead | None = None  # "always": from the start; "auto": choose_extract_ahead
         self._extraction_ms = math.nan  # the extraction's cost, timed by warm_up
         self._last_registered: np.ndarray | None = None
@@ -323,7 +323,8 @@ class FramePipeline:
         ahead, last = self._extract_ahead, self.extractor.last_shift
         if ahead is not None and last is not None:
             ahead.rehearse(self._last_registered, *whole_shift_candidates(*last, self.extractor.subpixel, 1,
-                                                                          self.extractor.neuropil_shift))
+                                                                          self.extractor.neuropil_shift,
+                                                                          ahead.cell_block))
         self.registrar.prewarm(self._last_registered)
 
     def choose_extract_ahead(self, realtime: bool, paced: bool = True) -> dict[str, Any]:
@@ -356,7 +357,7 @@ class FramePipeline:
             ex = self.extractor
             self._extract_ahead = ExtractAhead(ex.cells_ahead, ex.neuropil_ahead, ex.n_rois,
                                                self.ext_cfg.ahead_candidates, first_cells=ex.first_cells_ahead,
-                                               first_rois=ex.first_half)
+                                               first_rois=ex.first_half, cell_block=ex.cell_block)
 
     def pop_reference_events(self) -> list[dict[str, Any]]:
         """What happened to the reference since the last call (for the session's events): refinement
@@ -489,8 +490,9 @@ class FramePipeline:
                     last = self.extractor.last_shift
                     subpixel, held = self.extractor.subpixel, self.extractor.neuropil_shift
                     if not (ahead is not None and last is not None  # its extraction at likely shifts, beside this
-                            and ahead.submit(pixels, *whole_shift_candidates(*last, subpixel, ahead.candidates, held),
-                                             riskier_part(*last, subpixel, held))):
+                            and ahead.submit(pixels, *whole_shift_candidates(*last, subpixel, ahead.candidates, held,
+                                                                             ahead.cell_block),
+                                             riskier_part(*last, subpixel, held, ahead.cell_block))):
                         ahead = None
                     dy, dx, corr, reg_flags = self.registrar.register(pixels)
                     # what prewarm() registers and extracts again, in the order the next frame will come in (not a

@@ -40,8 +40,11 @@ def test_the_loop_stops_waiting_for_a_stuck_computation_and_takes_nothing_of_it_
     try:
         assert ahead.submit(frame, [(1, 2)], [(1, 2)])
         wait_for(lambda: ahead._running is not None, 5, "the worker started")
-        # the cells are stuck: given up after wait_ms, so not taken; the neuropil was never reached
-        assert ahead.take((1, 2), (1, 2), corners, neuropil) == (False, False)
+        # the cells are stuck and the neuropil never reached: the loop is told to read the neuropil meanwhile
+        # (None: the cells still being computed), then stops waiting for the cells after wait_ms
+        assert ahead.take((1, 2), (1, 2), corners, neuropil) == (None, False)
+        assert ahead.gave_up == 0
+        assert not ahead.finish_cells((1, 2), corners)
         assert ahead.gave_up == 1 and not corners.any()
         # the next frame queues behind the stuck computation (a new generation): nothing of it is taken meanwhile,
         # not even at the stuck one's shift, and the loop does not wait for it
@@ -80,7 +83,8 @@ def test_a_frame_queued_behind_an_earlier_computation_gets_its_own_results_only(
         assert ahead.submit(new, [(1, 2)], [(1, 2)]) and ahead.busy == 1
         release_old.set()  # the pre-warm's cells end; the new frame's start, and are stuck
         wait_for(lambda: ahead._running is not None and ahead._running[2] == ahead._generation, 5, "the new cells")
-        assert ahead.take((1, 2), (1, 2), corners, neuropil) == (False, False)  # the pre-warm's are not its
+        assert ahead.take((1, 2), (1, 2), corners, neuropil) == (None, False)  # its own, still being computed
+        assert not ahead.finish_cells((1, 2), corners)  # stuck: given up; the pre-warm's are not its
         assert not corners.any() and ahead.gave_up == 1
         release_new.set()
         wait_for(lambda: ahead.idle, 5, "the new cells ended")
@@ -323,3 +327,72 @@ def test_the_worker_is_first_given_the_neuropil_where_it_is_held():
     # not subpixel: the cells at round(), the neuropil where it is held
     cells, neuropil = whole_shift_candidates(0.6, -0.3, False, 2, held)
     assert cells == [(1, 0), (0, 0)] and neuropil == [(0, 0), (1, 0)]
+
+
+def test_a_block_of_cell_reads_serves_each_of_its_two_whole_shifts_and_only_them():
+    """With ``cell_block`` (2, 3) the worker computes blocks of cell reads from the origins it is given; a frame
+    whose whole shift is either of the two a block holds the corners of takes them (the block's sub-block, in the
+    corners' layout); any other whole shift is missed. The candidates put the first block's origin so that it
+    holds the last frame's whole shift and its neighbour along x towards the nearer boundary, the second the same
+    two along y's."""
+    computed = []
+
+    def cells(frame, origin, out):  # value = 100 * (whole shift y) + whole shift x, laid out as cell_block_sums
+        computed.append(origin)
+        for a in range(2):
+            for b in range(3):
+                out[2 * b + a] = 100 * (origin[0] + a) + (origin[1] + b)
+
+    ahead = ExtractAhead(cells, lambda frame, shift, out: out.fill(0), n_rois=2, candidates=2, wait_ms=200,
+                         cell_block=(2, 3))
+    frame = np.zeros((4, 4), np.uint16)
+    corners, neuropil = np.zeros((4, 2), np.float32), np.zeros(2, np.float32)
+    try:
+        for iy, ix in ((3, -2), (3, -1), (4, -2), (4, -1), (5, -2), (3, -3), (2, -2)):
+            assert ahead.submit(frame, [(3, -2), (4, -2)], [(0, 0)])
+            wait_for(lambda: ahead.idle, what="the blocks")
+            cells_taken, _ = ahead.take((iy, ix), (0, 0), corners, neuropil)
+            held = iy in (3, 4) and ix in (-2, -1)
+            assert cells_taken == held
+            if held:  # corners: (iy, ix), (iy + 1, ix), (iy, ix + 1), (iy + 1, ix + 1)
+                expected = [100 * (iy + a) + ix + b for a, b in ((0, 0), (1, 0), (0, 1), (1, 1))]
+                np.testing.assert_array_equal(corners[:, 0], expected)
+    finally:
+        ahead.close()
+    assert computed == [(3, -2), (4, -2)] * 7
+    # a frame at (3.7, -2.2): floor (3, -3), 0.7 and 0.8 above it: towards 4 and -2 -> rows 3 then 4, from x = -3
+    assert whole_shift_candidates(3.7, -2.2, True, 3, cell_block=(2, 3))[0] == [(3, -3), (4, -3)]
+    # at (3.2, -2.6): 0.2 and 0.4 above floor (3, -3): towards 2 and -4 -> rows 3 then 2, from x = -4
+    assert whole_shift_candidates(3.2, -2.6, True, 1, cell_block=(2, 3))[0] == [(3, -4)]
+    assert whole_shift_candidates(3.2, -2.6, False, 3, cell_block=(2, 3))[0] == [(3, -3), (4, -3)]  # round(): 3, -3
+
+
+def test_cells_still_being_computed_are_finished_after_the_loop_reads_the_neuropil():
+    """Registration ended while the worker computes the cells and before it reached the neuropil: take() says so
+    (cells None) instead of waiting, the loop reads the neuropil itself meanwhile, then finish_cells() takes the
+    cells once computed. Each frame is counted once per part."""
+    release = threading.Event()
+    ahead = _worker(release)
+    frame = np.zeros((4, 4), np.uint16)
+    corners, neuropil = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+    try:
+        assert ahead.submit(frame, [(5, 2)], [(1, 2)])
+        wait_for(lambda: ahead._running is not None, 5, "the cells started")
+        assert ahead.take((5, 2), (1, 2), corners, neuropil) == (None, False)
+        release.set()  # as the loop's neuropil read gives the worker time
+        assert ahead.finish_cells((5, 2), corners)
+        assert (corners == 5).all() and not neuropil.any()
+        assert ahead.taken == [1, 0] and ahead.missed == [0, 1] and ahead.gave_up == 0
+    finally:
+        release.set()
+        ahead.close()
+
+
+def test_with_blocks_of_two_shifts_along_x_only_y_makes_the_cells_the_riskier_part():
+    """A (2, 3) block already holds x's neighbouring whole shift, so the cells need their second block only when
+    floor(dy) changes: x near a pixel boundary no longer puts the cells first."""
+    held = NeuropilShift(0.75)
+    held.update(0.5, 0.95)  # y 0.5 from both of its floor's boundaries, x 0.05 from one; the neuropil at (0, 1)
+    assert riskier_part(0.5, 0.95, True, held) == CELLS
+    assert riskier_part(0.5, 0.95, True, held, (2, 3)) == NEUROPIL
+    assert riskier_part(0.02, 0.95, True, held, (2, 3)) == CELLS

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from acquisition.extract_ahead import ExtractAhead
-from acquisition.extract_kernels import box_decomposition, cell_corner_sums, cell_corner_sums_from_columns
+from acquisition.extract_kernels import (
+    box_decomposition,
+    cell_block_sums,
+    cell_corner_sums,
+    cell_corner_sums_from_columns,
+    cell_sums_ordered,
+)
 from acquisition.extraction import Extractor, cell_pixel_map
 from acquisition.registration import RigidRegistrar, shift_image_integer
 from acquisition.rois import RoiSet
@@ -189,11 +195,14 @@ def test_the_neuropil_shares_kept_per_shift_give_what_a_fresh_extractor_computes
     assert np.isfinite(Fneu).all()
 
 
-def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges():
+@pytest.mark.parametrize("cell_sums", ["ordered", "vectorised"])
+def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges(cell_sums):
     """A CLOOSE frame's column-major pixels (Frame.wire) give F and Fneu to the bit of the same frame in row order,
-    at any shift, with cells of long rows at each edge: the cell kernel's edge branch sums in an order that depends
-    on the memory order (its reduction is vectorised over contiguous pixels only), so those cells are read again
-    from a row-major copy of their pixels; the neuropil is summed down columns, exactly. The same when the cells and
+    at any shift, with cells of long rows at each edge. Ordered sums read them in place; vectorised ones (sessions
+    recorded before ``cell_sums``): the cell kernel's edge branch sums in an order that depends on the memory order
+    (its reduction is vectorised over contiguous pixels only), so those cells are read again from a row-major copy
+    of their pixels. The neuropil is summed down columns, exactly. With ordered sums the worker reads its cells as
+    one 3x3 block of whole shifts. The same when the cells and
     the neuropil come from the extraction worker (ExtractAhead), as they do for most frames in a session, and when
     it missed a part and is handed the neuropil, or the first half of the cells, at the shift found
     (ExtractAhead.hand). Row-major frames through the worker likewise."""
@@ -202,11 +211,11 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
     stat = [{"ypix": (yy + y0).ravel(), "xpix": (xx + x0).ravel(), "lam": np.linspace(0.2, 1.0, yy.size),
              "radius": 6.0} for y0, x0 in ((0, 98), (87, 0), (40, 98), (40, 0), (0, 40), (87, 60), (40, 50))]
     rois = RoiSet(stat=stat, iscell=np.ones((len(stat), 2)), Ly=Ly, Lx=Lx)
-    rows, columns, worked = (Extractor(rois, min_neuropil_pixels=60) for _ in range(3))
+    rows, columns, worked = (Extractor(rois, min_neuropil_pixels=60, cell_sums=cell_sums) for _ in range(3))
     columns.prepare_column_order()
     worked.prepare_column_order()  # its cells read by the extraction worker, its edge cells again by the loop
     ahead = ExtractAhead(worked.cells_ahead, worked.neuropil_ahead, len(stat), first_cells=worked.first_cells_ahead,
-                         first_rois=worked.first_half)
+                         first_rois=worked.first_half, cell_block=worked.cell_block)
     collect = ahead.collect
     withdrawn = [False]
 
@@ -245,8 +254,11 @@ def test_column_major_integer_frames_extract_to_the_same_bits_at_the_frame_edges
     # what was missed was shared: the neuropil when both were, the first cells when only they were
     assert ahead.handed == [0, 40, 60] and ahead.handed_taken == [0, 20, 40]
     assert 0 < worked.first_half < len(stat)
-    assert np.isfinite(out[0]).all() and len(columns._edge_tables) == 4 and all(
-        table[0].size for table in columns._edge_tables.values())
+    assert np.isfinite(out[0]).all()
+    if cell_sums == "vectorised":  # the edge cells were read again
+        assert len(columns._edge_tables) == 4 and all(table[0].size for table in columns._edge_tables.values())
+    else:
+        assert not columns._edge_tables
 
 
 def test_roi_without_own_pixels_reads_nan():
@@ -488,3 +500,44 @@ def test_the_column_kernel_reads_interior_cells_to_the_row_kernels_bits(dtype):
         cell_corner_sums_from_columns(np.asfortranarray(frame), ptr, run_y, run_x, run_len, weight, iy, ix, columns)
         np.testing.assert_array_equal(columns, rows)
         assert rows.min() > 0
+
+
+def _random_runs(rng: np.random.Generator, n: int, x_range: tuple[int, int], y_range: tuple[int, int]):
+    """n cells of 9 rows each, runs of 5-30 pixels: (ptr, run_y, run_x, run_len, weight)."""
+    ptr = np.arange(0, 9 * n + 1, 9).astype(np.int64)
+    run_y = (np.tile(np.arange(9), n) + np.repeat(rng.integers(*y_range, n), 9)).astype(np.int32)
+    run_x = np.repeat(rng.integers(*x_range, n), 9).astype(np.int32)
+    run_len = np.repeat(rng.integers(5, 31, n), 9).astype(np.int32)
+    return ptr, run_y, run_x, run_len, rng.random(int(run_len.sum())).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_ordered_sums_give_one_bits_in_a_block_of_two_shifts_in_either_memory_order_and_near_the_vectorised_ones(dtype):
+    """cell_block_sums reads six whole shifts in one pass; each 2x2 of them is, to the bit, what cell_sums_ordered
+    reads at that whole shift: the extraction worker's block is taken for either of its two, and must equal the
+    loop's own read. Also at the frame's edges (cells placed across every edge at these shifts), from column-major
+    frames read in place, and within float rounding of the vectorised kernel that sessions before ``cell_sums``
+    used."""
+    rng = np.random.default_rng(2)
+    Ly, Lx, n = 96, 128, 60
+    frame = (rng.integers(0, 4000, (Ly, Lx)) - (300 if dtype == np.float32 else 0)).astype(dtype)
+    ptr, run_y, run_x, run_len, _ = _random_runs(rng, n, (-10, 110), (-8, 92))
+    run_y, run_x = np.clip(run_y, 0, Ly - 1), np.clip(run_x, 0, Lx - 1)
+    run_len = np.minimum(run_len, Lx - run_x)
+    runs = (ptr, run_y, run_x, run_len, rng.random(int(run_len.sum())).astype(np.float32))
+    block = np.zeros((6, n), np.float32)
+    corners, vectorised = np.zeros((4, n), np.float32), np.zeros((4, n), np.float32)
+    edge_reads = 0
+    for pixels in (frame, np.asfortranarray(frame)):
+        for oy, ox in ((0, 0), (2, -3), (-5, 4), (-2, 6), (7, -8)):
+            cell_block_sums(pixels, *runs, oy, ox, block)
+            for b in (0, 1):
+                cell_sums_ordered(pixels, *runs, oy, ox + b, corners)
+                np.testing.assert_array_equal(block.reshape(3, 2, n)[b:b + 2], corners.reshape(2, 2, n))
+                cell_corner_sums(frame, *runs, oy, ox + b, vectorised)
+                np.testing.assert_allclose(corners, vectorised, rtol=1e-5, atol=1e-2)
+            edge_reads += int(((run_y + oy < 0) | (run_y + oy + 1 >= Ly) | (run_x + ox < 0)
+                               | (run_x + ox + run_len + 1 >= Lx)).sum())
+    assert edge_reads > 50  # the edge branch was exercised
+    with pytest.raises(ValueError, match="out must be"):  # a (4, n) buffer is never written six rows into
+        cell_block_sums(frame, *runs, 0, 0, corners)

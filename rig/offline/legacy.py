@@ -27,6 +27,7 @@ LEGACY_VALUES: dict[tuple[str, ...], Any] = {
     ("decoder", "calibrate_off_loop"): False,  # auto_protocol calibrated in the loop, on the baseline's last frame
     ("decoder", "operator_calibrate_off_loop"): False,  # the operator's Calibrate computed in the loop
     ("acquisition", "extraction", "neuropil_hold_px"): 0.5,  # the neuropil read at the nearest pixel every frame
+    ("acquisition", "extraction", "cell_sums"): "vectorised",  # the cells' sums in the order the compiler chose
 }
 
 #: Calibration fields (``calibration.json``) the rules_version 1 decoder did not write.
