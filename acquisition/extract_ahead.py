@@ -273,6 +273,12 @@ class ExtractAhead:
         self.missed[NEUROPIL] += not done
         return done
 
+    def withdraw(self) -> None:
+        """The frame given to :meth:`submit` is not to be extracted (its pixels failed the checks): nothing more
+        is started for it; a computation already running ends unused."""
+        with self._cond:
+            self._pending.clear()
+
     def hand(self, part: int, shift: Shift) -> bool:
         """After a :meth:`take` that missed a part: have the worker compute ``part`` (NEUROPIL, or FIRST_CELLS when
         only the cells were missed) at ``shift`` (registration's) while the loop computes the rest, and

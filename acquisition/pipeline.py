@@ -43,6 +43,8 @@ from acquisition.validate import UNUSABLE, FrameFlag, FrameValidator
 from rig.core.clock import now_ns
 from rig.core.safe_npy import load_npy
 
+_EXTRACT_DTYPES = frozenset(np.dtype(t) for t in (np.uint16, np.int16, np.float32))  # compile_extract_kernels
+
 
 def limit_blas_threads(n_threads: int = 1) -> Any:
     """Pin BLAS to ``n_threads`` threads for this process; returns the limiter (``.restore_original_limits()``).
@@ -471,8 +473,11 @@ class FramePipeline:
             self._finish_background_build()
         if self._refinement is not None:
             self._finish_refinement()
+        ahead = self._submit_ahead(pixels)  # before the checks: the worker starts while they read the frame
         flags = self.validator.check(pixels)
         if flags & UNUSABLE:
+            if ahead is not None:
+                ahead.withdraw()
             res.F.fill(np.nan)
             res.Fneu.fill(np.nan)
             res.dy = res.dx = res.corr = math.nan
@@ -480,20 +485,12 @@ class FramePipeline:
         else:
             dy = dx = 0.0
             corr = math.nan
-            ahead = None
             if self.reg_cfg.enabled:
                 if self.registrar is None:
                     flags |= FrameFlag.NOT_REGISTERED
                     self._collect_for_reference(data if early is None else early.wait_data())
                 else:
-                    ahead = self._extract_ahead
-                    last = self.extractor.last_shift
-                    subpixel, held = self.extractor.subpixel, self.extractor.neuropil_shift
-                    if not (ahead is not None and last is not None  # its extraction at likely shifts, beside this
-                            and ahead.submit(pixels, *whole_shift_candidates(*last, subpixel, ahead.candidates, held,
-                                                                             ahead.cell_block),
-                                             riskier_part(*last, subpixel, held, ahead.cell_block))):
-                        ahead = None
+                    ahead = ahead or self._submit_ahead(pixels, checked=True)
                     dy, dx, corr, reg_flags = self.registrar.register(pixels)
                     # what prewarm() registers and extracts again, in the order the next frame will come in (not a
                     # copy: any pixels do, even those of a slot the source has since refilled)
@@ -513,6 +510,18 @@ class FramePipeline:
                 if f and f.name and flags & f:
                     self.flag_counts[f.name] += 1
         return res
+
+    def _submit_ahead(self, pixels: np.ndarray, checked: bool = False) -> ExtractAhead | None:
+        """Give the extraction worker this frame at the whole shifts the last frame makes likely (None: not used).
+        Before the checks only frames of the shape and pixel types the kernels are compiled for."""
+        ahead, last, ex = self._extract_ahead, self.extractor.last_shift, self.extractor
+        if ahead is None or last is None or self.registrar is None or not self.reg_cfg.enabled or not (
+                checked or (pixels.shape == self.shape and pixels.dtype in _EXTRACT_DTYPES)):
+            return None
+        held = ex.neuropil_shift
+        return ahead if ahead.submit(pixels, *whole_shift_candidates(*last, ex.subpixel, ahead.candidates, held,
+                                                                     ahead.cell_block),
+                                     riskier_part(*last, ex.subpixel, held, ahead.cell_block)) else None
 
     def _collect_for_reference(self, data: np.ndarray) -> None:
         if self._build is not None:

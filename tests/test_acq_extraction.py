@@ -414,6 +414,38 @@ def test_extraction_computed_beside_registration_gives_the_same_numbers(movie):
     assert three.taken[0] >= one.taken[0] - 2 and three.taken[1] >= one.taken[1] - 2
 
 
+def test_a_frame_that_fails_the_checks_is_withdrawn_from_the_worker(movie):
+    """The worker is given a frame before the validator reads it (pixel types the kernels are compiled for only):
+    an all-zero frame is then withdrawn (never extracted: F and Fneu NaN), one of another pixel type is never
+    given to it, and every frame gives what a pipeline without the worker gives."""
+    from acquisition.config import ExtractionConfig, RegistrationConfig
+    from acquisition.pipeline import FramePipeline
+    from acquisition.validate import FrameFlag
+
+    rois = _roi_set(movie)
+    without = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead="never"))
+    worked = FramePipeline(rois, registration=RegistrationConfig(), extraction=ExtractionConfig(ahead="always"))
+    good = list(movie.frames[:6])
+    zero, wrong = np.zeros_like(good[0]), good[0] > good[0].mean()  # all zero; bool pixels
+    results, calls = [], []
+    ahead = worked._extract_ahead
+    for name in ("submit", "withdraw"):
+        real = getattr(ahead, name)
+        setattr(ahead, name, lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
+    for frame in good[:3] + [zero, wrong] + good[3:]:
+        a, b = worked.process(frame), without.process(frame)
+        np.testing.assert_array_equal(a.F, b.F)
+        np.testing.assert_array_equal(a.Fneu, b.Fneu)
+        assert (a.dy, a.dx, a.flags) == (b.dy, b.dx, b.flags) or math.isnan(a.dy)
+        results.append(a.flags)
+    assert results[3] & FrameFlag.ALL_ZERO and results[4] & FrameFlag.WRONG_DTYPE
+    # each frame after the first given to it, but the bool one; the all-zero one withdrawn, and never taken
+    assert calls == ["submit"] * 3 + ["withdraw"] + ["submit"] * 3
+    assert ahead.taken[0] + ahead.missed[0] == len(good) - 1
+    for pipeline in (worked, without):
+        pipeline.close()
+
+
 def test_the_worker_pre_warm_changes_no_number(movie):
     """FramePipeline.prewarm between frames (as the pacer calls it) runs the worker on the last frame too; every
     shift, F and Fneu stays what a pipeline without it gives."""
