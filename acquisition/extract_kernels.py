@@ -241,11 +241,39 @@ def cell_corner_sums_from_columns(frame: np.ndarray, ptr: np.ndarray, run_y: np.
 
 
 @njit(cache=True, nogil=True)
+def _edge_run_sums(frame: np.ndarray, y: int, x0: int, n: int, weight: np.ndarray, k: int,
+                   width: int) -> tuple[float, float, float, float, float, float]:
+    """One run's ordered sums where it reaches the frame's edge, a pixel outside left out: weights ``weight[k:k +
+    n]`` times frame rows y and y + 1 from column x0 + b, for b below ``width`` (2 or 3; the third pair 0 for 2), each
+    summed pixel by pixel from zero, as the kernels' interior loops sum them."""
+    Ly, Lx = frame.shape
+    s00 = s01 = s02 = s10 = s11 = s12 = np.float32(0.0)
+    for j in range(n):
+        x = x0 + j
+        w = weight[k + j]
+        if 0 <= y < Ly:
+            if 0 <= x < Lx:
+                s00 += w * np.float32(frame[y, x])
+            if 0 <= x + 1 < Lx:
+                s01 += w * np.float32(frame[y, x + 1])
+            if width == 3 and 0 <= x + 2 < Lx:
+                s02 += w * np.float32(frame[y, x + 2])
+        if 0 <= y + 1 < Ly:
+            if 0 <= x < Lx:
+                s10 += w * np.float32(frame[y + 1, x])
+            if 0 <= x + 1 < Lx:
+                s11 += w * np.float32(frame[y + 1, x + 1])
+            if width == 3 and 0 <= x + 2 < Lx:
+                s12 += w * np.float32(frame[y + 1, x + 2])
+    return s00, s01, s02, s10, s11, s12
+
+
+@njit(cache=True, nogil=True)
 def cell_sums_ordered(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x: np.ndarray, run_len: np.ndarray,
                       weight: np.ndarray, iy: int, ix: int, out: np.ndarray) -> None:
     """:func:`cell_corner_sums`' four reads, each summed pixel by pixel in the runs' order (no ``fastmath``: the
     compiler may not reorder a sum). Why: the bits then depend neither on the frame's memory order nor on how many
-    reads one pass makes, so :func:`cell_block_sums` gives these same bits for four whole shifts at once, and a
+    reads one pass makes, so :func:`cell_block_sums` gives these same bits for two whole shifts at once, and a
     column-major frame is read in place. ``[acquisition.extraction] cell_sums = "ordered"``."""
     if out.shape[0] != 4 or out.shape[1] < ptr.size - 1:
         raise ValueError("cell_sums_ordered: out must be (4, n_rois)")
@@ -275,19 +303,7 @@ def cell_sums_ordered(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run
                     a11 += w * qb
                     pa, pb = qa, qb
             else:  # at the frame's edge: a pixel outside is left out (as if it read 0)
-                for j in range(n):
-                    x = x0 + j
-                    w = weight[k + j]
-                    if 0 <= y < Ly:
-                        if 0 <= x < Lx:
-                            a00 += w * np.float32(frame[y, x])
-                        if 0 <= x + 1 < Lx:
-                            a01 += w * np.float32(frame[y, x + 1])
-                    if 0 <= y + 1 < Ly:
-                        if 0 <= x < Lx:
-                            a10 += w * np.float32(frame[y + 1, x])
-                        if 0 <= x + 1 < Lx:
-                            a11 += w * np.float32(frame[y + 1, x + 1])
+                a00, a01, _, a10, a11, _ = _edge_run_sums(frame, y, x0, n, weight, k, 2)
             t00 += a00
             t10 += a10
             t01 += a01
@@ -334,23 +350,7 @@ def cell_block_sums(frame: np.ndarray, ptr: np.ndarray, run_y: np.ndarray, run_x
                     a12 += w * rb
                     pa, qa, pb, qb = qa, ra, qb, rb
             else:  # at the frame's edge: a pixel outside is left out, as cell_sums_ordered leaves it
-                for j in range(n):
-                    x = x0 + j
-                    w = weight[k + j]
-                    if 0 <= y < Ly:
-                        if 0 <= x < Lx:
-                            a00 += w * np.float32(frame[y, x])
-                        if 0 <= x + 1 < Lx:
-                            a01 += w * np.float32(frame[y, x + 1])
-                        if 0 <= x + 2 < Lx:
-                            a02 += w * np.float32(frame[y, x + 2])
-                    if 0 <= y + 1 < Ly:
-                        if 0 <= x < Lx:
-                            a10 += w * np.float32(frame[y + 1, x])
-                        if 0 <= x + 1 < Lx:
-                            a11 += w * np.float32(frame[y + 1, x + 1])
-                        if 0 <= x + 2 < Lx:
-                            a12 += w * np.float32(frame[y + 1, x + 2])
+                a00, a01, a02, a10, a11, a12 = _edge_run_sums(frame, y, x0, n, weight, k, 3)
             t00 += a00
             t10 += a10
             t01 += a01
