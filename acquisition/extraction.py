@@ -69,6 +69,8 @@ def _per_shift(cache: dict[tuple[int, int], Any], shift: tuple[int, int], make: 
             cache.pop(next(iter(cache)))
         value = cache[shift] = make(*shift)
     return value  # in-frame weights per integer shift (2 * n_rois floats each)
+
+
 class Extractor:
     """F and Fneu for every ROI of ``roi_set`` from one frame and its registration shift.
 
