@@ -16,13 +16,20 @@ from acquisition.reg_kernels import band_product, halve, load_crop, scaled_produ
 _EPS = 1e-5
 
 
-def spatial_taper_mask(slope: float, Ly: int, Lx: int) -> np.ndarray:
-    """Sigmoid edge mask (1 inside, 0 at the border) with suite2p's parameterisation of ``spatial_taper``."""
+def spatial_taper_vectors(slope: float, Ly: int, Lx: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two float64 factors of :func:`spatial_taper_mask` (the mask is their outer product, rounded to
+    float32): the per-frame kernels compute each mask value from them instead of reading a crop-sized array."""
     y = np.abs(np.arange(Ly, dtype=np.float64) - (Ly - 1) / 2)
     x = np.abs(np.arange(Lx, dtype=np.float64) - (Lx - 1) / 2)
     slope = max(float(slope), 1e-3)
     mask_y = 1.0 / (1.0 + np.exp((y - ((Ly - 1) / 2 - 2 * slope)) / slope))
     mask_x = 1.0 / (1.0 + np.exp((x - ((Lx - 1) / 2 - 2 * slope)) / slope))
+    return mask_y, mask_x
+
+
+def spatial_taper_mask(slope: float, Ly: int, Lx: int) -> np.ndarray:
+    """Sigmoid edge mask (1 inside, 0 at the border) with suite2p's parameterisation of ``spatial_taper``."""
+    mask_y, mask_x = spatial_taper_vectors(slope, Ly, Lx)
     return (mask_y[:, None] * mask_x[None, :]).astype(np.float32)
 
 
@@ -51,9 +58,9 @@ class PhaseCorrelator:
     After :meth:`correlate`, :meth:`refine` evaluates the same correlation at arbitrary subpixel shifts
     directly from the cross-power spectrum (a matrix DFT, as in Guizar-Sicairos et al. 2008), so the
     subpixel peak comes from the band-limited correlation itself rather than from a fit to coarse samples.
-    ``band`` > 0 (matched whitening only): the cross-power spectrum beyond ``band`` cycles/px in either axis
-    is zeroed and the matrix DFTs run on the rest only (~45 % less work at 0.3, where the smoothing has left
-    < 5 % weight; docs/REGISTRATION.md measures it).
+    ``band`` > 0 (matched whitening only): the cross-power spectrum is formed only within ``band`` cycles/px in
+    either axis (held compact) and the matrix DFTs run on it alone (~45 % less work at 0.3, where the smoothing
+    has left < 5 % weight; docs/REGISTRATION.md measures it); such a correlator has no :meth:`correlate`.
     """
 
     _GRID = np.arange(-4, 5) * 0.25  # refinement grid: +-1 sample around the integer peak, 0.25 steps
@@ -67,12 +74,14 @@ class PhaseCorrelator:
         ref = ref.astype(np.float32)
         if clip is not None:
             ref = np.clip(ref, clip[0], clip[1])
-        self.mask = spatial_taper_mask(taper, self.Ly, self.Lx)
-        self._mask_sum = float(self.mask.sum(dtype=np.float64))
+        self._taper_y, self._taper_x = spatial_taper_vectors(taper, self.Ly, self.Lx)
+        mask = spatial_taper_mask(taper, self.Ly, self.Lx)
+        self._mask_sum = float(mask.sum(dtype=np.float64))
+        self._clip_mask = mask if clip is not None else None  # norm_frames' path multiplies by it in numpy
         # each image loses its own taper-weighted mean (zero DC after tapering): subtracting the reference's
         # mean from frames, as suite2p does, leaves a taper-shaped pedestal when the scales differ
-        self.mean = np.float32((ref * self.mask).sum() / self.mask.sum())
-        ref_tapered = (ref - self.mean) * self.mask
+        self.mean = np.float32((ref * mask).sum() / mask.sum())
+        ref_tapered = (ref - self.mean) * mask
         spec = sfft.rfft2(ref_tapered.astype(np.float64))
         smooth = _gaussian_rfft(sigma, self.Ly, self.Lx)
         # normalise so that correlating the reference with itself peaks at 1
@@ -111,6 +120,8 @@ class PhaseCorrelator:
         cols = np.flatnonzero(fx <= self.band) if self.band else np.arange(fx.size)
         self._low_rows = int(np.count_nonzero(fy[rows] >= 0))
         self._dft_spec = np.empty((rows.size, cols.size), np.complex64) if self.band else self._spec
+        if self.band:  # only the band of the reference's spectrum is ever used: kept compact
+            self._ref_spec = np.ascontiguousarray(self._ref_spec[np.ix_(rows, cols)])
         self._ky = (2j * np.pi * fy[rows]).astype(np.complex64)
         self._kx = (2j * np.pi * fx[cols]).astype(np.complex64)
         self._wx = weights[cols] / np.float32(self.Ly * self.Lx)
@@ -133,13 +144,16 @@ class PhaseCorrelator:
 
     def correlate(self, image: np.ndarray) -> np.ndarray:
         """Return the circular correlation map; index (i, j) holds shift (i, j) modulo the size."""
+        if self.band:
+            raise ValueError("correlate(): a correlator with a DFT band forms the cross-power spectrum only within "
+                             "the band; use spectrum_crop() with integer_peak() and refine()")
         buf = self._buf
         if self._clip is not None:  # suite2p's norm_frames: frames share the reference's scale and mean
             np.clip(image, self._clip[0], self._clip[1], out=buf, casting="unsafe")
             buf -= self.mean
-            buf *= self.mask
+            buf *= self._clip_mask
         else:
-            load_crop(image, 0, 0, self.mask, self._mask_sum, buf)
+            load_crop(image, 0, 0, self._taper_y, self._taper_x, self._mask_sum, buf)
         self._fft.r2c(buf, self._spec)  # = scipy.fft.rfft2(buf)
         self._cross_power()
         # = scipy.fft.irfft2(spec, s=(Ly, Lx)) (inorm 2: divide by Ly * Lx); spec is left intact for refine()
@@ -152,7 +166,7 @@ class PhaseCorrelator:
             # normalised so that a frame equal to the reference peaks at 1 (Cauchy-Schwarz bound), any scale
             energy = weighted_energy(spec, self._energy_weight)
             scale = np.float32(self._norm / math.sqrt(energy) if energy > 0 else 0.0)
-            if self.band:  # the spectrum outside the band zeroed: the inverse FFT's map equals the DFTs' values
+            if self.band:  # only the band, into _dft_spec: what integer_peak() and refine() read
                 band_product(spec, self._ref_spec, scale, self._low_rows, self._dft_spec)
             else:
                 scaled_product(spec, self._ref_spec, scale)
@@ -166,9 +180,22 @@ class PhaseCorrelator:
     def spectrum_crop(self, image: np.ndarray, y0: int, x0: int) -> None:
         """The cross-power spectrum of ``image[y0:y0 + Ly, x0:x0 + Lx]`` (no clipping), for :meth:`integer_peak`
         and :meth:`refine`; no inverse transform: those evaluate the correlation only where it is needed."""
-        load_crop(image, y0, x0, self.mask, self._mask_sum, self._buf)
+        load_crop(image, y0, x0, self._taper_y, self._taper_x, self._mask_sum, self._buf)
         self._fft.r2c(self._buf, self._spec)
         self._cross_power()
+
+    def cross_power_spectrum(self) -> np.ndarray:
+        """The last frame's cross-power half spectrum as the DFTs see it (zero outside the band), a new array:
+        for checks against an inverse FFT, not for the per-frame path."""
+        if not self.band:
+            return self._spec.copy()
+        full = np.zeros_like(self._spec)
+        n_rows, n_cols = self._dft_spec.shape
+        high = n_rows - self._low_rows
+        full[:self._low_rows, :n_cols] = self._dft_spec[:self._low_rows]
+        if high:
+            full[self.Ly - high:, :n_cols] = self._dft_spec[self._low_rows:]
+        return full
 
     def integer_peak(self, cy: int, cx: int) -> tuple[int, int]:
         """The best whole-pixel shift within +-``search`` of (cy, cx), from the last spectrum.

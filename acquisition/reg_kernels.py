@@ -64,10 +64,12 @@ def scaled_product(spec: np.ndarray, other: np.ndarray, scale: np.float32) -> No
             spec[i, j] = spec[i, j] * other[i, j] * scale
 
 
-def load_crop(image: np.ndarray, y0: int, x0: int, mask: np.ndarray, mask_sum: float, out: np.ndarray) -> None:
-    """out = (crop - m) * mask, crop = image[y0:, x0:] over out's shape, m = the crop's mask-weighted mean
-    (``mask_sum`` = the mask's sum, precomputed); float32: out = crop * mask, then out -= m * mask (the frame's
-    pixels are converted once).
+def load_crop(image: np.ndarray, y0: int, x0: int, taper_y: np.ndarray, taper_x: np.ndarray, mask_sum: float,
+              out: np.ndarray) -> None:
+    """out = (crop - m) * mask, crop = image[y0:, x0:] over out's shape, mask = float32(taper_y[i] * taper_x[j])
+    (the taper is separable: two float64 vectors, not a crop-sized array to read per frame), m = the crop's
+    mask-weighted mean (``mask_sum`` = the mask's sum, precomputed); float32: out = crop * mask, then
+    out -= m * mask (the frame's pixels are converted once).
 
     Two kernels, so that the numbers do not depend on the frame's memory order: the first is elementwise (each
     value the same whatever order the pixels sit in: a CLOOSE frame is registered straight from its column-major
@@ -75,26 +77,30 @@ def load_crop(image: np.ndarray, y0: int, x0: int, mask: np.ndarray, mask_sum: f
     runs on ``out``, row-major float32, in the one compiled loop.
     """
     if image.flags.f_contiguous and not image.flags.c_contiguous:
-        masked_crop_by_strips(image, y0, x0, mask, out)
+        masked_crop_by_strips(image, y0, x0, taper_y, taper_x, out)
     else:
-        masked_crop(image, y0, x0, mask, out)
-    subtract_weighted_mean(out, mask, mask_sum)
+        masked_crop(image, y0, x0, taper_y, taper_x, out)
+    subtract_weighted_mean(out, taper_y, taper_x, mask_sum)
 
 
 @njit(cache=True, nogil=True)
-def masked_crop(image: np.ndarray, y0: int, x0: int, mask: np.ndarray, out: np.ndarray) -> None:
-    """out = image[y0:, x0:] (over out's shape) * mask, in float32."""
+def masked_crop(image: np.ndarray, y0: int, x0: int, taper_y: np.ndarray, taper_x: np.ndarray,
+                out: np.ndarray) -> None:
+    """out = image[y0:, x0:] (over out's shape) * float32(taper_y[i] * taper_x[j]), in float32: each mask value
+    the float64 product rounded once, as ``spatial_taper_mask`` stores it."""
     Ly, Lx = out.shape
     for i in range(Ly):
+        ty = taper_y[i]
         for j in range(Lx):
-            out[i, j] = np.float32(image[y0 + i, x0 + j]) * mask[i, j]
+            out[i, j] = np.float32(image[y0 + i, x0 + j]) * np.float32(ty * taper_x[j])
 
 
 _STRIP = 16
 
 
 @njit(cache=True, nogil=True)
-def masked_crop_by_strips(image: np.ndarray, y0: int, x0: int, mask: np.ndarray, out: np.ndarray) -> None:
+def masked_crop_by_strips(image: np.ndarray, y0: int, x0: int, taper_y: np.ndarray, taper_x: np.ndarray,
+                          out: np.ndarray) -> None:
     """:func:`masked_crop` for a column-major ``image``, the same values: row by row within strips of 16
     columns, so that the 16 columns' cache lines serve 32 rows each before they leave L1 (a whole crop row
     touches 384 of them). With the mean's pass, 384 px: ~140 against ~250 us back to back, ~450 against ~470
@@ -103,16 +109,19 @@ def masked_crop_by_strips(image: np.ndarray, y0: int, x0: int, mask: np.ndarray,
     full = Lx - Lx % _STRIP
     for j0 in range(0, full, _STRIP):
         for i in range(Ly):
+            ty = taper_y[i]
             for k in range(_STRIP):
-                out[i, j0 + k] = np.float32(image[y0 + i, x0 + j0 + k]) * mask[i, j0 + k]
+                out[i, j0 + k] = np.float32(image[y0 + i, x0 + j0 + k]) * np.float32(ty * taper_x[j0 + k])
     for i in range(Ly):
+        ty = taper_y[i]
         for j in range(full, Lx):
-            out[i, j] = np.float32(image[y0 + i, x0 + j]) * mask[i, j]
+            out[i, j] = np.float32(image[y0 + i, x0 + j]) * np.float32(ty * taper_x[j])
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def subtract_weighted_mean(out: np.ndarray, mask: np.ndarray, mask_sum: float) -> None:
-    """out -= m * mask, m = sum(out) / mask_sum (float32 per row, float64 across rows)."""
+def subtract_weighted_mean(out: np.ndarray, taper_y: np.ndarray, taper_x: np.ndarray, mask_sum: float) -> None:
+    """out -= m * mask, m = sum(out) / mask_sum (float32 per row, float64 across rows), mask as in
+    :func:`masked_crop`."""
     Ly, Lx = out.shape
     total = 0.0
     for i in range(Ly):
@@ -122,30 +131,23 @@ def subtract_weighted_mean(out: np.ndarray, mask: np.ndarray, mask_sum: float) -
         total += acc
     m = np.float32(total / mask_sum)
     for i in range(Ly):
+        ty = taper_y[i]
         for j in range(Lx):
-            out[i, j] -= m * mask[i, j]
+            out[i, j] -= m * np.float32(ty * taper_x[j])
 
 
 @njit(cache=True, nogil=True, fastmath=True)
 def band_product(spec: np.ndarray, other: np.ndarray, scale: np.float32, low_rows: int, band: np.ndarray) -> None:
-    """spec *= other * scale inside the band, 0 outside, and the band's values copied into ``band`` (compact).
+    """band = spec * other * scale over the band, compact; ``spec`` is only read, ``other`` is compact too.
 
     The band: columns below ``band.shape[1]``; rows below ``low_rows`` and the last ``band.shape[0] - low_rows``
-    rows (the low positive and negative frequencies of an rfft2 half spectrum). One pass.
+    rows of ``spec`` (the low positive and negative frequencies of an rfft2 half spectrum). Only the band is
+    touched: the spectrum is not written back, which cut the fine stage's memory traffic after its FFT.
     """
-    Ly, Lx = spec.shape
+    Ly = spec.shape[0]
     n_rows, n_cols = band.shape
     high_start = Ly - (n_rows - low_rows)
-    zero = np.complex64(0)
-    for i in range(Ly):
-        k = i if i < low_rows else i - high_start + low_rows if i >= high_start else -1
-        if k < 0:
-            for j in range(Lx):
-                spec[i, j] = zero
-            continue
+    for k in range(n_rows):
+        i = k if k < low_rows else high_start + k - low_rows
         for j in range(n_cols):
-            v = spec[i, j] * other[i, j] * scale
-            spec[i, j] = v
-            band[k, j] = v
-        for j in range(n_cols, Lx):
-            spec[i, j] = zero
+            band[k, j] = spec[i, j] * other[k, j] * scale

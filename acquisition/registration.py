@@ -39,15 +39,15 @@ __all__ = ["RigidRegistrar", "build_reference", "compile_kernels", "shift_image_
 def compile_kernels(dtypes: tuple[type, ...] = (np.uint16, np.int16, np.float32)) -> None:
     """Compile (or load from numba's cache) the per-frame kernels for the frame dtypes scopes deliver, ahead
     of the first frame; in row and in column order (a CLOOSE frame is registered from its column-major bytes)."""
-    mask = np.ones((4, 4), np.float32)
+    taper = np.ones(4)
     for dtype in dtypes:
         for frame in (np.zeros((8, 8), dtype), np.zeros((8, 8), dtype, order="F")):
             _Downsampler((8, 8), 2)(frame)
-            load_crop(frame, 2, 2, mask, 16.0, np.empty((4, 4), np.float32))
+            load_crop(frame, 2, 2, taper, taper, 16.0, np.empty((4, 4), np.float32))
     spec = np.zeros((4, 3), np.complex64)
     weighted_energy(spec, np.ones((4, 3), np.float32))
     scaled_product(spec, spec.copy(), np.float32(1.0))
-    band_product(spec, spec.copy(), np.float32(1.0), 1, np.zeros((2, 2), np.complex64))
+    band_product(spec, np.zeros((2, 2), np.complex64), np.float32(1.0), 1, np.zeros((2, 2), np.complex64))
 
 
 class RigidRegistrar:

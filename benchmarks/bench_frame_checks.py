@@ -60,22 +60,23 @@ def main() -> None:
     frame = rng.poisson(400, (args.size, args.size)).astype(np.uint16)
     frame[:3, :40] = 65535  # a few saturated pixels: the count runs
     orders = {"rows": frame, "columns": np.asfortranarray(frame)}
-    mask = rng.random((args.crop, args.crop)).astype(np.float32)
+    taper_y, taper_x = rng.random(args.crop), rng.random(args.crop)
+    mask_sum = float((taper_y[:, None] * taper_x[None, :]).astype(np.float32).sum())
     y0 = x0 = (args.size - args.crop) // 2
     validator = FrameValidator(frame.shape)
-    out = np.empty_like(mask)
-    expected = np.empty_like(mask)
-    masked_crop(frame, y0, x0, mask, expected)
-    subtract_weighted_mean(expected, mask, float(mask.sum()))
+    out = np.empty((args.crop, args.crop), np.float32)
+    expected = np.empty_like(out)
+    masked_crop(frame, y0, x0, taper_y, taper_x, expected)
+    subtract_weighted_mean(expected, taper_y, taper_x, mask_sum)
     results: dict[str, dict[str, float]] = {}
     print(f"{'pass':34s} {'order':8s} {'after a pause':>14s} {'back to back':>13s}  (µs, median)")
     for order, data in orders.items():
         cases = {
             "check (compiled)": lambda d=data: validator.check(d),
             "check (numpy, before)": lambda d=data: _numpy_check(d, 65535.0, 0.01),
-            "crop load": lambda d=data: load_crop(d, y0, x0, mask, float(mask.sum()), out),
-            "crop load (row kernel, before)": lambda d=data: (masked_crop(d, y0, x0, mask, out),
-                                                             subtract_weighted_mean(out, mask, float(mask.sum()))),
+            "crop load": lambda d=data: load_crop(d, y0, x0, taper_y, taper_x, mask_sum, out),
+            "crop load (row kernel, before)": lambda d=data: (masked_crop(d, y0, x0, taper_y, taper_x, out),
+                                                             subtract_weighted_mean(out, taper_y, taper_x, mask_sum)),
         }
         for name, fn in cases.items():
             fn()  # compiled now, not timed

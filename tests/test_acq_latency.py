@@ -38,7 +38,7 @@ def test_integer_peak_equals_the_inverse_fft_map_within_the_window(movie_512):
         oy, ox = int(round(movie_512.shifts[k, 0])), int(round(movie_512.shifts[k, 1]))
         y0, x0 = reg._cy + oy, reg._cx + ox
         fine.spectrum_crop(frame, y0, x0)
-        cc = sfft.irfft2(fine._spec.astype(np.complex128), s=(size, size))
+        cc = sfft.irfft2(fine.cross_power_spectrum().astype(np.complex128), s=(size, size))
         for cy, cx in ((0, 0), (2, -3)):
             ys, xs = np.arange(cy - w, cy + w + 1), np.arange(cx - w, cx + w + 1)
             window = cc[np.ix_(ys % size, xs % size)]
@@ -64,15 +64,16 @@ def test_the_crop_of_a_column_major_frame_is_read_in_strips_to_the_row_kernels_b
     frame = rng.integers(0, 30000, (300, 280)).astype(dtype)
     columns_frame = np.asfortranarray(frame)
     for (h, w), (y0, x0) in [((256, 256), (0, 0)), ((200, 173), (37, 100)), ((9, 15), (291, 265))]:
-        mask = rng.random((h, w)).astype(np.float32)
+        taper_y, taper_x = rng.random(h), rng.random(w)
+        mask = (taper_y[:, None] * taper_x[None, :]).astype(np.float32)  # what spatial_taper_mask stores
         rows, strips = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
-        masked_crop(frame, y0, x0, mask, rows)
-        masked_crop_by_strips(columns_frame, y0, x0, mask, strips)
+        masked_crop(frame, y0, x0, taper_y, taper_x, rows)
+        masked_crop_by_strips(columns_frame, y0, x0, taper_y, taper_x, strips)
         np.testing.assert_array_equal(rows, frame[y0:y0 + h, x0:x0 + w].astype(np.float32) * mask)
         assert np.array_equal(rows.view(np.uint32), strips.view(np.uint32))
         loaded_rows, loaded_columns = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
-        load_crop(frame, y0, x0, mask, float(mask.sum()), loaded_rows)
-        load_crop(columns_frame, y0, x0, mask, float(mask.sum()), loaded_columns)
+        load_crop(frame, y0, x0, taper_y, taper_x, float(mask.sum()), loaded_rows)
+        load_crop(columns_frame, y0, x0, taper_y, taper_x, float(mask.sum()), loaded_columns)
         assert np.array_equal(loaded_rows.view(np.uint32), loaded_columns.view(np.uint32))
 
 

@@ -139,6 +139,23 @@ def test_taper_mask_is_one_inside_and_falls_at_edges():
     assert mask[0, 0] < 0.1 and mask[0, 40] < 0.2
 
 
+def test_the_fine_crop_is_tapered_by_the_stored_mask(pmt_movie):
+    """The crop's taper is computed from its two factors as the crop is loaded: each weight the stored mask's
+    float32 value, so the loaded crop is (crop - m) * mask as numpy computes it from the 2-D mask."""
+    reg = RigidRegistrar(pmt_movie.clean_reference, bin_factor=4)
+    fine = reg._fine
+    frame = pmt_movie.frames[2]
+    y0, x0 = reg._cy + 3, reg._cx - 1
+    fine.spectrum_crop(frame, y0, x0)
+    mask = spatial_taper_mask(3.45, fine.Ly, fine.Lx)
+    crop = frame[y0:y0 + fine.Ly, x0:x0 + fine.Lx].astype(np.float32) * mask
+    mean = np.float32(crop.sum(dtype=np.float64) / mask.sum(dtype=np.float64))
+    # the mean's float32 sums may be added in another order than numpy's: within float rounding of it
+    np.testing.assert_allclose(fine._buf, crop - mean * mask, rtol=0, atol=1e-5 * float(np.abs(crop).max()))
+    with pytest.raises(ValueError, match="band"):
+        fine.correlate(frame[:fine.Ly, :fine.Lx])
+
+
 def _peak_bytes_allocated(call, repeats: int = 5) -> int:
     """Most memory held at once by temporaries of ``call`` (after warm-up calls fill any caches)."""
     for _ in range(3):
@@ -404,11 +421,12 @@ def test_fine_stage_dfts_equal_the_inverse_fft_of_the_spectrum_they_use(pmt_movi
     fine = reg._fine
     size, w = reg.fine_size, fine.search
     fine.spectrum_crop(pmt_movie.frames[3], reg._cy + 1, reg._cx - 2)
-    kept = np.abs(fine._spec) > 0
+    spec = fine.cross_power_spectrum()
+    kept = np.abs(spec) > 0
     fy, fx = np.abs(np.fft.fftfreq(size))[:, None], np.fft.rfftfreq(size)[None, :]
     inside = (fy <= band) & (fx <= band) if band else np.ones(kept.shape, bool)
     assert not kept[~inside].any() and kept[inside].mean() > 0.99
-    cc = sfft.irfft2(fine._spec.astype(np.complex128), s=(size, size))
+    cc = sfft.irfft2(spec.astype(np.complex128), s=(size, size))
     ys = np.arange(1 - w, 1 + w + 1)
     xs = np.arange(-2 - w, -2 + w + 1)
     window = cc[np.ix_(ys % size, xs % size)]
@@ -416,7 +434,7 @@ def test_fine_stage_dfts_equal_the_inverse_fft_of_the_spectrum_they_use(pmt_movi
     assert fine.integer_peak(1, -2) == (ys[a], xs[b])
     np.testing.assert_allclose(fine._int_values.real, window, rtol=0, atol=1e-4 * np.abs(window).max())
     sy, sx, peak = fine.refine(int(ys[a]), int(xs[b]))
-    spec = fine._spec.astype(np.complex128)  # the correlation at the subpixel peak, by a direct Fourier sum
+    spec = spec.astype(np.complex128)  # the correlation at the subpixel peak, by a direct Fourier sum
     herm = np.full(spec.shape[1], 2.0)
     herm[0] = herm[-1] = 1.0
     phase = np.exp(2j * np.pi * (np.fft.fftfreq(size)[:, None] * sy + np.fft.rfftfreq(size)[None, :] * sx))
